@@ -1,0 +1,29 @@
+// common/zmqutil.h — ZeroMQ sockets set up the way every kvfleet process needs.
+//
+// Every socket that receives from outside the process has ZMQ_MAXMSGSIZE set, so
+// a hostile peer cannot make us buffer more than KVF_ZMQ_MAX_MSG bytes; linger is
+// 0 so that shutdown never blocks on unsent messages; ROUTER sockets are
+// ROUTER_MANDATORY so a send to a lost peer fails instead of vanishing.
+#ifndef KVF_ZMQUTIL_H
+#define KVF_ZMQUTIL_H
+
+#include <czmq.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define KVF_ZMQ_MAX_MSG (64ll << 20)  // default bound on one incoming message
+
+// A ROUTER bound to endpoint (tcp://host:port, ipc://path, inproc://name).
+// Returns a new socket owned by the caller (zsock_destroy), or NULL with err set.
+zsock_t *kvf_zmq_router_bind(const char *endpoint, int64_t max_msg, kvf_err_t *err);
+
+// A DEALER connected to endpoint; identity may be NULL (ZeroMQ picks one).
+// Returns a new socket owned by the caller, or NULL with err set.
+zsock_t *kvf_zmq_dealer_connect(const char *endpoint, const char *identity, int64_t max_msg, kvf_err_t *err);
+
+// Sends n frames as one multipart message (frames[i] of lens[i] bytes; copied).
+// Returns 0, or -1 with err set (for ROUTER: KVF_E_PEER_LOST when the peer is gone).
+int kvf_zmq_send(zsock_t *sock, const void *const *frames, const size_t *lens, int n, kvf_err_t *err);
+
+#endif

@@ -1,0 +1,73 @@
+// worker/backend.h — the interface every compute backend implements ("cpu", "cuda").
+//
+// A backend owns the model's weights in its own format and memory, a workspace
+// sized for the largest step, and the KV-cache slab of n_blocks blocks. All of it
+// is allocated in kvf_backend_new; forward() allocates nothing.
+//
+// KV cache layout (both backends; element type float32 on cpu, bf16 on cuda):
+//   for each layer l: K then V, each (n_blocks, block_size, n_kv_heads_local, head_dim)
+// Token t of a sequence lives in block block_table[t / block_size] at slot
+// t % block_size. Block ids are the same on every TP rank.
+#ifndef KVF_BACKEND_H
+#define KVF_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+#include "common/modelcfg.h"
+
+// One forward step over a batch of sequences, each adding n_new[i] >= 1 tokens
+// (a prefill chunk or one decode token) after the n_past[i] it already has in
+// the cache. The block tables must already cover n_past + n_new tokens.
+typedef struct {
+    int32_t n_seqs;
+    int32_t n_tokens;            // sum of n_new
+    const int32_t *tokens;       // (n_tokens) new token ids, sequence after sequence
+    const int32_t *n_new;        // (n_seqs)
+    const int32_t *n_past;       // (n_seqs) position of each sequence's first new token
+    const int32_t *block_table;  // (n_seqs, max_blocks) physical block ids, row-major
+    int32_t max_blocks;          // row stride of block_table
+    int32_t all_logits;          // 0: logits of each sequence's last new token -> (n_seqs, vocab)
+                                 // 1: logits of every new token -> (n_tokens, vocab)
+} kvf_batch_t;
+
+// Sizes fixed at start-up; forward() rejects a batch beyond them.
+typedef struct {
+    int32_t block_size;          // tokens per KV block
+    int32_t max_batch_size;      // sequences per step
+    int32_t max_step_tokens;     // tokens per step (max_prefill_token_num)
+    int32_t max_logit_rows;      // rows of logits one step may return (>= max_batch_size)
+    int32_t max_blocks_per_seq;  // ceil(session_len / block_size)
+    int32_t tp_rank, tp_size;    // tensor parallel position (1 rank: 0, 1)
+    int32_t n_threads;           // cpu: worker threads, 0 = all cores
+    int32_t device;              // cuda: device index
+    // The memory plan: after weights and workspace, the KV slab takes
+    // cache_max_entry_count x the free memory (a value >= 1 is a number of blocks).
+    double cache_max_entry_count;
+    uint64_t memory_budget;      // cpu: bytes for weights + workspace + KV; 0 = available RAM
+} kvf_backend_opts_t;
+
+typedef struct kvf_backend_s kvf_backend_t;
+
+typedef struct {
+    const char *name;
+    // Runs one step; writes float32 logits (rows, vocab) into logits (host memory).
+    // Returns 0, or -1 with err set (bad batch: KVF_E_INVAL; device failure: KVF_E_DEVICE).
+    int (*forward)(kvf_backend_t *be, const kvf_batch_t *batch, float *logits, kvf_err_t *err);
+    // Frees everything; accepts NULL; nulls *self_p.
+    void (*destroy)(kvf_backend_t **self_p);
+} kvf_backend_ops_t;
+
+struct kvf_backend_s {
+    const kvf_backend_ops_t *ops;
+    kvf_modelcfg_t cfg;
+    kvf_backend_opts_t opts;
+    int32_t n_blocks;            // KV blocks in the slab
+    uint64_t weights_bytes;      // as held by the backend
+    uint64_t workspace_bytes;
+    uint64_t kv_bytes;
+    uint64_t free_bytes_at_start;// free memory measured after weights + workspace, before the slab
+};
+
+#endif
