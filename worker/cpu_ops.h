@@ -29,6 +29,15 @@ void kvf_cpu_matmul(float *out,            // (n, d_out)
                     const float *bias,     // (d_out) or NULL
                     int n, int d_in, int d_out);
 
+// Output columns [o_begin, o_end) of kvf_cpu_matmul (one thread's share). Every
+// element is computed in the same order whatever the slicing, so a step's
+// results do not depend on the number of threads.
+void kvf_cpu_matmul_slice(float *out,      // (n, d_out), columns o_begin..o_end-1 written
+                          const float *x,  // (n, d_in)
+                          const float *w,  // (d_out, d_in)
+                          const float *bias, // (d_out) or NULL
+                          int n, int d_in, int d_out, int o_begin, int o_end);
+
 // Inverse frequencies of RoPE for this config (default, linear, llama3 scaling),
 // as transformers computes them.
 void kvf_cpu_rope_inv_freq(float *inv_freq,            // (head_dim / 2)
@@ -59,6 +68,17 @@ void kvf_cpu_attention(float *out,          // (n, n_heads, head_dim)
                        const int32_t *block_table, // this sequence's blocks
                        int n, int n_past, int n_heads, int n_kv, int head_dim, int block_size,
                        float *scratch);     // (n_past + n) floats
+
+// Query heads [h_begin, h_end) of kvf_cpu_attention (one thread's share); out is
+// written for those heads only.
+void kvf_cpu_attention_heads(float *out,          // (n, n_heads, head_dim)
+                             const float *q,      // (n, n_heads, head_dim)
+                             const float *k_cache,// (n_blocks, block_size, n_kv, head_dim)
+                             const float *v_cache,// (n_blocks, block_size, n_kv, head_dim)
+                             const int32_t *block_table, // this sequence's blocks
+                             int n, int n_past, int n_heads, int n_kv, int head_dim,
+                             int block_size, int h_begin, int h_end,
+                             float *scratch);     // (n_past + n) floats
 
 // out = silu(gate) * up
 void kvf_cpu_silu_mul(float *out, const float *gate, const float *up, int n);  // (n)

@@ -1,0 +1,716 @@
+// worker/cpu_backend.c — the "cpu" backend, see cpu_backend.h and backend.h.
+//
+// Weights, workspace and the KV slab are allocated in kvf_cpu_backend_new and
+// nothing afterwards. A step computes the matmuls of all tokens of all
+// sequences together (each thread streams its share of a weight matrix once per
+// token tile) and attention per (sequence, head). Every output element is
+// computed by one thread in a fixed order, so results do not depend on the
+// number of threads. forward() is not reentrant: one step at a time.
+#include "worker/cpu_backend.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "worker/cpu_ops.h"
+
+// ---------------------------------------------------------------- thread pool
+
+// A task function: runs task number `task` on thread `thread` (0 = the caller).
+typedef void (*s_task_fn)(void *ctx, int task, int thread);
+
+typedef struct s_pool_s s_pool_t;
+
+typedef struct {
+    s_pool_t *pool;
+    int tid;
+} s_worker_arg_t;
+
+struct s_pool_s {
+    int n_threads;            // including the calling thread
+    pthread_t *th;            // (n_threads - 1)
+    s_worker_arg_t *args;     // (n_threads - 1)
+    int n_started;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_go, cv_done;
+    uint64_t gen;             // bumped for every parallel run
+    int stop;
+    int n_busy;               // workers not yet done with the current run
+    s_task_fn fn;
+    void *ctx;
+    int n_tasks;
+    atomic_int next;          // next unclaimed task
+};
+
+static void s_pool_drain(s_pool_t *p, int tid) {
+    for (;;) {
+        int t = atomic_fetch_add(&p->next, 1);
+        if (t >= p->n_tasks) break;
+        p->fn(p->ctx, t, tid);
+    }
+}
+
+static void *s_pool_main(void *arg) {
+    s_worker_arg_t *a = arg;
+    s_pool_t *p = a->pool;
+    pthread_mutex_lock(&p->mu);
+    uint64_t seen = p->gen;
+    for (;;) {
+        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_go, &p->mu);
+        if (p->stop) break;
+        seen = p->gen;
+        pthread_mutex_unlock(&p->mu);
+        s_pool_drain(p, a->tid);
+        pthread_mutex_lock(&p->mu);
+        if (--p->n_busy == 0) pthread_cond_signal(&p->cv_done);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static void s_pool_destroy(s_pool_t **self_p) {
+    if (!self_p || !*self_p) return;
+    s_pool_t *p = *self_p;
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->cv_go);
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_started; i++) pthread_join(p->th[i], NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv_go);
+    pthread_cond_destroy(&p->cv_done);
+    free(p->th);
+    free(p->args);
+    free(p);
+    *self_p = NULL;
+}
+
+static s_pool_t *s_pool_new(int n_threads, kvf_err_t *err) {
+    s_pool_t *p = calloc(1, sizeof *p);
+    if (!p) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory for the thread pool");
+        return NULL;
+    }
+    p->n_threads = n_threads;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_go, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    atomic_init(&p->next, 0);
+    if (n_threads > 1) {
+        p->th = calloc((size_t)n_threads - 1, sizeof *p->th);
+        p->args = calloc((size_t)n_threads - 1, sizeof *p->args);
+        if (!p->th || !p->args) {
+            s_pool_destroy(&p);
+            kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory for the thread pool");
+            return NULL;
+        }
+        for (int i = 0; i < n_threads - 1; i++) {
+            p->args[i] = (s_worker_arg_t){p, i + 1};
+            if (pthread_create(&p->th[i], NULL, s_pool_main, &p->args[i]) != 0) {
+                s_pool_destroy(&p);
+                kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot start worker thread %d of %d", i + 1,
+                            n_threads);
+                return NULL;
+            }
+            p->n_started++;
+        }
+    }
+    return p;
+}
+
+// Runs fn(ctx, 0..n_tasks-1, thread) over the pool and the calling thread; returns
+// when all tasks are done.
+static void s_pool_run(s_pool_t *p, s_task_fn fn, void *ctx, int n_tasks) {
+    if (n_tasks <= 0) return;
+    if (p->n_threads <= 1 || n_tasks == 1) {
+        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->ctx = ctx;
+    p->n_tasks = n_tasks;
+    atomic_store(&p->next, 0);
+    p->n_busy = p->n_threads - 1;
+    p->gen++;
+    pthread_cond_broadcast(&p->cv_go);
+    pthread_mutex_unlock(&p->mu);
+    s_pool_drain(p, 0);
+    pthread_mutex_lock(&p->mu);
+    while (p->n_busy > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+}
+
+// ---------------------------------------------------------------- backend state
+
+typedef struct {
+    float *attn_norm;  // (dim)
+    float *wq;         // (n_heads*head_dim, dim)
+    float *bq;         // (n_heads*head_dim) or NULL
+    float *wk;         // (n_kv*head_dim, dim)
+    float *bk;         // (n_kv*head_dim) or NULL
+    float *wv;         // (n_kv*head_dim, dim)
+    float *bv;         // (n_kv*head_dim) or NULL
+    float *wo;         // (dim, n_heads*head_dim)
+    float *ffn_norm;   // (dim)
+    float *w_gate;     // (intermediate, dim)
+    float *w_up;       // (intermediate, dim)
+    float *w_down;     // (dim, intermediate)
+} s_layer_t;
+
+typedef struct {
+    kvf_backend_t base;  // first: the engine sees a kvf_backend_t
+    s_pool_t *pool;
+    int n_threads;
+    int32_t dim, q_dim, kv_dim, inter, max_ctx;
+    // weights, one arena
+    float *weights;      // (n_weight_floats)
+    float *embed;        // (vocab, dim)
+    s_layer_t *layers;   // (n_layers)
+    float *norm;         // (dim)
+    float *lm_head;      // (vocab, dim); == embed when tied
+    float *inv_freq;     // (head_dim / 2)
+    // workspace, one arena
+    float *ws;
+    float *x;            // (max_step_tokens, dim) residual stream
+    float *xn;           // (max_step_tokens, dim) normed input / projection output
+    float *q;            // (max_step_tokens, n_heads*head_dim)
+    float *k;            // (max_step_tokens, n_kv*head_dim)
+    float *v;            // (max_step_tokens, n_kv*head_dim)
+    float *att;          // (max_step_tokens, n_heads*head_dim)
+    float *gate;         // (max_step_tokens, intermediate)
+    float *up;           // (max_step_tokens, intermediate)
+    float *rows;         // (max_logit_rows, dim) final-normed rows that get logits
+    float *scratch;      // (n_threads, max_ctx) attention scores
+    int32_t *pos;        // (max_step_tokens) position of each token
+    int32_t *seq_start;  // (max_batch_size) index of each sequence's first token
+    // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim)
+    float *kv;
+    size_t kv_layer_floats;  // n_blocks * block_size * n_kv * head_dim
+} s_cpu_t;
+
+static void s_destroy(kvf_backend_t **self_p) {
+    if (!self_p || !*self_p) return;
+    s_cpu_t *c = (s_cpu_t *)*self_p;
+    s_pool_destroy(&c->pool);
+    free(c->weights);
+    free(c->layers);
+    free(c->inv_freq);
+    free(c->ws);
+    free(c->kv);
+    free(c);
+    *self_p = NULL;
+}
+
+// ---------------------------------------------------------------- parallel matmul
+
+// Up to three matmuls that share the input x, split into row chunks over the pool.
+typedef struct {
+    const float *x;   // (n, d_in)
+    int n, d_in, n_parts, chunk;
+    struct {
+        float *out;         // (n, d_out)
+        const float *w;     // (d_out, d_in)
+        const float *bias;  // (d_out) or NULL
+        int d_out, n_tasks;
+    } part[3];
+} s_mm_job_t;
+
+static void s_mm_task(void *ctx, int task, int thread) {
+    (void)thread;
+    s_mm_job_t *j = ctx;
+    int p = 0;
+    while (task >= j->part[p].n_tasks) task -= j->part[p++].n_tasks;
+    int o0 = task * j->chunk;
+    int o1 = o0 + j->chunk < j->part[p].d_out ? o0 + j->chunk : j->part[p].d_out;
+    kvf_cpu_matmul_slice(j->part[p].out, j->x, j->part[p].w, j->part[p].bias, j->n, j->d_in, j->part[p].d_out,
+                         o0, o1);
+}
+
+static void s_mm_add(s_mm_job_t *j, float *out, const float *w, const float *bias, int d_out) {
+    j->part[j->n_parts].out = out;
+    j->part[j->n_parts].w = w;
+    j->part[j->n_parts].bias = bias;
+    j->part[j->n_parts].d_out = d_out;
+    j->n_parts++;
+}
+
+static void s_mm_run(s_cpu_t *c, s_mm_job_t *j) {
+    int rows = 0;
+    for (int p = 0; p < j->n_parts; p++) rows += j->part[p].d_out;
+    // About four chunks per thread (dynamic balance), a multiple of 4 rows.
+    int chunk = (rows + 4 * c->n_threads - 1) / (4 * c->n_threads);
+    chunk = (chunk + 3) & ~3;
+    if (chunk < 8) chunk = 8;
+    j->chunk = chunk;
+    int n_tasks = 0;
+    for (int p = 0; p < j->n_parts; p++) {
+        j->part[p].n_tasks = (j->part[p].d_out + chunk - 1) / chunk;
+        n_tasks += j->part[p].n_tasks;
+    }
+    s_pool_run(c->pool, s_mm_task, j, n_tasks);
+}
+
+static void s_matmul(s_cpu_t *c, float *out, const float *x, const float *w, const float *bias, int n, int d_in,
+                     int d_out) {
+    s_mm_job_t j = {.x = x, .n = n, .d_in = d_in};
+    s_mm_add(&j, out, w, bias, d_out);
+    s_mm_run(c, &j);
+}
+
+// ---------------------------------------------------------------- parallel attention
+
+typedef struct {
+    s_cpu_t *c;
+    const kvf_batch_t *b;
+    const float *k_cache, *v_cache;  // this layer's (n_blocks, block_size, n_kv, head_dim)
+} s_att_job_t;
+
+static void s_att_task(void *ctx, int task, int thread) {
+    s_att_job_t *j = ctx;
+    s_cpu_t *c = j->c;
+    const kvf_modelcfg_t *cfg = &c->base.cfg;
+    int s = task / cfg->n_heads, h = task % cfg->n_heads;
+    size_t t0 = (size_t)c->seq_start[s];
+    kvf_cpu_attention_heads(c->att + t0 * c->q_dim, c->q + t0 * c->q_dim, j->k_cache, j->v_cache,
+                            j->b->block_table + (size_t)s * j->b->max_blocks, j->b->n_new[s], j->b->n_past[s],
+                            cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, c->base.opts.block_size, h, h + 1,
+                            c->scratch + (size_t)thread * c->max_ctx);
+}
+
+// ---------------------------------------------------------------- forward
+
+// Checks a batch against the limits fixed at start-up; fills seq_start.
+static int s_validate(s_cpu_t *c, const kvf_batch_t *b, const float *logits, kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: batch and logits are required");
+    if (b->n_seqs < 1 || b->n_seqs > o->max_batch_size)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %d sequences, allowed 1..%d (max_batch_size)", b->n_seqs,
+                           o->max_batch_size);
+    if (b->n_tokens < 1 || b->n_tokens > o->max_step_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %d tokens, allowed 1..%d (max_step_tokens)", b->n_tokens,
+                           o->max_step_tokens);
+    if (!b->tokens || !b->n_new || !b->n_past || !b->block_table)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: tokens, n_new, n_past and block_table are required");
+    if (b->max_blocks < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: max_blocks %d < 1", b->max_blocks);
+    int64_t rows = b->all_logits ? b->n_tokens : b->n_seqs;
+    if (rows > o->max_logit_rows)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %lld logit rows, allowed %d (max_logit_rows)", (long long)rows,
+                           o->max_logit_rows);
+    int64_t sum = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int32_t nn = b->n_new[s], np = b->n_past[s];
+        if (nn < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_new %d < 1", s, nn);
+        if (np < 0) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_past %d < 0", s, np);
+        int64_t len = (int64_t)np + nn;
+        if (len > (int64_t)c->max_ctx)
+            return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d reaches %lld tokens, more than %d (max_blocks_per_seq x block_size)",
+                               s, (long long)len, c->max_ctx);
+        int64_t need = (len + o->block_size - 1) / o->block_size;
+        if (need > b->max_blocks)
+            return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d needs %lld blocks, its table holds %d", s,
+                               (long long)need, b->max_blocks);
+        const int32_t *bt = b->block_table + (size_t)s * b->max_blocks;
+        for (int64_t i = 0; i < need; i++)
+            if (bt[i] < 0 || bt[i] >= c->base.n_blocks)
+                return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d block %lld is id %d, outside 0..%d", s,
+                                   (long long)i, bt[i], c->base.n_blocks - 1);
+        c->seq_start[s] = (int32_t)sum;
+        sum += nn;
+        if (sum > b->n_tokens) break;
+    }
+    if (sum != b->n_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: n_new sums to %lld, n_tokens is %d", (long long)sum, b->n_tokens);
+    for (int t = 0; t < b->n_tokens; t++)
+        if (b->tokens[t] < 0 || b->tokens[t] >= c->base.cfg.vocab_size)
+            return kvf_err_set(err, KVF_E_INVAL, "batch: token %d is id %d, outside the vocabulary 0..%d", t,
+                               b->tokens[t], c->base.cfg.vocab_size - 1);
+    return 0;
+}
+
+static void s_add(float *x, const float *y, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = x[i] + y[i];
+}
+
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    s_cpu_t *c = (s_cpu_t *)be;
+    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: no backend");
+    if (s_validate(c, b, logits, err) != 0) return -1;
+    const kvf_modelcfg_t *cfg = &be->cfg;
+    const int n = b->n_tokens, dim = c->dim, hd = cfg->head_dim, bs = be->opts.block_size;
+    const float eps = cfg->rms_norm_eps;
+
+    for (int s = 0; s < b->n_seqs; s++)
+        for (int i = 0; i < b->n_new[s]; i++) c->pos[c->seq_start[s] + i] = b->n_past[s] + i;
+
+    kvf_cpu_embed(c->x, c->embed, b->tokens, n, dim);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const s_layer_t *L = &c->layers[l];
+        float *k_cache = c->kv + (size_t)l * 2 * c->kv_layer_floats;  // (n_blocks, bs, n_kv, hd)
+        float *v_cache = k_cache + c->kv_layer_floats;                 // (n_blocks, bs, n_kv, hd)
+
+        // attention block
+        kvf_cpu_rmsnorm(c->xn, c->x, L->attn_norm, n, dim, eps);
+        s_mm_job_t qkv = {.x = c->xn, .n = n, .d_in = dim};
+        s_mm_add(&qkv, c->q, L->wq, L->bq, c->q_dim);
+        s_mm_add(&qkv, c->k, L->wk, L->bk, c->kv_dim);
+        s_mm_add(&qkv, c->v, L->wv, L->bv, c->kv_dim);
+        s_mm_run(c, &qkv);
+        kvf_cpu_rope(c->q, c->pos, c->inv_freq, n, cfg->n_heads, hd);
+        kvf_cpu_rope(c->k, c->pos, c->inv_freq, n, cfg->n_kv_heads, hd);
+        for (int s = 0; s < b->n_seqs; s++) {
+            size_t t0 = (size_t)c->seq_start[s];
+            kvf_cpu_kv_write(k_cache, v_cache, c->k + t0 * c->kv_dim, c->v + t0 * c->kv_dim, c->pos + t0,
+                             b->block_table + (size_t)s * b->max_blocks, b->n_new[s], cfg->n_kv_heads, hd, bs);
+        }
+        s_att_job_t aj = {c, b, k_cache, v_cache};
+        s_pool_run(c->pool, s_att_task, &aj, b->n_seqs * cfg->n_heads);
+        s_matmul(c, c->xn, c->att, L->wo, NULL, n, c->q_dim, dim);
+        s_add(c->x, c->xn, (size_t)n * dim);
+
+        // MLP block
+        kvf_cpu_rmsnorm(c->xn, c->x, L->ffn_norm, n, dim, eps);
+        s_mm_job_t gu = {.x = c->xn, .n = n, .d_in = dim};
+        s_mm_add(&gu, c->gate, L->w_gate, NULL, c->inter);
+        s_mm_add(&gu, c->up, L->w_up, NULL, c->inter);
+        s_mm_run(c, &gu);
+        kvf_cpu_silu_mul(c->gate, c->gate, c->up, n * c->inter);
+        s_matmul(c, c->xn, c->gate, L->w_down, NULL, n, c->inter, dim);
+        s_add(c->x, c->xn, (size_t)n * dim);
+    }
+
+    int rows = b->all_logits ? n : b->n_seqs;
+    for (int r = 0; r < rows; r++) {
+        int t = b->all_logits ? r : c->seq_start[r] + b->n_new[r] - 1;
+        kvf_cpu_rmsnorm(c->rows + (size_t)r * dim, c->x + (size_t)t * dim, c->norm, 1, dim, eps);
+    }
+    s_matmul(c, logits, c->rows, c->lm_head, NULL, rows, dim, cfg->vocab_size);
+    return 0;
+}
+
+static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy};
+
+// ---------------------------------------------------------------- weights
+
+// One weight tensor: its HF name, shape and where it goes in the arena.
+typedef struct {
+    char name[96];
+    int n_dims;
+    int64_t shape[2];
+    float *dst;
+    const kvf_tensor_t *src;  // when loading from safetensors
+    int is_norm;              // random init: ones
+} s_wspec_t;
+
+typedef struct {
+    s_wspec_t *specs;
+    int n;
+} s_wlist_t;
+
+static float *s_wadd(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int64_t d1, const char *fmt, int l,
+                     const char *leaf) {
+    s_wspec_t *w = &wl->specs[wl->n++];
+    if (l >= 0)
+        snprintf(w->name, sizeof w->name, fmt, l, leaf);
+    else
+        snprintf(w->name, sizeof w->name, "%s", fmt);
+    w->n_dims = d1 > 0 ? 2 : 1;
+    w->shape[0] = d0;
+    w->shape[1] = d1;
+    w->dst = *cursor;
+    w->src = NULL;
+    w->is_norm = is_norm;
+    *cursor += (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    return w->dst;
+}
+
+// Lays the tensors of cfg out in the arena (NULL arena: only counts floats).
+static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, s_wlist_t *wl) {
+    int64_t D = cfg->hidden_size, V = cfg->vocab_size, I = cfg->intermediate_size;
+    int64_t Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim;
+    uint64_t per_layer = (uint64_t)(2 * D + Q * D + 2 * KV * D + D * Q + 3 * I * D);
+    if (cfg->attention_bias) per_layer += (uint64_t)(Q + 2 * KV);
+    uint64_t total = (uint64_t)(V * D) + (uint64_t)cfg->n_layers * per_layer + (uint64_t)D;
+    if (!cfg->tie_word_embeddings) total += (uint64_t)(V * D);
+    if (!c) return total;
+
+    float *cur = c->weights;
+    const char *lf = "model.layers.%d.%s";
+    c->embed = s_wadd(wl, &cur, 0, V, D, "model.embed_tokens.weight", -1, NULL);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        s_layer_t *L = &c->layers[l];
+        L->attn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "input_layernorm.weight");
+        L->wq = s_wadd(wl, &cur, 0, Q, D, lf, l, "self_attn.q_proj.weight");
+        L->wk = s_wadd(wl, &cur, 0, KV, D, lf, l, "self_attn.k_proj.weight");
+        L->wv = s_wadd(wl, &cur, 0, KV, D, lf, l, "self_attn.v_proj.weight");
+        if (cfg->attention_bias) {
+            L->bq = s_wadd(wl, &cur, 0, Q, 0, lf, l, "self_attn.q_proj.bias");
+            L->bk = s_wadd(wl, &cur, 0, KV, 0, lf, l, "self_attn.k_proj.bias");
+            L->bv = s_wadd(wl, &cur, 0, KV, 0, lf, l, "self_attn.v_proj.bias");
+        }
+        L->wo = s_wadd(wl, &cur, 0, D, Q, lf, l, "self_attn.o_proj.weight");
+        L->ffn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "post_attention_layernorm.weight");
+        L->w_gate = s_wadd(wl, &cur, 0, I, D, lf, l, "mlp.gate_proj.weight");
+        L->w_up = s_wadd(wl, &cur, 0, I, D, lf, l, "mlp.up_proj.weight");
+        L->w_down = s_wadd(wl, &cur, 0, D, I, lf, l, "mlp.down_proj.weight");
+    }
+    c->norm = s_wadd(wl, &cur, 1, D, 0, "model.norm.weight", -1, NULL);
+    c->lm_head = cfg->tie_word_embeddings ? c->embed : s_wadd(wl, &cur, 0, V, D, "lm_head.weight", -1, NULL);
+    return total;
+}
+
+static uint64_t s_mix64(uint64_t z) {
+    z += 0x9e3779b97f4a7c15ull;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+#define KVF_INIT_CHUNK (1 << 20)  // floats per random-init task
+
+typedef struct {
+    float *arena;
+    uint64_t n_floats;
+} s_init_job_t;
+
+// Random init of one chunk of the arena: N(0, 0.02) from a stream seeded by the
+// chunk index only, so the weights do not depend on the number of threads.
+static void s_init_task(void *ctx, int task, int thread) {
+    (void)thread;
+    s_init_job_t *j = ctx;
+    uint64_t i0 = (uint64_t)task * KVF_INIT_CHUNK;
+    uint64_t i1 = i0 + KVF_INIT_CHUNK < j->n_floats ? i0 + KVF_INIT_CHUNK : j->n_floats;
+    uint64_t state = s_mix64(0x6b7666ull ^ s_mix64((uint64_t)task));
+    for (uint64_t i = i0; i < i1; i += 2) {
+        state = s_mix64(state);
+        double u1 = ((double)(state >> 11) + 0.5) * 0x1.0p-53;
+        state = s_mix64(state);
+        double u2 = (double)(state >> 11) * 0x1.0p-53;
+        double r = sqrt(-2.0 * log(u1)) * 0.02;
+        j->arena[i] = (float)(r * cos(2.0 * M_PI * u2));
+        if (i + 1 < i1) j->arena[i + 1] = (float)(r * sin(2.0 * M_PI * u2));
+    }
+}
+
+static void s_load_task(void *ctx, int task, int thread) {
+    (void)thread;
+    const s_wlist_t *wl = ctx;
+    kvf_tensor_to_f32(wl->specs[task].src, wl->specs[task].dst);
+}
+
+// Fills the arena from st (every tensor checked by name and exact shape first),
+// or with seeded random values when st is NULL.
+static int s_load_weights(s_cpu_t *c, const kvf_safetensors_t *st, s_wlist_t *wl, uint64_t n_floats,
+                          kvf_err_t *err) {
+    if (!st) {
+        s_init_job_t j = {c->weights, n_floats};
+        s_pool_run(c->pool, s_init_task, &j, (int)((n_floats + KVF_INIT_CHUNK - 1) / KVF_INIT_CHUNK));
+        for (int i = 0; i < wl->n; i++)
+            if (wl->specs[i].is_norm)
+                for (int64_t e = 0; e < wl->specs[i].shape[0]; e++) wl->specs[i].dst[e] = 1.0f;
+        return 0;
+    }
+    for (int i = 0; i < wl->n; i++) {
+        s_wspec_t *w = &wl->specs[i];
+        w->src = kvf_safetensors_expect(st, w->name, w->n_dims, w->shape, err);
+        if (!w->src) return -1;
+        if (w->src->dtype != KVF_DT_F32 && w->src->dtype != KVF_DT_F16 && w->src->dtype != KVF_DT_BF16)
+            return kvf_err_set(err, KVF_E_UNSUPPORTED, "%s: dtype %d is not F32, F16 or BF16", w->name,
+                               (int)w->src->dtype);
+    }
+    s_pool_run(c->pool, s_load_task, wl, wl->n);
+    return 0;
+}
+
+// ---------------------------------------------------------------- memory plan
+
+// MemAvailable of /proc/meminfo in bytes; 0 when it cannot be read.
+static uint64_t s_mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    uint64_t kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lu kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
+static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o, kvf_err_t *err) {
+    if (cfg->hidden_size < 1 || cfg->n_layers < 1 || cfg->n_heads < 1 || cfg->n_kv_heads < 1 ||
+        cfg->intermediate_size < 1 || cfg->vocab_size < 1 || cfg->head_dim < 2)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: model config has a size < 1");
+    if (cfg->head_dim % 2 != 0 || cfg->head_dim > 4096)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: head_dim %d must be even and <= 4096", cfg->head_dim);
+    if (cfg->n_heads % cfg->n_kv_heads != 0)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: %d heads are not a multiple of %d KV heads", cfg->n_heads,
+                           cfg->n_kv_heads);
+    if (!(cfg->rms_norm_eps >= 0) || !(cfg->rope_theta > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: rms_norm_eps or rope_theta out of range");
+    if ((cfg->rope_type == KVF_ROPE_LINEAR || cfg->rope_type == KVF_ROPE_LLAMA3) && !(cfg->rope_factor > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: rope factor %g must be > 0", cfg->rope_factor);
+    if (cfg->rope_type == KVF_ROPE_LLAMA3 &&
+        (!(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor) || !(cfg->rope_low_freq_factor > 0) ||
+         cfg->rope_original_max_position < 1))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: llama3 rope needs 0 < low_freq_factor < high_freq_factor "
+                                             "and original_max_position_embeddings >= 1");
+    if (o->block_size < 1 || o->max_batch_size < 1 || o->max_step_tokens < 1 || o->max_logit_rows < 1 ||
+        o->max_blocks_per_seq < 1)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: block_size %d, max_batch_size %d, max_step_tokens %d, "
+                                             "max_logit_rows %d and max_blocks_per_seq %d must all be >= 1",
+                           o->block_size, o->max_batch_size, o->max_step_tokens, o->max_logit_rows,
+                           o->max_blocks_per_seq);
+    if ((int64_t)o->max_blocks_per_seq * o->block_size > INT32_MAX)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: max_blocks_per_seq x block_size exceeds 2^31 tokens");
+    if (o->n_threads < 0) return kvf_err_set(err, KVF_E_INVAL, "cpu backend: n_threads %d < 0", o->n_threads);
+    if (o->tp_size > 1 || o->tp_rank != 0)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: tensor parallelism (tp_size %d) is not supported",
+                           o->tp_size);
+    if (!(o->cache_max_entry_count > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: --cache-max-entry-count %g must be > 0",
+                           o->cache_max_entry_count);
+    return 0;
+}
+
+#define MIB(b) ((double)(b) / (1024.0 * 1024.0))
+
+kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetensors_t *st,
+                                   const kvf_backend_opts_t *opts, kvf_err_t *err) {
+    if (!cfg || !opts) {
+        kvf_err_set(err, KVF_E_INVAL, "cpu backend: config and options are required");
+        return NULL;
+    }
+    if (s_check_config(cfg, opts, err) != 0) return NULL;
+
+    // Sizes first, so that a plan that cannot fit fails before allocating.
+    const int64_t T = opts->max_step_tokens, R = opts->max_logit_rows, B = opts->max_batch_size;
+    const int64_t D = cfg->hidden_size, I = cfg->intermediate_size;
+    const int64_t Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim;
+    const int64_t C = (int64_t)opts->max_blocks_per_seq * opts->block_size;
+    int n_threads = opts->n_threads;
+    if (n_threads == 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        n_threads = nc < 1 ? 1 : nc > 256 ? 256 : (int)nc;
+    }
+    const uint64_t n_weight_floats = s_layout(NULL, cfg, NULL);
+    const uint64_t weights_bytes = n_weight_floats * sizeof(float);
+    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D) +
+                               (uint64_t)n_threads * (uint64_t)C;
+    const uint64_t ws_ints = (uint64_t)(T + B);
+    const uint64_t ws_bytes = ws_floats * sizeof(float) + ws_ints * sizeof(int32_t);
+    const uint64_t avail = opts->memory_budget ? opts->memory_budget : s_mem_available();
+    if (avail == 0) {
+        kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: cannot read MemAvailable from /proc/meminfo; "
+                                            "give --memory-budget");
+        return NULL;
+    }
+    if (weights_bytes + ws_bytes > avail) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: weights (%.1f MiB) + workspace (%.1f MiB) exceed the %.1f MiB "
+                                      "available: raise --memory-budget or lower --max-prefill-token-num / "
+                                      "--max-batch-size",
+                    MIB(weights_bytes), MIB(ws_bytes), MIB(avail));
+        return NULL;
+    }
+    const uint64_t free_bytes = avail - weights_bytes - ws_bytes;
+    const uint64_t block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)opts->block_size * (uint64_t)KV * 4ull;
+    uint64_t n_blocks;
+    if (opts->cache_max_entry_count < 1.0) {
+        n_blocks = (uint64_t)(opts->cache_max_entry_count * (double)free_bytes) / block_bytes;
+    } else {
+        n_blocks = (uint64_t)opts->cache_max_entry_count;
+        if (n_blocks > free_bytes / block_bytes) {
+            kvf_err_set(err, KVF_E_NOMEM, "cpu backend: %llu KV blocks (%.1f MiB) do not fit the %.1f MiB left after "
+                                          "weights and workspace: lower --cache-max-entry-count or raise "
+                                          "--memory-budget",
+                        (unsigned long long)n_blocks, MIB(n_blocks * block_bytes), MIB(free_bytes));
+            return NULL;
+        }
+    }
+    if (n_blocks > INT32_MAX) n_blocks = INT32_MAX;
+
+    s_cpu_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory");
+        return NULL;
+    }
+    kvf_backend_t *be = &c->base;
+    be->ops = &s_cpu_ops;
+    be->cfg = *cfg;
+    be->opts = *opts;
+    be->n_blocks = (int32_t)n_blocks;
+    be->weights_bytes = weights_bytes;
+    be->workspace_bytes = ws_bytes;
+    be->kv_bytes = n_blocks * block_bytes;
+    be->free_bytes_at_start = free_bytes;
+    c->n_threads = n_threads;
+    c->dim = (int32_t)D;
+    c->q_dim = (int32_t)Q;
+    c->kv_dim = (int32_t)KV;
+    c->inter = (int32_t)I;
+    c->max_ctx = (int32_t)C;
+    c->kv_layer_floats = (size_t)n_blocks * (size_t)opts->block_size * (size_t)KV;
+
+    c->pool = s_pool_new(n_threads, err);
+    if (!c->pool) goto fail;
+
+    // weights
+    c->weights = malloc(weights_bytes ? weights_bytes : 1);
+    c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
+    c->inv_freq = malloc((size_t)cfg->head_dim / 2 * sizeof(float));
+    s_wlist_t wl = {calloc((size_t)cfg->n_layers * 12 + 4, sizeof(s_wspec_t)), 0};
+    if (!c->weights || !c->layers || !c->inv_freq || !wl.specs) {
+        free(wl.specs);
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of weights", MIB(weights_bytes));
+        goto fail;
+    }
+    s_layout(c, cfg, &wl);
+    int rc = s_load_weights(c, st, &wl, n_weight_floats, err);
+    free(wl.specs);
+    if (rc != 0) goto fail;
+    kvf_cpu_rope_inv_freq(c->inv_freq, cfg);
+
+    // workspace
+    c->ws = malloc(ws_bytes);
+    if (!c->ws) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of workspace", MIB(ws_bytes));
+        goto fail;
+    }
+    float *w = c->ws;
+    c->x = w, w += T * D;
+    c->xn = w, w += T * D;
+    c->q = w, w += T * Q;
+    c->att = w, w += T * Q;
+    c->k = w, w += T * KV;
+    c->v = w, w += T * KV;
+    c->gate = w, w += T * I;
+    c->up = w, w += T * I;
+    c->rows = w, w += R * D;
+    c->scratch = w, w += (int64_t)n_threads * C;
+    int32_t *wi = (int32_t *)w;
+    c->pos = wi, wi += T;
+    c->seq_start = wi;
+
+    // KV slab (zeroed lazily by the kernel)
+    c->kv = calloc(1, be->kv_bytes ? be->kv_bytes : 1);
+    if (!c->kv) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of KV cache: lower "
+                                      "--cache-max-entry-count or --memory-budget",
+                    MIB(be->kv_bytes));
+        goto fail;
+    }
+    kvf_log(KVF_LOG_INFO,
+            "cpu plan: weights %.1f MiB, workspace %.1f MiB, free %.1f MiB, KV %d blocks of %d tokens (%.1f MiB, %lld "
+            "tokens), %d threads",
+            MIB(weights_bytes), MIB(ws_bytes), MIB(free_bytes), be->n_blocks, opts->block_size, MIB(be->kv_bytes),
+            (long long)n_blocks * opts->block_size, n_threads);
+    return be;
+
+fail:
+    s_destroy(&be);
+    return NULL;
+}
