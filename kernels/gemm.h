@@ -1,0 +1,47 @@
+// kernels/gemm.h — y = x @ W^T through cuBLASLt: bf16 in, f32 accumulation, bf16
+// or f32 out, W in Hugging Face (out_features, in_features) layout.
+//
+// The context owns the cuBLASLt handle and a small cache of matmul descriptors
+// and heuristic picks keyed by shape (so a step repeats no heuristic query);
+// the workspace is the caller's device memory, lent for the context's life.
+#ifndef KVF_KERNELS_GEMM_H
+#define KVF_KERNELS_GEMM_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum {
+    KVF_GEMM_OUT_BF16 = 0,
+    KVF_GEMM_OUT_F32 = 1,
+} kvf_gemm_out_t;
+
+typedef struct kvf_gemm_ctx_s kvf_gemm_ctx_t;
+
+// Creates the handle on the current device. workspace (device, >= 256-byte
+// aligned, may be NULL when workspace_bytes is 0) stays owned by the caller and
+// must outlive the context. Returns a new context, or NULL with err set.
+kvf_gemm_ctx_t *kvf_gemm_ctx_new(void *workspace, size_t workspace_bytes, kvf_err_t *err);
+
+// Destroys the handle and the cached descriptors; accepts NULL; nulls *self_p.
+void kvf_gemm_ctx_destroy(kvf_gemm_ctx_t **self_p);
+
+// y = x @ w^T + beta * y (beta 0: y is only written). Pointers 16-byte aligned.
+// Returns 0, or -1 with err set (bad arguments KVF_E_INVAL, cuBLASLt KVF_E_DEVICE).
+int kvf_gemm(kvf_gemm_ctx_t *ctx,
+             void *y,               // (n, d_out) bf16 or f32 per y_type, device
+             kvf_gemm_out_t y_type,
+             const uint16_t *x,     // (n, d_in) bf16, device
+             const uint16_t *w,     // (d_out, d_in) bf16, device
+             int n, int d_in, int d_out, float beta, cudaStream_t stream, kvf_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,31 @@
+// kernels/rmsnorm.h — RMSNorm of the residual stream (f32) into bf16 activations.
+#ifndef KVF_KERNELS_RMSNORM_H
+#define KVF_KERNELS_RMSNORM_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// out = x / sqrt(mean(x^2) + eps) * w per row, accumulated in f32.
+// Returns 0, or -1 with err set (bad arguments: KVF_E_INVAL; launch: KVF_E_DEVICE).
+int kvf_rmsnorm(uint16_t *out,      // (n, dim) bf16, device
+                const float *x,     // (n, dim) device
+                const float *w,     // (dim) device
+                int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+// Fused with the residual add: residual += x; out = rmsnorm(residual) * w.
+int kvf_rmsnorm_add(uint16_t *out,       // (n, dim) bf16, device
+                    float *residual,     // (n, dim) device, updated in place
+                    const uint16_t *x,   // (n, dim) bf16, device
+                    const float *w,      // (dim) device
+                    int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,55 @@
+// kernels/util.cuh — device helpers shared by the kernels (internal, not a C header).
+#ifndef KVF_KERNELS_UTIL_CUH
+#define KVF_KERNELS_UTIL_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+static __device__ __forceinline__ float kvf_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float kvf_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+static __device__ __forceinline__ float kvf_block_sum(float v, float *scratch /* (32) */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = kvf_warp_sum(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : 0.0f;
+    return kvf_warp_sum(v);
+}
+
+static __device__ __forceinline__ float kvf_ld(const bf16 *p) { return __bfloat162float(*p); }
+static __device__ __forceinline__ float kvf_ld(const float *p) { return *p; }
+static __device__ __forceinline__ void kvf_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
+static __device__ __forceinline__ void kvf_st(float *p, float v) { *p = v; }
+
+// A counter-based hash (splitmix64): random numbers keyed by (seed, index) alone.
+static __device__ __forceinline__ uint64_t kvf_mix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+// Uniform in (0, 1): 24 random bits, never 0 or 1.
+static __device__ __forceinline__ float kvf_uniform01(uint64_t seed, uint64_t i) {
+    uint64_t h = kvf_mix64(seed ^ kvf_mix64(i));
+    return ((float)(h >> 40) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+static inline unsigned kvf_cdiv(long long a, long long b) { return (unsigned)((a + b - 1) / b); }
+
+#endif
