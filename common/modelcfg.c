@@ -147,6 +147,14 @@ static int s_rope(json_t *root, const char *name, kvf_modelcfg_t *cfg, kvf_err_t
         // transformers 5: everything lives in rope_parameters.
         if (!json_is_object(params))
             return kvf_err_set(err, KVF_E_FORMAT, "%s: \"rope_parameters\" is not an object", name);
+        const char *k;
+        json_t *sub;
+        json_object_foreach(params, k, sub) {
+            if (json_is_object(sub))  // {"full_attention": {...}, "sliding_attention": {...}}
+                return kvf_err_set(err, KVF_E_UNSUPPORTED,
+                                   "%s: \"rope_parameters.%.40s\": RoPE settings per layer type are not supported", name,
+                                   k);
+        }
         if (s_opt_pos_num(params, name, "rope_parameters.", "rope_theta", &cfg->rope_theta, err) != 0) return -1;
         return s_rope_object(params, name, "rope_parameters.", cfg, err);
     }

@@ -253,6 +253,9 @@ Test(modelcfg, rope_parameters) {
                        KVF_E_UNSUPPORTED, "yarn");
     s_expect_err_extra(",\"rope_parameters\":{\"rope_type\":\"llama3\",\"factor\":8.0}", KVF_E_FORMAT,
                        "rope_parameters.low_freq_factor");
+    s_expect_err_extra(",\"rope_parameters\":{\"full_attention\":{\"rope_theta\":1e6,\"rope_type\":\"default\"}}",
+                       KVF_E_UNSUPPORTED, "rope_parameters.full_attention");
+    s_expect_err_extra(",\"rope_parameters\":[1]", KVF_E_FORMAT, "rope_parameters");
 }
 
 Test(modelcfg, rope_errors) {

@@ -3,8 +3,9 @@
 // tokenizer_config.json), for tests and benchmarks that need a model of a
 // given shape without downloading one.
 //
-// The weights depend only on the seed and the shape, through integer-only
-// arithmetic, so the same flags give byte-identical files on every machine.
+// The weights depend only on the seed and the shape, through integer
+// arithmetic and exactly rounded float multiplies (no libm), so the same flags
+// give byte-identical files on every machine.
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
