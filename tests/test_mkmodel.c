@@ -250,3 +250,40 @@ Test(mkmodel, bad_flags) {
     snprintf(args, sizeof args, "'%s/stderr/m' --hidden 64 --heads 4 --kv-heads 2 --layers 1", s_tmp);
     cr_assert_eq(s_run(args), 1);
 }
+
+#ifdef KVF_HAVE_TOKENIZER
+#include "common/tokenizer.h"
+
+// The generated tokenizer.json loads in the project's tokenizer, adds BOS,
+// uses the learned merges and round-trips text.
+Test(mkmodel, tokenizer_round_trip) {
+    char args[512], dir[300], path[400];
+    snprintf(dir, sizeof dir, "%s/t", s_tmp);
+    snprintf(args, sizeof args, "'%s' --hidden 64 --layers 1 --heads 4 --kv-heads 2 --intermediate 128", dir);
+    cr_assert_eq(s_run(args), 0);
+    kvf_modelcfg_t c;
+    kvf_err_t err;
+    cr_assert_eq(kvf_modelcfg_load(dir, &c, &err), 0, "%s", err.msg);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    kvf_tokenizer_t *tok = kvf_tokenizer_load(path, &err);
+    cr_assert_not_null(tok, "%s", err.msg);
+    cr_assert_eq(kvf_tokenizer_vocab_size(tok), c.vocab_size);
+    cr_assert_eq(kvf_tokenizer_token_id(tok, "<|begin_of_text|>"), c.bos_id);
+    cr_assert_eq(kvf_tokenizer_token_id(tok, "<|end_of_text|>"), c.eos_ids[0]);
+    cr_assert(kvf_tokenizer_is_special(tok, c.bos_id));
+    const char *text = "The miller's daughter counted 128 boats on the river, caf\xc3\xa9 \xe2\x9c\x93 and all.";
+    int32_t *ids;
+    size_t n;
+    cr_assert_eq(kvf_tokenizer_encode(tok, text, strlen(text), 1, &ids, &n, &err), 0, "%s", err.msg);
+    cr_assert(n > 1);
+    cr_assert_eq(ids[0], c.bos_id);
+    // Merges were learned: clearly fewer tokens than bytes (about half here).
+    cr_assert(n - 1 < strlen(text) * 2 / 3, "%zu tokens for %zu bytes", n - 1, strlen(text));
+    char *back;
+    cr_assert_eq(kvf_tokenizer_decode(tok, ids + 1, n - 1, &back, &err), 0, "%s", err.msg);
+    cr_assert_str_eq(back, text);
+    free(back);
+    free(ids);
+    kvf_tokenizer_destroy(&tok);
+}
+#endif
