@@ -525,3 +525,57 @@ Test(convert, f16) {
         if ((hy & 0x7fff) != 0) cr_assert(e <= fabs((double)dn - x), "%a", (double)x);
     }
 }
+
+// ---------------------------------------------------------------- corrupted bytes
+
+// Bytes of a valid file flipped at random (seeded): every open either fails
+// with a message or yields tensors that lie inside the file.
+Test(st_files, random_corruption_never_crashes) {
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    uint16_t b[5] = {1, 2, 3, 4, 5};
+    const char *names[] = {"alpha", "beta"};
+    kvf_dtype dts[] = {KVF_DT_F32, KVF_DT_F16};
+    int nd[] = {2, 1};
+    const int64_t shapes[2][KVF_ST_MAX_DIMS] = {{3, 2}, {5}};
+    const void *data[] = {a, b};
+    char path[320];
+    snprintf(path, sizeof path, "%s/c.safetensors", s_tmp);
+    kvf_err_t err;
+    cr_assert_eq(kvf_safetensors_write(path, 2, names, dts, nd, shapes, data, &err), 0, "%s", err.msg);
+    size_t len = 0;
+    unsigned char *orig = (unsigned char *)kvf_test_slurp(path, &len);
+    unsigned char *buf = malloc(len);
+    uint64_t rng = 12345;
+    int opened = 0, refused = 0;
+    for (int iter = 0; iter < 400; iter++) {
+        memcpy(buf, orig, len);
+        size_t cut = len;
+        for (int k = 0; k < 1 + iter % 3; k++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            size_t pos = (size_t)(rng >> 33) % (len - 24);  // mostly the header
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            buf[pos] = (unsigned char)(rng >> 56);
+        }
+        if (iter % 7 == 0) cut = (size_t)(rng >> 40) % len;  // sometimes truncated too
+        FILE *f = fopen(path, "wb");
+        fwrite(buf, 1, cut, f);
+        fclose(f);
+        kvf_safetensors_t *st = kvf_safetensors_open_file(path, &err);
+        if (!st) {
+            cr_assert(err.code != KVF_OK && err.msg[0], "failure without a message");
+            refused++;
+            continue;
+        }
+        opened++;
+        for (size_t i = 0; i < kvf_safetensors_count(st); i++) {
+            const kvf_tensor_t *t = kvf_safetensors_at(st, i);
+            float tmp[64];
+            if (t->n_bytes <= sizeof tmp) kvf_tensor_to_f32(t, tmp);  // reads inside the mapping (ASan-checked)
+        }
+        kvf_safetensors_destroy(&st);
+    }
+    cr_assert(refused > 100, "only %d corrupted files refused", refused);
+    cr_assert(opened > 0, "no harmless corruption (e.g. in a name) was accepted");
+    free(orig);
+    free(buf);
+}
