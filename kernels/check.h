@@ -24,7 +24,7 @@ int kvf_check_fail(kvf_err_t *err, const char *stmt, long long code, const char 
 int kvf_check_inval(kvf_err_t *err, const char *cond, const char *func);
 
 static inline const char *kvf_cuda_errstr(long long rc) { return cudaGetErrorString((cudaError_t)rc); }
-static inline const char *kvf_cublas_errstr(long long rc) { return cublasGetStatusString((cublasStatus_t)rc); }
+static inline const char *kvf_cublas_errstr(long long rc) { return cublasLtGetStatusString((cublasStatus_t)rc); }
 
 #ifdef __cplusplus
 }

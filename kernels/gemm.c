@@ -47,7 +47,7 @@ kvf_gemm_ctx_t *kvf_gemm_ctx_new(void *workspace, size_t workspace_bytes, kvf_er
     }
     cublasStatus_t st = cublasLtCreate(&ctx->handle);
     if (st != CUBLAS_STATUS_SUCCESS) {
-        kvf_check_fail(err, "cublasLtCreate(&ctx->handle)", st, cublasGetStatusString(st), __FILE__, __LINE__);
+        kvf_check_fail(err, "cublasLtCreate(&ctx->handle)", st, cublasLtGetStatusString(st), __FILE__, __LINE__);
         free(ctx);
         return NULL;
     }
@@ -89,7 +89,7 @@ static int s_entry_build(kvf_gemm_ctx_t *ctx, s_entry_t *e, int n, int d_in, int
         st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, 1, &res, &n_res);
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS)
-        return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasGetStatusString(st), __FILE__,
+        return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasLtGetStatusString(st), __FILE__,
                               __LINE__);
     if (n_res < 1)
         return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm: cuBLASLt has no algorithm for n=%d d_in=%d d_out=%d", n,
