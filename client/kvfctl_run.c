@@ -54,7 +54,8 @@ typedef struct {
     uint64_t inflight;
     size_t max_inflight;
     s_map_t map;
-    char *batch_id;
+    char **batches;            // the id of every chunk submitted (a batch each)
+    size_t n_batches, batches_cap;
     kvf_run_stats_t st;
     int64_t t0, last_event, last_progress, retry_at;
     int bar;                   // 1: redrawn bar on a terminal
@@ -177,6 +178,14 @@ static void s_rec_release(s_rec_t *rec) {
 
 // ---------------------------------------------------------------- input
 
+static void s_pending_push(s_run_t *r, uint64_t idx) {
+    if (r->n_pending == r->pending_cap) {
+        r->pending_cap = r->pending_cap ? r->pending_cap * 2 : 256;
+        r->pending = kvf_xrealloc(r->pending, r->pending_cap * sizeof *r->pending);
+    }
+    r->pending[r->n_pending++] = idx;
+}
+
 // Counts the requests in a regular file, for the progress bar's total; 0 otherwise.
 static uint64_t s_count(const char *path) {
     struct stat sb;
@@ -217,11 +226,7 @@ static int s_read_one(s_run_t *r, kvf_err_t *err) {
     if (kvf_jsonl_parse(line, (size_t)n, r->lines_read, &rec->req, &e) < 0) {
         s_rec_finish_error(r, rec, kvf_status_name(e.code), e.msg);
     } else {
-        if (r->n_pending == r->pending_cap) {
-            r->pending_cap = r->pending_cap ? r->pending_cap * 2 : 256;
-            r->pending = kvf_xrealloc(r->pending, r->pending_cap * sizeof *r->pending);
-        }
-        r->pending[r->n_pending++] = idx;
+        s_pending_push(r, idx);
     }
     free(line);
     return 1;
@@ -247,21 +252,23 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
             reqs[i].tag = tags + i * 24;
         }
     }
+    // A batch id names one SUBMIT, so chunk k of --batch-id ID is "ID.k".
+    char want[160];
+    if (r->o->batch_id && *r->o->batch_id)
+        snprintf(want, sizeof want, "%.140s.%zu", r->o->batch_id, r->n_batches);
     char *bid = NULL;
-    int rc = kvf_client_submit(r->client, r->batch_id, reqs, n, rids, r->batch_id ? NULL : &bid, err);
+    int rc = kvf_client_submit(r->client, r->o->batch_id && *r->o->batch_id ? want : NULL, reqs, n, rids, &bid, err);
     if (rc == 0) {
-        if (bid) {
-            r->batch_id = bid;
-            snprintf(r->st.batch_id, sizeof r->st.batch_id, "%s", bid);
+        if (r->n_batches == 0) snprintf(r->st.batch_id, sizeof r->st.batch_id, "%s", bid);
+        if (r->n_batches == r->batches_cap) {
+            r->batches_cap = r->batches_cap ? r->batches_cap * 2 : 16;
+            r->batches = kvf_xrealloc(r->batches, r->batches_cap * sizeof *r->batches);
         }
+        r->batches[r->n_batches++] = bid;
         for (size_t i = 0; i < n; i++) {
             s_rec_t *rec = s_rec(r, idx[i]);
             rec->rid = rids[i];
             rec->state = S_INFLIGHT;
-            free(rec->req.text);
-            free(rec->req.ids);
-            rec->req.text = NULL;
-            rec->req.ids = NULL;
             s_map_put(&r->map, rids[i], idx[i]);
         }
         r->inflight += n;
@@ -387,6 +394,18 @@ static void s_handle(s_run_t *r, const kvf_event_t *ev) {
         break;
     }
     case KVF_EVENT_ERROR:
+        if (ev->code == KVF_E_BUSY) {
+            // The coordinator's queue was full: submit it again later.
+            s_map_del(&r->map, ev->rid);
+            r->inflight--;
+            rec->state = S_PENDING;
+            rec->text_len = rec->n_ids = 0;
+            rec->stopped = 0;
+            s_pending_push(r, idx);
+            if (r->inflight > 0 && r->max_inflight > r->inflight) r->max_inflight = r->inflight;
+            r->retry_at = zclock_mono() + 200;
+            return;
+        }
         s_rec_finish_error(r, rec, kvf_status_name(ev->code), ev->message);
         break;
     default:
@@ -452,9 +471,8 @@ static void s_progress(s_run_t *r, int final) {
 static int s_loop(s_run_t *r, kvf_err_t *err) {
     while (!r->eof || r->n_pending > 0 || r->inflight > 0) {
         if (zsys_interrupted) {
-            if (r->batch_id) kvf_client_cancel(r->client, 0, r->batch_id, NULL);
-            return kvf_err_set(err, KVF_E_CANCELLED, "interrupted: batch %s cancelled",
-                               r->batch_id ? r->batch_id : "(none)");
+            for (size_t i = 0; i < r->n_batches; i++) kvf_client_cancel(r->client, 0, r->batches[i], NULL);
+            return kvf_err_set(err, KVF_E_CANCELLED, "interrupted: %zu batches cancelled", r->n_batches);
         }
         while (!r->eof && r->n_pending < r->o->chunk && r->inflight + r->n_pending < r->max_inflight)
             if (s_read_one(r, err) < 0) return -1;
@@ -510,10 +528,6 @@ int kvf_ctl_run(kvf_client_t *client, const kvf_run_opts_t *opts, kvf_run_stats_
     r.client = client;
     r.o = &o;
     r.max_inflight = o.max_inflight;
-    if (o.batch_id && *o.batch_id) {
-        r.batch_id = kvf_xstrdup(o.batch_id);
-        snprintf(r.st.batch_id, sizeof r.st.batch_id, "%s", o.batch_id);
-    }
     r.bar = o.progress < 0 && isatty(STDERR_FILENO);
     int rc = -1;
     r.t0 = r.last_event = r.last_progress = zclock_mono();
@@ -532,6 +546,7 @@ int kvf_ctl_run(kvf_client_t *client, const kvf_run_opts_t *opts, kvf_run_stats_
     s_progress(&r, 1);
 done:
     r.st.lines = r.lines_read;
+    r.st.batches = r.n_batches;
     r.st.seconds = (double)(zclock_mono() - r.t0) / 1000.0;
     if (stats) *stats = r.st;
     if (r.in && r.in != stdin) fclose(r.in);
@@ -545,6 +560,7 @@ done:
     free(r.pending);
     free(r.map.keys);
     free(r.map.vals);
-    free(r.batch_id);
+    for (size_t i = 0; i < r.n_batches; i++) free(r.batches[i]);
+    free(r.batches);
     return rc;
 }

@@ -4,9 +4,10 @@
 // The input is read as it goes and submitted in chunks (opts.chunk requests,
 // or fewer when their prompts pass a few MiB), with at most opts.max_inflight
 // requests submitted and unfinished at once, so a file of any size never makes
-// one giant message and never floods the coordinator's queue (a BUSY refusal
-// is retried after the results of earlier chunks drain). All chunks belong to
-// one batch (opts.batch_id, or the id the coordinator picks for the first).
+// one giant message and never floods the coordinator's queue (a request refused
+// as BUSY is submitted again once earlier results drain). Each chunk is a batch
+// of its own: with opts.batch_id ID, chunk k is batch "ID.k"; otherwise the
+// coordinator names them.
 // A line that cannot be parsed, or a request the coordinator refuses, becomes an
 // error line (see kvfctl_jsonl.h); the rest goes on. Results are written as
 // soon as every earlier line is written. Progress goes to stderr: a redrawn bar
@@ -23,7 +24,7 @@
 typedef struct {
     const char *in_path;    // "-" reads stdin
     const char *out_path;   // "-" writes stdout
-    const char *batch_id;   // NULL: the coordinator picks one
+    const char *batch_id;   // prefix of the chunks' batch ids; NULL: the coordinator picks them
     size_t chunk;           // requests per SUBMIT (0: 256)
     size_t max_inflight;    // submitted and unfinished at once (0: 4096)
     int progress;           // -1: bar when stderr is a terminal, else plain lines; 0: none; 1: plain lines
@@ -35,7 +36,8 @@ typedef struct {
     uint64_t ok, errors;
     uint64_t prompt_tokens, completion_tokens;
     double seconds;
-    char batch_id[128];
+    uint64_t batches;        // chunks submitted
+    char batch_id[128];      // the first chunk's batch id
 } kvf_run_stats_t;
 
 // Runs the batch. Returns 0 when every request has its output line (error lines

@@ -90,9 +90,11 @@ static int s_is_result(const kvf_msg_t *m) {
 
 // Waits for the reply of type `want` to a control message. Result messages met
 // on the way are queued for kvf_client_next; an ERROR about the whole message
-// (rid 0) is the coordinator's refusal and becomes *err; anything else (a late
-// reply to an earlier, timed-out call) is dropped.
-static int s_wait_reply(kvf_client_t *self, kvf_msg_type want, kvf_msg_t *reply, kvf_err_t *err) {
+// (rid 0) is the coordinator's refusal and becomes *err, and so is an ERROR
+// not_found about cancel_rid (the reply to CANCEL of an unknown request);
+// anything else (a late reply to an earlier, timed-out call) is dropped.
+static int s_wait_reply(kvf_client_t *self, kvf_msg_type want, uint64_t cancel_rid, kvf_msg_t *reply,
+                        kvf_err_t *err) {
     int64_t deadline = zclock_mono() + self->timeout_ms;
     for (;;) {
         kvf_msg_t m;
@@ -108,11 +110,13 @@ static int s_wait_reply(kvf_client_t *self, kvf_msg_type want, kvf_msg_t *reply,
             *reply = m;
             return 0;
         }
-        if (s_is_result(&m)) {
+        int refusal = m.type == KVF_MSG_ERROR && (m.u.error.rid == 0 || (cancel_rid && m.u.error.rid == cancel_rid &&
+                                                                          m.u.error.code == KVF_E_NOT_FOUND));
+        if (!refusal && s_is_result(&m)) {
             s_queue_push(self, &m);
             continue;
         }
-        if (m.type == KVF_MSG_ERROR) {
+        if (refusal) {
             kvf_status code = m.u.error.code < KVF_STATUS_COUNT ? (kvf_status)m.u.error.code : KVF_E_INTERNAL;
             if (code == KVF_OK) code = KVF_E_INTERNAL;
             kvf_err_set(err, code, "coordinator: %s", m.u.error.message.ptr ? m.u.error.message.ptr : "error");
@@ -201,7 +205,7 @@ int kvf_client_submit(kvf_client_t *self, const char *batch_id, const kvf_reques
     if (rc < 0) return -1;
 
     kvf_msg_t ack;
-    if (s_wait_reply(self, KVF_MSG_ACK, &ack, err) < 0) return -1;
+    if (s_wait_reply(self, KVF_MSG_ACK, 0, &ack, err) < 0) return -1;
     if (ack.u.ack.n_rids != n) {
         kvf_err_set(err, KVF_E_PROTO, "coordinator acknowledged %u requests of %zu", ack.u.ack.n_rids, n);
         kvf_msg_clear(&ack);
@@ -220,7 +224,7 @@ int kvf_client_attach(kvf_client_t *self, const char *batch_id, uint64_t **rids,
     msg.u.attach.batch_id = kvf_str(batch_id);
     if (s_send(self, &msg, err) < 0) return -1;
     kvf_msg_t ack;
-    if (s_wait_reply(self, KVF_MSG_ACK, &ack, err) < 0) return -1;
+    if (s_wait_reply(self, KVF_MSG_ACK, 0, &ack, err) < 0) return -1;
     size_t n = ack.u.ack.n_rids;
     *rids = kvf_xmalloc((n ? n : 1) * sizeof **rids);
     if (n) memcpy(*rids, ack.u.ack.rids, n * sizeof **rids);
@@ -292,7 +296,8 @@ void kvf_event_clear(kvf_event_t *ev) {
 static int s_simple(kvf_client_t *self, kvf_msg_t *msg, kvf_err_t *err) {
     if (s_send(self, msg, err) < 0) return -1;
     kvf_msg_t ok;
-    if (s_wait_reply(self, KVF_MSG_OK, &ok, err) < 0) return -1;
+    uint64_t cancel_rid = msg->type == KVF_MSG_CANCEL ? msg->u.cancel.rid : 0;
+    if (s_wait_reply(self, KVF_MSG_OK, cancel_rid, &ok, err) < 0) return -1;
     kvf_msg_clear(&ok);
     return 0;
 }
@@ -330,7 +335,7 @@ int kvf_client_status(kvf_client_t *self, kvf_cluster_status_t **out, kvf_err_t 
     kvf_msg_init(&msg, KVF_MSG_STATUS);
     if (s_send(self, &msg, err) < 0) return -1;
     kvf_msg_t r;
-    if (s_wait_reply(self, KVF_MSG_STATUS_REPLY, &r, err) < 0) return -1;
+    if (s_wait_reply(self, KVF_MSG_STATUS_REPLY, 0, &r, err) < 0) return -1;
     const kvf_msg_status_reply_t *sr = &r.u.status;
     kvf_cluster_status_t *st = kvf_xcalloc(1, sizeof *st);
     st->n_workers = sr->n_workers;

@@ -119,19 +119,22 @@ const char *kvf_client_endpoint(const kvf_client_t *self);
 
 // Submits n >= 1 requests as one batch and waits for the ACK. batch_id names
 // the batch for kvf_client_attach / kvf_client_cancel (NULL or "": the
-// coordinator picks one). Submitting more requests with the same batch_id adds
-// them to that batch. On success rids[0..n-1] (caller storage of n entries)
+// coordinator picks one); an id already in use is refused (KVF_E_INVAL). A
+// request the coordinator cannot take (invalid for the model, too long, its
+// queue full: KVF_E_BUSY) still gets a rid and then an ERROR event. On success rids[0..n-1] (caller storage of n entries)
 // receive the request ids in order, and when batch_id_out is not NULL
 // *batch_id_out is a new string (free()) with the batch's id. Errors:
 // KVF_E_INVAL (a request without a prompt, or invalid sampling — checked before
-// anything is sent), KVF_E_TIMEOUT (no reply), or the coordinator's refusal
-// (e.g. KVF_E_BUSY when its queue is full, KVF_E_FORMAT, KVF_E_TOO_LONG) with
-// its message.
+// anything is sent), KVF_E_TIMEOUT (no reply), or the coordinator's refusal of
+// the whole message (e.g. KVF_E_TOO_LONG past its --max-batch, KVF_E_FORMAT)
+// with its message.
 int kvf_client_submit(kvf_client_t *self, const char *batch_id, const kvf_request_t *reqs, size_t n,
                       uint64_t *rids, char **batch_id_out, kvf_err_t *err);
 
 // Re-attaches to a batch by id (e.g. after a client restart): the coordinator
-// re-sends the results of its requests that this connection has not seen. On
+// re-sends, to this client, every result of the batch so far (each unfinished
+// request's tokens as one TOKENS event, then DONE/ERROR of finished ones) and
+// streams the rest here. On
 // success *rids is a new array (free()) of the batch's request ids in
 // submission order and *n_rids its length. KVF_E_NOT_FOUND when no such batch.
 int kvf_client_attach(kvf_client_t *self, const char *batch_id, uint64_t **rids, size_t *n_rids,
@@ -151,7 +154,7 @@ void kvf_event_clear(kvf_event_t *ev);
 // Cancels one request (rid != 0) or, with rid == 0, every unfinished request of
 // batch batch_id, and waits for the coordinator's OK. Cancelled requests end
 // with a DONE event whose finish_reason is KVF_FINISH_CANCELLED. KVF_E_NOT_FOUND
-// when there is no such request or batch.
+// when there is no such request or batch (or it finished and was delivered).
 int kvf_client_cancel(kvf_client_t *self, uint64_t rid, const char *batch_id, kvf_err_t *err);
 
 // Asks for the cluster status. On success *out is a new status owned by the
