@@ -1,0 +1,5 @@
+# tests/coordinator.cmake — kvf-coordinator: unit tests of its modules and
+# multi-process tests that start the real binary.
+kvf_add_test(test_coord_placement SOURCES test_coord_placement.c LIBS kvf_coord TIMEOUT 60)
+kvf_add_test(test_coord_queue SOURCES test_coord_queue.c LIBS kvf_coord TIMEOUT 60)
+kvf_add_test(test_coord_reqtable SOURCES test_coord_reqtable.c LIBS kvf_coord TIMEOUT 60)
