@@ -8,6 +8,8 @@
 // capped at a multiple of the input size.
 #include "proto/codec.h"
 
+#include <float.h>
+#include <math.h>
 #include <msgpack.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -250,7 +252,8 @@ static void *s_alloc(s_dec *d, size_t n, size_t size) {
         return NULL;
     }
     size_t bytes = n * size;
-    if (bytes > d->budget - d->used) {
+    size_t cost = bytes + sizeof(void *);  // the zone's alignment slack counts too
+    if (cost > d->budget - d->used) {
         s_ferr(d, "decoded message would exceed %zu bytes (%d x its size + %u)", d->budget, S_ARENA_FACTOR,
                S_ARENA_SLACK);
         return NULL;
@@ -260,7 +263,7 @@ static void *s_alloc(s_dec *d, size_t n, size_t size) {
         kvf_err_set(d->err, KVF_E_NOMEM, "%s: out of memory decoding %zu bytes", d->tname, bytes);
         return NULL;
     }
-    d->used += bytes + sizeof(void *);  // count alignment slack too
+    d->used += cost;
     return p;
 }
 
@@ -362,6 +365,8 @@ static int s_dec_field(s_dec *d, const kvf_field_t *f, const msgpack_object *o, 
     case KVF_FK_F32: {
         double v;
         if (s_get_num(d, o, &v) < 0) return -1;
+        // Converting a finite double beyond float range is undefined in C.
+        if (isfinite(v) && fabs(v) > FLT_MAX) return s_ferr(d, "%g is out of float32 range", v);
         float f32 = (float)v;
         memcpy(p, &f32, sizeof f32);
         return 0;

@@ -34,7 +34,9 @@ int kvf_msg_encode(const kvf_msg_t *msg, char **buf, size_t *len, kvf_err_t *err
 // end) before msgpack-c sees them. Unknown fields are ignored; an unknown type or
 // version, a missing required field or a field of the wrong type is an error.
 // On success *msg owns its storage (release with kvf_msg_clear); on failure *msg
-// holds nothing to release and err says what was wrong (code KVF_E_FORMAT or KVF_E_PROTO).
+// holds nothing to release and err says what was wrong (code KVF_E_FORMAT or KVF_E_PROTO);
+// msg->type is still set when the type was read and known (else KVF_MSG_INVALID),
+// so that the ERROR reply can name it.
 int kvf_msg_decode(const void *data, size_t len, kvf_msg_t *msg, kvf_err_t *err);
 
 // Releases what a decoded message owns and zeroes it. Accepts an encoded-only

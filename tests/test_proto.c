@@ -722,6 +722,19 @@ Test(decode, range_checks) {
     cr_assert(strstr(err.msg, "sampling.stop_ids"), "%s", err.msg);
     msgpack_sbuffer_destroy(&p.sb);
 
+    // A double beyond float range for a float field.
+    s_pack_init(&p);
+    s_pack_head(&p, KVF_PROTO_VERSION, KVF_MSG_ASSIGN, 2);
+    s_pack_str(&p, "rid");
+    msgpack_pack_uint8(&p.pk, 1);
+    s_pack_str(&p, "sampling");
+    msgpack_pack_map(&p.pk, 1);
+    s_pack_str(&p, "top_p");
+    msgpack_pack_double(&p.pk, 1e300);
+    s_reject(p.sb.data, p.sb.size, &err);
+    cr_assert(strstr(err.msg, "sampling.top_p"), "%s", err.msg);
+    msgpack_sbuffer_destroy(&p.sb);
+
     s_pack_init(&p);
     s_pack_head(&p, KVF_PROTO_VERSION, KVF_MSG_DONE, 4);
     s_pack_str(&p, "rid");
