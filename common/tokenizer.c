@@ -356,6 +356,7 @@ static int s_load_pre(kvf_tokenizer_t *tok, const json_t *o, size_t *cap, kvf_er
 // ---------------------------------------------------------------- post-processor
 
 static void s_ids_append(int32_t **v, size_t *n, const int32_t *add, size_t k, int front) {
+    if (k == 0) return;
     *v = kvf_xrealloc(*v, (*n + k + 1) * sizeof **v);
     if (front) {
         memmove(*v + k, *v, *n * sizeof **v);
