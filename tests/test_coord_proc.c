@@ -1,0 +1,499 @@
+// tests/test_coord_proc.c — the real kvf-coordinator binary, with the test
+// playing clients and workers: registration and STATUS, placement only where
+// blocks fit, queueing until a RESULT frees blocks, results to the right client
+// in order, dead workers' work resumed elsewhere, per-request errors, busy,
+// cancel, drain, attach.
+#include "test_coord_harness.h"
+
+static const char *const s_slow_death[] = {"--dead-after-ms", "20000", NULL};
+
+Test(coord_proc, status_shows_registered_worker) {
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--queue-cap", "77", "--dead-after-ms", "20000", NULL});
+    zsock_t *w = worker_new(&p, "host:gpu0", 100, 90, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.n_workers, 1);
+    const kvf_worker_status_t *ws = status_worker(&st, "host:gpu0");
+    cr_assert_eq(ws->load.state, KVF_WSTATE_READY);
+    cr_assert_eq(ws->load.total_blocks, 100);
+    cr_assert_eq(ws->load.free_blocks, 90);
+    cr_assert_eq(ws->block_size, 16);
+    cr_assert_str_eq(ws->backend.ptr, "cpu");
+    cr_assert_eq(ws->device, -1);
+    cr_assert_eq(ws->assigned, 0);
+    cr_assert_lt(ws->last_seen_ms, 5000);
+    cr_assert_eq(st.u.status.queue_cap, 77);
+    cr_assert_eq(st.u.status.queue_len, 0);
+    kvf_msg_clear(&st);
+    // A heartbeat updates the free blocks shown.
+    worker_heartbeat(w, 42, 100);
+    zclock_sleep(100);
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "host:gpu0")->load.free_blocks, 42);
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, assign_only_where_blocks_fit_then_queue) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *small = worker_new(&p, "small", 10, 10, 16);
+    zsock_t *big = worker_new(&p, "big", 100, 100, 16);
+    worker_heartbeat(big, 5, 100);  // big is nearly full right now
+    zclock_sleep(100);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t r1, r2;
+    // 8 blocks (16 + 112 tokens): only small has 8 free.
+    client_submit(cl, "fit", 1, 16, 112, &r1);
+    kvf_msg_t m;
+    peer_expect(small, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, r1);
+    cr_assert_eq(m.u.assign.prompt_ids.n, 16);
+    cr_assert_eq(m.u.assign.prompt_ids.ids[15], 16);
+    cr_assert_eq(m.u.assign.resume_ids.n, 0);
+    cr_assert_eq(m.u.assign.sampling.max_new_tokens, 112);
+    kvf_msg_clear(&m);
+    peer_expect_silence(big, 200);
+    // 14 blocks: more than small's total, more than big's 5 free: queued.
+    client_submit(cl, "wait", 1, 16, 208, &r2);
+    peer_expect_silence(big, 300);
+    peer_expect_silence(small, 1);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.queue_len, 1);
+    cr_assert_eq(status_worker(&st, "small")->assigned, 1);
+    kvf_msg_clear(&st);
+    // small finishes r1 (a RESULT is a report too), big still has 5: nothing moves.
+    worker_result(small, r1, (int32_t[]){4}, 1, "x", 1, KVF_FINISH_STOP, 10);
+    peer_expect(cl, KVF_MSG_TOKENS, &m);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, r1);
+    kvf_msg_clear(&m);
+    peer_expect_silence(big, 300);
+    // big reports blocks freed: the queued request goes there.
+    worker_heartbeat(big, 100, 100);
+    peer_expect(big, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, r2);
+    kvf_msg_clear(&m);
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.queue_len, 0);
+    cr_assert_eq(st.u.status.requests_done, 1);
+    cr_assert_eq(status_worker(&st, "big")->assigned, 1);
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&small);
+    zsock_destroy(&big);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, queued_until_result_frees_blocks) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 10, 10, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rids[2];
+    // Two requests of 6 blocks on a 10-block worker: the ledger takes one only.
+    client_submit(cl, NULL, 2, 16, 80, rids);
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rids[0]);
+    kvf_msg_clear(&m);
+    // Even a report that claims everything free does not let the second in.
+    worker_heartbeat(w, 10, 10);
+    peer_expect_silence(w, 300);
+    worker_result(w, rids[0], (int32_t[]){9, 9}, 2, "", 1, KVF_FINISH_LENGTH, 10);
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rids[1]);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, results_go_to_the_right_client_in_order) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    zsock_t *a = peer_new(p.front, NULL), *b = peer_new(p.front, NULL);
+    uint64_t ra, rb;
+    client_submit(a, "A", 1, 5, 10, &ra);
+    client_submit(b, "B", 1, 7, 10, &rb);
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, ra);
+    kvf_msg_clear(&m);
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rb);
+    kvf_msg_clear(&m);
+    worker_result(w, rb, (int32_t[]){70}, 1, "b1", 0, KVF_FINISH_NONE, 98);
+    worker_result(w, ra, (int32_t[]){10, 11}, 2, "a1", 0, KVF_FINISH_NONE, 98);
+    worker_result(w, ra, (int32_t[]){12}, 1, "a2", 0, KVF_FINISH_NONE, 98);
+    worker_result(w, ra, NULL, 0, "", 1, KVF_FINISH_STOP, 99);
+    worker_result(w, rb, (int32_t[]){71}, 1, "b2", 1, KVF_FINISH_LENGTH, 100);
+    // A: TOKENS [10 11] "a1", TOKENS [12] "a2", DONE stop 5/3.
+    peer_expect(a, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.rid, ra);
+    cr_assert_eq(m.u.tokens.tokens.n, 2);
+    cr_assert_eq(m.u.tokens.tokens.ids[1], 11);
+    cr_assert_str_eq(m.u.tokens.text.ptr, "a1");
+    kvf_msg_clear(&m);
+    peer_expect(a, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.tokens.ids[0], 12);
+    kvf_msg_clear(&m);
+    peer_expect(a, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, ra);
+    cr_assert_eq(m.u.done.finish_reason, KVF_FINISH_STOP);
+    cr_assert_eq(m.u.done.prompt_tokens, 5);
+    cr_assert_eq(m.u.done.completion_tokens, 3);
+    kvf_msg_clear(&m);
+    peer_expect_silence(a, 100);
+    // B: its own two chunks, then DONE length.
+    peer_expect(b, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.rid, rb);
+    cr_assert_eq(m.u.tokens.tokens.ids[0], 70);
+    kvf_msg_clear(&m);
+    peer_expect(b, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.tokens.ids[0], 71);
+    cr_assert_str_eq(m.u.tokens.text.ptr, "b2");
+    kvf_msg_clear(&m);
+    peer_expect(b, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.finish_reason, KVF_FINISH_LENGTH);
+    cr_assert_eq(m.u.done.prompt_tokens, 7);
+    cr_assert_eq(m.u.done.completion_tokens, 2);
+    kvf_msg_clear(&m);
+    // A result for a finished request is dropped, not forwarded.
+    worker_result(w, ra, (int32_t[]){13}, 1, "late", 1, KVF_FINISH_STOP, 100);
+    peer_expect_silence(a, 200);
+    zsock_destroy(&a);
+    zsock_destroy(&b);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, dead_worker_request_resumes_elsewhere) {
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--heartbeat-ms", "100", "--dead-after-ms", "600", NULL});
+    zsock_t *w1 = worker_new(&p, "w1", 100, 100, 16);
+    zsock_t *w2 = worker_new(&p, "w2", 50, 50, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rid;
+    client_submit(cl, "job", 1, 8, 20, &rid);
+    kvf_msg_t m;
+    peer_expect(w1, KVF_MSG_ASSIGN, &m);  // most free blocks
+    cr_assert_eq(m.u.assign.rid, rid);
+    kvf_msg_clear(&m);
+    worker_result(w1, rid, (int32_t[]){5, 6, 7}, 3, "567", 0, KVF_FINISH_NONE, 98);
+    peer_expect(cl, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.tokens.n, 3);
+    kvf_msg_clear(&m);
+    // w1 falls silent; w2 keeps heartbeating until the request comes to it.
+    int64_t deadline = zclock_mono() + 5000;
+    int got = 0;
+    while (!got && zclock_mono() < deadline) {
+        worker_heartbeat(w2, 50, 50);
+        if (peer_recv(w2, 100, &m) == 0) {
+            cr_assert_eq(m.type, KVF_MSG_ASSIGN, "got %s", kvf_msg_type_name(m.type));
+            got = 1;
+        }
+    }
+    cr_assert(got, "request not re-dispatched to w2 within 5 s");
+    cr_assert_eq(m.u.assign.rid, rid);
+    cr_assert_eq(m.u.assign.resume_ids.n, 3, "resume from the delivered tokens");
+    cr_assert_eq(m.u.assign.resume_ids.ids[0], 5);
+    cr_assert_eq(m.u.assign.resume_ids.ids[2], 7);
+    cr_assert_eq(m.u.assign.prompt_ids.n, 8);
+    kvf_msg_clear(&m);
+    worker_heartbeat(w2, 49, 50);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "w1")->load.state, KVF_WSTATE_DEAD);
+    cr_assert_geq(status_worker(&st, "w1")->last_seen_ms, 600);
+    cr_assert_eq(status_worker(&st, "w1")->assigned, 0);
+    cr_assert_eq(status_worker(&st, "w2")->load.state, KVF_WSTATE_READY);
+    cr_assert_eq(status_worker(&st, "w2")->assigned, 1);
+    kvf_msg_clear(&st);
+    // The dead worker's late result is refused and not forwarded.
+    worker_result(w1, rid, (int32_t[]){99}, 1, "zz", 1, KVF_FINISH_STOP, 100);
+    peer_expect(w1, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.code, KVF_E_PEER_LOST);
+    kvf_msg_clear(&m);
+    worker_result(w2, rid, (int32_t[]){8}, 1, "8", 1, KVF_FINISH_STOP, 50);
+    peer_expect(cl, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.tokens.n, 1);
+    cr_assert_eq(m.u.tokens.tokens.ids[0], 8);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.completion_tokens, 4, "each token seen once: 5 6 7 8");
+    kvf_msg_clear(&m);
+    // w1 comes back: registering again makes it alive.
+    zsock_destroy(&w1);
+    w1 = worker_new(&p, "w1", 100, 100, 16);
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "w1")->load.state, KVF_WSTATE_READY);
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&w1);
+    zsock_destroy(&w2);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, bad_requests_get_their_own_errors) {
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--max-prompt-tokens", "100", "--dead-after-ms", "20000", NULL});
+    zsock_t *w = worker_new(&p, "w", 20, 20, 16);  // vocab 32000, 320 tokens
+    zsock_t *cl = peer_new(p.front, NULL);
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_SUBMIT);
+    kvf_submit_req_t reqs[7];
+    memset(reqs, 0, sizeof reqs);
+    int32_t ok_ids[4] = {1, 2, 3, 4}, neg[2] = {1, -5}, big_id[1] = {40000}, many[101] = {0};
+    for (int i = 0; i < 7; i++) {
+        reqs[i].sampling = kvf_sampling_default();
+        reqs[i].sampling.max_new_tokens = 8;
+        reqs[i].prompt_ids = (kvf_ids_t){ok_ids, 4};
+    }
+    reqs[1].sampling.temperature = -1.0f;             // invalid sampling
+    reqs[2].prompt_ids = (kvf_ids_t){NULL, 0};        // empty prompt
+    reqs[3].prompt_ids = (kvf_ids_t){NULL, 0};
+    reqs[3].text = kvf_str("hello");                  // text, but no --model
+    reqs[4].prompt_ids = (kvf_ids_t){neg, 2};         // negative id
+    reqs[5].prompt_ids = (kvf_ids_t){big_id, 1};      // past the workers' vocab
+    reqs[6].prompt_ids = (kvf_ids_t){many, 101};      // past --max-prompt-tokens
+    m.u.submit.reqs = reqs;
+    m.u.submit.n_reqs = 7;
+    peer_send(cl, &m);
+    kvf_msg_t ack;
+    peer_expect(cl, KVF_MSG_ACK, &ack);
+    cr_assert_eq(ack.u.ack.n_rids, 7);
+    const kvf_status want[7] = {KVF_OK, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL,
+                                KVF_E_TOO_LONG};
+    for (int i = 1; i < 7; i++) {
+        kvf_msg_t e;
+        peer_expect(cl, KVF_MSG_ERROR, &e);
+        cr_assert_eq(e.u.error.rid, ack.u.ack.rids[i], "error %d is about request %d", i, i);
+        cr_assert_eq(e.u.error.code, want[i], "request %d: %s", i, e.u.error.message.ptr);
+        if (i == 3) cr_assert(strstr(e.u.error.message.ptr, "--model"), "%s", e.u.error.message.ptr);
+        kvf_msg_clear(&e);
+    }
+    kvf_msg_t a;
+    peer_expect(w, KVF_MSG_ASSIGN, &a);  // the good one went on
+    cr_assert_eq(a.u.assign.rid, ack.u.ack.rids[0]);
+    kvf_msg_clear(&a);
+    uint64_t r_ok = ack.u.ack.rids[0];
+    kvf_msg_clear(&ack);
+    // More blocks than any worker has: too_long at once (21 blocks > 20).
+    uint64_t r;
+    client_submit(cl, NULL, 1, 16, 320, &r);
+    kvf_msg_t e;
+    peer_expect(cl, KVF_MSG_ERROR, &e);
+    cr_assert_eq(e.u.error.rid, r);
+    cr_assert_eq(e.u.error.code, KVF_E_TOO_LONG);
+    kvf_msg_clear(&e);
+    // A whole-message problem: an empty batch.
+    kvf_msg_init(&m, KVF_MSG_SUBMIT);
+    peer_send(cl, &m);
+    peer_expect(cl, KVF_MSG_ERROR, &e);
+    cr_assert_eq(e.u.error.rid, 0);
+    kvf_msg_clear(&e);
+    // The worker reports an error for the good one: the client gets ERROR with its rid.
+    kvf_msg_t res;
+    kvf_msg_init(&res, KVF_MSG_RESULT);
+    res.u.result.rid = r_ok;
+    res.u.result.finished = 1;
+    res.u.result.finish_reason = KVF_FINISH_ERROR;
+    res.u.result.error_code = KVF_E_DEVICE;
+    res.u.result.error = kvf_str("cuda fell over");
+    res.u.result.free_blocks = 20;
+    peer_send(w, &res);
+    peer_expect(cl, KVF_MSG_ERROR, &e);
+    cr_assert_eq(e.u.error.rid, r_ok);
+    cr_assert_eq(e.u.error.code, KVF_E_DEVICE);
+    cr_assert(strstr(e.u.error.message.ptr, "cuda fell over"));
+    kvf_msg_clear(&e);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, queue_cap_gives_busy) {
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--queue-cap", "2", NULL});
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rids[4];
+    client_submit(cl, NULL, 4, 4, 4, rids);  // no workers: everything waits
+    for (int i = 2; i < 4; i++) {
+        kvf_msg_t e;
+        peer_expect(cl, KVF_MSG_ERROR, &e);
+        cr_assert_eq(e.u.error.rid, rids[i]);
+        cr_assert_eq(e.u.error.code, KVF_E_BUSY);
+        kvf_msg_clear(&e);
+    }
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.queue_len, 2);
+    cr_assert_eq(st.u.status.queue_cap, 2);
+    kvf_msg_clear(&st);
+    // A worker arrives: the two queued ones are placed, in order.
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rids[0]);
+    kvf_msg_clear(&m);
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rids[1]);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, cancel_queued_and_assigned) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 10, 10, 16);
+    zsock_t *cl = peer_new(p.front, NULL), *op = peer_new(p.front, NULL);
+    uint64_t rids[2];
+    client_submit(cl, "cb", 2, 16, 80, rids);  // 6 blocks each: one runs, one waits
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rids[0]);
+    kvf_msg_clear(&m);
+    // Cancel the queued one by rid (from another socket: an operator).
+    kvf_msg_t c;
+    kvf_msg_init(&c, KVF_MSG_CANCEL);
+    c.u.cancel.rid = rids[1];
+    peer_send(op, &c);
+    peer_expect(op, KVF_MSG_OK, &m);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, rids[1]);
+    cr_assert_eq(m.u.done.finish_reason, KVF_FINISH_CANCELLED);
+    kvf_msg_clear(&m);
+    // Cancel the batch: the running one is cancelled at its worker.
+    kvf_msg_init(&c, KVF_MSG_CANCEL);
+    c.u.cancel.batch_id = kvf_str("cb");
+    peer_send(cl, &c);
+    peer_expect(w, KVF_MSG_CANCEL, &m);
+    cr_assert_eq(m.u.cancel.rid, rids[0]);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, rids[0]);
+    cr_assert_eq(m.u.done.finish_reason, KVF_FINISH_CANCELLED);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_OK, &m);
+    kvf_msg_clear(&m);
+    kvf_msg_t st;
+    client_status(op, &st);
+    cr_assert_eq(st.u.status.queue_len, 0);
+    cr_assert_eq(status_worker(&st, "w")->assigned, 0);
+    kvf_msg_clear(&st);
+    // Unknown rid: not_found.
+    kvf_msg_init(&c, KVF_MSG_CANCEL);
+    c.u.cancel.rid = 424242;
+    peer_send(op, &c);
+    peer_expect(op, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.code, KVF_E_NOT_FOUND);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);
+    zsock_destroy(&op);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, drain_stops_new_work) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *a = worker_new(&p, "a", 100, 100, 16);
+    zsock_t *b = worker_new(&p, "b", 50, 50, 16);
+    zsock_t *op = peer_new(p.front, NULL);
+    kvf_msg_t d, m;
+    kvf_msg_init(&d, KVF_MSG_DRAIN);
+    d.u.target.worker_id = kvf_str("a");
+    peer_send(op, &d);
+    peer_expect(op, KVF_MSG_OK, &m);
+    kvf_msg_clear(&m);
+    peer_expect(a, KVF_MSG_DRAIN, &m);
+    kvf_msg_clear(&m);
+    kvf_msg_t st;
+    client_status(op, &st);
+    cr_assert_eq(status_worker(&st, "a")->load.state, KVF_WSTATE_DRAINING);
+    kvf_msg_clear(&st);
+    uint64_t rid;
+    client_submit(op, NULL, 1, 4, 4, &rid);  // a has more free blocks, but drains
+    peer_expect(b, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rid);
+    kvf_msg_clear(&m);
+    peer_expect_silence(a, 200);
+    d.u.target.worker_id = kvf_str("nope");
+    peer_send(op, &d);
+    peer_expect(op, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.code, KVF_E_NOT_FOUND);
+    kvf_msg_clear(&m);
+    zsock_destroy(&op);
+    zsock_destroy(&a);
+    zsock_destroy(&b);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, attach_resends_after_client_left) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rids[2];
+    client_submit(cl, "keep", 2, 4, 10, rids);
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    kvf_msg_clear(&m);
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);  // the client goes away
+    zclock_sleep(200);
+    worker_result(w, rids[0], (int32_t[]){1, 2}, 2, "ab", 0, KVF_FINISH_NONE, 99);
+    worker_result(w, rids[0], (int32_t[]){3}, 1, "c", 1, KVF_FINISH_STOP, 99);
+    worker_result(w, rids[1], (int32_t[]){4}, 1, "d", 0, KVF_FINISH_NONE, 99);
+    zclock_sleep(200);
+    zsock_t *again = peer_new(p.front, NULL);
+    kvf_msg_t at;
+    kvf_msg_init(&at, KVF_MSG_ATTACH);
+    at.u.attach.batch_id = kvf_str("keep");
+    peer_send(again, &at);
+    peer_expect(again, KVF_MSG_ACK, &m);
+    cr_assert_eq(m.u.ack.n_rids, 2);
+    cr_assert_eq(m.u.ack.rids[1], rids[1]);
+    kvf_msg_clear(&m);
+    peer_expect(again, KVF_MSG_TOKENS, &m);  // everything of rid 0 so far, at once
+    cr_assert_eq(m.u.tokens.rid, rids[0]);
+    cr_assert_eq(m.u.tokens.tokens.n, 3);
+    cr_assert_str_eq(m.u.tokens.text.ptr, "abc");
+    kvf_msg_clear(&m);
+    peer_expect(again, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, rids[0]);
+    kvf_msg_clear(&m);
+    peer_expect(again, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.rid, rids[1]);
+    cr_assert_eq(m.u.tokens.tokens.n, 1);
+    kvf_msg_clear(&m);
+    // New results stream to the re-attached client.
+    worker_result(w, rids[1], (int32_t[]){5}, 1, "e", 1, KVF_FINISH_LENGTH, 100);
+    peer_expect(again, KVF_MSG_TOKENS, &m);
+    cr_assert_eq(m.u.tokens.tokens.ids[0], 5);
+    kvf_msg_clear(&m);
+    peer_expect(again, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, rids[1]);
+    cr_assert_eq(m.u.done.completion_tokens, 2);
+    kvf_msg_clear(&m);
+    // Complete and delivered: the batch is gone.
+    peer_send(again, &at);
+    peer_expect(again, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.code, KVF_E_NOT_FOUND);
+    kvf_msg_clear(&m);
+    zsock_destroy(&again);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
