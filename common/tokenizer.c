@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "alloc.h"
 #include "tokenizer_int.h"
@@ -529,6 +530,12 @@ static int s_load(kvf_tokenizer_t *tok, const json_t *root, kvf_err_t *err) {
     if (!(tok->re_word = kvf_tok_re_compile("\\w", 2, 0, err))) return -1;
 
     tok->vocab_size = max_id + 1;
+    const kvf_tok_post_t *pp = &tok->post;
+    for (size_t i = 0; i < pp->n_before + pp->n_after; i++) {
+        int32_t id = i < pp->n_before ? pp->before[i] : pp->after[i - pp->n_before];
+        if (id < 0 || id >= tok->vocab_size)
+            return kvf_err_set(err, KVF_E_FORMAT, "tokenizer: post-processor id %d is not in the vocabulary", (int)id);
+    }
     tok->id_str = kvf_xcalloc((size_t)tok->vocab_size + 1, sizeof *tok->id_str);
     tok->id_len = kvf_xcalloc((size_t)tok->vocab_size + 1, sizeof *tok->id_len);
     tok->is_special = kvf_xcalloc((size_t)tok->vocab_size + 1, 1);
@@ -576,6 +583,12 @@ kvf_tokenizer_t *kvf_tokenizer_load(const char *path, kvf_err_t *err) {
     FILE *f = fopen(path, "rb");
     if (!f) {
         kvf_err_set(err, KVF_E_IO, "tokenizer: cannot open %s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
+        fclose(f);
+        kvf_err_set(err, KVF_E_IO, "tokenizer: %s is a directory, not a tokenizer.json", path);
         return NULL;
     }
     json_error_t je;

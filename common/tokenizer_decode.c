@@ -392,7 +392,7 @@ int kvf_tokenizer_decode(const kvf_tokenizer_t *tok, const int32_t *ids, size_t 
     if (!tok) return kvf_err_set(err, KVF_E_INVAL, "tokenizer: decode without a tokenizer");
     for (size_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= tok->vocab_size || !tok->id_str[ids[i]])
-            return kvf_err_set(err, KVF_E_INVAL, "tokenizer: id %d at position %zu is out of range [0, %d)",
+            return kvf_err_set(err, KVF_E_INVAL, "tokenizer: id %d at position %zu is out of range [0, %d) or has no token",
                                (int)ids[i], i, (int)tok->vocab_size);
     kvf_detok_t *d = kvf_detok_new(tok);
     if (!d) return kvf_err_set(err, KVF_E_NOMEM, "tokenizer: out of memory");
