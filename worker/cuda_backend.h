@@ -1,15 +1,36 @@
 // worker/cuda_backend.h — the "cuda" backend: bf16 weights and activations, fp32
 // accumulation, kernels/ + cuBLASLt. Built only when KVF_HAVE_CUDA.
+//
+// Memory plan (all at start-up, three device allocations and one pinned host
+// buffer): the weights (bf16; norms, biases and RoPE frequencies f32), the
+// workspace for the largest step (max_step_tokens tokens, max_batch_size
+// sequences, max_logit_rows rows of f32 logits, attention split partials, the
+// cuBLASLt workspace, the step's metadata), then the KV slab. forward() copies
+// the step's metadata with one async H2D copy, runs the layers on the
+// backend's stream and copies the logits back; it allocates nothing.
 #ifndef KVF_CUDA_BACKEND_H
 #define KVF_CUDA_BACKEND_H
+
+#include <stdint.h>
 
 #include "common/safetensors.h"
 #include "worker/backend.h"
 
 // As kvf_cpu_backend_new, on device opts->device: weights converted to bf16 at
-// load, workspace, then the KV slab = cache_max_entry_count x cudaMemGetInfo free.
-// st may be NULL: seeded random weights generated on the device.
+// load, workspace, then the KV slab = cache_max_entry_count x cudaMemGetInfo free
+// (a value >= 1 is a number of blocks). st may be NULL: seeded random weights
+// generated on the device. Returns a new backend owned by the caller
+// (be->ops->destroy), or NULL with err set: KVF_E_INVAL / KVF_E_UNSUPPORTED for a
+// config or options it cannot run (tp_size > 1, head_dim > 128, a query group
+// > 16), a missing or misshaped tensor named, KVF_E_NOMEM when the slab cannot
+// hold one max_blocks_per_seq sequence (with the knob to turn), KVF_E_DEVICE with
+// the failing call.
 kvf_backend_t *kvf_cuda_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetensors_t *st,
                                     const kvf_backend_opts_t *opts, kvf_err_t *err);
+
+// Device (and pinned host) allocations made by this backend so far: fixed once
+// kvf_cuda_backend_new returns; forward() must never change it. 0 for NULL or a
+// backend that is not "cuda".
+uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be);
 
 #endif

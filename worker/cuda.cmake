@@ -1,0 +1,7 @@
+# worker/cuda.cmake — kvf_cuda: the cuda backend (kernels/ + cuBLASLt), only when KVF_HAVE_CUDA.
+if(KVF_HAVE_CUDA)
+  add_library(kvf_cuda STATIC
+    ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.c
+  )
+  target_link_libraries(kvf_cuda PUBLIC kvf_kernels kvf_cpu kvf_modelio kvf_common m)
+endif()

@@ -1,0 +1,598 @@
+// worker/cuda_backend.c — see cuda_backend.h.
+#include "worker/cuda_backend.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "kernels/attention.h"
+#include "kernels/check.h"
+#include "kernels/convert.h"
+#include "kernels/embed.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope_kv.h"
+#include "kernels/silu_mul.h"
+#include "worker/cpu_ops.h"
+
+#define MIB(x) ((double)(x) / (1024.0 * 1024.0))
+#define S_ALIGN 256
+#define S_GEMM_WS (32u << 20)            // cuBLASLt workspace
+#define S_PARTIAL_MAX (64ull << 20)      // attention split partials, bytes at most
+
+typedef struct {
+    float *attn_norm;   // (dim)
+    float *mlp_norm;    // (dim)
+    uint16_t *wqkv;     // (q_dim + 2 kv_dim, dim): q, k, v projections stacked
+    float *bqkv;        // (q_dim + 2 kv_dim) or NULL
+    uint16_t *wo;       // (dim, q_dim)
+    uint16_t *wgu;      // (2 ff, dim): gate rows, then up rows
+    uint16_t *wd;       // (dim, ff)
+} s_layer_t;
+
+typedef struct {
+    kvf_backend_t base;  // first: the engine sees a kvf_backend_t
+    int device, n_sms;
+    int dim, q_dim, kv_dim, qkv_dim, ff, max_ctx;
+    cudaStream_t stream;
+    kvf_gemm_ctx_t *gemm;
+    uint64_t n_allocs;   // cudaMalloc + cudaMallocHost calls
+
+    // weights (one allocation)
+    void *wmem;
+    uint16_t *embed;     // (vocab, dim)
+    uint16_t *lm_head;   // (vocab, dim); == embed when tied
+    float *final_norm;   // (dim)
+    float *inv_freq;     // (head_dim / 2)
+    s_layer_t *layers;   // host array of device pointers
+
+    // workspace (one allocation)
+    void *wsmem;
+    float *resid;        // (T, dim) the residual stream, f32
+    uint16_t *h;         // (T, dim) normed activations
+    uint16_t *qkv;       // (T, qkv_dim)
+    uint16_t *q;         // (T, q_dim) rotated queries
+    uint16_t *att;       // (T, q_dim) attention output
+    uint16_t *o;         // (T, dim) o_proj / down_proj output
+    uint16_t *gu;        // (T, 2 ff)
+    uint16_t *act;       // (T, ff)
+    uint16_t *rows;      // (R, dim) rows picked for lm_head
+    float *logits;       // (R, vocab)
+    float *partial;      // attention split partials
+    int partial_tokens, max_splits;
+    void *gemm_ws;
+    int32_t *d_meta;     // device copy of the step metadata
+
+    // step metadata: pinned host buffer, copied to d_meta in one H2D copy
+    int32_t *h_meta;
+    size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_bt, m_rows;
+
+    // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
+    uint16_t *kv;
+    size_t kv_layer_elems;
+} s_cuda_t;
+
+static void s_destroy(kvf_backend_t **self_p);
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
+static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy};
+
+static size_t s_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
+
+// ---------------------------------------------------------------- allocation
+
+static int s_malloc(s_cuda_t *c, void **p, size_t bytes, const char *what, kvf_err_t *err) {
+    cudaError_t e = cudaMalloc(p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *p = NULL;
+        cudaGetLastError();
+        return kvf_err_set(err, e == cudaErrorMemoryAllocation ? KVF_E_NOMEM : KVF_E_DEVICE,
+                           "cuda backend: cannot allocate %.1f MiB of %s on device %d: %s", MIB(bytes), what,
+                           c->device, cudaGetErrorString(e));
+    }
+    c->n_allocs++;
+    return 0;
+}
+
+uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be) {
+    if (!be || be->ops != &s_cuda_ops) return 0;
+    return ((const s_cuda_t *)be)->n_allocs;
+}
+
+// ---------------------------------------------------------------- weights
+
+// Carves the weight arena (NULL base: only counts bytes).
+static size_t s_layout_weights(s_cuda_t *c, char *base) {
+    const kvf_modelcfg_t *cfg = &c->base.cfg;
+    const size_t D = (size_t)c->dim, V = (size_t)cfg->vocab_size, F = (size_t)c->ff;
+    size_t off = 0;
+#define S_TAKE(ptr, type, n)                                   \
+    do {                                                       \
+        if (base) (ptr) = (type *)(base + off);                \
+        off += s_up((size_t)(n) * sizeof(type));               \
+    } while (0)
+    uint16_t *u16;
+    float *f32;
+    S_TAKE(u16, uint16_t, V * D);
+    if (base) c->embed = u16;
+    if (cfg->tie_word_embeddings) {
+        if (base) c->lm_head = c->embed;
+    } else {
+        S_TAKE(u16, uint16_t, V * D);
+        if (base) c->lm_head = u16;
+    }
+    S_TAKE(f32, float, D);
+    if (base) c->final_norm = f32;
+    S_TAKE(f32, float, cfg->head_dim / 2);
+    if (base) c->inv_freq = f32;
+    for (int l = 0; l < cfg->n_layers; l++) {
+        s_layer_t tmp, *L = base ? &c->layers[l] : &tmp;
+        S_TAKE(L->attn_norm, float, D);
+        S_TAKE(L->mlp_norm, float, D);
+        S_TAKE(L->wqkv, uint16_t, (size_t)c->qkv_dim * D);
+        L->bqkv = NULL;
+        if (cfg->attention_bias) S_TAKE(L->bqkv, float, c->qkv_dim);
+        S_TAKE(L->wo, uint16_t, D * (size_t)c->q_dim);
+        S_TAKE(L->wgu, uint16_t, 2 * F * D);
+        S_TAKE(L->wd, uint16_t, D * F);
+    }
+#undef S_TAKE
+    return off;
+}
+
+#define S_CHUNK ((size_t)8 << 20)  // elements converted per host chunk
+
+// Copies tensor t into dst as bf16 (or f32), converting on the host chunk by chunk.
+static int s_upload(s_cuda_t *c, void *dst, int to_f32, const kvf_tensor_t *t, void *stage, kvf_err_t *err) {
+    (void)c;
+    size_t n = 1;
+    for (int i = 0; i < t->n_dims; i++) n *= (size_t)t->shape[i];
+    const size_t esz = to_f32 ? 4 : 2;
+    for (size_t i0 = 0; i0 < n; i0 += S_CHUNK) {
+        size_t m = n - i0 < S_CHUNK ? n - i0 : S_CHUNK;
+        const void *src = NULL;
+        if (!to_f32 && t->dtype == KVF_DT_BF16) {
+            src = (const uint16_t *)t->data + i0;
+        } else if (to_f32 && t->dtype == KVF_DT_F32) {
+            src = (const float *)t->data + i0;
+        } else {
+            for (size_t i = 0; i < m; i++) {
+                float f;
+                if (t->dtype == KVF_DT_F32) {
+                    memcpy(&f, (const char *)t->data + (i0 + i) * 4, 4);
+                } else {
+                    uint16_t h;
+                    memcpy(&h, (const char *)t->data + (i0 + i) * 2, 2);
+                    f = t->dtype == KVF_DT_F16 ? kvf_f16_to_f32(h) : kvf_bf16_to_f32(h);
+                }
+                if (to_f32)
+                    ((float *)stage)[i] = f;
+                else
+                    ((uint16_t *)stage)[i] = kvf_f32_to_bf16(f);
+            }
+            src = stage;
+        }
+        KVF_CUDA_CHECK(cudaMemcpy((char *)dst + i0 * esz, src, m * esz, cudaMemcpyHostToDevice), err);
+    }
+    return 0;
+}
+
+// One tensor by name and exact shape; copied to dst.
+static int s_load(s_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_f32, void *stage, const char *name,
+                  int n_dims, int64_t d0, int64_t d1, kvf_err_t *err) {
+    int64_t shape[2] = {d0, d1};
+    const kvf_tensor_t *t = kvf_safetensors_expect(st, name, n_dims, shape, err);
+    if (!t) return -1;
+    if (t->dtype != KVF_DT_F32 && t->dtype != KVF_DT_F16 && t->dtype != KVF_DT_BF16)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "%s: dtype %d is not F32, F16 or BF16", name, (int)t->dtype);
+    return s_upload(c, dst, to_f32, t, stage, err);
+}
+
+static int s_load_weights(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
+    const kvf_modelcfg_t *cfg = &c->base.cfg;
+    const int64_t D = c->dim, V = cfg->vocab_size, F = c->ff, Q = c->q_dim, KV = c->kv_dim;
+    void *stage = malloc(S_CHUNK * 4);
+    if (!stage) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory for the load buffer");
+    int rc = -1;
+    char nm[160];
+#define S_L(dst, f32, name, nd, a, b) \
+    if (s_load(c, st, (dst), (f32), stage, (name), (nd), (a), (b), err) != 0) goto out
+    S_L(c->embed, 0, "model.embed_tokens.weight", 2, V, D);
+    if (!cfg->tie_word_embeddings) S_L(c->lm_head, 0, "lm_head.weight", 2, V, D);
+    S_L(c->final_norm, 1, "model.norm.weight", 1, D, 0);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        s_layer_t *L = &c->layers[l];
+#define S_NAME(leaf) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, (leaf)), nm)
+        S_L(L->attn_norm, 1, S_NAME("input_layernorm.weight"), 1, D, 0);
+        S_L(L->mlp_norm, 1, S_NAME("post_attention_layernorm.weight"), 1, D, 0);
+        S_L(L->wqkv, 0, S_NAME("self_attn.q_proj.weight"), 2, Q, D);
+        S_L(L->wqkv + Q * D, 0, S_NAME("self_attn.k_proj.weight"), 2, KV, D);
+        S_L(L->wqkv + (Q + KV) * D, 0, S_NAME("self_attn.v_proj.weight"), 2, KV, D);
+        if (L->bqkv) {
+            S_L(L->bqkv, 1, S_NAME("self_attn.q_proj.bias"), 1, Q, 0);
+            S_L(L->bqkv + Q, 1, S_NAME("self_attn.k_proj.bias"), 1, KV, 0);
+            S_L(L->bqkv + Q + KV, 1, S_NAME("self_attn.v_proj.bias"), 1, KV, 0);
+        }
+        S_L(L->wo, 0, S_NAME("self_attn.o_proj.weight"), 2, D, Q);
+        S_L(L->wgu, 0, S_NAME("mlp.gate_proj.weight"), 2, F, D);
+        S_L(L->wgu + F * D, 0, S_NAME("mlp.up_proj.weight"), 2, F, D);
+        S_L(L->wd, 0, S_NAME("mlp.down_proj.weight"), 2, D, F);
+#undef S_NAME
+    }
+#undef S_L
+    rc = 0;
+out:
+    free(stage);
+    return rc;
+}
+
+// Seeded random weights, generated on the device: N(0, 0.02)-like uniform
+// matrices (std 0.02), norms of ones, small biases.
+static int s_random_weights(s_cuda_t *c, kvf_err_t *err) {
+    const kvf_modelcfg_t *cfg = &c->base.cfg;
+    const size_t D = (size_t)c->dim, V = (size_t)cfg->vocab_size, F = (size_t)c->ff;
+    const float a = 0.02f * sqrtf(3.0f);
+    uint64_t seed = 0x6b7666ull;
+    cudaStream_t s = c->stream;
+#define S_RB(p, n) if (kvf_fill_random_bf16((p), (n), seed++, 0.0f, a, s, err) != 0) return -1
+#define S_ONES(p, n) if (kvf_fill_random_f32((p), (n), seed++, 1.0f, 0.0f, s, err) != 0) return -1
+    S_RB(c->embed, V * D);
+    if (c->lm_head != c->embed) S_RB(c->lm_head, V * D);
+    S_ONES(c->final_norm, D);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        s_layer_t *L = &c->layers[l];
+        S_ONES(L->attn_norm, D);
+        S_ONES(L->mlp_norm, D);
+        S_RB(L->wqkv, (size_t)c->qkv_dim * D);
+        if (L->bqkv && kvf_fill_random_f32(L->bqkv, (size_t)c->qkv_dim, seed++, 0.0f, a, s, err) != 0) return -1;
+        S_RB(L->wo, D * (size_t)c->q_dim);
+        S_RB(L->wgu, 2 * F * D);
+        S_RB(L->wd, D * F);
+    }
+#undef S_RB
+#undef S_ONES
+    KVF_CUDA_CHECK(cudaStreamSynchronize(s), err);
+    return 0;
+}
+
+// ---------------------------------------------------------------- workspace
+
+// Carves the workspace arena (NULL base: only counts bytes).
+static size_t s_layout_ws(s_cuda_t *c, char *base) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    const size_t T = (size_t)o->max_step_tokens, R = (size_t)o->max_logit_rows, B = (size_t)o->max_batch_size;
+    const size_t D = (size_t)c->dim, V = (size_t)c->base.cfg.vocab_size, F = (size_t)c->ff;
+    size_t off = 0;
+#define S_TAKE(ptr, type, n)                                   \
+    do {                                                       \
+        if (base) (ptr) = (type *)(void *)(base + off);        \
+        off += s_up((size_t)(n) * sizeof(type));               \
+    } while (0)
+    S_TAKE(c->resid, float, T * D);
+    S_TAKE(c->h, uint16_t, T * D);
+    S_TAKE(c->qkv, uint16_t, T * (size_t)c->qkv_dim);
+    S_TAKE(c->q, uint16_t, T * (size_t)c->q_dim);
+    S_TAKE(c->att, uint16_t, T * (size_t)c->q_dim);
+    S_TAKE(c->o, uint16_t, T * D);
+    S_TAKE(c->gu, uint16_t, T * 2 * F);
+    S_TAKE(c->act, uint16_t, T * F);
+    S_TAKE(c->rows, uint16_t, R * D);
+    S_TAKE(c->logits, float, R * V);
+    S_TAKE(c->partial, float, kvf_attn_partial_floats(c->max_splits, c->partial_tokens, c->base.cfg.n_heads,
+                                                      c->base.cfg.head_dim));
+    S_TAKE(c->gemm_ws, char, S_GEMM_WS);
+    S_TAKE(c->d_meta, int32_t, c->meta_ints);
+#undef S_TAKE
+    (void)B;
+    return off;
+}
+
+// ---------------------------------------------------------------- checks
+
+static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o, kvf_err_t *err) {
+    if (cfg->hidden_size < 1 || cfg->n_layers < 1 || cfg->n_heads < 1 || cfg->n_kv_heads < 1 || cfg->head_dim < 1 ||
+        cfg->intermediate_size < 1 || cfg->vocab_size < 1)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: model config has a size < 1");
+    if (cfg->n_heads % cfg->n_kv_heads)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: %d heads are not a multiple of %d KV heads", cfg->n_heads,
+                           cfg->n_kv_heads);
+    if (cfg->head_dim % 2 || cfg->head_dim > KVF_ATTN_MAX_HEAD_DIM)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: head_dim %d must be even and <= %d", cfg->head_dim,
+                           KVF_ATTN_MAX_HEAD_DIM);
+    if (kvf_attn_q_per_tile(cfg->n_heads, cfg->n_kv_heads) < 1)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: %d query heads per KV head, at most %d",
+                           cfg->n_heads / cfg->n_kv_heads, KVF_ATTN_MAX_ROWS);
+    if (cfg->hidden_size > 16384)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: hidden_size %d > 16384", cfg->hidden_size);
+    if (!(cfg->rms_norm_eps >= 0) || !(cfg->rope_theta > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: rms_norm_eps or rope_theta out of range");
+    if (cfg->rope_type != KVF_ROPE_DEFAULT && !(cfg->rope_factor > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: rope factor %g must be > 0", cfg->rope_factor);
+    if (o->block_size < 1 || o->max_batch_size < 1 || o->max_step_tokens < 1 || o->max_blocks_per_seq < 1 ||
+        o->max_logit_rows < o->max_batch_size || o->max_step_tokens > 65535)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: block_size %d, max_batch_size %d, max_step_tokens %d "
+                           "(<= 65535), max_logit_rows %d (>= max_batch_size), max_blocks_per_seq %d must be >= 1",
+                           o->block_size, o->max_batch_size, o->max_step_tokens, o->max_logit_rows,
+                           o->max_blocks_per_seq);
+    if ((int64_t)o->max_blocks_per_seq * o->block_size > INT32_MAX / 2)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: max_blocks_per_seq x block_size exceeds 2^30 tokens");
+    if (o->tp_size != 1 || o->tp_rank != 0)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: tensor parallelism (tp_size %d) is not supported",
+                           o->tp_size);
+    if (!(o->cache_max_entry_count > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: --cache-max-entry-count %g must be > 0",
+                           o->cache_max_entry_count);
+    return 0;
+}
+
+// ---------------------------------------------------------------- start-up
+
+static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
+    kvf_backend_t *be = &c->base;
+    const kvf_modelcfg_t *cfg = &be->cfg;
+    const kvf_backend_opts_t *o = &be->opts;
+    int n_dev = 0;
+    KVF_CUDA_CHECK(cudaGetDeviceCount(&n_dev), err);
+    if (o->device < 0 || o->device >= n_dev)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: device %d, this machine has %d", o->device, n_dev);
+    c->device = o->device;
+    KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
+    KVF_CUDA_CHECK(cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, c->device), err);
+    KVF_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), err);
+
+    // weights
+    c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
+    if (!c->layers) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory");
+    be->weights_bytes = s_layout_weights(c, NULL);
+    if (s_malloc(c, &c->wmem, be->weights_bytes, "weights", err) != 0) return -1;
+    s_layout_weights(c, c->wmem);
+    if (st ? s_load_weights(c, st, err) : s_random_weights(c, err)) return -1;
+    float *inv_freq = malloc((size_t)cfg->head_dim / 2 * sizeof(float));
+    if (!inv_freq) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory");
+    kvf_cpu_rope_inv_freq(inv_freq, cfg);
+    cudaError_t e = cudaMemcpy(c->inv_freq, inv_freq, (size_t)cfg->head_dim / 2 * sizeof(float), cudaMemcpyHostToDevice);
+    free(inv_freq);
+    KVF_CUDA_CHECK(e, err);
+
+    // workspace: sized for the largest step
+    const size_t T = (size_t)o->max_step_tokens, B = (size_t)o->max_batch_size, R = (size_t)o->max_logit_rows;
+    c->m_tokens = 0;
+    c->m_pos = c->m_tokens + T;
+    c->m_seq = c->m_pos + T;
+    c->m_tiles = c->m_seq + T;
+    c->m_bt = c->m_tiles + 3 * T;
+    c->m_rows = c->m_bt + B * (size_t)o->max_blocks_per_seq;
+    c->meta_ints = c->m_rows + R;
+    // Splits pay only while tiles x KV heads leave SMs idle: at most 2 SMs' worth of tokens.
+    int pt = (2 * c->n_sms + cfg->n_kv_heads - 1) / cfg->n_kv_heads;
+    c->partial_tokens = pt < o->max_step_tokens ? pt : o->max_step_tokens;
+    size_t per_split = kvf_attn_partial_floats(1, c->partial_tokens, cfg->n_heads, cfg->head_dim) * sizeof(float);
+    size_t ms = S_PARTIAL_MAX / per_split;
+    c->max_splits = ms > KVF_ATTN_MAX_SPLITS ? KVF_ATTN_MAX_SPLITS : (int)(ms < 1 ? 1 : ms);
+    be->workspace_bytes = s_layout_ws(c, NULL);
+    if (s_malloc(c, &c->wsmem, be->workspace_bytes, "workspace", err) != 0) return -1;
+    s_layout_ws(c, c->wsmem);
+    KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, c->meta_ints * sizeof(int32_t)), err);
+    c->n_allocs++;
+    memset(c->h_meta, 0, c->meta_ints * sizeof(int32_t));
+    c->gemm = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, err);
+    if (!c->gemm) return -1;
+
+    // the KV slab
+    size_t free_b = 0, total_b = 0;
+    KVF_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
+    be->free_bytes_at_start = free_b;
+    const uint64_t block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)o->block_size *
+                                 (uint64_t)cfg->n_kv_heads * (uint64_t)cfg->head_dim * 2ull;
+    uint64_t n_blocks;
+    if (o->cache_max_entry_count < 1.0)
+        n_blocks = (uint64_t)(o->cache_max_entry_count * (double)free_b) / block_bytes;
+    else
+        n_blocks = (uint64_t)o->cache_max_entry_count;
+    if (n_blocks > INT32_MAX) n_blocks = INT32_MAX;
+    if (n_blocks * block_bytes > free_b)
+        return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: %llu KV blocks (%.1f MiB) do not fit the %.1f MiB free "
+                           "after weights and workspace: lower --cache-max-entry-count",
+                           (unsigned long long)n_blocks, MIB(n_blocks * block_bytes), MIB(free_b));
+    if (n_blocks < (uint64_t)o->max_blocks_per_seq)
+        return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: the KV pool of %llu blocks cannot hold one sequence of "
+                           "%d blocks (%.1f MiB free after weights and workspace): raise --cache-max-entry-count or "
+                           "lower --session-len / --max-prefill-token-num",
+                           (unsigned long long)n_blocks, o->max_blocks_per_seq, MIB(free_b));
+    be->n_blocks = (int32_t)n_blocks;
+    be->kv_bytes = n_blocks * block_bytes;
+    c->kv_layer_elems = (size_t)n_blocks * o->block_size * cfg->n_kv_heads * cfg->head_dim;
+    if (s_malloc(c, (void **)&c->kv, be->kv_bytes, "KV cache (lower --cache-max-entry-count)", err) != 0) return -1;
+    // Zeroed once: attention never reads a slot before it is written, but a
+    // slab of zeros keeps any such bug finite.
+    KVF_CUDA_CHECK(cudaMemsetAsync(c->kv, 0, be->kv_bytes, c->stream), err);
+    KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+
+    kvf_log(KVF_LOG_INFO,
+            "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
+            "tokens (%.1f MiB, %lld tokens), %d device allocations",
+            c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
+            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, (int)c->n_allocs);
+    return 0;
+}
+
+kvf_backend_t *kvf_cuda_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetensors_t *st,
+                                    const kvf_backend_opts_t *opts, kvf_err_t *err) {
+    if (!cfg || !opts) {
+        kvf_err_set(err, KVF_E_INVAL, "cuda backend: config and options are required");
+        return NULL;
+    }
+    if (s_check_config(cfg, opts, err) != 0) return NULL;
+    s_cuda_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory");
+        return NULL;
+    }
+    kvf_backend_t *be = &c->base;
+    be->ops = &s_cuda_ops;
+    be->cfg = *cfg;
+    be->opts = *opts;
+    c->device = opts->device;
+    c->dim = cfg->hidden_size;
+    c->q_dim = cfg->n_heads * cfg->head_dim;
+    c->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    c->qkv_dim = c->q_dim + 2 * c->kv_dim;
+    c->ff = cfg->intermediate_size;
+    c->max_ctx = opts->max_blocks_per_seq * opts->block_size;
+    if (s_start(c, st, err) != 0) {
+        s_destroy(&be);
+        return NULL;
+    }
+    return be;
+}
+
+static void s_destroy(kvf_backend_t **self_p) {
+    if (!self_p || !*self_p) return;
+    s_cuda_t *c = (s_cuda_t *)*self_p;
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    kvf_gemm_ctx_destroy(&c->gemm);
+    cudaFree(c->kv);
+    cudaFree(c->wsmem);
+    cudaFree(c->wmem);
+    if (c->h_meta) cudaFreeHost(c->h_meta);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->layers);
+    free(c);
+    *self_p = NULL;
+}
+
+// ---------------------------------------------------------------- forward
+
+// Checks a batch against the limits fixed at start-up and writes the step's
+// metadata into the pinned buffer. Returns the number of attention tiles, or -1.
+static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int *q_per_tile, int *max_ctx,
+                     kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits are required");
+    if (b->n_seqs < 1 || b->n_seqs > o->max_batch_size)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %d sequences, allowed 1..%d (max_batch_size)", b->n_seqs,
+                           o->max_batch_size);
+    if (b->n_tokens < 1 || b->n_tokens > o->max_step_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %d tokens, allowed 1..%d (max_step_tokens)", b->n_tokens,
+                           o->max_step_tokens);
+    if (!b->tokens || !b->n_new || !b->n_past || !b->block_table)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: tokens, n_new, n_past and block_table are required");
+    if (b->max_blocks < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: max_blocks %d < 1", b->max_blocks);
+    int64_t rows = b->all_logits ? b->n_tokens : b->n_seqs;
+    if (rows > o->max_logit_rows)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: %lld logit rows, allowed %d (max_logit_rows)", (long long)rows,
+                           o->max_logit_rows);
+    const int MB = o->max_blocks_per_seq;
+    int32_t *tok = c->h_meta + c->m_tokens, *pos = c->h_meta + c->m_pos, *seq = c->h_meta + c->m_seq;
+    int32_t *bt = c->h_meta + c->m_bt, *ridx = c->h_meta + c->m_rows;
+    int64_t sum = 0;
+    int decode = 1;
+    *max_ctx = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        int32_t nn = b->n_new[s], np = b->n_past[s];
+        if (nn < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_new %d < 1", s, nn);
+        if (np < 0) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_past %d < 0", s, np);
+        int64_t len = (int64_t)np + nn;
+        if (len > (int64_t)c->max_ctx)
+            return kvf_err_set(err, KVF_E_INVAL,
+                               "batch: sequence %d reaches %lld tokens, more than %d (max_blocks_per_seq x block_size)",
+                               s, (long long)len, c->max_ctx);
+        int64_t need = (len + o->block_size - 1) / o->block_size;
+        if (need > b->max_blocks)
+            return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d needs %lld blocks, its table holds %d", s,
+                               (long long)need, b->max_blocks);
+        const int32_t *row = b->block_table + (size_t)s * b->max_blocks;
+        for (int64_t i = 0; i < need; i++) {
+            if (row[i] < 0 || row[i] >= c->base.n_blocks)
+                return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d block %lld is id %d, outside 0..%d", s,
+                                   (long long)i, row[i], c->base.n_blocks - 1);
+            bt[(size_t)s * MB + i] = row[i];
+        }
+        if (sum + nn > b->n_tokens) break;
+        for (int i = 0; i < nn; i++) {
+            pos[sum + i] = np + i;
+            seq[sum + i] = s;
+        }
+        sum += nn;
+        ridx[s] = (int32_t)(sum - 1);  // the sequence's last new token
+        decode &= nn == 1;
+        if (len > *max_ctx) *max_ctx = (int)len;
+    }
+    if (sum != b->n_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: n_new sums to at least %lld, n_tokens is %d", (long long)sum,
+                           b->n_tokens);
+    for (int t = 0; t < b->n_tokens; t++) {
+        if (b->tokens[t] < 0 || b->tokens[t] >= c->base.cfg.vocab_size)
+            return kvf_err_set(err, KVF_E_INVAL, "batch: token %d is id %d, outside the vocabulary 0..%d", t,
+                               b->tokens[t], c->base.cfg.vocab_size - 1);
+        tok[t] = b->tokens[t];
+    }
+    *q_per_tile = decode ? 1 : kvf_attn_q_per_tile(c->base.cfg.n_heads, c->base.cfg.n_kv_heads);
+    int n_tiles = kvf_attn_build_tiles(c->h_meta + c->m_tiles, o->max_step_tokens, b->n_new, b->n_seqs, *q_per_tile);
+    if (n_tiles < 1) return kvf_err_set(err, KVF_E_INTERNAL, "cuda forward: attention tiles do not fit");
+    return n_tiles;
+}
+
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    s_cuda_t *c = (s_cuda_t *)be;
+    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
+    int qpt = 1, max_ctx = 0;
+    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, err);
+    if (n_tiles < 0) return -1;
+    const kvf_modelcfg_t *cfg = &be->cfg;
+    const kvf_backend_opts_t *o = &be->opts;
+    const int n = b->n_tokens, D = c->dim, H = cfg->n_heads, KV = cfg->n_kv_heads, HD = cfg->head_dim;
+    const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
+    const float eps = cfg->rms_norm_eps;
+    cudaStream_t st = c->stream;
+    KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
+
+    int split_len = 1 << 30, n_splits = 1;
+    if (n <= c->partial_tokens)
+        n_splits = kvf_attn_choose_splits(n_tiles, KV, max_ctx, c->max_splits, c->n_sms, &split_len);
+
+    const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
+    const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
+    KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice, st),
+                   err);
+
+#define S_K(call) \
+    if ((call) != 0) return -1
+    S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const s_layer_t *L = &c->layers[l];
+        uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
+        uint16_t *vc = kc + c->kv_layer_elems;                     // (n_blocks, bs, KV, HD)
+        if (l == 0) {
+            S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
+        } else {
+            S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, L->attn_norm, n, D, eps, st, err));
+        }
+        S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_BF16, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
+        S_K(kvf_rope_kv(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+                        be->n_blocks, st, err));
+        S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD, bs,
+                          n_splits, split_len, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_BF16, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
+        S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+        S_K(kvf_silu_mul(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_BF16, c->act, L->wd, n, F, D, 0.0f, st, err));
+    }
+    S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
+    int rows = n;
+    const uint16_t *x = c->h;
+    if (!b->all_logits) {
+        rows = b->n_seqs;
+        S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
+        x = c->rows;
+    }
+    S_K(kvf_gemm(c->gemm, c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, V, 0.0f, st, err));
+#undef S_K
+    KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost, st),
+                   err);
+    KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
+    return 0;
+}
