@@ -1,0 +1,555 @@
+// tests/test_cluster.c — a whole node on loopback: kvf-coordinator, CPU
+// kvf-workers and the CLI tools (kvfctl, kvf-generate), started as real processes.
+//   (a) 300 prompts through `kvfctl run` on 3 workers: each output equals
+//       kvf-generate's for the same prompt (greedy), each prompt answered once;
+//   (b) workers with deliberately small KV pools: the batch completes and no
+//       worker reports a preemption or a rejection;
+//   (c) `kvfctl status` while a batch runs; a SIGKILLed worker shows as dead and
+//       its requests still finish elsewhere;
+//   (d) garbage, oversized and unknown messages get an ERROR and the coordinator
+//       keeps serving another client.
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <string.h>
+
+#include "cluster_harness.h"
+#include "proto/codec.h"
+
+// ---------------------------------------------------------------- helpers
+
+// Runs `kvfctl --coordinator FRONT args...` and returns its exit status; stdout
+// goes to out_path (may be NULL), stderr to DIR/kvfctl.err.
+static int s_kvfctl(const kvh_cluster_t *c, const char *out_path, double timeout_s, const char *const *args) {
+    char bin[512], err[400];
+    char *argv[KVH_MAX_ARGS];
+    int n = 0;
+    argv[n++] = (char *)kvh_bin("kvfctl", bin, sizeof bin);
+    argv[n++] = "--coordinator";
+    argv[n++] = (char *)c->front;
+    for (int i = 0; args[i] && n < KVH_MAX_ARGS - 1; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    snprintf(err, sizeof err, "%s/kvfctl.err", c->dir);
+    return kvh_run(argv, out_path, err, timeout_s);
+}
+
+// `kvfctl status --json`, parsed (caller decrefs).
+static json_t *s_status_json(const kvh_cluster_t *c) {
+    char out[400];
+    snprintf(out, sizeof out, "%s/status.json", c->dir);
+    const char *args[] = {"status", "--json", NULL};
+    int rc = s_kvfctl(c, out, 30, args);
+    cr_assert_eq(rc, 0, "kvfctl status --json failed (%d)", rc);
+    json_error_t je;
+    json_t *j = json_load_file(out, 0, &je);
+    cr_assert_not_null(j, "kvfctl status --json: %s", je.text);
+    return j;
+}
+
+static json_t *s_worker(json_t *status, const char *id) {
+    size_t i;
+    json_t *w;
+    json_array_foreach(json_object_get(status, "workers"), i, w) {
+        if (strcmp(json_string_value(json_object_get(w, "id")), id) == 0) return w;
+    }
+    return NULL;
+}
+
+static json_int_t s_int(json_t *o, const char *k) {
+    json_t *v = json_object_get(o, k);
+    cr_assert(json_is_integer(v), "field %s is missing or not an integer", k);
+    return json_integer_value(v);
+}
+
+// Reads a JSONL file into an array of objects (caller decrefs).
+static json_t *s_read_jsonl(const char *path) {
+    FILE *f = fopen(path, "r");
+    cr_assert_not_null(f, "%s", path);
+    json_t *arr = json_array();
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int no = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        no++;
+        json_error_t je;
+        json_t *o = json_loadb(line, (size_t)n, 0, &je);
+        cr_assert_not_null(o, "%s:%d is not JSON: %s", path, no, je.text);
+        json_array_append_new(arr, o);
+    }
+    free(line);
+    fclose(f);
+    return arr;
+}
+
+// ---------------------------------------------------------------- (d) hostile clients
+
+static zsock_t *s_raw_dealer(const kvh_cluster_t *c) {
+    zsock_t *s = zsock_new(ZMQ_DEALER);
+    cr_assert_not_null(s);
+    zsock_set_linger(s, 0);
+    zsock_set_rcvtimeo(s, 5000);
+    cr_assert_eq(zsock_connect(s, "%s", c->front), 0);
+    return s;
+}
+
+static void s_send_raw(zsock_t *s, const void *data, size_t len) {
+    cr_assert_eq(zmq_send(zsock_resolve(s), data, len, 0), (int)len, "send: %s", zmq_strerror(errno));
+}
+
+// Receives one reply and asserts it is an ERROR about the whole message.
+static void s_expect_error(zsock_t *s, const char *what) {
+    kvf_msg_t m;
+    kvf_err_t err;
+    memset(&m, 0, sizeof m);
+    cr_assert_eq(kvf_msg_recv(s, NULL, &m, &err), 0, "%s: no decodable reply: %s", what, err.msg);
+    cr_assert_eq(m.type, KVF_MSG_ERROR, "%s: got %s, not ERROR", what, kvf_msg_type_name(m.type));
+    cr_assert_eq(m.u.error.rid, 0);
+    cr_assert_neq(m.u.error.code, KVF_OK);
+    cr_assert_gt(m.u.error.message.len, 0, "%s: ERROR without a message", what);
+    kvf_msg_clear(&m);
+}
+
+// A well-behaved client still gets served.
+static void s_expect_served(const kvh_cluster_t *c) {
+    kvf_client_t *cl = kvh_client(c);
+    kvf_cluster_status_t *st = NULL;
+    kvf_err_t err;
+    cr_assert_eq(kvf_client_status(cl, &st, &err), 0, "coordinator stopped serving: %s", err.msg);
+    kvf_cluster_status_destroy(&st);
+    kvf_client_destroy(&cl);
+}
+
+Test(cluster, hostile_clients_get_errors_and_the_coordinator_keeps_serving) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_cluster_t c;
+    kvh_start_coordinator(&c, NULL, "--max-msg-size", "64K", NULL);
+    zsock_t *s = s_raw_dealer(&c);
+
+    const char garbage[] = "\xc1\xff\x00 this is not msgpack \x93\x01";
+    s_send_raw(s, garbage, sizeof garbage - 1);
+    s_expect_error(s, "garbage bytes");
+    s_expect_served(&c);
+
+    // [1, 99, {}]: a well-formed message of an unknown type.
+    const unsigned char unknown[] = {0x93, 0x01, 0x63, 0x80};
+    s_send_raw(s, unknown, sizeof unknown);
+    s_expect_error(s, "unknown type");
+    // [7, 12, {}]: STATUS of a protocol version nobody speaks.
+    const unsigned char version[] = {0x93, 0x07, 0x0c, 0x80};
+    s_send_raw(s, version, sizeof version);
+    s_expect_error(s, "unknown version");
+    // A map claiming 2^32-1 entries in a few bytes.
+    const unsigned char huge_count[] = {0x93, 0x01, 0x0a, 0xdf, 0xff, 0xff, 0xff, 0xff};
+    s_send_raw(s, huge_count, sizeof huge_count);
+    s_expect_error(s, "lying map count");
+    // A valid message that only workers may send.
+    kvf_msg_t hb;
+    kvf_msg_init(&hb, KVF_MSG_HEARTBEAT);
+    kvf_err_t err;
+    cr_assert_eq(kvf_msg_send(s, NULL, &hb, &err), 0, "%s", err.msg);
+    s_expect_error(s, "worker message on the client socket");
+    // Empty frame.
+    s_send_raw(s, "", 0);
+    s_expect_error(s, "empty message");
+    s_expect_served(&c);
+
+    // An oversized frame (over --max-msg-size, under the transport's hard bound).
+    size_t big = 100 * 1024;
+    char *buf = calloc(1, big);
+    cr_assert_not_null(buf);
+    memset(buf, 0xa5, big);
+    s_send_raw(s, buf, big);
+    s_expect_error(s, "oversized frame");
+    s_expect_served(&c);
+    // Past the hard bound libzmq drops the connection: no reply, still serving.
+    size_t huge = 300 * 1024;
+    char *hbuf = calloc(1, huge);
+    cr_assert_not_null(hbuf);
+    s_send_raw(s, hbuf, huge);
+    kvh_sleep_ms(200);
+    s_expect_served(&c);
+    free(buf);
+    free(hbuf);
+    zsock_destroy(&s);
+
+    // And after all that, a fresh raw client gets a real reply to a real message.
+    s = s_raw_dealer(&c);
+    kvf_msg_t st;
+    kvf_msg_init(&st, KVF_MSG_STATUS);
+    cr_assert_eq(kvf_msg_send(s, NULL, &st, &err), 0, "%s", err.msg);
+    kvf_msg_t reply;
+    memset(&reply, 0, sizeof reply);
+    cr_assert_eq(kvf_msg_recv(s, NULL, &reply, &err), 0, "%s", err.msg);
+    cr_assert_eq(reply.type, KVF_MSG_STATUS_REPLY);
+    kvf_msg_clear(&reply);
+    zsock_destroy(&s);
+    cr_assert_eq(kvh_wait(c.coord, 0), -1, "the coordinator died");
+    kvh_teardown(&c);
+}
+
+// ---------------------------------------------------------------- prompts
+
+static const char *const s_words[] = {
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "and", "then", "a", "little",
+    "girl", "named", "Lily", "went", "to", "park", "with", "her", "mom", "sun", "was", "bright",
+    "code", "int", "main", "(void)", "{", "return", "0;", "}", "42", "3.14", "caf\xc3\xa9", "na\xc3\xafve",
+};
+
+// Prompt k of the test set: 1 to 90 words, so prompts span a few to ~150 tokens.
+static void s_prompt(int k, char *buf, size_t len) {
+    int n = 1 + (k * 37) % 90;
+    buf[0] = 0;
+    unsigned x = 2654435761u * (unsigned)(k + 1);
+    for (int i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        const char *w = s_words[(x >> 16) % (sizeof s_words / sizeof s_words[0])];
+        if (strlen(buf) + strlen(w) + 2 >= len) break;
+        if (i) strcat(buf, " ");
+        strcat(buf, w);
+    }
+}
+
+// kvf-generate's greedy output for a prompt: its ids (json array) and text.
+static void s_reference(const kvh_cluster_t *c, const char *model, const char *prompt, int max_tokens, json_t **ids,
+                        char **text, char **finish) {
+    char bin[512], out[400], err[400], mt[16];
+    snprintf(out, sizeof out, "%s/gen.json", c->dir);
+    snprintf(err, sizeof err, "%s/gen.err", c->dir);
+    snprintf(mt, sizeof mt, "%d", max_tokens);
+    char *argv[] = {(char *)kvh_bin("kvf-generate", bin, sizeof bin), "--model", (char *)model, "--backend", "cpu",
+                    "--prompt", (char *)prompt, "--max-new-tokens", mt, "--threads", "1", "--json", NULL};
+    int rc = kvh_run(argv, out, err, 60);
+    if (rc != 0) kvh_tail(err);
+    cr_assert_eq(rc, 0, "kvf-generate failed (%d) for '%s'", rc, prompt);
+    json_error_t je;
+    json_t *j = json_load_file(out, JSON_DISABLE_EOF_CHECK, &je);
+    cr_assert_not_null(j, "kvf-generate --json: %s", je.text);
+    json_t *o = json_object_get(j, "output_ids");
+    if (!o) o = json_object_get(j, "ids");
+    cr_assert(json_is_array(o), "kvf-generate --json has no output_ids");
+    *ids = json_incref(o);
+    json_t *t = json_object_get(j, "text");
+    cr_assert(json_is_string(t), "kvf-generate --json has no text");
+    *text = strdup(json_string_value(t));
+    json_t *f = json_object_get(j, "finish_reason");
+    *finish = json_is_string(f) ? strdup(json_string_value(f)) : NULL;
+    json_decref(j);
+}
+
+#define S_DISTINCT 30
+#define S_LINES 300
+
+static int s_max_tokens(int k) { return 4 + (k % 5) * 5; }
+
+// ---------------------------------------------------------------- (a) correctness
+
+Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_once, .timeout = 200) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    kvh_require_bin("kvf-generate");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    kvh_cluster_t c;
+    kvh_start_coordinator(&c, model, NULL);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        kvh_start_worker(&c, model, id, "--threads", "1", NULL);
+    }
+
+    // The reference, while the workers start: 30 distinct prompts through kvf-generate.
+    char prompts[S_DISTINCT][1024];
+    json_t *ref_ids[S_DISTINCT];
+    char *ref_text[S_DISTINCT], *ref_finish[S_DISTINCT];
+    double t0 = kvh_now();
+    for (int k = 0; k < S_DISTINCT; k++) {
+        s_prompt(k, prompts[k], sizeof prompts[k]);
+        s_reference(&c, model, prompts[k], s_max_tokens(k), &ref_ids[k], &ref_text[k], &ref_finish[k]);
+    }
+    cr_log_info("reference: %d kvf-generate runs in %.1f s", S_DISTINCT, kvh_now() - t0);
+    kvh_wait_ready(&c, 3, 60);
+
+    // 300 lines from those 30 prompts (native and OpenAI forms mixed) plus two bad lines.
+    char in[400], out[400];
+    snprintf(in, sizeof in, "%s/in.jsonl", c.dir);
+    snprintf(out, sizeof out, "%s/out.jsonl", c.dir);
+    FILE *f = fopen(in, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < S_LINES; i++) {
+        int k = (i * 7) % S_DISTINCT;
+        json_t *o;
+        char id[16];
+        snprintf(id, sizeof id, "r%d", i);
+        if (i % 3 == 2)
+            o = json_pack("{s:s, s:s, s:s, s:{s:s, s:i, s:f}}", "custom_id", id, "method", "POST", "url",
+                          "/v1/completions", "body", "prompt", prompts[k], "max_tokens", s_max_tokens(k),
+                          "temperature", 0.0);
+        else
+            o = json_pack("{s:s, s:s, s:i}", "id", id, "prompt", prompts[k], "max_new_tokens", s_max_tokens(k));
+        char *line = json_dumps(o, JSON_COMPACT);
+        fprintf(f, "%s\n", line);
+        free(line);
+        json_decref(o);
+        if (i == 100) fprintf(f, "{\"id\": \"bad-json\", \"prompt\": \n");
+        if (i == 200) fprintf(f, "{\"id\": \"bad-temp\", \"prompt\": \"x\", \"temperature\": -2}\n");
+    }
+    fclose(f);
+
+    t0 = kvh_now();
+    const char *args[] = {"run", in, "-o", out, "--chunk", "64", "--batch-id", "t300", NULL};
+    int rc = s_kvfctl(&c, NULL, 150, args);
+    double secs = kvh_now() - t0;
+    if (rc != 0) kvh_dump_logs(&c);
+    cr_assert_eq(rc, 0, "kvfctl run failed (%d)", rc);
+    cr_log_info("kvfctl run: %d lines in %.2f s", S_LINES + 2, secs);
+
+    json_t *lines = s_read_jsonl(out);
+    cr_assert_eq(json_array_size(lines), S_LINES + 2, "%zu output lines", json_array_size(lines));
+    size_t li = 0;
+    for (int i = 0; i < S_LINES; i++, li++) {
+        json_t *o = json_array_get(lines, li);
+        char id[16];
+        snprintf(id, sizeof id, "r%d", i);
+        cr_assert_str_eq(json_string_value(json_object_get(o, "id")), id, "line %zu is out of order", li);
+        cr_assert_null(json_object_get(o, "error"), "%s failed: %s", id,
+                       json_string_value(json_object_get(json_object_get(o, "error"), "message")));
+        int k = (i * 7) % S_DISTINCT;
+        json_t *got = json_object_get(o, "output_ids");
+        cr_assert(json_equal(got, ref_ids[k]), "%s: output_ids differ from kvf-generate's for prompt %d", id, k);
+        cr_assert_str_eq(json_string_value(json_object_get(o, "text")), ref_text[k], "%s: text differs", id);
+        cr_assert_eq(s_int(o, "completion_tokens"), (json_int_t)json_array_size(ref_ids[k]));
+        cr_assert_gt(s_int(o, "prompt_tokens"), 0);
+        if (ref_finish[k])
+            cr_assert_str_eq(json_string_value(json_object_get(o, "finish_reason")), ref_finish[k], "%s", id);
+        if (i == 100 || i == 200) {
+            json_t *e = json_array_get(lines, ++li);
+            cr_assert_str_eq(json_string_value(json_object_get(e, "id")), i == 100 ? "bad-json" : "bad-temp");
+            cr_assert_not_null(json_object_get(json_object_get(e, "error"), "message"));
+        }
+    }
+
+    // Every worker took part; nothing was preempted or rejected.
+    json_t *st = s_status_json(&c);
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        json_t *w = s_worker(st, id);
+        cr_assert_not_null(w, "%s missing from status", id);
+        cr_assert_gt(s_int(w, "tokens_total"), 0, "%s generated nothing", id);
+        cr_assert_eq(s_int(w, "preemptions"), 0);
+        cr_assert_eq(s_int(w, "rejected"), 0);
+    }
+    json_decref(st);
+    json_decref(lines);
+    for (int k = 0; k < S_DISTINCT; k++) {
+        json_decref(ref_ids[k]);
+        free(ref_text[k]);
+        free(ref_finish[k]);
+    }
+    kvh_teardown(&c);
+}
+
+// ---------------------------------------------------------------- (b) small pools
+
+Test(cluster, small_kv_pools_complete_without_preemption_or_rejection, .timeout = 200) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    kvh_cluster_t c;
+    kvh_start_coordinator(&c, model, NULL);
+    // 24 blocks of 16 tokens: a few requests at a time, so the coordinator must queue.
+    for (int i = 0; i < 2; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "s%d", i);
+        kvh_start_worker(&c, model, id, "--threads", "1", "--cache-max-entry-count", "24", "--block-size", "16",
+                         "--session-len", "256", NULL);
+    }
+    kvh_wait_ready(&c, 2, 60);
+    json_t *st = s_status_json(&c);
+    json_t *w0 = s_worker(st, "s0");
+    cr_assert_not_null(w0);
+    cr_assert_eq(s_int(w0, "total_blocks"), 24);
+    json_decref(st);
+
+    char in[400], out[400], prompt[1024];
+    snprintf(in, sizeof in, "%s/in.jsonl", c.dir);
+    snprintf(out, sizeof out, "%s/out.jsonl", c.dir);
+    FILE *f = fopen(in, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 120; i++) {
+        s_prompt(i, prompt, sizeof prompt);
+        json_t *o = json_pack("{s:i, s:s, s:i, s:b}", "id", i, "prompt", prompt, "max_tokens", 48, "ignore_eos", 1);
+        char *line = json_dumps(o, JSON_COMPACT);
+        fprintf(f, "%s\n", line);
+        free(line);
+        json_decref(o);
+    }
+    fclose(f);
+    const char *args[] = {"run", in, "-o", out, NULL};
+    int rc = s_kvfctl(&c, NULL, 150, args);
+    if (rc != 0) kvh_dump_logs(&c);
+    cr_assert_eq(rc, 0, "kvfctl run failed (%d)", rc);
+    json_t *lines = s_read_jsonl(out);
+    cr_assert_eq(json_array_size(lines), 120);
+    size_t i;
+    json_t *o;
+    json_array_foreach(lines, i, o) {
+        cr_assert_eq(s_int(o, "id"), (json_int_t)i);
+        cr_assert_null(json_object_get(o, "error"), "request %zu failed: %s", i,
+                       json_string_value(json_object_get(json_object_get(o, "error"), "message")));
+        cr_assert_eq(s_int(o, "completion_tokens"), 48);
+    }
+    json_decref(lines);
+    st = s_status_json(&c);
+    for (int k = 0; k < 2; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "s%d", k);
+        json_t *w = s_worker(st, id);
+        cr_assert_not_null(w);
+        cr_assert_eq(s_int(w, "preemptions"), 0, "%s preempted", id);
+        cr_assert_eq(s_int(w, "rejected"), 0, "%s rejected requests", id);
+        cr_assert_gt(s_int(w, "tokens_total"), 0);
+    }
+    json_decref(st);
+    kvh_teardown(&c);
+}
+
+// ---------------------------------------------------------------- (c) status and a dead worker
+
+typedef struct {
+    kvf_client_t *cl;
+    const uint64_t *rids;
+    int n;
+    uint32_t want;       // completion tokens of every request
+    uint32_t *streamed;  // tokens seen per request
+    int *done;
+    int n_done;
+} s_events_t;
+
+// Reads what has arrived (for up to ~300 ms), so the coordinator never has to
+// hold results back; asserts each request ends once, with all its tokens.
+static void s_drain(s_events_t *e, int wait_ms) {
+    double end = kvh_now() + 0.3;
+    int wait = wait_ms;
+    while (kvh_now() < end) {
+        kvf_event_t ev = {0};
+        kvf_err_t err;
+        if (kvf_client_next(e->cl, wait, &ev, &err) < 0) break;
+        wait = 0;
+        int k = 0;
+        while (k < e->n && e->rids[k] != ev.rid) k++;
+        cr_assert_lt(k, e->n, "unknown rid %llu", (unsigned long long)ev.rid);
+        cr_assert_eq(e->done[k], 0, "rid %llu: event after DONE", (unsigned long long)ev.rid);
+        if (ev.type == KVF_EVENT_TOKENS) {
+            e->streamed[k] += ev.n_ids;
+        } else {
+            cr_assert_eq(ev.type, KVF_EVENT_DONE, "rid %llu failed: %s", (unsigned long long)ev.rid, ev.message);
+            cr_assert_eq(ev.completion_tokens, e->want);
+            e->done[k] = 1;
+            e->n_done++;
+        }
+        kvf_event_clear(&ev);
+    }
+}
+
+static void s_check_status_sane(json_t *st, int n_workers) {
+    json_t *ws = json_object_get(st, "workers");
+    cr_assert_eq(json_array_size(ws), (size_t)n_workers);
+    size_t i;
+    json_t *w;
+    json_array_foreach(ws, i, w) {
+        json_int_t free_b = s_int(w, "free_blocks"), total = s_int(w, "total_blocks");
+        cr_assert_gt(total, 0);
+        cr_assert(free_b >= 0 && free_b <= total, "free %lld of %lld", (long long)free_b, (long long)total);
+        cr_assert_geq(s_int(w, "running"), 0);
+        cr_assert_geq(s_int(w, "waiting"), 0);
+        double tps = json_number_value(json_object_get(w, "tokens_per_s"));
+        cr_assert(tps >= 0 && tps < 1e9, "tokens/s %g", tps);
+        cr_assert_gt(s_int(json_object_get(w, "plan"), "kv_blocks"), 0);
+        cr_assert_str_eq(json_string_value(json_object_get(w, "backend")), "cpu");
+    }
+    cr_assert_geq(s_int(st, "queue_len"), 0);
+}
+
+Test(cluster, status_during_a_batch_and_a_killed_worker_shows_dead, .timeout = 200) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    kvh_cluster_t c;
+    kvh_start_coordinator(&c, model, "--heartbeat-ms", "200", "--dead-after-ms", "1500", NULL);
+    pid_t victim = 0;
+    for (int i = 0; i < 3; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "w%d", i);
+        pid_t p = kvh_start_worker(&c, model, id, "--threads", "1", NULL);
+        if (i == 2) victim = p;
+    }
+    kvh_wait_ready(&c, 3, 60);
+
+    kvf_client_t *cl = kvh_client(&c);
+    enum { N = 60, T = 300 };
+    kvf_request_t reqs[N];
+    char prompts[N][1024];
+    for (int i = 0; i < N; i++) {
+        s_prompt(i, prompts[i], sizeof prompts[i]);
+        reqs[i] = (kvf_request_t){.text = prompts[i], .sampling = kvf_sampling_default()};
+        reqs[i].sampling.max_new_tokens = T;
+        reqs[i].sampling.ignore_eos = 1;
+    }
+    uint64_t rids[N];
+    kvf_err_t err;
+    cr_assert_eq(kvf_client_submit(cl, NULL, reqs, N, rids, NULL, &err), 0, "%s", err.msg);
+
+    uint32_t streamed[N] = {0};
+    int done[N] = {0};
+    s_events_t evs = {cl, rids, N, T, streamed, done, 0};
+
+    // Status while it runs: every worker, sane numbers, work visible somewhere.
+    int saw_running = 0;
+    for (int round = 0; round < 40 && !saw_running && evs.n_done < N; round++) {
+        s_drain(&evs, 50);
+        json_t *st = s_status_json(&c);
+        s_check_status_sane(st, 3);
+        json_int_t busy = s_int(json_object_get(st, "totals"), "running") + s_int(st, "queue_len");
+        size_t i;
+        json_t *w;
+        json_array_foreach(json_object_get(st, "workers"), i, w) {
+            cr_assert_str_eq(json_string_value(json_object_get(w, "state")), "ready");
+        }
+        saw_running = busy > 0 && s_int(json_object_get(st, "totals"), "running") > 0;
+        json_decref(st);
+    }
+    cr_assert(saw_running, "never saw a running request in kvfctl status");
+    cr_assert_lt(evs.n_done, N, "the batch finished before a worker could be killed; make it longer");
+
+    // SIGKILL one worker: within dead-after-ms it shows as dead.
+    cr_assert_eq(kill(victim, SIGKILL), 0);
+    kvh_wait(victim, 5);
+    for (int i = 0; i < c.n_workers; i++)
+        if (c.workers[i] == victim) c.workers[i] = 0;
+    double end = kvh_now() + 10;
+    int dead = 0;
+    while (!dead && kvh_now() < end) {
+        s_drain(&evs, 100);
+        json_t *st = s_status_json(&c);
+        json_t *w = s_worker(st, "w2");
+        cr_assert_not_null(w, "the killed worker vanished from status");
+        dead = strcmp(json_string_value(json_object_get(w, "state")), "dead") == 0;
+        if (dead) {
+            cr_assert_eq(s_int(json_object_get(st, "totals"), "dead"), 1);
+            cr_assert_str_eq(json_string_value(json_object_get(s_worker(st, "w0"), "state")), "ready");
+        }
+        json_decref(st);
+    }
+    cr_assert(dead, "a SIGKILLed worker is not shown as dead after 10 s");
+
+    // Its requests finish on the others; every token reaches the client exactly once.
+    end = kvh_now() + 120;
+    while (evs.n_done < N && kvh_now() < end) s_drain(&evs, 200);
+    cr_assert_eq(evs.n_done, N, "%d of %d requests finished", evs.n_done, N);
+    for (int i = 0; i < N; i++) cr_assert_eq(streamed[i], T, "rid %llu streamed %u tokens", (unsigned long long)rids[i], streamed[i]);
+        kvf_client_destroy(&cl);
+    kvh_teardown(&c);
+}
