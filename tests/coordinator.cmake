@@ -5,3 +5,5 @@ kvf_add_test(test_coord_queue SOURCES test_coord_queue.c LIBS kvf_coord TIMEOUT 
 kvf_add_test(test_coord_reqtable SOURCES test_coord_reqtable.c LIBS kvf_coord TIMEOUT 60)
 kvf_add_test(test_coord_proc SOURCES test_coord_proc.c LIBS kvf_coord TIMEOUT 120)
 add_dependencies(test_coord_proc kvf-coordinator)
+kvf_add_test(test_coord_hostile SOURCES test_coord_hostile.c LIBS kvf_coord kvf_tokenizer TIMEOUT 120)
+add_dependencies(test_coord_hostile kvf-coordinator)
