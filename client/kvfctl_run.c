@@ -23,6 +23,7 @@ typedef struct {
     s_state_t state;
     kvf_jsonl_req_t req;        // the parsed line (text/ids freed once submitted)
     uint64_t rid;
+    size_t batch;               // index of its chunk's batch id
     char *text;                 // generated text so far
     size_t text_len, text_cap;
     int32_t *ids;               // generated ids so far
@@ -268,6 +269,7 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
         for (size_t i = 0; i < n; i++) {
             s_rec_t *rec = s_rec(r, idx[i]);
             rec->rid = rids[i];
+            rec->batch = r->n_batches - 1;
             rec->state = S_INFLIGHT;
             s_map_put(&r->map, rids[i], idx[i]);
         }
@@ -466,6 +468,37 @@ static void s_progress(s_run_t *r, int final) {
     fflush(stderr);
 }
 
+// The coordinator stops streaming to a client that fell behind (its send queue
+// full) and keeps the results for ATTACH. After a silence, re-attach to every
+// batch with unfinished requests: their results come again from the start.
+static int s_reattach(s_run_t *r, kvf_err_t *err) {
+    for (size_t b = 0; b < r->n_batches; b++) {
+        int any = 0;
+        for (uint64_t i = r->next_write; i < r->base + r->n_recs && !any; i++) {
+            s_rec_t *rec = s_rec(r, i);
+            any = rec->state == S_INFLIGHT && rec->batch == b;
+        }
+        if (!any) continue;
+        for (uint64_t i = r->next_write; i < r->base + r->n_recs; i++) {
+            s_rec_t *rec = s_rec(r, i);
+            if (rec->state == S_INFLIGHT && rec->batch == b) {
+                rec->text_len = rec->n_ids = 0;
+                rec->stopped = 0;
+            }
+        }
+        uint64_t *rids = NULL;
+        size_t n = 0;
+        kvf_err_t e;
+        if (kvf_client_attach(r->client, r->batches[b], &rids, &n, &e) < 0) {
+            if (e.code == KVF_E_TIMEOUT || e.code == KVF_E_IO) return kvf_err_set(err, e.code, "%s", e.msg);
+            fprintf(stderr, "kvfctl run: re-attach to %s: %s\n", r->batches[b], e.msg);
+            continue;
+        }
+        free(rids);
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------- run
 
 static int s_loop(s_run_t *r, kvf_err_t *err) {
@@ -507,6 +540,7 @@ static int s_loop(s_run_t *r, kvf_err_t *err) {
             if (kvf_client_status(r->client, &st, &e) < 0 && e.code == KVF_E_TIMEOUT)
                 return kvf_err_set(err, KVF_E_TIMEOUT, "the coordinator stopped answering: %s", e.msg);
             kvf_cluster_status_destroy(&st);
+            if (s_reattach(r, err) < 0) return -1;
             r->last_event = zclock_mono();
         }
         // BUSY made us hold back: open up again as results drain.

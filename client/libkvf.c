@@ -230,6 +230,20 @@ int kvf_client_attach(kvf_client_t *self, const char *batch_id, uint64_t **rids,
     if (n) memcpy(*rids, ack.u.ack.rids, n * sizeof **rids);
     *n_rids = n;
     kvf_msg_clear(&ack);
+    // The coordinator re-sends everything of the batch after the ACK, so what
+    // arrived for its requests before it is superseded: drop it.
+    size_t len = self->q_len;
+    for (size_t i = 0; i < len; i++) {
+        kvf_msg_t m;
+        s_queue_pop(self, &m);
+        uint64_t rid = m.type == KVF_MSG_TOKENS ? m.u.tokens.rid
+                       : m.type == KVF_MSG_DONE ? m.u.done.rid
+                                                : m.u.error.rid;
+        int ours = 0;
+        for (size_t k = 0; k < n && !ours; k++) ours = (*rids)[k] == rid;
+        if (ours) kvf_msg_clear(&m);
+        else s_queue_push(self, &m);
+    }
     return 0;
 }
 

@@ -134,7 +134,9 @@ int kvf_client_submit(kvf_client_t *self, const char *batch_id, const kvf_reques
 // Re-attaches to a batch by id (e.g. after a client restart): the coordinator
 // re-sends, to this client, every result of the batch so far (each unfinished
 // request's tokens as one TOKENS event, then DONE/ERROR of finished ones) and
-// streams the rest here. On
+// streams the rest here; events of those requests that this client had
+// received but not yet handed out are dropped, as the re-sent ones include them.
+// On
 // success *rids is a new array (free()) of the batch's request ids in
 // submission order and *n_rids its length. KVF_E_NOT_FOUND when no such batch.
 int kvf_client_attach(kvf_client_t *self, const char *batch_id, uint64_t **rids, size_t *n_rids,
