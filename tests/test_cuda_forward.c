@@ -1,0 +1,459 @@
+// tests/test_cuda_forward.c — the cuda backend (GPU: LABELS gpu) against the
+// golden logits of Hugging Face transformers (fixtures), within the bf16
+// tolerances of fixtures/README.md: teacher-forced logits with relative L2
+// error below 2e-2 on every row; greedy ids equal up to the first step whose
+// top1_minus_top2 is below 0.1. Also: no device allocation after start-up over a
+// long run, bad batches, the memory plan, and the Llama-3-8B shape on random
+// weights (plan + timed steps).
+#include <criterion/criterion.h>
+#include <cuda_runtime_api.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/modelcfg.h"
+#include "common/safetensors.h"
+#include "test_util.h"
+#include "worker/cuda_backend.h"
+
+#define REL_L2_TOL 2e-2
+#define MARGIN_TOL 0.1
+
+// ---------------------------------------------------------------- fixtures
+
+typedef struct {
+    kvf_modelcfg_t cfg;
+    kvf_safetensors_t *st;
+    json_t *golden;
+    float *logits;  // (rows, vocab) golden
+    int vocab;
+} s_model_t;
+
+static void s_model_open(s_model_t *m, const char *name, int bf16) {
+    char dir[1024], path[1200], rel[256];
+    snprintf(rel, sizeof rel, "%s%s", name, bf16 ? "/bf16" : "");
+    KVF_FIXTURE_PATH(dir, rel);
+    kvf_err_t err;
+    cr_assert_eq(kvf_modelcfg_load(dir, &m->cfg, &err), 0, "%s", err.msg);
+    m->st = kvf_safetensors_open_dir(dir, &err);
+    cr_assert_not_null(m->st, "%s", err.msg);
+    snprintf(rel, sizeof rel, "%s/golden.json", name);
+    KVF_FIXTURE_PATH(path, rel);
+    json_error_t je;
+    m->golden = json_load_file(path, 0, &je);
+    cr_assert_not_null(m->golden, "%s: %s", path, je.text);
+    m->vocab = (int)json_integer_value(json_object_get(m->golden, "vocab_size"));
+    cr_assert_eq(m->vocab, m->cfg.vocab_size);
+    snprintf(rel, sizeof rel, "%s/%s", name, json_string_value(json_object_get(m->golden, "logits_file")));
+    KVF_FIXTURE_PATH(path, rel);
+    size_t len = 0;
+    m->logits = (float *)kvf_test_slurp(path, &len);
+    cr_assert_not_null(m->logits, "%s", path);
+    cr_assert_eq(len % ((size_t)m->vocab * 4), 0);
+}
+
+static void s_model_close(s_model_t *m) {
+    kvf_safetensors_destroy(&m->st);
+    json_decref(m->golden);
+    free(m->logits);
+}
+
+static int s_n_cases(const s_model_t *m) { return (int)json_array_size(json_object_get(m->golden, "cases")); }
+static json_t *s_case(const s_model_t *m, int c) { return json_array_get(json_object_get(m->golden, "cases"), c); }
+static int s_int(json_t *cs, const char *f) { return (int)json_integer_value(json_object_get(cs, f)); }
+
+static int32_t *s_ids(json_t *cs, const char *field, int *n) {
+    json_t *a = json_object_get(cs, field);
+    *n = (int)json_array_size(a);
+    int32_t *ids = malloc((size_t)(*n > 0 ? *n : 1) * sizeof *ids);
+    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(a, i));
+    return ids;
+}
+
+static double s_margin(json_t *cs, int j) {
+    return json_real_value(json_array_get(json_object_get(cs, "top1_minus_top2"), j));
+}
+
+static kvf_backend_opts_t s_opts(int block_size, int max_tokens, int max_batch) {
+    kvf_backend_opts_t o;
+    memset(&o, 0, sizeof o);
+    o.block_size = block_size;
+    o.max_batch_size = max_batch;
+    o.max_step_tokens = max_tokens;
+    o.max_logit_rows = max_tokens;
+    o.max_blocks_per_seq = (max_tokens + block_size - 1) / block_size;
+    o.tp_size = 1;
+    o.cache_max_entry_count = (double)(max_batch * o.max_blocks_per_seq + 5);
+    return o;
+}
+
+static double s_rel_l2(const float *a, const float *ref, int n) {
+    double num = 0, den = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        if (isnan(a[i])) return INFINITY;
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    return sqrt(num / den);
+}
+
+static int s_argmax(const float *x, int n) {
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+// Block tables that interleave the sequences over the pool, last block first.
+static void s_tables(const kvf_backend_t *be, int n_seqs, int32_t *bt, int max_blocks) {
+    for (int s = 0; s < n_seqs; s++)
+        for (int i = 0; i < max_blocks; i++) bt[s * max_blocks + i] = be->n_blocks - 1 - (i * n_seqs + s);
+}
+
+// ---------------------------------------------------------------- golden: teacher-forced, one batched prefill
+
+// All cases in one step (one sequence each, all_logits): every kept row against the golden row.
+static void s_golden_prefill(const char *name, int bf16, int block_size) {
+    s_model_t m;
+    s_model_open(&m, name, bf16);
+    const int nc = s_n_cases(&m), V = m.vocab;
+    int total = 0, max_len = 0;
+    int32_t *full[16], len[16], nn[16], np[16];
+    cr_assert(nc <= 16);
+    for (int c = 0; c < nc; c++) {
+        int n;
+        full[c] = s_ids(s_case(&m, c), "full_ids", &n);
+        len[c] = nn[c] = n, np[c] = 0;
+        total += n;
+        if (n > max_len) max_len = n;
+    }
+    kvf_backend_opts_t o = s_opts(block_size, total, nc);
+    o.max_blocks_per_seq = (max_len + block_size - 1) / block_size;
+    o.cache_max_entry_count = (double)(nc * o.max_blocks_per_seq);
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&m.cfg, m.st, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    int32_t *tokens = malloc(total * 4), *bt = malloc((size_t)nc * o.max_blocks_per_seq * 4);
+    for (int c = 0, t = 0; c < nc; t += len[c], c++) memcpy(tokens + t, full[c], len[c] * 4);
+    s_tables(be, nc, bt, o.max_blocks_per_seq);
+    float *lg = malloc((size_t)total * V * 4);
+    kvf_batch_t b = {nc, total, tokens, nn, np, bt, o.max_blocks_per_seq, 1};
+    cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "%s", err.msg);
+    double worst = 0;
+    for (int c = 0, t0 = 0; c < nc; t0 += len[c], c++) {
+        json_t *cs = s_case(&m, c);
+        int p = s_int(cs, "first_row_position"), r0 = s_int(cs, "logits_row_offset"), nr = s_int(cs, "n_rows");
+        for (int j = 0; j < nr && p + j < len[c]; j++) {
+            double e = s_rel_l2(lg + (size_t)(t0 + p + j) * V, m.logits + (size_t)(r0 + j) * V, V);
+            if (e > worst) worst = e;
+            cr_expect(e < REL_L2_TOL, "%s case %d row %d: rel L2 %.3e", name, c, j, e);
+        }
+    }
+    fprintf(stderr, "GOLDEN %-12s %-5s prefill bs%-3d %d cases %d tokens in one step: worst row rel L2 %.3e (tol %.0e)\n",
+            name, bf16 ? "bf16" : "f32", block_size, nc, total, worst, REL_L2_TOL);
+    be->ops->destroy(&be);
+    cr_expect_null(be);
+    for (int c = 0; c < nc; c++) free(full[c]);
+    free(tokens), free(bt), free(lg);
+    s_model_close(&m);
+}
+
+// ---------------------------------------------------------------- golden: prompts, then batched decode
+
+// Prefills every case's prompt (in chunks of `chunk` tokens, all cases in each
+// step), then decodes all cases together one token per step, teacher-forced on
+// full_ids: every step's logits against the golden row, and greedy ids until a
+// case's first small-margin step. The allocation counter must not move.
+static void s_golden_decode(const char *name, int bf16, int block_size, int chunk) {
+    s_model_t m;
+    s_model_open(&m, name, bf16);
+    const int nc = s_n_cases(&m), V = m.vocab;
+    int32_t *full[16], *greedy[16], len[16], plen[16], glen[16];
+    int max_len = 0;
+    for (int c = 0; c < nc; c++) {
+        int n, g;
+        full[c] = s_ids(s_case(&m, c), "full_ids", &n);
+        greedy[c] = s_ids(s_case(&m, c), "greedy_ids", &g);
+        len[c] = n, glen[c] = g;
+        plen[c] = n - g;
+        if (n > max_len) max_len = n;
+    }
+    kvf_backend_opts_t o = s_opts(block_size, nc * chunk, nc);
+    o.max_logit_rows = nc;
+    o.max_blocks_per_seq = (max_len + block_size - 1) / block_size;
+    o.cache_max_entry_count = (double)(nc * o.max_blocks_per_seq);
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&m.cfg, m.st, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
+    cr_assert(allocs > 0);
+    int32_t *bt_all = malloc((size_t)nc * o.max_blocks_per_seq * 4);
+    s_tables(be, nc, bt_all, o.max_blocks_per_seq);
+    int32_t *bt = malloc((size_t)nc * o.max_blocks_per_seq * 4), *tokens = malloc((size_t)nc * chunk * 4);
+    int32_t nn[16], np[16], idx[16], done[16] = {0}, greedy_ok[16], cmp_steps[16] = {0};
+    float *lg = malloc((size_t)nc * V * 4);
+    double worst = 0;
+    int n_steps = 0;
+    for (int c = 0; c < nc; c++) greedy_ok[c] = 1;
+    int fed[16] = {0};  // tokens of each case in the cache
+    for (;;) {
+        // one step: every unfinished case feeds its next piece (prompt chunk or one token)
+        int ns = 0, nt = 0;
+        for (int c = 0; c < nc; c++) {
+            if (fed[c] >= len[c]) continue;
+            int take = fed[c] < plen[c] ? (plen[c] - fed[c] < chunk ? plen[c] - fed[c] : chunk) : 1;
+            idx[ns] = c, np[ns] = fed[c], nn[ns] = take;
+            memcpy(tokens + nt, full[c] + fed[c], take * 4);
+            memcpy(bt + (size_t)ns * o.max_blocks_per_seq, bt_all + (size_t)c * o.max_blocks_per_seq,
+                   o.max_blocks_per_seq * 4);
+            nt += take, ns++;
+        }
+        if (!ns) break;
+        kvf_batch_t b = {ns, nt, tokens, nn, np, bt, o.max_blocks_per_seq, 0};
+        cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "%s", err.msg);
+        n_steps++;
+        for (int i = 0; i < ns; i++) {
+            int c = idx[i];
+            fed[c] += nn[i];
+            int j = fed[c] - plen[c];  // golden row: predicts full_ids[fed]
+            if (j < 0) continue;
+            json_t *cs = s_case(&m, c);
+            if (j >= s_int(cs, "n_rows")) continue;
+            const float *row = lg + (size_t)i * V;
+            double e = s_rel_l2(row, m.logits + (size_t)(s_int(cs, "logits_row_offset") + j) * V, V);
+            if (e > worst) worst = e;
+            cr_expect(e < REL_L2_TOL, "%s case %d step %d: rel L2 %.3e", name, c, j, e);
+            if (j < glen[c] && !done[c]) {
+                if (s_margin(cs, j) < MARGIN_TOL) {
+                    done[c] = 1;  // from here on a bf16 engine may legitimately differ
+                } else {
+                    cmp_steps[c]++;
+                    if (s_argmax(row, V) != greedy[c][j]) greedy_ok[c] = 0;
+                }
+            }
+        }
+    }
+    int total_cmp = 0, all_ok = 1;
+    for (int c = 0; c < nc; c++) {
+        all_ok &= greedy_ok[c];
+        cr_expect(greedy_ok[c], "%s case %d: greedy ids differ before the first small-margin step", name, c);
+        total_cmp += cmp_steps[c];
+    }
+    cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "device allocations during forward()");
+    fprintf(stderr, "GOLDEN %-12s %-5s decode  bs%-3d chunk %d, %d steps: worst row rel L2 %.3e (tol %.0e), greedy ids "
+            "equal on %d compared steps: %s, allocations %llu -> %llu\n",
+            name, bf16 ? "bf16" : "f32", block_size, chunk, n_steps, worst, REL_L2_TOL, total_cmp,
+            all_ok ? "yes" : "NO",
+            (unsigned long long)allocs, (unsigned long long)kvf_cuda_backend_alloc_count(be));
+    be->ops->destroy(&be);
+    for (int c = 0; c < nc; c++) free(full[c]), free(greedy[c]);
+    free(bt_all), free(bt), free(tokens), free(lg);
+    s_model_close(&m);
+}
+
+Test(cuda_forward, tiny_llama_prefill) {
+    s_golden_prefill("tiny-llama", 0, 16);
+    s_golden_prefill("tiny-llama", 1, 64);
+}
+Test(cuda_forward, stories260K_prefill) {
+    s_golden_prefill("stories260K", 0, 64);
+    s_golden_prefill("stories260K", 1, 16);
+}
+Test(cuda_forward, tiny_llama_decode) {
+    s_golden_decode("tiny-llama", 0, 16, 7);
+    s_golden_decode("tiny-llama", 1, 64, 100);
+}
+Test(cuda_forward, stories260K_decode) {
+    s_golden_decode("stories260K", 0, 16, 2);
+    s_golden_decode("stories260K", 1, 64, 64);
+}
+
+// ---------------------------------------------------------------- plan, bad input, no allocations
+
+static kvf_modelcfg_t s_small_cfg(void) {
+    kvf_modelcfg_t c;
+    memset(&c, 0, sizeof c);
+    snprintf(c.architecture, sizeof c.architecture, "Qwen2ForCausalLM");
+    c.hidden_size = 256, c.n_layers = 3, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 32;
+    c.intermediate_size = 704, c.vocab_size = 1000, c.max_position = 4096, c.rms_norm_eps = 1e-6f;
+    c.tie_word_embeddings = 1, c.attention_bias = 1;
+    c.rope_theta = 1e6, c.rope_type = KVF_ROPE_LLAMA3, c.rope_factor = 8, c.rope_low_freq_factor = 1;
+    c.rope_high_freq_factor = 4, c.rope_original_max_position = 1024;
+    c.bos_id = -1;
+    return c;
+}
+
+Test(cuda_forward, long_run_allocates_nothing_and_rejects_bad_batches) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 256, 8);
+    o.max_blocks_per_seq = 64;  // 1024 tokens
+    o.cache_max_entry_count = 8 * 64;
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
+    cr_expect_eq(allocs, 4, "weights, workspace, pinned metadata, KV slab: %llu", (unsigned long long)allocs);
+    int32_t bt_all[8 * 64], bt[8 * 64];
+    s_tables(be, 8, bt_all, 64);
+    int32_t tokens[256], nn[8], np[8];
+    float *lg = malloc((size_t)256 * cfg.vocab_size * 4);
+    unsigned r = 12345;
+    int pos[8] = {0};
+    int steps = 0;
+    // 8 sequences: prefill chunks of varying size, then decode, until each reaches ~1000 tokens
+    for (; steps < 400; steps++) {
+        int nt = 0, ns = 0;
+        for (int s = 0; s < 8; s++) {
+            if (pos[s] >= 1000) continue;
+            int take = pos[s] < 100 + 30 * s ? 1 + (int)((r = r * 1103515245u + 12345u) >> 16) % 29 : 1;
+            if (pos[s] + take > 1000) take = 1000 - pos[s];
+            if (nt + take > 256) break;
+            for (int i = 0; i < take; i++) tokens[nt + i] = (int32_t)((r = r * 1103515245u + 12345u) >> 16) % 1000;
+            np[ns] = pos[s], nn[ns] = take;
+            memcpy(bt + ns * 64, bt_all + s * 64, 64 * 4);  // the step's table rows follow its sequences
+            nt += take, ns++;
+            pos[s] += take;
+        }
+        if (!ns) break;
+        kvf_batch_t b = {ns, nt, tokens, nn, np, bt, 64, steps % 3 == 0};
+        cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "step %d: %s", steps, err.msg);
+        int rows = b.all_logits ? nt : ns;
+        for (size_t i = 0; i < (size_t)rows * cfg.vocab_size; i++)
+            if (!isfinite(lg[i])) cr_assert_fail("step %d: logit %zu is %g", steps, i, lg[i]);
+    }
+    cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "forward() allocated on the device");
+    fprintf(stderr, "PLAN   long run: %d steps, device allocations %llu before and %llu after\n", steps,
+            (unsigned long long)allocs, (unsigned long long)kvf_cuda_backend_alloc_count(be));
+
+    // bad batches: a clear KVF_E_INVAL, and the backend keeps working
+    int32_t one = 1, zero = 0, tok = 5, badtok = 1000, badbt[64];
+    for (int i = 0; i < 64; i++) badbt[i] = be->n_blocks + i;
+    kvf_batch_t bad1 = {1, 1, &badtok, &one, &zero, bt, 64, 0};
+    cr_expect_eq(be->ops->forward(be, &bad1, lg, &err), -1);
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    kvf_batch_t bad2 = {1, 1, &tok, &one, &zero, badbt, 64, 0};
+    cr_expect_eq(be->ops->forward(be, &bad2, lg, &err), -1);
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    int32_t far = 1024;
+    kvf_batch_t bad3 = {1, 1, &tok, &one, &far, bt, 64, 0};
+    cr_expect_eq(be->ops->forward(be, &bad3, lg, &err), -1);
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    int32_t two = 2;
+    kvf_batch_t bad4 = {1, 1, &tok, &two, &zero, bt, 64, 0};
+    cr_expect_eq(be->ops->forward(be, &bad4, lg, &err), -1);
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    cr_expect_eq(be->ops->forward(be, NULL, lg, &err), -1);
+    kvf_batch_t good = {1, 1, &tok, &one, &zero, bt, 64, 0};
+    cr_expect_eq(be->ops->forward(be, &good, lg, &err), 0, "%s", err.msg);
+    be->ops->destroy(&be);
+    free(lg);
+}
+
+Test(cuda_forward, memory_plan) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(64, 512, 16);
+    kvf_err_t err;
+    // a fraction of the free memory
+    o.cache_max_entry_count = 0.05;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const uint64_t block_bytes = 2ull * cfg.n_layers * 64 * cfg.n_kv_heads * cfg.head_dim * 2;
+    cr_expect_eq(be->kv_bytes, (uint64_t)be->n_blocks * block_bytes);
+    cr_expect(be->kv_bytes <= 0.05 * be->free_bytes_at_start && be->kv_bytes + block_bytes > 0.05 * be->free_bytes_at_start,
+              "kv %llu of free %llu", (unsigned long long)be->kv_bytes, (unsigned long long)be->free_bytes_at_start);
+    fprintf(stderr, "PLAN   fraction 0.05: weights %.1f MiB, workspace %.1f MiB, free %.1f MiB, %d blocks (%.1f MiB)\n",
+            be->weights_bytes / 1048576.0, be->workspace_bytes / 1048576.0, be->free_bytes_at_start / 1048576.0,
+            be->n_blocks, be->kv_bytes / 1048576.0);
+    be->ops->destroy(&be);
+    // too few blocks for one full-length sequence: refused, naming the knob
+    o.cache_max_entry_count = 3;
+    be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_expect_null(be);
+    cr_expect_eq(err.code, KVF_E_NOMEM);
+    cr_expect(strstr(err.msg, "cache-max-entry-count") != NULL, "%s", err.msg);
+    // unsupported shapes and options are refused
+    kvf_modelcfg_t big = cfg;
+    big.head_dim = 256;
+    o.cache_max_entry_count = 100;
+    cr_expect_null(kvf_cuda_backend_new(&big, NULL, &o, &err));
+    cr_expect_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+    o.device = 99;
+    cr_expect_null(kvf_cuda_backend_new(&cfg, NULL, &o, &err));
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+}
+
+// ---------------------------------------------------------------- the Llama-3-8B shape
+
+static double s_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess || free_b < (40ull << 30))
+        cr_skip_test("needs a GPU with 40 GiB free");
+    char path[1200];
+    KVF_FIXTURE_PATH(path, "configs/llama3-8b.json");
+    size_t n = 0;
+    char *json = kvf_test_slurp(path, &n);
+    cr_assert_not_null(json);
+    kvf_modelcfg_t cfg;
+    kvf_err_t err;
+    cr_assert_eq(kvf_modelcfg_parse(json, path, &cfg, &err), 0, "%s", err.msg);
+    free(json);
+    kvf_backend_opts_t o = s_opts(64, 8192, 256);
+    o.max_logit_rows = 256;
+    o.max_blocks_per_seq = 8192 / 64;
+    o.cache_max_entry_count = 0.9;
+    double t0 = s_now();
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    fprintf(stderr, "LLAMA3-8B plan: weights %.2f GiB, workspace %.2f GiB, free %.2f GiB, KV %d blocks x 64 = %lld "
+            "tokens (%.2f GiB), start %.1f s\n",
+            be->weights_bytes / 1073741824.0, be->workspace_bytes / 1073741824.0, be->free_bytes_at_start / 1073741824.0,
+            be->n_blocks, (long long)be->n_blocks * 64, be->kv_bytes / 1073741824.0, s_now() - t0);
+    const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
+    // 16 prompts of 512 tokens: one 8192-token prefill step, then 64 decode steps of 16, then of 256 sequences
+    const int S = 256, P = 512;
+    int32_t *bt = malloc((size_t)S * 128 * 4), *tokens = malloc(8192 * 4), nn[256], np[256];
+    for (int s = 0; s < S; s++)
+        for (int i = 0; i < 128; i++) bt[s * 128 + i] = (s * 128 + i) % be->n_blocks;
+    float *lg = malloc((size_t)256 * cfg.vocab_size * 4);
+    for (int i = 0; i < 8192; i++) tokens[i] = (i * 7919) % cfg.vocab_size;
+    for (int s = 0; s < 16; s++) nn[s] = P, np[s] = 0;
+    kvf_batch_t pre = {16, 16 * P, tokens, nn, np, bt, 128, 0};
+    cr_assert_eq(be->ops->forward(be, &pre, lg, &err), 0, "%s", err.msg);  // warm-up
+    double t = s_now();
+    cr_assert_eq(be->ops->forward(be, &pre, lg, &err), 0, "%s", err.msg);
+    double t_pre = s_now() - t;
+    for (int s = 0; s < 16; s++) nn[s] = 1, np[s] = P;
+    kvf_batch_t dec = {16, 16, tokens, nn, np, bt, 128, 0};
+    cr_assert_eq(be->ops->forward(be, &dec, lg, &err), 0, "%s", err.msg);
+    t = s_now();
+    for (int i = 0; i < 32; i++) {
+        for (int s = 0; s < 16; s++) np[s] = P + i;
+        cr_assert_eq(be->ops->forward(be, &dec, lg, &err), 0, "%s", err.msg);
+    }
+    double t_dec16 = (s_now() - t) / 32;
+    for (int s = 0; s < S; s++) nn[s] = 1, np[s] = 4000 + s;
+    kvf_batch_t dec256 = {S, S, tokens, nn, np, bt, 128, 0};
+    cr_assert_eq(be->ops->forward(be, &dec256, lg, &err), 0, "%s", err.msg);
+    t = s_now();
+    for (int i = 0; i < 16; i++) cr_assert_eq(be->ops->forward(be, &dec256, lg, &err), 0, "%s", err.msg);
+    double t_dec256 = (s_now() - t) / 16;
+    for (size_t i = 0; i < (size_t)S * cfg.vocab_size; i++)
+        if (!isfinite(lg[i])) cr_assert_fail("logit %zu is %g", i, lg[i]);
+    cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs);
+    fprintf(stderr, "LLAMA3-8B steps: prefill 16x512 tokens %.1f ms (%.0f tok/s); decode 16 seqs @512 %.2f ms/step; "
+            "decode 256 seqs @4k %.2f ms/step (%.0f tok/s); allocations %llu -> %llu\n",
+            t_pre * 1e3, 8192 / t_pre, t_dec16 * 1e3, t_dec256 * 1e3, S / t_dec256, (unsigned long long)allocs,
+            (unsigned long long)kvf_cuda_backend_alloc_count(be));
+    be->ops->destroy(&be);
+    free(bt), free(tokens), free(lg);
+}
