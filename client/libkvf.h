@@ -17,6 +17,11 @@
 // are not thread-safe). Separate clients in separate threads are independent.
 // All functions return 0 on success or -1 with *err filled (err may be NULL);
 // nothing here exits or aborts on bad input or a bad peer.
+//
+// Signals: libkvf uses czmq, which installs a SIGINT/SIGTERM handler (setting
+// zsys_interrupted) when the first socket is made; a blocking call then returns
+// KVF_E_IO "interrupted". An application with its own handlers calls
+// zsys_handler_set(NULL) before kvf_client_new.
 #ifndef KVF_LIBKVF_H
 #define KVF_LIBKVF_H
 
