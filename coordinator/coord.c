@@ -51,6 +51,9 @@ static zsock_t *s_bind(const char *what, const char *endpoint, int64_t max_msg, 
     }
     // Never block the loop on one peer: a full queue to it is a failed send.
     zsock_set_sndtimeo(s, 0);
+    // A peer that reconnects with the identity it had (a restarted worker) takes
+    // it over at once, even before the old connection is noticed to be gone.
+    zsock_set_router_handover(s, 1);
     const char *ep = zsock_endpoint(s);
     *bound = kvf_xstrdup(ep ? ep : endpoint);
     return s;

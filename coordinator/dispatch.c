@@ -198,19 +198,38 @@ int kvf_coord_place(kvf_coord_t *c, kvf_req_t *req) {
     }
 }
 
+typedef struct {
+    kvf_coord_t *c;
+    int room;                // some worker has room for at least one block
+    uint64_t min_wait;       // fewest tokens of a request that had to wait in this pass
+} s_pass_t;
+
 static int s_dispatch_one(uint64_t rid, void *ctx) {
-    kvf_coord_t *c = ctx;
+    s_pass_t *ps = ctx;
+    kvf_coord_t *c = ps->c;
     kvf_req_t *req = kvf_reqtable_get(c->reqs, rid);
     if (!req || req->state != KVF_REQ_QUEUED) return 1;
-    if (!kvf_place_any_room(c->reg, c->cfg.watermark)) return -1;
-    return kvf_coord_place(c, req);
+    if (!ps->room) return -1;
+    // Fit is monotonic in size: what is at least as big as a request that had
+    // to wait waits too (placing others in between only takes room away).
+    uint64_t tokens = (uint64_t)req->n_prompt + (uint64_t)req->sampling.max_new_tokens;
+    if (tokens >= ps->min_wait) return 0;
+    if (kvf_coord_place(c, req)) {
+        if (req->state == KVF_REQ_ASSIGNED) ps->room = kvf_place_any_room(c->reg, c->cfg.watermark);
+        return 1;
+    }
+    ps->min_wait = tokens;
+    return 0;
 }
 
 void kvf_coord_dispatch(kvf_coord_t *c) {
     kvf_coord_compact_queue(c);
     if (c->queue->len == 0) return;
-    kvf_queue_filter(c->queue, s_dispatch_one, c);
-    c->queue_stale = 0;  // the pass just dropped everything no longer QUEUED it reached
+    s_pass_t ps = {c, kvf_place_any_room(c->reg, c->cfg.watermark), UINT64_MAX};
+    if (ps.room) {
+        kvf_queue_filter(c->queue, s_dispatch_one, &ps);
+        c->queue_stale = 0;  // the pass dropped everything no longer QUEUED up to where it stopped
+    }
     // A send failure marked a worker dead mid-pass: take its work back now.
     for (uint32_t i = 0; i < c->reg->n; i++)
         if (c->reg->w[i]->state == KVF_WSTATE_DEAD && c->reg->w[i]->outstanding > 0)
@@ -246,7 +265,8 @@ void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why) {
     }
     free(rids);
     kvf_registry_clear_ledger(w);
-    kvf_log(KVF_LOG_WARN, "worker %s %s: %u request%s back in the queue", w->worker_id, why, n, n == 1 ? "" : "s");
+    kvf_log(n ? KVF_LOG_WARN : KVF_LOG_INFO, "worker %s %s: %u request%s back in the queue", w->worker_id, why, n,
+            n == 1 ? "" : "s");
     c->dirty = 1;
 }
 

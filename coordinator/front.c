@@ -125,6 +125,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             placed += req->state == KVF_REQ_ASSIGNED;
             continue;
         }
+        if (c->queue->len >= c->queue->cap) kvf_coord_compact_queue(c);  // cancelled rids may linger
         if (kvf_queue_push_back(c->queue, req->rid) == 0) {
             kvf_coord_req_event(c, req, KVF_REQ_EV_ENQUEUE);
             queued++;
@@ -176,7 +177,6 @@ static void s_cancel(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_INVAL, "CANCEL needs a rid or a batch_id");
         return;
     }
-    kvf_coord_compact_queue(c);
     s_reply_ok(c, ident, ilen);
 }
 

@@ -234,4 +234,19 @@ static inline const kvf_worker_status_t *status_worker(const kvf_msg_t *reply, c
     return NULL;
 }
 
+// Polls STATUS until worker id shows free_blocks (a report from another
+// connection has no ordering with this client's messages). Asserts within 5 s.
+static inline void wait_worker_free(zsock_t *cl, const char *id, uint32_t free_blocks) {
+    int64_t deadline = zclock_mono() + 5000;
+    for (;;) {
+        kvf_msg_t st;
+        client_status(cl, &st);
+        uint32_t f = status_worker(&st, id)->load.free_blocks;
+        kvf_msg_clear(&st);
+        if (f == free_blocks) return;
+        cr_assert_lt(zclock_mono(), deadline, "worker %s shows %u free blocks, not %u", id, f, free_blocks);
+        zclock_sleep(10);
+    }
+}
+
 #endif

@@ -195,3 +195,61 @@ Test(coord_hostile, text_prompts_tokenized_with_model) {
     zsock_destroy(&w);
     cr_assert_eq(coord_stop(&p), 0);
 }
+
+// Mutations of valid messages on both sockets: the coordinator answers what it
+// can, never crashes, and still serves a well-behaved client afterwards.
+Test(coord_hostile, fuzzed_messages_do_not_take_it_down) {
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--dead-after-ms", "20000", "--queue-cap", "1000", NULL});
+    zsock_t *w = worker_new(&p, "w", 1000, 1000, 16);
+    zsock_t *fc = peer_new(p.front, NULL), *fw = peer_new(p.back, "fuzz-worker");
+    kvf_msg_t seeds[5];
+    kvf_submit_req_t req;
+    memset(&req, 0, sizeof req);
+    req.sampling = kvf_sampling_default();
+    int32_t ids[6] = {1, 2, 3, 4, 5, 6};
+    req.prompt_ids = (kvf_ids_t){ids, 6};
+    req.tag = kvf_str("t");
+    kvf_msg_init(&seeds[0], KVF_MSG_SUBMIT);
+    seeds[0].u.submit.reqs = &req;
+    seeds[0].u.submit.n_reqs = 1;
+    kvf_msg_init(&seeds[1], KVF_MSG_CANCEL);
+    seeds[1].u.cancel.rid = 1;
+    kvf_msg_init(&seeds[2], KVF_MSG_REGISTER);
+    seeds[2].u.reg.worker_id = kvf_str("fz");
+    seeds[2].u.reg.tp_size = 1;
+    seeds[2].u.reg.total_blocks = 8;
+    seeds[2].u.reg.plan.block_size = 4;
+    kvf_msg_init(&seeds[3], KVF_MSG_RESULT);
+    seeds[3].u.result.rid = 1;
+    seeds[3].u.result.tokens = (kvf_ids_t){ids, 6};
+    kvf_msg_init(&seeds[4], KVF_MSG_ATTACH);
+    seeds[4].u.attach.batch_id = kvf_str("b1-0");
+    unsigned seed = 12345;
+    for (int i = 0; i < 3000; i++) {
+        int k = i % 5;
+        char *buf;
+        size_t len;
+        kvf_err_t err;
+        cr_assert_eq(kvf_msg_encode(&seeds[k], &buf, &len, &err), 0);
+        int flips = 1 + (int)(rand_r(&seed) % 4);
+        for (int f = 0; f < flips; f++) buf[rand_r(&seed) % len] = (char)rand_r(&seed);
+        if (rand_r(&seed) % 4 == 0) len = 1 + rand_r(&seed) % len;
+        zsock_t *to = (k == 2 || k == 3) ? fw : fc;
+        zmq_send(zsock_resolve(to), buf, len, ZMQ_DONTWAIT);
+        free(buf);
+    }
+    zclock_sleep(300);
+    zsock_t *good = peer_new(p.front, NULL);
+    kvf_msg_t st;
+    client_status(good, &st);
+    cr_assert_geq(st.u.status.n_workers, 1);
+    kvf_msg_clear(&st);
+    uint64_t rid;
+    client_submit(good, "after-fuzz", 1, 4, 4, &rid);
+    zsock_destroy(&good);
+    zsock_destroy(&fc);
+    zsock_destroy(&fw);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
