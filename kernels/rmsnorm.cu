@@ -7,11 +7,11 @@
 #define KVF_RMS_THREADS 256
 #define KVF_RMS_PER_THREAD 64  // dim up to 16384
 
-template <bool ADD>
+template <bool ADD, typename TX>
 static __global__ void __launch_bounds__(KVF_RMS_THREADS)
 s_rmsnorm(bf16 *out,          // (n, dim)
           float *res,         // (n, dim): the input; with ADD updated to res + x
-          const bf16 *x,      // (n, dim) or NULL without ADD
+          const TX *x,        // (n, dim) or NULL without ADD
           const float *w,     // (dim)
           int dim, float eps) {
     __shared__ float scratch[32];
@@ -25,7 +25,7 @@ s_rmsnorm(bf16 *out,          // (n, dim)
         if (d < dim) {
             float r = res[row + d];
             if (ADD) {
-                r += __bfloat162float(x[row + d]);
+                r += kvf_ld(x + row + d);
                 res[row + d] = r;
             }
             v[i] = r;
@@ -52,7 +52,7 @@ extern "C" int kvf_rmsnorm(uint16_t *out, const float *x, const float *w, int n,
     KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
-    s_rmsnorm<false><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, (float *)x, NULL, w, dim, eps);
+    s_rmsnorm<false, float><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, (float *)x, NULL, w, dim, eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -63,7 +63,18 @@ extern "C" int kvf_rmsnorm_add(uint16_t *out, float *residual, const uint16_t *x
     KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
-    s_rmsnorm<true><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, (const bf16 *)x, w, dim, eps);
+    s_rmsnorm<true, bf16><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, (const bf16 *)x, w, dim, eps);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+extern "C" int kvf_rmsnorm_add_f32(uint16_t *out, float *residual, const float *x, const float *w, int n, int dim,
+                                   float eps, cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && residual && x && w, err);
+    KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
+    KVF_REQUIRE(eps >= 0.0f, err);
+    if (n == 0) return 0;
+    s_rmsnorm<true, float><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, x, w, dim, eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

@@ -25,6 +25,13 @@ int kvf_rmsnorm_add(uint16_t *out,       // (n, dim) bf16, device
                     const float *w,      // (dim) device
                     int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
 
+// The same with an f32 x (a GEMM that wrote f32, so the sum sees no bf16 rounding).
+int kvf_rmsnorm_add_f32(uint16_t *out,       // (n, dim) bf16, device
+                        float *residual,     // (n, dim) device, updated in place
+                        const float *x,      // (n, dim) device
+                        const float *w,      // (dim) device
+                        int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

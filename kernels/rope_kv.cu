@@ -4,10 +4,11 @@
 #include "kernels/rope_kv.h"
 #include "kernels/util.cuh"
 
+template <typename TIn>
 static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
                                  bf16 *k_cache,          // (n_blocks, bs, KV, HD)
                                  bf16 *v_cache,          // (n_blocks, bs, KV, HD)
-                                 const bf16 *qkv,        // (n, (H + 2KV) * HD)
+                                 const TIn *qkv,         // (n, (H + 2KV) * HD)
                                  const float *bias,      // ((H + 2KV) * HD) or NULL
                                  const float *inv_freq,  // (HD / 2)
                                  const int32_t *pos, const int32_t *tok_seq,
@@ -16,7 +17,7 @@ static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
     const int t = blockIdx.x;
     const int half = HD / 2;
     const int row_len = (H + 2 * KV) * HD;
-    const bf16 *x = qkv + (size_t)t * row_len;
+    const TIn *x = qkv + (size_t)t * row_len;
     const int p = pos[t];
     const int blk = (p >= 0 && p / bs < max_blocks) ? block_table[(size_t)tok_seq[t] * max_blocks + p / bs] : -1;
     const bool slot_ok = blk >= 0 && blk < n_blocks;
@@ -27,7 +28,7 @@ static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
     for (int idx = threadIdx.x; idx < (H + KV) * half; idx += blockDim.x) {
         const int h = idx / half, i = idx % half;
         const int c0 = h * HD + i, c1 = c0 + half;
-        float x1 = __bfloat162float(x[c0]), x2 = __bfloat162float(x[c1]);
+        float x1 = kvf_ld(x + c0), x2 = kvf_ld(x + c1);
         if (bias) {
             x1 += bias[c0];
             x2 += bias[c1];
@@ -49,25 +50,42 @@ static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
     // v heads: copied (with bias)
     const int v0 = (H + KV) * HD;
     for (int idx = threadIdx.x; idx < KV * HD; idx += blockDim.x) {
-        float v = __bfloat162float(x[v0 + idx]);
+        float v = kvf_ld(x + v0 + idx);
         if (bias) v += bias[v0 + idx];
         v_cache[slot + idx] = __float2bfloat16_rn(v);
     }
 }
 
-extern "C" int kvf_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const uint16_t *qkv,
-                           const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
-                           const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
-                           int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
+template <typename TIn>
+static int s_launch(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const TIn *qkv, const float *bias,
+                    const float *inv_freq, const int32_t *pos, const int32_t *tok_seq, const int32_t *block_table,
+                    int max_blocks, int n, int n_heads, int n_kv, int head_dim, int block_size, int n_blocks,
+                    cudaStream_t stream, kvf_err_t *err) {
     KVF_REQUIRE(q_out && k_cache && v_cache && qkv && inv_freq && pos && tok_seq && block_table, err);
     KVF_REQUIRE(n >= 0 && n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0, err);
     KVF_REQUIRE(head_dim > 0 && head_dim % 2 == 0 && block_size > 0 && max_blocks > 0 && n_blocks > 0, err);
     if (n == 0) return 0;
     int work = (n_heads + n_kv) * head_dim / 2;
     int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
-    s_rope_kv<<<n, threads, 0, stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, (const bf16 *)qkv,
-                                         bias, inv_freq, pos, tok_seq, block_table, max_blocks, n_heads, n_kv,
-                                         head_dim, block_size, n_blocks);
+    s_rope_kv<TIn><<<n, threads, 0, stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias, inv_freq,
+                                              pos, tok_seq, block_table, max_blocks, n_heads, n_kv, head_dim,
+                                              block_size, n_blocks);
     KVF_LAUNCH_CHECK(err);
     return 0;
+}
+
+extern "C" int kvf_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const uint16_t *qkv,
+                           const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
+                           const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
+                           int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
+    return s_launch<bf16>(q_out, k_cache, v_cache, (const bf16 *)qkv, bias, inv_freq, pos, tok_seq, block_table,
+                          max_blocks, n, n_heads, n_kv, head_dim, block_size, n_blocks, stream, err);
+}
+
+extern "C" int kvf_rope_kv_f32(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const float *qkv,
+                               const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
+                               const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
+                               int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
+    return s_launch<float>(q_out, k_cache, v_cache, qkv, bias, inv_freq, pos, tok_seq, block_table, max_blocks, n,
+                           n_heads, n_kv, head_dim, block_size, n_blocks, stream, err);
 }

@@ -30,6 +30,14 @@ int kvf_rope_kv(uint16_t *q_out,              // (n, n_heads, head_dim) bf16, de
                 int max_blocks, int n, int n_heads, int n_kv, int head_dim, int block_size,
                 int n_blocks, cudaStream_t stream, kvf_err_t *err);
 
+// The same from an f32 qkv (a GEMM that wrote f32: q and k are rounded to bf16
+// only once, after the rotation).
+int kvf_rope_kv_f32(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
+                    const float *qkv,             // (n, (n_heads + 2*n_kv) * head_dim) device
+                    const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
+                    const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv, int head_dim,
+                    int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -18,6 +18,12 @@ int kvf_silu_mul(uint16_t *out,          // (n, ff) bf16, device
                  const uint16_t *up,     // (n, ld) bf16, device
                  int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
 
+// The same from f32 gate and up (a GEMM that wrote f32).
+int kvf_silu_mul_f32(uint16_t *out,       // (n, ff) bf16, device
+                     const float *gate,   // (n, ld) device
+                     const float *up,     // (n, ld) device
+                     int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -250,6 +250,22 @@ Test(kernels, rmsnorm) {
         float *gres = s_down_f32(d_res, N);
         s_expect("rmsnorm_add", cs, g, ref, N, 1e-5, 8e-3);
         s_expect("rmsnorm_add.res", cs, gres, x, N, 0, 0);
+        free(g), free(gres);
+        // fused with an f32 x: res += x; out = rmsnorm(res)
+        float *xr = malloc(N * 4);
+        for (size_t i = 0; i < N; i++) xr[i] = s_unif(&r, -1, 1);
+        float *d_xf = s_up(xr, N * 4);
+        CUDA_OK(cudaMemcpy(d_res, res, N * 4, cudaMemcpyHostToDevice));
+        CUDA_OK(cudaMemset(d_out, 0xff, N * 2));
+        cr_assert(kvf_rmsnorm_add_f32(d_out, d_res, d_xf, d_w, n, D, 1e-5f, 0, &err) == 0, "%s", err.msg);
+        for (size_t i = 0; i < N; i++) x[i] = res[i] + xr[i];
+        kvf_cpu_rmsnorm(ref, x, w, n, D, 1e-5f);
+        g = s_down_bf16(d_out, N);
+        gres = s_down_f32(d_res, N);
+        s_expect("rmsnorm_add_f32", cs, g, ref, N, 1e-5, 8e-3);
+        s_expect("rmsnorm_add_f32.res", cs, gres, x, N, 0, 0);
+        free(xr);
+        cudaFree(d_xf);
         free(g), free(gres), free(x), free(res), free(w), free(ref), free(xf), free(xb);
         cudaFree(d_res), cudaFree(d_w), cudaFree(d_x), cudaFree(d_out);
     }
@@ -275,6 +291,16 @@ Test(kernels, silu_mul) {
         char cs[64];
         snprintf(cs, sizeof cs, "n%d ff%d", n, F);
         s_expect("silu_mul", cs, g, ref, (size_t)n * F, 1e-5, 8e-3);
+        free(g);
+        for (size_t i = 0; i < N; i++) gu[i] = s_unif(&r, -6, 6);  // f32 inputs, not rounded
+        for (int t = 0; t < n; t++)
+            kvf_cpu_silu_mul(ref + (size_t)t * F, gu + (size_t)t * 2 * F, gu + (size_t)t * 2 * F + F, F);
+        float *d_guf = s_up(gu, N * 4);
+        CUDA_OK(cudaMemset(d_out, 0xff, (size_t)n * F * 2));
+        cr_assert(kvf_silu_mul_f32(d_out, d_guf, d_guf + F, n, F, 2 * F, 0, &err) == 0, "%s", err.msg);
+        g = s_down_bf16(d_out, (size_t)n * F);
+        s_expect("silu_mul_f32", cs, g, ref, (size_t)n * F, 1e-5, 8e-3);
+        cudaFree(d_guf);
         free(gu), free(ref), free(gub), free(g);
         cudaFree(d_gu), cudaFree(d_out);
     }
@@ -372,7 +398,7 @@ static void s_batch_free(batch_t *b) { free(b->bt), free(b->pos), free(b->tok_se
 // ---------------------------------------------------------------- rope + kv write
 
 static void s_rope_case(rng_t *r, const kvf_modelcfg_t *cfg, int bs, int n_seqs, const int *n_past,
-                        const int *n_new, int with_bias, const char *cs) {
+                        const int *n_new, int with_bias, int f32_in, const char *cs) {
     const int H = cfg->n_heads, KV = cfg->n_kv_heads, HD = cfg->head_dim;
     batch_t b = s_batch(r, n_seqs, n_past, n_new, bs);
     const int n = b.n_tokens, W = (H + 2 * KV) * HD;
@@ -380,6 +406,8 @@ static void s_rope_case(rng_t *r, const kvf_modelcfg_t *cfg, int bs, int n_seqs,
     float *qkv = malloc((size_t)n * W * 4), *bias = malloc(W * 4);
     uint16_t *qkvb = malloc((size_t)n * W * 2);
     s_rand_bf16(r, qkv, qkvb, (size_t)n * W, -2, 2);
+    if (f32_in)
+        for (size_t i = 0; i < (size_t)n * W; i++) qkv[i] = s_unif(r, -2, 2);
     for (int i = 0; i < W; i++) bias[i] = with_bias ? s_unif(r, -0.5f, 0.5f) : 0.0f;
     float inv_freq[KVF_ATTN_MAX_HEAD_DIM];
     kvf_cpu_rope_inv_freq(inv_freq, cfg);
@@ -402,15 +430,18 @@ static void s_rope_case(rng_t *r, const kvf_modelcfg_t *cfg, int bs, int n_seqs,
         kvf_cpu_kv_write(kc, vc, k + (size_t)t0 * KV * HD, v + (size_t)t0 * KV * HD, b.pos + t0,
                          b.bt + s * b.max_blocks, b.n_new[s], KV, HD, bs);
 
-    uint16_t *d_qkv = s_up(qkvb, (size_t)n * W * 2), *d_q = s_dev((size_t)n * H * HD * 2);
+    void *d_qkv = f32_in ? s_up(qkv, (size_t)n * W * 4) : s_up(qkvb, (size_t)n * W * 2);
+    uint16_t *d_q = s_dev((size_t)n * H * HD * 2);
     uint16_t *d_kc = s_dev(cache_n * 2), *d_vc = s_dev(cache_n * 2);
     float *d_bias = s_up(bias, W * 4), *d_if = s_up(inv_freq, HD / 2 * 4);
     int32_t *d_pos = s_up(b.pos, n * 4), *d_ts = s_up(b.tok_seq, n * 4);
     int32_t *d_bt = s_up(b.bt, (size_t)n_seqs * b.max_blocks * 4);
     kvf_err_t err;
-    cr_assert(kvf_rope_kv(d_q, d_kc, d_vc, d_qkv, with_bias ? d_bias : NULL, d_if, d_pos, d_ts, d_bt, b.max_blocks, n,
-                          H, KV, HD, bs, b.n_blocks, 0, &err) == 0,
-              "%s", err.msg);
+    int rc = f32_in ? kvf_rope_kv_f32(d_q, d_kc, d_vc, d_qkv, with_bias ? d_bias : NULL, d_if, d_pos, d_ts, d_bt,
+                                      b.max_blocks, n, H, KV, HD, bs, b.n_blocks, 0, &err)
+                    : kvf_rope_kv(d_q, d_kc, d_vc, d_qkv, with_bias ? d_bias : NULL, d_if, d_pos, d_ts, d_bt,
+                                  b.max_blocks, n, H, KV, HD, bs, b.n_blocks, 0, &err);
+    cr_assert(rc == 0, "%s", err.msg);
     float *gq = s_down_bf16(d_q, (size_t)n * H * HD);
     float *gk = s_down_bf16(d_kc, cache_n), *gv = s_down_bf16(d_vc, cache_n);
     // NaN == NaN for the untouched slots: compare those by position
@@ -422,7 +453,7 @@ static void s_rope_case(rng_t *r, const kvf_modelcfg_t *cfg, int bs, int n_seqs,
         if (isnan(kc[i])) kc[i] = gk[i] = vc[i] = gv[i] = 0;
     s_expect("rope.q", cs, gq, q, (size_t)n * H * HD, 1e-5, 8e-3);
     s_expect("rope.k_cache", cs, gk, kc, cache_n, 1e-5, 8e-3);
-    s_expect("kv.v_cache", cs, gv, vc, cache_n, 1e-5, with_bias ? 8e-3 : 0);
+    s_expect("kv.v_cache", cs, gv, vc, cache_n, 1e-5, with_bias || f32_in ? 8e-3 : 0);
     free(qkv), free(bias), free(qkvb), free(q), free(k), free(v), free(kc), free(vc), free(gq), free(gk), free(gv);
     cudaFree(d_qkv), cudaFree(d_q), cudaFree(d_kc), cudaFree(d_vc), cudaFree(d_bias), cudaFree(d_if);
     cudaFree(d_pos), cudaFree(d_ts), cudaFree(d_bt);
@@ -444,15 +475,20 @@ Test(kernels, rope_kv) {
     rng_t r = s_rng("rope_kv");
     kvf_modelcfg_t c1 = s_cfg(32, 8, 128, KVF_ROPE_LLAMA3);
     const int np1[] = {0, 17, 1000}, nn1[] = {23, 1, 77};
-    s_rope_case(&r, &c1, 16, 3, np1, nn1, 0, "llama3 H32 KV8 HD128 bs16");
+    s_rope_case(&r, &c1, 16, 3, np1, nn1, 0, 0, "llama3 H32 KV8 HD128 bs16");
+    s_rope_case(&r, &c1, 64, 3, np1, nn1, 1, 1, "f32 in, llama3+bias bs64");
     kvf_modelcfg_t c2 = s_cfg(14, 2, 64, KVF_ROPE_DEFAULT);
     c2.rope_theta = 1000000.0;
     const int np2[] = {5, 63, 8000}, nn2[] = {70, 2, 1};
-    s_rope_case(&r, &c2, 64, 3, np2, nn2, 1, "default+bias H14 KV2 HD64 bs64");
+    s_rope_case(&r, &c2, 64, 3, np2, nn2, 1, 0, "default+bias H14 KV2 HD64 bs64");
     kvf_modelcfg_t c3 = s_cfg(4, 4, 32, KVF_ROPE_LINEAR);
     c3.rope_theta = 10000.0;
     const int np3[] = {3}, nn3[] = {45};
-    s_rope_case(&r, &c3, 16, 1, np3, nn3, 0, "linear H4 KV4 HD32 bs16");
+    s_rope_case(&r, &c3, 16, 1, np3, nn3, 0, 0, "linear H4 KV4 HD32 bs16");
+    kvf_modelcfg_t c4 = s_cfg(8, 4, 8, KVF_ROPE_DEFAULT);
+    c4.rope_theta = 10000.0;
+    const int np4[] = {0, 200}, nn4[] = {13, 56};
+    s_rope_case(&r, &c4, 16, 2, np4, nn4, 0, 1, "f32 in, H8 KV4 HD8 bs16 (stories)");
 }
 
 // ---------------------------------------------------------------- attention

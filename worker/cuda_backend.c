@@ -52,11 +52,11 @@ typedef struct {
     void *wsmem;
     float *resid;        // (T, dim) the residual stream, f32
     uint16_t *h;         // (T, dim) normed activations
-    uint16_t *qkv;       // (T, qkv_dim)
+    float *qkv;          // (T, qkv_dim) f32: rounded to bf16 only after RoPE
     uint16_t *q;         // (T, q_dim) rotated queries
     uint16_t *att;       // (T, q_dim) attention output
-    uint16_t *o;         // (T, dim) o_proj / down_proj output
-    uint16_t *gu;        // (T, 2 ff)
+    float *o;            // (T, dim) o_proj / down_proj output, f32 into the f32 residual
+    float *gu;           // (T, 2 ff) f32 into silu_mul
     uint16_t *act;       // (T, ff)
     uint16_t *rows;      // (R, dim) rows picked for lm_head
     float *logits;       // (R, vocab)
@@ -271,11 +271,11 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     } while (0)
     S_TAKE(c->resid, float, T * D);
     S_TAKE(c->h, uint16_t, T * D);
-    S_TAKE(c->qkv, uint16_t, T * (size_t)c->qkv_dim);
+    S_TAKE(c->qkv, float, T * (size_t)c->qkv_dim);
     S_TAKE(c->q, uint16_t, T * (size_t)c->q_dim);
     S_TAKE(c->att, uint16_t, T * (size_t)c->q_dim);
-    S_TAKE(c->o, uint16_t, T * D);
-    S_TAKE(c->gu, uint16_t, T * 2 * F);
+    S_TAKE(c->o, float, T * D);
+    S_TAKE(c->gu, float, T * 2 * F);
     S_TAKE(c->act, uint16_t, T * F);
     S_TAKE(c->rows, uint16_t, R * D);
     S_TAKE(c->logits, float, R * V);
@@ -568,20 +568,20 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         if (l == 0) {
             S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
         } else {
-            S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, L->attn_norm, n, D, eps, st, err));
+            S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->attn_norm, n, D, eps, st, err));
         }
-        S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_BF16, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
-        S_K(kvf_rope_kv(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+        S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
+        S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
                         be->n_blocks, st, err));
         S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD, bs,
                           n_splits, split_len, st, err));
-        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_BF16, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
-        S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
-        S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
-        S_K(kvf_silu_mul(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
-        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_BF16, c->act, L->wd, n, F, D, 0.0f, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
+        S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+        S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, 0.0f, st, err));
     }
-    S_K(kvf_rmsnorm_add(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
+    S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
     int rows = n;
     const uint16_t *x = c->h;
     if (!b->all_logits) {
