@@ -19,9 +19,20 @@ static void s_register(kvf_coord_t *c, const void *ident, size_t ilen, const kvf
         return;
     }
     int old = kvf_registry_find(c->reg, r->worker_id.ptr);
-    // A worker that registers again has restarted: what it held is lost.
-    if (old >= 0 && (c->reg->w[old]->outstanding > 0 || c->reg->w[old]->state != KVF_WSTATE_DEAD))
-        kvf_coord_take_back(c, old, "registered again");
+    if (old >= 0) {
+        kvf_cworker_t *o = c->reg->w[old];
+        int same_conn = o->ident_len == ilen && memcmp(o->ident, ident, ilen) == 0;
+        if (!same_conn && o->state != KVF_WSTATE_DEAD) {
+            // Two live processes with one id: refuse the newcomer (workers use
+            // their worker_id as identity, so a restart comes on the same one).
+            char msg[300];
+            snprintf(msg, sizeof msg, "duplicate worker_id %.200s: a live worker has it", o->worker_id);
+            kvf_coord_send_error(c, c->back, ident, ilen, 0, KVF_E_INVAL, msg);
+            return;
+        }
+        // A worker that registers again has restarted: what it held is lost.
+        if (o->outstanding > 0 || o->state != KVF_WSTATE_DEAD) kvf_coord_take_back(c, old, "registered again");
+    }
     // The same connection registering under a new id: the old worker is gone.
     int same = kvf_registry_find_ident(c->reg, ident, ilen);
     if (same >= 0 && same != old) {
@@ -62,7 +73,7 @@ static int s_known(kvf_coord_t *c, const void *ident, size_t ilen, const char *w
     if (c->reg->w[idx]->state == KVF_WSTATE_DEAD) {
         snprintf(msg, sizeof msg, "%s: worker %s was declared dead and its work re-dispatched: REGISTER again", what,
                  c->reg->w[idx]->worker_id);
-        kvf_coord_send_error(c, c->back, ident, ilen, 0, KVF_E_PEER_LOST, msg);
+        kvf_coord_send_error(c, c->back, ident, ilen, 0, KVF_E_PROTO, msg);
         return -1;
     }
     c->reg->w[idx]->last_seen_ms = kvf_coord_now();
@@ -122,6 +133,17 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_coord_to_client(c, req, &m);
     }
     if (!r->finished) return;
+    // The client did not cancel it (that would have finished it here already):
+    // the worker stopped it on its own (SHUTDOWN) or found no blocks for it.
+    // It resumes elsewhere from the tokens delivered.
+    if (r->finish_reason == KVF_FINISH_CANCELLED ||
+        (r->finish_reason == KVF_FINISH_ERROR && r->error_code == KVF_E_NOMEM_BLOCKS)) {
+        kvf_log(KVF_LOG_WARN, "worker %s gave rid %" PRIu64 " back (%s): re-dispatching", w->worker_id, req->rid,
+                r->finish_reason == KVF_FINISH_CANCELLED ? "cancelled" : "no blocks");
+        kvf_coord_requeue(c, req, r->finish_reason == KVF_FINISH_CANCELLED ? "cancelled by its worker"
+                                                                           : "its worker had no blocks");
+        return;
+    }
     if (r->finish_reason == KVF_FINISH_ERROR) {
         char msg[600];
         snprintf(msg, sizeof msg, "worker %s: %.500s", w->worker_id, r->error.len ? r->error.ptr : "error");
@@ -129,7 +151,7 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         return;
     }
     uint32_t reason = r->finish_reason;
-    if (reason != KVF_FINISH_STOP && reason != KVF_FINISH_LENGTH && reason != KVF_FINISH_CANCELLED)
+    if (reason != KVF_FINISH_STOP && reason != KVF_FINISH_LENGTH)
         reason = req->n_out >= max_new ? KVF_FINISH_LENGTH : KVF_FINISH_STOP;
     req->finish_reason = reason;
     kvf_coord_req_event(c, req, KVF_REQ_EV_FINISH);

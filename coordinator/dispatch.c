@@ -53,7 +53,10 @@ int kvf_coord_req_event(kvf_coord_t *c, kvf_req_t *req, kvf_req_event ev) {
 // ---- to clients
 
 void kvf_coord_to_client(kvf_coord_t *c, kvf_req_t *req, const kvf_msg_t *msg) {
-    kvf_batch_t *b = req->batch;
+    kvf_coord_to_batch(c, req->batch, msg);
+}
+
+void kvf_coord_to_batch(kvf_coord_t *c, kvf_batch_t *b, const kvf_msg_t *msg) {
     // Once a send failed the client is gone (or not reading): keep everything
     // for ATTACH instead of streaming with holes.
     if (!b->client_ok) return;
@@ -238,6 +241,15 @@ void kvf_coord_dispatch(kvf_coord_t *c) {
 
 // ---- failure handling
 
+void kvf_coord_requeue(kvf_coord_t *c, kvf_req_t *req, const char *why) {
+    if (kvf_coord_req_event(c, req, KVF_REQ_EV_REQUEUE) < 0) return;
+    if (req->redispatches > KVF_COORD_MAX_REDISPATCH) {
+        char msg[300];
+        snprintf(msg, sizeof msg, "given up after %u re-dispatches (last: %.200s)", req->redispatches - 1, why);
+        kvf_coord_fail(c, req, KVF_E_PEER_LOST, msg);
+    }
+}
+
 static int s_cmp_desc(const void *a, const void *b) {
     uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
     return x < y ? 1 : x > y ? -1 : 0;
@@ -259,10 +271,7 @@ void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why) {
     }
     // Pushed to the front newest first, so the queue holds them oldest first.
     if (n) qsort(rids, n, sizeof *rids, s_cmp_desc);
-    for (uint32_t i = 0; i < n; i++) {
-        kvf_req_t *r = kvf_reqtable_get(c->reqs, rids[i]);
-        kvf_coord_req_event(c, r, KVF_REQ_EV_REQUEUE);
-    }
+    for (uint32_t i = 0; i < n; i++) kvf_coord_requeue(c, kvf_reqtable_get(c->reqs, rids[i]), why);
     free(rids);
     kvf_registry_clear_ledger(w);
     kvf_log(n ? KVF_LOG_WARN : KVF_LOG_INFO, "worker %s %s: %u request%s back in the queue", w->worker_id, why, n,

@@ -73,10 +73,6 @@ static int s_prompt(kvf_coord_t *c, const kvf_submit_req_t *r, uint32_t vocab, i
 static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_msg_submit_t *s) {
     kvf_err_t err;
     char msg[256];
-    if (s->n_reqs == 0) {
-        kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_INVAL, "SUBMIT holds no requests");
-        return;
-    }
     if (s->n_reqs > c->cfg.max_batch) {
         snprintf(msg, sizeof msg, "batch of %u requests exceeds --max-batch %u", s->n_reqs, c->cfg.max_batch);
         kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_TOO_LONG, msg);
@@ -90,12 +86,12 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     }
     uint32_t vocab = kvf_coord_vocab_limit(c);
     // Requests that fail validation still get a rid (the client maps ERRORs by rid).
-    char **why = kvf_xcalloc(s->n_reqs, sizeof *why);
-    uint32_t *code = kvf_xcalloc(s->n_reqs, sizeof *code);
+    char **why = kvf_xcalloc(s->n_reqs ? s->n_reqs : 1, sizeof *why);
+    uint32_t *code = kvf_xcalloc(s->n_reqs ? s->n_reqs : 1, sizeof *code);
     kvf_msg_t ack;
     kvf_msg_init(&ack, KVF_MSG_ACK);
     ack.u.ack.batch_id = kvf_str(b->id);
-    ack.u.ack.rids = kvf_xmalloc((size_t)s->n_reqs * sizeof *ack.u.ack.rids);
+    ack.u.ack.rids = kvf_xmalloc((size_t)(s->n_reqs ? s->n_reqs : 1) * sizeof *ack.u.ack.rids);
     ack.u.ack.n_rids = s->n_reqs;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         const kvf_submit_req_t *r = &s->reqs[i];
@@ -110,8 +106,9 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_req_t *req = kvf_reqtable_add(c->reqs, b, r->tag.ptr, &ids, n, &samp);
         ack.u.ack.rids[i] = req->rid;
     }
-    kvf_coord_to_client(c, b->reqs[0], &ack);
+    kvf_coord_to_batch(c, b, &ack);
     free(ack.u.ack.rids);
+    if (s->n_reqs == 0) kvf_coord_settle(c, b);  // an empty batch is complete at once
     uint32_t queued = 0, placed = 0, bad = 0, busy = 0;
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         kvf_req_t *req = b->reqs[i];
@@ -238,10 +235,10 @@ static void s_attach(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     kvf_msg_t ack;
     kvf_msg_init(&ack, KVF_MSG_ACK);
     ack.u.ack.batch_id = kvf_str(b->id);
-    ack.u.ack.rids = kvf_xmalloc((size_t)b->n * sizeof *ack.u.ack.rids);
+    ack.u.ack.rids = kvf_xmalloc((size_t)(b->n ? b->n : 1) * sizeof *ack.u.ack.rids);
     ack.u.ack.n_rids = b->n;
     for (uint32_t i = 0; i < b->n; i++) ack.u.ack.rids[i] = b->reqs[i]->rid;
-    kvf_coord_to_client(c, b->reqs[0], &ack);
+    kvf_coord_to_batch(c, b, &ack);
     free(ack.u.ack.rids);
     uint32_t resent = 0;
     for (uint32_t i = 0; i < b->n && b->client_ok; i++) {

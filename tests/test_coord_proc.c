@@ -217,7 +217,8 @@ Test(coord_proc, dead_worker_request_resumes_elsewhere) {
     // The dead worker's late result is refused and not forwarded.
     worker_result(w1, rid, (int32_t[]){99}, 1, "zz", 1, KVF_FINISH_STOP, 100);
     peer_expect(w1, KVF_MSG_ERROR, &m);
-    cr_assert_eq(m.u.error.code, KVF_E_PEER_LOST);
+    cr_assert_eq(m.u.error.code, KVF_E_PROTO, "told to REGISTER again");
+    cr_assert(strstr(m.u.error.message.ptr, "REGISTER"));
     kvf_msg_clear(&m);
     worker_result(w2, rid, (int32_t[]){8}, 1, "8", 1, KVF_FINISH_STOP, 50);
     peer_expect(cl, KVF_MSG_TOKENS, &m);
@@ -291,11 +292,26 @@ Test(coord_proc, bad_requests_get_their_own_errors) {
     cr_assert_eq(e.u.error.rid, r);
     cr_assert_eq(e.u.error.code, KVF_E_TOO_LONG);
     kvf_msg_clear(&e);
-    // A whole-message problem: an empty batch.
+    // An empty batch is acknowledged with no rids.
     kvf_msg_init(&m, KVF_MSG_SUBMIT);
+    peer_send(cl, &m);
+    peer_expect(cl, KVF_MSG_ACK, &e);
+    cr_assert_eq(e.u.ack.n_rids, 0);
+    kvf_msg_clear(&e);
+    // A whole-message problem: a batch id already in use.
+    kvf_msg_init(&m, KVF_MSG_SUBMIT);
+    m.u.submit.batch_id = kvf_str("dup");
+    m.u.submit.reqs = reqs;
+    m.u.submit.n_reqs = 1;
+    reqs[0].sampling.max_new_tokens = 316;  // 20 blocks: waits behind the running one, the batch stays
+    peer_send(cl, &m);
+    peer_expect(cl, KVF_MSG_ACK, &e);
+    kvf_msg_clear(&e);
     peer_send(cl, &m);
     peer_expect(cl, KVF_MSG_ERROR, &e);
     cr_assert_eq(e.u.error.rid, 0);
+    cr_assert_eq(e.u.error.code, KVF_E_INVAL);
+    cr_assert(strstr(e.u.error.message.ptr, "in use"), "%s", e.u.error.message.ptr);
     kvf_msg_clear(&e);
     // The worker reports an error for the good one: the client gets ERROR with its rid.
     kvf_msg_t res;
@@ -492,6 +508,115 @@ Test(coord_proc, attach_resends_after_client_left) {
     cr_assert_eq(m.u.error.code, KVF_E_NOT_FOUND);
     kvf_msg_clear(&m);
     zsock_destroy(&again);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, shutdown_of_one_worker_moves_its_work) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *a = worker_new(&p, "a", 100, 100, 16);
+    zsock_t *b = worker_new(&p, "b", 50, 50, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rid;
+    client_submit(cl, NULL, 1, 4, 10, &rid);
+    kvf_msg_t m;
+    peer_expect(a, KVF_MSG_ASSIGN, &m);
+    kvf_msg_clear(&m);
+    worker_result(a, rid, (int32_t[]){3, 4}, 2, "34", 0, KVF_FINISH_NONE, 99);
+    peer_expect(cl, KVF_MSG_TOKENS, &m);
+    kvf_msg_clear(&m);
+    kvf_msg_t sd;
+    kvf_msg_init(&sd, KVF_MSG_SHUTDOWN);
+    sd.u.target.worker_id = kvf_str("a");
+    peer_send(cl, &sd);
+    peer_expect(cl, KVF_MSG_OK, &m);
+    kvf_msg_clear(&m);
+    peer_expect(a, KVF_MSG_SHUTDOWN, &m);
+    kvf_msg_clear(&m);
+    // a cancels what it runs on its way out: the request resumes on b.
+    worker_result(a, rid, NULL, 0, "", 1, KVF_FINISH_CANCELLED, 100);
+    peer_expect(b, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rid);
+    cr_assert_eq(m.u.assign.resume_ids.n, 2);
+    cr_assert_eq(m.u.assign.resume_ids.ids[1], 4);
+    kvf_msg_clear(&m);
+    peer_expect_silence(cl, 100);  // the client saw no DONE cancelled
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "a")->load.state, KVF_WSTATE_DRAINING);
+    cr_assert_eq(st.u.status.n_workers, 2);
+    kvf_msg_clear(&st);
+    // The coordinator itself keeps running.
+    zsock_destroy(&cl);
+    zsock_destroy(&a);
+    zsock_destroy(&b);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, refused_request_is_retried_then_given_up) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rid;
+    client_submit(cl, NULL, 1, 4, 10, &rid);
+    int assigns = 0;
+    kvf_msg_t m;
+    for (;;) {
+        if (peer_recv(w, 1000, &m) < 0) break;
+        cr_assert_eq(m.type, KVF_MSG_ASSIGN);
+        cr_assert_eq(m.u.assign.rid, rid);
+        kvf_msg_clear(&m);
+        assigns++;
+        cr_assert_leq(assigns, 20, "re-dispatched without end");
+        kvf_msg_t r;
+        kvf_msg_init(&r, KVF_MSG_RESULT);
+        r.u.result.rid = rid;
+        r.u.result.finished = 1;
+        r.u.result.finish_reason = KVF_FINISH_ERROR;
+        r.u.result.error_code = KVF_E_NOMEM_BLOCKS;
+        r.u.result.error = kvf_str("no blocks");
+        r.u.result.free_blocks = 100;
+        peer_send(w, &r);
+    }
+    cr_assert_eq(assigns, 9, "the first ASSIGN and 8 re-dispatches");
+    peer_expect(cl, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.rid, rid);
+    cr_assert_eq(m.u.error.code, KVF_E_PEER_LOST);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(coord_proc, duplicate_worker_id_refused_while_alive) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    // Another process claiming id "w" on another connection.
+    zsock_t *imp = peer_new(p.back, "impostor");
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_REGISTER);
+    m.u.reg.worker_id = kvf_str("w");
+    m.u.reg.backend = kvf_str("cpu");
+    m.u.reg.tp_size = 1;
+    m.u.reg.total_blocks = 1;
+    m.u.reg.free_blocks = 1;
+    m.u.reg.plan.block_size = 16;
+    peer_send(imp, &m);
+    peer_expect(imp, KVF_MSG_ERROR, &m);
+    cr_assert_eq(m.u.error.code, KVF_E_INVAL);
+    cr_assert(strstr(m.u.error.message.ptr, "duplicate"));
+    kvf_msg_clear(&m);
+    zsock_t *cl = peer_new(p.front, NULL);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.n_workers, 1);
+    cr_assert_eq(status_worker(&st, "w")->load.total_blocks, 100, "the live worker kept its entry");
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&imp);
     zsock_destroy(&w);
     cr_assert_eq(coord_stop(&p), 0);
 }
