@@ -143,18 +143,21 @@ static void s_golden_prefill(const char *name, int bf16, int block_size) {
     float *lg = malloc((size_t)total * V * 4);
     kvf_batch_t b = {nc, total, tokens, nn, np, bt, o.max_blocks_per_seq, 1};
     cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "%s", err.msg);
-    double worst = 0;
+    double worst = 0, sum_e = 0;
+    int n_rows_all = 0, n_over = 0;
     for (int c = 0, t0 = 0; c < nc; t0 += len[c], c++) {
         json_t *cs = s_case(&m, c);
         int p = s_int(cs, "first_row_position"), r0 = s_int(cs, "logits_row_offset"), nr = s_int(cs, "n_rows");
         for (int j = 0; j < nr && p + j < len[c]; j++) {
             double e = s_rel_l2(lg + (size_t)(t0 + p + j) * V, m.logits + (size_t)(r0 + j) * V, V);
             if (e > worst) worst = e;
+            sum_e += e, n_rows_all++, n_over += !(e < REL_L2_TOL);
             cr_expect(e < REL_L2_TOL, "%s case %d row %d: rel L2 %.3e", name, c, j, e);
         }
     }
-    fprintf(stderr, "GOLDEN %-12s %-5s prefill bs%-3d %d cases %d tokens in one step: worst row rel L2 %.3e (tol %.0e)\n",
-            name, bf16 ? "bf16" : "f32", block_size, nc, total, worst, REL_L2_TOL);
+    fprintf(stderr, "GOLDEN %-12s %-5s prefill bs%-3d %d cases %d tokens in one step: rows %d, worst rel L2 %.3e, mean "
+            "%.3e, over %.0e: %d\n",
+            name, bf16 ? "bf16" : "f32", block_size, nc, total, n_rows_all, worst, sum_e / n_rows_all, REL_L2_TOL, n_over);
     be->ops->destroy(&be);
     cr_expect_null(be);
     for (int c = 0; c < nc; c++) free(full[c]);
