@@ -132,6 +132,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             busy++;
         }
     }
+    if (queued) c->dirty = 1;  // the queue pass may place them behind what waits
     for (uint32_t i = 0; i < s->n_reqs; i++) free(why[i]);
     free(why);
     free(code);

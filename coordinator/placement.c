@@ -70,7 +70,8 @@ kvf_place_verdict kvf_place_choose(const kvf_registry_t *reg, const kvf_affinity
         any_ever = 1;
         if (!kvf_place_fits(w, tokens, need, watermark)) continue;
         uint64_t h = kvf_place_prefix_hash(prompt, n_prompt, w->block_size);
-        int is_aff = h && kvf_affinity_lookup(aff, reg, h) == (int)i;
+        // Affinity only pays where the worker keeps a prefix cache.
+        int is_aff = h && w->prefix_caching && kvf_affinity_lookup(aff, reg, h) == (int)i;
         int better;
         if (best < 0) {
             better = 1;

@@ -6,8 +6,8 @@
 //   avail (reported free − promised since the report) ≥ need + watermark, and
 //   ledger (need of everything outstanding there) + need ≤ total − watermark,
 // and, when the worker reported a session_len, prompt + max_new ≤ session_len.
-// Among fitting workers: prefix-cache affinity first (the worker that last served
-// the same first-block hash), then the most available blocks, then the fewest
+// Among fitting workers: prefix-cache affinity first (the worker with a prefix
+// cache that last served the same first-block hash), then the most available blocks, then the fewest
 // outstanding requests, then the lowest index.
 #ifndef KVF_COORD_PLACEMENT_H
 #define KVF_COORD_PLACEMENT_H

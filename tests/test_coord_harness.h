@@ -139,8 +139,8 @@ static inline void peer_expect_silence(zsock_t *s, int ms) {
 
 // ---- a fake worker: registers with a given capacity, then the test drives it.
 
-static inline zsock_t *worker_new(const coord_proc_t *p, const char *id, uint32_t total, uint32_t free_blocks,
-                                  uint32_t block_size) {
+static inline zsock_t *worker_new_ex(const coord_proc_t *p, const char *id, uint32_t total, uint32_t free_blocks,
+                                     uint32_t block_size, int prefix_caching) {
     zsock_t *s = peer_new(p->back, id);
     kvf_msg_t m;
     kvf_msg_init(&m, KVF_MSG_REGISTER);
@@ -154,6 +154,7 @@ static inline zsock_t *worker_new(const coord_proc_t *p, const char *id, uint32_
     m.u.reg.free_blocks = free_blocks;
     m.u.reg.max_batch_size = 64;
     m.u.reg.vocab_size = 32000;
+    m.u.reg.prefix_caching = prefix_caching ? 1 : 0;
     m.u.reg.plan.kv_blocks = total;
     m.u.reg.plan.block_size = block_size;
     m.u.reg.plan.tokens_fit = (uint64_t)total * block_size;
@@ -163,6 +164,11 @@ static inline zsock_t *worker_new(const coord_proc_t *p, const char *id, uint32_
     cr_assert_gt(w.u.welcome.heartbeat_ms, 0);
     kvf_msg_clear(&w);
     return s;
+}
+
+static inline zsock_t *worker_new(const coord_proc_t *p, const char *id, uint32_t total, uint32_t free_blocks,
+                                  uint32_t block_size) {
+    return worker_new_ex(p, id, total, free_blocks, block_size, 0);
 }
 
 static inline void worker_heartbeat(zsock_t *s, uint32_t free_blocks, uint32_t total) {

@@ -20,6 +20,7 @@ static int s_add(kvf_registry_t *reg, const char *id, uint32_t total, uint32_t f
     r.free_blocks = free_blocks;
     r.plan.block_size = block_size;
     r.plan.kv_blocks = total;
+    r.prefix_caching = 1;
     kvf_err_t err;
     int idx = kvf_registry_upsert(reg, &r, id, strlen(id), 0, &err);
     cr_assert_geq(idx, 0, "%s", err.msg);
@@ -144,6 +145,11 @@ Test(placement, prefix_affinity_first) {
     // Only if it fits: a request too big for b's free blocks goes to a.
     cr_assert_eq(s_choose(reg, aff, 40, 600, 0, &p), KVF_PLACE_OK);
     cr_assert_eq(p.worker, a);
+    // Without a prefix cache on b, affinity is worth nothing: most free wins.
+    reg->w[b]->prefix_caching = 0;
+    cr_assert_eq(s_choose(reg, aff, 40, 8, 0, &p), KVF_PLACE_OK);
+    cr_assert_eq(p.worker, a);
+    reg->w[b]->prefix_caching = 1;
     // A different first block has no affinity.
     s_prompt[3] = 7;
     cr_assert_eq(s_choose(reg, aff, 40, 8, 0, &p), KVF_PLACE_OK);

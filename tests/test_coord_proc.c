@@ -620,3 +620,35 @@ Test(coord_proc, duplicate_worker_id_refused_while_alive) {
     zsock_destroy(&w);
     cr_assert_eq(coord_stop(&p), 0);
 }
+
+// Same first block of the prompt -> the worker that served it (its prefix
+// cache), even with fewer free blocks; another prompt -> the most free.
+Test(coord_proc, prefix_affinity) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *a = worker_new_ex(&p, "a", 100, 100, 16, 1);
+    zsock_t *b = worker_new_ex(&p, "b", 90, 90, 16, 1);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t r1, r2, r3;
+    client_submit(cl, NULL, 1, 32, 288, &r1);  // 20 blocks on a: a has 80 left, b 90
+    kvf_msg_t m;
+    peer_expect(a, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, r1);
+    uint64_t h = m.u.assign.prefix_hash;
+    cr_assert_neq(h, 0);
+    kvf_msg_clear(&m);
+    client_submit(cl, NULL, 1, 32, 16, &r2);   // same prompt ids 1..32
+    peer_expect(a, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, r2);
+    cr_assert_eq(m.u.assign.prefix_hash, h);
+    kvf_msg_clear(&m);
+    client_submit(cl, NULL, 1, 8, 16, &r3);    // shorter than a block: no affinity
+    peer_expect(b, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, r3);
+    cr_assert_eq(m.u.assign.prefix_hash, 0);
+    kvf_msg_clear(&m);
+    zsock_destroy(&cl);
+    zsock_destroy(&a);
+    zsock_destroy(&b);
+    cr_assert_eq(coord_stop(&p), 0);
+}
