@@ -7,3 +7,5 @@ kvf_add_test(test_coord_proc SOURCES test_coord_proc.c LIBS kvf_coord TIMEOUT 12
 add_dependencies(test_coord_proc kvf-coordinator)
 kvf_add_test(test_coord_hostile SOURCES test_coord_hostile.c LIBS kvf_coord kvf_tokenizer TIMEOUT 120)
 add_dependencies(test_coord_hostile kvf-coordinator)
+kvf_add_test(test_coord_stress SOURCES test_coord_stress.c LIBS kvf_coord TIMEOUT 180)
+add_dependencies(test_coord_stress kvf-coordinator)
