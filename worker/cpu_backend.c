@@ -59,7 +59,7 @@ static void *s_pool_main(void *arg) {
     s_worker_arg_t *a = arg;
     s_pool_t *p = a->pool;
     pthread_mutex_lock(&p->mu);
-    uint64_t seen = p->gen;
+    uint64_t seen = 0;  // the generation at creation: a run started before this thread got here is still seen
     for (;;) {
         while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_go, &p->mu);
         if (p->stop) break;
