@@ -3,9 +3,11 @@
 //
 // Checks beyond the sanitizers, from modelcfg.h: a refusal says why and names
 // the file; an accepted config has positive sizes, heads that divide
-// (n_heads a multiple of n_kv_heads), an even head_dim, special-token ids
+// (n_heads a multiple of n_kv_heads), an even head_dim, a positive finite
+// rms_norm_eps as the float the engine uses, special-token ids
 // inside the vocabulary, at most KVF_MAX_EOS eos ids and a supported
 // architecture and RoPE type; its parameter count is computed.
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -37,7 +39,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
     if (cfg.n_kv_heads > cfg.n_heads || cfg.n_heads % cfg.n_kv_heads != 0)
         s_fail("accepted heads that do not divide", NULL);
     if (cfg.head_dim % 2 != 0) s_fail("accepted an odd head_dim", NULL);
-    if (!(cfg.rms_norm_eps > 0.0f)) s_fail("accepted a non-positive rms_norm_eps", NULL);
+    // The file's double becomes a float: 1e-50 must not turn into 0, nor 1e39 into inf.
+    if (!(cfg.rms_norm_eps > 0.0f) || !isfinite(cfg.rms_norm_eps))
+        s_fail("accepted an rms_norm_eps that is not a positive finite float", NULL);
     if (!(cfg.rope_theta > 0.0)) s_fail("accepted a non-positive rope_theta", NULL);
     if (cfg.rope_type != KVF_ROPE_DEFAULT && cfg.rope_type != KVF_ROPE_LINEAR && cfg.rope_type != KVF_ROPE_LLAMA3)
         s_fail("accepted an unknown rope type", NULL);

@@ -6,9 +6,10 @@
 // Without a NUL a fixed sample text is encoded. The text's bytes are also read
 // as token ids (in range and not) for decode and the streaming decoder.
 //
-// Checks beyond the sanitizers: every encoded id is inside the vocabulary;
-// decode and the stream refuse out-of-range ids instead of reading past a
-// table; the streamed text never ends in half a UTF-8 character.
+// Checks beyond the sanitizers: every encoded id is inside the vocabulary and
+// decodes; decode and the stream refuse ids out of range (and agree on which
+// ids inside [0, vocab_size) have no token) instead of reading past a table;
+// the streamed text never ends in half a UTF-8 character.
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,15 +41,24 @@ static int s_ends_mid_char(const char *s) {
     return need > cont;
 }
 
+// 1 when decode accepts id on its own; an id outside [0, vocab_size) never is.
+static int s_valid(const kvf_tokenizer_t *tok, int32_t id) {
+    char *out = NULL;
+    kvf_err_t err;
+    int ok = kvf_tokenizer_decode(tok, &id, 1, &out, &err) == 0;
+    free(out);
+    if (ok && (id < 0 || id >= kvf_tokenizer_vocab_size(tok))) s_fail("decode accepted an id out of range", NULL);
+    return ok;
+}
+
 static void s_stream(const kvf_tokenizer_t *tok, const int32_t *ids, size_t n) {
     kvf_detok_t *d = kvf_detok_new(tok);
     if (!d) return;
-    int32_t vocab = kvf_tokenizer_vocab_size(tok);
     for (size_t i = 0; i < n; i++) {
         const char *s = kvf_detok_push(d, ids[i]);
-        int in_range = ids[i] >= 0 && ids[i] < vocab;
-        if (!in_range && s) s_fail("detok_push accepted an id out of range", NULL);
-        if (in_range && !s) s_fail("detok_push refused an id in range", NULL);
+        int valid = s_valid(tok, ids[i]);
+        if (!valid && s) s_fail("detok_push accepted an id that decode refuses", NULL);
+        if (valid && !s) s_fail("detok_push refused an id that decode accepts", NULL);
         if (s && s_ends_mid_char(s)) s_fail("detok_push returned half a UTF-8 character", NULL);
     }
     const char *rest = kvf_detok_flush(d);
@@ -98,13 +108,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t len) {
         uint16_t v = (uint16_t)((unsigned char)text[i] | (unsigned char)text[i + 1] << 8);
         int32_t id = (v & 0x8000) ? vocab - 2 + (v & 3) : (vocab > 0 ? (int32_t)(v % (uint32_t)vocab) : 0);
         if (v == 0xffff) id = -1;
-        if (id < 0 || id >= vocab) any_bad = 1;
+        if (!s_valid(tok, id)) any_bad = 1;
         ids[n++] = id;
     }
     char *out = NULL;
     int rc = kvf_tokenizer_decode(tok, ids, n, &out, &err);
-    if (rc == 0 && any_bad) s_fail("decode accepted an id out of range", NULL);
-    if (rc != 0 && !any_bad) s_fail("decode refused ids in range", &err);
+    if (rc == 0 && any_bad) s_fail("decode accepted a list with an id it refuses alone", NULL);
+    if (rc != 0 && !any_bad) s_fail("decode refused a list of ids it accepts one by one", &err);
     free(out);
     s_stream(tok, ids, n);
 
