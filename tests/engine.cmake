@@ -1,3 +1,4 @@
 # tests/engine.cmake — block manager, scheduler, engine, kvf-generate, kvf-worker.
 kvf_add_test(test_blockmgr SOURCES test_blockmgr.c LIBS kvf_engine TIMEOUT 60)
 kvf_add_test(test_sched SOURCES test_sched.c LIBS kvf_engine TIMEOUT 60)
+kvf_add_test(test_engine SOURCES test_engine.c LIBS kvf_engine PkgConfig::JANSSON TIMEOUT 300)

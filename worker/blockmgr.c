@@ -29,7 +29,7 @@ struct kvf_blockmgr_s {
     uint8_t *keyed;         // (n_blocks) 1 when the block is in the hash table
     uint64_t *key_hash;     // (n_blocks)
     uint64_t *key_parent;   // (n_blocks)
-    int32_t *key_tokens;    // (n_blocks, block_size)
+    uint64_t *key_check;    // (n_blocks) a second, independent hash of the same content
     int32_t *bucket;        // (n_buckets) first block of the chain, -1 empty
     int32_t *chain_next;    // (n_blocks)
     uint32_t n_buckets;     // power of two
@@ -75,14 +75,21 @@ static uint32_t s_bucket_of(const kvf_blockmgr_t *bm, uint64_t hash) {
     return (uint32_t)(hash & (bm->n_buckets - 1));
 }
 
-// The block keyed by (hash, parent, tokens), or -1.
-static int32_t s_lookup(const kvf_blockmgr_t *bm, uint64_t hash, uint64_t parent, const int32_t *tokens) {
-    for (int32_t b = bm->bucket[s_bucket_of(bm, hash)]; b >= 0; b = bm->chain_next[b]) {
-        if (bm->key_hash[b] == hash && bm->key_parent[b] == parent &&
-            memcmp(bm->key_tokens + (size_t)b * bm->block_size, tokens,
-                   sizeof(int32_t) * (size_t)bm->block_size) == 0)
-            return b;
+// A second hash of the same content with other constants: a block matches only
+// when both agree (a false hit would need a 128-bit collision).
+static uint64_t s_check_hash(uint64_t parent, const int32_t *tokens, int32_t block_size) {
+    uint64_t h = parent * 0xff51afd7ed558ccdull + 0xc4ceb9fe1a85ec53ull;
+    for (int32_t i = 0; i < block_size; i++) {
+        h ^= (uint64_t)(uint32_t)tokens[i] + 0x632be59bd9b4e019ull + (h << 6) + (h >> 2);
+        h *= 0x100000001b3ull;
     }
+    return h ^ (h >> 29);
+}
+
+// The block keyed by (hash, parent, check), or -1.
+static int32_t s_lookup(const kvf_blockmgr_t *bm, uint64_t hash, uint64_t parent, uint64_t check) {
+    for (int32_t b = bm->bucket[s_bucket_of(bm, hash)]; b >= 0; b = bm->chain_next[b])
+        if (bm->key_hash[b] == hash && bm->key_parent[b] == parent && bm->key_check[b] == check) return b;
     return -1;
 }
 
@@ -124,7 +131,7 @@ kvf_blockmgr_t *kvf_blockmgr_new(int32_t n_blocks, int32_t block_size, int prefi
     if (bm->prefix_caching) {
         bm->key_hash = kvf_xcalloc(n, sizeof(uint64_t));
         bm->key_parent = kvf_xcalloc(n, sizeof(uint64_t));
-        bm->key_tokens = kvf_xcalloc(n * (size_t)block_size, sizeof(int32_t));
+        bm->key_check = kvf_xcalloc(n, sizeof(uint64_t));
         bm->n_buckets = 16;
         while (bm->n_buckets < 2 * n) bm->n_buckets <<= 1;
         bm->bucket = kvf_xmalloc(bm->n_buckets * sizeof(int32_t));
@@ -144,7 +151,7 @@ void kvf_blockmgr_destroy(kvf_blockmgr_t **self_p) {
     free(bm->chain_next);
     free(bm->key_hash);
     free(bm->key_parent);
-    free(bm->key_tokens);
+    free(bm->key_check);
     free(bm->bucket);
     free(bm);
     *self_p = NULL;
@@ -215,7 +222,7 @@ int32_t kvf_blockmgr_match_prefix(kvf_blockmgr_t *bm, const int32_t *tokens, int
         for (int32_t i = 0; i < n_full; i++) {
             const int32_t *blk = tokens + (size_t)i * bm->block_size;
             uint64_t h = kvf_blockmgr_hash(parent, blk, bm->block_size);
-            int32_t id = s_lookup(bm, h, parent, blk);
+            int32_t id = s_lookup(bm, h, parent, s_check_hash(parent, blk, bm->block_size));
             if (id < 0) break;
             if (bm->refcnt[id] == 0) {
                 cached++;
@@ -242,11 +249,12 @@ int kvf_blockmgr_commit_full_block(kvf_blockmgr_t *bm, int32_t id, uint64_t pare
     uint64_t h = kvf_blockmgr_hash(parent, tokens, bm->block_size);
     if (hash_out) *hash_out = h;
     if (!bm->prefix_caching || bm->keyed[id]) return 0;
-    if (s_lookup(bm, h, parent, tokens) >= 0) return 0;
+    uint64_t check = s_check_hash(parent, tokens, bm->block_size);
+    if (s_lookup(bm, h, parent, check) >= 0) return 0;
     bm->keyed[id] = 1;
     bm->key_hash[id] = h;
     bm->key_parent[id] = parent;
-    memcpy(bm->key_tokens + (size_t)id * bm->block_size, tokens, sizeof(int32_t) * (size_t)bm->block_size);
+    bm->key_check[id] = check;
     uint32_t b = s_bucket_of(bm, h);
     bm->chain_next[id] = bm->bucket[b];
     bm->bucket[b] = id;

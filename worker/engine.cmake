@@ -3,5 +3,10 @@
 add_library(kvf_engine STATIC
   ${CMAKE_CURRENT_LIST_DIR}/blockmgr.c
   ${CMAKE_CURRENT_LIST_DIR}/sched.c
+  ${CMAKE_CURRENT_LIST_DIR}/engine.c
 )
-target_link_libraries(kvf_engine PUBLIC kvf_common)
+target_link_libraries(kvf_engine PUBLIC kvf_cpu kvf_modelio kvf_tokenizer kvf_common)
+if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
+  target_link_libraries(kvf_engine PUBLIC kvf_cuda)
+  target_compile_definitions(kvf_engine PRIVATE KVF_HAVE_CUDA=1)
+endif()
