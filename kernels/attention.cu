@@ -41,15 +41,16 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int32_t *btab = bt + (size_t)seq * max_blocks;
 
-    for (int idx = threadIdx.x; idx < nr * HD; idx += ATT_THREADS) {
-        int r = idx / HD, d = idx % HD;
-        int t = q0 + r / G, h = kvh * G + r % G;
-        sQ[idx] = __bfloat162float(q[((size_t)t * H + h) * HD + d]) * scale;
-    }
-
     const int kv_end = pos[q0 + nq - 1] + 1;
     const int k_begin = split * split_len;
     const int k_end = min(kv_end, k_begin + split_len);
+
+    if (k_begin < k_end)  // else an empty split: only its (empty) partials are written
+        for (int idx = threadIdx.x; idx < nr * HD; idx += ATT_THREADS) {
+            int r = idx / HD, d = idx % HD;
+            int t = q0 + r / G, h = kvh * G + r % G;
+            sQ[idx] = __bfloat162float(q[((size_t)t * H + h) * HD + d]) * scale;
+        }
 
     int rpos[RPW];
     float m[RPW], l[RPW], acc[RPW][HDL];

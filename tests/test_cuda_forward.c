@@ -435,6 +435,52 @@ Test(cuda_forward, memory_plan) {
     cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
 }
 
+// Decode steps replayed from a CUDA graph (batch padded to its bucket, key range
+// split for the longest context) against the same steps run eagerly.
+Test(cuda_forward, decode_graphs_match_eager) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 256, 8);
+    o.max_blocks_per_seq = 64;
+    o.cache_max_entry_count = 8 * 64;
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const int S = 5, STEPS = 40, V = cfg.vocab_size;
+    const int plen[5] = {37, 5, 100, 64, 17};
+    int32_t bt[5 * 64], tokens[256], nn[5], np[5];
+    s_tables(be, S, bt, 64);
+    float *out[2];
+    for (int run = 0; run < 2; run++) {
+        cr_assert_eq(kvf_cuda_backend_set_graphs(be, run == 0), 0);
+        out[run] = malloc((size_t)STEPS * S * V * 4);
+        int nt = 0;
+        for (int s = 0; s < S; s++) {
+            for (int i = 0; i < plen[s]; i++) tokens[nt + i] = (s * 131 + i * 17) % V;
+            nn[s] = plen[s], np[s] = 0, nt += plen[s];
+        }
+        kvf_batch_t pre = {S, nt, tokens, nn, np, bt, 64, 0};
+        uint64_t g0 = kvf_cuda_backend_graph_steps(be);
+        cr_assert_eq(be->ops->forward(be, &pre, out[run], &err), 0, "%s", err.msg);
+        cr_expect_eq(kvf_cuda_backend_graph_steps(be), g0, "a prefill step ran as a graph");
+        for (int k = 0; k < STEPS; k++) {
+            for (int s = 0; s < S; s++) tokens[s] = (k * 7 + s * 3) % V, nn[s] = 1, np[s] = plen[s] + k;
+            kvf_batch_t dec = {S, S, tokens, nn, np, bt, 64, 0};
+            cr_assert_eq(be->ops->forward(be, &dec, out[run] + (size_t)k * S * V, &err), 0, "%s", err.msg);
+        }
+        cr_expect_eq(kvf_cuda_backend_graph_steps(be) - g0, run == 0 ? (uint64_t)STEPS : 0);
+    }
+    double worst = 0;
+    for (int r = 0; r < STEPS * S; r++) {
+        double e = s_rel_l2(out[0] + (size_t)r * V, out[1] + (size_t)r * V, V);
+        if (e > worst) worst = e;
+    }
+    fprintf(stderr, "GRAPHS decode %d steps x %d seqs (bucket 8): graph vs eager worst row rel L2 %.3e (tol 1e-2)\n", STEPS,
+            S, worst);
+    cr_expect(worst < 1e-2, "graph and eager decode differ: rel L2 %.3e", worst);
+    free(out[0]), free(out[1]);
+    be->ops->destroy(&be);
+}
+
 // ---------------------------------------------------------------- the Llama-3-8B shape
 
 static double s_now(void) {
@@ -490,6 +536,14 @@ Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
         cr_assert_eq(be->ops->forward(be, &dec, lg, &err), 0, "%s", err.msg);
     }
     double t_dec16 = (s_now() - t) / 32;
+    kvf_cuda_backend_set_graphs(be, 0);
+    t = s_now();
+    for (int i = 0; i < 32; i++) {
+        for (int s = 0; s < 16; s++) np[s] = P + i;
+        cr_assert_eq(be->ops->forward(be, &dec, lg, &err), 0, "%s", err.msg);
+    }
+    double t_dec16_eager = (s_now() - t) / 32;
+    kvf_cuda_backend_set_graphs(be, 1);
     for (int s = 0; s < S; s++) nn[s] = 1, np[s] = 4000 + s;
     kvf_batch_t dec256 = {S, S, tokens, nn, np, bt, 128, 0};
     cr_assert_eq(be->ops->forward(be, &dec256, lg, &err), 0, "%s", err.msg);
@@ -499,9 +553,10 @@ Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
     for (size_t i = 0; i < (size_t)S * cfg.vocab_size; i++)
         if (!isfinite(lg[i])) cr_assert_fail("logit %zu is %g", i, lg[i]);
     cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs);
-    fprintf(stderr, "LLAMA3-8B steps: prefill 16x512 tokens %.1f ms (%.0f tok/s); decode 16 seqs @512 %.2f ms/step; "
+    fprintf(stderr, "LLAMA3-8B steps: prefill 16x512 tokens %.1f ms (%.0f tok/s); decode 16 seqs @512 %.2f ms/step "
+            "(eager %.2f); "
             "decode 256 seqs @4k %.2f ms/step (%.0f tok/s); allocations %llu -> %llu\n",
-            t_pre * 1e3, 8192 / t_pre, t_dec16 * 1e3, t_dec256 * 1e3, S / t_dec256, (unsigned long long)allocs,
+            t_pre * 1e3, 8192 / t_pre, t_dec16 * 1e3, t_dec16_eager * 1e3, t_dec256 * 1e3, S / t_dec256, (unsigned long long)allocs,
             (unsigned long long)kvf_cuda_backend_alloc_count(be));
     be->ops->destroy(&be);
     free(bt), free(tokens), free(lg);

@@ -21,6 +21,7 @@
 #define S_ALIGN 256
 #define S_GEMM_WS (32u << 20)            // cuBLASLt workspace
 #define S_PARTIAL_MAX (64ull << 20)      // attention split partials, bytes at most
+#define S_MAX_GRAPHS 16
 
 typedef struct {
     float *attn_norm;   // (dim)
@@ -72,11 +73,20 @@ typedef struct {
     // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
     uint16_t *kv;
     size_t kv_layer_elems;
+
+    // CUDA graphs of decode steps, one per batch-size bucket, captured at start-up
+    int n_graphs;
+    int graph_bucket[S_MAX_GRAPHS];       // sequences (padded) of graph i
+    int graph_splits[S_MAX_GRAPHS], graph_split_len[S_MAX_GRAPHS];
+    cudaGraphExec_t graph[S_MAX_GRAPHS];
+    int use_graphs;
+    uint64_t graph_steps;
 } s_cuda_t;
 
 static void s_destroy(kvf_backend_t **self_p);
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
 static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy};
+static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err);
 
 static size_t s_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
 
@@ -98,6 +108,17 @@ static int s_malloc(s_cuda_t *c, void **p, size_t bytes, const char *what, kvf_e
 uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be) {
     if (!be || be->ops != &s_cuda_ops) return 0;
     return ((const s_cuda_t *)be)->n_allocs;
+}
+
+int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int on) {
+    if (!be || be->ops != &s_cuda_ops) return -1;
+    ((s_cuda_t *)be)->use_graphs = on != 0;
+    return 0;
+}
+
+uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
+    if (!be || be->ops != &s_cuda_ops) return 0;
+    return ((const s_cuda_t *)be)->graph_steps;
 }
 
 // ---------------------------------------------------------------- weights
@@ -408,12 +429,14 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // slab of zeros keeps any such bug finite.
     KVF_CUDA_CHECK(cudaMemsetAsync(c->kv, 0, be->kv_bytes, c->stream), err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+    if (s_capture_graphs(c, err) != 0) return -1;
+    c->use_graphs = 1;
 
     kvf_log(KVF_LOG_INFO,
             "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
             "tokens (%.1f MiB, %lld tokens), %d device allocations",
             c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
-            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, (int)c->n_allocs);
+            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, (int)c->n_allocs, c->n_graphs);
     return 0;
 }
 
@@ -452,6 +475,7 @@ static void s_destroy(kvf_backend_t **self_p) {
     s_cuda_t *c = (s_cuda_t *)*self_p;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graph[i]);
     kvf_gemm_ctx_destroy(&c->gemm);
     cudaFree(c->kv);
     cudaFree(c->wsmem);
@@ -535,29 +559,20 @@ static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int
     return n_tiles;
 }
 
-static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
-    s_cuda_t *c = (s_cuda_t *)be;
-    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
-    int qpt = 1, max_ctx = 0;
-    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, err);
-    if (n_tiles < 0) return -1;
+// The kernels of one step on c->stream, reading the metadata already in d_meta:
+// n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
+// rows picked by the row index) into c->logits. Captured into graphs as is.
+static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_splits, int split_len, int rows, int all_logits,
+                    kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
-    const int n = b->n_tokens, D = c->dim, H = cfg->n_heads, KV = cfg->n_kv_heads, HD = cfg->head_dim;
+    const int D = c->dim, H = cfg->n_heads, KV = cfg->n_kv_heads, HD = cfg->head_dim;
     const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
     const float eps = cfg->rms_norm_eps;
     cudaStream_t st = c->stream;
-    KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
-
-    int split_len = 1 << 30, n_splits = 1;
-    if (n <= c->partial_tokens)
-        n_splits = kvf_attn_choose_splits(n_tiles, KV, max_ctx, c->max_splits, c->n_sms, &split_len);
-
     const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
-    KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice, st),
-                   err);
-
 #define S_K(call) \
     if ((call) != 0) return -1
     S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
@@ -572,7 +587,7 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         }
         S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
         S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
-                        be->n_blocks, st, err));
+                            be->n_blocks, st, err));
         S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD, bs,
                           n_splits, split_len, st, err));
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
@@ -582,15 +597,97 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, 0.0f, st, err));
     }
     S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
-    int rows = n;
     const uint16_t *x = c->h;
-    if (!b->all_logits) {
-        rows = b->n_seqs;
+    if (!all_logits) {
         S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
         x = c->rows;
     }
     S_K(kvf_gemm(c->gemm, c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, V, 0.0f, st, err));
 #undef S_K
+    return 0;
+}
+
+// Decode steps (one token per sequence, last logits) replay a graph captured at
+// start-up for the smallest bucket that holds the batch: powers of two up to
+// max_batch_size. The key range is split for the longest context the backend
+// allows (splits beyond a sequence's keys exit at once), so one graph serves
+// every context length.
+static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    int max_b = o->max_batch_size < o->max_step_tokens ? o->max_batch_size : o->max_step_tokens;
+    for (int bucket = 1;; bucket = bucket * 2 < max_b ? bucket * 2 : max_b) {
+        if (c->n_graphs == S_MAX_GRAPHS) break;
+        int i = c->n_graphs, split_len = 1 << 30, n_splits = 1;
+        if (bucket <= c->partial_tokens)
+            n_splits = kvf_attn_choose_splits(bucket, c->base.cfg.n_kv_heads, c->max_ctx, c->max_splits, c->n_sms,
+                                              &split_len);
+        cudaGraph_t g = NULL;
+        KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
+        int rc = s_layers(c, bucket, bucket, 1, n_splits, split_len, bucket, 0, err);
+        cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+        if (rc != 0) {
+            if (g) cudaGraphDestroy(g);
+            return -1;
+        }
+        KVF_CUDA_CHECK(e, err);
+        e = cudaGraphInstantiate(&c->graph[i], g, 0);
+        cudaGraphDestroy(g);
+        KVF_CUDA_CHECK(e, err);
+        c->graph_bucket[i] = bucket;
+        c->graph_splits[i] = n_splits;
+        c->graph_split_len[i] = split_len;
+        c->n_graphs++;
+        KVF_CUDA_CHECK(cudaGraphUpload(c->graph[i], c->stream), err);
+        if (bucket == max_b) break;
+    }
+    KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+    return 0;
+}
+
+// Pads a decode batch of n_seqs sequences to `bucket` with copies of its last
+// sequence (same token, position and block table: the copies write the same K
+// and V to the same slot and their logits rows are dropped).
+static void s_pad_decode(s_cuda_t *c, int n_seqs, int bucket) {
+    int32_t *tok = c->h_meta + c->m_tokens, *pos = c->h_meta + c->m_pos, *seq = c->h_meta + c->m_seq;
+    int32_t *tiles = c->h_meta + c->m_tiles, *ridx = c->h_meta + c->m_rows;
+    const int L = n_seqs - 1;
+    for (int s = n_seqs; s < bucket; s++) {
+        tok[s] = tok[L], pos[s] = pos[L], seq[s] = L;
+        tiles[3 * s] = L, tiles[3 * s + 1] = s, tiles[3 * s + 2] = 1;
+        ridx[s] = s;
+    }
+}
+
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    s_cuda_t *c = (s_cuda_t *)be;
+    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
+    int qpt = 1, max_ctx = 0;
+    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, err);
+    if (n_tiles < 0) return -1;
+    const int n = b->n_tokens, V = be->cfg.vocab_size;
+    const int rows = b->all_logits ? n : b->n_seqs;
+    cudaStream_t st = c->stream;
+    KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
+
+    int gi = -1;
+    if (c->use_graphs && !b->all_logits && n == b->n_seqs)
+        for (int i = 0; i < c->n_graphs && gi < 0; i++)
+            if (c->graph_bucket[i] >= n) gi = i;
+    if (gi >= 0) {
+        s_pad_decode(c, b->n_seqs, c->graph_bucket[gi]);
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       st), err);
+        KVF_CUDA_CHECK(cudaGraphLaunch(c->graph[gi], st), err);
+        c->graph_steps++;
+    } else {
+        int split_len = 1 << 30, n_splits = 1;
+        if (n <= c->partial_tokens)
+            n_splits = kvf_attn_choose_splits(n_tiles, be->cfg.n_kv_heads, max_ctx, c->max_splits, c->n_sms,
+                                              &split_len);
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       st), err);
+        if (s_layers(c, n, n_tiles, qpt, n_splits, split_len, rows, b->all_logits, err) != 0) return -1;
+    }
     KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost, st),
                    err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
