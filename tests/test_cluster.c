@@ -217,7 +217,7 @@ static void s_reference(const kvh_cluster_t *c, const char *model, const char *p
     snprintf(err, sizeof err, "%s/gen.err", c->dir);
     snprintf(mt, sizeof mt, "%d", max_tokens);
     char *argv[] = {(char *)kvh_bin("kvf-generate", bin, sizeof bin), "--model", (char *)model, "--backend", "cpu",
-                    "--prompt", (char *)prompt, "--max-new-tokens", mt, "--threads", "1", "--json", NULL};
+                    "--prompt", (char *)prompt, "--max-new-tokens", mt, "--json", NULL};
     int rc = kvh_run(argv, out, err, 60);
     if (rc != 0) kvh_tail(err);
     cr_assert_eq(rc, 0, "kvf-generate failed (%d) for '%s'", rc, prompt);
