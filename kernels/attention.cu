@@ -31,8 +31,9 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
     constexpr int ROWS = ATT_WARPS * RPW;
     extern __shared__ float smem[];
     float *sQ = smem;                    // (ROWS, HD), pre-scaled
-    float *sK = sQ + ROWS * HD;          // (ATT_KT, HD + 1): padded against bank conflicts
-    float *sV = sK + ATT_KT * (HD + 1);  // (ATT_KT, HD)
+    float *sK = sQ + ROWS * HD;          // (ATT_KT, HD + 4): padded so that 16-byte reads of
+                                         // 8 lanes (one phase) hit distinct banks
+    float *sV = sK + ATT_KT * (HD + 4);  // (ATT_KT, HD)
 
     const int tile = blockIdx.x, kvh = blockIdx.y, split = blockIdx.z;
     const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
@@ -64,23 +65,47 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
         for (int i = 0; i < HDL; i++) acc[rr][i] = 0.0f;
     }
 
-    const int hp = HD / 2;
+    // K and V move in 16-byte chunks (8 bf16): a tile is ATT_KT * HD / 8 chunks,
+    // at most HDL per thread. The next tile is fetched into registers while the
+    // current one is scored, so its global latency overlaps the arithmetic.
+    const int cpr = HD / 8;  // chunks per key
+    const int n_chunks = ATT_KT * cpr;
+    uint4 rk[HDL], rv[HDL];
+    auto fetch = [&](int kt) {
+#pragma unroll
+        for (int i = 0; i < HDL; i++) {
+            const int ch = threadIdx.x + i * ATT_THREADS, j = ch / cpr, key = kt + j;
+            rk[i] = rv[i] = make_uint4(0u, 0u, 0u, 0u);
+            if (ch < n_chunks && key < k_end) {
+                const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + (ch % cpr) * 8;
+                rk[i] = *(const uint4 *)(kc + off);
+                rv[i] = *(const uint4 *)(vc + off);
+            }
+        }
+    };
+    auto stash = [&]() {
+#pragma unroll
+        for (int i = 0; i < HDL; i++) {
+            const int ch = threadIdx.x + i * ATT_THREADS;
+            if (ch >= n_chunks) continue;
+            const int j = ch / cpr, d = (ch % cpr) * 8;
+            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&rk[i], *v2 = (const __nv_bfloat162 *)&rv[i];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float2 kk = __bfloat1622float2(k2[e]), vv = __bfloat1622float2(v2[e]);
+                sK[j * (HD + 4) + d + 2 * e] = kk.x;
+                sK[j * (HD + 4) + d + 2 * e + 1] = kk.y;
+                sV[j * HD + d + 2 * e] = vv.x;
+                sV[j * HD + d + 2 * e + 1] = vv.y;
+            }
+        }
+    };
+    if (k_begin < k_end) fetch(k_begin);
     for (int kt = k_begin; kt < k_end; kt += ATT_KT) {
         __syncthreads();  // sQ written / previous tile consumed
-        for (int idx = threadIdx.x; idx < ATT_KT * hp; idx += ATT_THREADS) {
-            const int j = idx / hp, d = 2 * (idx % hp), key = kt + j;
-            float2 kk = make_float2(0.0f, 0.0f), vv = kk;
-            if (key < k_end) {
-                const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
-                kk = __bfloat1622float2(*(const __nv_bfloat162 *)(kc + off));
-                vv = __bfloat1622float2(*(const __nv_bfloat162 *)(vc + off));
-            }
-            sK[j * (HD + 1) + d] = kk.x;
-            sK[j * (HD + 1) + d + 1] = kk.y;
-            sV[j * HD + d] = vv.x;
-            sV[j * HD + d + 1] = vv.y;
-        }
+        stash();
         __syncthreads();
+        if (kt + ATT_KT < k_end) fetch(kt + ATT_KT);
 #pragma unroll
         for (int rr = 0; rr < RPW; rr++) {
             const int row = warp * RPW + rr;
@@ -88,10 +113,13 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
             const int key = kt + lane;
             float s = -INFINITY;
             if (key < k_end && key <= rpos[rr]) {
-                const float *qr = sQ + row * HD, *kr = sK + lane * (HD + 1);
+                const float4 *qr = (const float4 *)(sQ + row * HD), *kr = (const float4 *)(sK + lane * (HD + 4));
                 float dot = 0.0f;
-#pragma unroll 8
-                for (int d = 0; d < HD; d++) dot += qr[d] * kr[d];
+#pragma unroll 4
+                for (int d = 0; d < HD / 4; d++) {
+                    const float4 a = qr[d], k = kr[d];
+                    dot += a.x * k.x + a.y * k.y + a.z * k.z + a.w * k.w;
+                }
                 s = dot;
             }
             const float mt = kvf_warp_max(s);
@@ -242,7 +270,7 @@ extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, c
                              cudaStream_t stream, kvf_err_t *err) {
     KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
     KVF_REQUIRE(n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0, err);
-    KVF_REQUIRE(head_dim >= 2 && head_dim % 2 == 0 && head_dim <= KVF_ATTN_MAX_HEAD_DIM, err);
+    KVF_REQUIRE(head_dim >= 8 && head_dim % 8 == 0 && head_dim <= KVF_ATTN_MAX_HEAD_DIM, err);
     KVF_REQUIRE(q_per_tile >= 1 && q_per_tile * (n_heads / n_kv) <= KVF_ATTN_MAX_ROWS, err);
     KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0 && n_tokens >= 0, err);
     KVF_REQUIRE(n_splits >= 1 && n_splits <= KVF_ATTN_MAX_SPLITS && n_kv <= 65535, err);
@@ -253,7 +281,7 @@ extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, c
     const int rows = q_per_tile * (n_heads / n_kv);
     const int rpw = rows <= 4 ? 1 : rows <= 8 ? 2 : 4;
     const int hdl = head_dim <= 32 ? 1 : head_dim <= 64 ? 2 : 4;  // dims per lane (extra ones guarded)
-    const size_t smem = sizeof(float) * ((size_t)ATT_WARPS * rpw * head_dim + (size_t)ATT_KT * (head_dim + 1) +
+    const size_t smem = sizeof(float) * ((size_t)ATT_WARPS * rpw * head_dim + (size_t)ATT_KT * (head_dim + 4) +
                                          (size_t)ATT_KT * head_dim);
     const float scale = (float)(1.0 / sqrt((double)head_dim));
     const dim3 grid(n_tiles, n_kv, n_splits);

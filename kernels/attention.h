@@ -43,7 +43,8 @@ size_t kvf_attn_partial_floats(int n_splits, int n_tokens, int n_heads, int head
 // tokens must have consecutive positions (the new tokens of one sequence) whose
 // keys are already in the cache. With n_splits > 1 each split of split_len keys
 // writes (acc, max, sum) into partial and a reduce kernel combines them.
-// Returns 0, or -1 with err set.
+// head_dim: a multiple of 8 up to KVF_ATTN_MAX_HEAD_DIM (K and V move in
+// 16-byte chunks). Returns 0, or -1 with err set.
 int kvf_attention(uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
                   float *partial,              // (kvf_attn_partial_floats) device; NULL when n_splits == 1
                   const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device

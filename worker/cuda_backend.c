@@ -318,9 +318,9 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if (cfg->n_heads % cfg->n_kv_heads)
         return kvf_err_set(err, KVF_E_INVAL, "cuda backend: %d heads are not a multiple of %d KV heads", cfg->n_heads,
                            cfg->n_kv_heads);
-    if (cfg->head_dim % 2 || cfg->head_dim > KVF_ATTN_MAX_HEAD_DIM)
-        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: head_dim %d must be even and <= %d", cfg->head_dim,
-                           KVF_ATTN_MAX_HEAD_DIM);
+    if (cfg->head_dim % 8 || cfg->head_dim > KVF_ATTN_MAX_HEAD_DIM)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: head_dim %d must be a multiple of 8 and <= %d",
+                           cfg->head_dim, KVF_ATTN_MAX_HEAD_DIM);
     if (kvf_attn_q_per_tile(cfg->n_heads, cfg->n_kv_heads) < 1)
         return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: %d query heads per KV head, at most %d",
                            cfg->n_heads / cfg->n_kv_heads, KVF_ATTN_MAX_ROWS);
@@ -429,12 +429,25 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // slab of zeros keeps any such bug finite.
     KVF_CUDA_CHECK(cudaMemsetAsync(c->kv, 0, be->kv_bytes, c->stream), err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
-    if (s_capture_graphs(c, err) != 0) return -1;
-    c->use_graphs = 1;
+    // Graphs only save launch time: a device that cannot capture them runs eagerly.
+    kvf_err_t gerr = {0};
+    if (s_capture_graphs(c, &gerr) != 0) {
+        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(c->stream, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone) {
+            cudaGraph_t g = NULL;
+            cudaStreamEndCapture(c->stream, &g);
+            if (g) cudaGraphDestroy(g);
+        }
+        cudaGetLastError();
+        for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graph[i]);
+        c->n_graphs = 0;
+        kvf_log(KVF_LOG_WARN, "cuda backend: decode steps run without CUDA graphs: %s", gerr.msg);
+    }
+    c->use_graphs = c->n_graphs > 0;
 
     kvf_log(KVF_LOG_INFO,
             "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
-            "tokens (%.1f MiB, %lld tokens), %d device allocations",
+            "tokens (%.1f MiB, %lld tokens), %d device allocations, %d decode graphs",
             c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
             o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, (int)c->n_allocs, c->n_graphs);
     return 0;
