@@ -432,7 +432,7 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // Graphs only save launch time: a device that cannot capture them runs eagerly.
     kvf_err_t gerr = {0};
     if (s_capture_graphs(c, &gerr) != 0) {
-        cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+        enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         if (cudaStreamIsCapturing(c->stream, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone) {
             cudaGraph_t g = NULL;
             cudaStreamEndCapture(c->stream, &g);
