@@ -2,3 +2,5 @@
 kvf_add_test(test_blockmgr SOURCES test_blockmgr.c LIBS kvf_engine TIMEOUT 60)
 kvf_add_test(test_sched SOURCES test_sched.c LIBS kvf_engine TIMEOUT 60)
 kvf_add_test(test_engine SOURCES test_engine.c LIBS kvf_engine PkgConfig::JANSSON TIMEOUT 300)
+kvf_add_test(test_generate SOURCES test_generate.c LIBS PkgConfig::JANSSON TIMEOUT 300)
+add_dependencies(test_generate kvf-generate)

@@ -64,6 +64,7 @@ struct kvf_engine_s {
     int32_t n_pending, cap_pending;
 
     uint64_t tokens_generated, tokens_computed, steps;
+    kvf_step_info_t last;        // the last step's composition, for kvf-bench (kvf_engine_last_step)
 };
 
 kvf_engine_opts_t kvf_engine_opts_default(void) {
@@ -110,6 +111,29 @@ static int s_file_exists(const char *path) {
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// dummy_weights (kvf-bench): the config may be a file of any name, e.g.
+// fixtures/configs/llama3-8b.json, or a directory holding config.json.
+static int s_cfg_load_any(const char *path, kvf_modelcfg_t *cfg, kvf_err_t *err) {
+    if (!s_file_exists(path)) return kvf_modelcfg_load(path, cfg, err);
+    FILE *f = fopen(path, "rb");
+    if (!f) return kvf_err_set(err, KVF_E_IO, "%s: %s", path, strerror(errno));
+    char *text = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 && n <= (1L << 24) && fseek(f, 0, SEEK_SET) == 0) {
+        text = kvf_xmalloc((size_t)n + 1);
+        if (fread(text, 1, (size_t)n, f) != (size_t)n) n = -1;
+    }
+    fclose(f);
+    if (!text || n < 0) {
+        free(text);
+        return kvf_err_set(err, KVF_E_IO, "%s: cannot read the config (not a file of at most 16 MiB?)", path);
+    }
+    text[n] = 0;
+    int rc = kvf_modelcfg_parse(text, path, cfg, err);
+    free(text);
+    return rc;
+}
+
 static kvf_backend_t *s_backend_new(const char *name, const kvf_modelcfg_t *cfg, const kvf_safetensors_t *st,
                                     const kvf_backend_opts_t *bo, kvf_err_t *err) {
     if (strcmp(name, "cpu") == 0) return kvf_cpu_backend_new(cfg, st, bo, err);
@@ -143,7 +167,9 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     snprintf(e->backend_name, sizeof e->backend_name, "%s", o.backend);
     o.backend = e->backend_name;
 
-    if (kvf_modelcfg_load(model_dir, &e->cfg, err)) goto fail;
+    if (o.dummy_weights) o.no_tokenizer = 1;  // a shape benchmark: token ids only
+    if ((o.dummy_weights ? s_cfg_load_any(model_dir, &e->cfg, err) : kvf_modelcfg_load(model_dir, &e->cfg, err)))
+        goto fail;
     const kvf_modelcfg_t *cfg = &e->cfg;
     if (o.session_len == 0) o.session_len = cfg->max_position;
     if (o.session_len < 2 || o.session_len > cfg->max_position) {
@@ -161,13 +187,15 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     // tokenizer: optional, but a broken one is an error
     char path[4096];
     snprintf(path, sizeof path, "%s/tokenizer.json", model_dir);
-    if (s_file_exists(path)) {
+    if (!o.no_tokenizer && s_file_exists(path)) {
         e->tok = kvf_tokenizer_load(path, err);
         if (!e->tok) goto fail;
     }
 
-    st = kvf_safetensors_open_dir(model_dir, err);
-    if (!st) goto fail;
+    if (!o.dummy_weights) {  // else st stays NULL: the backend seeds random weights
+        st = kvf_safetensors_open_dir(model_dir, err);
+        if (!st) goto fail;
+    }
 
     kvf_backend_opts_t bo;
     memset(&bo, 0, sizeof bo);
@@ -429,7 +457,29 @@ static void s_deliver(kvf_engine_t *e, int32_t n_events, kvf_engine_token_fn fn,
         fn(ud, e->events[i].rid, e->events[i].token, e->events[i].finished, e->events[i].reason);
 }
 
+// The step's composition for kvf_engine_last_step (kvf-bench's roofline).
+static void s_note_step(kvf_engine_t *e, const kvf_sched_plan_t *plan) {
+    kvf_step_info_t *si = &e->last;
+    kvf_blockmgr_stats_t bs;
+    kvf_blockmgr_stats(e->bm, &bs);
+    si->n_seqs = plan->n_seqs;
+    si->n_tokens = plan->n_tokens;
+    si->n_decode = plan->n_decode;
+    si->n_prefill_tokens = plan->n_tokens - plan->n_decode;
+    si->n_preempted = plan->n_preempted;
+    si->blocks_used = bs.n_blocks - bs.n_free;
+    for (int32_t i = 0; i < plan->n_seqs; i++) {
+        int64_t p = plan->n_past[i], n = plan->n_new[i];
+        si->n_sampled += plan->sample[i] != 0;
+        si->kv_tokens_read += p + n;
+        si->attn_qk_pairs += n * p + n * (n + 1) / 2;
+    }
+}
+
+void kvf_engine_last_step(const kvf_engine_t *e, kvf_step_info_t *out) { *out = e->last; }
+
 int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t *err) {
+    memset(&e->last, 0, sizeof e->last);
     // Finishes decided at admission go first (and alone: they take no compute).
     if (e->n_pending > 0) {
         s_pending_t p = e->pending[0];
@@ -457,6 +507,7 @@ int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t
         s_deliver(e, ne, fn, ud);
         return -1;
     }
+    s_note_step(e, &plan);
     kvf_sched_complete(e->sched, &plan);
     e->steps++;
     e->tokens_computed += (uint64_t)plan.n_tokens;

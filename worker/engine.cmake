@@ -10,3 +10,6 @@ if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
   target_link_libraries(kvf_engine PUBLIC kvf_cuda)
   target_compile_definitions(kvf_engine PRIVATE KVF_HAVE_CUDA=1)
 endif()
+
+add_executable(kvf-generate ${CMAKE_CURRENT_LIST_DIR}/kvf_generate.c)
+target_link_libraries(kvf-generate PRIVATE kvf_engine PkgConfig::JANSSON)

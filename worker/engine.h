@@ -36,6 +36,12 @@ typedef struct {
     double cache_max_entry_count;   // KV pool: fraction (< 1) of the memory left, or blocks (>= 1); default 0.8
     uint64_t memory_budget;         // cpu: bytes for weights + workspace + KV; 0 = available RAM
     int enable_prefix_caching;      // 1: share full prompt blocks between requests (default 0)
+    int no_tokenizer;               // 1: do not load tokenizer.json (the caller has its own; default 0)
+    // Added for kvf-bench (benchmarks of a model shape without its files): 1 =
+    // model_dir may name a config.json file (or a directory holding one); no
+    // safetensors and no tokenizer are read and the backend seeds random weights
+    // (st == NULL, see cpu_backend.h / cuda_backend.h). Default 0.
+    int dummy_weights;
 } kvf_engine_opts_t;
 
 // The defaults listed above.
@@ -116,5 +122,23 @@ int kvf_engine_score(kvf_engine_t *e, const int32_t *ids, int32_t n, float *logi
 
 // Counters and occupancy now.
 void kvf_engine_stats(const kvf_engine_t *e, kvf_engine_stats_t *out);
+
+// What the last kvf_engine_step ran. Added for kvf-bench, which prices every
+// step with the roofline (bench/roofline.h): weights + KV bytes moved and FLOPs
+// follow exactly from these sums. All zero before the first step and after a
+// step that ran nothing (idle, or a finish decided at admission).
+typedef struct {
+    int32_t n_seqs;            // sequences in the step (= lm_head rows computed: one per sequence)
+    int32_t n_tokens;          // new tokens run through the model (decodes + prefill chunks)
+    int32_t n_decode;          // sequences that decoded one token
+    int32_t n_prefill_tokens;  // n_tokens - n_decode (prompt chunks and recompute)
+    int32_t n_sampled;         // sequences whose logits were sampled
+    int32_t n_preempted;       // sequences preempted while planning the step
+    int32_t blocks_used;       // KV blocks in use while the step ran
+    int64_t kv_tokens_read;    // sum over sequences of the context after the step (n_past + n_new)
+    int64_t attn_qk_pairs;     // sum over sequences of causal (query, key) pairs: n_new x n_past + n_new (n_new + 1) / 2
+} kvf_step_info_t;
+
+void kvf_engine_last_step(const kvf_engine_t *e, kvf_step_info_t *out);
 
 #endif
