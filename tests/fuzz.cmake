@@ -5,13 +5,16 @@
 # on a copy of its committed seed corpus (label "fuzz"). Without a working clang
 # + libFuzzer the tests are registered anyway and report skipped, naming what is
 # missing.
+option(KVF_FUZZ "Build the libFuzzer targets with clang (else their tests report skipped)" ON)
 set(KVF_FUZZ_SECONDS 8 CACHE STRING "seconds each fuzz test runs (-max_total_time)")
 set(KVF_FUZZ_TARGETS codec tokenizer safetensors modelcfg)
 set(KVF_FUZZ_SKIP 77)
 
 find_program(KVF_FUZZ_CC NAMES clang clang-14 clang-15 clang-16 clang-17 clang-18 clang-19)
 set(KVF_FUZZ_MISSING "")
-if(NOT KVF_FUZZ_CC)
+if(NOT KVF_FUZZ)
+  set(KVF_FUZZ_MISSING "the fuzz targets are switched off (KVF_FUZZ=OFF)")
+elseif(NOT KVF_FUZZ_CC)
   set(KVF_FUZZ_MISSING "clang not found (Debian: apt-get install clang libclang-rt-dev)")
 else()
   # The configure-time check: can clang build and link a libFuzzer target with ASan+UBSan?
@@ -25,8 +28,12 @@ else()
     RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _out)
   if(NOT _rc EQUAL 0)
     string(REGEX REPLACE "\n.*" "" _first "${_out}")
+    string(REPLACE "'" "" _first "${_first}")  # it goes into a sh -c '...' below
     set(KVF_FUZZ_MISSING
-      "${KVF_FUZZ_CC} cannot link -fsanitize=fuzzer,address,undefined (libFuzzer runtime missing? Debian: libclang-rt-dev): ${_first}")
+      "${KVF_FUZZ_CC} cannot link -fsanitize=fuzzer,address,undefined (libFuzzer runtime missing? Debian: libclang-rt-dev)")
+    if(_first)
+      string(APPEND KVF_FUZZ_MISSING ": ${_first}")
+    endif()
   endif()
 endif()
 
