@@ -29,8 +29,8 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
        int max_blocks, int n_tokens, int H, int KV, int HD, int bs, int n_splits, int split_len,
        float scale) {
     constexpr int ROWS = ATT_WARPS * RPW;
-    extern __shared__ float smem[];
-    float *sQ = smem;                    // (ROWS, HD), pre-scaled
+    extern __shared__ float4 smem4[];    // float4: 16-byte aligned for the vector reads
+    float *sQ = (float *)smem4;          // (ROWS, HD), pre-scaled
     float *sK = sQ + ROWS * HD;          // (ATT_KT, HD + 4): padded so that 16-byte reads of
                                          // 8 lanes (one phase) hit distinct banks
     float *sV = sK + ATT_KT * (HD + 4);  // (ATT_KT, HD)
