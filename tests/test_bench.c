@@ -1,0 +1,409 @@
+// tests/test_bench.c — the roofline arithmetic (bench/roofline.h) against
+// hand-computed numbers, sanity for Llama-3-8B, and CPU smoke runs of the real
+// kvf-bench binary on a tiny config with dummy weights.
+#include <criterion/criterion.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "bench/roofline.h"
+#include "common/modelcfg.h"
+#include "test_util.h"
+
+// ---------------------------------------------------------------- a hand-sized config
+
+// hidden 64, 2 layers, 4 heads x 16, 2 KV heads, MLP 128, vocab 100, tied.
+// Per layer: q 64x64 + k,v 2 x 64x32 + o 64x64 + gate,up,down 3 x 64x128 = 36864.
+static const char *s_small_json =
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"hidden_size\": 64, \"num_hidden_layers\": 2,"
+    " \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 16, \"intermediate_size\": 128,"
+    " \"vocab_size\": 100, \"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-5, \"rope_theta\": 10000.0,"
+    " \"tie_word_embeddings\": true}";
+
+static void s_small(kvf_modelcfg_t *cfg) {
+    kvf_err_t err;
+    cr_assert_eq(kvf_modelcfg_parse(s_small_json, "small", cfg, &err), 0, "%s", err.msg);
+}
+
+static void s_load(const char *rel, kvf_modelcfg_t *cfg) {
+    char path[4096];
+    KVF_FIXTURE_PATH(path, rel);
+    char *txt = kvf_test_slurp(path, NULL);
+    cr_assert(txt, "cannot read %s", path);
+    kvf_err_t err;
+    cr_assert_eq(kvf_modelcfg_parse(txt, path, cfg, &err), 0, "%s", err.msg);
+    free(txt);
+}
+
+#define NEAR(a, b) cr_assert(fabs((double)(a) - (double)(b)) <= 1e-9 * fabs((double)(b)) + 1e-15, \
+                             "%s = %.12g, expected %.12g", #a, (double)(a), (double)(b))
+
+Test(roofline, counts_of_a_small_config) {
+    kvf_modelcfg_t cfg;
+    s_small(&cfg);
+    cr_assert_eq(kvf_roofline_layer_params(&cfg), 73728u);
+    cr_assert_eq(kvf_roofline_lm_head_params(&cfg), 6400u);
+    NEAR(kvf_roofline_kv_bytes_per_token(&cfg, 4), 512);  // 2 x 2 layers x 2 heads x 16 x 4 B
+    NEAR(kvf_roofline_kv_bytes_per_token(&cfg, 2), 256);
+    cr_assert_eq(kvf_roofline_qk_pairs(0, 10), 55);
+    cr_assert_eq(kvf_roofline_qk_pairs(20, 1), 21);
+    cr_assert_eq(kvf_roofline_qk_pairs(7, 3), 3 * 7 + 6);
+    cr_assert_eq(kvf_roofline_qk_pairs(-1, 3), 0);
+    // tied: the whole table is the lm_head, all of it streamed
+    NEAR(kvf_roofline_streamed_weights(&cfg, 1e6, 4), 1e6);
+    cfg.tie_word_embeddings = 0;  // untied: the embedding is only gathered
+    NEAR(kvf_roofline_streamed_weights(&cfg, 1e6, 4), 1e6 - 6400 * 4);
+    NEAR(kvf_roofline_streamed_weights(&cfg, 100, 4), 0);
+}
+
+Test(roofline, step_by_hand) {
+    kvf_modelcfg_t cfg;
+    s_small(&cfg);
+    // a 10-token prefill chunk from 0 and a decode after 20 cached tokens
+    kvf_roofline_step_t st = {.n_tokens = 11, .n_logit_rows = 2, .kv_tokens_read = 10 + 21, .kv_tokens_written = 11,
+                              .qk_pairs = 55 + 21};
+    kvf_roofline_hw_t hw = {.peak_flops = 1e9, .peak_bw = 1e9, .weight_bytes = 1e6, .kv_elem_bytes = 4};
+    kvf_roofline_cost_t c;
+    kvf_err_t err;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), 0, "%s", err.msg);
+    // 2 x 73728 x 11 + 4 x 2 x 4 x 16 x 76 + 2 x 6400 x 2
+    NEAR(c.flops, 1622016.0 + 38912.0 + 25600.0);
+    NEAR(c.bytes, 1e6 + 512.0 * 42);
+    NEAR(c.seconds, 1686528.0 / 1e9);  // compute-bound
+    hw.peak_bw = 1e8;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), 0);
+    NEAR(c.seconds, 1021504.0 / 1e8);  // memory-bound
+    // an empty step costs nothing
+    kvf_roofline_step_t none = {0};
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &none, &c, &err), 0);
+    NEAR(c.seconds, 0);
+}
+
+Test(roofline, step_rejects_bad_input) {
+    kvf_modelcfg_t cfg;
+    s_small(&cfg);
+    kvf_roofline_step_t st = {.n_tokens = 1, .n_logit_rows = 1, .kv_tokens_read = 1, .kv_tokens_written = 1,
+                              .qk_pairs = 1};
+    kvf_roofline_hw_t hw = {.peak_flops = 1e9, .peak_bw = 1e9, .weight_bytes = 1, .kv_elem_bytes = 2};
+    kvf_roofline_cost_t c;
+    kvf_err_t err;
+    hw.peak_flops = 0;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert(strstr(err.msg, "peak FLOP/s"), "%s", err.msg);
+    hw.peak_flops = 1e9;
+    hw.peak_bw = NAN;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), -1);
+    hw.peak_bw = 1e9;
+    st.n_logit_rows = 2;  // more logit rows than tokens
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), -1);
+    cr_assert(strstr(err.msg, "inconsistent"), "%s", err.msg);
+    st.n_logit_rows = -1;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), -1);
+    st.n_logit_rows = 1;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, NULL, &c, &err), -1);
+    cfg.n_layers = 0;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, &err), -1);
+}
+
+Test(roofline, batch_from_the_pool) {
+    kvf_err_t err;
+    // I + O - 1 = 6 KV tokens = 2 blocks of 4: 10 blocks hold 5 sequences
+    cr_assert_eq(kvf_roofline_batch(10, 4, 8, 100, 4, 3, &err), 5);
+    cr_assert_eq(kvf_roofline_batch(10, 4, 2, 100, 4, 3, &err), 2);  // max_batch_size caps
+    cr_assert_eq(kvf_roofline_batch(10, 4, 8, 3, 4, 3, &err), 3);    // so does N
+    cr_assert_eq(kvf_roofline_batch(10, 4, 16, 100, 4, 1, &err), 10); // 4 KV tokens = 1 block
+    cr_assert_eq(kvf_roofline_batch(1, 4, 8, 100, 4, 3, &err), -1);
+    cr_assert(strstr(err.msg, "cannot hold one sequence"), "%s", err.msg);
+    cr_assert_eq(kvf_roofline_batch(10, 0, 8, 100, 4, 3, &err), -1);
+}
+
+Test(roofline, floor_by_hand) {
+    kvf_modelcfg_t cfg;
+    s_small(&cfg);
+    kvf_roofline_hw_t hw = {.peak_flops = 1e9, .peak_bw = 1e9, .weight_bytes = 1e6, .kv_elem_bytes = 4};
+    kvf_roofline_workload_t w = {.n_prompts = 3, .input_len = 4, .output_len = 3, .batch = 2};
+    kvf_roofline_floor_t f;
+    kvf_err_t err;
+    cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), 0, "%s", err.msg);
+    // prefill per prompt: 2 x 73728 x 4 + 512 x 10 pairs + 2 x 6400 (one logit row)
+    NEAR(f.prefill_seconds, 3 * 607744.0 / 1e9);
+    // decode: waves of 2 and 1 sequences, steps with contexts 5 and 6 (all memory-bound):
+    // bytes = 1e6 + b x 512 x (ctx + 1)
+    double wave2 = (1e6 + 2 * 3072.0) + (1e6 + 2 * 3584.0), wave1 = (1e6 + 3072.0) + (1e6 + 3584.0);
+    NEAR(f.decode_seconds, (wave2 + wave1) / 1e9);
+    NEAR(f.seconds, f.prefill_seconds + f.decode_seconds);
+    cr_assert_eq(f.waves, 2);
+    cr_assert_eq(f.decode_steps, 4);
+    // compute-bound decode when bandwidth is plentiful: FLOPs = b (160256 + 512 ctx)
+    hw.peak_bw = 1e15;
+    cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), 0);
+    NEAR(f.decode_seconds, (2 * (162816.0 + 163328.0) + (162816.0 + 163328.0)) / 1e9);
+    // one output token: no decode step at all
+    w.output_len = 1;
+    cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), 0);
+    NEAR(f.decode_seconds, 0);
+    cr_assert_eq(f.decode_steps, 0);
+    w.batch = 0;
+    cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL);
+}
+
+Test(roofline, floor_grows_with_the_model) {
+    kvf_modelcfg_t a, b;
+    s_small(&a);
+    s_small(&b);
+    b.n_layers = 4;
+    kvf_roofline_hw_t hw = {.peak_flops = 1e9, .peak_bw = 1e9, .weight_bytes = 1e6, .kv_elem_bytes = 4};
+    kvf_roofline_workload_t w = {.n_prompts = 16, .input_len = 32, .output_len = 8, .batch = 4};
+    kvf_roofline_floor_t fa, fb;
+    cr_assert_eq(kvf_roofline_floor(&a, &hw, &w, &fa, NULL), 0);
+    cr_assert_eq(kvf_roofline_floor(&b, &hw, &w, &fb, NULL), 0);
+    cr_assert_gt(fb.prefill_seconds, 1.9 * fa.prefill_seconds);
+    cr_assert_gt(fb.decode_seconds, fa.decode_seconds);  // KV read doubles; weights fixed here
+    // a bigger batch needs fewer waves and never more time
+    w.batch = 16;
+    kvf_roofline_floor_t fc;
+    cr_assert_eq(kvf_roofline_floor(&a, &hw, &w, &fc, NULL), 0);
+    cr_assert_eq(fc.waves, 1);
+    cr_assert_lt(fc.seconds, fa.seconds);
+}
+
+// ---------------------------------------------------------------- Llama-3-8B sanity
+
+Test(roofline, llama3_8b_on_h200) {
+    kvf_modelcfg_t cfg;
+    s_load("configs/llama3-8b.json", &cfg);
+    double held = 2.0 * (double)kvf_modelcfg_n_params(&cfg);  // bf16
+    cr_assert(held > 15.5e9 && held < 16.5e9, "weights %.3g B", held);
+    double streamed = kvf_roofline_streamed_weights(&cfg, held, 2);
+    cr_assert(streamed > 14.5e9 && streamed < 15.5e9, "streamed %.3g B", streamed);  // less the 1 GB embedding
+    NEAR(kvf_roofline_kv_bytes_per_token(&cfg, 2), 131072);  // 128 KiB per token
+    kvf_roofline_hw_t hw = {.peak_flops = 789e12, .peak_bw = 4.2e12, .weight_bytes = streamed, .kv_elem_bytes = 2};
+
+    // A decode step of 128 sequences at 576 tokens is memory-bound, a few ms.
+    kvf_roofline_step_t st = {.n_tokens = 128, .n_logit_rows = 128, .kv_tokens_read = 128 * 576,
+                              .kv_tokens_written = 128, .qk_pairs = 128 * 576};
+    kvf_roofline_cost_t c;
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &st, &c, NULL), 0);
+    cr_assert_gt(c.bytes / hw.peak_bw, c.flops / hw.peak_flops);
+    cr_assert(c.seconds > 4e-3 && c.seconds < 8e-3, "decode step %.4g s", c.seconds);
+    // An 8192-token prefill step is compute-bound: ~0.12 PFLOP, ~0.15 s.
+    kvf_roofline_step_t pf = {.n_tokens = 8192, .n_logit_rows = 16, .kv_tokens_read = 8192,
+                              .kv_tokens_written = 8192, .qk_pairs = 16 * kvf_roofline_qk_pairs(0, 512)};
+    cr_assert_eq(kvf_roofline_step(&cfg, &hw, &pf, &c, NULL), 0);
+    cr_assert_gt(c.flops / hw.peak_flops, c.bytes / hw.peak_bw);
+
+    // 1024 prompts x 512 + 128 with an H200's pool (~98 GB of KV = ~11.7k blocks
+    // of 64; B capped by max_batch_size 128): the "about 12 s".
+    kvf_err_t err;
+    int64_t b = kvf_roofline_batch(11700, 64, 128, 1024, 512, 128, &err);
+    cr_assert_eq(b, 128);
+    kvf_roofline_workload_t w = {.n_prompts = 1024, .input_len = 512, .output_len = 128, .batch = b};
+    kvf_roofline_floor_t f;
+    cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), 0, "%s", err.msg);
+    cr_assert(f.seconds > 8 && f.seconds < 16, "floor %.3f s (prefill %.3f + decode %.3f)", f.seconds,
+              f.prefill_seconds, f.decode_seconds);
+    cr_assert(f.prefill_seconds > 8 && f.prefill_seconds < 11, "prefill %.3f s", f.prefill_seconds);
+    cr_assert_eq(f.waves, 8);
+    cr_assert_eq(f.decode_steps, 8 * 127);
+}
+
+// ---------------------------------------------------------------- kvf-bench, the binary
+
+// Runs kvf-bench with args (a shell fragment) and returns its stdout (free()),
+// with *rc its exit status; stderr goes to the test log.
+static char *s_run_bench(const char *args, int *rc) {
+    char *cmd = NULL;
+    cr_assert_geq(asprintf(&cmd, "%s/kvf-bench %s", KVF_BIN_DIR, args), 0);
+    FILE *p = popen(cmd, "r");
+    cr_assert(p, "popen %s", cmd);
+    free(cmd);
+    size_t cap = 1 << 16, n = 0;
+    char *out = malloc(cap);
+    size_t k;
+    while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
+        n += k;
+        if (n + 1 == cap) out = realloc(out, cap *= 2);
+    }
+    out[n] = 0;
+    int st = pclose(p);
+    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return out;
+}
+
+// Same, with stderr captured instead of stdout.
+static char *s_run_bench_err(const char *args, int *rc) {
+    char *a = NULL;
+    cr_assert_geq(asprintf(&a, "%s 2>&1 >/dev/null", args), 0);
+    char *out = s_run_bench(a, rc);
+    free(a);
+    return out;
+}
+
+static double s_num(json_t *root, const char *path) {
+    // "a.b.c" -> root["a"]["b"]["c"], which must exist and be a number
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", path);
+    json_t *v = root;
+    for (char *tok = strtok(buf, "."); tok; tok = strtok(NULL, ".")) {
+        v = json_object_get(v, tok);
+        cr_assert(v, "report has no %s", path);
+    }
+    cr_assert(json_is_number(v), "%s is not a number", path);
+    return json_number_value(v);
+}
+
+static const char *s_tiny_args =
+    "--weights dummy --num-prompts 8 --input-len 16 --output-len 8 --threads 2 --block-size 16 "
+    "--cache-max-entry-count 64 --max-batch-size 8 --seed 7 --json";
+
+static json_t *s_bench_json(const char *config) {
+    char args[4096];
+    snprintf(args, sizeof args, "--config %s %s", config, s_tiny_args);
+    int rc;
+    char *out = s_run_bench(args, &rc);
+    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
+    free(out);
+    return j;
+}
+
+Test(kvf_bench, cpu_smoke_report_is_complete_and_sane, .timeout = 120) {
+    char config[4096];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    json_t *j = s_bench_json(config);
+
+    cr_assert_str_eq(json_string_value(json_object_get(j, "backend")), "cpu");
+    cr_assert_eq(s_num(j, "model.n_layers"), 5);
+    cr_assert_eq(s_num(j, "workload.num_prompts"), 8);
+    double el = s_num(j, "elapsed_s");
+    cr_assert(el > 0 && el < 60, "elapsed %g", el);
+    cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+    cr_assert_eq(s_num(j, "prompt_tokens"), 8 * 16);
+    cr_assert_geq(s_num(j, "tokens_computed"), 8 * (16 + 7));  // the last sampled token is never run
+    cr_assert_gt(s_num(j, "steps"), 0);
+    double tps = s_num(j, "total_tokens_per_s"), otps = s_num(j, "output_tokens_per_s");
+    cr_assert(fabs(tps - 8 * 24 / el) <= 1e-6 * tps, "total tok/s %g vs %g", tps, 8 * 24 / el);
+    cr_assert(fabs(otps - 8 * 8 / el) <= 1e-6 * otps, "output tok/s %g", otps);
+    cr_assert_gt(s_num(j, "prefill_tokens_per_s"), 0);
+    double d50 = s_num(j, "decode_step_ms.p50"), d99 = s_num(j, "decode_step_ms.p99");
+    cr_assert(d50 > 0 && d99 >= d50, "decode p50 %g p99 %g", d50, d99);
+    cr_assert_gt(s_num(j, "decode_step_ms.steps"), 0);
+    double t50 = s_num(j, "ttft_s.p50"), t99 = s_num(j, "ttft_s.p99");
+    cr_assert(t50 > 0 && t99 >= t50 && t99 <= el, "ttft p50 %g p99 %g", t50, t99);
+    cr_assert_gt(s_num(j, "memory.peak_bytes"), 1 << 20);
+    cr_assert_gt(s_num(j, "memory.weights_bytes"), 0);
+    cr_assert_eq(s_num(j, "kv.blocks"), 64);
+    cr_assert_eq(s_num(j, "kv.block_size"), 16);
+    double peak = s_num(j, "kv.peak_blocks_used");
+    cr_assert(peak >= 2 && peak <= 64, "peak blocks %g", peak);  // 8 sequences of 23 KV tokens: 2 blocks each
+    cr_assert_eq(s_num(j, "preemptions"), 0);
+    double step_s = s_num(j, "roofline.step.seconds"), floor_s = s_num(j, "roofline.floor.seconds");
+    cr_assert_gt(step_s, 0);
+    cr_assert_gt(floor_s, 0);
+    cr_assert_leq(floor_s, step_s * 1.000001, "the floor %g must not exceed the steps run %g", floor_s, step_s);
+    double a1 = s_num(j, "roofline.step.achieved"), a2 = s_num(j, "roofline.floor.achieved");
+    cr_assert(a1 > 0 && a1 <= 1.05, "step achieved %g", a1);
+    cr_assert(a2 > 0 && a2 <= 1.05, "floor achieved %g", a2);
+    cr_assert_eq(s_num(j, "roofline.floor.batch"), 8);
+    cr_assert_eq(s_num(j, "roofline.floor.waves"), 1);
+    cr_assert_eq(s_num(j, "roofline.floor.decode_steps"), 7);
+    cr_assert_eq(s_num(j, "roofline.peak_flops"), 789e12);
+    cr_assert_eq(s_num(j, "roofline.kv_elem_bytes"), 4);
+    json_decref(j);
+}
+
+Test(kvf_bench, roofline_follows_the_config, .timeout = 120) {
+    char config[4096];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    json_error_t je;
+    json_t *c = json_load_file(config, 0, &je);
+    cr_assert(c, "%s", je.text);
+    json_object_set_new(c, "num_hidden_layers", json_integer(10));
+    char tmp[] = "/tmp/kvf_bench_cfgXXXXXX";
+    int fd = mkstemp(tmp);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    cr_assert_eq(json_dump_file(c, tmp, 0), 0);
+    json_decref(c);
+
+    json_t *a = s_bench_json(config), *b = s_bench_json(tmp);
+    unlink(tmp);
+    cr_assert_eq(s_num(b, "model.n_layers"), 10);
+    cr_assert_gt(s_num(b, "roofline.floor.seconds"), s_num(a, "roofline.floor.seconds"));
+    cr_assert_gt(s_num(b, "roofline.floor.prefill_seconds"), 1.5 * s_num(a, "roofline.floor.prefill_seconds"));
+    cr_assert_gt(s_num(b, "roofline.step.seconds"), s_num(a, "roofline.step.seconds"));
+    cr_assert_gt(s_num(b, "memory.weights_bytes"), s_num(a, "memory.weights_bytes"));
+    // same seed, same shape: the same steps and tokens
+    cr_assert_eq(s_num(b, "steps"), s_num(a, "steps"));
+    cr_assert_eq(s_num(b, "output_tokens"), s_num(a, "output_tokens"));
+    json_decref(a);
+    json_decref(b);
+}
+
+Test(kvf_bench, real_weights_and_text_report, .timeout = 120) {
+    char dir[4096], args[8192];
+    KVF_FIXTURE_PATH(dir, "stories260K");
+    snprintf(args, sizeof args,
+             "--weights %s --num-prompts 4 --input-len 8 --output-len 4 --threads 1 --block-size 16 "
+             "--cache-max-entry-count 16",
+             dir);
+    int rc;
+    char *out = s_run_bench(args, &rc);
+    cr_assert_eq(rc, 0, "exit %d:\n%s", rc, out);
+    cr_assert(strstr(out, "memory plan"), "%s", out);
+    cr_assert(strstr(out, "real weights"), "%s", out);
+    cr_assert(strstr(out, "step roofline"), "%s", out);
+    cr_assert(strstr(out, "workload floor"), "%s", out);
+    cr_assert(strstr(out, "4 prompts x 8 input + 4 output"), "%s", out);
+    free(out);
+}
+
+Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
+    char config[2048], dir[2048], args[8192];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    KVF_FIXTURE_PATH(dir, "tiny-llama");
+    int rc;
+    char *e = s_run_bench_err("--weights dummy --num-prompts 1 --input-len 4 --output-len 4", &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--config is required"), "%s", e);
+    free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4", config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "required"), "%s", e);
+    free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 0 --input-len 4 --output-len 4", config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--num-prompts"), "%s", e);
+    free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --peak-flops x", config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--peak-flops"), "%s", e);
+    free(e);
+    e = s_run_bench_err("--config /nonexistent/config.json --num-prompts 1 --input-len 4 --output-len 4", &rc);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(e, "/nonexistent"), "%s", e);
+    free(e);
+    // longer than the model's max_position (512)
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 600 --output-len 4", config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(e, "session"), "%s", e);
+    free(e);
+    // --config naming another model than --weights DIR
+    snprintf(args, sizeof args, "--config %s --weights %s --num-prompts 1 --input-len 4 --output-len 4", config, dir);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "model's own config"), "%s", e);
+    free(e);
+}
