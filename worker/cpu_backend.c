@@ -478,22 +478,23 @@ typedef struct {
     uint64_t n_floats;
 } s_init_job_t;
 
-// Random init of one chunk of the arena: N(0, 0.02) from a stream seeded by the
-// chunk index only, so the weights do not depend on the number of threads.
+// Random init of one chunk of the arena from a stream seeded by the chunk index
+// only, so the weights do not depend on the number of threads. Each value is
+// the Irwin-Hall sum of four 16-bit uniforms, rescaled to mean 0 and standard
+// deviation 0.02: close enough to N(0, 0.02) for benchmarks, and about 50x
+// cheaper than Box-Muller (an 8B model initialises in seconds).
 static void s_init_task(void *ctx, int task, int thread) {
     (void)thread;
     s_init_job_t *j = ctx;
     uint64_t i0 = (uint64_t)task * KVF_INIT_CHUNK;
     uint64_t i1 = i0 + KVF_INIT_CHUNK < j->n_floats ? i0 + KVF_INIT_CHUNK : j->n_floats;
     uint64_t state = s_mix64(0x6b7666ull ^ s_mix64((uint64_t)task));
-    for (uint64_t i = i0; i < i1; i += 2) {
+    const float scale = 0.02f * 1.7320508f / 65536.0f;  // sqrt(3): the sum of 4 uniforms has variance 1/3
+    for (uint64_t i = i0; i < i1; i++) {
         state = s_mix64(state);
-        double u1 = ((double)(state >> 11) + 0.5) * 0x1.0p-53;
-        state = s_mix64(state);
-        double u2 = (double)(state >> 11) * 0x1.0p-53;
-        double r = sqrt(-2.0 * log(u1)) * 0.02;
-        j->arena[i] = (float)(r * cos(2.0 * M_PI * u2));
-        if (i + 1 < i1) j->arena[i + 1] = (float)(r * sin(2.0 * M_PI * u2));
+        uint32_t sum = (uint32_t)(state & 0xffff) + (uint32_t)((state >> 16) & 0xffff) +
+                       (uint32_t)((state >> 32) & 0xffff) + (uint32_t)(state >> 48);
+        j->arena[i] = ((float)sum + 2.0f - 131072.0f) * scale;
     }
 }
 
