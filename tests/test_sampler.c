@@ -148,6 +148,21 @@ Test(sampler, top_k_and_top_p_keep_the_right_set) {
     }
     cr_assert_eq(hist[3], 0);
     cr_assert_gt(hist[2], 30);  // 0.15/0.95 of 400 = 63
+
+    // A long tail counts: 0.6, 0.2 and 48 tokens of 0.2/48. top_p = 0.65 drops
+    // the tail (0.2 <= 0.35) but not token 1 (0.2 + 0.2 > 0.35).
+    float tail[V];
+    tail[0] = logf(0.6f);
+    tail[1] = logf(0.2f);
+    for (int i = 2; i < V; i++) tail[i] = logf(0.2f / 48);
+    p.top_p = 0.65f;
+    int t_hist[3] = {0};
+    for (int step = 0; step < 400; step++) {
+        int32_t id = s_draw(smp, tail, &p, step);
+        t_hist[id < 2 ? id : 2]++;
+    }
+    cr_assert_eq(t_hist[2], 0);
+    cr_assert_gt(t_hist[1], 60);  // 0.2/0.8 of 400 = 100
     kvf_sampler_destroy(&smp);
 }
 

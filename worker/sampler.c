@@ -164,14 +164,20 @@ static int32_t s_top_p(s_cand_t *c, int32_t m, float top_p) {
     // A token whose probability is <= (1 - top_p) / m is removed whatever the
     // others are (all smaller ones sum to at most m times it): drop those before
     // sorting. The margin keeps rounding on the safe side.
-    double cut = (1.0 - top_p) / m * 0.999 * z;
+    double cut = (1.0 - top_p) / m * 0.999 * z, dropped = 0.0;
     int32_t w = 0;
-    for (int32_t i = 0; i < m; i++)
-        if (exp((double)c[i].v - mx) > cut || c[i].v == mx) c[w++] = c[i];
+    for (int32_t i = 0; i < m; i++) {
+        double e = exp((double)c[i].v - mx);
+        if (e > cut || c[i].v == mx)
+            c[w++] = c[i];
+        else
+            dropped += e;
+    }
     m = w;
     qsort(c, (size_t)m, sizeof *c, s_cmp_desc);
-    // Walk from the least likely; remove while the cumulative mass <= 1 - top_p.
-    double limit = (1.0 - top_p) * z, cum = 0.0;
+    // Walk from the least likely; remove while the cumulative mass (counting
+    // the tokens dropped above, which come first) stays <= 1 - top_p.
+    double limit = (1.0 - top_p) * z, cum = dropped;
     int32_t keep = m;
     for (int32_t i = m - 1; i >= 1; i--) {
         cum += exp((double)c[i].v - mx);
