@@ -660,6 +660,15 @@ Test(forward, memory_plan) {
     cr_assert_eq(be->weights_bytes, kvf_modelcfg_n_params(&c) * 4);
     be->ops->destroy(&be);
 
+    o.memory_budget = 0;  // the machine's MemAvailable
+    o.cache_max_entry_count = 4;  // a number of blocks
+    be = kvf_cpu_backend_new(&c, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    cr_assert_eq(be->n_blocks, 4);
+    cr_assert_gt(be->free_bytes_at_start, 0);
+    be->ops->destroy(&be);
+    o.cache_max_entry_count = 0.5;
+
     o.memory_budget = 4096;  // cannot even hold the weights
     cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
     cr_assert_eq(err.code, KVF_E_NOMEM);
@@ -670,8 +679,23 @@ Test(forward, memory_plan) {
     cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
     cr_assert_eq(err.code, KVF_E_NOMEM);
 
+    o.cache_max_entry_count = INFINITY;
+    cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    o.cache_max_entry_count = NAN;
+    cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+
     o.cache_max_entry_count = 0.5;
     o.block_size = 0;
     cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
     cr_assert_eq(err.code, KVF_E_INVAL);
+    o.block_size = 16;
+    o.max_blocks_per_seq = 0;
+    cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    o.max_blocks_per_seq = 20;
+    o.tp_size = 2;  // the cpu backend is one rank
+    cr_assert_null(kvf_cpu_backend_new(&c, NULL, &o, &err));
+    cr_assert_eq(err.code, KVF_E_UNSUPPORTED);
 }

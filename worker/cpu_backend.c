@@ -572,8 +572,11 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if (o->tp_size > 1 || o->tp_rank != 0)
         return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: tensor parallelism (tp_size %d) is not supported",
                            o->tp_size);
-    if (!(o->cache_max_entry_count > 0))
-        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: --cache-max-entry-count %g must be > 0",
+    if (o->max_logit_rows < o->max_batch_size)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: max_logit_rows %d < max_batch_size %d",
+                           o->max_logit_rows, o->max_batch_size);
+    if (!(o->cache_max_entry_count > 0) || !(o->cache_max_entry_count <= (double)INT32_MAX))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: --cache-max-entry-count %g must be in (0, 2^31)",
                            o->cache_max_entry_count);
     return 0;
 }
