@@ -6,6 +6,8 @@
 // default and must be present.
 #include "modelcfg.h"
 
+#include <float.h>
+
 #include <errno.h>
 #include <jansson.h>
 #include <limits.h>
@@ -296,6 +298,10 @@ int kvf_modelcfg_parse(const char *json_text, const char *name, kvf_modelcfg_t *
         goto done;
     double eps = 1e-6;
     if (s_opt_pos_num(root, name, "", "rms_norm_eps", &eps, err) != 0) goto done;
+    if (eps < FLT_MIN || eps > 1.0) {  // must survive the cast to float and be a plausible epsilon
+        kvf_err_set(err, KVF_E_FORMAT, "%s: rms_norm_eps %g is outside [%g, 1]", name, eps, (double)FLT_MIN);
+        goto done;
+    }
     cfg->rms_norm_eps = (float)eps;
     if (s_opt_bool(root, name, "tie_word_embeddings", 0, &cfg->tie_word_embeddings, err) != 0) goto done;
     if (arch == S_ARCH_QWEN2) cfg->attention_bias = 1;

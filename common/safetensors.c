@@ -260,6 +260,7 @@ static int s_load_file(kvf_safetensors_t *st, const char *path, kvf_err_t *err) 
 
 // Sorts the tensors by name and rejects a name held twice (across shards).
 static int s_finish(kvf_safetensors_t *st, kvf_err_t *err) {
+    if (st->n_tensors < 2) return 0;  // qsort on a NULL array is undefined
     qsort(st->tensors, st->n_tensors, sizeof *st->tensors, s_cmp_name);
     for (size_t i = 1; i < st->n_tensors; i++)
         if (strcmp(st->tensors[i].name, st->tensors[i - 1].name) == 0)
@@ -394,7 +395,7 @@ void kvf_safetensors_destroy(kvf_safetensors_t **self_p) {
 // ---------------------------------------------------------------- public: lookup
 
 const kvf_tensor_t *kvf_safetensors_find(const kvf_safetensors_t *st, const char *name) {
-    if (!st || !name) return NULL;
+    if (!st || !name || st->n_tensors == 0) return NULL;
     kvf_tensor_t key = {.name = name};
     return bsearch(&key, st->tensors, st->n_tensors, sizeof *st->tensors, s_cmp_name);
 }
