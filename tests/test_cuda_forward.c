@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
@@ -327,7 +328,7 @@ static kvf_modelcfg_t s_small_cfg(void) {
     kvf_modelcfg_t c;
     memset(&c, 0, sizeof c);
     snprintf(c.architecture, sizeof c.architecture, "Qwen2ForCausalLM");
-    c.hidden_size = 256, c.n_layers = 3, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 32;
+    c.hidden_size = 256, c.n_layers = 3, c.n_heads = 8, c.n_kv_heads = 2, c.head_dim = 64;
     c.intermediate_size = 704, c.vocab_size = 1000, c.max_position = 4096, c.rms_norm_eps = 1e-6f;
     c.tie_word_embeddings = 1, c.attention_bias = 1;
     c.rope_theta = 1e6, c.rope_type = KVF_ROPE_LLAMA3, c.rope_factor = 8, c.rope_low_freq_factor = 1;
@@ -433,6 +434,130 @@ Test(cuda_forward, memory_plan) {
     o.device = 99;
     cr_expect_null(kvf_cuda_backend_new(&cfg, NULL, &o, &err));
     cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+}
+
+// Random bf16 weights of s_small_cfg (Qwen2-style: q/k/v bias, tied embeddings,
+// llama3 RoPE, GQA 4, head_dim 64 so that prefill runs on the tensor cores)
+// written to a safetensors file, so that the cpu and cuda backends load the same
+// weights; returns the open set.
+static kvf_safetensors_t *s_random_model(const kvf_modelcfg_t *c, const char *path) {
+    const int64_t D = c->hidden_size, Q = (int64_t)c->n_heads * c->head_dim, KV = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t F = c->intermediate_size, V = c->vocab_size;
+    enum { MAXT = 64 };
+    char names[MAXT][96];
+    const char *np[MAXT];
+    kvf_dtype dt[MAXT];
+    int nd[MAXT];
+    int64_t shapes[MAXT][KVF_ST_MAX_DIMS];
+    const void *data[MAXT];
+    int n = 0;
+    uint64_t st = 0x1234567ull;
+#define ADD(name_, d0, d1, lo, hi)                                                       \
+    do {                                                                                 \
+        snprintf(names[n], sizeof names[n], "%s", (name_));                              \
+        np[n] = names[n], dt[n] = KVF_DT_BF16, nd[n] = (d1) ? 2 : 1;                     \
+        memset(shapes[n], 0, sizeof shapes[n]);                                          \
+        shapes[n][0] = (d0), shapes[n][1] = (d1);                                        \
+        size_t cnt_ = (size_t)(d0) * (size_t)((d1) ? (d1) : 1);                          \
+        uint16_t *b_ = malloc(cnt_ * 2);                                                 \
+        for (size_t i_ = 0; i_ < cnt_; i_++) {                                           \
+            st = st * 6364136223846793005ull + 1442695040888963407ull;                   \
+            float u_ = (float)((st >> 40) * (1.0 / 16777216.0));                         \
+            b_[i_] = kvf_f32_to_bf16((lo) + ((hi) - (lo)) * u_);                         \
+        }                                                                                \
+        data[n++] = b_;                                                                  \
+    } while (0)
+    char nm[96];
+    ADD("model.embed_tokens.weight", V, D, -0.5f, 0.5f);
+    for (int l = 0; l < c->n_layers; l++) {
+#define L(leaf) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, leaf), nm)
+        ADD(L("input_layernorm.weight"), D, 0, 0.8f, 1.2f);
+        ADD(L("self_attn.q_proj.weight"), Q, D, -0.1f, 0.1f);
+        ADD(L("self_attn.k_proj.weight"), KV, D, -0.1f, 0.1f);
+        ADD(L("self_attn.v_proj.weight"), KV, D, -0.1f, 0.1f);
+        ADD(L("self_attn.q_proj.bias"), Q, 0, -0.2f, 0.2f);
+        ADD(L("self_attn.k_proj.bias"), KV, 0, -0.2f, 0.2f);
+        ADD(L("self_attn.v_proj.bias"), KV, 0, -0.2f, 0.2f);
+        ADD(L("self_attn.o_proj.weight"), D, Q, -0.08f, 0.08f);
+        ADD(L("post_attention_layernorm.weight"), D, 0, 0.8f, 1.2f);
+        ADD(L("mlp.gate_proj.weight"), F, D, -0.1f, 0.1f);
+        ADD(L("mlp.up_proj.weight"), F, D, -0.1f, 0.1f);
+        ADD(L("mlp.down_proj.weight"), D, F, -0.06f, 0.06f);
+#undef L
+    }
+    ADD("model.norm.weight", D, 0, 0.8f, 1.2f);
+#undef ADD
+    kvf_err_t err;
+    int rc = kvf_safetensors_write(path, n, np, dt, nd, (const int64_t(*)[KVF_ST_MAX_DIMS])shapes, data, &err);
+    for (int i = 0; i < n; i++) free((void *)data[i]);
+    cr_assert_eq(rc, 0, "%s", err.msg);
+    kvf_safetensors_t *set = kvf_safetensors_open_file(path, &err);
+    cr_assert_not_null(set, "%s", err.msg);
+    return set;
+}
+
+// The whole step on the GPU (tensor-core prefill, mixed prefill + decode
+// batches, graph decode) against the cpu backend on the same bf16 weights.
+Test(cuda_forward, matches_cpu_backend_on_random_weights) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/kvf_test_cuda_%d.safetensors", (int)getpid());
+    kvf_safetensors_t *st = s_random_model(&cfg, path);
+    kvf_backend_opts_t o = s_opts(16, 512, 4);
+    o.max_blocks_per_seq = 32;
+    o.cache_max_entry_count = 4 * 32 + 8;
+    o.memory_budget = 1ull << 30;
+    kvf_err_t err;
+    kvf_backend_t *gpu = kvf_cuda_backend_new(&cfg, st, &o, &err);
+    cr_assert_not_null(gpu, "%s", err.msg);
+    kvf_backend_t *cpu = kvf_cpu_backend_new(&cfg, st, &o, &err);
+    cr_assert_not_null(cpu, "%s", err.msg);
+    const int V = cfg.vocab_size;
+    int32_t bt[4 * 32];
+    s_tables(gpu, 4, bt, 32);
+    int32_t tokens[512], nn[4], np[4];
+    float *lg = malloc((size_t)512 * V * 4), *lc = malloc((size_t)512 * V * 4);
+    double worst = 0;
+    int n_rows = 0;
+    const uint64_t g0 = kvf_cuda_backend_graph_steps(gpu);
+    // steps: 0 prefill 150 + 70 + 1 tokens (all rows); 1-8 decode; 9 a new 100-token
+    // sequence chunk beside three decodes; 10-13 decode of four
+    int ctx[4] = {0, 0, 0, 0};
+    for (int step = 0; step < 14; step++) {
+        int ns = 0, nt = 0, all = step == 0 || step == 9;
+        for (int s = 0; s < 4; s++) {
+            int take;
+            if (step == 0) take = s == 0 ? 150 : s == 1 ? 70 : s == 2 ? 1 : 0;
+            else if (s == 3) take = step == 9 ? 100 : step > 9 ? 1 : 0;
+            else take = 1;
+            if (!take) continue;
+            for (int i = 0; i < take; i++) tokens[nt + i] = (int32_t)((s * 977 + (ctx[s] + i) * 131 + step) % V);
+            np[ns] = ctx[s], nn[ns] = take;
+            nt += take, ns++;
+            ctx[s] += take;
+        }
+        // every sequence present is a prefix 0..ns-1 of the table rows
+        kvf_batch_t b = {ns, nt, tokens, nn, np, bt, 32, all};
+        cr_assert_eq(gpu->ops->forward(gpu, &b, lg, &err), 0, "step %d: %s", step, err.msg);
+        cr_assert_eq(cpu->ops->forward(cpu, &b, lc, &err), 0, "step %d: %s", step, err.msg);
+        int rows = all ? nt : ns;
+        for (int r = 0; r < rows; r++) {
+            double e = s_rel_l2(lg + (size_t)r * V, lc + (size_t)r * V, V);
+            if (e > worst) worst = e;
+            n_rows++;
+            cr_expect(e < 2e-2, "step %d row %d: rel L2 vs cpu %.3e", step, r, e);
+        }
+    }
+    const uint64_t graph_steps = kvf_cuda_backend_graph_steps(gpu) - g0;
+    cr_expect_eq(graph_steps, 12, "decode steps by graph: %llu", (unsigned long long)graph_steps);
+    fprintf(stderr, "CPU-X  random bf16 Qwen2-style (head_dim 64, GQA 4, bias, llama3 rope, tied): %d rows over 14 steps, "
+            "worst rel L2 vs cpu backend %.3e (tol 2e-2), %llu graph steps\n",
+            n_rows, worst, (unsigned long long)graph_steps);
+    gpu->ops->destroy(&gpu);
+    cpu->ops->destroy(&cpu);
+    kvf_safetensors_destroy(&st);
+    unlink(path);
+    free(lg), free(lc);
 }
 
 // Decode steps replayed from a CUDA graph (batch padded to its bucket, key range

@@ -23,6 +23,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/attention.h"
+#include "kernels/attention_prefill.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
@@ -495,8 +496,8 @@ Test(kernels, rope_kv) {
 
 // Fills the whole cache with random bf16 K and V, runs the GPU kernel (forced to
 // n_splits when > 0, else as kvf_attn_choose_splits picks) and the CPU op per sequence.
-static void s_attn_case(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, const int *n_past, const int *n_new,
-                        int force_splits, const char *cs) {
+static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, const int *n_past, const int *n_new,
+                          int force_splits, int tensor_cores, const char *cs) {
     batch_t b = s_batch(r, n_seqs, n_past, n_new, bs);
     const int n = b.n_tokens;
     const size_t cache_n = (size_t)b.n_blocks * bs * KV * HD, qn = (size_t)n * H * HD;
@@ -515,7 +516,7 @@ static void s_attn_case(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, con
 
     int decode = 1;
     for (int s = 0; s < n_seqs; s++) decode &= n_new[s] == 1;
-    const int qpt = decode ? 1 : kvf_attn_q_per_tile(H, KV);
+    const int qpt = tensor_cores ? KVF_ATTN_PREFILL_Q : decode ? 1 : kvf_attn_q_per_tile(H, KV);
     cr_assert(qpt > 0);
     int32_t *tiles = malloc((size_t)n * 3 * 4);
     int n_tiles = kvf_attn_build_tiles(tiles, n, b.n_new, n_seqs, qpt);
@@ -532,17 +533,43 @@ static void s_attn_case(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, con
     int32_t *d_tiles = s_up(tiles, (size_t)n_tiles * 3 * 4), *d_pos = s_up(b.pos, n * 4);
     int32_t *d_bt = s_up(b.bt, (size_t)n_seqs * b.max_blocks * 4);
     kvf_err_t err;
-    cr_assert(kvf_attention(d_out, d_part, d_q, d_kc, d_vc, d_tiles, n_tiles, qpt, d_pos, d_bt, b.max_blocks, n, H, KV,
-                            HD, bs, n_splits, split_len, 0, &err) == 0,
-              "%s", err.msg);
-    float *g = s_down_bf16(d_out, qn);
     char full[128];
-    snprintf(full, sizeof full, "%s splits%d", cs, n_splits);
-    s_expect_norm("attention", full, g, ref, qn, 8e-3, 4e-3);
+    if (tensor_cores) {
+        cr_assert(kvf_attention_prefill(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
+                                        bs, 0, &err) == 0,
+                  "%s", err.msg);
+        snprintf(full, sizeof full, "%s", cs);
+    } else {
+        cr_assert(kvf_attention(d_out, d_part, d_q, d_kc, d_vc, d_tiles, n_tiles, qpt, d_pos, d_bt, b.max_blocks, n, H,
+                                KV, HD, bs, n_splits, split_len, 0, &err) == 0,
+                  "%s", err.msg);
+        snprintf(full, sizeof full, "%s splits%d", cs, n_splits);
+    }
+    float *g = s_down_bf16(d_out, qn);
+    s_expect_norm(tensor_cores ? "attention_tc" : "attention", full, g, ref, qn, 8e-3, 4e-3);
     free(kc), free(vc), free(q), free(ref), free(kcb), free(vcb), free(qb), free(scratch), free(tiles), free(g);
     cudaFree(d_kc), cudaFree(d_vc), cudaFree(d_q), cudaFree(d_out), cudaFree(d_part), cudaFree(d_tiles);
     cudaFree(d_pos), cudaFree(d_bt);
     s_batch_free(&b);
+}
+
+static void s_attn_case(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, const int *n_past, const int *n_new,
+                        int force_splits, const char *cs) {
+    s_attn_case_k(r, H, KV, HD, bs, n_seqs, n_past, n_new, force_splits, 0, cs);
+}
+
+Test(kernels, attention_prefill_tensor_cores) {
+    rng_t r = s_rng("attention_prefill_tc");
+    cr_expect(kvf_attention_prefill_supports(128) && kvf_attention_prefill_supports(64));
+    cr_expect(!kvf_attention_prefill_supports(32) && !kvf_attention_prefill_supports(96));
+    const int np1[] = {0, 129, 3}, nn1[] = {77, 64, 200};
+    s_attn_case_k(&r, 32, 8, 128, 64, 3, np1, nn1, 0, 1, "G4 HD128 bs64");
+    const int np2[] = {0, 0, 40, 7}, nn2[] = {1, 100, 33, 1};
+    s_attn_case_k(&r, 8, 8, 64, 16, 4, np2, nn2, 0, 1, "G1 HD64 bs16 + decode rows");
+    const int np3[] = {10, 0, 1000}, nn3[] = {50, 5, 130};
+    s_attn_case_k(&r, 16, 2, 128, 16, 3, np3, nn3, 0, 1, "G8 HD128 bs16 chunked");
+    const int np4[] = {0}, nn4[] = {1000};
+    s_attn_case_k(&r, 4, 1, 64, 64, 1, np4, nn4, 0, 1, "G4 HD64 bs64 1000-token prompt");
 }
 
 Test(kernels, attention_prefill) {

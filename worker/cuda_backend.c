@@ -8,6 +8,7 @@
 
 #include "common/log.h"
 #include "kernels/attention.h"
+#include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/convert.h"
 #include "kernels/embed.h"
@@ -68,7 +69,8 @@ typedef struct {
 
     // step metadata: pinned host buffer, copied to d_meta in one H2D copy
     int32_t *h_meta;
-    size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_bt, m_rows;
+    size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
+    int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
 
     // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
     uint16_t *kv;
@@ -382,7 +384,9 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->m_pos = c->m_tokens + T;
     c->m_seq = c->m_pos + T;
     c->m_tiles = c->m_seq + T;
-    c->m_bt = c->m_tiles + 3 * T;
+    c->m_tiles_tc = c->m_tiles + 3 * T;
+    c->m_bt = c->m_tiles_tc + 3 * T;
+    c->tensor_core_prefill = kvf_attention_prefill_supports(cfg->head_dim);
     c->m_rows = c->m_bt + B * (size_t)o->max_blocks_per_seq;
     c->meta_ints = c->m_rows + R;
     // Splits pay only while tiles x KV heads leave SMs idle: at most 2 SMs' worth of tokens.
@@ -504,8 +508,27 @@ static void s_destroy(kvf_backend_t **self_p) {
 
 // Checks a batch against the limits fixed at start-up and writes the step's
 // metadata into the pinned buffer. Returns the number of attention tiles, or -1.
+// Cuts the sequences into attention tiles: those adding one token (decode) or,
+// without tensor-core prefill, all of them go to kvf_attention (q_per_tile
+// tokens a tile); the others to kvf_attention_prefill (KVF_ATTN_PREFILL_Q).
+static void s_tiles(s_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int *n_tiles, int *n_tiles_tc) {
+    int32_t *ta = c->h_meta + c->m_tiles, *tb = c->h_meta + c->m_tiles_tc;
+    int na = 0, nb = 0, q0 = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const int nn = b->n_new[s];
+        const int tc = c->tensor_core_prefill && nn > 1;
+        const int step = tc ? KVF_ATTN_PREFILL_Q : q_per_tile;
+        for (int i = 0; i < nn; i += step) {
+            int32_t *t = tc ? tb + 3 * nb++ : ta + 3 * na++;
+            t[0] = s, t[1] = q0 + i, t[2] = nn - i < step ? nn - i : step;
+        }
+        q0 += nn;
+    }
+    *n_tiles = na, *n_tiles_tc = nb;
+}
+
 static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int *q_per_tile, int *max_ctx,
-                     kvf_err_t *err) {
+                     int *n_tiles_tc, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
     if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits are required");
     if (b->n_seqs < 1 || b->n_seqs > o->max_batch_size)
@@ -566,17 +589,17 @@ static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int
                                b->tokens[t], c->base.cfg.vocab_size - 1);
         tok[t] = b->tokens[t];
     }
-    *q_per_tile = decode ? 1 : kvf_attn_q_per_tile(c->base.cfg.n_heads, c->base.cfg.n_kv_heads);
-    int n_tiles = kvf_attn_build_tiles(c->h_meta + c->m_tiles, o->max_step_tokens, b->n_new, b->n_seqs, *q_per_tile);
-    if (n_tiles < 1) return kvf_err_set(err, KVF_E_INTERNAL, "cuda forward: attention tiles do not fit");
+    *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->base.cfg.n_heads, c->base.cfg.n_kv_heads);
+    int n_tiles = 0;
+    s_tiles(c, b, *q_per_tile, &n_tiles, n_tiles_tc);  // at most n_tokens tiles: they fit
     return n_tiles;
 }
 
 // The kernels of one step on c->stream, reading the metadata already in d_meta:
 // n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
 // rows picked by the row index) into c->logits. Captured into graphs as is.
-static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_splits, int split_len, int rows, int all_logits,
-                    kvf_err_t *err) {
+static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, int n_splits, int split_len, int rows,
+                    int all_logits, kvf_err_t *err) {
     const kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
@@ -586,6 +609,7 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_splits, int 
     cudaStream_t st = c->stream;
     const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
+    const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
 #define S_K(call) \
     if ((call) != 0) return -1
     S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
@@ -601,8 +625,12 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_splits, int 
         S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
         S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
                             be->n_blocks, st, err));
-        S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD, bs,
-                          n_splits, split_len, st, err));
+        if (n_tiles > 0)
+            S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
+                              bs, n_splits, split_len, st, err));
+        if (n_tiles_tc > 0)
+            S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs, st,
+                                      err));
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
         S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
         S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
@@ -636,7 +664,7 @@ static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err) {
                                               &split_len);
         cudaGraph_t g = NULL;
         KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
-        int rc = s_layers(c, bucket, bucket, 1, n_splits, split_len, bucket, 0, err);
+        int rc = s_layers(c, bucket, bucket, 1, 0, n_splits, split_len, bucket, 0, err);
         cudaError_t e = cudaStreamEndCapture(c->stream, &g);
         if (rc != 0) {
             if (g) cudaGraphDestroy(g);
@@ -674,8 +702,8 @@ static void s_pad_decode(s_cuda_t *c, int n_seqs, int bucket) {
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
     s_cuda_t *c = (s_cuda_t *)be;
     if (!c) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
-    int qpt = 1, max_ctx = 0;
-    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, err);
+    int qpt = 1, max_ctx = 0, n_tiles_tc = 0;
+    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, &n_tiles_tc, err);
     if (n_tiles < 0) return -1;
     const int n = b->n_tokens, V = be->cfg.vocab_size;
     const int rows = b->all_logits ? n : b->n_seqs;
@@ -693,13 +721,14 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         KVF_CUDA_CHECK(cudaGraphLaunch(c->graph[gi], st), err);
         c->graph_steps++;
     } else {
+        // Splits only when kvf_attention writes every row (its reduce covers all tokens).
         int split_len = 1 << 30, n_splits = 1;
-        if (n <= c->partial_tokens)
+        if (n <= c->partial_tokens && n_tiles_tc == 0)
             n_splits = kvf_attn_choose_splits(n_tiles, be->cfg.n_kv_heads, max_ctx, c->max_splits, c->n_sms,
                                               &split_len);
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
                                        st), err);
-        if (s_layers(c, n, n_tiles, qpt, n_splits, split_len, rows, b->all_logits, err) != 0) return -1;
+        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, err) != 0) return -1;
     }
     KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost, st),
                    err);

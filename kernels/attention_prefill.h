@@ -1,0 +1,41 @@
+// kernels/attention_prefill.h — causal GQA prefill attention over the paged bf16
+// KV cache on the tensor cores (mma.sync m16n8k16, bf16 in, f32 accumulation,
+// online softmax), for head_dim 64 and 128. Decode rows (one new token) are
+// better served by kernels/attention.h, which shares K and V across the query
+// heads of a group and splits long contexts.
+#ifndef KVF_KERNELS_ATTENTION_PREFILL_H
+#define KVF_KERNELS_ATTENTION_PREFILL_H
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVF_ATTN_PREFILL_Q 64  // query tokens per tile (build tiles with this q_per_tile)
+
+// 1 when kvf_attention_prefill runs this head_dim.
+int kvf_attention_prefill_supports(int head_dim);
+
+// out[t, h] for the tokens of the given tiles (tiles[i] = {seq, first token,
+// count <= KVF_ATTN_PREFILL_Q}, from kvf_attn_build_tiles; each tile's tokens
+// have consecutive positions and their keys are in the cache); other rows of out
+// are left alone. Returns 0, or -1 with err set.
+int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, head_dim) bf16, device
+                          const uint16_t *q,          // (n_tokens, n_heads, head_dim) bf16, device
+                          const uint16_t *k_cache,    // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                          const uint16_t *v_cache,    // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                          const int32_t *tiles,       // (n_tiles, 3) device
+                          int n_tiles,
+                          const int32_t *pos,         // (n_tokens) device
+                          const int32_t *block_table, // (n_seqs, max_blocks) device
+                          int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                          cudaStream_t stream, kvf_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
