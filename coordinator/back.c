@@ -87,14 +87,15 @@ static void s_heartbeat(kvf_coord_t *c, const void *ident, size_t ilen, const kv
     if (idx < 0) return;
     kvf_cworker_t *w = c->reg->w[idx];
     uint32_t free_blocks = h->free_blocks > w->total_blocks ? w->total_blocks : h->free_blocks;
+    uint32_t before = kvf_registry_avail(w);
     w->load = *h;
     w->load.total_blocks = w->total_blocks;
     kvf_registry_note_report(w, free_blocks, 0);
+    if (kvf_registry_avail(w) > before) c->dirty = 1;  // more room: queued work may fit
     if (h->state == KVF_WSTATE_DRAINING && w->state == KVF_WSTATE_READY) {
         kvf_log(KVF_LOG_INFO, "worker %s reports draining", w->worker_id);
         w->state = KVF_WSTATE_DRAINING;
     }
-    c->dirty = 1;
 }
 
 // ---- RESULT
@@ -104,8 +105,9 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     if (idx < 0) return;
     kvf_cworker_t *w = c->reg->w[idx];
     uint32_t free_blocks = r->free_blocks > w->total_blocks ? w->total_blocks : r->free_blocks;
+    uint32_t before = kvf_registry_avail(w);
     kvf_registry_note_report(w, free_blocks, r->rid);
-    c->dirty = 1;
+    if (kvf_registry_avail(w) > before) c->dirty = 1;  // more room (a release sets it too)
     kvf_req_t *req = kvf_reqtable_get(c->reqs, r->rid);
     // Only the worker a request is assigned to now speaks for it: results from a
     // worker it was taken from, or after a cancel, are dropped (the client sees

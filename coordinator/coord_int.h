@@ -29,6 +29,7 @@ struct kvf_coord_s {
     uint32_t n_to_settle, cap_to_settle;
     int dirty;                    // something changed that may let queued work be placed
     int queue_stale;              // the queue may hold rids that are no longer QUEUED
+    int in_pass;                  // kvf_coord_dispatch is walking the queue
     int shutdown;                 // an operator asked the coordinator to stop
 };
 
@@ -97,6 +98,11 @@ void kvf_coord_settle_all(kvf_coord_t *c);
 
 // Drops rids that are no longer QUEUED from the queue (after cancels and failures).
 void kvf_coord_compact_queue(kvf_coord_t *c);
+
+// A request's size for placement: prompt + max_new_tokens.
+static inline uint64_t kvf_coord_req_tokens(const kvf_req_t *r) {
+    return (uint64_t)r->n_prompt + (uint64_t)(r->sampling.max_new_tokens > 0 ? r->sampling.max_new_tokens : 1);
+}
 
 // Tries to place one NEW or QUEUED request now. Returns 1 when it no longer
 // waits (placed, or finished: too long, or every token already delivered), 0

@@ -38,9 +38,10 @@ int kvf_coord_req_event(kvf_coord_t *c, kvf_req_t *req, kvf_req_event ev) {
         c->dirty = 1;  // blocks came back: queued work may fit now
     }
     if (act & KVF_REQ_ACT_FORWARD_CANCEL) s_send_worker_cancel(c, idx, req->rid);
-    if (act & KVF_REQ_ACT_UNQUEUE) c->queue_stale = 1;
+    // Inside a queue pass the pass itself drops every request that leaves QUEUED.
+    if ((act & KVF_REQ_ACT_UNQUEUE) && !c->in_pass) c->queue_stale = 1;
     if (act & KVF_REQ_ACT_REQUEUE) {
-        kvf_queue_push_front(c->queue, req->rid);
+        kvf_queue_push_front(c->queue, req->rid, kvf_coord_req_tokens(req));
         req->redispatches++;
     }
     if (act & KVF_REQ_ACT_COMPLETE) {
@@ -119,9 +120,9 @@ void kvf_coord_settle_all(kvf_coord_t *c) {
 
 // ---- the queue
 
-static int s_still_queued(uint64_t rid, void *ctx) {
+static int s_still_queued(const kvf_qentry_t *e, void *ctx) {
     kvf_coord_t *c = ctx;
-    kvf_req_t *r = kvf_reqtable_get(c->reqs, rid);
+    kvf_req_t *r = kvf_reqtable_get(c->reqs, e->rid);
     return (!r || r->state != KVF_REQ_QUEUED) ? 1 : 0;
 }
 
@@ -207,16 +208,17 @@ typedef struct {
     uint64_t min_wait;       // fewest tokens of a request that had to wait in this pass
 } s_pass_t;
 
-static int s_dispatch_one(uint64_t rid, void *ctx) {
+static int s_dispatch_one(const kvf_qentry_t *e, void *ctx) {
     s_pass_t *ps = ctx;
     kvf_coord_t *c = ps->c;
-    kvf_req_t *req = kvf_reqtable_get(c->reqs, rid);
-    if (!req || req->state != KVF_REQ_QUEUED) return 1;
     if (!ps->room) return -1;
     // Fit is monotonic in size: what is at least as big as a request that had
     // to wait waits too (placing others in between only takes room away).
-    uint64_t tokens = (uint64_t)req->n_prompt + (uint64_t)req->sampling.max_new_tokens;
-    if (tokens >= ps->min_wait) return 0;
+    // Stale entries among them are dropped by a later compaction.
+    if (e->tokens >= ps->min_wait) return 0;
+    kvf_req_t *req = kvf_reqtable_get(c->reqs, e->rid);
+    if (!req || req->state != KVF_REQ_QUEUED) return 1;
+    uint64_t tokens = e->tokens;
     if (kvf_coord_place(c, req)) {
         if (req->state == KVF_REQ_ASSIGNED) ps->room = kvf_place_any_room(c->reg, c->cfg.watermark);
         return 1;
@@ -230,8 +232,9 @@ void kvf_coord_dispatch(kvf_coord_t *c) {
     if (c->queue->len == 0) return;
     s_pass_t ps = {c, kvf_place_any_room(c->reg, c->cfg.watermark), UINT64_MAX};
     if (ps.room) {
+        c->in_pass = 1;
         kvf_queue_filter(c->queue, s_dispatch_one, &ps);
-        c->queue_stale = 0;  // the pass dropped everything no longer QUEUED up to where it stopped
+        c->in_pass = 0;
     }
     // A send failure marked a worker dead mid-pass: take its work back now.
     for (uint32_t i = 0; i < c->reg->n; i++)

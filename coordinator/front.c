@@ -123,7 +123,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             continue;
         }
         if (c->queue->len >= c->queue->cap) kvf_coord_compact_queue(c);  // cancelled rids may linger
-        if (kvf_queue_push_back(c->queue, req->rid) == 0) {
+        if (kvf_queue_push_back(c->queue, req->rid, kvf_coord_req_tokens(req)) == 0) {
             kvf_coord_req_event(c, req, KVF_REQ_EV_ENQUEUE);
             queued++;
         } else {
