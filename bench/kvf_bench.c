@@ -134,6 +134,12 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         return kvf_err_set(err, KVF_E_INVAL, "--config is required with --weights dummy");
     if (o->input_len + o->output_len > INT32_MAX)
         return kvf_err_set(err, KVF_E_INVAL, "--input-len + --output-len is too large");
+    // Every prompt is queued at once and the engine keeps a copy of each.
+    if (o->n_prompts * (o->input_len + o->output_len) > (INT64_C(1) << 28))
+        return kvf_err_set(err, KVF_E_INVAL,
+                           "--num-prompts x (--input-len + --output-len) = %lld tokens: more than 2^28 would not fit "
+                           "in memory at once; run fewer prompts",
+                           (long long)(o->n_prompts * (o->input_len + o->output_len)));
     // The bench knows its longest sequence; a shorter session keeps block tables small.
     if (!o->session_len_given) o->eo.session_len = (int32_t)(o->input_len + o->output_len);
     if (o->eo.session_len < o->input_len + o->output_len)
@@ -315,6 +321,7 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
     }
     free(prompt);
 
+    int64_t idle = 0;  // steps in a row that ran nothing while work remains
     for (;;) {
         if (!kvf_engine_has_work(r->e)) break;
         double ts = s_now();
@@ -322,7 +329,14 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
         double dt = s_now() - ts;
         if (n < 0) return -1;
         s_mem_sample(r);
-        if (n == 0) continue;
+        if (n == 0) {
+            // Only finishes decided at admission run nothing; there are at most N.
+            if (++idle > o->n_prompts + 1)
+                return kvf_err_set(err, KVF_E_INTERNAL, "the engine has work but ran nothing for %lld steps",
+                                   (long long)idle);
+            continue;
+        }
+        idle = 0;
         kvf_step_info_t si;
         kvf_engine_last_step(r->e, &si);
         r->steps++;
