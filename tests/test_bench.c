@@ -13,6 +13,7 @@
 #include "bench/roofline.h"
 #include "common/modelcfg.h"
 #include "test_util.h"
+#include "worker/engine.h"
 
 // ---------------------------------------------------------------- a hand-sized config
 
@@ -216,6 +217,71 @@ Test(roofline, llama3_8b_on_h200) {
     cr_assert_eq(kvf_roofline_floor(&cfg, &hw, &w, &f, &err), 0);
     cr_assert(f.seconds > 11.5 && f.seconds < 13, "floor %.3f s", f.seconds);
     cr_assert_eq(f.waves, 1);
+}
+
+// ---------------------------------------------------------------- the engine's two additions for kvf-bench
+
+static void s_count_tokens(void *ud, uint64_t rid, int32_t token, int finished, kvf_finish_reason reason) {
+    (void)rid, (void)finished, (void)reason;
+    if (token >= 0) (*(int *)ud)++;
+}
+
+Test(engine_for_bench, dummy_weights_and_step_composition) {
+    char config[2048];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    kvf_engine_opts_t o = kvf_engine_opts_default();
+    o.dummy_weights = 1;
+    o.n_threads = 1;
+    o.block_size = 4;
+    o.cache_max_entry_count = 32;
+    o.session_len = 16;
+    kvf_err_t err;
+    kvf_engine_t *e = kvf_engine_new(config, &o, &err);  // a config file, not a directory
+    cr_assert(e, "%s", err.msg);
+    cr_assert_eq(kvf_engine_cfg(e)->n_layers, 5);
+    cr_assert_null(kvf_engine_tokenizer(e));
+    kvf_step_info_t si;
+    kvf_engine_last_step(e, &si);
+    cr_assert_eq(si.n_seqs, 0);
+
+    kvf_sampling_t sp = kvf_sampling_default();
+    sp.ignore_eos = 1;
+    sp.max_new_tokens = 3;
+    int32_t a[5] = {1, 2, 3, 4, 5}, b[3] = {7, 8, 9};
+    cr_assert_eq(kvf_engine_add(e, 1, a, 5, NULL, 0, &sp, &err), 0, "%s", err.msg);
+    cr_assert_eq(kvf_engine_add(e, 2, b, 3, NULL, 0, &sp, &err), 0, "%s", err.msg);
+    int n_tok = 0;
+    // step 1: both prompts prefilled whole
+    cr_assert_eq(kvf_engine_step(e, s_count_tokens, &n_tok, &err), 2, "%s", err.msg);
+    kvf_engine_last_step(e, &si);
+    cr_assert_eq(si.n_seqs, 2);
+    cr_assert_eq(si.n_tokens, 8);
+    cr_assert_eq(si.n_decode, 0);
+    cr_assert_eq(si.n_prefill_tokens, 8);
+    cr_assert_eq(si.n_sampled, 2);
+    cr_assert_eq(si.kv_tokens_read, 8);
+    cr_assert_eq(si.attn_qk_pairs, 15 + 6);
+    cr_assert_eq(si.blocks_used, 2 + 1);  // 5 tokens in blocks of 4, and 3
+    // step 2: two decodes after 5 and 3 cached tokens
+    cr_assert_eq(kvf_engine_step(e, s_count_tokens, &n_tok, &err), 2);
+    kvf_engine_last_step(e, &si);
+    cr_assert_eq(si.n_decode, 2);
+    cr_assert_eq(si.n_prefill_tokens, 0);
+    cr_assert_eq(si.kv_tokens_read, 6 + 4);
+    cr_assert_eq(si.attn_qk_pairs, 6 + 4);
+    while (kvf_engine_has_work(e)) cr_assert_geq(kvf_engine_step(e, s_count_tokens, &n_tok, &err), 0);
+    cr_assert_eq(n_tok, 6);
+    kvf_engine_destroy(&e);
+    cr_assert_null(e);
+
+    // a directory holding config.json works too; a missing file is an error, not a crash
+    char dir[2048];
+    KVF_FIXTURE_PATH(dir, "stories260K");
+    e = kvf_engine_new(dir, &o, &err);
+    cr_assert(e, "%s", err.msg);
+    kvf_engine_destroy(&e);
+    cr_assert_null(kvf_engine_new("/nonexistent/llama.json", &o, &err));
+    cr_assert(strstr(err.msg, "/nonexistent"), "%s", err.msg);
 }
 
 // ---------------------------------------------------------------- kvf-bench, the binary
