@@ -56,10 +56,6 @@ typedef struct {
     int session_len_given;
 } s_opts_t;
 
-static int s_int_opt(const char *flag, const char *val, int64_t min, int64_t max, int64_t *out, kvf_err_t *err) {
-    return kvf_args_int(flag, val, min, max, out, err);
-}
-
 // Parses argv into *o. Returns 0, 1 for --help, or -1 with err set.
 static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     memset(o, 0, sizeof *o);
@@ -85,30 +81,30 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         } else if (strcmp(a, "--weights") == 0) {
             o->weights = v;
         } else if (strcmp(a, "--num-prompts") == 0) {
-            rc = s_int_opt(a, v, 1, 1 << 24, &o->n_prompts, err);
+            rc = kvf_args_int(a, v, 1, 1 << 24, &o->n_prompts, err);
         } else if (strcmp(a, "--input-len") == 0) {
-            rc = s_int_opt(a, v, 1, 1 << 24, &o->input_len, err);
+            rc = kvf_args_int(a, v, 1, 1 << 24, &o->input_len, err);
         } else if (strcmp(a, "--output-len") == 0) {
-            rc = s_int_opt(a, v, 1, 1 << 24, &o->output_len, err);
+            rc = kvf_args_int(a, v, 1, 1 << 24, &o->output_len, err);
         } else if (strcmp(a, "--backend") == 0) {
             o->eo.backend = v;
         } else if (strcmp(a, "--device") == 0) {
-            rc = s_int_opt(a, v, 0, 1024, &n, err);
+            rc = kvf_args_int(a, v, 0, 1024, &n, err);
             o->eo.device = (int32_t)n;
         } else if (strcmp(a, "--threads") == 0) {
-            rc = s_int_opt(a, v, 0, 4096, &n, err);
+            rc = kvf_args_int(a, v, 0, 4096, &n, err);
             o->eo.n_threads = (int32_t)n;
         } else if (strcmp(a, "--max-batch-size") == 0) {
-            rc = s_int_opt(a, v, 1, 65536, &n, err);
+            rc = kvf_args_int(a, v, 1, 65536, &n, err);
             o->eo.max_batch_size = (int32_t)n;
         } else if (strcmp(a, "--max-prefill-token-num") == 0) {
-            rc = s_int_opt(a, v, 1, 1 << 24, &n, err);
+            rc = kvf_args_int(a, v, 1, 1 << 24, &n, err);
             o->eo.max_prefill_token_num = (int32_t)n;
         } else if (strcmp(a, "--block-size") == 0) {
-            rc = s_int_opt(a, v, 1, 4096, &n, err);
+            rc = kvf_args_int(a, v, 1, 4096, &n, err);
             o->eo.block_size = (int32_t)n;
         } else if (strcmp(a, "--session-len") == 0) {
-            rc = s_int_opt(a, v, 2, INT32_MAX, &n, err);
+            rc = kvf_args_int(a, v, 2, INT32_MAX, &n, err);
             o->eo.session_len = (int32_t)n;
             o->session_len_given = 1;
         } else if (strcmp(a, "--cache-max-entry-count") == 0) {
@@ -120,7 +116,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         } else if (strcmp(a, "--peak-bw") == 0) {
             rc = kvf_args_double(a, v, 1.0, 1e30, &o->peak_bw, err);
         } else if (strcmp(a, "--seed") == 0) {
-            rc = s_int_opt(a, v, 0, INT64_MAX, &n, err);
+            rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
         } else {
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
@@ -165,7 +161,8 @@ static int s_check_config_matches(const s_opts_t *o, kvf_err_t *err) {
         snprintf(given_buf, sizeof given_buf, "%s/config.json", given);
         given = given_buf;
     }
-    if (!realpath(want, a)) return kvf_err_set(err, KVF_E_IO, "--weights %s: %s: %s", o->weights, want, strerror(errno));
+    if (!realpath(want, a))
+        return kvf_err_set(err, KVF_E_IO, "--weights %s: %s: %s", o->weights, want, strerror(errno));
     if (!realpath(given, b)) return kvf_err_set(err, KVF_E_IO, "--config %s: %s", o->config, strerror(errno));
     if (strcmp(a, b) != 0)
         return kvf_err_set(err, KVF_E_INVAL,
@@ -437,11 +434,11 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
     const kvf_engine_opts_t *eo = kvf_engine_opts(r->e);
     double el = r->elapsed > 0 ? r->elapsed : 1e-9;
     json_t *j = json_object();
-    json_object_set_new(j, "model", json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I}", "config", o->config ? o->config : o->weights,
-                                              "weights", o->weights, "architecture", cfg->architecture, "n_layers",
-                                              cfg->n_layers, "hidden_size", cfg->hidden_size, "vocab_size",
-                                              (json_int_t)cfg->vocab_size, "params",
-                                              (json_int_t)kvf_modelcfg_n_params(cfg)));
+    json_object_set_new(j, "model",
+                        json_pack("{s:s, s:s, s:s, s:i, s:i, s:I, s:I}", "config", o->config ? o->config : o->weights,
+                                  "weights", o->weights, "architecture", cfg->architecture, "n_layers", cfg->n_layers,
+                                  "hidden_size", cfg->hidden_size, "vocab_size", (json_int_t)cfg->vocab_size,
+                                  "params", (json_int_t)kvf_modelcfg_n_params(cfg)));
     json_object_set_new(j, "backend", json_string(eo->backend));
     json_object_set_new(j, "workload", json_pack("{s:I, s:I, s:I, s:I}", "num_prompts", (json_int_t)o->n_prompts,
                                                  "input_len", (json_int_t)o->input_len, "output_len",
