@@ -238,6 +238,7 @@ static void s_golden_decode(const char *name, int bf16, int block_size, int chun
     cr_assert_not_null(be, "%s", err.msg);
     const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
     cr_assert(allocs > 0);
+    cr_assert_eq(kvf_cuda_backend_set_graphs(be, 1), 0);  // decode steps from the graphs
     int32_t *bt_all = malloc((size_t)nc * o.max_blocks_per_seq * 4);
     s_tables(be, nc, bt_all, o.max_blocks_per_seq);
     int32_t *bt = malloc((size_t)nc * o.max_blocks_per_seq * 4), *tokens = malloc((size_t)nc * chunk * 4);
@@ -345,6 +346,7 @@ Test(cuda_forward, long_run_allocates_nothing_and_rejects_bad_batches) {
     kvf_err_t err;
     kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
+    kvf_cuda_backend_set_graphs(be, 1);
     const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
     cr_expect_eq(allocs, 4, "weights, workspace, pinned metadata, KV slab: %llu", (unsigned long long)allocs);
     int32_t bt_all[8 * 64], bt[8 * 64];
@@ -510,6 +512,7 @@ Test(cuda_forward, matches_cpu_backend_on_random_weights) {
     kvf_err_t err;
     kvf_backend_t *gpu = kvf_cuda_backend_new(&cfg, st, &o, &err);
     cr_assert_not_null(gpu, "%s", err.msg);
+    cr_assert_eq(kvf_cuda_backend_set_graphs(gpu, 1), 0);
     kvf_backend_t *cpu = kvf_cpu_backend_new(&cfg, st, &o, &err);
     cr_assert_not_null(cpu, "%s", err.msg);
     const int V = cfg.vocab_size;
@@ -653,6 +656,7 @@ Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
     cr_assert_eq(be->ops->forward(be, &pre, lg, &err), 0, "%s", err.msg);
     double t_pre = s_now() - t;
     for (int s = 0; s < 16; s++) nn[s] = 1, np[s] = P;
+    kvf_cuda_backend_set_graphs(be, 1);
     kvf_batch_t dec = {16, 16, tokens, nn, np, bt, 128, 0};
     cr_assert_eq(be->ops->forward(be, &dec, lg, &err), 0, "%s", err.msg);
     t = s_now();
