@@ -13,3 +13,6 @@ endif()
 
 add_executable(kvf-generate ${CMAKE_CURRENT_LIST_DIR}/kvf_generate.c)
 target_link_libraries(kvf-generate PRIVATE kvf_engine PkgConfig::JANSSON)
+
+add_executable(kvf-worker ${CMAKE_CURRENT_LIST_DIR}/worker.c ${CMAKE_CURRENT_LIST_DIR}/worker_main.c)
+target_link_libraries(kvf-worker PRIVATE kvf_engine kvf_proto)
