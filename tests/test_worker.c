@@ -438,6 +438,57 @@ Test(worker, registration_is_repeated_until_welcome) {
     s_stop(&f);
 }
 
+Test(worker, forgotten_by_the_coordinator_drops_work_and_registers_again) {
+    s_fix_t f;
+    const char *extra[] = {"--block-size", "16", "--cache-max-entry-count", "100", "--session-len", "1024", NULL};
+    s_start(&f, extra);
+    kvf_msg_t reg;
+    s_register_and_welcome(&f, &reg);
+    kvf_msg_clear(&reg);
+    int32_t p[8] = {0, 48, 79, 312, 1222, 267, 276, 876};
+    s_assign_ids(&f, 5, p, 8, 1000);
+    kvf_msg_t m;
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_RESULT, 20000, &m, NULL), 0);
+    kvf_msg_clear(&m);
+    // what a restarted coordinator answers to a HEARTBEAT or RESULT
+    kvf_msg_t e;
+    kvf_msg_init(&e, KVF_MSG_ERROR);
+    e.u.error.code = KVF_E_PROTO;
+    e.u.error.message = kvf_str("HEARTBEAT from an unregistered worker: send REGISTER first");
+    s_send(&f, &e);
+    // RESULTs already queued may still arrive; then REGISTER, with every block free
+    int64_t end = s_ms() + 10000;
+    int got_reg = 0;
+    while (!got_reg) {
+        cr_assert_lt(s_ms(), end, "no REGISTER after the coordinator forgot the worker");
+        zframe_t *id = NULL;
+        kvf_err_t err;
+        if (kvf_msg_recv(f.router, &id, &m, &err) != 0) {
+            zframe_destroy(&id);
+            continue;
+        }
+        zframe_destroy(&id);
+        if (m.type == KVF_MSG_REGISTER) {
+            got_reg = 1;
+            cr_assert_eq(m.u.reg.free_blocks, m.u.reg.total_blocks, "the dropped request holds no blocks");
+        }
+        kvf_msg_clear(&m);
+    }
+    kvf_msg_t w;
+    kvf_msg_init(&w, KVF_MSG_WELCOME);
+    w.u.welcome.heartbeat_ms = 100;
+    s_send(&f, &w);
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_HEARTBEAT, 5000, &m, NULL), 0);
+    cr_assert_eq(m.u.heartbeat.running + m.u.heartbeat.waiting, 0);
+    kvf_msg_clear(&m);
+    // no RESULT for the dropped request any more
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_RESULT, 500, &m, NULL), -1);
+    kill(f.pid, SIGTERM);
+    int st = s_wait_exit(&f, 10000);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    s_stop(&f);
+}
+
 Test(worker, impossible_plan_exits_before_connecting) {
     s_fix_t f;
     const char *extra[] = {"--memory-budget", "4M", NULL};

@@ -287,6 +287,21 @@ static void s_cancel_all(kvf_worker_t *w) {
     w->n_touched = 0;
 }
 
+// Forgets every request without a word: the coordinator took them back.
+static void s_drop_all(kvf_worker_t *w) {
+    uint32_t n = 0;
+    uint64_t *rids = kvf_xmalloc(sizeof(uint64_t) * (w->n_reqs + 1));
+    for (uint32_t i = 0; i < w->cap_reqs; i++)
+        if (w->reqs[i].used) rids[n++] = w->reqs[i].rid;
+    for (uint32_t i = 0; i < n; i++) {
+        kvf_engine_cancel(w->engine, rids[i]);
+        s_req_remove(w, rids[i]);
+    }
+    if (n) kvf_log(KVF_LOG_WARN, "dropped %u requests the coordinator took back", n);
+    free(rids);
+    w->n_touched = 0;
+}
+
 // ---------------------------------------------------------------- engine callback
 
 static void s_on_token(void *ud, uint64_t rid, int32_t token, int finished, kvf_finish_reason reason) {
@@ -429,7 +444,10 @@ static int s_on_message(kvf_worker_t *w, kvf_msg_t *m, kvf_err_t *err) {
         kvf_log(KVF_LOG_WARN, "coordinator error (rid %llu, %s): %s", (unsigned long long)m->u.error.rid,
                 kvf_status_name((kvf_status)m->u.error.code), m->u.error.message.ptr);
         if (m->u.error.code == KVF_E_PROTO && (w->state == S_READY || w->state == S_DRAINING)) {
-            // it no longer knows us (a restart): register again, keep the work
+            // It no longer knows us (it restarted, or declared us dead): it has
+            // taken our requests back to re-dispatch them, so drop them here
+            // (results for them would be dropped there) and register again.
+            s_drop_all(w);
             w->state = S_REGISTERING;
             s_send_register(w);
         }
@@ -539,7 +557,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
     int rc = 0;
     zmq_pollitem_t item = {zsock_resolve(w->sock), 0, ZMQ_POLLIN, 0};
     while (w->state != S_STOPPING && !(stop && *stop)) {
-        int busy = w->state != S_REGISTERING && kvf_engine_has_work(w->engine);
+        int busy = (w->state == S_READY || w->state == S_DRAINING) && kvf_engine_has_work(w->engine);
         long timeout = 0;
         if (!busy) {
             int64_t next = w->state == S_REGISTERING ? w->next_register_ms : w->next_heartbeat_ms;
@@ -561,8 +579,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
         if (w->state == S_REGISTERING && now >= w->next_register_ms) s_send_register(w);
         if ((w->state == S_READY || w->state == S_DRAINING) && now >= w->next_heartbeat_ms) s_send_heartbeat(w);
 
-        // A step runs while registering again too: the work is ours either way.
-        if (kvf_engine_has_work(w->engine) && w->welcomed_once) {
+        if ((w->state == S_READY || w->state == S_DRAINING) && kvf_engine_has_work(w->engine)) {
             kvf_err_t serr;
             w->n_touched = 0;
             if (kvf_engine_step(w->engine, s_on_token, w, &serr) < 0)

@@ -12,8 +12,9 @@
 //                       READY/DRAINING: HEARTBEAT every heartbeat_ms; ASSIGN ->
 //                         engine (READY only; DRAINING refuses with an error
 //                         RESULT); CANCEL -> final RESULT "cancelled"; an ERROR
-//                         "protocol" (the coordinator forgot us, e.g. it restarted)
-//                         -> REGISTERING again, work continues
+//                         "protocol" (the coordinator forgot us: it restarted or
+//                         declared us dead, and re-dispatches our requests) ->
+//                         our requests are dropped, REGISTERING again
 //                       any state: SHUTDOWN or the stop flag -> every request
 //                         ends with a final RESULT "cancelled"; run returns 0
 //
