@@ -1,0 +1,260 @@
+// worker/tp_nccl.c — the NCCL communicator of a TP group (one GPU per rank),
+// see tp.h. Built only when KVF_HAVE_CUDA (worker/tp.cmake, kvf_tp_nccl).
+//
+// The communicator is non-blocking (config.blocking = 0): ncclCommInitRankConfig
+// and each collective return at once (ncclInProgress), and we poll
+// ncclCommGetAsyncError and the stream until done, an error, or the timeout. On
+// an error or a timeout the communicator is aborted (ncclCommAbort), which
+// unblocks the kernels of this rank; the call returns KVF_E_PEER_LOST and the
+// communicator refuses every later call. NCCL_NVLS_ENABLE=0 is expected in the
+// environment (deploy/tp-run.sh sets it): multicast objects are not lent here.
+#include <nccl.h>
+
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "kernels/check.h"
+#include "worker/tp.h"
+
+#define S_SCRATCH_BYTES (1u << 16)  // staging for the small host-memory collectives
+
+typedef struct {
+    kvf_tp_t base;          // first
+    ncclComm_t comm;
+    cudaStream_t own;       // created here
+    cudaStream_t stream;    // where all_reduce_sum enqueues (own, or the caller's)
+    int32_t device;
+    void *scratch;          // (size * S_SCRATCH_BYTES) device bytes
+    int failed;             // aborted: every call fails
+} s_nccl_t;
+
+static int64_t s_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void s_yield_us(long us) {
+    struct timespec ts = {0, us * 1000L};
+    nanosleep(&ts, NULL);
+}
+
+static void s_abort_comm(s_nccl_t *n) {
+    if (n->comm && !n->failed) ncclCommAbort(n->comm);
+    if (n->comm) n->comm = NULL;
+    n->failed = 1;
+}
+
+static int s_lost(s_nccl_t *n, const char *what, const char *why, kvf_err_t *err) {
+    s_abort_comm(n);
+    kvf_log(KVF_LOG_ERROR, "tp nccl rank %d (device %d): %s: %s; communicator aborted", n->base.rank, n->device, what,
+            why);
+    return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d (device %d): %s: %s", n->base.rank, n->device, what, why);
+}
+
+// Waits until the communicator has no operation in progress (enqueue finished).
+static int s_wait_comm(s_nccl_t *n, const char *what, int64_t deadline, kvf_err_t *err) {
+    for (;;) {
+        ncclResult_t st = ncclSuccess;
+        ncclResult_t rc = ncclCommGetAsyncError(n->comm, &st);
+        if (rc != ncclSuccess) return s_lost(n, what, ncclGetErrorString(rc), err);
+        if (st == ncclSuccess) return 0;
+        if (st != ncclInProgress) return s_lost(n, what, ncclGetErrorString(st), err);
+        if (s_now_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
+        s_yield_us(50);
+    }
+}
+
+// Waits for the stream with the communicator's async error checked in between.
+static int s_wait_stream(s_nccl_t *n, cudaStream_t stream, const char *what, int64_t deadline, kvf_err_t *err) {
+    for (;;) {
+        cudaError_t q = cudaStreamQuery(stream);
+        if (q == cudaSuccess) return 0;
+        if (q != cudaErrorNotReady) return s_lost(n, what, cudaGetErrorString(q), err);
+        ncclResult_t st = ncclSuccess;
+        if (ncclCommGetAsyncError(n->comm, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress))
+            return s_lost(n, what, ncclGetErrorString(st), err);
+        if (s_now_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
+        s_yield_us(20);
+    }
+}
+
+// Enqueue result of a non-blocking call: ncclInProgress is fine, then wait it out.
+static int s_enqueued(s_nccl_t *n, ncclResult_t rc, const char *what, int64_t deadline, kvf_err_t *err) {
+    if (rc != ncclSuccess && rc != ncclInProgress) return s_lost(n, what, ncclGetErrorString(rc), err);
+    return s_wait_comm(n, what, deadline, err);
+}
+
+static int s_usable(s_nccl_t *n, const char *what, kvf_err_t *err) {
+    if (n->failed)
+        return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: %s: the communicator was aborted earlier",
+                           n->base.rank, what);
+    KVF_CUDA_CHECK(cudaSetDevice(n->device), err);
+    return 0;
+}
+
+// ---------------------------------------------------------------- collectives
+
+static int s_all_reduce_sum(kvf_tp_t *tp, float *buf, size_t count, kvf_err_t *err) {
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (s_usable(n, "all_reduce_sum", err) != 0) return -1;
+    int64_t deadline = s_now_ms() + tp->timeout_ms;
+    if (s_enqueued(n, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, n->stream), "all_reduce_sum",
+                   deadline, err) != 0)
+        return -1;
+    return s_wait_stream(n, n->stream, "all_reduce_sum", deadline, err);
+}
+
+static int s_all_gather(kvf_tp_t *tp, const void *send, void *recv, size_t bytes, kvf_err_t *err) {
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (s_usable(n, "all_gather", err) != 0) return -1;
+    uint8_t *dev = n->scratch;  // (size, chunk)
+    for (size_t off = 0; off == 0 || off < bytes; off += S_SCRATCH_BYTES) {
+        size_t m = bytes - off < S_SCRATCH_BYTES ? bytes - off : S_SCRATCH_BYTES;
+        int64_t deadline = s_now_ms() + tp->timeout_ms;
+        uint8_t *mine = dev + (size_t)tp->rank * m;
+        if (m) KVF_CUDA_CHECK(cudaMemcpyAsync(mine, (const uint8_t *)send + off, m, cudaMemcpyHostToDevice, n->own), err);
+        if (s_enqueued(n, ncclAllGather(mine, dev, m, ncclUint8, n->comm, n->own), "all_gather", deadline, err) != 0)
+            return -1;
+        if (s_wait_stream(n, n->own, "all_gather", deadline, err) != 0) return -1;
+        for (int p = 0; p < tp->size && m; p++)
+            KVF_CUDA_CHECK(cudaMemcpy((uint8_t *)recv + (size_t)p * bytes + off, dev + (size_t)p * m, m,
+                                      cudaMemcpyDeviceToHost),
+                           err);
+        if (bytes == 0) break;
+    }
+    return 0;
+}
+
+static int s_broadcast(kvf_tp_t *tp, void *buf, size_t bytes, int root, kvf_err_t *err) {
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (s_usable(n, "broadcast", err) != 0) return -1;
+    for (size_t off = 0; off == 0 || off < bytes; off += S_SCRATCH_BYTES) {
+        size_t m = bytes - off < S_SCRATCH_BYTES ? bytes - off : S_SCRATCH_BYTES;
+        int64_t deadline = s_now_ms() + tp->timeout_ms;
+        if (tp->rank == root && m)
+            KVF_CUDA_CHECK(cudaMemcpyAsync(n->scratch, (uint8_t *)buf + off, m, cudaMemcpyHostToDevice, n->own), err);
+        if (s_enqueued(n, ncclBroadcast(n->scratch, n->scratch, m, ncclUint8, root, n->comm, n->own), "broadcast",
+                       deadline, err) != 0)
+            return -1;
+        if (s_wait_stream(n, n->own, "broadcast", deadline, err) != 0) return -1;
+        if (tp->rank != root && m)
+            KVF_CUDA_CHECK(cudaMemcpy((uint8_t *)buf + off, n->scratch, m, cudaMemcpyDeviceToHost), err);
+        if (bytes == 0) break;
+    }
+    return 0;
+}
+
+static int s_barrier(kvf_tp_t *tp, kvf_err_t *err) {
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (s_usable(n, "barrier", err) != 0) return -1;
+    int64_t deadline = s_now_ms() + tp->timeout_ms;
+    if (s_enqueued(n, ncclAllReduce(n->scratch, n->scratch, 1, ncclFloat32, ncclSum, n->comm, n->own), "barrier",
+                   deadline, err) != 0)
+        return -1;
+    return s_wait_stream(n, n->own, "barrier", deadline, err);
+}
+
+static void s_abort(kvf_tp_t *tp) { s_abort_comm((s_nccl_t *)tp); }
+
+static void s_destroy(kvf_tp_t **self_p) {
+    if (!self_p || !*self_p) return;
+    s_nccl_t *n = (s_nccl_t *)*self_p;
+    cudaSetDevice(n->device);
+    if (n->comm) {
+        // A clean finalize flushes pending work; abort when it fails or does not end in time.
+        ncclResult_t rc = ncclCommFinalize(n->comm), st = rc;
+        int64_t deadline = s_now_ms() + n->base.timeout_ms;
+        if (rc == ncclInProgress)
+            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress && s_now_ms() < deadline)
+                s_yield_us(100);
+        if (st == ncclSuccess)
+            ncclCommDestroy(n->comm);
+        else
+            ncclCommAbort(n->comm);
+    }
+    if (n->scratch) cudaFree(n->scratch);
+    if (n->own) cudaStreamDestroy(n->own);
+    free(n);
+    *self_p = NULL;
+}
+
+static const kvf_tp_ops_t s_nccl_ops = {"nccl", s_all_reduce_sum, s_all_gather, s_broadcast, s_barrier, s_abort,
+                                        s_destroy};
+
+// ---------------------------------------------------------------- creation
+
+int kvf_tp_nccl_unique_id(uint8_t id[KVF_TP_NCCL_ID_BYTES], kvf_err_t *err) {
+    _Static_assert(sizeof(ncclUniqueId) == KVF_TP_NCCL_ID_BYTES, "NCCL unique id size");
+    if (!id) return kvf_err_set(err, KVF_E_INVAL, "tp nccl: no id buffer");
+    ncclUniqueId u;
+    KVF_NCCL_CHECK(ncclGetUniqueId(&u), err);
+    memcpy(id, &u, sizeof u);
+    return 0;
+}
+
+static int s_init(s_nccl_t *n, const uint8_t *id, kvf_err_t *err) {
+    KVF_CUDA_CHECK(cudaSetDevice(n->device), err);
+    KVF_CUDA_CHECK(cudaStreamCreateWithFlags(&n->own, cudaStreamNonBlocking), err);
+    n->stream = n->own;
+    KVF_CUDA_CHECK(cudaMalloc(&n->scratch, (size_t)n->base.size * S_SCRATCH_BYTES), err);
+    ncclUniqueId u;
+    memcpy(&u, id, sizeof u);
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;
+    int64_t deadline = s_now_ms() + n->base.timeout_ms;
+    ncclResult_t rc = ncclCommInitRankConfig(&n->comm, n->base.size, u, n->base.rank, &cfg);
+    if (rc != ncclSuccess && rc != ncclInProgress) {
+        n->comm = NULL;
+        return kvf_err_set(err, KVF_E_DEVICE, "tp nccl rank %d (device %d): ncclCommInitRankConfig: %s", n->base.rank,
+                           n->device, ncclGetErrorString(rc));
+    }
+    return s_wait_comm(n, "ncclCommInitRankConfig", deadline, err);
+}
+
+kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, int32_t size, int32_t device,
+                          int32_t timeout_ms, kvf_err_t *err) {
+    if (!id || size < 1 || size > KVF_TP_MAX_SIZE || rank < 0 || rank >= size || device < 0 || timeout_ms < 0) {
+        kvf_err_set(err, KVF_E_INVAL, "tp nccl: rank %d of size %d on device %d (timeout %d ms): need an id, 1 <= "
+                                      "size <= %d, 0 <= rank < size, device >= 0",
+                    rank, size, device, timeout_ms, KVF_TP_MAX_SIZE);
+        return NULL;
+    }
+    s_nccl_t *n = calloc(1, sizeof *n);
+    if (!n) {
+        kvf_err_set(err, KVF_E_NOMEM, "tp nccl: out of memory");
+        return NULL;
+    }
+    n->base.ops = &s_nccl_ops;
+    n->base.rank = rank;
+    n->base.size = size;
+    n->base.timeout_ms = timeout_ms > 0 ? timeout_ms : KVF_TP_DEFAULT_TIMEOUT_MS;
+    n->device = device;
+    kvf_tp_t *tp = &n->base;
+    if (s_init(n, id, err) != 0) {
+        if (n->comm) s_abort_comm(n);
+        n->comm = NULL;
+        s_destroy(&tp);
+        return NULL;
+    }
+    kvf_log(KVF_LOG_INFO, "tp nccl: rank %d of %d on device %d joined", rank, size, device);
+    return tp;
+}
+
+void *kvf_tp_nccl_comm(kvf_tp_t *tp) {
+    return tp && tp->ops == &s_nccl_ops ? (void *)((s_nccl_t *)tp)->comm : NULL;
+}
+
+void *kvf_tp_nccl_stream(kvf_tp_t *tp) {
+    return tp && tp->ops == &s_nccl_ops ? (void *)((s_nccl_t *)tp)->stream : NULL;
+}
+
+int kvf_tp_nccl_set_stream(kvf_tp_t *tp, void *stream) {
+    if (!tp || tp->ops != &s_nccl_ops) return -1;
+    s_nccl_t *n = (s_nccl_t *)tp;
+    n->stream = stream ? (cudaStream_t)stream : n->own;
+    return 0;
+}
