@@ -46,6 +46,7 @@ typedef struct {
     // cache_max_entry_count x the free memory (a value >= 1 is a number of blocks).
     double cache_max_entry_count;
     uint64_t memory_budget;      // cpu: bytes for weights + workspace + KV; 0 = available RAM
+    struct kvf_tp_s *tp;         // the TP group's communicator (worker/tp.h), not owned; NULL for tp_size 1
 } kvf_backend_opts_t;
 
 typedef struct kvf_backend_s kvf_backend_t;

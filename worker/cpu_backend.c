@@ -6,6 +6,22 @@
 // token tile) and attention per (sequence, head). Every output element is
 // computed by one thread in a fixed order, so results do not depend on the
 // number of threads. forward() is not reentrant: one step at a time.
+//
+// Tensor parallelism (opts.tp, tp_size T > 1; one process per rank, see
+// worker/tp.h), sharded at load as Megatron does:
+//   q/k/v, gate/up  column-parallel: rank r keeps its n_heads/T query heads, the
+//                   KV heads those read, and its intermediate/T slice
+//   o_proj, down    row-parallel (the matching input columns), followed by
+//                   all_reduce_sum of the partial outputs
+//   KV heads        n_kv % T == 0: n_kv/T per rank; T % n_kv == 0: the one KV
+//                   head a rank's query heads read is replicated on T/n_kv ranks
+//   embedding, norms, lm_head  full on every rank. The all-reduce gives every
+//                   rank bitwise the same residual stream, so every rank computes
+//                   the same logits with no gather (costs vocab x dim floats per
+//                   rank; vocab-parallel would trade that for a gather per step).
+// The memory plan takes the group's minimum block count, so block ids agree.
+// With seeded random weights (st NULL) each rank draws its own shard: a valid
+// benchmark model, but not the same model as tp_size 1.
 #include "worker/cpu_backend.h"
 
 #include <math.h>
@@ -18,6 +34,7 @@
 
 #include "common/log.h"
 #include "worker/cpu_ops.h"
+#include "worker/tp.h"
 
 // ---------------------------------------------------------------- thread pool
 
@@ -167,7 +184,10 @@ typedef struct {
     kvf_backend_t base;  // first: the engine sees a kvf_backend_t
     s_pool_t *pool;
     int n_threads;
+    kvf_tp_t *tp;        // NULL for tp_size 1; not owned
+    // q_dim, kv_dim and inter are this rank's shares (the full sizes for tp_size 1)
     int32_t dim, q_dim, kv_dim, inter, max_ctx;
+    int32_t n_heads, n_kv;  // query and KV heads on this rank
     // weights, one arena
     float *weights;      // (n_weight_floats)
     float *embed;        // (vocab, dim)
@@ -179,12 +199,12 @@ typedef struct {
     float *ws;
     float *x;            // (max_step_tokens, dim) residual stream
     float *xn;           // (max_step_tokens, dim) normed input / projection output
-    float *q;            // (max_step_tokens, n_heads*head_dim)
-    float *k;            // (max_step_tokens, n_kv*head_dim)
-    float *v;            // (max_step_tokens, n_kv*head_dim)
-    float *att;          // (max_step_tokens, n_heads*head_dim)
-    float *gate;         // (max_step_tokens, intermediate)
-    float *up;           // (max_step_tokens, intermediate)
+    float *q;            // (max_step_tokens, q_dim)
+    float *k;            // (max_step_tokens, kv_dim)
+    float *v;            // (max_step_tokens, kv_dim)
+    float *att;          // (max_step_tokens, q_dim)
+    float *gate;         // (max_step_tokens, inter)
+    float *up;           // (max_step_tokens, inter)
     float *rows;         // (max_logit_rows, dim) final-normed rows that get logits
     float *scratch;      // (n_threads, max_ctx) attention scores
     int32_t *pos;        // (max_step_tokens) position of each token
@@ -275,11 +295,11 @@ static void s_att_task(void *ctx, int task, int thread) {
     s_att_job_t *j = ctx;
     s_cpu_t *c = j->c;
     const kvf_modelcfg_t *cfg = &c->base.cfg;
-    int s = task / cfg->n_heads, h = task % cfg->n_heads;
+    int s = task / c->n_heads, h = task % c->n_heads;
     size_t t0 = (size_t)c->seq_start[s];
     kvf_cpu_attention_heads(c->att + t0 * c->q_dim, c->q + t0 * c->q_dim, j->k_cache, j->v_cache,
                             j->b->block_table + (size_t)s * j->b->max_blocks, j->b->n_new[s], j->b->n_past[s],
-                            cfg->n_heads, cfg->n_kv_heads, cfg->head_dim, c->base.opts.block_size, h, h + 1,
+                            c->n_heads, c->n_kv, cfg->head_dim, c->base.opts.block_size, h, h + 1,
                             c->scratch + (size_t)thread * c->max_ctx);
 }
 
@@ -361,16 +381,17 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         s_mm_add(&qkv, c->k, L->wk, L->bk, c->kv_dim);
         s_mm_add(&qkv, c->v, L->wv, L->bv, c->kv_dim);
         s_mm_run(c, &qkv);
-        kvf_cpu_rope(c->q, c->pos, c->inv_freq, n, cfg->n_heads, hd);
-        kvf_cpu_rope(c->k, c->pos, c->inv_freq, n, cfg->n_kv_heads, hd);
+        kvf_cpu_rope(c->q, c->pos, c->inv_freq, n, c->n_heads, hd);
+        kvf_cpu_rope(c->k, c->pos, c->inv_freq, n, c->n_kv, hd);
         for (int s = 0; s < b->n_seqs; s++) {
             size_t t0 = (size_t)c->seq_start[s];
             kvf_cpu_kv_write(k_cache, v_cache, c->k + t0 * c->kv_dim, c->v + t0 * c->kv_dim, c->pos + t0,
-                             b->block_table + (size_t)s * b->max_blocks, b->n_new[s], cfg->n_kv_heads, hd, bs);
+                             b->block_table + (size_t)s * b->max_blocks, b->n_new[s], c->n_kv, hd, bs);
         }
         s_att_job_t aj = {c, b, k_cache, v_cache};
-        s_pool_run(c->pool, s_att_task, &aj, b->n_seqs * cfg->n_heads);
+        s_pool_run(c->pool, s_att_task, &aj, b->n_seqs * c->n_heads);
         s_matmul(c, c->xn, c->att, L->wo, NULL, n, c->q_dim, dim);
+        if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
 
         // MLP block
@@ -381,6 +402,7 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         s_mm_run(c, &gu);
         kvf_cpu_silu_mul(c->gate, c->gate, c->up, n * c->inter);
         s_matmul(c, c->xn, c->gate, L->w_down, NULL, n, c->inter, dim);
+        if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
     }
 
@@ -397,12 +419,39 @@ static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy};
 
 // ---------------------------------------------------------------- weights
 
-// One weight tensor: its HF name, shape and where it goes in the arena.
+// This rank's share of the model (tp_size 1: all of it).
+typedef struct {
+    int64_t q0, nq;    // query heads [q0, q0 + nq)
+    int64_t kv0, nkv;  // KV heads [kv0, kv0 + nkv)
+    int64_t i0, ni;    // intermediate rows [i0, i0 + ni)
+} s_shard_t;
+
+// Assumes the divisibility that s_check_config enforces.
+static s_shard_t s_shard(const kvf_modelcfg_t *cfg, int32_t rank, int32_t size) {
+    s_shard_t sh;
+    sh.nq = cfg->n_heads / size;
+    sh.q0 = (int64_t)rank * sh.nq;
+    if (cfg->n_kv_heads >= size) {
+        sh.nkv = cfg->n_kv_heads / size;
+        sh.kv0 = (int64_t)rank * sh.nkv;
+    } else {  // replicated: the one KV head this rank's query heads read
+        sh.nkv = 1;
+        sh.kv0 = sh.q0 / (cfg->n_heads / cfg->n_kv_heads);
+    }
+    sh.ni = cfg->intermediate_size / size;
+    sh.i0 = (int64_t)rank * sh.ni;
+    return sh;
+}
+
+// One weight tensor: its HF name, its full shape, the part of it this rank
+// keeps (rows [r0, r0 + nr) x columns [c0, c0 + nc); 1-D: elements [r0, r0 + nr))
+// and where that goes in the arena.
 typedef struct {
     char name[96];
     int n_dims;
     int64_t shape[2];
-    float *dst;
+    int64_t r0, nr, c0, nc;
+    float *dst;               // (nr, nc)
     const kvf_tensor_t *src;  // when loading from safetensors
     int is_norm;              // random init: ones
 } s_wspec_t;
@@ -412,8 +461,9 @@ typedef struct {
     int n;
 } s_wlist_t;
 
-static float *s_wadd(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int64_t d1, const char *fmt, int l,
-                     const char *leaf) {
+// Adds rows [r0, r0 + nr) x columns [c0, c0 + nc) of a (d0, d1) tensor (d1 0: 1-D).
+static float *s_wadd_part(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int64_t d1, int64_t r0, int64_t nr,
+                          int64_t c0, int64_t nc, const char *fmt, int l, const char *leaf) {
     s_wspec_t *w = &wl->specs[wl->n++];
     if (l >= 0)
         snprintf(w->name, sizeof w->name, fmt, l, leaf);
@@ -422,19 +472,30 @@ static float *s_wadd(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int
     w->n_dims = d1 > 0 ? 2 : 1;
     w->shape[0] = d0;
     w->shape[1] = d1;
+    w->r0 = r0;
+    w->nr = nr;
+    w->c0 = d1 > 0 ? c0 : 0;
+    w->nc = d1 > 0 ? nc : 1;
     w->dst = *cursor;
     w->src = NULL;
     w->is_norm = is_norm;
-    *cursor += (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    *cursor += (size_t)w->nr * (size_t)w->nc;
     return w->dst;
 }
 
-// Lays the tensors of cfg out in the arena (NULL arena: only counts floats).
-static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, s_wlist_t *wl) {
-    int64_t D = cfg->hidden_size, V = cfg->vocab_size, I = cfg->intermediate_size;
-    int64_t Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim;
-    uint64_t per_layer = (uint64_t)(2 * D + Q * D + 2 * KV * D + D * Q + 3 * I * D);
-    if (cfg->attention_bias) per_layer += (uint64_t)(Q + 2 * KV);
+static float *s_wadd(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int64_t d1, const char *fmt, int l,
+                     const char *leaf) {
+    return s_wadd_part(wl, cursor, is_norm, d0, d1, 0, d0, 0, d1, fmt, l, leaf);
+}
+
+// Lays this rank's share of the tensors of cfg out in the arena (NULL c: only
+// counts floats).
+static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, const s_shard_t *sh, s_wlist_t *wl) {
+    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, I = cfg->intermediate_size, hd = cfg->head_dim;
+    const int64_t Q = (int64_t)cfg->n_heads * hd, KV = (int64_t)cfg->n_kv_heads * hd;
+    const int64_t q0 = sh->q0 * hd, nq = sh->nq * hd, k0 = sh->kv0 * hd, nk = sh->nkv * hd;
+    uint64_t per_layer = (uint64_t)(2 * D + nq * D + 2 * nk * D + D * nq + 3 * sh->ni * D);
+    if (cfg->attention_bias) per_layer += (uint64_t)(nq + 2 * nk);
     uint64_t total = (uint64_t)(V * D) + (uint64_t)cfg->n_layers * per_layer + (uint64_t)D;
     if (!cfg->tie_word_embeddings) total += (uint64_t)(V * D);
     if (!c) return total;
@@ -445,19 +506,19 @@ static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, s_wlist_t *wl) {
     for (int l = 0; l < cfg->n_layers; l++) {
         s_layer_t *L = &c->layers[l];
         L->attn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "input_layernorm.weight");
-        L->wq = s_wadd(wl, &cur, 0, Q, D, lf, l, "self_attn.q_proj.weight");
-        L->wk = s_wadd(wl, &cur, 0, KV, D, lf, l, "self_attn.k_proj.weight");
-        L->wv = s_wadd(wl, &cur, 0, KV, D, lf, l, "self_attn.v_proj.weight");
+        L->wq = s_wadd_part(wl, &cur, 0, Q, D, q0, nq, 0, D, lf, l, "self_attn.q_proj.weight");
+        L->wk = s_wadd_part(wl, &cur, 0, KV, D, k0, nk, 0, D, lf, l, "self_attn.k_proj.weight");
+        L->wv = s_wadd_part(wl, &cur, 0, KV, D, k0, nk, 0, D, lf, l, "self_attn.v_proj.weight");
         if (cfg->attention_bias) {
-            L->bq = s_wadd(wl, &cur, 0, Q, 0, lf, l, "self_attn.q_proj.bias");
-            L->bk = s_wadd(wl, &cur, 0, KV, 0, lf, l, "self_attn.k_proj.bias");
-            L->bv = s_wadd(wl, &cur, 0, KV, 0, lf, l, "self_attn.v_proj.bias");
+            L->bq = s_wadd_part(wl, &cur, 0, Q, 0, q0, nq, 0, 0, lf, l, "self_attn.q_proj.bias");
+            L->bk = s_wadd_part(wl, &cur, 0, KV, 0, k0, nk, 0, 0, lf, l, "self_attn.k_proj.bias");
+            L->bv = s_wadd_part(wl, &cur, 0, KV, 0, k0, nk, 0, 0, lf, l, "self_attn.v_proj.bias");
         }
-        L->wo = s_wadd(wl, &cur, 0, D, Q, lf, l, "self_attn.o_proj.weight");
+        L->wo = s_wadd_part(wl, &cur, 0, D, Q, 0, D, q0, nq, lf, l, "self_attn.o_proj.weight");
         L->ffn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "post_attention_layernorm.weight");
-        L->w_gate = s_wadd(wl, &cur, 0, I, D, lf, l, "mlp.gate_proj.weight");
-        L->w_up = s_wadd(wl, &cur, 0, I, D, lf, l, "mlp.up_proj.weight");
-        L->w_down = s_wadd(wl, &cur, 0, D, I, lf, l, "mlp.down_proj.weight");
+        L->w_gate = s_wadd_part(wl, &cur, 0, I, D, sh->i0, sh->ni, 0, D, lf, l, "mlp.gate_proj.weight");
+        L->w_up = s_wadd_part(wl, &cur, 0, I, D, sh->i0, sh->ni, 0, D, lf, l, "mlp.up_proj.weight");
+        L->w_down = s_wadd_part(wl, &cur, 0, D, I, 0, D, sh->i0, sh->ni, lf, l, "mlp.down_proj.weight");
     }
     c->norm = s_wadd(wl, &cur, 1, D, 0, "model.norm.weight", -1, NULL);
     c->lm_head = cfg->tie_word_embeddings ? c->embed : s_wadd(wl, &cur, 0, V, D, "lm_head.weight", -1, NULL);
@@ -498,10 +559,34 @@ static void s_init_task(void *ctx, int task, int thread) {
     }
 }
 
+// Converts the part of w->src that w keeps into w->dst, row by row.
+static void s_part_to_f32(const s_wspec_t *w) {
+    const kvf_tensor_t *t = w->src;
+    const int64_t cols = w->n_dims == 2 ? w->shape[1] : 1;
+    const size_t es = t->dtype == KVF_DT_F32 ? 4 : 2;
+    for (int64_t r = 0; r < w->nr; r++) {
+        const uint8_t *src = (const uint8_t *)t->data + ((size_t)(w->r0 + r) * (size_t)cols + (size_t)w->c0) * es;
+        float *out = w->dst + (size_t)r * (size_t)w->nc;  // (nc)
+        if (t->dtype == KVF_DT_F32) {
+            memcpy(out, src, (size_t)w->nc * sizeof(float));
+            continue;
+        }
+        for (int64_t i = 0; i < w->nc; i++) {
+            uint16_t h;
+            memcpy(&h, src + (size_t)i * 2, 2);
+            out[i] = t->dtype == KVF_DT_BF16 ? kvf_bf16_to_f32(h) : kvf_f16_to_f32(h);
+        }
+    }
+}
+
 static void s_load_task(void *ctx, int task, int thread) {
     (void)thread;
     const s_wlist_t *wl = ctx;
-    kvf_tensor_to_f32(wl->specs[task].src, wl->specs[task].dst);
+    const s_wspec_t *w = &wl->specs[task];
+    if (w->r0 == 0 && w->nr == w->shape[0] && w->c0 == 0 && (w->n_dims == 1 || w->nc == w->shape[1]))
+        kvf_tensor_to_f32(w->src, w->dst);
+    else
+        s_part_to_f32(w);
 }
 
 // Fills the arena from st (every tensor checked by name and exact shape first),
@@ -569,9 +654,25 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if ((int64_t)o->max_blocks_per_seq * o->block_size > INT32_MAX)
         return kvf_err_set(err, KVF_E_INVAL, "cpu backend: max_blocks_per_seq x block_size exceeds 2^31 tokens");
     if (o->n_threads < 0) return kvf_err_set(err, KVF_E_INVAL, "cpu backend: n_threads %d < 0", o->n_threads);
-    if (o->tp_size > 1 || o->tp_rank != 0)
-        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: tensor parallelism (tp_size %d) is not supported",
-                           o->tp_size);
+    if (o->tp_size < 1 || o->tp_size > KVF_TP_MAX_SIZE || o->tp_rank < 0 || o->tp_rank >= o->tp_size)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: tp rank %d of size %d: need 0 <= rank < size <= %d",
+                           o->tp_rank, o->tp_size, KVF_TP_MAX_SIZE);
+    if (o->tp_size > 1 && !o->tp)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: tp_size %d needs a TP communicator "
+                                                   "(kvf_backend_opts_t.tp, worker/tp.h)", o->tp_size);
+    if (o->tp && (kvf_tp_size(o->tp) != o->tp_size || kvf_tp_rank(o->tp) != o->tp_rank))
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: options say rank %d of %d, the communicator rank %d of %d",
+                           o->tp_rank, o->tp_size, kvf_tp_rank(o->tp), kvf_tp_size(o->tp));
+    if (cfg->n_heads % o->tp_size != 0)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: %d attention heads do not split over tp_size %d",
+                           cfg->n_heads, o->tp_size);
+    if (cfg->intermediate_size % o->tp_size != 0)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: intermediate_size %d does not split over tp_size %d",
+                           cfg->intermediate_size, o->tp_size);
+    if (cfg->n_kv_heads % o->tp_size != 0 && o->tp_size % cfg->n_kv_heads != 0)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: %d KV heads and tp_size %d: one must divide the other "
+                                             "(split the KV heads or replicate them)",
+                           cfg->n_kv_heads, o->tp_size);
     if (o->max_logit_rows < o->max_batch_size)
         return kvf_err_set(err, KVF_E_INVAL, "cpu backend: max_logit_rows %d < max_batch_size %d",
                            o->max_logit_rows, o->max_batch_size);
@@ -583,63 +684,102 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
 
 #define MIB(b) ((double)(b) / (1024.0 * 1024.0))
 
+// The memory plan of this rank: sizes only, nothing allocated.
+typedef struct {
+    s_shard_t sh;
+    int n_threads;
+    uint64_t n_weight_floats, weights_bytes, ws_bytes, free_bytes, block_bytes, n_blocks;
+} s_plan_t;
+
+static int s_plan(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *opts, s_plan_t *p, kvf_err_t *err) {
+    const int64_t T = opts->max_step_tokens, R = opts->max_logit_rows, B = opts->max_batch_size;
+    const int64_t D = cfg->hidden_size, hd = cfg->head_dim;
+    const int64_t C = (int64_t)opts->max_blocks_per_seq * opts->block_size;
+    p->sh = s_shard(cfg, opts->tp_rank, opts->tp_size);
+    const int64_t Q = p->sh.nq * hd, KV = p->sh.nkv * hd, I = p->sh.ni;
+    p->n_threads = opts->n_threads;
+    if (p->n_threads == 0) {
+        long nc = sysconf(_SC_NPROCESSORS_ONLN);
+        p->n_threads = nc < 1 ? 1 : nc > 256 ? 256 : (int)nc;
+    }
+    p->n_weight_floats = s_layout(NULL, cfg, &p->sh, NULL);
+    p->weights_bytes = p->n_weight_floats * sizeof(float);
+    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D) +
+                               (uint64_t)p->n_threads * (uint64_t)C;
+    const uint64_t ws_ints = (uint64_t)(T + B);
+    p->ws_bytes = ws_floats * sizeof(float) + ws_ints * sizeof(int32_t);
+    const uint64_t avail = opts->memory_budget ? opts->memory_budget : s_mem_available();
+    if (avail == 0)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: cannot read MemAvailable from /proc/meminfo; "
+                                                   "give --memory-budget");
+    if (p->weights_bytes + p->ws_bytes > avail)
+        return kvf_err_set(err, KVF_E_NOMEM, "cpu backend: weights (%.1f MiB) + workspace (%.1f MiB) exceed the %.1f "
+                                             "MiB available: raise --memory-budget or lower --max-prefill-token-num / "
+                                             "--max-batch-size",
+                           MIB(p->weights_bytes), MIB(p->ws_bytes), MIB(avail));
+    p->free_bytes = avail - p->weights_bytes - p->ws_bytes;
+    p->block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)opts->block_size * (uint64_t)KV * 4ull;
+    if (opts->cache_max_entry_count < 1.0) {
+        p->n_blocks = (uint64_t)(opts->cache_max_entry_count * (double)p->free_bytes) / p->block_bytes;
+    } else {
+        p->n_blocks = (uint64_t)opts->cache_max_entry_count;
+        if (p->n_blocks > p->free_bytes / p->block_bytes)
+            return kvf_err_set(err, KVF_E_NOMEM, "cpu backend: %llu KV blocks (%.1f MiB) do not fit the %.1f MiB left "
+                                                 "after weights and workspace: lower --cache-max-entry-count or raise "
+                                                 "--memory-budget",
+                               (unsigned long long)p->n_blocks, MIB(p->n_blocks * p->block_bytes), MIB(p->free_bytes));
+    }
+    if (p->n_blocks > INT32_MAX) p->n_blocks = INT32_MAX;
+    return 0;
+}
+
+// Every rank of the TP group says whether its start-up `stage` worked and, with
+// v, the KV blocks it can hold; *v becomes the group's minimum. A rank that
+// failed (ok 0) keeps its own err and returns -1; the others return -1 with
+// KVF_E_PEER_LOST naming it, so the group fails as one instead of a rank
+// waiting for a peer that already gave up. Without tp: returns ok ? 0 : -1.
+static int s_group_agree(kvf_tp_t *tp, int ok, int64_t *v, const char *stage, kvf_err_t *err) {
+    if (!tp) return ok ? 0 : -1;
+    int64_t mine[2] = {ok, v ? *v : 0}, all[2 * KVF_TP_MAX_SIZE];
+    kvf_err_t ignored;
+    if (kvf_tp_all_gather(tp, mine, all, sizeof mine, ok ? err : &ignored) != 0) return -1;
+    if (!ok) return -1;
+    for (int p = 0; p < kvf_tp_size(tp); p++)
+        if (!all[2 * p])
+            return kvf_err_set(err, KVF_E_PEER_LOST, "cpu backend: tp rank %d failed at %s (see its log)", p, stage);
+    if (v)
+        for (int p = 0; p < kvf_tp_size(tp); p++)
+            if (all[2 * p + 1] < *v) *v = all[2 * p + 1];
+    return 0;
+}
+
 kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetensors_t *st,
                                    const kvf_backend_opts_t *opts, kvf_err_t *err) {
     if (!cfg || !opts) {
         kvf_err_set(err, KVF_E_INVAL, "cpu backend: config and options are required");
         return NULL;
     }
-    if (s_check_config(cfg, opts, err) != 0) return NULL;
+    // Sizes first, so that a plan that cannot fit fails before allocating. In a
+    // TP group the ranks agree on the plan (and on failure) before going on.
+    s_plan_t p;
+    memset(&p, 0, sizeof p);
+    int ok = s_check_config(cfg, opts, err) == 0 && s_plan(cfg, opts, &p, err) == 0;
+    int64_t n_blocks = (int64_t)p.n_blocks;
+    if (s_group_agree(opts->tp, ok, &n_blocks, "its memory plan", err) != 0) return NULL;
+    if ((uint64_t)n_blocks < p.n_blocks)
+        kvf_log(KVF_LOG_INFO, "cpu plan: tp rank %d could hold %llu KV blocks, the group's minimum is %lld",
+                opts->tp_rank, (unsigned long long)p.n_blocks, (long long)n_blocks);
 
-    // Sizes first, so that a plan that cannot fit fails before allocating.
-    const int64_t T = opts->max_step_tokens, R = opts->max_logit_rows, B = opts->max_batch_size;
-    const int64_t D = cfg->hidden_size, I = cfg->intermediate_size;
-    const int64_t Q = (int64_t)cfg->n_heads * cfg->head_dim, KV = (int64_t)cfg->n_kv_heads * cfg->head_dim;
+    const int64_t T = opts->max_step_tokens, R = opts->max_logit_rows;
+    const int64_t D = cfg->hidden_size, hd = cfg->head_dim;
+    const int64_t Q = p.sh.nq * hd, KV = p.sh.nkv * hd, I = p.sh.ni;
     const int64_t C = (int64_t)opts->max_blocks_per_seq * opts->block_size;
-    int n_threads = opts->n_threads;
-    if (n_threads == 0) {
-        long nc = sysconf(_SC_NPROCESSORS_ONLN);
-        n_threads = nc < 1 ? 1 : nc > 256 ? 256 : (int)nc;
-    }
-    const uint64_t n_weight_floats = s_layout(NULL, cfg, NULL);
-    const uint64_t weights_bytes = n_weight_floats * sizeof(float);
-    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D) +
-                               (uint64_t)n_threads * (uint64_t)C;
-    const uint64_t ws_ints = (uint64_t)(T + B);
-    const uint64_t ws_bytes = ws_floats * sizeof(float) + ws_ints * sizeof(int32_t);
-    const uint64_t avail = opts->memory_budget ? opts->memory_budget : s_mem_available();
-    if (avail == 0) {
-        kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: cannot read MemAvailable from /proc/meminfo; "
-                                            "give --memory-budget");
-        return NULL;
-    }
-    if (weights_bytes + ws_bytes > avail) {
-        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: weights (%.1f MiB) + workspace (%.1f MiB) exceed the %.1f MiB "
-                                      "available: raise --memory-budget or lower --max-prefill-token-num / "
-                                      "--max-batch-size",
-                    MIB(weights_bytes), MIB(ws_bytes), MIB(avail));
-        return NULL;
-    }
-    const uint64_t free_bytes = avail - weights_bytes - ws_bytes;
-    const uint64_t block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)opts->block_size * (uint64_t)KV * 4ull;
-    uint64_t n_blocks;
-    if (opts->cache_max_entry_count < 1.0) {
-        n_blocks = (uint64_t)(opts->cache_max_entry_count * (double)free_bytes) / block_bytes;
-    } else {
-        n_blocks = (uint64_t)opts->cache_max_entry_count;
-        if (n_blocks > free_bytes / block_bytes) {
-            kvf_err_set(err, KVF_E_NOMEM, "cpu backend: %llu KV blocks (%.1f MiB) do not fit the %.1f MiB left after "
-                                          "weights and workspace: lower --cache-max-entry-count or raise "
-                                          "--memory-budget",
-                        (unsigned long long)n_blocks, MIB(n_blocks * block_bytes), MIB(free_bytes));
-            return NULL;
-        }
-    }
-    if (n_blocks > INT32_MAX) n_blocks = INT32_MAX;
+    const int n_threads = p.n_threads;
 
     s_cpu_t *c = calloc(1, sizeof *c);
     if (!c) {
         kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory");
+        s_group_agree(opts->tp, 0, NULL, "allocation", err);
         return NULL;
     }
     kvf_backend_t *be = &c->base;
@@ -647,15 +787,18 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     be->cfg = *cfg;
     be->opts = *opts;
     be->n_blocks = (int32_t)n_blocks;
-    be->weights_bytes = weights_bytes;
-    be->workspace_bytes = ws_bytes;
-    be->kv_bytes = n_blocks * block_bytes;
-    be->free_bytes_at_start = free_bytes;
+    be->weights_bytes = p.weights_bytes;
+    be->workspace_bytes = p.ws_bytes;
+    be->kv_bytes = (uint64_t)n_blocks * p.block_bytes;
+    be->free_bytes_at_start = p.free_bytes;
     c->n_threads = n_threads;
+    c->tp = opts->tp_size > 1 ? opts->tp : NULL;
     c->dim = (int32_t)D;
     c->q_dim = (int32_t)Q;
     c->kv_dim = (int32_t)KV;
     c->inter = (int32_t)I;
+    c->n_heads = (int32_t)p.sh.nq;
+    c->n_kv = (int32_t)p.sh.nkv;
     c->max_ctx = (int32_t)C;
     c->kv_layer_floats = (size_t)n_blocks * (size_t)opts->block_size * (size_t)KV;
 
@@ -663,25 +806,25 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     if (!c->pool) goto fail;
 
     // weights
-    c->weights = malloc(weights_bytes ? weights_bytes : 1);
+    c->weights = malloc(p.weights_bytes ? p.weights_bytes : 1);
     c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
     c->inv_freq = malloc((size_t)cfg->head_dim / 2 * sizeof(float));
     s_wlist_t wl = {calloc((size_t)cfg->n_layers * 12 + 4, sizeof(s_wspec_t)), 0};
     if (!c->weights || !c->layers || !c->inv_freq || !wl.specs) {
         free(wl.specs);
-        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of weights", MIB(weights_bytes));
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of weights", MIB(p.weights_bytes));
         goto fail;
     }
-    s_layout(c, cfg, &wl);
-    int rc = s_load_weights(c, st, &wl, n_weight_floats, err);
+    s_layout(c, cfg, &p.sh, &wl);
+    int rc = s_load_weights(c, st, &wl, p.n_weight_floats, err);
     free(wl.specs);
     if (rc != 0) goto fail;
     kvf_cpu_rope_inv_freq(c->inv_freq, cfg);
 
     // workspace
-    c->ws = malloc(ws_bytes);
+    c->ws = malloc(p.ws_bytes);
     if (!c->ws) {
-        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of workspace", MIB(ws_bytes));
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot allocate %.1f MiB of workspace", MIB(p.ws_bytes));
         goto fail;
     }
     float *w = c->ws;
@@ -707,14 +850,20 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
                     MIB(be->kv_bytes));
         goto fail;
     }
+    if (s_group_agree(opts->tp, 1, NULL, "loading", err) != 0) {
+        s_destroy(&be);
+        return NULL;
+    }
     kvf_log(KVF_LOG_INFO,
             "cpu plan: weights %.1f MiB, workspace %.1f MiB, free %.1f MiB, KV %d blocks of %d tokens (%.1f MiB, %lld "
-            "tokens), %d threads",
-            MIB(weights_bytes), MIB(ws_bytes), MIB(free_bytes), be->n_blocks, opts->block_size, MIB(be->kv_bytes),
-            (long long)n_blocks * opts->block_size, n_threads);
+            "tokens), %d threads, tp rank %d of %d (%lld query / %lld KV heads)",
+            MIB(p.weights_bytes), MIB(p.ws_bytes), MIB(p.free_bytes), be->n_blocks, opts->block_size,
+            MIB(be->kv_bytes), (long long)n_blocks * opts->block_size, n_threads, opts->tp_rank, opts->tp_size,
+            (long long)p.sh.nq, (long long)p.sh.nkv);
     return be;
 
 fail:
+    s_group_agree(opts->tp, 0, NULL, "loading", err);
     s_destroy(&be);
     return NULL;
 }
