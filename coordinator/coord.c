@@ -237,8 +237,13 @@ int kvf_coord_run(kvf_coord_t *c, volatile sig_atomic_t *stop, kvf_err_t *err) {
             return kvf_err_set(err, KVF_E_IO, "poll failed: %s", zmq_strerror(errno));
         }
         // Workers first: their reports free the room that client work needs.
-        for (int k = 0; k < 2 && !c->shutdown; k++) {
-            if (!(items[k].revents & ZMQ_POLLIN)) continue;
+        // Then clients; then workers again without waiting, so that heartbeats
+        // that arrived while a large SUBMIT was handled are seen before anyone
+        // is declared dead.
+        const int order[3] = {0, 1, 0};
+        for (int j = 0; j < 3 && !c->shutdown; j++) {
+            int k = order[j];
+            if (j < 2 && !(items[k].revents & ZMQ_POLLIN)) continue;
             for (int i = 0; i < S_MAX_PER_POLL && !c->shutdown; i++) {
                 int r = s_recv_one(c, k == 0 ? c->back : c->front, k == 1);
                 if (r < 0) return kvf_err_set(err, KVF_E_IO, "socket failure (see log)");
