@@ -109,8 +109,8 @@ static inline uint64_t kvf_coord_req_tokens(const kvf_req_t *r) {
 // when it must wait for room.
 int kvf_coord_place(kvf_coord_t *c, kvf_req_t *req);
 
-// The largest token id + 1 that prompts may use (the tokenizer's, else the
-// smallest vocab_size of live workers), or 0 when unknown.
+// The largest token id + 1 that prompts may use (the smallest of the
+// tokenizer's and the live workers' vocab sizes), or 0 when unknown.
 uint32_t kvf_coord_vocab_limit(const kvf_coord_t *c);
 
 #endif

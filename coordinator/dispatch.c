@@ -133,8 +133,7 @@ void kvf_coord_compact_queue(kvf_coord_t *c) {
 }
 
 uint32_t kvf_coord_vocab_limit(const kvf_coord_t *c) {
-    if (c->tok) return (uint32_t)kvf_tokenizer_vocab_size(c->tok);
-    uint32_t v = 0;
+    uint32_t v = c->tok ? (uint32_t)kvf_tokenizer_vocab_size(c->tok) : 0;
     for (uint32_t i = 0; i < c->reg->n; i++) {
         const kvf_cworker_t *w = c->reg->w[i];
         if (w->state == KVF_WSTATE_DEAD || w->vocab_size == 0) continue;

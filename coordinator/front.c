@@ -29,6 +29,10 @@ static int s_prompt(kvf_coord_t *c, const kvf_submit_req_t *r, uint32_t vocab, i
     *ids = NULL;
     *n = 0;
     if (kvf_sampling_validate(&r->sampling, err) < 0) return -1;
+    for (int i = 0; vocab && i < r->sampling.n_stop_ids; i++)
+        if ((uint32_t)r->sampling.stop_ids[i] >= vocab)
+            return kvf_err_set(err, KVF_E_INVAL, "stop id %d is outside the vocabulary [0, %u)",
+                               r->sampling.stop_ids[i], vocab);
     if (r->text.len && r->prompt_ids.n)
         return kvf_err_set(err, KVF_E_INVAL, "give the prompt as text or as prompt_ids, not both");
     if (r->prompt_ids.n) {

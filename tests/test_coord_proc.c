@@ -247,10 +247,10 @@ Test(coord_proc, bad_requests_get_their_own_errors) {
     zsock_t *cl = peer_new(p.front, NULL);
     kvf_msg_t m;
     kvf_msg_init(&m, KVF_MSG_SUBMIT);
-    kvf_submit_req_t reqs[7];
+    kvf_submit_req_t reqs[8];
     memset(reqs, 0, sizeof reqs);
     int32_t ok_ids[4] = {1, 2, 3, 4}, neg[2] = {1, -5}, big_id[1] = {40000}, many[101] = {0};
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < 8; i++) {
         reqs[i].sampling = kvf_sampling_default();
         reqs[i].sampling.max_new_tokens = 8;
         reqs[i].prompt_ids = (kvf_ids_t){ok_ids, 4};
@@ -262,15 +262,17 @@ Test(coord_proc, bad_requests_get_their_own_errors) {
     reqs[4].prompt_ids = (kvf_ids_t){neg, 2};         // negative id
     reqs[5].prompt_ids = (kvf_ids_t){big_id, 1};      // past the workers' vocab
     reqs[6].prompt_ids = (kvf_ids_t){many, 101};      // past --max-prompt-tokens
+    reqs[7].sampling.n_stop_ids = 1;                  // a stop id past the vocab
+    reqs[7].sampling.stop_ids[0] = 32000;
     m.u.submit.reqs = reqs;
-    m.u.submit.n_reqs = 7;
+    m.u.submit.n_reqs = 8;
     peer_send(cl, &m);
     kvf_msg_t ack;
     peer_expect(cl, KVF_MSG_ACK, &ack);
-    cr_assert_eq(ack.u.ack.n_rids, 7);
-    const kvf_status want[7] = {KVF_OK, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL, KVF_E_INVAL,
-                                KVF_E_TOO_LONG};
-    for (int i = 1; i < 7; i++) {
+    cr_assert_eq(ack.u.ack.n_rids, 8);
+    const kvf_status want[8] = {KVF_OK,      KVF_E_INVAL, KVF_E_INVAL,    KVF_E_INVAL,
+                                KVF_E_INVAL, KVF_E_INVAL, KVF_E_TOO_LONG, KVF_E_INVAL};
+    for (int i = 1; i < 8; i++) {
         kvf_msg_t e;
         peer_expect(cl, KVF_MSG_ERROR, &e);
         cr_assert_eq(e.u.error.rid, ack.u.ack.rids[i], "error %d is about request %d", i, i);
