@@ -6,3 +6,7 @@ kvf_add_test(test_generate SOURCES test_generate.c LIBS PkgConfig::JANSSON TIMEO
 add_dependencies(test_generate kvf-generate)
 kvf_add_test(test_worker SOURCES test_worker.c LIBS kvf_proto kvf_common PkgConfig::JANSSON TIMEOUT 300)
 add_dependencies(test_worker kvf-worker)
+# The engine on the cuda backend (GPU only; skipped where none can be opened).
+if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
+  kvf_add_test(test_engine_cuda SOURCES test_engine_cuda.c LIBS kvf_engine PkgConfig::JANSSON m LABELS gpu TIMEOUT 300)
+endif()
