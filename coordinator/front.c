@@ -114,6 +114,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     free(ack.u.ack.rids);
     if (s->n_reqs == 0) kvf_coord_settle(c, b);  // an empty batch is complete at once
     uint32_t queued = 0, placed = 0, bad = 0, busy = 0;
+    kvf_coord_compact_queue(c);  // cancelled rids must not make the queue look busy
     for (uint32_t i = 0; i < s->n_reqs; i++) {
         kvf_req_t *req = b->reqs[i];
         if (why[i]) {
@@ -126,7 +127,6 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             placed += req->state == KVF_REQ_ASSIGNED;
             continue;
         }
-        if (c->queue->len >= c->queue->cap) kvf_coord_compact_queue(c);  // cancelled rids may linger
         if (kvf_queue_push_back(c->queue, req->rid, kvf_coord_req_tokens(req)) == 0) {
             kvf_coord_req_event(c, req, KVF_REQ_EV_ENQUEUE);
             queued++;

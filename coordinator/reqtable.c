@@ -254,7 +254,14 @@ int kvf_reqtable_settle(kvf_reqtable_t *t, kvf_batch_t *b) {
         return 1;
     }
     if (t->n_retained == t->max_retained) {
-        kvf_batch_t *old = t->retained[0];
+        // The oldest one that nobody is about to settle (a pending one is still referenced).
+        uint32_t i = 0;
+        while (i < t->n_retained && t->retained[i]->settle_pending) i++;
+        if (i == t->n_retained) {
+            s_release(t, b);  // every slot is in use right now: the newest loses
+            return 1;
+        }
+        kvf_batch_t *old = t->retained[i];
         kvf_log(KVF_LOG_WARN, "batch %s: results dropped (more than %u finished batches wait for ATTACH)", old->id,
                 t->max_retained);
         s_release(t, old);

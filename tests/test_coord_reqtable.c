@@ -146,5 +146,20 @@ Test(reqtable, detached_batches_retained_bounded) {
     cr_assert_eq(t->n_retained, 1);
     cr_assert_null(kvf_reqtable_batch(t, "b1"));
     cr_assert_not_null(kvf_reqtable_batch(t, "b2"));
+    // A retained batch about to be settled (pending) is not the one evicted.
+    kvf_batch_t *b2 = kvf_reqtable_batch(t, "b2");
+    for (int i = 3; i < 5; i++) {
+        snprintf(id, sizeof id, "b%d", i);
+        kvf_batch_t *b = kvf_reqtable_batch_new(t, id, "c", 1, 1, &err);
+        kvf_req_t *r = s_add(t, b);
+        b->client_ok = 0;
+        cr_assert_eq(kvf_req_apply(r, KVF_REQ_EV_FAIL, NULL), 0);
+        if (i == 4) b2->settle_pending = 1;
+        kvf_reqtable_settle(t, b);
+    }
+    cr_assert_eq(t->n_retained, 2);
+    cr_assert_not_null(kvf_reqtable_batch(t, "b2"), "pending: kept");
+    cr_assert_null(kvf_reqtable_batch(t, "b3"));
+    cr_assert_not_null(kvf_reqtable_batch(t, "b4"));
     kvf_reqtable_destroy(&t);
 }
