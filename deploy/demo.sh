@@ -9,7 +9,8 @@
 # Hugging Face model directory (config.json, *.safetensors, tokenizer.json):
 #   KVF_DEMO_MODEL=/path/to/Llama-3.2-1B ./deploy/demo.sh
 # Other knobs: KVF_DEMO_BACKEND=cpu|cuda|auto, KVF_DEMO_WORKERS=N,
-# KVF_DEMO_MAX_TOKENS=N (default 32). Safe to run twice (fresh run dir, free ports).
+# KVF_DEMO_MAX_TOKENS=N (default 32), KVF_DEMO_CPU_MEMORY=SIZE (memory budget of
+# each CPU worker, default 1G). Safe to run twice (fresh run dir, free ports).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${KVF_BUILD_DIR:-$root/build}
@@ -61,7 +62,10 @@ start_node() {  # backend workers
   local opts=(start --run-dir "$run_dir" --bin-dir "$bin" --model "$model" --backend "$1"
               --front-port "$front_port" --back-port "$back_port" --timeout 300)
   [ -n "$2" ] && opts+=(--workers "$2")
-  if [ "$1" = cpu ]; then opts+=(--threads $(( ncpu / 2 > 0 ? ncpu / 2 : 1 ))); fi
+  # CPU workers: a thread share each and a small KV pool (a demo, not a benchmark).
+  if [ "$1" = cpu ]; then
+    opts+=(--threads $(( ncpu / 2 > 0 ? ncpu / 2 : 1 )) --memory-budget "${KVF_DEMO_CPU_MEMORY:-1G}")
+  fi
   "${node[@]}" "${opts[@]}"
 }
 if [ "$backend" = auto ]; then

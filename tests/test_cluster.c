@@ -254,7 +254,8 @@ Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_
     for (int i = 0; i < 3; i++) {
         char id[16];
         snprintf(id, sizeof id, "w%d", i);
-        kvh_start_worker(&c, model, id, "--threads", "1", NULL);
+        kvh_start_worker(&c, model, id, "--threads", "1", "--cache-max-entry-count", "512", "--block-size", "16",
+                         NULL);
     }
 
     // The reference, while the workers start: 30 distinct prompts through kvf-generate.
@@ -483,7 +484,8 @@ Test(cluster, status_during_a_batch_and_a_killed_worker_shows_dead, .timeout = 2
     for (int i = 0; i < 3; i++) {
         char id[16];
         snprintf(id, sizeof id, "w%d", i);
-        pid_t p = kvh_start_worker(&c, model, id, "--threads", "1", NULL);
+        pid_t p = kvh_start_worker(&c, model, id, "--threads", "1", "--cache-max-entry-count", "1024", "--block-size",
+                                   "16", NULL);
         if (i == 2) victim = p;
     }
     kvh_wait_ready(&c, 3, 60);

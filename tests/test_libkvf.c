@@ -188,7 +188,7 @@ Test(libkvf, stream_cancel_and_drain_with_one_worker) {
     KVF_FIXTURE_PATH(model, "tiny-llama");
     kvh_cluster_t c;
     kvh_start_coordinator(&c, model, NULL);
-    kvh_start_worker(&c, model, "w0", "--threads", "1", NULL);
+    kvh_start_worker(&c, model, "w0", "--threads", "1", "--cache-max-entry-count", "256", NULL);
     kvh_wait_ready(&c, 1, 60);
     kvf_client_t *cl = kvh_client(&c);
     kvf_err_t err;
