@@ -415,7 +415,7 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
     return 0;
 }
 
-static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy};
+static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy, NULL};  // no forward_sample: the engine samples
 
 // ---------------------------------------------------------------- weights
 

@@ -3,8 +3,10 @@
 
 #include <cuda_runtime_api.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/log.h"
 #include "kernels/attention.h"
@@ -15,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
+#include "kernels/sample.h"
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
 
@@ -23,6 +26,14 @@
 #define S_GEMM_WS (32u << 20)            // cuBLASLt workspace
 #define S_PARTIAL_MAX (64ull << 20)      // attention split partials, bytes at most
 #define S_MAX_GRAPHS 16
+#define S_EV_MAX 640                     // timing events of one step (KVF_CUDA_TIMING)
+
+// Kernel groups timed by KVF_CUDA_TIMING=1 (events between them; eager steps only).
+enum { S_T_META, S_T_EMBED, S_T_NORM, S_T_QKV, S_T_ROPE, S_T_ATTN, S_T_ATTN_TC, S_T_O, S_T_GU, S_T_SILU, S_T_DOWN,
+       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_N };
+static const char *const s_t_names[S_T_N] = {"meta H2D", "embed", "rmsnorm", "qkv gemm", "rope+kv", "attn decode",
+                                             "attn prefill", "o gemm", "gate/up gemm", "silu_mul", "down gemm",
+                                             "lm_head", "sample", "D2H", "graph"};
 
 typedef struct {
     float *attn_norm;   // (dim)
@@ -66,9 +77,11 @@ typedef struct {
     int partial_tokens, max_splits;
     void *gemm_ws;
     int32_t *d_meta;     // device copy of the step metadata
+    int32_t *d_ids;      // (R) tokens picked on the device (forward_sample)
 
     // step metadata: pinned host buffer, copied to d_meta in one H2D copy
-    int32_t *h_meta;
+    int32_t *h_meta;     // (meta_ints + R): the metadata, then h_ids
+    int32_t *h_ids;      // (R) pinned: the picked tokens copied back
     size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
     int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
 
@@ -83,11 +96,21 @@ typedef struct {
     cudaGraphExec_t graph[S_MAX_GRAPHS];
     int use_graphs;
     uint64_t graph_steps;
+
+    // KVF_CUDA_TIMING=1: per-group device time, decode-only steps [0] and steps with prefill [1],
+    // printed at destroy. Events made at start-up; recorded only on eager steps.
+    int timing, timing_now, n_ev;
+    cudaEvent_t ev[S_EV_MAX];
+    int ev_cat[S_EV_MAX];
+    double t_ms[2][S_T_N], t_host_ms[2], t_gpu_ms[2];
+    uint64_t t_steps[2], t_rows[2];
 } s_cuda_t;
 
 static void s_destroy(kvf_backend_t **self_p);
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
-static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy};
+static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                            const int32_t *steps, int32_t *out_tokens, kvf_err_t *err);
+static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy, s_forward_sample};
 static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err);
 
 static size_t s_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
@@ -306,6 +329,7 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
                                                       c->base.cfg.head_dim));
     S_TAKE(c->gemm_ws, char, S_GEMM_WS);
     S_TAKE(c->d_meta, int32_t, c->meta_ints);
+    S_TAKE(c->d_ids, int32_t, R);
 #undef S_TAKE
     (void)B;
     return off;
@@ -398,9 +422,17 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     be->workspace_bytes = s_layout_ws(c, NULL);
     if (s_malloc(c, &c->wsmem, be->workspace_bytes, "workspace", err) != 0) return -1;
     s_layout_ws(c, c->wsmem);
-    KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, c->meta_ints * sizeof(int32_t)), err);
+    KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, (c->meta_ints + R) * sizeof(int32_t)), err);
     c->n_allocs++;
-    memset(c->h_meta, 0, c->meta_ints * sizeof(int32_t));
+    memset(c->h_meta, 0, (c->meta_ints + R) * sizeof(int32_t));
+    c->h_ids = c->h_meta + c->meta_ints;
+    const char *tenv = getenv("KVF_CUDA_TIMING");
+    if (tenv && atoi(tenv) > 0) {
+        for (int i = 0; i < S_EV_MAX; i++) {
+            KVF_CUDA_CHECK(cudaEventCreate(&c->ev[i]), err);
+            c->timing = i + 1;  // events made so far (destroy frees them)
+        }
+    }
     c->gemm = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, err);
     if (!c->gemm) return -1;
 
@@ -490,11 +522,29 @@ kvf_backend_t *kvf_cuda_backend_new(const kvf_modelcfg_t *cfg, const kvf_safeten
     return be;
 }
 
+// KVF_CUDA_TIMING: one table on stderr (a diagnostic for benchmarks, off by default).
+static void s_timing_report(const s_cuda_t *c) {
+    static const char *const kind[2] = {"decode-only steps", "steps with prefill"};
+    for (int k = 0; k < 2; k++) {
+        if (!c->t_steps[k]) continue;
+        const double n = (double)c->t_steps[k];
+        fprintf(stderr, "KVF_CUDA_TIMING %s: %llu steps, %.1f rows/step, host wall %.3f ms/step, device %.3f ms/step\n",
+                kind[k], (unsigned long long)c->t_steps[k], (double)c->t_rows[k] / n, c->t_host_ms[k] / n,
+                c->t_gpu_ms[k] / n);
+        for (int t = 0; t < S_T_N; t++)
+            if (c->t_ms[k][t] > 0)
+                fprintf(stderr, "KVF_CUDA_TIMING   %-14s %8.3f ms/step %5.1f%%\n", s_t_names[t], c->t_ms[k][t] / n,
+                        100.0 * c->t_ms[k][t] / (c->t_gpu_ms[k] > 0 ? c->t_gpu_ms[k] : 1));
+    }
+}
+
 static void s_destroy(kvf_backend_t **self_p) {
     if (!self_p || !*self_p) return;
     s_cuda_t *c = (s_cuda_t *)*self_p;
     cudaSetDevice(c->device);
     if (c->stream) cudaStreamSynchronize(c->stream);
+    if (c->timing) s_timing_report(c);
+    for (int i = 0; i < c->timing; i++) cudaEventDestroy(c->ev[i]);
     for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graph[i]);
     kvf_gemm_ctx_destroy(&c->gemm);
     cudaFree(c->kv);
@@ -530,10 +580,10 @@ static void s_tiles(s_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int *n_ti
     *n_tiles = na, *n_tiles_tc = nb;
 }
 
-static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int *q_per_tile, int *max_ctx,
+static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const void *out, int *q_per_tile, int *max_ctx,
                      int *n_tiles_tc, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
-    if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits are required");
+    if (!b || !out) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits (or tokens) are required");
     if (b->n_seqs < 1 || b->n_seqs > o->max_batch_size)
         return kvf_err_set(err, KVF_E_INVAL, "batch: %d sequences, allowed 1..%d (max_batch_size)", b->n_seqs,
                            o->max_batch_size);
@@ -598,6 +648,21 @@ static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const float *logits, int
     return n_tiles;
 }
 
+// KVF_CUDA_TIMING: an event after the kernels of group cat (the group runs from the previous event).
+static int s_mark(s_cuda_t *c, int cat, kvf_err_t *err) {
+    if (c->n_ev >= c->timing) return 0;
+    c->ev_cat[c->n_ev] = cat;
+    KVF_CUDA_CHECK(cudaEventRecord(c->ev[c->n_ev], c->stream), err);
+    c->n_ev++;
+    return 0;
+}
+
+static double s_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 // The kernels of one step on c->stream, reading the metadata already in d_meta:
 // n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
 // rows picked by the row index) into c->logits. Captured into graphs as is.
@@ -615,7 +680,10 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
 #define S_K(call) \
     if ((call) != 0) return -1
+#define S_TM(cat) \
+    if (c->timing_now) S_K(s_mark(c, (cat), err))
     S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+    S_TM(S_T_EMBED);
     for (int l = 0; l < cfg->n_layers; l++) {
         const s_layer_t *L = &c->layers[l];
         uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
@@ -625,28 +693,43 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
         } else {
             S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->attn_norm, n, D, eps, st, err));
         }
+        S_TM(S_T_NORM);
         S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
+        S_TM(S_T_QKV);
         S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
                             be->n_blocks, st, err));
-        if (n_tiles > 0)
+        S_TM(S_T_ROPE);
+        if (n_tiles > 0) {
             S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
                               bs, n_splits, split_len, st, err));
-        if (n_tiles_tc > 0)
+            S_TM(S_T_ATTN);
+        }
+        if (n_tiles_tc > 0) {
             S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs, st,
                                       err));
+            S_TM(S_T_ATTN_TC);
+        }
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        S_TM(S_T_O);
         S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
+        S_TM(S_T_NORM);
         S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+        S_TM(S_T_GU);
         S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        S_TM(S_T_SILU);
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, 0.0f, st, err));
+        S_TM(S_T_DOWN);
     }
     S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
+    S_TM(S_T_NORM);
     const uint16_t *x = c->h;
     if (!all_logits) {
         S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
         x = c->rows;
     }
     S_K(kvf_gemm(c->gemm, c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, V, 0.0f, st, err));
+    S_TM(S_T_LMHEAD);
+#undef S_TM
 #undef S_K
     return 0;
 }
@@ -702,16 +785,23 @@ static void s_pad_decode(s_cuda_t *c, int n_seqs, int bucket) {
     }
 }
 
-static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
-    s_cuda_t *c = (s_cuda_t *)be;
-    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
+// One step: logits (host, rows x vocab) copied back when logits is set; else
+// the argmax of each sequence's row into ids (host, n_seqs) and only those.
+static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+    kvf_backend_t *be = &c->base;
     int qpt = 1, max_ctx = 0, n_tiles_tc = 0;
-    const int n_tiles = s_prepare(c, b, logits, &qpt, &max_ctx, &n_tiles_tc, err);
+    const int n_tiles = s_prepare(c, b, logits ? (const void *)logits : (const void *)ids, &qpt, &max_ctx,
+                                  &n_tiles_tc, err);
     if (n_tiles < 0) return -1;
+    if (ids && b->all_logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: all_logits must be 0");
     const int n = b->n_tokens, V = be->cfg.vocab_size;
     const int rows = b->all_logits ? n : b->n_seqs;
     cudaStream_t st = c->stream;
     KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
+    const double h0 = c->timing ? s_now_ms() : 0.0;
+    c->timing_now = c->timing > 0;
+    c->n_ev = 0;
+    if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
 
     int gi = -1;
     if (c->use_graphs && !b->all_logits && n == b->n_seqs)
@@ -721,7 +811,9 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         s_pad_decode(c, b->n_seqs, c->graph_bucket[gi]);
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
                                        st), err);
+        if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
         KVF_CUDA_CHECK(cudaGraphLaunch(c->graph[gi], st), err);
+        if (c->timing_now && s_mark(c, S_T_GRAPH, err) != 0) return -1;
         c->graph_steps++;
     } else {
         // Splits only when kvf_attention writes every row (its reduce covers all tokens).
@@ -731,10 +823,59 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
                                               &split_len);
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
                                        st), err);
+        if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
         if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, err) != 0) return -1;
     }
-    KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost, st),
-                   err);
+    if (logits) {
+        KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,
+                                       st), err);
+        if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
+    } else {
+        if (kvf_argmax(c->d_ids, c->logits, b->n_seqs, V, st, err) != 0) return -1;
+        if (c->timing_now && s_mark(c, S_T_SAMPLE, err) != 0) return -1;
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)b->n_seqs * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, st), err);
+        if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
+    }
     KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
+    if (ids) memcpy(ids, c->h_ids, (size_t)b->n_seqs * sizeof(int32_t));
+    if (c->timing_now) {
+        const int k = n == b->n_seqs ? 0 : 1;
+        for (int i = 1; i < c->n_ev; i++) {
+            float ms = 0.0f;
+            KVF_CUDA_CHECK(cudaEventElapsedTime(&ms, c->ev[i - 1], c->ev[i]), err);
+            c->t_ms[k][c->ev_cat[i]] += ms;
+            c->t_gpu_ms[k] += ms;
+        }
+        c->t_steps[k]++;
+        c->t_rows[k] += (uint64_t)b->n_seqs;
+        c->t_host_ms[k] += s_now_ms() - h0;
+        c->timing_now = 0;
+    }
     return 0;
+}
+
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    if (!be) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
+    if (!logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits are required");
+    return s_run((s_cuda_t *)be, b, logits, NULL, err);
+}
+
+// Greedy only: the argmax over the same f32 logits the host sampler would see
+// (lowest id on ties, NaN never wins), so the tokens are the host path's. A
+// temperature > 0 (the host's inverse-CDF draw over filtered candidates) or a
+// repetition penalty (it needs the history) is KVF_E_UNSUPPORTED.
+static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                            const int32_t *steps, int32_t *out_tokens, kvf_err_t *err) {
+    (void)steps;
+    if (!be || !b || !per_seq || !out_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
+    for (int i = 0; i < b->n_seqs; i++) {
+        const kvf_sampling_t *s = per_seq[i];
+        if (s && (s->temperature > 0.0f || s->repetition_penalty != 1.0f))
+            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: sequence %d is not greedy without "
+                               "repetition penalty (temperature %g, repetition_penalty %g)", i, s->temperature,
+                               s->repetition_penalty);
+    }
+    return s_run((s_cuda_t *)be, b, NULL, out_tokens, err);
 }
