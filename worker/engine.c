@@ -59,6 +59,9 @@ struct kvf_engine_s {
     int32_t *b_n_past;           // (max_batch_size)
     int32_t *b_table;            // (max_batch_size, max_blocks_per_seq)
     s_event_t *events;           // (max_batch_size)
+    const kvf_sampling_t **b_smp;// (max_batch_size) forward_sample: each row's sampling, NULL when not sampled
+    int32_t *b_step;             // (max_batch_size) forward_sample: each row's step index
+    int32_t *b_ids;              // (max_batch_size) forward_sample: the tokens it picked
 
     s_pending_t *pending;
     int32_t n_pending, cap_pending;
@@ -250,6 +253,9 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     e->b_n_past = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->b_table = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size * (size_t)e->max_blocks_per_seq);
     e->events = kvf_xmalloc(sizeof(s_event_t) * (size_t)o.max_batch_size);
+    e->b_smp = kvf_xmalloc(sizeof(*e->b_smp) * (size_t)o.max_batch_size);
+    e->b_step = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
+    e->b_ids = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->o = o;
     return e;
 
@@ -282,6 +288,9 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
     free(e->b_n_past);
     free(e->b_table);
     free(e->events);
+    free(e->b_smp);
+    free(e->b_step);
+    free(e->b_ids);
     free(e->pending);
     free(e);
     *self_p = NULL;
@@ -495,7 +504,25 @@ int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t
 
     kvf_batch_t batch;
     s_build_batch(e, &plan, &batch);
-    if (e->be->ops->forward(e->be, &batch, e->logits, err) != 0) {
+    // The backend picks the tokens itself when it can for every sampled row (only
+    // the ids come back); otherwise (KVF_E_UNSUPPORTED, nothing run) the logits path.
+    int on_device = 0, rc = 1;  // 1: not run yet
+    if (e->be->ops->forward_sample) {
+        for (int32_t i = 0; i < plan.n_seqs; i++) {
+            const s_req_t *r = plan.seqs[i]->user;
+            e->b_smp[i] = plan.sample[i] ? &r->sampling : NULL;
+            e->b_step[i] = r->n_generated;
+        }
+        kvf_err_t serr = {0};
+        rc = e->be->ops->forward_sample(e->be, &batch, e->b_smp, e->b_step, e->b_ids, &serr);
+        on_device = rc == 0;
+        if (rc != 0 && serr.code == KVF_E_UNSUPPORTED)
+            rc = 1;
+        else if (rc != 0 && err)
+            *err = serr;
+    }
+    if (rc == 1) rc = e->be->ops->forward(e->be, &batch, e->logits, err);
+    if (rc != 0) {
         kvf_log(KVF_LOG_ERROR, "step of %d sequences failed: %s", plan.n_seqs, err ? err->msg : "");
         int32_t ne = 0;
         for (int32_t i = 0; i < plan.n_seqs; i++) {
@@ -519,7 +546,9 @@ int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t
         kvf_seq_t *q = plan.seqs[i];
         s_req_t *r = q->user;
         float *row = e->logits + (size_t)i * vocab;
-        int32_t tok = kvf_sampler_sample(e->smp, row, vocab, &r->sampling, q->tokens, q->n_tokens, r->n_generated);
+        int32_t tok = on_device ? e->b_ids[i]
+                                : kvf_sampler_sample(e->smp, row, vocab, &r->sampling, q->tokens, q->n_tokens,
+                                                     r->n_generated);
         kvf_finish_reason reason = KVF_FINISH_NONE;
         if (tok < 0) {
             kvf_log(KVF_LOG_ERROR, "request %llu: the sampler failed", (unsigned long long)r->rid);
