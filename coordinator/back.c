@@ -138,12 +138,18 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     // The client did not cancel it (that would have finished it here already):
     // the worker stopped it on its own (SHUTDOWN) or found no blocks for it.
     // It resumes elsewhere from the tokens delivered.
-    if (r->finish_reason == KVF_FINISH_CANCELLED ||
-        (r->finish_reason == KVF_FINISH_ERROR && r->error_code == KVF_E_NOMEM_BLOCKS)) {
-        kvf_log(KVF_LOG_WARN, "worker %s gave rid %" PRIu64 " back (%s): re-dispatching", w->worker_id, req->rid,
-                r->finish_reason == KVF_FINISH_CANCELLED ? "cancelled" : "no blocks");
-        kvf_coord_requeue(c, req, r->finish_reason == KVF_FINISH_CANCELLED ? "cancelled by its worker"
-                                                                           : "its worker had no blocks");
+    // Refusals that say "not here, not now" (no blocks, draining, not
+    // welcomed yet) send it elsewhere too.
+    int refused = r->finish_reason == KVF_FINISH_ERROR &&
+                  (r->error_code == KVF_E_NOMEM_BLOCKS || r->error_code == KVF_E_BUSY || r->error_code == KVF_E_PROTO);
+    if (r->finish_reason == KVF_FINISH_CANCELLED || refused) {
+        char why[300];
+        snprintf(why, sizeof why, "%s by worker %s%s%.200s", refused ? "refused" : "cancelled", w->worker_id,
+                 refused ? ": " : "", refused ? r->error.ptr : "");
+        kvf_log(KVF_LOG_WARN, "rid %" PRIu64 " %s: re-dispatching", req->rid, why);
+        if (refused && r->error_code == KVF_E_BUSY && w->state == KVF_WSTATE_READY)
+            w->state = KVF_WSTATE_DRAINING;  // it says it takes nothing new
+        kvf_coord_requeue(c, req, why);
         return;
     }
     if (r->finish_reason == KVF_FINISH_ERROR) {
@@ -162,18 +168,14 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
 
 // ---- ERROR from a worker
 
+// An ERROR is about a message, not a request's end (a worker ends a request it
+// cannot run with a final RESULT, PROTOCOL.md 5): e.g. an ASSIGN of a rid it
+// already runs, which goes on there. Logged only.
 static void s_worker_error(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_msg_error_t *e) {
     int idx = kvf_registry_find_ident(c->reg, ident, ilen);
     const char *who = idx >= 0 ? c->reg->w[idx]->worker_id : "(unregistered)";
     kvf_log(KVF_LOG_WARN, "worker %s: ERROR rid %" PRIu64 " %s: %s", who, e->rid, kvf_status_name(e->code),
             e->message.len ? e->message.ptr : "");
-    if (idx < 0 || !e->rid) return;
-    kvf_req_t *req = kvf_reqtable_get(c->reqs, e->rid);
-    if (!req || req->state != KVF_REQ_ASSIGNED || req->worker != idx) return;
-    // The worker refused or lost this request: it ends with that error.
-    char msg[600];
-    snprintf(msg, sizeof msg, "worker %s: %.500s", who, e->message.len ? e->message.ptr : "error");
-    kvf_coord_fail(c, req, e->code ? (kvf_status)e->code : KVF_E_INTERNAL, msg);
 }
 
 // ---- entry

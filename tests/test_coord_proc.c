@@ -654,3 +654,50 @@ Test(coord_proc, prefix_affinity) {
     zsock_destroy(&b);
     cr_assert_eq(coord_stop(&p), 0);
 }
+
+// A worker that says "draining" (BUSY) gets nothing more and the request goes
+// elsewhere; an ERROR about a rid (not a final RESULT) does not end it.
+Test(coord_proc, busy_refusal_moves_work_and_worker_errors_do_not_end_requests) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *a = worker_new(&p, "a", 100, 100, 16);
+    zsock_t *b = worker_new(&p, "b", 50, 50, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rid;
+    client_submit(cl, NULL, 1, 4, 10, &rid);
+    kvf_msg_t m;
+    peer_expect(a, KVF_MSG_ASSIGN, &m);
+    kvf_msg_clear(&m);
+    kvf_msg_t r;
+    kvf_msg_init(&r, KVF_MSG_RESULT);
+    r.u.result.rid = rid;
+    r.u.result.finished = 1;
+    r.u.result.finish_reason = KVF_FINISH_ERROR;
+    r.u.result.error_code = KVF_E_BUSY;
+    r.u.result.error = kvf_str("worker is draining");
+    r.u.result.free_blocks = 100;
+    peer_send(a, &r);
+    peer_expect(b, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rid);
+    kvf_msg_clear(&m);
+    kvf_msg_t e;
+    kvf_msg_init(&e, KVF_MSG_ERROR);
+    e.u.error.rid = rid;
+    e.u.error.code = KVF_E_INVAL;
+    e.u.error.message = kvf_str("ASSIGN of a request id already running here");
+    peer_send(b, &e);
+    worker_result(b, rid, (int32_t[]){1}, 1, "x", 1, KVF_FINISH_STOP, 50);
+    peer_expect(cl, KVF_MSG_TOKENS, &m);
+    kvf_msg_clear(&m);
+    peer_expect(cl, KVF_MSG_DONE, &m);
+    cr_assert_eq(m.u.done.rid, rid);
+    kvf_msg_clear(&m);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "a")->load.state, KVF_WSTATE_DRAINING);
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&a);
+    zsock_destroy(&b);
+    cr_assert_eq(coord_stop(&p), 0);
+}
