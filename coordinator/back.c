@@ -31,13 +31,14 @@ static void s_register(kvf_coord_t *c, const void *ident, size_t ilen, const kvf
             return;
         }
         // A worker that registers again has restarted: what it held is lost.
-        if (o->outstanding > 0 || o->state != KVF_WSTATE_DEAD) kvf_coord_take_back(c, old, "registered again");
+        if (o->outstanding > 0 || o->state != KVF_WSTATE_DEAD)
+            kvf_coord_take_back(c, old, "registered again", same_conn && o->state != KVF_WSTATE_DEAD);
     }
     // The same connection registering under a new id: the old worker is gone.
     int same = kvf_registry_find_ident(c->reg, ident, ilen);
     if (same >= 0 && same != old) {
         if (c->reg->w[same]->state != KVF_WSTATE_DEAD || c->reg->w[same]->outstanding > 0)
-            kvf_coord_take_back(c, same, "replaced by a new registration on its connection");
+            kvf_coord_take_back(c, same, "replaced by a new registration on its connection", 1);
         c->reg->w[same]->ident_len = 0;
     }
     int idx = kvf_registry_upsert(c->reg, r, ident, ilen, kvf_coord_now(), &err);

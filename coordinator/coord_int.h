@@ -68,7 +68,10 @@ void kvf_coord_check_dead(kvf_coord_t *c, uint64_t now_ms);
 
 // Declares worker idx dead (or restarted) and puts its unfinished requests back
 // at the front of the queue, in rid order, to resume from the tokens delivered.
-void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why);
+// With tell_worker, each is also CANCELled at the worker first (a REGISTER that
+// was only a retry must not leave it running work the ledger no longer counts;
+// a restarted worker ignores CANCEL of rids it does not have).
+void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why, int tell_worker);
 
 // Applies ev to req and performs the actions the state table names (ledger,
 // queue, CANCEL to the worker, batch accounting). Returns 0, or -1 when the

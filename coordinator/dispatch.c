@@ -238,7 +238,7 @@ void kvf_coord_dispatch(kvf_coord_t *c) {
     // A send failure marked a worker dead mid-pass: take its work back now.
     for (uint32_t i = 0; i < c->reg->n; i++)
         if (c->reg->w[i]->state == KVF_WSTATE_DEAD && c->reg->w[i]->outstanding > 0)
-            kvf_coord_take_back(c, (int)i, "unreachable");
+            kvf_coord_take_back(c, (int)i, "unreachable", 0);
 }
 
 // ---- failure handling
@@ -257,8 +257,13 @@ static int s_cmp_desc(const void *a, const void *b) {
     return x < y ? 1 : x > y ? -1 : 0;
 }
 
-void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why) {
+void kvf_coord_take_back(kvf_coord_t *c, int idx, const char *why, int tell_worker) {
     kvf_cworker_t *w = c->reg->w[idx];
+    if (tell_worker) {
+        zhashx_t *h = c->reqs->by_rid;
+        for (kvf_req_t *r = zhashx_first(h); r; r = zhashx_next(h))
+            if (r->state == KVF_REQ_ASSIGNED && r->worker == idx) s_send_worker_cancel(c, idx, r->rid);
+    }
     w->state = KVF_WSTATE_DEAD;
     uint64_t *rids = NULL;
     uint32_t n = 0, cap = 0;
@@ -285,13 +290,13 @@ void kvf_coord_check_dead(kvf_coord_t *c, uint64_t now_ms) {
     for (uint32_t i = 0; i < c->reg->n; i++) {
         kvf_cworker_t *w = c->reg->w[i];
         if (w->state == KVF_WSTATE_DEAD) {
-            if (w->outstanding > 0) kvf_coord_take_back(c, (int)i, "unreachable");
+            if (w->outstanding > 0) kvf_coord_take_back(c, (int)i, "unreachable", 0);
             continue;
         }
         if (now_ms - w->last_seen_ms > c->cfg.dead_after_ms) {
             char why[64];
             snprintf(why, sizeof why, "silent for %" PRIu64 " ms: dead", now_ms - w->last_seen_ms);
-            kvf_coord_take_back(c, (int)i, why);
+            kvf_coord_take_back(c, (int)i, why, 0);
         }
     }
 }

@@ -701,3 +701,42 @@ Test(coord_proc, busy_refusal_moves_work_and_worker_errors_do_not_end_requests) 
     zsock_destroy(&b);
     cr_assert_eq(coord_stop(&p), 0);
 }
+
+// A REGISTER repeated on a live connection (a retry, or a restart): its work is
+// cancelled there, taken back and placed again; nothing runs twice unaccounted.
+Test(coord_proc, repeated_register_cancels_and_replaces_work) {
+    coord_proc_t p;
+    coord_start(&p, s_slow_death);
+    zsock_t *w = worker_new(&p, "w", 100, 100, 16);
+    zsock_t *cl = peer_new(p.front, NULL);
+    uint64_t rid;
+    client_submit(cl, NULL, 1, 4, 10, &rid);
+    kvf_msg_t m;
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    kvf_msg_clear(&m);
+    kvf_msg_t reg;
+    kvf_msg_init(&reg, KVF_MSG_REGISTER);
+    reg.u.reg.worker_id = kvf_str("w");
+    reg.u.reg.backend = kvf_str("cpu");
+    reg.u.reg.device = -1;
+    reg.u.reg.tp_size = 1;
+    reg.u.reg.total_blocks = 100;
+    reg.u.reg.free_blocks = 100;
+    reg.u.reg.plan.block_size = 16;
+    peer_send(w, &reg);
+    peer_expect(w, KVF_MSG_CANCEL, &m);
+    cr_assert_eq(m.u.cancel.rid, rid);
+    kvf_msg_clear(&m);
+    peer_expect(w, KVF_MSG_WELCOME, &m);
+    kvf_msg_clear(&m);
+    peer_expect(w, KVF_MSG_ASSIGN, &m);
+    cr_assert_eq(m.u.assign.rid, rid);
+    kvf_msg_clear(&m);
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(status_worker(&st, "w")->assigned, 1, "counted once");
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
