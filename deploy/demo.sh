@@ -134,6 +134,7 @@ fi
 
 echo
 echo "---- kvfctl status"
+sleep 1  # one heartbeat, so that the load numbers describe the idle cluster
 "$bin/kvfctl" status
 
 echo
