@@ -96,8 +96,8 @@ json_t *kvf_ctl_status_json(const kvf_cluster_status_t *st) {
 }
 
 void kvf_ctl_status_print(FILE *f, const kvf_cluster_status_t *st) {
-    fprintf(f, "%-20s %-8s %-5s %-9s %-20s %5s %5s %9s %8s  %s\n", "WORKER", "DEVICE", "TP", "STATE",
-            "FREE/TOTAL BLOCKS", "RUN", "WAIT", "TOK/S", "PREEMPT", "PLAN");
+    fprintf(f, "%-20s %-8s %-5s %-9s %-20s %5s %5s %9s %10s %8s  %s\n", "WORKER", "DEVICE", "TP", "STATE",
+            "FREE/TOTAL BLOCKS", "RUN", "WAIT", "TOK/S", "GENERATED", "PREEMPT", "PLAN");
     for (uint32_t i = 0; i < st->n_workers; i++) {
         const kvf_worker_info_t *w = &st->workers[i];
         char dev[32], tp[16], blocks[40], plan[64];
@@ -108,9 +108,9 @@ void kvf_ctl_status_print(FILE *f, const kvf_cluster_status_t *st) {
                  s_pct(w->load.free_blocks, w->load.total_blocks));
         snprintf(plan, sizeof plan, "%u blocks x %u = %llu tokens", w->plan.kv_blocks, w->plan.block_size,
                  (unsigned long long)w->plan.tokens_fit);
-        fprintf(f, "%-20s %-8s %-5s %-9s %-20s %5u %5u %9.1f %8llu  %s\n", w->worker_id, dev, tp,
+        fprintf(f, "%-20s %-8s %-5s %-9s %-20s %5u %5u %9.1f %10llu %8llu  %s\n", w->worker_id, dev, tp,
                 kvf_wstate_name(w->load.state), blocks, w->load.running, w->load.waiting, w->load.tokens_per_s,
-                (unsigned long long)w->load.preemptions, plan);
+                (unsigned long long)w->load.tokens_total, (unsigned long long)w->load.preemptions, plan);
     }
     s_totals_t t = s_sum(st);
     fprintf(f, "cluster: %u workers (%u ready, %u dead), blocks %llu/%llu free (%.0f%%), %llu running, "
