@@ -9,3 +9,8 @@ kvf_add_test(test_coord_hostile SOURCES test_coord_hostile.c LIBS kvf_coord kvf_
 add_dependencies(test_coord_hostile kvf-coordinator)
 kvf_add_test(test_coord_stress SOURCES test_coord_stress.c LIBS kvf_coord LABELS multiprocess TIMEOUT 180)
 add_dependencies(test_coord_stress kvf-coordinator)
+kvf_add_test(test_coord_e2e SOURCES test_coord_e2e.c LIBS kvf_coord LABELS multiprocess TIMEOUT 180)
+add_dependencies(test_coord_e2e kvf-coordinator)
+if(TARGET kvf-worker)
+  add_dependencies(test_coord_e2e kvf-worker)
+endif()
