@@ -1,6 +1,7 @@
 # tests/client.cmake — libkvf, kvfctl and whole-cluster tests (included by tests/CMakeLists.txt).
 if(TARGET kvfctl_core)
   kvf_add_test(test_kvfctl SOURCES test_kvfctl.c LIBS kvfctl_core TIMEOUT 60)
+  add_dependencies(test_kvfctl kvfctl)
 endif()
 if(TARGET kvf_static)
   # Multi-process: real kvf-coordinator / kvf-worker / kvfctl binaries on loopback.

@@ -294,6 +294,27 @@ Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_
         if (i == 100) fprintf(f, "{\"id\": \"bad-json\", \"prompt\": \n");
         if (i == 200) fprintf(f, "{\"id\": \"bad-temp\", \"prompt\": \"x\", \"temperature\": -2}\n");
     }
+    // One more with a stop string taken from the middle of its reference text:
+    // the client cuts the text before it and reports finish_reason "stop".
+    int ks = 0;
+    for (int k = 1; k < S_DISTINCT; k++)
+        if (strlen(ref_text[k]) > strlen(ref_text[ks])) ks = k;
+    size_t rl = strlen(ref_text[ks]);
+    cr_assert_geq(rl, 8, "reference texts are too short for a stop-string check");
+    char stop[8] = {0};
+    memcpy(stop, ref_text[ks] + rl / 2, 3);
+    while (stop[0] && ((unsigned char)stop[0] & 0xC0) == 0x80) memmove(stop, stop + 1, strlen(stop));  // whole UTF-8
+    size_t sl = strlen(stop);
+    while (sl > 0 && ((unsigned char)stop[sl - 1] & 0x80)) stop[--sl] = 0;
+    cr_assert_gt(sl, 0);
+    char *expect_cut = strndup(ref_text[ks], (size_t)(strstr(ref_text[ks], stop) - ref_text[ks]));
+    json_t *so = json_pack("{s:s, s:s, s:s, s:{s:s, s:i, s:s}}", "custom_id", "with-stop", "method", "POST", "url",
+                           "/v1/completions", "body", "prompt", prompts[ks], "max_tokens", s_max_tokens(ks), "stop",
+                           stop);
+    char *sline = json_dumps(so, JSON_COMPACT);
+    fprintf(f, "%s\n", sline);
+    free(sline);
+    json_decref(so);
     fclose(f);
 
     t0 = kvh_now();
@@ -305,7 +326,12 @@ Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_
     cr_log_info("kvfctl run: %d lines in %.2f s", S_LINES + 2, secs);
 
     json_t *lines = s_read_jsonl(out);
-    cr_assert_eq(json_array_size(lines), S_LINES + 2, "%zu output lines", json_array_size(lines));
+    cr_assert_eq(json_array_size(lines), S_LINES + 3, "%zu output lines", json_array_size(lines));
+    json_t *sl_out = json_array_get(lines, S_LINES + 2);
+    cr_assert_str_eq(json_string_value(json_object_get(sl_out, "id")), "with-stop");
+    cr_assert_str_eq(json_string_value(json_object_get(sl_out, "text")), expect_cut, "stop string '%s'", stop);
+    cr_assert_str_eq(json_string_value(json_object_get(sl_out, "finish_reason")), "stop");
+    free(expect_cut);
     size_t li = 0;
     for (int i = 0; i < S_LINES; i++, li++) {
         json_t *o = json_array_get(lines, li);
@@ -331,8 +357,22 @@ Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_
         }
     }
 
-    // Every worker took part; nothing was preempted or rejected.
+    // kvfctl generate streams the same greedy text.
+    char gen_out[400], mt[16];
+    snprintf(gen_out, sizeof gen_out, "%s/generate.json", c.dir);
+    snprintf(mt, sizeof mt, "%d", s_max_tokens(3));
+    const char *gargs[] = {"generate", prompts[3], "--max-tokens", mt, "--json", NULL};
+    cr_assert_eq(s_kvfctl(&c, gen_out, 60, gargs), 0);
+    json_t *g = json_load_file(gen_out, 0, NULL);
+    cr_assert_not_null(g);
+    cr_assert(json_equal(json_object_get(g, "output_ids"), ref_ids[3]), "kvfctl generate differs from kvf-generate");
+    cr_assert_str_eq(json_string_value(json_object_get(g, "text")), ref_text[3]);
+    json_decref(g);
+
+    // Every worker took part; nothing was preempted or rejected; the coordinator
+    // completed each submitted request once (the two bad lines never left kvfctl).
     json_t *st = s_status_json(&c);
+    cr_assert_eq(s_int(st, "requests_done"), S_LINES + 1 + 1, "requests_done");
     for (int i = 0; i < 3; i++) {
         char id[16];
         snprintf(id, sizeof id, "w%d", i);

@@ -275,3 +275,69 @@ Test(status_view, json_totals_count_live_workers) {
     cr_assert(strstr(buf, "queue 5/100"));
     free(buf);
 }
+
+// ---------------------------------------------------------------- the CLI's errors
+
+#include "cluster_harness.h"
+
+// Runs kvfctl with args; returns its exit status and its stderr in *err_text (free()).
+static int s_cli(const char *const *args, char **err_text) {
+    kvh_require_bin("kvfctl");
+    char bin[512], errp[64] = "/tmp/kvfctl-cli-XXXXXX";
+    int fd = mkstemp(errp);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    char *argv[KVH_MAX_ARGS];
+    int n = 0;
+    argv[n++] = (char *)kvh_bin("kvfctl", bin, sizeof bin);
+    for (int i = 0; args[i]; i++) argv[n++] = (char *)args[i];
+    argv[n] = NULL;
+    int rc = kvh_run(argv, NULL, errp, 30);
+    *err_text = kvf_test_slurp(errp, NULL);
+    unlink(errp);
+    return rc;
+}
+
+Test(cli, bad_usage_exits_2_with_a_message) {
+    const char *cases[][8] = {
+        {"--bogus", "status", NULL},
+        {"frobnicate", NULL},
+        {"run", "in.jsonl", NULL},
+        {"run", "-o", "out.jsonl", NULL},
+        {"status", "--yaml", NULL},
+        {"generate", "hi", "--temperature", "-1", NULL},
+        {"generate", "hi", "--max-tokens", "zero", NULL},
+        {"--coordinator", "nonsense", "status", NULL},
+        {"--timeout", "0", "status", NULL},
+        {"drain", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char *e = NULL;
+        int rc = s_cli(cases[i], &e);
+        cr_assert_eq(rc, 2, "case %zu (%s %s): exit %d", i, cases[i][0], cases[i][1] ? cases[i][1] : "", rc);
+        cr_assert(e && strstr(e, "kvfctl"), "case %zu: no message", i);
+        free(e);
+    }
+    char *e = NULL;
+    const char *help[] = {"--help", NULL};
+    cr_assert_eq(s_cli(help, &e), 0);
+    free(e);
+}
+
+Test(cli, unreachable_coordinator_exits_1_after_the_timeout) {
+    const char *cmds[][8] = {
+        {"--coordinator", "tcp://127.0.0.1:1", "--timeout", "300", "status", NULL},
+        {"--coordinator", "tcp://127.0.0.1:1", "--timeout", "300", "generate", "hello", NULL},
+        {"--coordinator", "tcp://127.0.0.1:1", "--timeout", "300", "shutdown", NULL},
+    };
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char *e = NULL;
+        double t0 = kvh_now();
+        int rc = s_cli(cmds[i], &e);
+        double dt = kvh_now() - t0;
+        cr_assert_eq(rc, 1, "%s: exit %d", cmds[i][4], rc);
+        cr_assert(e && strstr(e, "tcp://127.0.0.1:1") && strstr(e, "timeout"), "%s: message '%s'", cmds[i][4], e);
+        cr_assert_lt(dt, 5.0);
+        free(e);
+    }
+}
