@@ -10,13 +10,17 @@
 #   KVF_DEMO_MODEL=/path/to/Llama-3.2-1B ./deploy/demo.sh
 # Other knobs: KVF_DEMO_BACKEND=cpu|cuda|auto, KVF_DEMO_WORKERS=N,
 # KVF_DEMO_MAX_TOKENS=N (default 32), KVF_DEMO_CPU_MEMORY=SIZE (memory budget of
-# each CPU worker, default 1G). Safe to run twice (fresh run dir, free ports).
+# each CPU worker, default 1G), KVF_BIN_DIR=DIR (use binaries built elsewhere). Safe to run twice (fresh run dir, free ports).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${KVF_BUILD_DIR:-$root/build}
 
-"$root/deploy/build.sh" "$build"
-bin=$build/bin
+if [ -n "${KVF_BIN_DIR:-}" ]; then
+  bin=$KVF_BIN_DIR  # prebuilt binaries (e.g. carried to a GPU machine): no build
+else
+  "$root/deploy/build.sh" "$build"
+  bin=$build/bin
+fi
 for b in kvf-coordinator kvf-worker kvfctl kvf-mkmodel; do
   [ -x "$bin/$b" ] || { echo "demo: $bin/$b was not built" >&2; exit 1; }
 done
