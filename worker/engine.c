@@ -16,6 +16,8 @@
 #include "worker/cpu_backend.h"
 #include "worker/sampler.h"
 #include "worker/sched.h"
+#include "worker/tp.h"
+#include "worker/tp_group.h"
 #ifdef KVF_HAVE_CUDA
 #include "worker/cuda_backend.h"
 #endif
@@ -209,6 +211,11 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     bo.max_blocks_per_seq = e->max_blocks_per_seq;
     bo.tp_rank = 0;
     bo.tp_size = 1;
+    if (o.tp) {  // tensor parallelism: this rank's shard
+        bo.tp_rank = kvf_tp_rank(o.tp);
+        bo.tp_size = kvf_tp_size(o.tp);
+        bo.tp = o.tp;
+    }
     bo.n_threads = o.n_threads;
     bo.device = o.device;
     bo.cache_max_entry_count = o.cache_max_entry_count;
@@ -227,6 +234,12 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
                     e->be->n_blocks, o.block_size, (long long)tokens_fit, MIB(e->be->kv_bytes), o.session_len,
                     e->max_blocks_per_seq);
         goto fail;
+    }
+
+    // TP rank 0 sends every step to the other ranks (worker/tp_group.h).
+    if (o.tp && kvf_tp_size(o.tp) > 1 && kvf_tp_rank(o.tp) == 0) {
+        e->be = kvf_tp_leader_new(&e->be, o.tp, 0, err);
+        if (!e->be) goto fail;
     }
 
     e->bm = kvf_blockmgr_new(e->be->n_blocks, o.block_size, o.enable_prefix_caching);
@@ -301,6 +314,7 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
 const kvf_modelcfg_t *kvf_engine_cfg(const kvf_engine_t *e) { return &e->cfg; }
 const kvf_tokenizer_t *kvf_engine_tokenizer(const kvf_engine_t *e) { return e->tok; }
 const kvf_engine_opts_t *kvf_engine_opts(const kvf_engine_t *e) { return &e->o; }
+struct kvf_backend_s *kvf_engine_backend(kvf_engine_t *e) { return e->be; }
 
 void kvf_engine_plan(const kvf_engine_t *e, kvf_plan_t *out) {
     memset(out, 0, sizeof *out);

@@ -42,6 +42,12 @@ typedef struct {
     // safetensors and no tokenizer are read and the backend seeds random weights
     // (st == NULL, see cpu_backend.h / cuda_backend.h). Default 0.
     int dummy_weights;
+    // Added for tensor parallelism (worker/tp.h, worker/tp_group.h): the TP
+    // group's communicator, not owned; NULL (default) for one rank. The backend
+    // shards over it; on rank 0 it is wrapped so that every step is also sent
+    // to the other ranks, which run kvf_tp_follower_run on kvf_engine_backend().
+    // Every rank must be given the same options.
+    struct kvf_tp_s *tp;
 } kvf_engine_opts_t;
 
 // The defaults listed above.
@@ -81,6 +87,9 @@ void kvf_engine_destroy(kvf_engine_t **self_p);
 const kvf_modelcfg_t *kvf_engine_cfg(const kvf_engine_t *e);
 const kvf_tokenizer_t *kvf_engine_tokenizer(const kvf_engine_t *e);
 const kvf_engine_opts_t *kvf_engine_opts(const kvf_engine_t *e);
+
+// The backend, owned by the engine (a TP follower runs the leader's steps on it).
+struct kvf_backend_s *kvf_engine_backend(kvf_engine_t *e);
 
 // The memory plan as reported to the coordinator.
 void kvf_engine_plan(const kvf_engine_t *e, kvf_plan_t *out);

@@ -13,6 +13,8 @@
 #include "common/log.h"
 #include "common/zmqutil.h"
 #include "proto/codec.h"
+#include "worker/tp.h"
+#include "worker/tp_group.h"
 
 #define REGISTER_EVERY_MS 1000
 #define MAX_IDLE_WAIT_MS 500
@@ -46,6 +48,7 @@ struct kvf_worker_s {
     char *coordinator;
     char id[256];
     kvf_engine_t *engine;
+    kvf_tp_t *tp;                // the TP group's communicator; NULL for one rank
     char plan_text[2048];
     kvf_plan_t plan;
 
@@ -177,12 +180,12 @@ static void s_send_register(kvf_worker_t *w) {
     kvf_msg_init(&m, KVF_MSG_REGISTER);
     kvf_msg_register_t *r = &m.u.reg;
     r->worker_id = kvf_str(w->id);
-    r->group_id = kvf_str(w->id);
+    r->group_id = kvf_str(w->tp ? w->o.tp_group : w->id);
     r->model = kvf_str(w->model);
     r->backend = kvf_str(eo->backend);
     r->device = strcmp(eo->backend, "cuda") == 0 ? eo->device : -1;
     r->tp_rank = 0;
-    r->tp_size = 1;
+    r->tp_size = (uint32_t)kvf_tp_size(w->tp);  // free/total blocks are the group's: block ids agree on every rank
     r->total_blocks = (uint32_t)st.total_blocks;
     r->free_blocks = (uint32_t)st.free_blocks;
     r->max_batch_size = (uint32_t)eo->max_batch_size;
@@ -491,15 +494,32 @@ static int s_drain_socket(kvf_worker_t *w, kvf_err_t *err) {
 // ---------------------------------------------------------------- lifecycle
 
 kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
-    if (!opts || !opts->model || !opts->coordinator) {
+    int follower = opts && opts->tp_size > 1 && opts->tp_rank > 0;  // a TP rank > 0 has no coordinator
+    if (!opts || !opts->model || (!opts->coordinator && !follower)) {
         kvf_err_set(err, KVF_E_INVAL, "a worker needs --model and --coordinator");
         return NULL;
     }
     kvf_worker_t *w = kvf_xcalloc(1, sizeof *w);
     w->o = *opts;
     w->model = kvf_xstrdup(opts->model);
-    w->coordinator = kvf_xstrdup(opts->coordinator);
-    w->engine = kvf_engine_new(opts->model, &opts->engine, err);
+    w->coordinator = kvf_xstrdup(opts->coordinator ? opts->coordinator : "");
+    kvf_engine_opts_t eo_tp = opts->engine;
+    if (opts->tp_size > 1) {
+        if (!opts->tp_group || opts->tp_rank < 0 || opts->tp_rank >= opts->tp_size) {
+            kvf_err_set(err, KVF_E_INVAL, "--tp %d needs --group ID and --rank in [0, %d)", opts->tp_size,
+                        opts->tp_size);
+            kvf_worker_destroy(&w);
+            return NULL;
+        }
+        kvf_tp_shm_opts_t so = {.timeout_ms = opts->tp_timeout_ms};
+        w->tp = kvf_tp_shm_new(opts->tp_group, opts->tp_rank, opts->tp_size, &so, err);
+        if (!w->tp) {
+            kvf_worker_destroy(&w);
+            return NULL;
+        }
+        eo_tp.tp = w->tp;
+    }
+    w->engine = kvf_engine_new(opts->model, &eo_tp, err);
     if (!w->engine) {
         kvf_worker_destroy(&w);
         return NULL;
@@ -536,7 +556,8 @@ void kvf_worker_destroy(kvf_worker_t **self_p) {
     free(w->reqs);
     free(w->touched);
     zsock_destroy(&w->sock);
-    kvf_engine_destroy(&w->engine);
+    kvf_engine_destroy(&w->engine);  // a TP leader's engine tells its followers to stop
+    kvf_tp_destroy(&w->tp);
     free(w->model);
     free(w->coordinator);
     free(w);
@@ -547,6 +568,8 @@ const char *kvf_worker_plan_text(const kvf_worker_t *w) { return w->plan_text; }
 const char *kvf_worker_id(const kvf_worker_t *w) { return w->id; }
 
 int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err) {
+    if (w->tp && kvf_tp_rank(w->tp) > 0)  // a TP follower: the leader's steps, no coordinator
+        return kvf_tp_follower_run(kvf_engine_backend(w->engine), w->tp, stop, err);
     w->sock = kvf_zmq_dealer_connect(w->coordinator, w->id, KVF_ZMQ_MAX_MSG, err);
     if (!w->sock) return -1;
     kvf_log(KVF_LOG_INFO, "worker %s connecting to %s", w->id, w->coordinator);
@@ -574,6 +597,10 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
             break;
         }
         if (w->state == S_STOPPING || (stop && *stop)) break;
+        if (w->tp && kvf_tp_leader_check(kvf_engine_backend(w->engine), err) != 0) {
+            rc = -1;  // a rank is gone: leave, so that the coordinator re-dispatches our work
+            break;
+        }
 
         int64_t now = s_now_ms();
         if (w->state == S_REGISTERING && now >= w->next_register_ms) s_send_register(w);
@@ -582,8 +609,14 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
         if ((w->state == S_READY || w->state == S_DRAINING) && kvf_engine_has_work(w->engine)) {
             kvf_err_t serr;
             w->n_touched = 0;
-            if (kvf_engine_step(w->engine, s_on_token, w, &serr) < 0)
+            if (kvf_engine_step(w->engine, s_on_token, w, &serr) < 0) {
                 kvf_log(KVF_LOG_ERROR, "step failed: %s", serr.msg);
+                if (w->tp && serr.code == KVF_E_PEER_LOST) {  // the TP group is gone: no results, leave
+                    if (err) *err = serr;
+                    rc = -1;
+                    break;
+                }
+            }
             uint32_t free_blocks = s_free_blocks(w);
             for (uint32_t i = 0; i < w->n_touched; i++) {
                 s_wreq_t *r = s_req_find(w, w->touched[i]);

@@ -34,6 +34,15 @@ typedef struct {
     const char *coordinator;  // endpoint of the coordinator's back socket, e.g. tcp://host:5556
     const char *worker_id;    // NULL: "<hostname>:gpu<device>" (cuda) or "<hostname>:cpu-<pid>"
     kvf_engine_opts_t engine;
+    // Added for tensor parallelism (worker/tp_group.h): tp_size ranks on this
+    // host form group tp_group (a shm communicator, worker/tp.h). Rank 0 talks to
+    // the coordinator, runs the scheduler and sends each step to the others;
+    // ranks > 0 need no coordinator: kvf_worker_run serves the leader's steps
+    // until it stops or the group fails. tp_size 0 or 1: no TP.
+    // tp_timeout_ms: how long any rank waits for another (0 = 30 s).
+    int32_t tp_size, tp_rank;
+    const char *tp_group;
+    int32_t tp_timeout_ms;
 } kvf_worker_opts_t;
 
 typedef struct kvf_worker_s kvf_worker_t;

@@ -4,6 +4,10 @@
 //              [--worker-id ID] [--memory-budget BYTES] [--cache-max-entry-count F]
 //              [--max-prefill-token-num N] [--max-batch-size N] [--block-size N]
 //              [--session-len N] [--enable-prefix-caching] [--threads N]
+//              [--tp T --rank R --group G [--tp-timeout-ms MS]]
+//
+// A TP group is T processes on one host started with the same flags and their
+// own --rank (deploy/tp-run.sh); rank 0 needs --coordinator, the others do not.
 //
 // The memory plan is made (and an impossible one refused) before anything is
 // connected; the plan is printed on stdout. Exit status: 0 after SHUTDOWN or
@@ -32,6 +36,7 @@ static void s_usage(FILE *f) {
                "                  [--worker-id ID] [--memory-budget BYTES (K/M/G suffixes)]\n"
                "                  [--cache-max-entry-count F] [--max-prefill-token-num N] [--max-batch-size N]\n"
                "                  [--block-size N] [--session-len N] [--enable-prefix-caching] [--threads N]\n"
+               "                  [--tp T --rank R --group G [--tp-timeout-ms MS]]\n"
                "                  [--log-level error|warn|info|debug]\n");
 }
 
@@ -86,6 +91,17 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
         } else if (!strcmp(f, "--threads")) {
             if (kvf_args_int(f, v, 0, 1024, &iv, err)) return -1;
             o->engine.n_threads = (int32_t)iv;
+        } else if (!strcmp(f, "--tp")) {
+            if (kvf_args_int(f, v, 1, 64, &iv, err)) return -1;
+            o->tp_size = (int32_t)iv;
+        } else if (!strcmp(f, "--rank")) {
+            if (kvf_args_int(f, v, 0, 63, &iv, err)) return -1;
+            o->tp_rank = (int32_t)iv;
+        } else if (!strcmp(f, "--group")) {
+            o->tp_group = v;
+        } else if (!strcmp(f, "--tp-timeout-ms")) {
+            if (kvf_args_int(f, v, 1, 3600000, &iv, err)) return -1;
+            o->tp_timeout_ms = (int32_t)iv;
         } else if (!strcmp(f, "--log-level")) {
             if (kvf_log_parse_level(v, level))
                 return kvf_err_set(err, KVF_E_INVAL, "--log-level '%s': expected error, warn, info or debug", v);
@@ -95,7 +111,11 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
     }
     if (!o->model) return kvf_err_set(err, KVF_E_INVAL, "--model DIR is required");
     if (!o->engine.backend) return kvf_err_set(err, KVF_E_INVAL, "--backend cpu|cuda is required");
-    if (!o->coordinator) return kvf_err_set(err, KVF_E_INVAL, "--coordinator ENDPOINT is required");
+    if (o->tp_size > 1 && (!o->tp_group || o->tp_rank >= o->tp_size))
+        return kvf_err_set(err, KVF_E_INVAL, "--tp %d needs --group ID and --rank in [0, %d)", o->tp_size, o->tp_size);
+    if (o->tp_size <= 1 && o->tp_rank != 0) return kvf_err_set(err, KVF_E_INVAL, "--rank needs --tp > 1");
+    if (!o->coordinator && !(o->tp_size > 1 && o->tp_rank > 0))
+        return kvf_err_set(err, KVF_E_INVAL, "--coordinator ENDPOINT is required");
     return 0;
 }
 
@@ -111,7 +131,7 @@ int main(int argc, char **argv) {
         s_usage(stderr);
         return EXIT_USAGE;
     }
-    kvf_log_setup("kvf-worker", -1, level);
+    kvf_log_setup("kvf-worker", o.tp_size > 1 ? o.tp_rank : -1, level);
 
     // Our own SIGTERM/SIGINT handling (czmq's would only set its own flag).
     zsys_handler_set(NULL);
