@@ -517,6 +517,8 @@ static int s_loop(s_run_t *r, kvf_err_t *err) {
 
         int wait = (r->n_pending > 0 && r->inflight == 0) ? 50 : 100;
         if (r->inflight == 0 && r->n_pending == 0) wait = 0;
+        if (r->inflight == 0 && r->n_pending > 0 && zclock_mono() < r->retry_at)
+            zclock_sleep((int)(r->retry_at - zclock_mono()));  // refused as BUSY, nothing to read meanwhile
         for (int k = 0; k < 4096 && r->inflight > 0; k++) {
             kvf_event_t ev = {0};
             kvf_err_t e;
