@@ -120,6 +120,9 @@ static int s_cmd_run(kvf_client_t *c, int argc, char **argv) {
             (unsigned long long)st.lines, (unsigned long long)st.ok, (unsigned long long)st.errors, st.seconds,
             (unsigned long long)st.prompt_tokens, (unsigned long long)st.completion_tokens, tps,
             st.batch_id[0] ? st.batch_id : "-", o.out_path);
+    if (st.resubmitted)
+        fprintf(stderr, "kvfctl run: %llu requests resubmitted after the queue was full\n",
+                (unsigned long long)st.resubmitted);
     if (rc < 0) return s_fail("run", &e);
     return 0;
 }

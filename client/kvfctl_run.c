@@ -398,6 +398,7 @@ static void s_handle(s_run_t *r, const kvf_event_t *ev) {
     case KVF_EVENT_ERROR:
         if (ev->code == KVF_E_BUSY) {
             // The coordinator's queue was full: submit it again later.
+            r->st.resubmitted++;
             s_map_del(&r->map, ev->rid);
             r->inflight--;
             rec->state = S_PENDING;

@@ -37,6 +37,7 @@ typedef struct {
     uint64_t prompt_tokens, completion_tokens;
     double seconds;
     uint64_t batches;        // chunks submitted
+    uint64_t resubmitted;    // requests submitted again after a BUSY refusal
     char batch_id[128];      // the first chunk's batch id
 } kvf_run_stats_t;
 
