@@ -241,6 +241,33 @@ Test(libkvf, stream_cancel_and_drain_with_one_worker) {
     cr_assert_lt(ev.completion_tokens, 400);
     kvf_event_clear(&ev);
 
+    // A client that leaves mid-stream: another attaches to the batch by id and
+    // gets every token of it (what was already sent, then the rest) exactly once.
+    kvf_client_t *gone = kvh_client(&c);
+    kvf_request_t two[2] = {s_req("Attach me", 150), s_req("And me", 120)};
+    two[0].sampling.ignore_eos = two[1].sampling.ignore_eos = 1;
+    uint64_t trids[2];
+    cr_assert_eq(kvf_client_submit(gone, "leaving", two, 2, trids, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(kvf_client_next(gone, 30000, &ev, &err), 0, "%s", err.msg);
+    kvf_event_clear(&ev);
+    kvf_client_destroy(&gone);
+    kvf_client_t *back = kvh_client(&c);
+    uint64_t *arids = NULL;
+    size_t an = 0;
+    cr_assert_eq(kvf_client_attach(back, "leaving", &arids, &an, &err), 0, "%s", err.msg);
+    cr_assert_eq(an, 2);
+    cr_assert_eq(arids[0], trids[0]);
+    free(arids);
+    s_res_t tres[2];
+    s_collect(back, trids, 2, tres, 60);
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(tres[i].done, 1);
+        cr_assert_eq(tres[i].completion_tokens, (uint32_t)two[i].sampling.max_new_tokens);
+        cr_assert_eq(tres[i].n_tokens, tres[i].completion_tokens, "attached client saw %u of %u tokens",
+                     tres[i].n_tokens, tres[i].completion_tokens);
+    }
+    kvf_client_destroy(&back);
+
     // Drain: the worker shows as draining, and new work waits in the queue.
     cr_assert_eq(kvf_client_drain(cl, "w0", &err), 0, "%s", err.msg);
     kvf_cluster_status_t *st = NULL;
