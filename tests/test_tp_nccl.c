@@ -194,3 +194,50 @@ Test(tp_nccl, dead_rank_times_out) {
     cr_assert_lt(x->ms[0], 3000 + 2000, "rank 0 gave up after %lld ms", (long long)x->ms[0]);
     cr_log_info("rank 0 failed %lld ms after the kill: %s", (long long)x->ms[0], x->msg[0]);
 }
+
+// The unique id travels over a shm control group of the same ranks (as in
+// kvf-worker): one rank per GPU, 2 where there are 2 GPUs, else 1.
+static int s_over_child(const char *group, int rank, int size) {
+    kvf_err_t err;
+    kvf_tp_shm_opts_t so = {.timeout_ms = 20000};
+    kvf_tp_t *ctl = kvf_tp_shm_new(group, rank, size, &so, &err);
+    if (!ctl) return 1;
+    kvf_tp_t *tp = kvf_tp_nccl_new_over(ctl, rank, 20000, &err);
+    if (!tp) return 2;
+    float *dev = NULL, host[4] = {1.0f + rank, 2, 3, 4};
+    if (cudaMalloc((void **)&dev, sizeof host) != cudaSuccess) return 3;
+    cudaMemcpy(dev, host, sizeof host, cudaMemcpyHostToDevice);
+    if (kvf_tp_all_reduce_sum(tp, dev, 4, &err) != 0) return 4;
+    cudaMemcpy(host, dev, sizeof host, cudaMemcpyDeviceToHost);
+    float want0 = size == 1 ? 1.0f : 3.0f;
+    if (host[0] != want0 || host[1] != 2.0f * size) return 5;
+    cudaFree(dev);
+    kvf_tp_destroy(&tp);
+    kvf_tp_destroy(&ctl);
+    return 0;
+}
+
+Test(tp_nccl, id_over_a_shm_control_group) {
+    int gpus = s_gpu_count();
+    if (gpus < 1) cr_skip_test("no GPU");
+    int size = gpus >= 2 ? 2 : 1;
+    char group[64];
+    snprintf(group, sizeof group, "nccl-over-%d", (int)getpid());
+    pid_t pids[2];
+    for (int r = 0; r < size; r++) {
+        pids[r] = fork();
+        cr_assert_geq(pids[r], 0);
+        if (pids[r] == 0) _exit(s_over_child(group, r, size));
+    }
+    for (int r = 0; r < size; r++) {
+        int st = 0;
+        int64_t t0 = s_now_ms();
+        pid_t w = 0;
+        while ((w = waitpid(pids[r], &st, WNOHANG)) == 0 && s_now_ms() - t0 < 60000) usleep(5000);
+        if (w == 0) {
+            kill(pids[r], SIGKILL);
+            waitpid(pids[r], &st, 0);
+        }
+        cr_assert(w != 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "%d ranks: rank %d status %d", size, r, st);
+    }
+}

@@ -48,6 +48,7 @@ struct kvf_engine_s {
     kvf_modelcfg_t cfg;
     kvf_tokenizer_t *tok;        // NULL without tokenizer.json
     kvf_backend_t *be;
+    struct kvf_tp_s *tp_nccl;    // cuda TP: the NCCL communicator the backend shards over (owned); else NULL
     kvf_blockmgr_t *bm;
     kvf_sched_t *sched;
     kvf_sampler_t *smp;
@@ -215,6 +216,14 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
         bo.tp_rank = kvf_tp_rank(o.tp);
         bo.tp_size = kvf_tp_size(o.tp);
         bo.tp = o.tp;
+#ifdef KVF_HAVE_CUDA
+        // On GPUs the backend all-reduces over NCCL; the unique id travels over o.tp.
+        if (kvf_tp_size(o.tp) > 1 && strcmp(o.backend, "cuda") == 0) {
+            e->tp_nccl = kvf_tp_nccl_new_over(o.tp, o.device, o.tp->timeout_ms, err);
+            if (!e->tp_nccl) goto fail;
+            bo.tp = e->tp_nccl;
+        }
+#endif
     }
     bo.n_threads = o.n_threads;
     bo.device = o.device;
@@ -293,6 +302,7 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
     }
     kvf_blockmgr_destroy(&e->bm);
     if (e->be) e->be->ops->destroy(&e->be);
+    kvf_tp_destroy(&e->tp_nccl);  // after the backend that used it
     kvf_sampler_destroy(&e->smp);
     kvf_tokenizer_destroy(&e->tok);
     free(e->logits);

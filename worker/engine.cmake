@@ -8,6 +8,7 @@ add_library(kvf_engine STATIC
 target_link_libraries(kvf_engine PUBLIC kvf_cpu kvf_modelio kvf_tokenizer kvf_common)
 if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
   target_link_libraries(kvf_engine PUBLIC kvf_cuda)
+  target_link_libraries(kvf_engine PUBLIC kvf_tp_nccl)  # the NCCL communicator of a cuda TP group (tp.cmake)
   target_compile_definitions(kvf_engine PRIVATE KVF_HAVE_CUDA=1)
 endif()
 

@@ -113,6 +113,13 @@ int kvf_tp_nccl_unique_id(uint8_t id[KVF_TP_NCCL_ID_BYTES], kvf_err_t *err);
 kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, int32_t size, int32_t device,
                           int32_t timeout_ms, kvf_err_t *err);
 
+// The same, with the unique id made by rank 0 of ctl (a group of the same ranks,
+// e.g. the shm one) and broadcast over it; the device is `device` on every rank
+// (a worker passes its --device). A rank that cannot make or join the
+// communicator makes the others fail too. Returns a new communicator owned by
+// the caller (ctl stays the caller's), or NULL with err set.
+kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms, kvf_err_t *err);
+
 // The ncclComm_t and cudaStream_t (as void *) for a backend that enqueues its own
 // collectives; NULL when tp is not an nccl communicator.
 void *kvf_tp_nccl_comm(kvf_tp_t *tp);

@@ -244,6 +244,43 @@ kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, 
     return tp;
 }
 
+kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms, kvf_err_t *err) {
+    if (!ctl) {
+        kvf_err_set(err, KVF_E_INVAL, "tp nccl: no control communicator to send the id over");
+        return NULL;
+    }
+    struct {
+        int64_t ok;
+        uint8_t id[KVF_TP_NCCL_ID_BYTES];
+    } msg;
+    memset(&msg, 0, sizeof msg);
+    kvf_err_t id_err;
+    kvf_err_clear(&id_err);
+    if (kvf_tp_rank(ctl) == 0) msg.ok = kvf_tp_nccl_unique_id(msg.id, &id_err) == 0;
+    if (kvf_tp_broadcast(ctl, &msg, sizeof msg, 0, err) != 0) return NULL;
+    if (!msg.ok) {
+        if (kvf_tp_rank(ctl) == 0 && err)
+            *err = id_err;
+        else
+            kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl: rank 0 could not make the NCCL unique id");
+        return NULL;
+    }
+    kvf_tp_t *tp = kvf_tp_nccl_new(msg.id, kvf_tp_rank(ctl), kvf_tp_size(ctl), device, timeout_ms, err);
+    // Agree on success, so that no rank goes on with a group another rank left.
+    int64_t ok = tp != NULL, all = ok;
+    kvf_err_t agree_err;
+    if (kvf_tp_all_reduce_min_i64(ctl, &all, tp ? err : &agree_err) != 0) {
+        kvf_tp_destroy(&tp);
+        return NULL;
+    }
+    if (!all && tp) {
+        kvf_tp_abort(tp);
+        kvf_tp_destroy(&tp);
+        kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl: another rank could not join the NCCL communicator");
+    }
+    return tp;
+}
+
 void *kvf_tp_nccl_comm(kvf_tp_t *tp) {
     return tp && tp->ops == &s_nccl_ops ? (void *)((s_nccl_t *)tp)->comm : NULL;
 }
