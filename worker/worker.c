@@ -49,6 +49,7 @@ struct kvf_worker_s {
     char id[256];
     kvf_engine_t *engine;
     kvf_tp_t *tp;                // the TP group's communicator; NULL for one rank
+    char *tp_group;              // its id (REGISTER's group_id); NULL for one rank
     char plan_text[2048];
     kvf_plan_t plan;
 
@@ -180,7 +181,7 @@ static void s_send_register(kvf_worker_t *w) {
     kvf_msg_init(&m, KVF_MSG_REGISTER);
     kvf_msg_register_t *r = &m.u.reg;
     r->worker_id = kvf_str(w->id);
-    r->group_id = kvf_str(w->tp ? w->o.tp_group : w->id);
+    r->group_id = kvf_str(w->tp ? w->tp_group : w->id);
     r->model = kvf_str(w->model);
     r->backend = kvf_str(eo->backend);
     r->device = strcmp(eo->backend, "cuda") == 0 ? eo->device : -1;
@@ -518,6 +519,8 @@ kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
             return NULL;
         }
         eo_tp.tp = w->tp;
+        w->tp_group = kvf_xstrdup(opts->tp_group);
+        w->o.tp_group = w->tp_group;
     }
     w->engine = kvf_engine_new(opts->model, &eo_tp, err);
     if (!w->engine) {
@@ -558,6 +561,7 @@ void kvf_worker_destroy(kvf_worker_t **self_p) {
     zsock_destroy(&w->sock);
     kvf_engine_destroy(&w->engine);  // a TP leader's engine tells its followers to stop
     kvf_tp_destroy(&w->tp);
+    free(w->tp_group);
     free(w->model);
     free(w->coordinator);
     free(w);
