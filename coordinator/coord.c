@@ -31,6 +31,7 @@ void kvf_coord_cfg_default(kvf_coord_cfg_t *cfg) {
     cfg->max_prompt_tokens = 1u << 20;
     cfg->max_msg_size = KVF_ZMQ_MAX_MSG;
     cfg->max_retained = 1024;
+    cfg->max_redispatch = 16;
 }
 
 uint64_t kvf_coord_now(void) { return (uint64_t)zclock_mono(); }

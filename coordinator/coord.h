@@ -22,6 +22,7 @@ typedef struct {
     uint32_t max_prompt_tokens;   // tokens in one prompt
     int64_t max_msg_size;         // bytes in one message; bigger ones get ERROR (or, past 2x, a dropped connection)
     uint32_t max_retained;        // finished batches kept for ATTACH after their client went away
+    uint32_t max_redispatch;      // a request taken back from workers more often than this fails
 } kvf_coord_cfg_t;
 
 typedef struct kvf_coord_s kvf_coord_t;

@@ -33,10 +33,6 @@ struct kvf_coord_s {
     int shutdown;                 // an operator asked the coordinator to stop
 };
 
-// A request taken back from workers this many times (workers dying under it,
-// refusing it) fails instead of going round again: it may be what kills them.
-#define KVF_COORD_MAX_REDISPATCH 8
-
 // ---- coord.c: messaging
 
 // Encodes msg and sends it to the peer with this routing identity. 0, or -1
@@ -84,7 +80,8 @@ void kvf_coord_to_batch(kvf_coord_t *c, kvf_batch_t *b, const kvf_msg_t *msg);
 
 // Takes an ASSIGNED req back from its worker to the front of the queue (it
 // resumes from the tokens delivered), or fails it with ERROR peer_lost once it
-// has been taken back more than KVF_COORD_MAX_REDISPATCH times.
+// has been taken back more than cfg.max_redispatch times (workers dying under
+// it, refusing it: it may be what kills them).
 void kvf_coord_requeue(kvf_coord_t *c, kvf_req_t *req, const char *why);
 
 // Finishes req with an error (ERROR {rid, code, message} to its client).

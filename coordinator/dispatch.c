@@ -245,7 +245,7 @@ void kvf_coord_dispatch(kvf_coord_t *c) {
 
 void kvf_coord_requeue(kvf_coord_t *c, kvf_req_t *req, const char *why) {
     if (kvf_coord_req_event(c, req, KVF_REQ_EV_REQUEUE) < 0) return;
-    if (req->redispatches > KVF_COORD_MAX_REDISPATCH) {
+    if (req->redispatches > c->cfg.max_redispatch) {
         char msg[300];
         snprintf(msg, sizeof msg, "given up after %u re-dispatches (last: %.200s)", req->redispatches - 1, why);
         kvf_coord_fail(c, req, KVF_E_PEER_LOST, msg);

@@ -31,6 +31,8 @@ static void s_usage(FILE *f) {
             "  --max-prompt-tokens N     tokens in one prompt (default 1048576)\n"
             "  --max-msg-size BYTES      largest message (default 64M; K/M/G suffixes)\n"
             "  --max-retained N          finished batches kept for ATTACH after the client left (default 1024)\n"
+            "  --max-redispatch N        a request taken back from dying or refusing workers more often fails\n"
+            "                            (default 16)\n"
             "  --log-level LEVEL         error|warn|info|debug (default info)\n"
             "Prints \"front ENDPOINT back ENDPOINT\" once both sockets are bound.\n");
 }
@@ -76,6 +78,8 @@ int main(int argc, char **argv) {
             if ((rc = kvf_args_int(a, v, 1, 1000000000, &n, &err)) == 0) cfg.max_prompt_tokens = (uint32_t)n;
         } else if (!strcmp(a, "--max-retained")) {
             if ((rc = kvf_args_int(a, v, 0, 1000000, &n, &err)) == 0) cfg.max_retained = (uint32_t)n;
+        } else if (!strcmp(a, "--max-redispatch")) {
+            if ((rc = kvf_args_int(a, v, 0, 1000000, &n, &err)) == 0) cfg.max_redispatch = (uint32_t)n;
         } else if (!strcmp(a, "--max-msg-size")) {
             if ((rc = kvf_args_size(a, v, &sz, &err)) == 0) {
                 if (sz < 1024 || sz > (1ull << 30)) {

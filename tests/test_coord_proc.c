@@ -558,7 +558,7 @@ Test(coord_proc, shutdown_of_one_worker_moves_its_work) {
 
 Test(coord_proc, refused_request_is_retried_then_given_up) {
     coord_proc_t p;
-    coord_start(&p, s_slow_death);
+    coord_start(&p, (const char *const[]){"--max-redispatch", "8", "--dead-after-ms", "20000", NULL});
     zsock_t *w = worker_new(&p, "w", 100, 100, 16);
     zsock_t *cl = peer_new(p.front, NULL);
     uint64_t rid;
