@@ -429,10 +429,31 @@ Test(cluster, small_kv_pools_complete_without_preemption_or_rejection, .timeout 
         json_decref(o);
     }
     fclose(f);
-    const char *args[] = {"run", in, "-o", out, NULL};
-    int rc = s_kvfctl(&c, NULL, 150, args);
+    // kvfctl run in the background; meanwhile watch the coordinator hold what does not fit.
+    char bin[512], errp[400];
+    snprintf(errp, sizeof errp, "%s/kvfctl.err", c.dir);
+    char *argv[] = {(char *)kvh_bin("kvfctl", bin, sizeof bin), "--coordinator", c.front, "run", in, "-o", out, NULL};
+    pid_t run = kvh_spawn(argv, NULL, errp);
+    kvf_client_t *cl = kvh_client(&c);
+    uint32_t max_queue = 0;
+    int rc = -1;
+    double end = kvh_now() + 150;
+    while ((rc = kvh_wait(run, 0)) == -1 && kvh_now() < end) {
+        kvf_cluster_status_t *cs = NULL;
+        kvf_err_t err;
+        cr_assert_eq(kvf_client_status(cl, &cs, &err), 0, "%s", err.msg);
+        if (cs->queue_len > max_queue) max_queue = cs->queue_len;
+        for (uint32_t k = 0; k < cs->n_workers; k++) {
+            cr_assert_leq(cs->workers[k].load.free_blocks, cs->workers[k].load.total_blocks);
+            cr_assert_eq(cs->workers[k].load.preemptions, 0, "%s preempted", cs->workers[k].worker_id);
+        }
+        kvf_cluster_status_destroy(&cs);
+        kvh_sleep_ms(10);
+    }
+    kvf_client_destroy(&cl);
     if (rc != 0) kvh_dump_logs(&c);
     cr_assert_eq(rc, 0, "kvfctl run failed (%d)", rc);
+    cr_assert_gt(max_queue, 0, "the pools were never full: the coordinator queued nothing");
     json_t *lines = s_read_jsonl(out);
     cr_assert_eq(json_array_size(lines), 120);
     size_t i;
