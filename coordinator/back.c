@@ -175,6 +175,7 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
 static void s_worker_error(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_msg_error_t *e) {
     int idx = kvf_registry_find_ident(c->reg, ident, ilen);
     const char *who = idx >= 0 ? c->reg->w[idx]->worker_id : "(unregistered)";
+    if (idx >= 0 && c->reg->w[idx]->state != KVF_WSTATE_DEAD) c->reg->w[idx]->last_seen_ms = kvf_coord_now();
     kvf_log(KVF_LOG_WARN, "worker %s: ERROR rid %" PRIu64 " %s: %s", who, e->rid, kvf_status_name(e->code),
             e->message.len ? e->message.ptr : "");
 }
