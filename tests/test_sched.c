@@ -192,26 +192,25 @@ Test(sched, preempts_newest_first_and_requeues_at_head) {
     for (int i = 0; i < 3; i++) q[i] = s_add(&f, (uint64_t)i + 1, 6, &r[i], 14);
     kvf_sched_plan_t plan;
     s_step(&f, &plan);
-    // rid 1, 2 prefill (2 blocks each); rid 3 gets the last block: a 4-token chunk
-    cr_assert_eq(plan.n_seqs, 3);
-    cr_assert_eq(plan.n_new[2], 4);
-    cr_assert_eq(kvf_blockmgr_free_count(f.bm), 0);
-    // rid 1, 2 decode (positions 6, 7 fit their 2nd block); rid 3 has no room and waits
+    // rid 1, 2 prefill (2 blocks each); rid 3 would need 2 blocks, 1 is free: it waits
+    cr_assert_eq(plan.n_seqs, 2);
+    cr_assert_eq(kvf_blockmgr_free_count(f.bm), 1);
+    cr_assert_eq(kvf_sched_n_waiting(f.s), 1);
+    // rid 1, 2 decode (positions 6, 7 fit their 2nd block)
     s_step(&f, &plan);
     cr_assert_eq(plan.n_seqs, 2);
     s_step(&f, &plan);
     cr_assert_eq(plan.n_seqs, 2);
     cr_assert_eq(kvf_sched_n_preemptions(f.s), 0);
-    // position 8 needs a third block for rid 1: the newest (rid 3) goes first;
-    // then rid 2 needs one and is itself the newest running
+    // position 8 needs a third block: rid 1 takes the free one; rid 2 needs one
+    // too and is itself the newest running, so it is the one preempted
     s_step(&f, &plan);
-    cr_assert_eq(plan.n_preempted, 2);
+    cr_assert_eq(plan.n_preempted, 1);
     cr_assert_eq(plan.n_seqs, 1);
     cr_assert_eq(plan.seqs[0], q[0]);
-    cr_assert_eq(kvf_sched_n_preemptions(f.s), 2);
+    cr_assert_eq(kvf_sched_n_preemptions(f.s), 1);
     cr_assert_eq(q[1]->state, KVF_SEQ_WAITING);
-    cr_assert_eq(q[2]->state, KVF_SEQ_WAITING);
-    cr_assert_eq(kvf_sched_waiting_at(f.s, 0), q[1], "requeued at the head, in arrival order");
+    cr_assert_eq(kvf_sched_waiting_at(f.s, 0), q[1], "requeued at the head, before the newer rid 3");
     cr_assert_eq(kvf_sched_waiting_at(f.s, 1), q[2]);
     cr_assert_eq(q[1]->n_blocks, 0);
     cr_assert_eq(q[1]->n_computed, 0);
@@ -225,6 +224,32 @@ Test(sched, preempts_newest_first_and_requeues_at_head) {
         cr_assert(++steps < 500);
     }
     for (int i = 0; i < 3; i++) cr_assert_eq(r[i].n_samples, 14);
+    s_fix_fini(&f);
+}
+
+Test(sched, admission_waits_for_room_for_the_whole_prompt) {
+    // 10 blocks of 4: a 30-token prompt needs 8. With 3 taken by a running
+    // sequence it waits, although its first chunk (budget 8 = 2 blocks) would fit.
+    s_fix_t f;
+    s_fix_init(&f, 10, 4, 4, 8, 10, 0);
+    s_req_t ra, rb;
+    s_add(&f, 1, 8, &ra, 4);
+    kvf_seq_t *b = s_add(&f, 2, 30, &rb, 2);
+    kvf_sched_plan_t plan;
+    s_step(&f, &plan);
+    cr_assert_eq(plan.n_seqs, 1, "only rid 1 runs");
+    cr_assert_eq(b->state, KVF_SEQ_WAITING);
+    while (!ra.done) {
+        cr_assert_eq(b->state, KVF_SEQ_WAITING);
+        s_step(&f, &plan);
+    }
+    // rid 1 finished: all 10 blocks free, rid 2 is admitted and prefills in chunks of 8
+    s_step(&f, &plan);
+    cr_assert_eq(plan.n_seqs, 1);
+    cr_assert_eq(plan.seqs[0], b);
+    cr_assert_eq(plan.n_new[0], 8);
+    while (!rb.done) s_step(&f, &plan);
+    cr_assert_eq(kvf_sched_n_preemptions(f.s), 0);
     s_fix_fini(&f);
 }
 

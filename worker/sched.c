@@ -293,8 +293,9 @@ static int s_plan_chunks(kvf_sched_t *s, int32_t *budget, kvf_sched_plan_t *plan
 }
 
 // Pass 3: admit waiting sequences in FCFS order while slots, budget and free
-// blocks last (never by preempting). The head blocks the queue when it does
-// not fit, so nothing overtakes it.
+// blocks last (never by preempting): a sequence is admitted when the free
+// blocks hold all its known tokens (its first chunk is what it takes now). The
+// head blocks the queue when it does not fit, so nothing overtakes it.
 static int s_plan_admit(kvf_sched_t *s, int32_t *budget, kvf_err_t *err) {
     int32_t bs = s->o.block_size;
     while (s->n_waiting > 0 && s->n_running < s->o.max_batch_size && *budget > 0) {
@@ -306,7 +307,12 @@ static int s_plan_admit(kvf_sched_t *s, int32_t *budget, kvf_err_t *err) {
         int32_t start = hits * bs;
         int32_t rem = seq->n_tokens - start;
         int32_t want = rem < *budget ? rem : *budget;
-        int64_t room = (int64_t)(kvf_blockmgr_free_count(s->bm) - cached) * bs;
+        int32_t free_after = kvf_blockmgr_free_count(s->bm) - cached;
+        // Start only what can finish its prefill with the blocks free now (they
+        // are taken chunk by chunk): a prompt admitted into too little room would
+        // only be preempted again, its work thrown away.
+        if (free_after < (seq->n_tokens + bs - 1) / bs - hits) break;
+        int64_t room = (int64_t)free_after * bs;
         int32_t fit = room < want ? (int32_t)room : want;
         if (fit <= 0) break;
         int32_t got = kvf_blockmgr_match_prefix(s->bm, seq->tokens, seq->n_tokens - 1, s->o.max_blocks_per_seq,

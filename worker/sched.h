@@ -11,7 +11,10 @@
 //      (oldest first), taking 1 from the step's token budget;
 //   2. the rest of the budget (max_prefill_token_num) goes to prefill chunks:
 //      half-prefilled running sequences first, then waiting ones (FCFS);
-//   3. at most max_batch_size sequences are running, hence in one step.
+//   3. at most max_batch_size sequences are running, hence in one step; a
+//      waiting sequence is admitted only when the free blocks could hold all
+//      its known tokens (no prefill is started that would have to be preempted
+//      before it completes), and never in a step that had to preempt.
 // Blocks for the tokens a step adds are allocated before it. When a running
 // sequence needs a block and none is free, the NEWEST running sequence (by
 // arrival) is preempted: its blocks are freed and it goes back to the head of
