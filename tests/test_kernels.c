@@ -23,6 +23,7 @@
 
 #include "common/safetensors.h"
 #include "kernels/attention.h"
+#include "kernels/attention_decode.h"
 #include "kernels/attention_prefill.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
@@ -221,8 +222,8 @@ Test(kernels, embed_and_gather) {
 
 Test(kernels, rmsnorm) {
     rng_t r = s_rng("rmsnorm");
-    const int cases[][2] = {{1, 64}, {37, 4096}, {5, 333}, {3, 8192}, {130, 896}};
-    for (int c = 0; c < 5; c++) {
+    const int cases[][2] = {{1, 64}, {37, 4096}, {5, 333}, {3, 8192}, {130, 896}, {2, 16384}, {3, 4100}};
+    for (int c = 0; c < 7; c++) {
         int n = cases[c][0], D = cases[c][1];
         size_t N = (size_t)n * D;
         float *x = malloc(N * 4), *res = malloc(N * 4), *w = malloc(D * 4), *ref = malloc(N * 4);
@@ -516,7 +517,11 @@ static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
 
     int decode = 1;
     for (int s = 0; s < n_seqs; s++) decode &= n_new[s] == 1;
-    const int qpt = tensor_cores ? KVF_ATTN_PREFILL_Q : decode ? 1 : kvf_attn_q_per_tile(H, KV);
+    // tensor_cores 1: kvf_attention_prefill; 2: kvf_attention_decode (tiles of 16 / G tokens)
+    const int qpt = tensor_cores == 2 ? KVF_ATTN_DECODE_ROWS / (H / KV)
+                    : tensor_cores  ? KVF_ATTN_PREFILL_Q
+                    : decode        ? 1
+                                    : kvf_attn_q_per_tile(H, KV);
     cr_assert(qpt > 0);
     int32_t *tiles = malloc((size_t)n * 3 * 4);
     int n_tiles = kvf_attn_build_tiles(tiles, n, b.n_new, n_seqs, qpt);
@@ -534,7 +539,13 @@ static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     int32_t *d_bt = s_up(b.bt, (size_t)n_seqs * b.max_blocks * 4);
     kvf_err_t err;
     char full[128];
-    if (tensor_cores) {
+    CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));  // NaN: every row must be written
+    if (tensor_cores == 2) {
+        cr_assert(kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
+                                       bs, 0, &err) == 0,
+                  "%s", err.msg);
+        snprintf(full, sizeof full, "%s", cs);
+    } else if (tensor_cores) {
         cr_assert(kvf_attention_prefill(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
                                         bs, 0, &err) == 0,
                   "%s", err.msg);
@@ -546,7 +557,8 @@ static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
         snprintf(full, sizeof full, "%s splits%d", cs, n_splits);
     }
     float *g = s_down_bf16(d_out, qn);
-    s_expect_norm(tensor_cores ? "attention_tc" : "attention", full, g, ref, qn, 8e-3, 4e-3);
+    s_expect_norm(tensor_cores == 2 ? "attention_decode_tc" : tensor_cores ? "attention_tc" : "attention", full, g, ref,
+                  qn, 8e-3, 4e-3);
     free(kc), free(vc), free(q), free(ref), free(kcb), free(vcb), free(qb), free(scratch), free(tiles), free(g);
     cudaFree(d_kc), cudaFree(d_vc), cudaFree(d_q), cudaFree(d_out), cudaFree(d_part), cudaFree(d_tiles);
     cudaFree(d_pos), cudaFree(d_bt);
@@ -570,6 +582,23 @@ Test(kernels, attention_prefill_tensor_cores) {
     s_attn_case_k(&r, 16, 2, 128, 16, 3, np3, nn3, 0, 1, "G8 HD128 bs16 chunked");
     const int np4[] = {0}, nn4[] = {1000};
     s_attn_case_k(&r, 4, 1, 64, 64, 1, np4, nn4, 0, 1, "G4 HD64 bs64 1000-token prompt");
+}
+
+Test(kernels, attention_decode_tensor_cores) {
+    rng_t r = s_rng("attention_decode_tc");
+    cr_expect(kvf_attention_decode_supports(32, 8, 128) && kvf_attention_decode_supports(16, 1, 64));
+    cr_expect(!kvf_attention_decode_supports(32, 1, 128) && !kvf_attention_decode_supports(8, 8, 96));
+    // decode rows: contexts from 1 key to past a few 64-key stages, ends mid-block
+    const int np1[] = {0, 15, 16, 63, 64, 200, 1000, 4095}, nn1[] = {1, 1, 1, 1, 1, 1, 1, 1};
+    s_attn_case_k(&r, 32, 8, 128, 64, 8, np1, nn1, 0, 2, "decode G4 HD128 bs64");
+    s_attn_case_k(&r, 32, 8, 128, 16, 8, np1, nn1, 0, 2, "decode G4 HD128 bs16");
+    s_attn_case_k(&r, 16, 2, 64, 16, 8, np1, nn1, 0, 2, "decode G8 HD64 bs16");
+    s_attn_case_k(&r, 12, 12, 128, 64, 8, np1, nn1, 0, 2, "decode G1 HD128 bs64");
+    s_attn_case_k(&r, 16, 1, 128, 64, 8, np1, nn1, 0, 2, "decode G16 HD128 bs64");
+    // tiles of several tokens (16 / G each): chunks after a cached prefix
+    const int np2[] = {0, 129, 3, 77}, nn2[] = {7, 64, 33, 1};
+    s_attn_case_k(&r, 32, 8, 128, 64, 4, np2, nn2, 0, 2, "chunks G4 HD128 bs64");
+    s_attn_case_k(&r, 14, 2, 64, 16, 4, np2, nn2, 0, 2, "chunks G7 HD64 bs16");
 }
 
 Test(kernels, attention_prefill) {
