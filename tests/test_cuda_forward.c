@@ -609,6 +609,79 @@ Test(cuda_forward, decode_graphs_match_eager) {
     be->ops->destroy(&be);
 }
 
+// forward_sample (greedy): the ids are the host argmax of forward()'s logits for
+// the same batch, eager and from graphs, on prefill, mixed and decode steps; a
+// temperature > 0 or a repetition penalty is KVF_E_UNSUPPORTED and runs nothing.
+Test(cuda_forward, forward_sample_greedy_is_the_host_argmax) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 256, 8);
+    o.max_blocks_per_seq = 64;
+    o.cache_max_entry_count = 8 * 64;
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    cr_assert_not_null(be->ops->forward_sample);
+    const uint64_t allocs = kvf_cuda_backend_alloc_count(be);
+    const int S = 5, V = cfg.vocab_size;
+    const int plen[5] = {37, 5, 100, 64, 17};
+    int32_t bt[5 * 64], tokens[256], nn[5], np[5], ids[5];
+    s_tables(be, S, bt, 64);
+    float *lg = malloc((size_t)256 * V * 4);
+    kvf_sampling_t greedy = kvf_sampling_default(), hot = greedy, pen = greedy;
+    hot.temperature = 0.7f;
+    pen.repetition_penalty = 1.3f;
+    const kvf_sampling_t *per[5] = {&greedy, &greedy, NULL, &greedy, &greedy};
+    const int32_t steps[5] = {0, 0, 0, 0, 0};
+    int checked = 0;
+    for (int graphs = 0; graphs < 2; graphs++) {
+        cr_assert_eq(kvf_cuda_backend_set_graphs(be, graphs), 0);
+        int nt = 0;
+        for (int s = 0; s < S; s++) {
+            for (int i = 0; i < plen[s]; i++) tokens[nt + i] = (s * 131 + i * 17 + graphs) % V;
+            nn[s] = plen[s], np[s] = 0, nt += plen[s];
+        }
+        for (int k = 0; k < 24; k++) {
+            if (k > 0) {
+                nt = 0;
+                for (int s = 0; s < S; s++) {
+                    // step 5: sequence 2 takes a 9-token chunk beside four decodes
+                    nn[s] = k == 5 && s == 2 ? 9 : 1;
+                    for (int i = 0; i < nn[s]; i++) tokens[nt + i] = (k * 7 + s * 3 + i) % V;
+                    nt += nn[s];
+                }
+            }
+            kvf_batch_t b = {S, nt, tokens, nn, np, bt, 64, 0};
+            cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "step %d: %s", k, err.msg);
+            for (int s = 0; s < S; s++) ids[s] = -7;
+            // the same step again (it rewrites the same K/V) with the tokens picked on the device
+            cr_assert_eq(be->ops->forward_sample(be, &b, per, steps, ids, &err), 0, "step %d: %s", k, err.msg);
+            for (int s = 0; s < S; s++) {
+                if (!per[s]) continue;
+                cr_expect_eq(ids[s], s_argmax(lg + (size_t)s * V, V), "graphs %d step %d seq %d", graphs, k, s);
+                checked++;
+            }
+            for (int s = 0; s < S; s++) np[s] += nn[s];
+        }
+    }
+    const uint64_t g0 = kvf_cuda_backend_graph_steps(be);
+    for (int bad = 0; bad < 2; bad++) {
+        const kvf_sampling_t *mixed[5] = {&greedy, bad ? &pen : &hot, &greedy, &greedy, &greedy};
+        kvf_batch_t b = {S, S, tokens, nn, np, bt, 64, 0};
+        for (int s = 0; s < S; s++) nn[s] = 1;
+        ids[1] = -7;
+        memset(&err, 0, sizeof err);
+        cr_expect_eq(be->ops->forward_sample(be, &b, mixed, steps, ids, &err), -1);
+        cr_expect_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+        cr_expect_eq(ids[1], -7, "an unsupported step wrote ids");
+    }
+    cr_expect_eq(kvf_cuda_backend_graph_steps(be), g0, "an unsupported step ran");
+    cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "device allocations during forward_sample()");
+    fprintf(stderr, "SAMPLE forward_sample greedy: %d ids equal to the host argmax (eager and graphs, prefill, mixed "
+            "and decode steps)\n", checked);
+    free(lg);
+    be->ops->destroy(&be);
+}
+
 // ---------------------------------------------------------------- the Llama-3-8B shape
 
 static double s_now(void) {
@@ -681,6 +754,24 @@ Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
     double t_dec256 = (s_now() - t) / 16;
     for (size_t i = 0; i < (size_t)S * cfg.vocab_size; i++)
         if (!isfinite(lg[i])) cr_assert_fail("logit %zu is %g", i, lg[i]);
+    // kvf-bench's decode shape (128 sequences at ~576 tokens, eager): logits to the host vs ids only
+    kvf_cuda_backend_set_graphs(be, 0);
+    static const kvf_sampling_t *per[128];
+    static int32_t steps[128], ids[128];
+    kvf_sampling_t greedy = kvf_sampling_default();
+    for (int s = 0; s < 128; s++) nn[s] = 1, np[s] = 576, per[s] = &greedy;
+    kvf_batch_t dec128 = {128, 128, tokens, nn, np, bt, 128, 0};
+    cr_assert_eq(be->ops->forward(be, &dec128, lg, &err), 0, "%s", err.msg);
+    t = s_now();
+    for (int i = 0; i < 16; i++) cr_assert_eq(be->ops->forward(be, &dec128, lg, &err), 0, "%s", err.msg);
+    double t_dec128_logits = (s_now() - t) / 16;
+    cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, ids, &err), 0, "%s", err.msg);
+    t = s_now();
+    for (int i = 0; i < 16; i++)
+        cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, ids, &err), 0, "%s", err.msg);
+    double t_dec128_ids = (s_now() - t) / 16;
+    fprintf(stderr, "LLAMA3-8B decode 128 seqs @576 (eager): %.2f ms/step with f32 logits to the host, %.2f ms/step "
+            "with forward_sample (ids only)\n", t_dec128_logits * 1e3, t_dec128_ids * 1e3);
     cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs);
     fprintf(stderr, "LLAMA3-8B steps: prefill 16x512 tokens %.1f ms (%.0f tok/s); decode 16 seqs @512 %.2f ms/step "
             "(eager %.2f); "

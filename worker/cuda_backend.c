@@ -10,6 +10,7 @@
 
 #include "common/log.h"
 #include "kernels/attention.h"
+#include "kernels/attention_decode.h"
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/convert.h"
@@ -84,6 +85,7 @@ typedef struct {
     int32_t *h_ids;      // (R) pinned: the picked tokens copied back
     size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
     int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
+    int decode_tc;            // shape that kvf_attention_decode runs (single-token tiles without key splits)
 
     // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
     uint16_t *kv;
@@ -411,6 +413,7 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->m_tiles_tc = c->m_tiles + 3 * T;
     c->m_bt = c->m_tiles_tc + 3 * T;
     c->tensor_core_prefill = kvf_attention_prefill_supports(cfg->head_dim);
+    c->decode_tc = kvf_attention_decode_supports(cfg->n_heads, cfg->n_kv_heads, cfg->head_dim);
     c->m_rows = c->m_bt + B * (size_t)o->max_blocks_per_seq;
     c->meta_ints = c->m_rows + R;
     // Splits pay only while tiles x KV heads leave SMs idle: at most 2 SMs' worth of tokens.
@@ -667,7 +670,7 @@ static double s_now_ms(void) {
 // n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
 // rows picked by the row index) into c->logits. Captured into graphs as is.
 static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, int n_splits, int split_len, int rows,
-                    int all_logits, kvf_err_t *err) {
+                    int all_logits, int dec_tc, kvf_err_t *err) {
     const kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
@@ -699,7 +702,10 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
         S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
                             be->n_blocks, st, err));
         S_TM(S_T_ROPE);
-        if (n_tiles > 0) {
+        if (n_tiles > 0 && dec_tc) {
+            S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st, err));
+            S_TM(S_T_ATTN);
+        } else if (n_tiles > 0) {
             S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
                               bs, n_splits, split_len, st, err));
             S_TM(S_T_ATTN);
@@ -750,7 +756,7 @@ static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err) {
                                               &split_len);
         cudaGraph_t g = NULL;
         KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
-        int rc = s_layers(c, bucket, bucket, 1, 0, n_splits, split_len, bucket, 0, err);
+        int rc = s_layers(c, bucket, bucket, 1, 0, n_splits, split_len, bucket, 0, c->decode_tc && n_splits == 1, err);
         cudaError_t e = cudaStreamEndCapture(c->stream, &g);
         if (rc != 0) {
             if (g) cudaGraphDestroy(g);
@@ -824,7 +830,11 @@ static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids,
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
                                        st), err);
         if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
-        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, err) != 0) return -1;
+        // Single-token tiles without key splits (many sequences, or beside a prefill)
+        // go to the tensor-core decode kernel; few long ones keep kvf_attention's splits.
+        const int dec_tc = c->decode_tc && qpt == 1 && n_splits == 1;
+        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc, err) != 0)
+            return -1;
     }
     if (logits) {
         KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,

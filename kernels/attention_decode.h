@@ -1,0 +1,47 @@
+// kernels/attention_decode.h — GQA decode attention over the paged bf16 KV cache
+// on the tensor cores: one block per (sequence's new token(s), KV head) whose
+// rows are the query heads that share the KV head, so K and V are read once per
+// group. For batches of many sequences (the block count fills the device); few
+// sequences with long contexts are better served by kvf_attention's key splits.
+#ifndef KVF_KERNELS_ATTENTION_DECODE_H
+#define KVF_KERNELS_ATTENTION_DECODE_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVF_ATTN_DECODE_ROWS 16  // query rows (tokens x heads of one KV head) per tile
+
+// 1 when kvf_attention_decode runs this shape (head_dim 64 or 128, n_heads /
+// n_kv <= KVF_ATTN_DECODE_ROWS).
+int kvf_attention_decode_supports(int n_heads, int n_kv, int head_dim);
+
+// Dynamic shared memory one block takes (for occupancy estimates), bytes.
+size_t kvf_attention_decode_smem(int head_dim);
+
+// out[t, h] = softmax(q[t,h] . K[0..pos[t]] / sqrt(head_dim)) V for the tokens
+// of the given tiles: tiles[i] = {seq, first token index in the batch, count},
+// count x (n_heads / n_kv) <= KVF_ATTN_DECODE_ROWS, the tile's tokens at
+// consecutive positions with their keys already in the cache (decode: count 1).
+// Other rows of out are left alone. Returns 0, or -1 with err set.
+int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
+                         const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
+                         const uint16_t *k_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                         const uint16_t *v_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                         const int32_t *tiles,        // (n_tiles, 3) device
+                         int n_tiles,
+                         const int32_t *pos,          // (n_tokens) device
+                         const int32_t *block_table,  // (n_seqs, max_blocks) device
+                         int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                         cudaStream_t stream, kvf_err_t *err);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
