@@ -60,6 +60,24 @@ static json_int_t s_int(json_t *o, const char *k) {
     return json_integer_value(v);
 }
 
+// `kvfctl status --json` once every worker named prefix0..prefix{n-1} reports
+// generated tokens (load figures come with heartbeats), or after 5 s.
+static json_t *s_status_after_heartbeats(const kvh_cluster_t *c, const char *prefix, int n) {
+    for (double until = kvh_now() + 5;;) {
+        json_t *st = s_status_json(c);
+        int all = 1;
+        for (int i = 0; i < n; i++) {
+            char id[16];
+            snprintf(id, sizeof id, "%s%d", prefix, i);
+            json_t *w = s_worker(st, id);
+            all = all && w && s_int(w, "tokens_total") > 0;
+        }
+        if (all || kvh_now() > until) return st;
+        json_decref(st);
+        kvh_sleep_ms(200);
+    }
+}
+
 // Reads a JSONL file into an array of objects (caller decrefs).
 static json_t *s_read_jsonl(const char *path) {
     FILE *f = fopen(path, "r");
@@ -371,7 +389,7 @@ Test(cluster, three_workers_300_prompts_match_kvf_generate_and_each_is_answered_
 
     // Every worker took part; nothing was preempted or rejected; the coordinator
     // completed each submitted request once (the two bad lines never left kvfctl).
-    json_t *st = s_status_json(&c);
+    json_t *st = s_status_after_heartbeats(&c, "w", 3);
     cr_assert_eq(s_int(st, "requests_done"), S_LINES + 1 + 1, "requests_done");
     for (int i = 0; i < 3; i++) {
         char id[16];
@@ -465,7 +483,7 @@ Test(cluster, small_kv_pools_complete_without_preemption_or_rejection, .timeout 
         cr_assert_eq(s_int(o, "completion_tokens"), 48);
     }
     json_decref(lines);
-    st = s_status_json(&c);
+    st = s_status_after_heartbeats(&c, "s", 2);
     for (int k = 0; k < 2; k++) {
         char id[16];
         snprintf(id, sizeof id, "s%d", k);
