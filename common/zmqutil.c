@@ -12,6 +12,11 @@ static void s_common_opts(zsock_t *s, int64_t max_msg) {
 }
 
 zsock_t *kvf_zmq_router_bind(const char *endpoint, int64_t max_msg, kvf_err_t *err) {
+    return kvf_zmq_router_bind_curve(endpoint, max_msg, NULL, err);
+}
+
+zsock_t *kvf_zmq_router_bind_curve(const char *endpoint, int64_t max_msg, const kvf_zmq_curve_t *curve,
+                                   kvf_err_t *err) {
     zsock_t *s = zsock_new(ZMQ_ROUTER);
     if (!s) {
         kvf_err_set(err, KVF_E_IO, "cannot create ROUTER socket: %s", zmq_strerror(errno));
@@ -19,6 +24,11 @@ zsock_t *kvf_zmq_router_bind(const char *endpoint, int64_t max_msg, kvf_err_t *e
     }
     s_common_opts(s, max_msg);
     zsock_set_router_mandatory(s, 1);
+    if (curve && curve->cert) {
+        if (curve->zap_domain) zsock_set_zap_domain(s, curve->zap_domain);
+        zcert_apply(curve->cert, s);
+        zsock_set_curve_server(s, 1);
+    }
     if (zsock_bind(s, "%s", endpoint) < 0) {
         kvf_err_set(err, KVF_E_IO, "cannot bind %s: %s", endpoint, zmq_strerror(errno));
         zsock_destroy(&s);
@@ -28,6 +38,15 @@ zsock_t *kvf_zmq_router_bind(const char *endpoint, int64_t max_msg, kvf_err_t *e
 }
 
 zsock_t *kvf_zmq_dealer_connect(const char *endpoint, const char *identity, int64_t max_msg, kvf_err_t *err) {
+    return kvf_zmq_dealer_connect_curve(endpoint, identity, max_msg, NULL, err);
+}
+
+zsock_t *kvf_zmq_dealer_connect_curve(const char *endpoint, const char *identity, int64_t max_msg,
+                                      const kvf_zmq_curve_t *curve, kvf_err_t *err) {
+    if (curve && curve->cert && (!curve->server_key || strlen(curve->server_key) != 40)) {
+        kvf_err_set(err, KVF_E_INVAL, "CURVE needs the server's public key (40 Z85 characters)");
+        return NULL;
+    }
     zsock_t *s = zsock_new(ZMQ_DEALER);
     if (!s) {
         kvf_err_set(err, KVF_E_IO, "cannot create DEALER socket: %s", zmq_strerror(errno));
@@ -35,6 +54,10 @@ zsock_t *kvf_zmq_dealer_connect(const char *endpoint, const char *identity, int6
     }
     s_common_opts(s, max_msg);
     if (identity) zsock_set_identity(s, identity);
+    if (curve && curve->cert) {
+        zcert_apply(curve->cert, s);
+        zsock_set_curve_serverkey(s, curve->server_key);
+    }
     if (zsock_connect(s, "%s", endpoint) < 0) {
         kvf_err_set(err, KVF_E_IO, "cannot connect to %s: %s", endpoint, zmq_strerror(errno));
         zsock_destroy(&s);

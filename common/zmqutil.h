@@ -14,6 +14,25 @@
 
 #define KVF_ZMQ_MAX_MSG (64ll << 20)  // default bound on one incoming message
 
+// CURVE settings of one socket (keys loaded with common/curve.h). A ROUTER
+// with a cert is a CURVE server: peers without CURVE, or with another server
+// key, never get through the handshake, and the zauth actor of the process
+// (started before the bind) decides which client keys may connect; zap_domain
+// names the socket in those ZAP requests. A DEALER with a cert is a CURVE
+// client of the server whose public key is server_key.
+typedef struct {
+    zcert_t *cert;           // our key pair, not owned; NULL: no CURVE (plain)
+    const char *server_key;  // DEALER: the server's public key (Z85, 40 chars)
+    const char *zap_domain;  // ROUTER: ZAP domain (NULL: none)
+} kvf_zmq_curve_t;
+
+// As kvf_zmq_router_bind / kvf_zmq_dealer_connect, with CURVE when curve and
+// curve->cert are not NULL (the keys are set before the bind or connect).
+zsock_t *kvf_zmq_router_bind_curve(const char *endpoint, int64_t max_msg, const kvf_zmq_curve_t *curve,
+                                   kvf_err_t *err);
+zsock_t *kvf_zmq_dealer_connect_curve(const char *endpoint, const char *identity, int64_t max_msg,
+                                      const kvf_zmq_curve_t *curve, kvf_err_t *err);
+
 // A ROUTER bound to endpoint (tcp://host:port, ipc://path, inproc://name).
 // Returns a new socket owned by the caller (zsock_destroy), or NULL with err set.
 zsock_t *kvf_zmq_router_bind(const char *endpoint, int64_t max_msg, kvf_err_t *err);
