@@ -3,7 +3,8 @@
 # As root it runs apt-get; otherwise it prints the command to run. Safe to run twice.
 set -euo pipefail
 pkgs=(build-essential cmake pkg-config libzmq3-dev libczmq-dev libmsgpack-dev libcriterion-dev
-      libjansson-dev libpcre2-dev libsqlite3-dev libicu-dev)
+      libjansson-dev libpcre2-dev libsqlite3-dev libicu-dev
+      clang libclang-rt-14-dev)  # clang + libFuzzer runtime: the bounded fuzz tests
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
