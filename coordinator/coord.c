@@ -32,16 +32,18 @@ void kvf_coord_cfg_default(kvf_coord_cfg_t *cfg) {
     cfg->max_msg_size = KVF_ZMQ_MAX_MSG;
     cfg->max_retained = 1024;
     cfg->max_redispatch = 16;
+    cfg->max_new_tokens = 1u << 20;
 }
 
 uint64_t kvf_coord_now(void) { return (uint64_t)zclock_mono(); }
 
-static zsock_t *s_bind(const char *what, const char *endpoint, int64_t max_msg, char **bound, kvf_err_t *err) {
+static zsock_t *s_bind(const char *what, const char *endpoint, int64_t max_msg, const kvf_zmq_curve_t *curve,
+                       char **bound, kvf_err_t *err) {
     // The transport bound is twice the message limit: messages in between are
     // received and answered with an ERROR that names the limit; past it libzmq
     // drops the connection without buffering the rest.
     int64_t hard = max_msg > (INT32_MAX - 1) / 2 ? INT32_MAX - 1 : 2 * max_msg;
-    zsock_t *s = kvf_zmq_router_bind(endpoint, hard, err);
+    zsock_t *s = kvf_zmq_router_bind_curve(endpoint, hard, curve, err);
     if (!s) {
         if (err) {
             char tmp[sizeof err->msg];
@@ -74,6 +76,10 @@ kvf_coord_t *kvf_coord_new(const kvf_coord_cfg_t *cfg, kvf_err_t *err) {
         kvf_err_set(err, KVF_E_INVAL, "--max-batch and --max-prompt-tokens must be > 0, --max-msg-size >= 1024");
         return NULL;
     }
+    if (cfg->max_new_tokens == 0) {
+        kvf_err_set(err, KVF_E_INVAL, "--max-new-tokens must be > 0");
+        return NULL;
+    }
     kvf_coord_t *c = kvf_xcalloc(1, sizeof *c);
     c->cfg = *cfg;
     c->cfg.front = c->cfg.back = NULL;  // the bound endpoints replace them
@@ -86,9 +92,19 @@ kvf_coord_t *kvf_coord_new(const kvf_coord_cfg_t *cfg, kvf_err_t *err) {
         if (!c->tok) goto fail;
         kvf_log(KVF_LOG_INFO, "tokenizer %s: %d ids", path, (int)kvf_tokenizer_vocab_size(c->tok));
     }
-    c->front = s_bind("front", cfg->front, cfg->max_msg_size, &c->front_ep, err);
+    if (cfg->curve_secret && *cfg->curve_secret) {
+        // zauth must be there before the first handshake: it starts before the binds.
+        c->auth = kvf_auth_new(cfg->curve_secret, cfg->worker_keys, cfg->client_keys, cfg->operator_keys, err);
+        if (!c->auth) goto fail;
+    } else if (cfg->worker_keys || cfg->client_keys || cfg->operator_keys) {
+        kvf_err_set(err, KVF_E_INVAL, "--worker-keys, --client-keys and --operator-keys need --curve-secret");
+        goto fail;
+    }
+    kvf_zmq_curve_t front_curve = {c->auth ? kvf_auth_cert(c->auth) : NULL, NULL, KVF_AUTH_ZAP_FRONT};
+    kvf_zmq_curve_t back_curve = {front_curve.cert, NULL, KVF_AUTH_ZAP_BACK};
+    c->front = s_bind("front", cfg->front, cfg->max_msg_size, &front_curve, &c->front_ep, err);
     if (!c->front) goto fail;
-    c->back = s_bind("back", cfg->back, cfg->max_msg_size, &c->back_ep, err);
+    c->back = s_bind("back", cfg->back, cfg->max_msg_size, &back_curve, &c->back_ep, err);
     if (!c->back) goto fail;
     c->reg = kvf_registry_new();
     c->aff = kvf_xmalloc(sizeof *c->aff);
@@ -107,6 +123,7 @@ void kvf_coord_destroy(kvf_coord_t **self_p) {
     kvf_coord_t *c = *self_p;
     zsock_destroy(&c->front);
     zsock_destroy(&c->back);
+    kvf_auth_destroy(&c->auth);  // after the sockets it guards
     free(c->front_ep);
     free(c->back_ep);
     kvf_tokenizer_destroy(&c->tok);
@@ -174,6 +191,9 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
     ident_len = zmq_msg_size(&part) < sizeof ident ? zmq_msg_size(&part) : sizeof ident;
     memcpy(ident, zmq_msg_data(&part), ident_len);
     int more = zmq_msg_more(&part);
+    // With CURVE, zauth let only allowed keys connect and names the sender's
+    // key (User-Id); its role decides whether this socket takes the message.
+    int admit = c->auth ? kvf_auth_admit(c->auth, zmq_msg_gets(&part, "User-Id"), front, &c->peer_roles) : 1;
     zmq_msg_close(&part);
     // Read every frame (the next receive must start on a message boundary); keep the last.
     zmq_msg_init(&payload);
@@ -195,7 +215,9 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
     kvf_err_t err;
     kvf_err_clear(&err);
     size_t size = zmq_msg_size(&payload);
-    if (frames != 1) {
+    if (!admit) {
+        // Dropped unanswered: a key of another role learns nothing here.
+    } else if (frames != 1) {
         kvf_coord_send_error(c, reply, ident, ident_len, 0, KVF_E_FORMAT,
                              frames == 0 ? "empty message: expected one payload frame"
                                          : "expected one payload frame after the identity");

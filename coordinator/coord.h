@@ -23,6 +23,11 @@ typedef struct {
     int64_t max_msg_size;         // bytes in one message; bigger ones get ERROR (or, past 2x, a dropped connection)
     uint32_t max_retained;        // finished batches kept for ATTACH after their client went away
     uint32_t max_redispatch;      // a request taken back from workers more often than this fails
+    uint32_t max_new_tokens;      // output tokens one request may ask for (more: ERROR too_long)
+    const char *curve_secret;     // the coordinator's CURVE secret key file; NULL: plain sockets
+    const char *worker_keys;      // with curve_secret: directories of allowed public keys, per role
+    const char *client_keys;      //   (coordinator/auth.h); NULL: none of that role
+    const char *operator_keys;
 } kvf_coord_cfg_t;
 
 typedef struct kvf_coord_s kvf_coord_t;

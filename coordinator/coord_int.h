@@ -6,6 +6,7 @@
 #include <czmq.h>
 
 #include "common/tokenizer.h"
+#include "coordinator/auth.h"
 #include "coordinator/coord.h"
 #include "coordinator/placement.h"
 #include "coordinator/queue.h"
@@ -31,6 +32,8 @@ struct kvf_coord_s {
     int queue_stale;              // the queue may hold rids that are no longer QUEUED
     int in_pass;                  // kvf_coord_dispatch is walking the queue
     int shutdown;                 // an operator asked the coordinator to stop
+    kvf_auth_t *auth;             // CURVE keys and zauth; NULL without --curve-secret
+    uint32_t peer_roles;          // with auth: kvf_role bits of the sender of the message being handled
 };
 
 // ---- coord.c: messaging

@@ -29,6 +29,9 @@ static int s_prompt(kvf_coord_t *c, const kvf_submit_req_t *r, uint32_t vocab, i
     *ids = NULL;
     *n = 0;
     if (kvf_sampling_validate(&r->sampling, err) < 0) return -1;
+    if ((uint32_t)r->sampling.max_new_tokens > c->cfg.max_new_tokens)
+        return kvf_err_set(err, KVF_E_TOO_LONG, "max_new_tokens %d exceeds --max-new-tokens %u",
+                           r->sampling.max_new_tokens, c->cfg.max_new_tokens);
     for (int i = 0; vocab && i < r->sampling.n_stop_ids; i++)
         if ((uint32_t)r->sampling.stop_ids[i] >= vocab)
             return kvf_err_set(err, KVF_E_INVAL, "stop id %d is outside the vocabulary [0, %u)",
@@ -326,6 +329,14 @@ static void s_shutdown(kvf_coord_t *c, const void *ident, size_t ilen, const kvf
 // ---- entry
 
 void kvf_coord_front_handle(kvf_coord_t *c, const void *ident, size_t ilen, kvf_msg_t *msg) {
+    // With CURVE, the cluster-wide commands are for operator keys only.
+    if (c->auth && (msg->type == KVF_MSG_DRAIN || msg->type == KVF_MSG_SHUTDOWN) &&
+        !(c->peer_roles & KVF_ROLE_OPERATOR)) {
+        char m[160];
+        snprintf(m, sizeof m, "%s needs an operator key (this is a client key)", kvf_msg_type_name(msg->type));
+        kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_DENIED, m);
+        return;
+    }
     switch (msg->type) {
     case KVF_MSG_SUBMIT:
         s_submit(c, ident, ilen, &msg->u.submit);

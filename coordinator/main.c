@@ -33,6 +33,12 @@ static void s_usage(FILE *f) {
             "  --max-retained N          finished batches kept for ATTACH after the client left (default 1024)\n"
             "  --max-redispatch N        a request taken back from dying or refusing workers more often fails\n"
             "                            (default 16)\n"
+            "  --max-new-tokens N        output tokens one request may ask for (default 1048576)\n"
+            "  --curve-secret FILE       CURVE on both sockets with this secret key file (kvfctl keygen);\n"
+            "                            only the keys below may connect (deploy/SECURITY.md)\n"
+            "  --worker-keys DIR         public keys of the workers allowed on the back socket\n"
+            "  --client-keys DIR         public keys of the clients allowed on the front socket\n"
+            "  --operator-keys DIR       public keys allowed on the front that may also DRAIN and SHUTDOWN\n"
             "  --log-level LEVEL         error|warn|info|debug (default info)\n"
             "Prints \"front ENDPOINT back ENDPOINT\" once both sockets are bound.\n");
 }
@@ -78,6 +84,16 @@ int main(int argc, char **argv) {
             if ((rc = kvf_args_int(a, v, 1, 1000000000, &n, &err)) == 0) cfg.max_prompt_tokens = (uint32_t)n;
         } else if (!strcmp(a, "--max-retained")) {
             if ((rc = kvf_args_int(a, v, 0, 1000000, &n, &err)) == 0) cfg.max_retained = (uint32_t)n;
+        } else if (!strcmp(a, "--max-new-tokens")) {
+            if ((rc = kvf_args_int(a, v, 1, 1000000000, &n, &err)) == 0) cfg.max_new_tokens = (uint32_t)n;
+        } else if (!strcmp(a, "--curve-secret")) {
+            cfg.curve_secret = v;
+        } else if (!strcmp(a, "--worker-keys")) {
+            cfg.worker_keys = v;
+        } else if (!strcmp(a, "--client-keys")) {
+            cfg.client_keys = v;
+        } else if (!strcmp(a, "--operator-keys")) {
+            cfg.operator_keys = v;
         } else if (!strcmp(a, "--max-redispatch")) {
             if ((rc = kvf_args_int(a, v, 0, 1000000, &n, &err)) == 0) cfg.max_redispatch = (uint32_t)n;
         } else if (!strcmp(a, "--max-msg-size")) {
