@@ -684,3 +684,92 @@ Test(cluster, status_during_a_batch_and_a_killed_worker_shows_dead, .timeout = 2
         kvf_client_destroy(&cl);
     kvh_teardown(&c);
 }
+
+// ---------------------------------------------------------------- deploy/kvf-node
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+// A TCP port that is free on loopback now (the kernel's pick).
+static int s_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+static int s_pid_alive(const char *pidfile, pid_t *pid_out) {
+    char *s = kvf_test_slurp(pidfile, NULL);
+    if (!s) return 0;
+    pid_t pid = (pid_t)atoi(s);
+    free(s);
+    if (pid_out) *pid_out = pid;
+    return pid > 0 && kill(pid, 0) == 0;
+}
+
+Test(cluster, kvf_node_starts_reports_and_stops_a_node, .timeout = 120) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    kvh_require_bin("kvfctl");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    char dir[64] = "/tmp/kvf-node-test-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    char script[512], fp[16], bp[16], log[128], out[128];
+    snprintf(script, sizeof script, "%s/deploy/kvf-node", KVF_SOURCE_DIR);
+    snprintf(fp, sizeof fp, "%d", s_free_port());
+    do snprintf(bp, sizeof bp, "%d", s_free_port());
+    while (strcmp(fp, bp) == 0);
+    snprintf(log, sizeof log, "%s/node.log", dir);
+    snprintf(out, sizeof out, "%s/status.json", dir);
+    char *start[] = {script, "start", "--model", model, "--workers", "2", "--backend", "cpu", "--front-port", fp,
+                     "--back-port", bp, "--run-dir", dir, "--bin-dir", KVF_BIN_DIR, "--timeout", "60",
+                     "--threads", "1", "--cache-max-entry-count", "64", NULL};
+    int rc = kvh_run(start, log, NULL, 90);
+    if (rc != 0) kvh_tail(log);
+    cr_assert_eq(rc, 0, "kvf-node start failed (%d)", rc);
+
+    // Started, registered, and the pids are the processes'.
+    char pf[128];
+    pid_t pids[3];
+    const char *names[] = {"coordinator", "worker-0", "worker-1"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(pf, sizeof pf, "%s/%s.pid", dir, names[i]);
+        cr_assert(s_pid_alive(pf, &pids[i]), "%s is not running", names[i]);
+    }
+    char *status[] = {script, "status", "--run-dir", dir, "--bin-dir", KVF_BIN_DIR, "--json", NULL};
+    cr_assert_eq(kvh_run(status, out, NULL, 30), 0);
+    char *text = kvf_test_slurp(out, NULL);
+    cr_assert_not_null(text);
+    char *js = strchr(text, '{');  // after the process lines
+    cr_assert_not_null(js, "%s", text);
+    json_t *st = json_loads(js, 0, NULL);
+    cr_assert_not_null(st, "%s", text);
+    cr_assert_eq(s_int(json_object_get(st, "totals"), "ready"), 2);
+    json_decref(st);
+    free(text);
+
+    // A second start refuses; stop ends every process.
+    cr_assert_eq(kvh_run(start, log, NULL, 30), 1, "a second start should refuse");
+    char *stop[] = {script, "stop", "--run-dir", dir, "--timeout", "10", NULL};
+    cr_assert_eq(kvh_run(stop, log, NULL, 30), 0);
+    for (int i = 0; i < 3; i++) {
+        // They are not our children: alive means kill(pid, 0) works and it is not a zombie.
+        char proc[64], stat[256] = "";
+        snprintf(proc, sizeof proc, "/proc/%d/stat", (int)pids[i]);
+        FILE *sf = fopen(proc, "r");  // (a /proc file has no size: read it as a stream)
+        if (sf) {
+            if (!fgets(stat, sizeof stat, sf)) stat[0] = 0;
+            fclose(sf);
+        }
+        int running = stat[0] && !strstr(stat, ") Z ");
+        cr_assert_not(running, "%s (pid %d) survived kvf-node stop: %.60s", names[i], (int)pids[i], stat);
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    cr_assert_eq(system(cmd), 0);
+}
