@@ -14,6 +14,7 @@
 typedef struct {
     int valid;
     int n, d_in, d_out, y_type, accumulate;
+    int pinned;  // picked by kvf_gemm_tune: never evicted
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
@@ -107,8 +108,15 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
             e->accumulate == accumulate)
             return e;
     }
-    s_entry_t *e = &ctx->cache[ctx->next];
-    ctx->next = (ctx->next + 1) % KVF_GEMM_CACHE;
+    s_entry_t *e = NULL;
+    for (int tries = 0; tries < KVF_GEMM_CACHE && !e; tries++) {
+        if (!ctx->cache[ctx->next].pinned) e = &ctx->cache[ctx->next];
+        ctx->next = (ctx->next + 1) % KVF_GEMM_CACHE;
+    }
+    if (!e) {
+        kvf_err_set(err, KVF_E_INVAL, "kvf_gemm: all %d cached shapes are pinned by kvf_gemm_tune", KVF_GEMM_CACHE);
+        return NULL;
+    }
     s_entry_clear(e);
     if (s_entry_build(ctx, e, n, d_in, d_out, y_type, accumulate, err) != 0) {
         s_entry_clear(e);
@@ -129,5 +137,81 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t
     KVF_CUBLAS_CHECK(cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, &e->algo,
                                     ctx->workspace, ctx->workspace_bytes, stream),
                      err);
+    return 0;
+}
+
+// ---------------------------------------------------------------- tuning
+
+#define KVF_GEMM_TUNE_MAX 24
+#define KVF_GEMM_TUNE_REPS 8
+
+// Times reps launches of algo on the stream (already warmed up); -1 when cuBLASLt refuses it.
+static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmulAlgo_t *algo, void *y,
+                         const uint16_t *x, const uint16_t *w, cudaEvent_t ev0, cudaEvent_t ev1, cudaStream_t stream) {
+    const float alpha = 1.0f, beta = 0.0f;
+    for (int r = 0; r < 2; r++)  // warm-up
+        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
+                           ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
+            return -1.0f;
+    if (cudaEventRecord(ev0, stream) != cudaSuccess) return -1.0f;
+    for (int r = 0; r < KVF_GEMM_TUNE_REPS; r++)
+        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
+                           ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
+            return -1.0f;
+    float ms = -1.0f;
+    if (cudaEventRecord(ev1, stream) != cudaSuccess || cudaEventSynchronize(ev1) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, ev0, ev1) != cudaSuccess)
+        return -1.0f;
+    return ms / KVF_GEMM_TUNE_REPS;
+}
+
+int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x, const uint16_t *w, int n,
+                  int d_in, int d_out, cudaStream_t stream, float *heuristic_ms, float *best_ms, kvf_err_t *err) {
+    KVF_REQUIRE(ctx && y && x && w, err);
+    KVF_REQUIRE(n > 0 && d_in > 0 && d_out > 0, err);
+    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
+    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, err);
+    if (!e) return -1;
+    cublasLtMatmulPreference_t pref = NULL;
+    KVF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), err);
+    size_t ws = ctx->workspace_bytes;
+    cublasLtMatmulHeuristicResult_t res[KVF_GEMM_TUNE_MAX];
+    int n_res = 0;
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                             sizeof ws);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, KVF_GEMM_TUNE_MAX, res,
+                                            &n_res);
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasLtGetStatusString(st), __FILE__,
+                              __LINE__);
+    cudaEvent_t ev0 = NULL, ev1 = NULL;
+    KVF_CUDA_CHECK(cudaEventCreate(&ev0), err);
+    if (cudaEventCreate(&ev1) != cudaSuccess) {
+        cudaEventDestroy(ev0);
+        KVF_CUDA_CHECK(cudaGetLastError(), err);
+        return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: cudaEventCreate failed");
+    }
+    const cublasLtMatmulAlgo_t heur = e->algo;
+    float h_ms = s_time_algo(ctx, e, &heur, y, x, w, ev0, ev1, stream), b_ms = h_ms;
+    for (int i = 0; i < n_res; i++) {
+        if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
+        float ms = s_time_algo(ctx, e, &res[i].algo, y, x, w, ev0, ev1, stream);
+        if (ms > 0.0f && (b_ms <= 0.0f || ms < b_ms)) {
+            b_ms = ms;
+            e->algo = res[i].algo;
+        }
+    }
+    cudaGetLastError();  // a refused candidate may leave a sticky-free launch error behind
+    const cudaError_t se = cudaStreamSynchronize(stream);
+    cudaEventDestroy(ev0);
+    cudaEventDestroy(ev1);
+    KVF_CUDA_CHECK(se, err);
+    if (b_ms <= 0.0f) return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: no candidate ran for n=%d %dx%d", n,
+                                         d_in, d_out);
+    e->pinned = 1;
+    if (heuristic_ms) *heuristic_ms = h_ms;
+    if (best_ms) *best_ms = b_ms;
     return 0;
 }

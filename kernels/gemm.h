@@ -41,6 +41,20 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx,
              const uint16_t *w,     // (d_out, d_in) bf16, device
              int n, int d_in, int d_out, float beta, cudaStream_t stream, kvf_err_t *err);
 
+// Start-up only (it synchronizes the stream): times cuBLASLt's heuristic
+// candidates for this shape (beta 0) on the given buffers (x should hold
+// non-zero data: zeros run faster) and keeps the fastest for later kvf_gemm
+// calls of the shape, pinned in the context's cache. y is overwritten. Sets
+// *heuristic_ms / *best_ms (either may be NULL) to the heuristic's first pick
+// and the pick kept, per call. Returns 0, or -1 with err set.
+int kvf_gemm_tune(kvf_gemm_ctx_t *ctx,
+                  void *y,               // (n, d_out) bf16 or f32 per y_type, device
+                  kvf_gemm_out_t y_type,
+                  const uint16_t *x,     // (n, d_in) bf16, device
+                  const uint16_t *w,     // (d_out, d_in) bf16, device
+                  int n, int d_in, int d_out, cudaStream_t stream, float *heuristic_ms, float *best_ms,
+                  kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

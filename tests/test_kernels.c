@@ -277,8 +277,8 @@ Test(kernels, rmsnorm) {
 
 Test(kernels, silu_mul) {
     rng_t r = s_rng("silu_mul");
-    const int cases[][2] = {{1, 14336}, {19, 1000}, {64, 4864}};
-    for (int c = 0; c < 3; c++) {
+    const int cases[][2] = {{1, 14336}, {19, 1000}, {64, 4864}, {3, 1003}};
+    for (int c = 0; c < 4; c++) {
         int n = cases[c][0], F = cases[c][1];
         size_t N = (size_t)n * 2 * F;
         float *gu = malloc(N * 4), *ref = malloc((size_t)F * 4 * n);
@@ -336,6 +336,16 @@ Test(kernels, gemm) {
         free(g);
         g = s_down_f32(d_yf, (size_t)n * M);
         s_expect_norm("gemm.f32", cs, g, ref, (size_t)n * M, 1e-4, 1e-5);
+        // the algorithm kvf_gemm_tune keeps computes the same product
+        float h_ms = 0, b_ms = 0;
+        cr_assert(kvf_gemm_tune(ctx, d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 0, &h_ms, &b_ms, &err) == 0, "%s",
+                  err.msg);
+        cr_expect(b_ms > 0 && b_ms <= h_ms, "%s: tuned %.4f ms, heuristic %.4f ms", cs, b_ms, h_ms);
+        CUDA_OK(cudaMemset(d_yf, 0xff, (size_t)n * M * 4));
+        cr_assert(kvf_gemm(ctx, d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        free(g);
+        g = s_down_f32(d_yf, (size_t)n * M);
+        s_expect_norm("gemm.f32.tuned", cs, g, ref, (size_t)n * M, 1e-4, 1e-5);
         // accumulate: y += x w^T (beta 1)
         cr_assert(kvf_gemm(ctx, d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 1.0f, 0, &err) == 0, "%s", err.msg);
         float *g2 = s_down_f32(d_yf, (size_t)n * M);
