@@ -9,6 +9,15 @@
 // the step's metadata with one async H2D copy, runs the layers on the
 // backend's stream (decode steps optionally from a CUDA graph per batch-size
 // bucket, captured at start-up) and copies the logits back; it allocates nothing.
+// forward_sample (backend.h) runs the same step and copies back only the greedy
+// ids (argmax on the device); other sampling is KVF_E_UNSUPPORTED. Decode rows of
+// many sequences go to the tensor-core kernels/attention_decode.h, those of few
+// long sequences to kvf_attention's key splits.
+//
+// Environment (diagnostics, read at start-up): KVF_CUDA_TIMING=1 records events
+// between kernel groups of eager steps and prints per-group device time per
+// step at destroy; KVF_GEMM_TUNE=1 times cuBLASLt's candidates for the
+// max_batch_size-row GEMMs and keeps the fastest (kernels/gemm.h).
 #ifndef KVF_CUDA_BACKEND_H
 #define KVF_CUDA_BACKEND_H
 
