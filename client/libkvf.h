@@ -13,6 +13,21 @@
 // 5000 ms). Result events that arrive while a control call waits are not lost:
 // they are queued inside the client and handed out by the next kvf_client_next().
 //
+// A whole generation:
+//
+//   kvf_err_t err;
+//   kvf_client_t *c = kvf_client_new("tcp://127.0.0.1:5555", &err);
+//   kvf_request_t r = {.text = "Once upon a time", .sampling = kvf_sampling_default()};
+//   uint64_t rid;
+//   if (!c || kvf_client_submit(c, NULL, &r, 1, &rid, NULL, &err) < 0) { ...err.msg... }
+//   kvf_event_t ev = {0};
+//   while (kvf_client_next(c, -1, &ev, &err) == 0) {
+//       if (ev.type == KVF_EVENT_TOKENS) fputs(ev.text, stdout);
+//       if (ev.type != KVF_EVENT_TOKENS) break;   // DONE (or ERROR: ev.message)
+//   }
+//   kvf_event_clear(&ev);
+//   kvf_client_destroy(&c);
+//
 // Thread-safety: a kvf_client_t is used by one thread at a time (ZeroMQ sockets
 // are not thread-safe). Separate clients in separate threads are independent.
 // All functions return 0 on success or -1 with *err filled (err may be NULL);
@@ -111,6 +126,14 @@ typedef struct {
 // waits for a reply. Returns a new client owned by the caller, or NULL with err
 // set (KVF_E_INVAL for a malformed endpoint, KVF_E_IO otherwise).
 kvf_client_t *kvf_client_new(const char *endpoint, kvf_err_t *err);
+
+// As kvf_client_new, encrypted and authenticated with CURVE (deploy/SECURITY.md):
+// secret_path is our key pair's secret file (from `kvfctl keygen`, NAME_secret),
+// coordinator_key_path the coordinator's public key file. Both NULL: plain, as
+// kvf_client_new. A coordinator that does not know our key never answers: calls
+// end in KVF_E_TIMEOUT. NULL with err set when a key file cannot be loaded.
+kvf_client_t *kvf_client_new_curve(const char *endpoint, const char *secret_path, const char *coordinator_key_path,
+                                   kvf_err_t *err);
 
 // Closes the socket (unsent messages are dropped) and frees the client and its
 // queued events. Accepts NULL and *self_p == NULL; sets *self_p to NULL.
