@@ -128,6 +128,7 @@ static void s_result(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
     }
     if (n || r->text.len) {
         kvf_req_append(req, r->tokens.ids, n, r->text.ptr, r->text.len);
+        kvf_coord_journal_tokens(c, req, r->tokens.ids, n, r->text.ptr, r->text.len);
         kvf_msg_t m;
         kvf_msg_init(&m, KVF_MSG_TOKENS);
         m.u.tokens.rid = req->rid;

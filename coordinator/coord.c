@@ -112,6 +112,8 @@ kvf_coord_t *kvf_coord_new(const kvf_coord_cfg_t *cfg, kvf_err_t *err) {
     c->reqs = kvf_reqtable_new(cfg->max_retained);
     c->queue = kvf_queue_new(cfg->queue_cap);
     c->start_ms = kvf_coord_now();
+    c->cfg.journal = NULL;  // only read here
+    if (cfg->journal && *cfg->journal && kvf_coord_journal_open(c, cfg->journal, err) < 0) goto fail;
     return c;
 fail:
     kvf_coord_destroy(&c);
@@ -131,6 +133,7 @@ void kvf_coord_destroy(kvf_coord_t **self_p) {
     free(c->aff);
     kvf_reqtable_destroy(&c->reqs);
     kvf_queue_destroy(&c->queue);
+    kvf_journal_destroy(&c->journal);
     free(c->to_settle);
     free(c->model_dir);
     free(c);
@@ -191,9 +194,6 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
     ident_len = zmq_msg_size(&part) < sizeof ident ? zmq_msg_size(&part) : sizeof ident;
     memcpy(ident, zmq_msg_data(&part), ident_len);
     int more = zmq_msg_more(&part);
-    // With CURVE, zauth let only allowed keys connect and names the sender's
-    // key (User-Id); its role decides whether this socket takes the message.
-    int admit = c->auth ? kvf_auth_admit(c->auth, zmq_msg_gets(&part, "User-Id"), front, &c->peer_roles) : 1;
     zmq_msg_close(&part);
     // Read every frame (the next receive must start on a message boundary); keep the last.
     zmq_msg_init(&payload);
@@ -215,8 +215,13 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
     kvf_err_t err;
     kvf_err_clear(&err);
     size_t size = zmq_msg_size(&payload);
+    // With CURVE, zauth let only allowed keys connect and names the sender's
+    // key (User-Id, on the frames the peer sent); its role decides whether this
+    // socket takes the message. Dropped unanswered: a key of another role
+    // learns nothing here.
+    int admit = !c->auth || (frames > 0 && kvf_auth_admit(c->auth, zmq_msg_gets(&payload, "User-Id"), front,
+                                                          &c->peer_roles));
     if (!admit) {
-        // Dropped unanswered: a key of another role learns nothing here.
     } else if (frames != 1) {
         kvf_coord_send_error(c, reply, ident, ident_len, 0, KVF_E_FORMAT,
                              frames == 0 ? "empty message: expected one payload frame"
@@ -280,6 +285,7 @@ int kvf_coord_run(kvf_coord_t *c, volatile sig_atomic_t *stop, kvf_err_t *err) {
             kvf_coord_dispatch(c);
         }
         kvf_coord_settle_all(c);
+        kvf_coord_journal_commit(c);  // one group commit per iteration
     }
     if (c->shutdown) {
         // Give the forwarded SHUTDOWNs and the operator's OK a moment to leave.

@@ -28,6 +28,7 @@ typedef struct {
     const char *worker_keys;      // with curve_secret: directories of allowed public keys, per role
     const char *client_keys;      //   (coordinator/auth.h); NULL: none of that role
     const char *operator_keys;
+    const char *journal;          // SQLite job journal to resume from and write (NULL: none)
 } kvf_coord_cfg_t;
 
 typedef struct kvf_coord_s kvf_coord_t;

@@ -8,6 +8,7 @@
 #include "common/tokenizer.h"
 #include "coordinator/auth.h"
 #include "coordinator/coord.h"
+#include "coordinator/journal.h"
 #include "coordinator/placement.h"
 #include "coordinator/queue.h"
 #include "coordinator/registry.h"
@@ -34,6 +35,8 @@ struct kvf_coord_s {
     int shutdown;                 // an operator asked the coordinator to stop
     kvf_auth_t *auth;             // CURVE keys and zauth; NULL without --curve-secret
     uint32_t peer_roles;          // with auth: kvf_role bits of the sender of the message being handled
+    kvf_journal_t *journal;       // NULL without --journal
+    uint64_t journal_errors;
 };
 
 // ---- coord.c: messaging
@@ -49,6 +52,18 @@ void kvf_coord_send_error(kvf_coord_t *c, zsock_t *sock, const void *ident, size
                           kvf_status code, const char *message);
 
 uint64_t kvf_coord_now(void);
+
+// ---- coord_journal.c: the job journal (each a no-op without --journal)
+
+// Opens the journal at path and takes back what it holds: unfinished requests
+// queued, finished batches retained for ATTACH. 0, or -1 with err.
+int kvf_coord_journal_open(kvf_coord_t *c, const char *path, kvf_err_t *err);
+void kvf_coord_journal_batch(kvf_coord_t *c, const kvf_batch_t *b);  // a new batch with all its requests
+void kvf_coord_journal_tokens(kvf_coord_t *c, const kvf_req_t *req, const int32_t *ids, uint32_t n,
+                              const char *text, size_t text_len);
+void kvf_coord_journal_finish(kvf_coord_t *c, const kvf_req_t *req);
+// Commits what this loop iteration wrote (one WAL append, no fsync).
+void kvf_coord_journal_commit(kvf_coord_t *c);
 
 // ---- front.c: clients and operators
 void kvf_coord_front_handle(kvf_coord_t *c, const void *ident, size_t ident_len, kvf_msg_t *msg);

@@ -45,6 +45,7 @@ int kvf_coord_req_event(kvf_coord_t *c, kvf_req_t *req, kvf_req_event ev) {
         req->redispatches++;
     }
     if (act & KVF_REQ_ACT_COMPLETE) {
+        kvf_coord_journal_finish(c, req);
         c->requests_done++;
         kvf_coord_settle(c, req->batch);
     }

@@ -113,6 +113,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_req_t *req = kvf_reqtable_add(c->reqs, b, r->tag.ptr, &ids, n, &samp);
         ack.u.ack.rids[i] = req->rid;
     }
+    kvf_coord_journal_batch(c, b);
     kvf_coord_to_batch(c, b, &ack);
     free(ack.u.ack.rids);
     if (s->n_reqs == 0) kvf_coord_settle(c, b);  // an empty batch is complete at once

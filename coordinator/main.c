@@ -33,6 +33,8 @@ static void s_usage(FILE *f) {
             "  --max-retained N          finished batches kept for ATTACH after the client left (default 1024)\n"
             "  --max-redispatch N        a request taken back from dying or refusing workers more often fails\n"
             "                            (default 16)\n"
+            "  --journal PATH            SQLite job journal: resume its unfinished batches, journal new ones\n"
+            "                            (default: none)\n"
             "  --max-new-tokens N        output tokens one request may ask for (default 1048576)\n"
             "  --curve-secret FILE       CURVE on both sockets with this secret key file (kvfctl keygen);\n"
             "                            only the keys below may connect (deploy/SECURITY.md)\n"
@@ -70,6 +72,8 @@ int main(int argc, char **argv) {
             cfg.back = v;
         } else if (!strcmp(a, "--model")) {
             cfg.model_dir = v;
+        } else if (!strcmp(a, "--journal")) {
+            cfg.journal = v;
         } else if (!strcmp(a, "--heartbeat-ms")) {
             if ((rc = kvf_args_int(a, v, 1, 3600000, &n, &err)) == 0) cfg.heartbeat_ms = (uint32_t)n;
         } else if (!strcmp(a, "--dead-after-ms")) {

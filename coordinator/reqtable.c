@@ -163,13 +163,11 @@ kvf_batch_t *kvf_reqtable_batch_new(kvf_reqtable_t *t, const char *id, const voi
     return b;
 }
 
-kvf_req_t *kvf_reqtable_add(kvf_reqtable_t *t, kvf_batch_t *b, const char *tag, int32_t **prompt_p,
-                            uint32_t n_prompt, const kvf_sampling_t *sampling) {
-    uint32_t idx = 0;
-    while (idx < b->n && b->reqs[idx]) idx++;
-    kvf_assert(idx < b->n);
+static kvf_req_t *s_add_at(kvf_reqtable_t *t, kvf_batch_t *b, uint64_t rid, uint32_t idx, const char *tag,
+                           int32_t **prompt_p, uint32_t n_prompt, const kvf_sampling_t *sampling) {
+    kvf_assert(idx < b->n && !b->reqs[idx]);
     kvf_req_t *r = kvf_xcalloc(1, sizeof *r);
-    r->rid = t->next_rid++;
+    r->rid = rid;
     r->state = KVF_REQ_NEW;
     r->batch = b;
     r->index = idx;
@@ -184,6 +182,20 @@ kvf_req_t *kvf_reqtable_add(kvf_reqtable_t *t, kvf_batch_t *b, const char *tag, 
     b->reqs[idx] = r;
     zhashx_insert(t->by_rid, &r->rid, r);
     return r;
+}
+
+kvf_req_t *kvf_reqtable_add(kvf_reqtable_t *t, kvf_batch_t *b, const char *tag, int32_t **prompt_p,
+                            uint32_t n_prompt, const kvf_sampling_t *sampling) {
+    uint32_t idx = 0;
+    while (idx < b->n && b->reqs[idx]) idx++;
+    return s_add_at(t, b, t->next_rid++, idx, tag, prompt_p, n_prompt, sampling);
+}
+
+kvf_req_t *kvf_reqtable_restore(kvf_reqtable_t *t, kvf_batch_t *b, uint64_t rid, uint32_t idx, const char *tag,
+                                int32_t **prompt_p, uint32_t n_prompt, const kvf_sampling_t *sampling) {
+    kvf_assert(rid != 0 && !kvf_reqtable_get(t, rid));
+    if (rid >= t->next_rid) t->next_rid = rid + 1;
+    return s_add_at(t, b, rid, idx, tag, prompt_p, n_prompt, sampling);
 }
 
 kvf_req_t *kvf_reqtable_get(const kvf_reqtable_t *t, uint64_t rid) { return zhashx_lookup(t->by_rid, &rid); }
@@ -237,6 +249,7 @@ static void s_unretain(kvf_reqtable_t *t, kvf_batch_t *b) {
 }
 
 static void s_release(kvf_reqtable_t *t, kvf_batch_t *b) {
+    if (t->on_release) t->on_release(t->on_release_ctx, b);
     if (b->retained) s_unretain(t, b);
     zhashx_delete(t->batches, b->id);  // no item destructor: freed below
     s_batch_free(t, b);

@@ -95,6 +95,10 @@ typedef struct {
     uint32_t n_retained, max_retained;
     uint64_t next_rid;
     uint64_t next_batch;
+    // Called with each batch just before it is freed (released or evicted),
+    // e.g. to forget it in the journal. NULL: nothing.
+    void (*on_release)(void *ctx, const kvf_batch_t *b);
+    void *on_release_ctx;
 } kvf_reqtable_t;
 
 // A new empty table; rids start at 1. Owned by the caller.
@@ -125,6 +129,12 @@ kvf_batch_t *kvf_reqtable_batch_new(kvf_reqtable_t *t, const char *id, const voi
 // *prompt_p (n_prompt ids; nulled). Returns the request (owned by the batch).
 kvf_req_t *kvf_reqtable_add(kvf_reqtable_t *t, kvf_batch_t *b, const char *tag, int32_t **prompt_p,
                             uint32_t n_prompt, const kvf_sampling_t *sampling);
+
+// Puts back a request read from the journal: like kvf_reqtable_add, but at
+// position idx of b (free, < b->n) with the given rid (not in the table);
+// next_rid moves above it. Returns the request (NEW, owned by the batch).
+kvf_req_t *kvf_reqtable_restore(kvf_reqtable_t *t, kvf_batch_t *b, uint64_t rid, uint32_t idx, const char *tag,
+                                int32_t **prompt_p, uint32_t n_prompt, const kvf_sampling_t *sampling);
 
 // The request with this rid, or NULL.
 kvf_req_t *kvf_reqtable_get(const kvf_reqtable_t *t, uint64_t rid);
