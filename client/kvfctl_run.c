@@ -14,7 +14,9 @@
 #include "proto/codec.h"
 
 #define S_CHUNK_BYTES (4u << 20)   // prompt bytes per SUBMIT, well under KVF_ZMQ_MAX_MSG
-#define S_STALL_CHECK_MS 10000     // ask for status after this long without a result
+#define S_STALL_CHECK_MS 10000     // re-attach after this long without a result
+#define S_RESTART_CHECK_MS 2000    // ask whether the coordinator restarted after this long without one
+#define S_GONE_MS 300000           // give up when the coordinator has not answered for this long
 
 // One request of the file, from the moment it is read until its line is written.
 typedef enum { S_PENDING = 0, S_INFLIGHT = 1, S_FINISHED = 2 } s_state_t;
@@ -60,6 +62,11 @@ typedef struct {
     kvf_run_stats_t st;
     int64_t t0, last_event, last_progress, retry_at;
     int bar;                   // 1: redrawn bar on a terminal
+    FILE *chunks;              // OUT.batches with --batch-id: the chunks submitted, for a resumed run
+    uint64_t next_chunk;       // number of the next chunk ("ID.k")
+    int64_t coord_started;     // the coordinator's start (our clock) at the last STATUS; 0: not asked yet
+    int64_t last_check;        // last STATUS sent for a silence
+    int coord_down;            // the last STATUS got no answer
 } s_run_t;
 
 // ---------------------------------------------------------------- rid map
@@ -235,6 +242,16 @@ static int s_read_one(s_run_t *r, kvf_err_t *err) {
 
 // ---------------------------------------------------------------- submit
 
+// Appends "NAME idx..." to OUT.batches (when kept): a resumed run attaches to
+// the chunk again and knows which input request each of its rids answers.
+static void s_chunk_note(s_run_t *r, const char *name, const uint64_t *idx, size_t n) {
+    if (!r->chunks) return;
+    fprintf(r->chunks, "%s", name);
+    for (size_t i = 0; i < n; i++) fprintf(r->chunks, " %llu", (unsigned long long)idx[i]);
+    fputc('\n', r->chunks);
+    if (fflush(r->chunks) != 0) fprintf(stderr, "kvfctl run: writing the chunk list: %s\n", strerror(errno));
+}
+
 // Submits recs idx[0..n-1]; returns 0, or -1 with err (the coordinator's refusal).
 static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *err) {
     kvf_request_t *reqs = kvf_xcalloc(n, sizeof *reqs);
@@ -256,7 +273,7 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
     // A batch id names one SUBMIT, so chunk k of --batch-id ID is "ID.k".
     char want[160];
     if (r->o->batch_id && *r->o->batch_id)
-        snprintf(want, sizeof want, "%.140s.%zu", r->o->batch_id, r->n_batches);
+        snprintf(want, sizeof want, "%.140s.%llu", r->o->batch_id, (unsigned long long)r->next_chunk);
     char *bid = NULL;
     int rc = kvf_client_submit(r->client, r->o->batch_id && *r->o->batch_id ? want : NULL, reqs, n, rids, &bid, err);
     if (rc == 0) {
@@ -266,6 +283,7 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
             r->batches = kvf_xrealloc(r->batches, r->batches_cap * sizeof *r->batches);
         }
         r->batches[r->n_batches++] = bid;
+        r->next_chunk++;
         for (size_t i = 0; i < n; i++) {
             s_rec_t *rec = s_rec(r, idx[i]);
             rec->rid = rids[i];
@@ -274,6 +292,7 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
             s_map_put(&r->map, rids[i], idx[i]);
         }
         r->inflight += n;
+        s_chunk_note(r, bid, idx, n);
     }
     free(tags);
     free(reqs);
@@ -469,6 +488,25 @@ static void s_progress(s_run_t *r, int final) {
     fflush(stderr);
 }
 
+// A batch the coordinator no longer knows (it restarted without a journal, or
+// released the batch before its last results reached us): its unfinished
+// requests are submitted again, in a new chunk.
+static void s_resubmit_batch(s_run_t *r, size_t b) {
+    uint64_t n = 0;
+    for (uint64_t i = r->next_write; i < r->base + r->n_recs; i++) {
+        s_rec_t *rec = s_rec(r, i);
+        if (rec->state != S_INFLIGHT || rec->batch != b) continue;
+        s_map_del(&r->map, rec->rid);
+        r->inflight--;
+        rec->state = S_PENDING;
+        rec->text_len = rec->n_ids = 0;
+        rec->stopped = 0;
+        s_pending_push(r, i);
+        n++;
+    }
+    if (n) fprintf(stderr, "kvfctl run: %llu requests of %s submitted again\n", (unsigned long long)n, r->batches[b]);
+}
+
 // The coordinator stops streaming to a client that fell behind (its send queue
 // full) and keeps the results for ATTACH. After a silence, re-attach to every
 // batch with unfinished requests: their results come again from the start.
@@ -493,11 +531,253 @@ static int s_reattach(s_run_t *r, kvf_err_t *err) {
         if (kvf_client_attach(r->client, r->batches[b], &rids, &n, &e) < 0) {
             if (e.code == KVF_E_TIMEOUT || e.code == KVF_E_IO) return kvf_err_set(err, e.code, "%s", e.msg);
             fprintf(stderr, "kvfctl run: re-attach to %s: %s\n", r->batches[b], e.msg);
+            if (e.code == KVF_E_NOT_FOUND) s_resubmit_batch(r, b);
             continue;
         }
         free(rids);
     }
     return 0;
+}
+
+// A silence: asks for STATUS. A coordinator that restarted since (it started
+// after the last one we saw, or after this run began) has lost our connection:
+// re-attach at once (a journalled coordinator still has the batches; without a
+// journal they are submitted again). A coordinator that does not answer is
+// waited for, up to S_GONE_MS. After S_STALL_CHECK_MS of silence re-attach
+// anyway (the coordinator stops streaming to a client that fell behind).
+static int s_check_silence(s_run_t *r, kvf_err_t *err) {
+    int64_t now = zclock_mono();
+    if (now - r->last_event <= S_RESTART_CHECK_MS || now - r->last_check < S_RESTART_CHECK_MS) return 0;
+    r->last_check = now;
+    kvf_cluster_status_t *st = NULL;
+    kvf_err_t e;
+    if (kvf_client_status(r->client, &st, &e) < 0) {
+        if (e.code != KVF_E_TIMEOUT) return 0;
+        if (zclock_mono() - r->last_event > S_GONE_MS)
+            return kvf_err_set(err, KVF_E_TIMEOUT, "the coordinator stopped answering: %s", e.msg);
+        if (!r->coord_down) fprintf(stderr, "kvfctl run: no answer from the coordinator; waiting for it\n");
+        r->coord_down = 1;
+        r->last_check = zclock_mono();
+        return 0;
+    }
+    now = zclock_mono();
+    int64_t started = now - (int64_t)st->uptime_ms;
+    kvf_cluster_status_destroy(&st);
+    int64_t ref = r->coord_started ? r->coord_started : r->t0;
+    int restarted = started > ref + 1000;
+    r->coord_started = started;
+    if (!restarted && !r->coord_down && now - r->last_event <= S_STALL_CHECK_MS) return 0;
+    if (restarted) fprintf(stderr, "kvfctl run: the coordinator restarted; attaching to the batches again\n");
+    r->coord_down = 0;
+    if (s_reattach(r, err) < 0) return -1;
+    r->last_event = zclock_mono();
+    return 0;
+}
+
+// ---------------------------------------------------------------- resume
+
+// With --batch-id and a file OUT, OUT.batches starts with "kvfctl-run ID" and
+// lists every chunk submitted. A run that finds it (same ID) resumes: the lines
+// already in OUT are kept and not requested again (a cut last line is
+// dropped), the chunks are attached again by id so that what the coordinator
+// already generated for the rest is not generated twice, and what no chunk
+// still holds is submitted anew.
+
+typedef struct {
+    char *name;
+    uint64_t *idx;
+    size_t n;
+} s_chunk_t;
+
+// Counts OUT's complete lines and cuts anything after the last one.
+static int s_out_lines(const char *path, uint64_t *lines, kvf_err_t *err) {
+    *lines = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return errno == ENOENT ? 0 : kvf_err_set(err, KVF_E_IO, "cannot read %s: %s", path, strerror(errno));
+    long end = 0, pos = 0;
+    int ch;
+    while ((ch = fgetc(f)) != EOF) {
+        pos++;
+        if (ch == '\n') {
+            (*lines)++;
+            end = pos;
+        }
+    }
+    fclose(f);
+    if (end != pos && truncate(path, end) != 0)
+        return kvf_err_set(err, KVF_E_IO, "cannot cut the partial last line of %s: %s", path, strerror(errno));
+    return 0;
+}
+
+// Reads OUT.batches; 1 when it belongs to this batch id (chunks filled), 0 when
+// absent or another run's.
+static int s_read_chunks(const char *path, const char *id, s_chunk_t **chunks, size_t *n_chunks) {
+    *chunks = NULL;
+    *n_chunks = 0;
+    FILE *f = fopen(path, "r");
+    if (!f) return 0;
+    char *line = NULL;
+    size_t cap = 0, ccap = 0;
+    ssize_t len = getline(&line, &cap, f);
+    char head[256];
+    snprintf(head, sizeof head, "kvfctl-run %s\n", id);
+    int ours = len > 0 && strcmp(line, head) == 0;
+    while (ours && (len = getline(&line, &cap, f)) > 0) {
+        if (line[len - 1] != '\n') break;  // cut short by a kill: that chunk is not known
+        char *save = NULL, *tok = strtok_r(line, " \n", &save);
+        if (!tok) continue;
+        s_chunk_t c = {kvf_xstrdup(tok), NULL, 0};
+        size_t icap = 0;
+        while ((tok = strtok_r(NULL, " \n", &save))) {
+            if (c.n == icap) {
+                icap = icap ? icap * 2 : 64;
+                c.idx = kvf_xrealloc(c.idx, icap * sizeof *c.idx);
+            }
+            c.idx[c.n++] = strtoull(tok, NULL, 10);
+        }
+        if (*n_chunks == ccap) {
+            ccap = ccap ? ccap * 2 : 16;
+            *chunks = kvf_xrealloc(*chunks, ccap * sizeof **chunks);
+        }
+        (*chunks)[(*n_chunks)++] = c;
+    }
+    free(line);
+    fclose(f);
+    return ours;
+}
+
+// The number k of a chunk named "ID.k", or -1.
+static long long s_chunk_number(const char *name, const char *id) {
+    size_t l = strlen(id);
+    if (strncmp(name, id, l) != 0 || name[l] != '.') return -1;
+    char *end;
+    long long k = strtoll(name + l + 1, &end, 10);
+    return *end == 0 && k >= 0 ? k : -1;
+}
+
+// Opens OUT (and OUT.batches) for a run with --batch-id: resumes when they are
+// this batch's, else starts both afresh. 0, or -1 with err.
+static int s_resume(s_run_t *r, kvf_err_t *err) {
+    const char *id = r->o->batch_id;
+    char side[4200];
+    snprintf(side, sizeof side, "%s.batches", r->o->out_path);
+    s_chunk_t *ch = NULL;
+    size_t n_ch = 0;
+    uint64_t done = 0;
+    int resume = s_read_chunks(side, id, &ch, &n_ch);
+    if (resume && s_out_lines(r->o->out_path, &done, err) < 0) goto fail;
+    r->out = fopen(r->o->out_path, resume ? "a" : "w");
+    if (!r->out) {
+        kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", r->o->out_path, strerror(errno));
+        goto fail;
+    }
+    r->chunks = fopen(side, resume ? "a" : "w");
+    if (!r->chunks) {
+        kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", side, strerror(errno));
+        goto fail;
+    }
+    if (!resume) {
+        fprintf(r->chunks, "kvfctl-run %s\n", id);
+        fflush(r->chunks);
+        return 0;
+    }
+    // Skip what OUT holds.
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    uint64_t skipped = 0;
+    while (skipped < done && (n = getline(&line, &cap, r->in)) >= 0)
+        if (!kvf_jsonl_is_blank(line, (size_t)n)) skipped++;
+    free(line);
+    if (skipped < done) {
+        kvf_err_set(err, KVF_E_INVAL, "%s has %llu lines but %s only %llu requests: not this input's output",
+                    r->o->out_path, (unsigned long long)done, r->o->in_path, (unsigned long long)skipped);
+        goto fail;
+    }
+    r->lines_read = r->base = r->next_write = done;
+    // Read up to the last request a chunk holds, then attach to each chunk that
+    // is the last to hold one of them (a request refused as BUSY went again in
+    // a later chunk).
+    uint64_t hi = done;
+    long long kmax = -1;
+    for (size_t c = 0; c < n_ch; c++) {
+        long long k = s_chunk_number(ch[c].name, id);
+        if (k > kmax) kmax = k;
+        for (size_t i = 0; i < ch[c].n; i++)
+            if (ch[c].idx[i] + 1 > hi) hi = ch[c].idx[i] + 1;
+    }
+    r->next_chunk = (uint64_t)(kmax + 1);
+    while (!r->eof && r->lines_read < hi)
+        if (s_read_one(r, err) < 0) goto fail;
+    size_t *last = kvf_xcalloc(hi - done + 1, sizeof *last);  // chunk + 1 that last holds request done + i
+    for (size_t c = 0; c < n_ch; c++)
+        for (size_t i = 0; i < ch[c].n; i++)
+            if (ch[c].idx[i] >= done && ch[c].idx[i] < r->base + r->n_recs) last[ch[c].idx[i] - done] = c + 1;
+    uint64_t attached = 0;
+    for (size_t c = 0; c < n_ch; c++) {
+        int any = 0;
+        for (size_t i = 0; i < ch[c].n && !any; i++)
+            any = ch[c].idx[i] >= done && ch[c].idx[i] < r->base + r->n_recs && last[ch[c].idx[i] - done] == c + 1;
+        if (!any) continue;
+        uint64_t *rids = NULL;
+        size_t nr = 0;
+        kvf_err_t e;
+        if (kvf_client_attach(r->client, ch[c].name, &rids, &nr, &e) < 0) {
+            if (e.code == KVF_E_TIMEOUT || e.code == KVF_E_IO) {
+                kvf_err_set(err, e.code, "%s", e.msg);
+                free(last);
+                goto fail;
+            }
+            continue;  // gone: its requests are submitted again
+        }
+        if (nr != ch[c].n) {
+            fprintf(stderr, "kvfctl run: %s has %zu requests, not %zu: submitting them again\n", ch[c].name, nr,
+                    ch[c].n);
+            kvf_client_cancel(r->client, 0, ch[c].name, NULL);
+            free(rids);
+            continue;
+        }
+        if (r->n_batches == r->batches_cap) {
+            r->batches_cap = r->batches_cap ? r->batches_cap * 2 : 16;
+            r->batches = kvf_xrealloc(r->batches, r->batches_cap * sizeof *r->batches);
+        }
+        r->batches[r->n_batches++] = kvf_xstrdup(ch[c].name);
+        for (size_t i = 0; i < nr; i++) {
+            uint64_t x = ch[c].idx[i];
+            if (x < done || x >= r->base + r->n_recs || last[x - done] != c + 1) continue;
+            s_rec_t *rec = s_rec(r, x);
+            if (rec->state != S_PENDING) continue;  // an unparsable line: its error line is made here
+            rec->rid = rids[i];
+            rec->batch = r->n_batches - 1;
+            rec->state = S_INFLIGHT;
+            s_map_put(&r->map, rids[i], x);
+            r->inflight++;
+            attached++;
+        }
+        free(rids);
+    }
+    free(last);
+    // What was attached is no longer pending.
+    size_t k = 0;
+    for (size_t i = 0; i < r->n_pending; i++)
+        if (s_rec(r, r->pending[i])->state == S_PENDING) r->pending[k++] = r->pending[i];
+    r->n_pending = k;
+    if (r->n_batches) snprintf(r->st.batch_id, sizeof r->st.batch_id, "%s", r->batches[0]);
+    fprintf(stderr, "kvfctl run: resuming %s: %llu lines already in %s, %llu requests attached in %zu chunks\n", id,
+            (unsigned long long)done, r->o->out_path, (unsigned long long)attached, r->n_batches);
+    for (size_t c = 0; c < n_ch; c++) {
+        free(ch[c].name);
+        free(ch[c].idx);
+    }
+    free(ch);
+    return 0;
+fail:
+    for (size_t c = 0; c < n_ch; c++) {
+        free(ch[c].name);
+        free(ch[c].idx);
+    }
+    free(ch);
+    return -1;
 }
 
 // ---------------------------------------------------------------- run
@@ -537,15 +817,7 @@ static int s_loop(s_run_t *r, kvf_err_t *err) {
             kvf_event_clear(&ev);
         }
         // Work submitted and not a word for a while: is the coordinator still there?
-        if (r->inflight > 0 && zclock_mono() - r->last_event > S_STALL_CHECK_MS) {
-            kvf_cluster_status_t *st = NULL;
-            kvf_err_t e;
-            if (kvf_client_status(r->client, &st, &e) < 0 && e.code == KVF_E_TIMEOUT)
-                return kvf_err_set(err, KVF_E_TIMEOUT, "the coordinator stopped answering: %s", e.msg);
-            kvf_cluster_status_destroy(&st);
-            if (s_reattach(r, err) < 0) return -1;
-            r->last_event = zclock_mono();
-        }
+        if (r->inflight > 0 && s_check_silence(r, err) < 0) return -1;
         // BUSY made us hold back: open up again as results drain.
         if (r->max_inflight < r->o->max_inflight && r->inflight < r->max_inflight / 2 + 1)
             r->max_inflight = r->max_inflight * 2 < r->o->max_inflight ? r->max_inflight * 2 : r->o->max_inflight;
@@ -573,12 +845,16 @@ int kvf_ctl_run(kvf_client_t *client, const kvf_run_opts_t *opts, kvf_run_stats_
         kvf_err_set(err, KVF_E_IO, "cannot open %s: %s", o.in_path, strerror(errno));
         goto done;
     }
-    r.out = strcmp(o.out_path, "-") == 0 ? stdout : fopen(o.out_path, "w");
-    if (!r.out) {
-        kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", o.out_path, strerror(errno));
-        goto done;
-    }
     r.total = s_count(o.in_path);
+    if (o.batch_id && *o.batch_id && strcmp(o.out_path, "-") != 0) {
+        if (s_resume(&r, err) < 0) goto done;
+    } else {
+        r.out = strcmp(o.out_path, "-") == 0 ? stdout : fopen(o.out_path, "w");
+        if (!r.out) {
+            kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", o.out_path, strerror(errno));
+            goto done;
+        }
+    }
     rc = s_loop(&r, err);
     s_progress(&r, 1);
 done:
@@ -587,6 +863,7 @@ done:
     r.st.seconds = (double)(zclock_mono() - r.t0) / 1000.0;
     if (stats) *stats = r.st;
     if (r.in && r.in != stdin) fclose(r.in);
+    if (r.chunks) fclose(r.chunks);
     if (r.out && r.out != stdout && fclose(r.out) != 0 && rc == 0)
         rc = kvf_err_set(err, KVF_E_IO, "writing %s: %s", o.out_path, strerror(errno));
     for (uint64_t i = 0; i < r.n_recs; i++) {

@@ -8,6 +8,15 @@
 // as BUSY is submitted again once earlier results drain). Each chunk is a batch
 // of its own: with opts.batch_id ID, chunk k is batch "ID.k"; otherwise the
 // coordinator names them.
+// With opts.batch_id and an output file, OUT.batches lists the chunks and the
+// input requests of each. A run that finds OUT.batches of the same ID resumes
+// (after a kvfctl or coordinator restart): the lines already in OUT stay and
+// are not requested again, the chunks are attached again (ATTACH) and what no
+// chunk holds any more is submitted anew, so every request gets exactly one
+// line. Delete OUT.batches (or pick another ID) to start over.
+// A coordinator that restarts under a running kvfctl is noticed (STATUS after a
+// silence) and its batches are attached again; one that does not answer is
+// waited for up to 5 minutes.
 // A line that cannot be parsed, or a request the coordinator refuses, becomes an
 // error line (see kvfctl_jsonl.h); the rest goes on. Results are written as
 // soon as every earlier line is written. Progress goes to stderr: a redrawn bar
