@@ -7,6 +7,9 @@
 //     cancel ID [--batch]
 //     drain WORKER
 //     shutdown
+//     keygen DIR/NAME
+//   CURVE: --curve-secret FILE --coordinator-key FILE (or $KVF_CURVE_SECRET,
+//   $KVF_COORDINATOR_KEY); deploy/SECURITY.md.
 // Exit status: 0 success, 1 failure (unreachable coordinator, refused request,
 // unreadable input), 2 bad usage, 130 interrupted.
 #include <czmq.h>
@@ -21,6 +24,7 @@
 #include "client/libkvf.h"
 #include "common/alloc.h"
 #include "common/args.h"
+#include "common/curve.h"
 #include "proto/codec.h"
 
 #define S_USAGE_EXIT 2
@@ -30,6 +34,8 @@ static void s_usage(FILE *f) {
             "usage: kvfctl [--coordinator EP] [--timeout MS] COMMAND ...\n"
             "  --coordinator EP   coordinator front endpoint (default $KVF_COORDINATOR or %s)\n"
             "  --timeout MS       how long to wait for the coordinator's replies (default %d)\n"
+            "  --curve-secret FILE      CURVE: our secret key file (default $KVF_CURVE_SECRET)\n"
+            "  --coordinator-key FILE   CURVE: the coordinator's public key file (default $KVF_COORDINATOR_KEY)\n"
             "commands:\n"
             "  status [--json]                       workers, KV blocks, load, plan; cluster totals and queue\n"
             "  run IN.jsonl -o OUT.jsonl [--batch-id ID] [--chunk N] [--max-inflight N]\n"
@@ -39,7 +45,9 @@ static void s_usage(FILE *f) {
             "                                        one generation, streamed as it is produced\n"
             "  cancel ID [--batch]                   cancel a request id (a number) or a batch id\n"
             "  drain WORKER                          let a worker finish its work and take nothing new\n"
-            "  shutdown                              stop the coordinator and every worker\n",
+            "  shutdown                              stop the coordinator and every worker\n"
+            "  keygen DIR/NAME                       write a CURVE key pair: DIR/NAME (public, to copy into\n"
+            "                                        the coordinator's allowed-key directory) and DIR/NAME_secret\n",
             KVF_CLIENT_DEFAULT_ENDPOINT, KVF_CLIENT_DEFAULT_TIMEOUT_MS);
 }
 
@@ -315,12 +323,25 @@ static int s_cmd_shutdown(kvf_client_t *c, int argc, char **argv) {
     return 0;
 }
 
+// ---------------------------------------------------------------- keygen
+
+static int s_cmd_keygen(int argc, char **argv) {
+    if (argc != 1 || argv[0][0] == '-') return s_bad("keygen: give exactly one DIR/NAME%s", "");
+    const char *slash = strrchr(argv[0], '/');
+    kvf_err_t e;
+    if (kvf_curve_keygen(argv[0], slash ? slash + 1 : argv[0], &e) < 0) return s_fail("keygen", &e);
+    printf("wrote %s (public) and %s_secret (keep it private)\n", argv[0], argv[0]);
+    return 0;
+}
+
 // ---------------------------------------------------------------- main
 
 int main(int argc, char **argv) {
     const char *endpoint = getenv("KVF_COORDINATOR");
     if (!endpoint || !*endpoint) endpoint = KVF_CLIENT_DEFAULT_ENDPOINT;
     int timeout_ms = KVF_CLIENT_DEFAULT_TIMEOUT_MS;
+    const char *curve_secret = getenv("KVF_CURVE_SECRET");
+    const char *coordinator_key = getenv("KVF_COORDINATOR_KEY");
     int i = 1;
     for (; i < argc && argv[i][0] == '-'; i++) {
         const char *a = argv[i];
@@ -329,6 +350,10 @@ int main(int argc, char **argv) {
             return 0;
         } else if (strcmp(a, "--coordinator") == 0 && i + 1 < argc) {
             endpoint = argv[++i];
+        } else if (strcmp(a, "--curve-secret") == 0 && i + 1 < argc) {
+            curve_secret = argv[++i];
+        } else if (strcmp(a, "--coordinator-key") == 0 && i + 1 < argc) {
+            coordinator_key = argv[++i];
         } else if (strcmp(a, "--timeout") == 0 && i + 1 < argc) {
             int64_t v;
             kvf_err_t e;
@@ -350,6 +375,7 @@ int main(int argc, char **argv) {
     else if (strcmp(cmd, "cancel") == 0) fn = s_cmd_cancel;
     else if (strcmp(cmd, "drain") == 0) fn = s_cmd_drain;
     else if (strcmp(cmd, "shutdown") == 0) fn = s_cmd_shutdown;
+    else if (strcmp(cmd, "keygen") == 0) return s_cmd_keygen(argc - i, argv + i);
     else if (strcmp(cmd, "help") == 0) {
         s_usage(stdout);
         return 0;
@@ -357,7 +383,7 @@ int main(int argc, char **argv) {
         return s_bad("unknown command '%s'", cmd);
     }
     kvf_err_t e;
-    kvf_client_t *c = kvf_client_new(endpoint, &e);
+    kvf_client_t *c = kvf_client_new_curve(endpoint, curve_secret, coordinator_key, &e);
     if (!c) {
         fprintf(stderr, "kvfctl: %s\n", e.msg);
         return S_USAGE_EXIT;

@@ -8,6 +8,7 @@
 #include <czmq.h>
 
 #include "common/alloc.h"
+#include "common/curve.h"
 #include "common/zmqutil.h"
 #include "proto/codec.h"
 
@@ -130,13 +131,35 @@ static int s_wait_reply(kvf_client_t *self, kvf_msg_type want, uint64_t cancel_r
 // ---------------------------------------------------------------- life cycle
 
 kvf_client_t *kvf_client_new(const char *endpoint, kvf_err_t *err) {
+    return kvf_client_new_curve(endpoint, NULL, NULL, err);
+}
+
+kvf_client_t *kvf_client_new_curve(const char *endpoint, const char *secret_path, const char *coordinator_key_path,
+                                   kvf_err_t *err) {
     if (!endpoint) endpoint = KVF_CLIENT_DEFAULT_ENDPOINT;
     if (!strstr(endpoint, "://")) {
         kvf_err_set(err, KVF_E_INVAL, "'%s' is not a ZeroMQ endpoint (e.g. tcp://host:5555)", endpoint);
         return NULL;
     }
+    if ((secret_path && *secret_path) != (coordinator_key_path && *coordinator_key_path)) {
+        kvf_err_set(err, KVF_E_INVAL, "CURVE needs both our secret key file and the coordinator's public key file");
+        return NULL;
+    }
     kvf_err_t e;
-    zsock_t *sock = kvf_zmq_dealer_connect(endpoint, NULL, KVF_ZMQ_MAX_MSG, &e);
+    zcert_t *cert = NULL;
+    kvf_zmq_curve_t curve = {NULL, NULL, NULL};
+    char server_key[KVF_CURVE_KEY_TXT];
+    if (secret_path && *secret_path) {
+        cert = kvf_curve_load_secret(secret_path, err);
+        if (!cert) return NULL;
+        if (kvf_curve_load_public(coordinator_key_path, server_key, err) < 0) {
+            zcert_destroy(&cert);
+            return NULL;
+        }
+        curve = (kvf_zmq_curve_t){cert, server_key, NULL};
+    }
+    zsock_t *sock = kvf_zmq_dealer_connect_curve(endpoint, NULL, KVF_ZMQ_MAX_MSG, cert ? &curve : NULL, &e);
+    zcert_destroy(&cert);  // the socket holds its own copy of the keys
     if (!sock) {
         kvf_err_set(err, e.code == KVF_E_IO ? KVF_E_INVAL : e.code, "%s", e.msg);
         return NULL;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/alloc.h"
+#include "common/curve.h"
 #include "common/log.h"
 #include "common/zmqutil.h"
 #include "proto/codec.h"
@@ -54,6 +55,8 @@ struct kvf_worker_s {
     kvf_plan_t plan;
 
     zsock_t *sock;
+    zcert_t *cert;               // our CURVE key pair; NULL: plain
+    char server_key[KVF_CURVE_KEY_TXT];  // the coordinator's public key (with cert)
     s_state state;
     int welcomed_once;
     uint32_t heartbeat_ms;
@@ -504,6 +507,20 @@ kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
     w->o = *opts;
     w->model = kvf_xstrdup(opts->model);
     w->coordinator = kvf_xstrdup(opts->coordinator ? opts->coordinator : "");
+    // Keys before the engine: a wrong path fails in a moment, not after the load.
+    if ((opts->curve_secret != NULL) != (opts->coordinator_key != NULL)) {
+        kvf_err_set(err, KVF_E_INVAL, "--curve-secret and --coordinator-key go together");
+        kvf_worker_destroy(&w);
+        return NULL;
+    }
+    if (opts->curve_secret) {
+        w->cert = kvf_curve_load_secret(opts->curve_secret, err);
+        if (!w->cert || kvf_curve_load_public(opts->coordinator_key, w->server_key, err) < 0) {
+            kvf_worker_destroy(&w);
+            return NULL;
+        }
+    }
+    w->o.curve_secret = w->o.coordinator_key = NULL;  // not kept: the keys are loaded
     kvf_engine_opts_t eo_tp = opts->engine;
     if (opts->tp_size > 1) {
         if (!opts->tp_group || opts->tp_rank < 0 || opts->tp_rank >= opts->tp_size) {
@@ -559,6 +576,7 @@ void kvf_worker_destroy(kvf_worker_t **self_p) {
     free(w->reqs);
     free(w->touched);
     zsock_destroy(&w->sock);
+    zcert_destroy(&w->cert);
     kvf_engine_destroy(&w->engine);  // a TP leader's engine tells its followers to stop
     kvf_tp_destroy(&w->tp);
     free(w->tp_group);
@@ -574,9 +592,10 @@ const char *kvf_worker_id(const kvf_worker_t *w) { return w->id; }
 int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err) {
     if (w->tp && kvf_tp_rank(w->tp) > 0)  // a TP follower: the leader's steps, no coordinator
         return kvf_tp_follower_run(kvf_engine_backend(w->engine), w->tp, stop, err);
-    w->sock = kvf_zmq_dealer_connect(w->coordinator, w->id, KVF_ZMQ_MAX_MSG, err);
+    kvf_zmq_curve_t curve = {w->cert, w->server_key, NULL};
+    w->sock = kvf_zmq_dealer_connect_curve(w->coordinator, w->id, KVF_ZMQ_MAX_MSG, w->cert ? &curve : NULL, err);
     if (!w->sock) return -1;
-    kvf_log(KVF_LOG_INFO, "worker %s connecting to %s", w->id, w->coordinator);
+    kvf_log(KVF_LOG_INFO, "worker %s connecting to %s%s", w->id, w->coordinator, w->cert ? " (CURVE)" : "");
     w->state = S_REGISTERING;
     w->hb_time_ms = s_now_ms();
     s_send_register(w);

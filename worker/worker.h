@@ -43,6 +43,10 @@ typedef struct {
     int32_t tp_size, tp_rank;
     const char *tp_group;
     int32_t tp_timeout_ms;
+    // CURVE (deploy/SECURITY.md): our secret key file and the coordinator's
+    // public key file; both NULL: a plain connection. Loaded by kvf_worker_new.
+    const char *curve_secret;
+    const char *coordinator_key;
 } kvf_worker_opts_t;
 
 typedef struct kvf_worker_s kvf_worker_t;

@@ -5,6 +5,7 @@
 //              [--max-prefill-token-num N] [--max-batch-size N] [--block-size N]
 //              [--session-len N] [--enable-prefix-caching] [--threads N]
 //              [--tp T --rank R --group G [--tp-timeout-ms MS]]
+//              [--curve-secret FILE --coordinator-key FILE]
 //
 // A TP group is T processes on one host started with the same flags and their
 // own --rank (deploy/tp-run.sh); rank 0 needs --coordinator, the others do not.
@@ -37,6 +38,7 @@ static void s_usage(FILE *f) {
                "                  [--cache-max-entry-count F] [--max-prefill-token-num N] [--max-batch-size N]\n"
                "                  [--block-size N] [--session-len N] [--enable-prefix-caching] [--threads N]\n"
                "                  [--tp T --rank R --group G [--tp-timeout-ms MS]]\n"
+               "                  [--curve-secret FILE --coordinator-key FILE]  (CURVE: deploy/SECURITY.md)\n"
                "                  [--log-level error|warn|info|debug]\n");
 }
 
@@ -102,6 +104,10 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
         } else if (!strcmp(f, "--tp-timeout-ms")) {
             if (kvf_args_int(f, v, 1, 3600000, &iv, err)) return -1;
             o->tp_timeout_ms = (int32_t)iv;
+        } else if (!strcmp(f, "--curve-secret")) {
+            o->curve_secret = v;
+        } else if (!strcmp(f, "--coordinator-key")) {
+            o->coordinator_key = v;
         } else if (!strcmp(f, "--log-level")) {
             if (kvf_log_parse_level(v, level))
                 return kvf_err_set(err, KVF_E_INVAL, "--log-level '%s': expected error, warn, info or debug", v);
