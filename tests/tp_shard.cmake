@@ -1,0 +1,4 @@
+# tests/tp_shard.cmake — a TP rank's share of the model (worker/tp_shard.h): the
+# arithmetic for tiny-llama, stories260K and Llama-3-8B over T = 1, 2, 4, 8, and
+# the cpu backend holding exactly those blocks. No GPU, no second process.
+kvf_add_test(test_tp_shard SOURCES test_tp_shard.c LIBS kvf_cpu kvf_tp TIMEOUT 120)
