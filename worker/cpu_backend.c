@@ -35,6 +35,7 @@
 #include "common/log.h"
 #include "worker/cpu_ops.h"
 #include "worker/tp.h"
+#include "worker/tp_shard.h"
 
 // ---------------------------------------------------------------- thread pool
 
@@ -419,27 +420,13 @@ static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy, NULL}; 
 
 // ---------------------------------------------------------------- weights
 
-// This rank's share of the model (tp_size 1: all of it).
-typedef struct {
-    int64_t q0, nq;    // query heads [q0, q0 + nq)
-    int64_t kv0, nkv;  // KV heads [kv0, kv0 + nkv)
-    int64_t i0, ni;    // intermediate rows [i0, i0 + ni)
-} s_shard_t;
+// This rank's share of the model (tp_size 1: all of it), worker/tp_shard.h.
+typedef kvf_tp_shard_t s_shard_t;
 
-// Assumes the divisibility that s_check_config enforces.
+// Assumes the split was accepted (s_check_config).
 static s_shard_t s_shard(const kvf_modelcfg_t *cfg, int32_t rank, int32_t size) {
     s_shard_t sh;
-    sh.nq = cfg->n_heads / size;
-    sh.q0 = (int64_t)rank * sh.nq;
-    if (cfg->n_kv_heads >= size) {
-        sh.nkv = cfg->n_kv_heads / size;
-        sh.kv0 = (int64_t)rank * sh.nkv;
-    } else {  // replicated: the one KV head this rank's query heads read
-        sh.nkv = 1;
-        sh.kv0 = sh.q0 / (cfg->n_heads / cfg->n_kv_heads);
-    }
-    sh.ni = cfg->intermediate_size / size;
-    sh.i0 = (int64_t)rank * sh.ni;
+    kvf_tp_shard_make(cfg, rank, size, &sh, NULL);
     return sh;
 }
 
@@ -488,12 +475,18 @@ static float *s_wadd(s_wlist_t *wl, float **cursor, int is_norm, int64_t d0, int
     return s_wadd_part(wl, cursor, is_norm, d0, d1, 0, d0, 0, d1, fmt, l, leaf);
 }
 
+// Adds this rank's block of sharded tensor t (tp_shard.h) of layer l.
+static float *s_wadd_shard(s_wlist_t *wl, float **cursor, const kvf_modelcfg_t *cfg, const s_shard_t *sh,
+                           kvf_tp_tensor_t t, int l, const char *leaf) {
+    kvf_tp_part_t p = kvf_tp_shard_part(cfg, sh, t);
+    return s_wadd_part(wl, cursor, 0, p.d0, p.d1, p.r0, p.nr, p.c0, p.nc, "model.layers.%d.%s", l, leaf);
+}
+
 // Lays this rank's share of the tensors of cfg out in the arena (NULL c: only
 // counts floats).
 static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, const s_shard_t *sh, s_wlist_t *wl) {
-    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, I = cfg->intermediate_size, hd = cfg->head_dim;
-    const int64_t Q = (int64_t)cfg->n_heads * hd, KV = (int64_t)cfg->n_kv_heads * hd;
-    const int64_t q0 = sh->q0 * hd, nq = sh->nq * hd, k0 = sh->kv0 * hd, nk = sh->nkv * hd;
+    const int64_t D = cfg->hidden_size, V = cfg->vocab_size, hd = cfg->head_dim;
+    const int64_t nq = sh->nq * hd, nk = sh->nkv * hd;
     uint64_t per_layer = (uint64_t)(2 * D + nq * D + 2 * nk * D + D * nq + 3 * sh->ni * D);
     if (cfg->attention_bias) per_layer += (uint64_t)(nq + 2 * nk);
     uint64_t total = (uint64_t)(V * D) + (uint64_t)cfg->n_layers * per_layer + (uint64_t)D;
@@ -506,19 +499,19 @@ static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, const s_shard_t 
     for (int l = 0; l < cfg->n_layers; l++) {
         s_layer_t *L = &c->layers[l];
         L->attn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "input_layernorm.weight");
-        L->wq = s_wadd_part(wl, &cur, 0, Q, D, q0, nq, 0, D, lf, l, "self_attn.q_proj.weight");
-        L->wk = s_wadd_part(wl, &cur, 0, KV, D, k0, nk, 0, D, lf, l, "self_attn.k_proj.weight");
-        L->wv = s_wadd_part(wl, &cur, 0, KV, D, k0, nk, 0, D, lf, l, "self_attn.v_proj.weight");
+        L->wq = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WQ, l, "self_attn.q_proj.weight");
+        L->wk = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WK, l, "self_attn.k_proj.weight");
+        L->wv = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WV, l, "self_attn.v_proj.weight");
         if (cfg->attention_bias) {
-            L->bq = s_wadd_part(wl, &cur, 0, Q, 0, q0, nq, 0, 0, lf, l, "self_attn.q_proj.bias");
-            L->bk = s_wadd_part(wl, &cur, 0, KV, 0, k0, nk, 0, 0, lf, l, "self_attn.k_proj.bias");
-            L->bv = s_wadd_part(wl, &cur, 0, KV, 0, k0, nk, 0, 0, lf, l, "self_attn.v_proj.bias");
+            L->bq = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_BQ, l, "self_attn.q_proj.bias");
+            L->bk = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_BK, l, "self_attn.k_proj.bias");
+            L->bv = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_BV, l, "self_attn.v_proj.bias");
         }
-        L->wo = s_wadd_part(wl, &cur, 0, D, Q, 0, D, q0, nq, lf, l, "self_attn.o_proj.weight");
+        L->wo = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WO, l, "self_attn.o_proj.weight");
         L->ffn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "post_attention_layernorm.weight");
-        L->w_gate = s_wadd_part(wl, &cur, 0, I, D, sh->i0, sh->ni, 0, D, lf, l, "mlp.gate_proj.weight");
-        L->w_up = s_wadd_part(wl, &cur, 0, I, D, sh->i0, sh->ni, 0, D, lf, l, "mlp.up_proj.weight");
-        L->w_down = s_wadd_part(wl, &cur, 0, D, I, 0, D, sh->i0, sh->ni, lf, l, "mlp.down_proj.weight");
+        L->w_gate = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WGATE, l, "mlp.gate_proj.weight");
+        L->w_up = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WUP, l, "mlp.up_proj.weight");
+        L->w_down = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WDOWN, l, "mlp.down_proj.weight");
     }
     c->norm = s_wadd(wl, &cur, 1, D, 0, "model.norm.weight", -1, NULL);
     c->lm_head = cfg->tie_word_embeddings ? c->embed : s_wadd(wl, &cur, 0, V, D, "lm_head.weight", -1, NULL);
@@ -663,16 +656,10 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if (o->tp && (kvf_tp_size(o->tp) != o->tp_size || kvf_tp_rank(o->tp) != o->tp_rank))
         return kvf_err_set(err, KVF_E_INVAL, "cpu backend: options say rank %d of %d, the communicator rank %d of %d",
                            o->tp_rank, o->tp_size, kvf_tp_rank(o->tp), kvf_tp_size(o->tp));
-    if (cfg->n_heads % o->tp_size != 0)
-        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: %d attention heads do not split over tp_size %d",
-                           cfg->n_heads, o->tp_size);
-    if (cfg->intermediate_size % o->tp_size != 0)
-        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: intermediate_size %d does not split over tp_size %d",
-                           cfg->intermediate_size, o->tp_size);
-    if (cfg->n_kv_heads % o->tp_size != 0 && o->tp_size % cfg->n_kv_heads != 0)
-        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: %d KV heads and tp_size %d: one must divide the other "
-                                             "(split the KV heads or replicate them)",
-                           cfg->n_kv_heads, o->tp_size);
+    kvf_tp_shard_t sh;  // heads, KV heads and intermediate_size must split over the group
+    kvf_err_t serr;
+    if (kvf_tp_shard_make(cfg, o->tp_rank, o->tp_size, &sh, &serr) != 0)
+        return kvf_err_set(err, serr.code, "cpu backend: %s", serr.msg);
     if (o->max_logit_rows < o->max_batch_size)
         return kvf_err_set(err, KVF_E_INVAL, "cpu backend: max_logit_rows %d < max_batch_size %d",
                            o->max_logit_rows, o->max_batch_size);
