@@ -125,6 +125,22 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
 void *kvf_tp_nccl_comm(kvf_tp_t *tp);
 void *kvf_tp_nccl_stream(kvf_tp_t *tp);
 
+// For a backend that runs a whole step on its own stream: enqueues the sum
+// over the ranks of buf (device, count float32, in place) on `stream` (a
+// cudaStream_t) and returns once NCCL has enqueued it, without waiting for it
+// to run (so collectives and kernels interleave on the stream, as in Megatron).
+// Returns 0, or -1 with err (KVF_E_INVAL: not an nccl communicator;
+// KVF_E_PEER_LOST: the communicator failed or was aborted).
+int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void *stream, kvf_err_t *err);
+
+// Waits until everything enqueued on `stream` has run, checking the
+// communicator's asynchronous error in between: a peer that died or a wait past
+// the timeout aborts the communicator (this rank's collectives stop, the peers'
+// fail too) and returns -1 with KVF_E_PEER_LOST; a failed kernel, KVF_E_PEER_LOST
+// with its error. Use in place of cudaStreamSynchronize after collectives, which
+// could wait forever. Returns 0 when the stream is done.
+int kvf_tp_nccl_wait(kvf_tp_t *tp, void *stream, kvf_err_t *err);
+
 // Makes all_reduce_sum enqueue on `stream` (a cudaStream_t owned by the caller,
 // NULL = back to the communicator's own) and still wait for completion with the
 // timeout. Returns 0, or -1 when tp is not an nccl communicator.

@@ -281,6 +281,31 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
     return tp;
 }
 
+// ---------------------------------------------------------------- for a backend's own stream
+
+int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void *stream, kvf_err_t *err) {
+    if (!tp || tp->ops != &s_nccl_ops || !buf || !stream)
+        return kvf_err_set(err, KVF_E_INVAL, "tp nccl all_reduce_enqueue: needs an nccl communicator, a buffer and a "
+                                             "stream");
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (n->failed)
+        return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: all_reduce: the communicator was aborted earlier",
+                           tp->rank);
+    if (count == 0) return 0;
+    return s_enqueued(n, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, (cudaStream_t)stream),
+                      "all_reduce", s_now_ms() + tp->timeout_ms, err);
+}
+
+int kvf_tp_nccl_wait(kvf_tp_t *tp, void *stream, kvf_err_t *err) {
+    if (!tp || tp->ops != &s_nccl_ops || !stream)
+        return kvf_err_set(err, KVF_E_INVAL, "tp nccl wait: needs an nccl communicator and a stream");
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (n->failed)
+        return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: wait: the communicator was aborted earlier",
+                           tp->rank);
+    return s_wait_stream(n, (cudaStream_t)stream, "step", s_now_ms() + tp->timeout_ms, err);
+}
+
 void *kvf_tp_nccl_comm(kvf_tp_t *tp) {
     return tp && tp->ops == &s_nccl_ops ? (void *)((s_nccl_t *)tp)->comm : NULL;
 }
