@@ -1,0 +1,12 @@
+# tests/reliability.cmake — worker loss, coordinator restart on its journal,
+# overload and chaos with real processes (included by tests/CMakeLists.txt).
+# The longer soak is tests/chaos.sh.
+if(TARGET kvf_static)
+  kvf_add_test(test_reliability SOURCES test_reliability.c LIBS kvf_static PkgConfig::JANSSON
+               LABELS multiprocess TIMEOUT 300)
+  foreach(dep kvf-coordinator kvf-worker kvfctl)
+    if(TARGET ${dep})
+      add_dependencies(test_reliability ${dep})
+    endif()
+  endforeach()
+endif()
