@@ -252,6 +252,40 @@ static void s_chunk_note(s_run_t *r, const char *name, const uint64_t *idx, size
     if (fflush(r->chunks) != 0) fprintf(stderr, "kvfctl run: writing the chunk list: %s\n", strerror(errno));
 }
 
+// A named SUBMIT got no ACK (the coordinator died, or restarts): once it
+// answers again, the chunk is attached when it has it (journalled before the
+// crash: its ACK comes again) and submitted again when it does not. Gives up
+// (KVF_E_TIMEOUT) after S_GONE_MS without an answer.
+static int s_submit_recover(s_run_t *r, const char *name, const kvf_request_t *reqs, size_t n, uint64_t *rids,
+                            char **bid, kvf_err_t *err) {
+    int64_t t0 = zclock_mono();
+    fprintf(stderr, "kvfctl run: no ACK for %s; waiting for the coordinator\n", name);
+    while (zclock_mono() - t0 < S_GONE_MS && !zsys_interrupted) {
+        uint64_t *got = NULL;
+        size_t ng = 0;
+        kvf_err_t e;
+        if (kvf_client_attach(r->client, name, &got, &ng, &e) == 0) {
+            if (ng == n) {
+                memcpy(rids, got, n * sizeof *rids);
+                free(got);
+                *bid = kvf_xstrdup(name);
+                return 0;
+            }
+            free(got);
+            return kvf_err_set(err, KVF_E_INVAL, "batch %s has %zu requests, not %zu: pick another --batch-id", name,
+                               ng, n);
+        }
+        if (e.code == KVF_E_NOT_FOUND) {
+            if (kvf_client_submit(r->client, name, reqs, n, rids, bid, &e) == 0) return 0;
+            if (e.code != KVF_E_TIMEOUT) return kvf_err_set(err, e.code, "%s", e.msg);
+        } else if (e.code != KVF_E_TIMEOUT) {
+            return kvf_err_set(err, e.code, "%s", e.msg);
+        }
+        zclock_sleep(200);
+    }
+    return kvf_err_set(err, KVF_E_TIMEOUT, "no ACK for %s, and the coordinator did not come back", name);
+}
+
 // Submits recs idx[0..n-1]; returns 0, or -1 with err (the coordinator's refusal).
 static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *err) {
     kvf_request_t *reqs = kvf_xcalloc(n, sizeof *reqs);
@@ -275,7 +309,11 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
     if (r->o->batch_id && *r->o->batch_id)
         snprintf(want, sizeof want, "%.140s.%llu", r->o->batch_id, (unsigned long long)r->next_chunk);
     char *bid = NULL;
-    int rc = kvf_client_submit(r->client, r->o->batch_id && *r->o->batch_id ? want : NULL, reqs, n, rids, &bid, err);
+    int named = r->o->batch_id && *r->o->batch_id;
+    int rc = kvf_client_submit(r->client, named ? want : NULL, reqs, n, rids, &bid, err);
+    // (Only once the coordinator has answered this run: an unreachable one fails fast.)
+    if (rc < 0 && named && r->n_batches > 0 && err && err->code == KVF_E_TIMEOUT)
+        rc = s_submit_recover(r, want, reqs, n, rids, &bid, err);
     if (rc == 0) {
         if (r->n_batches == 0) snprintf(r->st.batch_id, sizeof r->st.batch_id, "%s", bid);
         if (r->n_batches == r->batches_cap) {
