@@ -28,6 +28,10 @@ zsock_t *kvf_zmq_router_bind_curve(const char *endpoint, int64_t max_msg, const 
         if (curve->zap_domain) zsock_set_zap_domain(s, curve->zap_domain);
         zcert_apply(curve->cert, s);
         zsock_set_curve_server(s, 1);
+        // Dead peers are noticed (and their identities freed) within seconds,
+        // also when the host went away without closing the connection.
+        zsock_set_heartbeat_ivl(s, KVF_ZMQ_CURVE_HEARTBEAT_MS);
+        zsock_set_heartbeat_timeout(s, 3 * KVF_ZMQ_CURVE_HEARTBEAT_MS);
     }
     if (zsock_bind(s, "%s", endpoint) < 0) {
         kvf_err_set(err, KVF_E_IO, "cannot bind %s: %s", endpoint, zmq_strerror(errno));

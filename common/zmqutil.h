@@ -26,8 +26,11 @@ typedef struct {
     const char *zap_domain;  // ROUTER: ZAP domain (NULL: none)
 } kvf_zmq_curve_t;
 
+#define KVF_ZMQ_CURVE_HEARTBEAT_MS 1000  // ZMTP heartbeat of a CURVE ROUTER (timeout 3x)
+
 // As kvf_zmq_router_bind / kvf_zmq_dealer_connect, with CURVE when curve and
-// curve->cert are not NULL (the keys are set before the bind or connect).
+// curve->cert are not NULL (the keys are set before the bind or connect; a
+// CURVE ROUTER also sends ZMTP heartbeats, so that dead peers are reaped).
 zsock_t *kvf_zmq_router_bind_curve(const char *endpoint, int64_t max_msg, const kvf_zmq_curve_t *curve,
                                    kvf_err_t *err);
 zsock_t *kvf_zmq_dealer_connect_curve(const char *endpoint, const char *identity, int64_t max_msg,

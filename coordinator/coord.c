@@ -33,6 +33,7 @@ void kvf_coord_cfg_default(kvf_coord_cfg_t *cfg) {
     cfg->max_retained = 1024;
     cfg->max_redispatch = 16;
     cfg->max_new_tokens = 1u << 20;
+    cfg->max_new_tokens = 1u << 20;
 }
 
 uint64_t kvf_coord_now(void) { return (uint64_t)zclock_mono(); }
@@ -56,7 +57,11 @@ static zsock_t *s_bind(const char *what, const char *endpoint, int64_t max_msg, 
     zsock_set_sndtimeo(s, 0);
     // A peer that reconnects with the identity it had (a restarted worker) takes
     // it over at once, even before the old connection is noticed to be gone.
-    zsock_set_router_handover(s, 1);
+    // Not with CURVE: there a key of another role (whose messages are dropped)
+    // could take over a worker's or client's identity and receive what is sent
+    // to it; ZMTP heartbeats (kvf_zmq_router_bind_curve) reap dead connections
+    // instead, so that a restarted worker gets its identity back in seconds.
+    zsock_set_router_handover(s, curve && curve->cert ? 0 : 1);
     const char *ep = zsock_endpoint(s);
     *bound = kvf_xstrdup(ep ? ep : endpoint);
     return s;
@@ -74,6 +79,10 @@ kvf_coord_t *kvf_coord_new(const kvf_coord_cfg_t *cfg, kvf_err_t *err) {
     }
     if (cfg->max_batch == 0 || cfg->max_prompt_tokens == 0 || cfg->max_msg_size < 1024) {
         kvf_err_set(err, KVF_E_INVAL, "--max-batch and --max-prompt-tokens must be > 0, --max-msg-size >= 1024");
+        return NULL;
+    }
+    if (cfg->max_new_tokens == 0) {
+        kvf_err_set(err, KVF_E_INVAL, "--max-new-tokens must be > 0");
         return NULL;
     }
     if (cfg->max_new_tokens == 0) {
@@ -125,6 +134,7 @@ void kvf_coord_destroy(kvf_coord_t **self_p) {
     kvf_coord_t *c = *self_p;
     zsock_destroy(&c->front);
     zsock_destroy(&c->back);
+    kvf_auth_destroy(&c->auth);  // after the sockets it guards
     kvf_auth_destroy(&c->auth);  // after the sockets it guards
     free(c->front_ep);
     free(c->back_ep);

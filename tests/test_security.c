@@ -180,6 +180,24 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
         zclock_sleep(50);
     }
 
+    // A client key on the back socket, under the real worker's identity: its
+    // REGISTER is dropped, and it must not take over what is sent to "w1".
+    zsock_t *client_back = s_raw_peer(&k, p.back, k.client_sec, "w1");
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_REGISTER);
+    m.u.reg.worker_id = kvf_str("fake-w2");
+    m.u.reg.group_id = kvf_str("fake-w2");
+    m.u.reg.model = kvf_str("fake");
+    m.u.reg.backend = kvf_str("cpu");
+    m.u.reg.device = -1;
+    m.u.reg.tp_size = 1;
+    m.u.reg.total_blocks = m.u.reg.free_blocks = m.u.reg.plan.kv_blocks = 10;
+    m.u.reg.plan.block_size = 16;
+    m.u.reg.max_batch_size = 8;
+    m.u.reg.vocab_size = 32000;
+    peer_send(client_back, &m);
+    zclock_sleep(200);
+
     // A full generation through the encrypted front and back.
     kvf_request_t req = {.text = "Once upon a time", .sampling = kvf_sampling_default()};
     req.sampling.max_new_tokens = 8;
@@ -200,29 +218,15 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
     }
     cr_assert_eq(got, 8);
 
-    // Refused: a key in no directory, a plain peer, a worker key on the front,
-    // a client key on the back. None gets any reply, encrypted or not.
+    // Refused: a key in no directory, a plain peer, a worker key on the front
+    // (and the client key on the back above). None gets any reply, encrypted or not.
     zsock_t *stranger = s_raw_peer(&k, p.front, k.stranger_sec, NULL);
     zsock_t *plain = s_raw_peer(&k, p.front, NULL, NULL);
     zsock_t *worker_front = s_raw_peer(&k, p.front, k.worker_sec, NULL);
-    zsock_t *client_back = s_raw_peer(&k, p.back, k.client_sec, "fake-w2");
-    kvf_msg_t m;
     kvf_msg_init(&m, KVF_MSG_STATUS);
     peer_send(stranger, &m);
     peer_send(plain, &m);
     peer_send(worker_front, &m);
-    kvf_msg_init(&m, KVF_MSG_REGISTER);
-    m.u.reg.worker_id = kvf_str("fake-w2");
-    m.u.reg.group_id = kvf_str("fake-w2");
-    m.u.reg.model = kvf_str("fake");
-    m.u.reg.backend = kvf_str("cpu");
-    m.u.reg.device = -1;
-    m.u.reg.tp_size = 1;
-    m.u.reg.total_blocks = m.u.reg.free_blocks = m.u.reg.plan.kv_blocks = 10;
-    m.u.reg.plan.block_size = 16;
-    m.u.reg.max_batch_size = 8;
-    m.u.reg.vocab_size = 32000;
-    peer_send(client_back, &m);
     // Meanwhile the allowed client is served as before.
     cr_assert_eq(s_worker_state(alice, "w1"), KVF_WSTATE_READY);
     peer_expect_silence(stranger, 1500);
