@@ -33,7 +33,6 @@ void kvf_coord_cfg_default(kvf_coord_cfg_t *cfg) {
     cfg->max_retained = 1024;
     cfg->max_redispatch = 16;
     cfg->max_new_tokens = 1u << 20;
-    cfg->max_new_tokens = 1u << 20;
 }
 
 uint64_t kvf_coord_now(void) { return (uint64_t)zclock_mono(); }
@@ -85,10 +84,6 @@ kvf_coord_t *kvf_coord_new(const kvf_coord_cfg_t *cfg, kvf_err_t *err) {
         kvf_err_set(err, KVF_E_INVAL, "--max-new-tokens must be > 0");
         return NULL;
     }
-    if (cfg->max_new_tokens == 0) {
-        kvf_err_set(err, KVF_E_INVAL, "--max-new-tokens must be > 0");
-        return NULL;
-    }
     kvf_coord_t *c = kvf_xcalloc(1, sizeof *c);
     c->cfg = *cfg;
     c->cfg.front = c->cfg.back = NULL;  // the bound endpoints replace them
@@ -134,7 +129,6 @@ void kvf_coord_destroy(kvf_coord_t **self_p) {
     kvf_coord_t *c = *self_p;
     zsock_destroy(&c->front);
     zsock_destroy(&c->back);
-    kvf_auth_destroy(&c->auth);  // after the sockets it guards
     kvf_auth_destroy(&c->auth);  // after the sockets it guards
     free(c->front_ep);
     free(c->back_ep);
@@ -295,7 +289,7 @@ int kvf_coord_run(kvf_coord_t *c, volatile sig_atomic_t *stop, kvf_err_t *err) {
             kvf_coord_dispatch(c);
         }
         kvf_coord_settle_all(c);
-        kvf_coord_journal_commit(c);  // one group commit per iteration
+        kvf_coord_journal_commit(c);  // group commit: at most one per 20 ms
     }
     if (c->shutdown) {
         // Give the forwarded SHUTDOWNs and the operator's OK a moment to leave.

@@ -37,6 +37,7 @@ struct kvf_coord_s {
     uint32_t peer_roles;          // with auth: kvf_role bits of the sender of the message being handled
     kvf_journal_t *journal;       // NULL without --journal
     uint64_t journal_errors;
+    uint64_t journal_commit_ms;   // when the journal was last committed
 };
 
 // ---- coord.c: messaging
@@ -62,7 +63,8 @@ void kvf_coord_journal_batch(kvf_coord_t *c, const kvf_batch_t *b);  // a new ba
 void kvf_coord_journal_tokens(kvf_coord_t *c, const kvf_req_t *req, const int32_t *ids, uint32_t n,
                               const char *text, size_t text_len);
 void kvf_coord_journal_finish(kvf_coord_t *c, const kvf_req_t *req);
-// Commits what this loop iteration wrote (one WAL append, no fsync).
+// Commits what the last loop iterations wrote (one WAL append, no fsync), at
+// most every few ms: a busy loop turns many tiny iterations into one commit.
 void kvf_coord_journal_commit(kvf_coord_t *c);
 
 // ---- front.c: clients and operators

@@ -76,7 +76,14 @@ void kvf_coord_journal_finish(kvf_coord_t *c, const kvf_req_t *req) {
     if (c->journal && kvf_journal_finish(c->journal, req, &err) < 0) s_failed(c, &err);
 }
 
+#define S_COMMIT_EVERY_MS 20   // the group-commit window
+#define S_COMMIT_WRITES 8192   // or this many writes, whichever comes first
+
 void kvf_coord_journal_commit(kvf_coord_t *c) {
+    if (!c->journal) return;
+    uint64_t pending = kvf_journal_pending(c->journal), now = kvf_coord_now();
+    if (pending == 0 || (now - c->journal_commit_ms < S_COMMIT_EVERY_MS && pending < S_COMMIT_WRITES)) return;
     kvf_err_t err;
-    if (c->journal && kvf_journal_commit(c->journal, &err) < 0) s_failed(c, &err);
+    if (kvf_journal_commit(c->journal, &err) < 0) s_failed(c, &err);
+    c->journal_commit_ms = now;
 }
