@@ -3,5 +3,6 @@ if(KVF_HAVE_CUDA)
   add_library(kvf_cuda STATIC
     ${CMAKE_CURRENT_LIST_DIR}/cuda_backend.c
   )
-  target_link_libraries(kvf_cuda PUBLIC kvf_kernels kvf_cpu kvf_modelio kvf_common m)
+  # kvf_tp_nccl: a TP rank all-reduces over the group's NCCL communicator (tp.h)
+  target_link_libraries(kvf_cuda PUBLIC kvf_kernels kvf_cpu kvf_tp_nccl kvf_modelio kvf_common m)
 endif()

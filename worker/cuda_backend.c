@@ -21,6 +21,8 @@
 #include "kernels/sample.h"
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
+#include "worker/tp.h"
+#include "worker/tp_shard.h"
 
 #define MIB(x) ((double)(x) / (1024.0 * 1024.0))
 #define S_ALIGN 256
@@ -49,7 +51,11 @@ typedef struct {
 typedef struct {
     kvf_backend_t base;  // first: the engine sees a kvf_backend_t
     int device, n_sms;
-    int dim, q_dim, kv_dim, qkv_dim, ff, max_ctx;
+    int dim, q_dim, kv_dim, qkv_dim, ff, max_ctx;  // q_dim, kv_dim, ff: this TP rank's share
+    int n_heads, n_kv;   // query and KV heads on this rank (all of them for tp_size 1)
+    kvf_tp_shard_t sh;   // this rank's share of the model (worker/tp_shard.h)
+    kvf_tp_t *tp;        // tp_size > 1: the group's NCCL communicator (not owned); NULL for tp_size 1
+    int agreed;          // tp: start-up agreements entered (a failing rank still joins the next one)
     cudaStream_t stream;
     kvf_gemm_ctx_t *gemm;
     uint64_t n_allocs;   // cudaMalloc + cudaMallocHost calls
@@ -230,6 +236,51 @@ static int s_upload(s_cuda_t *c, void *dst, int to_f32, const kvf_tensor_t *t, v
     return 0;
 }
 
+// The block p (tp_shard.h) of tensor t into dst as bf16 (or f32): the rows that
+// fit the stage are converted on the host, then copied in one piece.
+static int s_upload_part(void *dst, int to_f32, const kvf_tensor_t *t, const kvf_tp_part_t *p, void *stage,
+                         kvf_err_t *err) {
+    const size_t esz = to_f32 ? 4 : 2, src_esz = t->dtype == KVF_DT_F32 ? 4 : 2;
+    const size_t cols = p->d1 ? (size_t)p->d1 : 1, nc = (size_t)p->nc;
+    const size_t per = S_CHUNK / nc > 0 ? S_CHUNK / nc : 1;  // rows per stage
+    for (size_t r0 = 0; r0 < (size_t)p->nr; r0 += per) {
+        size_t m = (size_t)p->nr - r0 < per ? (size_t)p->nr - r0 : per;
+        for (size_t r = 0; r < m; r++) {
+            const char *src = (const char *)t->data + (((size_t)p->r0 + r0 + r) * cols + (size_t)p->c0) * src_esz;
+            for (size_t i = 0; i < nc; i++) {
+                float f;
+                if (t->dtype == KVF_DT_F32) {
+                    memcpy(&f, src + i * 4, 4);
+                } else {
+                    uint16_t h;
+                    memcpy(&h, src + i * 2, 2);
+                    f = t->dtype == KVF_DT_F16 ? kvf_f16_to_f32(h) : kvf_bf16_to_f32(h);
+                }
+                if (to_f32)
+                    ((float *)stage)[r * nc + i] = f;
+                else
+                    ((uint16_t *)stage)[r * nc + i] = kvf_f32_to_bf16(f);
+            }
+        }
+        KVF_CUDA_CHECK(cudaMemcpy((char *)dst + r0 * nc * esz, stage, m * nc * esz, cudaMemcpyHostToDevice), err);
+    }
+    return 0;
+}
+
+// This rank's block of sharded tensor `which`; the whole tensor (s_upload) when
+// the block is all of it, as with tp_size 1.
+static int s_load_part(s_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_f32, void *stage,
+                       const char *name, kvf_tp_tensor_t which, kvf_err_t *err) {
+    const kvf_tp_part_t p = kvf_tp_shard_part(&c->base.cfg, &c->sh, which);
+    int64_t shape[2] = {p.d0, p.d1};
+    const kvf_tensor_t *t = kvf_safetensors_expect(st, name, p.d1 ? 2 : 1, shape, err);
+    if (!t) return -1;
+    if (t->dtype != KVF_DT_F32 && t->dtype != KVF_DT_F16 && t->dtype != KVF_DT_BF16)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "%s: dtype %d is not F32, F16 or BF16", name, (int)t->dtype);
+    if (kvf_tp_part_is_full(&p)) return s_upload(c, dst, to_f32, t, stage, err);
+    return s_upload_part(dst, to_f32, t, &p, stage, err);
+}
+
 // One tensor by name and exact shape; copied to dst.
 static int s_load(s_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_f32, void *stage, const char *name,
                   int n_dims, int64_t d0, int64_t d1, kvf_err_t *err) {
@@ -243,13 +294,15 @@ static int s_load(s_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_f3
 
 static int s_load_weights(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const kvf_modelcfg_t *cfg = &c->base.cfg;
-    const int64_t D = c->dim, V = cfg->vocab_size, F = c->ff, Q = c->q_dim, KV = c->kv_dim;
+    const int64_t D = c->dim, V = cfg->vocab_size, F = c->ff, Q = c->q_dim, KV = c->kv_dim;  // F, Q, KV: this rank's
     void *stage = malloc(S_CHUNK * 4);
     if (!stage) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory for the load buffer");
     int rc = -1;
     char nm[160];
 #define S_L(dst, f32, name, nd, a, b) \
     if (s_load(c, st, (dst), (f32), stage, (name), (nd), (a), (b), err) != 0) goto out
+#define S_P(dst, f32, name, which) \
+    if (s_load_part(c, st, (dst), (f32), stage, (name), (which), err) != 0) goto out
     S_L(c->embed, 0, "model.embed_tokens.weight", 2, V, D);
     if (!cfg->tie_word_embeddings) S_L(c->lm_head, 0, "lm_head.weight", 2, V, D);
     S_L(c->final_norm, 1, "model.norm.weight", 1, D, 0);
@@ -258,21 +311,23 @@ static int s_load_weights(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *e
 #define S_NAME(leaf) (snprintf(nm, sizeof nm, "model.layers.%d.%s", l, (leaf)), nm)
         S_L(L->attn_norm, 1, S_NAME("input_layernorm.weight"), 1, D, 0);
         S_L(L->mlp_norm, 1, S_NAME("post_attention_layernorm.weight"), 1, D, 0);
-        S_L(L->wqkv, 0, S_NAME("self_attn.q_proj.weight"), 2, Q, D);
-        S_L(L->wqkv + Q * D, 0, S_NAME("self_attn.k_proj.weight"), 2, KV, D);
-        S_L(L->wqkv + (Q + KV) * D, 0, S_NAME("self_attn.v_proj.weight"), 2, KV, D);
+        // column-parallel q/k/v and gate/up, row-parallel o and down (tp_shard.h)
+        S_P(L->wqkv, 0, S_NAME("self_attn.q_proj.weight"), KVF_TP_WQ);
+        S_P(L->wqkv + Q * D, 0, S_NAME("self_attn.k_proj.weight"), KVF_TP_WK);
+        S_P(L->wqkv + (Q + KV) * D, 0, S_NAME("self_attn.v_proj.weight"), KVF_TP_WV);
         if (L->bqkv) {
-            S_L(L->bqkv, 1, S_NAME("self_attn.q_proj.bias"), 1, Q, 0);
-            S_L(L->bqkv + Q, 1, S_NAME("self_attn.k_proj.bias"), 1, KV, 0);
-            S_L(L->bqkv + Q + KV, 1, S_NAME("self_attn.v_proj.bias"), 1, KV, 0);
+            S_P(L->bqkv, 1, S_NAME("self_attn.q_proj.bias"), KVF_TP_BQ);
+            S_P(L->bqkv + Q, 1, S_NAME("self_attn.k_proj.bias"), KVF_TP_BK);
+            S_P(L->bqkv + Q + KV, 1, S_NAME("self_attn.v_proj.bias"), KVF_TP_BV);
         }
-        S_L(L->wo, 0, S_NAME("self_attn.o_proj.weight"), 2, D, Q);
-        S_L(L->wgu, 0, S_NAME("mlp.gate_proj.weight"), 2, F, D);
-        S_L(L->wgu + F * D, 0, S_NAME("mlp.up_proj.weight"), 2, F, D);
-        S_L(L->wd, 0, S_NAME("mlp.down_proj.weight"), 2, D, F);
+        S_P(L->wo, 0, S_NAME("self_attn.o_proj.weight"), KVF_TP_WO);
+        S_P(L->wgu, 0, S_NAME("mlp.gate_proj.weight"), KVF_TP_WGATE);
+        S_P(L->wgu + F * D, 0, S_NAME("mlp.up_proj.weight"), KVF_TP_WUP);
+        S_P(L->wd, 0, S_NAME("mlp.down_proj.weight"), KVF_TP_WDOWN);
 #undef S_NAME
     }
 #undef S_L
+#undef S_P
     rc = 0;
 out:
     free(stage);
@@ -331,7 +386,7 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     S_TAKE(c->act, uint16_t, T * F);
     S_TAKE(c->rows, uint16_t, R * D);
     S_TAKE(c->logits, float, R * V);
-    S_TAKE(c->partial, float, kvf_attn_partial_floats(c->max_splits, c->partial_tokens, c->base.cfg.n_heads,
+    S_TAKE(c->partial, float, kvf_attn_partial_floats(c->max_splits, c->partial_tokens, c->n_heads,
                                                       c->base.cfg.head_dim));
     S_TAKE(c->gemm_ws, char, S_GEMM_WS);
     S_TAKE(c->d_meta, int32_t, c->meta_ints);
@@ -370,9 +425,14 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
                            o->max_blocks_per_seq);
     if ((int64_t)o->max_blocks_per_seq * o->block_size > INT32_MAX / 2)
         return kvf_err_set(err, KVF_E_INVAL, "cuda backend: max_blocks_per_seq x block_size exceeds 2^30 tokens");
-    if (o->tp_size != 1 || o->tp_rank != 0)
-        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: tensor parallelism (tp_size %d) is not supported",
-                           o->tp_size);
+    kvf_tp_shard_t sh;  // heads, KV heads and intermediate_size must split over the group
+    kvf_err_t serr;
+    if (kvf_tp_shard_make(cfg, o->tp_rank, o->tp_size, &sh, &serr) != 0)
+        return kvf_err_set(err, serr.code, "cuda backend: %s", serr.msg);
+    if (o->tp_size > 1 &&
+        (!kvf_tp_nccl_comm(o->tp) || kvf_tp_rank(o->tp) != o->tp_rank || kvf_tp_size(o->tp) != o->tp_size))
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: tp rank %d of %d needs the group's NCCL communicator "
+                           "of that rank and size as opts.tp (kvf_tp_nccl_new_over)", o->tp_rank, o->tp_size);
     if (!(o->cache_max_entry_count > 0))
         return kvf_err_set(err, KVF_E_INVAL, "cuda backend: --cache-max-entry-count %g must be > 0",
                            o->cache_max_entry_count);
@@ -414,6 +474,24 @@ static int s_tune_gemms(s_cuda_t *c, kvf_err_t *err) {
     return 0;
 }
 
+// Every rank of the TP group says whether its start-up `stage` worked and, with
+// v, the KV blocks it can hold; *v becomes the group's minimum. A rank that
+// failed (ok 0) keeps its own err and returns -1; the others return -1 with
+// KVF_E_PEER_LOST naming it (as the cpu backend does).
+static int s_group_agree(kvf_tp_t *tp, int ok, int64_t *v, const char *stage, kvf_err_t *err) {
+    int64_t mine[2] = {ok, v ? *v : 0}, all[2 * KVF_TP_MAX_SIZE];
+    kvf_err_t ignored;
+    if (kvf_tp_all_gather(tp, mine, all, sizeof mine, ok ? err : &ignored) != 0) return -1;
+    if (!ok) return -1;
+    for (int p = 0; p < kvf_tp_size(tp); p++)
+        if (!all[2 * p])
+            return kvf_err_set(err, KVF_E_PEER_LOST, "cuda backend: tp rank %d failed at %s (see its log)", p, stage);
+    if (v)
+        for (int p = 0; p < kvf_tp_size(tp); p++)
+            if (all[2 * p + 1] < *v) *v = all[2 * p + 1];
+    return 0;
+}
+
 static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
@@ -450,13 +528,13 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->m_tiles_tc = c->m_tiles + 3 * T;
     c->m_bt = c->m_tiles_tc + 3 * T;
     c->tensor_core_prefill = kvf_attention_prefill_supports(cfg->head_dim);
-    c->decode_tc = kvf_attention_decode_supports(cfg->n_heads, cfg->n_kv_heads, cfg->head_dim);
+    c->decode_tc = kvf_attention_decode_supports(c->n_heads, c->n_kv, cfg->head_dim);
     c->m_rows = c->m_bt + B * (size_t)o->max_blocks_per_seq;
     c->meta_ints = c->m_rows + R;
     // Splits pay only while tiles x KV heads leave SMs idle: at most 2 SMs' worth of tokens.
-    int pt = (2 * c->n_sms + cfg->n_kv_heads - 1) / cfg->n_kv_heads;
+    int pt = (2 * c->n_sms + c->n_kv - 1) / c->n_kv;
     c->partial_tokens = pt < o->max_step_tokens ? pt : o->max_step_tokens;
-    size_t per_split = kvf_attn_partial_floats(1, c->partial_tokens, cfg->n_heads, cfg->head_dim) * sizeof(float);
+    size_t per_split = kvf_attn_partial_floats(1, c->partial_tokens, c->n_heads, cfg->head_dim) * sizeof(float);
     size_t ms = S_PARTIAL_MAX / per_split;
     c->max_splits = ms > KVF_ATTN_MAX_SPLITS ? KVF_ATTN_MAX_SPLITS : (int)(ms < 1 ? 1 : ms);
     be->workspace_bytes = s_layout_ws(c, NULL);
@@ -481,7 +559,7 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
     be->free_bytes_at_start = free_b;
     const uint64_t block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)o->block_size *
-                                 (uint64_t)cfg->n_kv_heads * (uint64_t)cfg->head_dim * 2ull;
+                                 (uint64_t)c->n_kv * (uint64_t)cfg->head_dim * 2ull;
     uint64_t n_blocks;
     if (o->cache_max_entry_count < 1.0)
         n_blocks = (uint64_t)(o->cache_max_entry_count * (double)free_b) / block_bytes;
@@ -497,9 +575,18 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
                            "%d blocks (%.1f MiB free after weights and workspace): raise --cache-max-entry-count or "
                            "lower --session-len / --max-prefill-token-num",
                            (unsigned long long)n_blocks, o->max_blocks_per_seq, MIB(free_b));
+    if (c->tp) {  // block ids are the group's: every rank takes the smallest pool
+        int64_t nb = (int64_t)n_blocks;
+        c->agreed++;
+        if (s_group_agree(c->tp, 1, &nb, "its memory plan", err) != 0) return c->agreed = 2, -1;  // the group knows
+        if ((uint64_t)nb < n_blocks)
+            kvf_log(KVF_LOG_INFO, "cuda plan: tp rank %d could hold %llu KV blocks, the group's minimum is %lld",
+                    o->tp_rank, (unsigned long long)n_blocks, (long long)nb);
+        n_blocks = (uint64_t)nb;
+    }
     be->n_blocks = (int32_t)n_blocks;
     be->kv_bytes = n_blocks * block_bytes;
-    c->kv_layer_elems = (size_t)n_blocks * o->block_size * cfg->n_kv_heads * cfg->head_dim;
+    c->kv_layer_elems = (size_t)n_blocks * o->block_size * c->n_kv * cfg->head_dim;
     if (s_malloc(c, (void **)&c->kv, be->kv_bytes, "KV cache (lower --cache-max-entry-count)", err) != 0) return -1;
     // Zeroed once: attention never reads a slot before it is written, but a
     // slab of zeros keeps any such bug finite.
@@ -511,8 +598,9 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const char *tune = getenv("KVF_GEMM_TUNE");
     if (tune && strcmp(tune, "1") == 0 && s_tune_gemms(c, err) != 0) return -1;
     // Graphs only save launch time: a device that cannot capture them runs eagerly.
+    // TP > 1: no graphs (the all-reduces are not captured): every step runs eagerly.
     kvf_err_t gerr = {0};
-    if (s_capture_graphs(c, &gerr) != 0) {
+    if (!c->tp && s_capture_graphs(c, &gerr) != 0) {
         enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
         if (cudaStreamIsCapturing(c->stream, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone) {
             cudaGraph_t g = NULL;
@@ -528,6 +616,10 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // which on an H200 made 16-sequence decode at 512 tokens 14% slower than eager
     // steps (9.47 vs 8.33 ms, Llama-3-8B shape); kvf_cuda_backend_set_graphs turns them on.
     c->use_graphs = 0;
+    if (c->tp) {
+        c->agreed++;
+        if (s_group_agree(c->tp, 1, NULL, "start-up", err) != 0) return c->agreed = 2, -1;
+    }
 
     kvf_log(KVF_LOG_INFO,
             "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
@@ -555,12 +647,19 @@ kvf_backend_t *kvf_cuda_backend_new(const kvf_modelcfg_t *cfg, const kvf_safeten
     be->opts = *opts;
     c->device = opts->device;
     c->dim = cfg->hidden_size;
-    c->q_dim = cfg->n_heads * cfg->head_dim;
-    c->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    kvf_tp_shard_make(cfg, opts->tp_rank, opts->tp_size, &c->sh, NULL);  // accepted by s_check_config
+    c->tp = opts->tp_size > 1 ? opts->tp : NULL;
+    c->n_heads = c->sh.nq;
+    c->n_kv = c->sh.nkv;
+    c->q_dim = c->n_heads * cfg->head_dim;
+    c->kv_dim = c->n_kv * cfg->head_dim;
     c->qkv_dim = c->q_dim + 2 * c->kv_dim;
-    c->ff = cfg->intermediate_size;
+    c->ff = c->sh.ni;
     c->max_ctx = opts->max_blocks_per_seq * opts->block_size;
     if (s_start(c, st, err) != 0) {
+        // A TP rank that failed before the group's next agreement still joins it
+        // (ok 0), so that the others fail now instead of at their timeout.
+        if (c->tp && c->agreed < 2) s_group_agree(c->tp, 0, NULL, c->agreed ? "start-up" : "its memory plan", err);
         s_destroy(&be);
         return NULL;
     }
@@ -692,7 +791,7 @@ static int s_prepare(s_cuda_t *c, const kvf_batch_t *b, const void *out, int *q_
                                b->tokens[t], c->base.cfg.vocab_size - 1);
         tok[t] = b->tokens[t];
     }
-    *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->base.cfg.n_heads, c->base.cfg.n_kv_heads);
+    *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->n_heads, c->n_kv);
     int n_tiles = 0;
     s_tiles(c, b, *q_per_tile, &n_tiles, n_tiles_tc);  // at most n_tokens tiles: they fit
     return n_tiles;
@@ -721,7 +820,7 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
     const kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
-    const int D = c->dim, H = cfg->n_heads, KV = cfg->n_kv_heads, HD = cfg->head_dim;
+    const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = cfg->head_dim;  // this rank's heads
     const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
     const float eps = cfg->rms_norm_eps;
     cudaStream_t st = c->stream;
@@ -763,6 +862,7 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
             S_TM(S_T_ATTN_TC);
         }
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
         S_TM(S_T_O);
         S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
         S_TM(S_T_NORM);
@@ -771,6 +871,7 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
         S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
         S_TM(S_T_SILU);
         S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
         S_TM(S_T_DOWN);
     }
     S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
@@ -799,7 +900,7 @@ static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err) {
         if (c->n_graphs == S_MAX_GRAPHS) break;
         int i = c->n_graphs, split_len = 1 << 30, n_splits = 1;
         if (bucket <= c->partial_tokens)
-            n_splits = kvf_attn_choose_splits(bucket, c->base.cfg.n_kv_heads, c->max_ctx, c->max_splits, c->n_sms,
+            n_splits = kvf_attn_choose_splits(bucket, c->n_kv, c->max_ctx, c->max_splits, c->n_sms,
                                               &split_len);
         cudaGraph_t g = NULL;
         KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
@@ -872,7 +973,7 @@ static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids,
         // Splits only when kvf_attention writes every row (its reduce covers all tokens).
         int split_len = 1 << 30, n_splits = 1;
         if (n <= c->partial_tokens && n_tiles_tc == 0)
-            n_splits = kvf_attn_choose_splits(n_tiles, be->cfg.n_kv_heads, max_ctx, c->max_splits, c->n_sms,
+            n_splits = kvf_attn_choose_splits(n_tiles, c->n_kv, max_ctx, c->max_splits, c->n_sms,
                                               &split_len);
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
                                        st), err);
@@ -894,7 +995,11 @@ static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids,
                                        cudaMemcpyDeviceToHost, st), err);
         if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
     }
-    KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
+    if (c->tp) {  // a dead or stuck peer must not block forever: bounded, aborts the group
+        if (kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
+    } else {
+        KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
+    }
     if (ids) memcpy(ids, c->h_ids, (size_t)b->n_seqs * sizeof(int32_t));
     if (c->timing_now) {
         const int k = n == b->n_seqs ? 0 : 1;
