@@ -18,9 +18,9 @@
 # first failing rank's status (0 when rank 0 ended cleanly, e.g. after SHUTDOWN).
 # SIGINT/SIGTERM are passed to every rank. Logs: <log-dir>/rank<R>.log.
 #
-# Note: the cpu backend shards over the group today; the cuda backend refuses
-# tp_size > 1 until it takes the group's communicator (worker/tp.h; the NCCL one
-# is kvf_tp_nccl_new), so --backend cuda fails at start-up with that message.
+# Both backends shard over the group (worker/tp_shard.h). With --backend cuda
+# each rank's engine also makes an NCCL communicator (unique id sent over the
+# shm group) and the backend all-reduces over it, without CUDA graphs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 

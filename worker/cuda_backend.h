@@ -18,6 +18,22 @@
 // between kernel groups of eager steps and prints per-group device time per
 // step at destroy; KVF_GEMM_TUNE=1 times cuBLASLt's candidates for the
 // max_batch_size-row GEMMs and keeps the fastest (kernels/gemm.h).
+//
+// Tensor parallelism (tp_size T > 1; opts->tp is the group's NCCL communicator,
+// kvf_tp_nccl_new_over; one GPU per rank): the weights are sharded at load as
+// worker/tp_shard.h says (q/k/v, gate/up column-parallel; o_proj, down_proj
+// row-parallel; embedding, norms, lm_head whole on every rank), the KV slab holds
+// the rank's KV heads (block ids agree: the group takes its smallest block count),
+// and the partial o_proj and down_proj outputs are summed in f32 by ncclAllReduce
+// on the backend's stream between the kernels (f32: the residual stream and the
+// GEMM outputs are f32, so no conversion kernel and the sum rounds once, as on the
+// cpu backend; 2x the bytes of bf16, about 2 MiB per all-reduce for 128 decode
+// rows of a 4096-wide model). Every rank computes logits; the leader's are used
+// (worker/tp_group.h). No CUDA graphs
+// for T > 1 (collectives are not captured): kvf_cuda_backend_set_graphs has no
+// graph to replay. A step's end waits through kvf_tp_nccl_wait, so a dead or
+// stuck rank fails the step with KVF_E_PEER_LOST within the communicator's
+// timeout instead of hanging.
 #ifndef KVF_CUDA_BACKEND_H
 #define KVF_CUDA_BACKEND_H
 
@@ -31,7 +47,8 @@
 // (a value >= 1 is a number of blocks). st may be NULL: seeded random weights
 // generated on the device. Returns a new backend owned by the caller
 // (be->ops->destroy), or NULL with err set: KVF_E_INVAL / KVF_E_UNSUPPORTED for a
-// config or options it cannot run (tp_size > 1, head_dim > 128, a query group
+// config or options it cannot run (a TP split tp_shard.h refuses, tp_size > 1
+// without an NCCL communicator, head_dim > 128, a query group
 // > 16), a missing or misshaped tensor named, KVF_E_NOMEM when the slab cannot
 // hold one max_blocks_per_seq sequence (with the knob to turn), KVF_E_DEVICE with
 // the failing call.
