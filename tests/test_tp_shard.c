@@ -293,3 +293,41 @@ static void s_cpu_holds_the_shard(const char *model) {
 
 Test(tp_shard, cpu_backend_holds_tiny_llama_shards) { s_cpu_holds_the_shard("tiny-llama"); }
 Test(tp_shard, cpu_backend_holds_stories260K_shards) { s_cpu_holds_the_shard("stories260K"); }
+
+// ---------------------------------------------------------------- the cuda backend refuses the same splits
+
+#ifdef KVF_TEST_CUDA
+#include "worker/cuda_backend.h"
+
+// The configuration checks come before any CUDA call: no GPU is needed.
+Test(tp_shard, cuda_backend_refuses_the_same_splits_and_a_group_without_nccl) {
+    for (int i = 0; i < S_N_CASES; i++) {
+        const s_case_t *c = &s_cases[i];
+        if (c->T == 1) continue;
+        kvf_modelcfg_t cfg;
+        s_load_cfg(c->model, &cfg);
+        struct kvf_tp_s fake = {&s_fake_ops, 0, c->T, 1000};  // not an NCCL communicator
+        kvf_backend_opts_t o;
+        memset(&o, 0, sizeof o);
+        o.block_size = 16;
+        o.max_batch_size = 2;
+        o.max_step_tokens = 32;
+        o.max_logit_rows = 32;
+        o.max_blocks_per_seq = 4;
+        o.tp_rank = 0;
+        o.tp_size = c->T;
+        o.tp = &fake;
+        o.cache_max_entry_count = 8;
+        kvf_err_t err;
+        kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+        cr_assert_null(be, "%s T %d: accepted", c->model, c->T);
+        if (c->refused) {
+            cr_assert_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+            cr_assert(strstr(err.msg, c->refused), "%s T %d: '%s'", c->model, c->T, err.msg);
+        } else {
+            cr_assert_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+            cr_assert(strstr(err.msg, "NCCL communicator"), "%s T %d: '%s'", c->model, c->T, err.msg);
+        }
+    }
+}
+#endif

@@ -2,3 +2,8 @@
 # arithmetic for tiny-llama, stories260K and Llama-3-8B over T = 1, 2, 4, 8, and
 # the cpu backend holding exactly those blocks. No GPU, no second process.
 kvf_add_test(test_tp_shard SOURCES test_tp_shard.c LIBS kvf_cpu kvf_tp TIMEOUT 120)
+if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
+  # The cuda backend's refusals of splits and of a group without NCCL (checked before any CUDA call).
+  target_link_libraries(test_tp_shard PRIVATE kvf_cuda)
+  target_compile_definitions(test_tp_shard PRIVATE KVF_TEST_CUDA=1)
+endif()
