@@ -35,6 +35,7 @@ struct kvf_coord_s {
     int shutdown;                 // an operator asked the coordinator to stop
     kvf_auth_t *auth;             // CURVE keys and zauth; NULL without --curve-secret
     uint32_t peer_roles;          // with auth: kvf_role bits of the sender of the message being handled
+    const char *peer_key;         // with auth: its public key (Z85), valid while the message is handled
     kvf_journal_t *journal;       // NULL without --journal
     uint64_t journal_errors;
     uint64_t journal_commit_ms;   // when the journal was last committed

@@ -91,6 +91,7 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_coord_send_error(c, c->front, ident, ilen, 0, err.code, err.msg);
         return;
     }
+    if (c->auth && c->peer_key) snprintf(b->owner, sizeof b->owner, "%s", c->peer_key);
     uint32_t vocab = kvf_coord_vocab_limit(c);
     // Requests that fail validation still get a rid (the client maps ERRORs by rid).
     char **why = kvf_xcalloc(s->n_reqs ? s->n_reqs : 1, sizeof *why);
@@ -150,6 +151,18 @@ static void s_submit(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
 
 // ---- CANCEL
 
+// With CURVE, a batch is its submitter's (and the operators'): 1 after telling
+// anyone else ERROR denied (rid 0, the refusal of the whole message), else 0.
+static int s_denied(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_batch_t *b, const char *what) {
+    if (!c->auth || !b->owner[0] || (c->peer_roles & KVF_ROLE_OPERATOR) ||
+        (c->peer_key && strcmp(b->owner, c->peer_key) == 0))
+        return 0;
+    char msg[300];
+    snprintf(msg, sizeof msg, "%s: batch %.200s was submitted with another key", what, b->id);
+    kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_DENIED, msg);
+    return 1;
+}
+
 static void s_cancel_req(kvf_coord_t *c, kvf_req_t *req) {
     if (req->state == KVF_REQ_FINISHED) return;
     uint32_t prev = req->finish_reason;
@@ -170,6 +183,7 @@ static void s_cancel(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             kvf_coord_send_error(c, c->front, ident, ilen, m->rid, KVF_E_NOT_FOUND, msg);
             return;
         }
+        if (s_denied(c, ident, ilen, req->batch, "CANCEL")) return;
         s_cancel_req(c, req);
     } else if (m->batch_id.len) {
         kvf_batch_t *b = kvf_reqtable_batch(c->reqs, m->batch_id.ptr);
@@ -178,6 +192,7 @@ static void s_cancel(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
             kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_NOT_FOUND, msg);
             return;
         }
+        if (s_denied(c, ident, ilen, b, "CANCEL")) return;
         for (uint32_t i = 0; i < b->n; i++) s_cancel_req(c, b->reqs[i]);
     } else {
         kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_INVAL, "CANCEL needs a rid or a batch_id");
@@ -236,6 +251,7 @@ static void s_attach(kvf_coord_t *c, const void *ident, size_t ilen, const kvf_m
         kvf_coord_send_error(c, c->front, ident, ilen, 0, KVF_E_NOT_FOUND, msg);
         return;
     }
+    if (s_denied(c, ident, ilen, b, "ATTACH")) return;
     if (ilen > sizeof b->client) ilen = sizeof b->client;
     memcpy(b->client, ident, ilen);
     b->client_len = ilen;

@@ -86,6 +86,7 @@ struct kvf_batch_s {
     uint32_t n_finished;
     int retained;              // complete but the client has not got everything
     int settle_pending;        // the coordinator will call kvf_reqtable_settle on it
+    char owner[41];            // with CURVE: the key (Z85) that submitted it; "": any client
 };
 
 typedef struct {

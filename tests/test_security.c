@@ -15,7 +15,7 @@
 typedef struct {
     char root[256];
     char coord_pub[320], coord_sec[320];
-    char worker_sec[320], client_sec[320], operator_sec[320], stranger_sec[320];
+    char worker_sec[320], client_sec[320], client2_sec[320], operator_sec[320], stranger_sec[320];
     char worker_dir[320], client_dir[320], operator_dir[320];
 } keys_t;
 
@@ -58,10 +58,12 @@ static void s_keys_make(keys_t *k) {
     snprintf(k->coord_pub, sizeof k->coord_pub, "%s/coordinator", priv);
     s_keygen(priv, "w1", k->worker_sec);
     s_keygen(priv, "alice", k->client_sec);
+    s_keygen(priv, "bob", k->client2_sec);
     s_keygen(priv, "root", k->operator_sec);
     s_keygen(priv, "mallory", k->stranger_sec);  // in no directory
     s_allow(k->worker_dir, priv, "w1");
     s_allow(k->client_dir, priv, "alice");
+    s_allow(k->client_dir, priv, "bob");
     s_allow(k->operator_dir, priv, "root");
 }
 
@@ -264,6 +266,103 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
     cr_assert_eq(s_reap(w, 10000), 0, "the worker did not exit 0 after SHUTDOWN");
     kvf_client_destroy(&root);
     kvf_client_destroy(&alice);
+    s_keys_remove(&k);
+}
+
+// A protocol-level worker over CURVE (the harness's REGISTER, with a key).
+static zsock_t *s_fake_worker(const keys_t *k, const coord_proc_t *p, const char *id) {
+    zsock_t *s = s_raw_peer(k, p->back, k->worker_sec, id);
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_REGISTER);
+    m.u.reg.worker_id = kvf_str(id);
+    m.u.reg.group_id = kvf_str(id);
+    m.u.reg.model = kvf_str("fake");
+    m.u.reg.backend = kvf_str("cpu");
+    m.u.reg.device = -1;
+    m.u.reg.tp_size = 1;
+    m.u.reg.total_blocks = m.u.reg.free_blocks = m.u.reg.plan.kv_blocks = 100;
+    m.u.reg.plan.block_size = 16;
+    m.u.reg.plan.tokens_fit = 1600;
+    m.u.reg.max_batch_size = 64;
+    m.u.reg.vocab_size = 32000;
+    peer_send(s, &m);
+    kvf_msg_t w;
+    peer_expect(s, KVF_MSG_WELCOME, &w);
+    kvf_msg_clear(&w);
+    return s;
+}
+
+static void s_expect_denied(zsock_t *s, const char *needle) {
+    kvf_msg_t e;
+    peer_expect(s, KVF_MSG_ERROR, &e);
+    cr_assert_eq(e.u.error.rid, 0);
+    cr_assert_eq(e.u.error.code, KVF_E_DENIED, "%s: %s", kvf_status_name((kvf_status)e.u.error.code),
+                 e.u.error.message.ptr);
+    cr_assert(strstr(e.u.error.message.ptr, needle), "%s", e.u.error.message.ptr);
+    kvf_msg_clear(&e);
+}
+
+Test(security, a_batch_is_its_submitters_and_the_operators, .timeout = 30) {
+    keys_t k;
+    s_keys_make(&k);
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--dead-after-ms", "20000", "--curve-secret", k.coord_sec, "--worker-keys",
+                                          k.worker_dir, "--client-keys", k.client_dir, "--operator-keys",
+                                          k.operator_dir, NULL});
+    zsock_t *w = s_fake_worker(&k, &p, "fw");
+    zsock_t *alice = s_raw_peer(&k, p.front, k.client_sec, NULL);
+    uint64_t rids[2];
+    client_submit(alice, "alices", 2, 4, 8, rids);
+    kvf_msg_t a;
+    for (int i = 0; i < 2; i++) {
+        peer_expect(w, KVF_MSG_ASSIGN, &a);
+        kvf_msg_clear(&a);
+    }
+    // Another client key may neither cancel nor attach to it, by batch or by rid.
+    zsock_t *bob = s_raw_peer(&k, p.front, k.client2_sec, NULL);
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_CANCEL);
+    m.u.cancel.batch_id = kvf_str("alices");
+    peer_send(bob, &m);
+    s_expect_denied(bob, "another key");
+    kvf_msg_init(&m, KVF_MSG_CANCEL);
+    m.u.cancel.rid = rids[0];
+    peer_send(bob, &m);
+    s_expect_denied(bob, "another key");
+    kvf_msg_init(&m, KVF_MSG_ATTACH);
+    m.u.attach.batch_id = kvf_str("alices");
+    peer_send(bob, &m);
+    s_expect_denied(bob, "another key");
+    peer_expect_silence(w, 100);  // nothing was cancelled at the worker
+    // The same key on a new connection may attach (a restarted client).
+    zsock_t *alice2 = s_raw_peer(&k, p.front, k.client_sec, NULL);
+    peer_send(alice2, &m);
+    kvf_msg_t ack;
+    peer_expect(alice2, KVF_MSG_ACK, &ack);
+    cr_assert_eq(ack.u.ack.n_rids, 2);
+    kvf_msg_clear(&ack);
+    // An operator may cancel it: the worker is told, the owner sees both end.
+    zsock_t *root = s_raw_peer(&k, p.front, k.operator_sec, NULL);
+    kvf_msg_init(&m, KVF_MSG_CANCEL);
+    m.u.cancel.batch_id = kvf_str("alices");
+    peer_send(root, &m);
+    kvf_msg_t ok;
+    peer_expect(root, KVF_MSG_OK, &ok);
+    for (int i = 0; i < 2; i++) {
+        kvf_msg_t c;
+        peer_expect(w, KVF_MSG_CANCEL, &c);
+        kvf_msg_clear(&c);
+        kvf_msg_t d;
+        peer_expect(alice2, KVF_MSG_DONE, &d);
+        cr_assert_eq(d.u.done.finish_reason, KVF_FINISH_CANCELLED);
+        kvf_msg_clear(&d);
+    }
+    zsock_destroy(&root);
+    zsock_destroy(&alice2);
+    zsock_destroy(&bob);
+    zsock_destroy(&alice);
+    zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
     s_keys_remove(&k);
 }
 
