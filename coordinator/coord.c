@@ -198,9 +198,6 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
     ident_len = zmq_msg_size(&part) < sizeof ident ? zmq_msg_size(&part) : sizeof ident;
     memcpy(ident, zmq_msg_data(&part), ident_len);
     int more = zmq_msg_more(&part);
-    // With CURVE, zauth let only allowed keys connect and names the sender's
-    // key (User-Id); its role decides whether this socket takes the message.
-    int admit = c->auth ? kvf_auth_admit(c->auth, zmq_msg_gets(&part, "User-Id"), front, &c->peer_roles) : 1;
     zmq_msg_close(&part);
     // Read every frame (the next receive must start on a message boundary); keep the last.
     zmq_msg_init(&payload);
