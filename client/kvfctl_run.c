@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -702,6 +703,12 @@ static int s_resume(s_run_t *r, kvf_err_t *err) {
     s_chunk_t *ch = NULL;
     size_t n_ch = 0;
     uint64_t done = 0;
+    // Two runs writing one OUT would answer requests twice: the first holds a lock.
+    r->chunks = fopen(side, "a");
+    if (!r->chunks) return kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", side, strerror(errno));
+    if (flock(fileno(r->chunks), LOCK_EX | LOCK_NB) != 0)
+        return kvf_err_set(err, errno == EWOULDBLOCK ? KVF_E_BUSY : KVF_E_IO, "%s: %s", side,
+                           errno == EWOULDBLOCK ? "another kvfctl run is writing this output" : strerror(errno));
     int resume = s_read_chunks(side, id, &ch, &n_ch);
     if (resume && s_out_lines(r->o->out_path, &done, err) < 0) goto fail;
     r->out = fopen(r->o->out_path, resume ? "a" : "w");
@@ -709,12 +716,11 @@ static int s_resume(s_run_t *r, kvf_err_t *err) {
         kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", r->o->out_path, strerror(errno));
         goto fail;
     }
-    r->chunks = fopen(side, resume ? "a" : "w");
-    if (!r->chunks) {
-        kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", side, strerror(errno));
-        goto fail;
-    }
     if (!resume) {
+        if (ftruncate(fileno(r->chunks), 0) != 0) {
+            kvf_err_set(err, KVF_E_IO, "%s: %s", side, strerror(errno));
+            goto fail;
+        }
         fprintf(r->chunks, "kvfctl-run %s\n", id);
         fflush(r->chunks);
         return 0;
