@@ -7,3 +7,8 @@ if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
   target_link_libraries(test_tp_shard PRIVATE kvf_cuda)
   target_compile_definitions(test_tp_shard PRIVATE KVF_TEST_CUDA=1)
 endif()
+# The cuda backend over a TP group of 2 and 4 GPUs (one process per rank, NCCL)
+# against one GPU, and a dead rank. Skips where there are fewer GPUs.
+if(KVF_HAVE_CUDA AND TARGET kvf_cuda AND TARGET kvf_tp_nccl)
+  kvf_add_test(test_cuda_tp SOURCES test_cuda_tp.c LIBS kvf_cuda kvf_tp_nccl kvf_modelio m LABELS gpu TIMEOUT 1200)
+endif()
