@@ -54,8 +54,9 @@ int kvf_curve_keygen(const char *path, const char *name, kvf_err_t *err) {
     struct stat sb;
     if (stat(path, &sb) == 0 || stat(secret, &sb) == 0)
         return kvf_err_set(err, KVF_E_INVAL, "%s or %s already exists: not overwriting a key", path, secret);
+    if (!zmq_has("curve")) return kvf_err_set(err, KVF_E_UNSUPPORTED, "this libzmq was built without CURVE");
     zcert_t *cert = zcert_new();
-    if (!cert) return kvf_err_set(err, KVF_E_INTERNAL, "cannot make a key pair (libzmq without CURVE?)");
+    if (!cert) return kvf_err_set(err, KVF_E_INTERNAL, "cannot make a key pair");
     if (name && *name) zcert_set_meta(cert, "name", "%s", name);
     zcert_set_meta(cert, "created-by", "kvfctl keygen");
     // Secret first, private from the start: the umask keeps it 0600 as it is written.

@@ -52,6 +52,10 @@ static int s_load_dir(kvf_auth_t *a, const char *dir, uint32_t role, const char 
 
 kvf_auth_t *kvf_auth_new(const char *secret_path, const char *worker_dir, const char *client_dir,
                          const char *operator_dir, kvf_err_t *err) {
+    if (!zmq_has("curve")) {
+        kvf_err_set(err, KVF_E_UNSUPPORTED, "--curve-secret: this libzmq was built without CURVE");
+        return NULL;
+    }
     kvf_auth_t *a = kvf_xcalloc(1, sizeof *a);
     a->roles = zhashx_new();
     a->cert = kvf_curve_load_secret(secret_path, err);
