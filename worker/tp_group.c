@@ -219,9 +219,19 @@ int kvf_tp_follower_run(kvf_backend_t *be, kvf_tp_t *ctl, volatile sig_atomic_t 
                  (size_t)o->max_batch_size * (size_t)o->max_blocks_per_seq;
     int32_t *payload = malloc(cap * sizeof(int32_t));
     float *logits = malloc((size_t)o->max_logit_rows * (size_t)be->cfg.vocab_size * sizeof(float));
-    if (!payload || !logits) {
+    // A follower's logits are never used: where the backend can pick tokens itself
+    // (forward_sample, e.g. cuda), steps without all_logits run through it with no
+    // token wanted, which copies back n_seqs ids instead of n_seqs x vocab floats.
+    // The collectives are the same as forward()'s.
+    const size_t B = (size_t)o->max_batch_size;
+    const kvf_sampling_t **none = calloc(B, sizeof *none);
+    int32_t *zeros = calloc(B, sizeof *zeros), *ids = calloc(B, sizeof *ids);
+    if (!payload || !logits || !none || !zeros || !ids) {
         free(payload);
         free(logits);
+        free(none);
+        free(zeros);
+        free(ids);
         return kvf_err_set(err, KVF_E_NOMEM, "tp follower: out of memory");
     }
     int rc = 0;
@@ -261,7 +271,10 @@ int kvf_tp_follower_run(kvf_backend_t *be, kvf_tp_t *ctl, volatile sig_atomic_t 
                          .block_table = payload + h.n_tokens + 2 * h.n_seqs, .max_blocks = h.max_blocks,
                          .all_logits = h.all_logits};
         kvf_err_t e;
-        if (be->ops->forward(be, &b, logits, &e) != 0) {
+        int frc = be->ops->forward_sample && !b.all_logits ? be->ops->forward_sample(be, &b, none, zeros, ids, &e) : 1;
+        if (frc == 1 || (frc != 0 && e.code == KVF_E_UNSUPPORTED))  // refused before running: run it anyway
+            frc = be->ops->forward(be, &b, logits, &e);
+        if (frc != 0) {
             if (e.code == KVF_E_PEER_LOST || e.code == KVF_E_DEVICE) {
                 if (err) *err = e;
                 rc = -1;
@@ -275,5 +288,8 @@ int kvf_tp_follower_run(kvf_backend_t *be, kvf_tp_t *ctl, volatile sig_atomic_t 
     }
     free(payload);
     free(logits);
+    free(none);
+    free(zeros);
+    free(ids);
     return rc;
 }

@@ -7,7 +7,9 @@
 // then runs its own shard. Each follower (kvf_tp_follower_run) receives the
 // batch and runs the same forward on its shard; the all-reduces inside the
 // backend meet in the same order on every rank. Followers never talk to the
-// coordinator and their logits are not used (every rank computes the same ones).
+// coordinator and their logits are not used (every rank computes the same ones),
+// so where the backend has forward_sample (cuda) a follower runs steps without
+// all_logits through it with no token wanted: n_seqs ids come back, not the logits.
 //
 // Why the communicator and not a ZeroMQ socket: it is already shared by the
 // group, its messages are ordered with the collectives, and it carries the
