@@ -12,3 +12,5 @@ endif()
 if(KVF_HAVE_CUDA AND TARGET kvf_cuda AND TARGET kvf_tp_nccl)
   kvf_add_test(test_cuda_tp SOURCES test_cuda_tp.c LIBS kvf_cuda kvf_tp_nccl kvf_modelio m LABELS gpu TIMEOUT 1200)
 endif()
+# A TP follower's choice between forward and forward_sample (worker/tp_group.c), fake backends over shm.
+kvf_add_test(test_tp_follower SOURCES test_tp_follower.c LIBS kvf_tp TIMEOUT 60)
