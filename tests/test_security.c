@@ -358,6 +358,21 @@ Test(security, a_batch_is_its_submitters_and_the_operators, .timeout = 30) {
         cr_assert_eq(d.u.done.finish_reason, KVF_FINISH_CANCELLED);
         kvf_msg_clear(&d);
     }
+    // kvfctl: keys from the environment, or from its flags.
+    char text[4096];
+    setenv("KVF_CURVE_SECRET", k.client_sec, 1);
+    setenv("KVF_COORDINATOR_KEY", k.coord_pub, 1);
+    int rc = s_run((const char *const[]){KVF_BIN_DIR "/kvfctl", "--coordinator", p.front, "--timeout", "3000",
+                                         "status", NULL},
+                   text, sizeof text);
+    cr_assert_eq(rc, 0, "kvfctl status with KVF_CURVE_SECRET: %s", text);
+    rc = s_run((const char *const[]){KVF_BIN_DIR "/kvfctl", "--coordinator", p.front, "--curve-secret",
+                                     k.client2_sec, "shutdown", NULL},
+               text, sizeof text);
+    cr_assert_eq(rc, 1, "%s", text);
+    cr_assert(strstr(text, "denied"), "%s", text);
+    unsetenv("KVF_CURVE_SECRET");
+    unsetenv("KVF_COORDINATOR_KEY");
     zsock_destroy(&root);
     zsock_destroy(&alice2);
     zsock_destroy(&bob);

@@ -59,6 +59,7 @@ struct kvf_worker_s {
     char server_key[KVF_CURVE_KEY_TXT];  // the coordinator's public key (with cert)
     s_state state;
     int welcomed_once;
+    uint32_t registers_unanswered;  // REGISTERs sent since the last WELCOME
     uint32_t heartbeat_ms;
     int64_t next_register_ms, next_heartbeat_ms;
     uint64_t hb_tokens;          // tokens_generated at the last heartbeat
@@ -200,6 +201,12 @@ static void s_send_register(kvf_worker_t *w) {
     r->plan = w->plan;
     s_send(w, &m);
     w->next_register_ms = s_now_ms() + REGISTER_EVERY_MS;
+    // A CURVE handshake that fails is silent on this side: say where to look.
+    if (++w->registers_unanswered == 10 && w->cert)
+        kvf_log(KVF_LOG_WARN,
+                "no WELCOME from %s after 10 REGISTERs: is --coordinator-key the coordinator's key, and our public "
+                "key in its --worker-keys?",
+                w->coordinator);
 }
 
 static void s_send_heartbeat(kvf_worker_t *w) {
@@ -422,6 +429,7 @@ static int s_on_message(kvf_worker_t *w, kvf_msg_t *m, kvf_err_t *err) {
             w->heartbeat_ms = m->u.welcome.heartbeat_ms ? m->u.welcome.heartbeat_ms : 1000;
             w->state = S_READY;
             w->welcomed_once = 1;
+            w->registers_unanswered = 0;
             kvf_log(KVF_LOG_INFO, "welcomed by %s: heartbeat every %u ms", w->coordinator, w->heartbeat_ms);
             s_send_heartbeat(w);
         }
