@@ -10,3 +10,5 @@ if(TARGET kvf_static)
     endif()
   endforeach()
 endif()
+# The journal module alone (no processes).
+kvf_add_test(test_coord_journal SOURCES test_coord_journal.c LIBS kvf_coord TIMEOUT 60)
