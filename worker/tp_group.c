@@ -46,6 +46,9 @@ typedef struct {
     int failed;
     kvf_err_t fail_err;
     int64_t last_sent_ms;
+    s_hdr_t last;            // the last STEP sent (its payload is still in payload)
+    float *stash;            // (max_logit_rows, vocab) inner has forward_sample: logits of a step it refused to sample
+    int stash_valid;         // stash holds the logits of the last STEP, for the engine's forward() of it
 } s_leader_t;
 
 static int64_t s_now_ms(void) {
@@ -74,6 +77,7 @@ static int s_send(s_leader_t *l, s_kind_t kind, const kvf_batch_t *b, kvf_err_t 
         memcpy(p, b->n_past, sizeof(int32_t) * (size_t)b->n_seqs), p += b->n_seqs;
         memcpy(p, b->block_table, sizeof(int32_t) * (size_t)b->n_seqs * (size_t)b->max_blocks);
     }
+    if (kind == S_STEP) l->last = h;
     if (kvf_tp_broadcast(l->ctl, &h, sizeof h, 0, err) != 0) return -1;
     if (n > 0 && kvf_tp_broadcast(l->ctl, l->payload, (size_t)n * sizeof(int32_t), 0, err) != 0) return -1;
     l->last_sent_ms = s_now_ms();
@@ -87,6 +91,19 @@ static void s_mark_failed(s_leader_t *l, const kvf_err_t *err) {
     kvf_log(KVF_LOG_ERROR, "tp leader: the group is lost: %s", err->msg);
 }
 
+// Whether b is the step last sent (header and payload).
+static int s_is_last_step(const s_leader_t *l, const kvf_batch_t *b) {
+    const s_hdr_t *h = &l->last;
+    if (h->n_seqs != b->n_seqs || h->n_tokens != b->n_tokens || h->max_blocks != b->max_blocks ||
+        h->all_logits != b->all_logits)
+        return 0;
+    const int32_t *p = l->payload;
+    const size_t nt = (size_t)b->n_tokens, ns = (size_t)b->n_seqs;
+    return memcmp(p, b->tokens, nt * sizeof(int32_t)) == 0 && memcmp(p + nt, b->n_new, ns * sizeof(int32_t)) == 0 &&
+           memcmp(p + nt + ns, b->n_past, ns * sizeof(int32_t)) == 0 &&
+           memcmp(p + nt + 2 * ns, b->block_table, ns * (size_t)b->max_blocks * sizeof(int32_t)) == 0;
+}
+
 static int s_leader_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
     s_leader_t *l = (s_leader_t *)be;
     if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "tp leader forward: batch and logits are required");
@@ -96,13 +113,60 @@ static int s_leader_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logi
     int rc = -1;
     if (l->failed) {
         if (err) *err = l->fail_err;
+    } else if (l->stash_valid && s_is_last_step(l, b)) {  // forward_sample ran it already: no second run
+        l->stash_valid = 0;
+        const int64_t rows = b->all_logits ? b->n_tokens : b->n_seqs;
+        memcpy(logits, l->stash, (size_t)rows * (size_t)l->base.cfg.vocab_size * sizeof(float));
+        rc = 0;
     } else {
         kvf_err_t e;
         kvf_err_clear(&e);
+        l->stash_valid = 0;
         if (s_send(l, S_STEP, b, &e) == 0) {
             rc = l->inner->ops->forward(l->inner, b, logits, &e);
         } else if (e.code == KVF_E_INVAL) {
             rc = -1;  // refused before anything was sent
+        }
+        if (rc != 0 && e.code == KVF_E_PEER_LOST) s_mark_failed(l, &e);
+        if (rc != 0 && err) *err = e;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return rc;
+}
+
+// Only when the inner backend has forward_sample. The step goes to the followers
+// first, as for forward(). When the inner backend refuses to sample it
+// (KVF_E_UNSUPPORTED, nothing run) the followers run it all the same, so the
+// leader runs it too through forward() into the stash and returns
+// KVF_E_UNSUPPORTED; the engine's forward() of the same batch, which comes next,
+// gets the stashed logits without a second step. all_logits steps are refused
+// before anything is sent (forward_sample is for last-token rows only).
+static int s_leader_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                                   const int32_t *steps, int32_t *out_tokens, kvf_err_t *err) {
+    s_leader_t *l = (s_leader_t *)be;
+    if (!b || !per_seq || !out_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "tp leader forward_sample: batch, per_seq and out_tokens are required");
+    if (!b->tokens || !b->n_new || !b->n_past || !b->block_table)
+        return kvf_err_set(err, KVF_E_INVAL, "batch: tokens, n_new, n_past and block_table are required");
+    if (b->all_logits) return kvf_err_set(err, KVF_E_UNSUPPORTED, "tp leader forward_sample: all_logits steps");
+    pthread_mutex_lock(&l->mu);
+    int rc = -1;
+    if (l->failed) {
+        if (err) *err = l->fail_err;
+    } else {
+        kvf_err_t e;
+        kvf_err_clear(&e);
+        l->stash_valid = 0;
+        if (s_send(l, S_STEP, b, &e) == 0) {
+            rc = l->inner->ops->forward_sample(l->inner, b, per_seq, steps, out_tokens, &e);
+            if (rc != 0 && e.code == KVF_E_UNSUPPORTED) {
+                kvf_err_t fe;
+                kvf_err_clear(&fe);
+                if (l->inner->ops->forward(l->inner, b, l->stash, &fe) == 0)
+                    l->stash_valid = 1;  // rc stays -1 with e: UNSUPPORTED, the engine calls forward() next
+                else
+                    e = fe;
+            }
         }
         if (rc != 0 && e.code == KVF_E_PEER_LOST) s_mark_failed(l, &e);
         if (rc != 0 && err) *err = e;
@@ -154,12 +218,17 @@ static void s_leader_destroy(kvf_backend_t **self_p) {
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->cv);
     free(l->payload);
+    free(l->stash);
     free(l);
     *self_p = NULL;
 }
 
 static const kvf_backend_ops_t s_leader_ops = {.name = "tp-leader", .forward = s_leader_forward,
                                                .destroy = s_leader_destroy};
+// For an inner backend with forward_sample (cuda): the engine's greedy steps copy back only the ids.
+static const kvf_backend_ops_t s_leader_sample_ops = {.name = "tp-leader", .forward = s_leader_forward,
+                                                      .destroy = s_leader_destroy,
+                                                      .forward_sample = s_leader_forward_sample};
 
 kvf_backend_t *kvf_tp_leader_new(kvf_backend_t **inner_p, kvf_tp_t *ctl, int32_t keepalive_ms, kvf_err_t *err) {
     if (!inner_p || !*inner_p || !ctl || kvf_tp_rank(ctl) != 0 || keepalive_ms < 0) {
@@ -173,14 +242,16 @@ kvf_backend_t *kvf_tp_leader_new(kvf_backend_t **inner_p, kvf_tp_t *ctl, int32_t
     const kvf_backend_opts_t *o = &inner->opts;
     size_t n = (size_t)o->max_step_tokens + 2 * (size_t)o->max_batch_size +
                (size_t)o->max_batch_size * (size_t)o->max_blocks_per_seq;
-    if (!l || !(l->payload = malloc(n * sizeof(int32_t)))) {
+    const size_t stash = inner->ops->forward_sample ? (size_t)o->max_logit_rows * (size_t)inner->cfg.vocab_size : 0;
+    if (!l || !(l->payload = malloc(n * sizeof(int32_t))) || (stash && !(l->stash = malloc(stash * sizeof(float))))) {
+        if (l) free(l->payload);
         free(l);
         inner->ops->destroy(&inner);
         kvf_err_set(err, KVF_E_NOMEM, "tp leader: out of memory");
         return NULL;
     }
     l->base = *inner;  // cfg, opts, plan numbers
-    l->base.ops = &s_leader_ops;
+    l->base.ops = inner->ops->forward_sample ? &s_leader_sample_ops : &s_leader_ops;
     l->inner = inner;
     l->ctl = ctl;
     l->keepalive_ms = keepalive_ms ? keepalive_ms : ctl->timeout_ms / 4;
@@ -200,7 +271,8 @@ kvf_backend_t *kvf_tp_leader_new(kvf_backend_t **inner_p, kvf_tp_t *ctl, int32_t
 }
 
 int kvf_tp_leader_check(kvf_backend_t *be, kvf_err_t *err) {
-    if (!be || be->ops != &s_leader_ops) return kvf_err_set(err, KVF_E_INVAL, "not a tp leader backend");
+    if (!be || (be->ops != &s_leader_ops && be->ops != &s_leader_sample_ops))
+        return kvf_err_set(err, KVF_E_INVAL, "not a tp leader backend");
     s_leader_t *l = (s_leader_t *)be;
     pthread_mutex_lock(&l->mu);
     int failed = l->failed;

@@ -10,6 +10,10 @@
 // coordinator and their logits are not used (every rank computes the same ones),
 // so where the backend has forward_sample (cuda) a follower runs steps without
 // all_logits through it with no token wanted: n_seqs ids come back, not the logits.
+// The leader offers forward_sample when its backend has it: the step goes to the
+// followers, then the backend picks the tokens; a step it refuses to sample
+// (KVF_E_UNSUPPORTED) still runs once, into a stash that the engine's forward()
+// of the same batch (its fallback, next) returns without a second step.
 //
 // Why the communicator and not a ZeroMQ socket: it is already shared by the
 // group, its messages are ordered with the collectives, and it carries the
