@@ -103,12 +103,18 @@ kvf_journal_t *kvf_journal_new(const char *path, kvf_err_t *err) {
         kvf_err_set(err, KVF_E_IO, "journal %s: cannot open: %s", path, j->db ? sqlite3_errmsg(j->db) : "no memory");
         goto fail;
     }
-    sqlite3_busy_timeout(j->db, 2000);
+    sqlite3_busy_timeout(j->db, 500);
+    // One coordinator per journal: the first write takes an exclusive lock it
+    // keeps until it exits (the OS drops it when the process dies).
     // WAL + NORMAL: a commit appends to the WAL without an fsync; the loop
-    // commits once per iteration, so the cost does not grow with tokens.
-    if (s_exec(j, "PRAGMA journal_mode=WAL", err) < 0 || s_exec(j, "PRAGMA synchronous=NORMAL", err) < 0 ||
-        s_exec(j, s_schema, err) < 0)
+    // group-commits, so the cost does not grow with tokens.
+    if (s_exec(j, "PRAGMA locking_mode=EXCLUSIVE", err) < 0 || s_exec(j, "PRAGMA journal_mode=WAL", err) < 0 ||
+        s_exec(j, "PRAGMA synchronous=NORMAL", err) < 0 || s_exec(j, "BEGIN IMMEDIATE", err) < 0 ||
+        s_exec(j, s_schema, err) < 0 || s_exec(j, "COMMIT", err) < 0) {
+        if ((sqlite3_errcode(j->db) & 0xff) == SQLITE_BUSY || (sqlite3_errcode(j->db) & 0xff) == SQLITE_LOCKED)
+            kvf_err_set(err, KVF_E_IO, "journal %s is in use by another coordinator", path);
         goto fail;
+    }
     for (int i = 0; i < S_ST_COUNT; i++) {
         if (sqlite3_prepare_v2(j->db, s_sql[i], -1, &j->st[i], NULL) != SQLITE_OK) {
             s_fail(j, err, "prepare");

@@ -26,9 +26,10 @@
 
 typedef struct kvf_journal_s kvf_journal_t;
 
-// Opens (creating when absent) the journal at path, in WAL mode. Returns a new
+// Opens (creating when absent) the journal at path, in WAL mode, and locks it
+// for this process until kvf_journal_destroy (or its death). Returns a new
 // journal owned by the caller, or NULL with err set (KVF_E_IO: cannot open, not
-// a journal, or a schema error).
+// a journal, in use by another process, or a schema error).
 kvf_journal_t *kvf_journal_new(const char *path, kvf_err_t *err);
 
 // Commits what is open and closes; accepts NULL; nulls *self_p.

@@ -197,3 +197,24 @@ Test(journal, a_file_that_is_not_a_journal_is_refused_with_an_error) {
     cr_assert_null(kvf_journal_new("", &err));
     cr_assert_eq(err.code, KVF_E_INVAL);
 }
+
+Test(journal, one_process_at_a_time) {
+    char path[128];
+    s_path(path, sizeof path);
+    kvf_err_t err;
+    kvf_journal_t *j = kvf_journal_new(path, &err);
+    cr_assert_not_null(j, "%s", err.msg);
+    pid_t pid = fork();
+    cr_assert_neq(pid, -1);
+    if (pid == 0) {
+        kvf_journal_t *k = kvf_journal_new(path, &err);
+        _exit(k == NULL && err.code == KVF_E_IO && strstr(err.msg, "another coordinator") ? 0 : 1);
+    }
+    int st;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "a second process opened a journal in use");
+    kvf_journal_destroy(&j);
+    j = kvf_journal_new(path, &err);
+    cr_assert_not_null(j, "free again once closed: %s", err.msg);
+    kvf_journal_destroy(&j);
+}
