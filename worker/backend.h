@@ -82,4 +82,11 @@ struct kvf_backend_s {
     uint64_t free_bytes_at_start;// free memory measured after weights + workspace, before the slab
 };
 
+// Checks a batch against the limits be was built for (sequence, token and logit
+// row counts; every block id in [0, n_blocks); n_past + n_new within
+// max_blocks_per_seq x block_size; n_new summing to n_tokens; token ids in the
+// vocabulary). Every backend calls it first in forward(). Returns 0, or -1 with
+// err set (KVF_E_INVAL) naming the offending field.
+int kvf_batch_validate(const kvf_backend_t *be, const kvf_batch_t *b, kvf_err_t *err);
+
 #endif

@@ -1,5 +1,6 @@
 # worker/cpu.cmake — kvf_cpu: the CPU reference ops, the cpu backend and the sampler.
 add_library(kvf_cpu STATIC
+  ${CMAKE_CURRENT_LIST_DIR}/backend.c
   ${CMAKE_CURRENT_LIST_DIR}/cpu_ops.c
   ${CMAKE_CURRENT_LIST_DIR}/cpu_backend.c
   ${CMAKE_CURRENT_LIST_DIR}/sampler.c

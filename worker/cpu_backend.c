@@ -308,49 +308,13 @@ static void s_att_task(void *ctx, int task, int thread) {
 
 // Checks a batch against the limits fixed at start-up; fills seq_start.
 static int s_validate(s_cpu_t *c, const kvf_batch_t *b, const float *logits, kvf_err_t *err) {
-    const kvf_backend_opts_t *o = &c->base.opts;
-    if (!b || !logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: batch and logits are required");
-    if (b->n_seqs < 1 || b->n_seqs > o->max_batch_size)
-        return kvf_err_set(err, KVF_E_INVAL, "batch: %d sequences, allowed 1..%d (max_batch_size)", b->n_seqs,
-                           o->max_batch_size);
-    if (b->n_tokens < 1 || b->n_tokens > o->max_step_tokens)
-        return kvf_err_set(err, KVF_E_INVAL, "batch: %d tokens, allowed 1..%d (max_step_tokens)", b->n_tokens,
-                           o->max_step_tokens);
-    if (!b->tokens || !b->n_new || !b->n_past || !b->block_table)
-        return kvf_err_set(err, KVF_E_INVAL, "batch: tokens, n_new, n_past and block_table are required");
-    if (b->max_blocks < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: max_blocks %d < 1", b->max_blocks);
-    int64_t rows = b->all_logits ? b->n_tokens : b->n_seqs;
-    if (rows > o->max_logit_rows)
-        return kvf_err_set(err, KVF_E_INVAL, "batch: %lld logit rows, allowed %d (max_logit_rows)", (long long)rows,
-                           o->max_logit_rows);
-    int64_t sum = 0;
+    if (!logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: logits are required");
+    if (kvf_batch_validate(&c->base, b, err) != 0) return -1;
+    int32_t sum = 0;
     for (int s = 0; s < b->n_seqs; s++) {
-        int32_t nn = b->n_new[s], np = b->n_past[s];
-        if (nn < 1) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_new %d < 1", s, nn);
-        if (np < 0) return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d has n_past %d < 0", s, np);
-        int64_t len = (int64_t)np + nn;
-        if (len > (int64_t)c->max_ctx)
-            return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d reaches %lld tokens, more than %d (max_blocks_per_seq x block_size)",
-                               s, (long long)len, c->max_ctx);
-        int64_t need = (len + o->block_size - 1) / o->block_size;
-        if (need > b->max_blocks)
-            return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d needs %lld blocks, its table holds %d", s,
-                               (long long)need, b->max_blocks);
-        const int32_t *bt = b->block_table + (size_t)s * b->max_blocks;
-        for (int64_t i = 0; i < need; i++)
-            if (bt[i] < 0 || bt[i] >= c->base.n_blocks)
-                return kvf_err_set(err, KVF_E_INVAL, "batch: sequence %d block %lld is id %d, outside 0..%d", s,
-                                   (long long)i, bt[i], c->base.n_blocks - 1);
-        c->seq_start[s] = (int32_t)sum;
-        sum += nn;
-        if (sum > b->n_tokens) break;
+        c->seq_start[s] = sum;
+        sum += b->n_new[s];
     }
-    if (sum != b->n_tokens)
-        return kvf_err_set(err, KVF_E_INVAL, "batch: n_new sums to %lld, n_tokens is %d", (long long)sum, b->n_tokens);
-    for (int t = 0; t < b->n_tokens; t++)
-        if (b->tokens[t] < 0 || b->tokens[t] >= c->base.cfg.vocab_size)
-            return kvf_err_set(err, KVF_E_INVAL, "batch: token %d is id %d, outside the vocabulary 0..%d", t,
-                               b->tokens[t], c->base.cfg.vocab_size - 1);
     return 0;
 }
 
