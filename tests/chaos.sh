@@ -50,7 +50,9 @@ RANDOM=$seed
 
 dir=$(mktemp -d /tmp/kvf-chaos-XXXXXX)
 run="$dir/run"
-front_port=$((20000 + RANDOM % 20000))
+# Below the kernel's ephemeral ports (32768 up): workers and clients reconnecting
+# to a dead coordinator's ephemeral port could connect to themselves on it.
+front_port=$((20000 + (RANDOM % 6000) * 2))
 back_port=$((front_port + 1))
 front="tcp://127.0.0.1:$front_port"
 kvfctl_pid=""

@@ -24,30 +24,46 @@
 
 // ---------------------------------------------------------------- processes
 
-// Starts the coordinator: on wildcard ports the first time (c->front empty),
-// then on the ports it had. Logs to DIR/coordinator-GEN.log.
+// Starts the coordinator with the same options each time: on new ports the
+// first time (c->front empty), then on the ports it had. Logs to
+// DIR/coordinator-GEN.log. The ports are below the kernel's ephemeral range
+// (32768 up): clients that keep reconnecting to a dead coordinator's
+// ephemeral port can end up connected to themselves on it (TCP self-connect)
+// and hold it, which a real node's fixed ports never meet either.
 static void s_coord_start(kvh_cluster_t *c, int gen, const char *journal, const char *model) {
     char bin[512], out[320], log[320];
     char front[128], back[128];
     int fresh = c->front[0] == 0;
-    snprintf(front, sizeof front, "%s", fresh ? "tcp://127.0.0.1:*" : c->front);
-    snprintf(back, sizeof back, "%s", fresh ? "tcp://127.0.0.1:*" : c->back);
-    char *argv[] = {(char *)kvh_bin("kvf-coordinator", bin, sizeof bin), "--front", front, "--back", back,
-                    "--model", (char *)model, "--journal", (char *)journal, "--heartbeat-ms", "200",
-                    "--dead-after-ms", "1500", NULL};
-    snprintf(out, sizeof out, "%s/coordinator-%d.out", c->dir, gen);
-    snprintf(log, sizeof log, "%s/coordinator-%d.log", c->dir, gen);
-    c->coord = kvh_spawn(argv, out, log);
-    double end = kvh_now() + 20;
-    while (kvh_now() < end) {
-        char *s = kvf_test_slurp(out, NULL);
-        if (s && sscanf(s, "front %127s back %127s", c->front, c->back) == 2) {
-            free(s);
-            return;
+    for (int attempt = 0; attempt < 10; attempt++) {
+        if (fresh) {
+            int port = 20000 + 2 * (int)(((unsigned)getpid() * 7919u + (unsigned)rand()) % 6000u);
+            snprintf(front, sizeof front, "tcp://127.0.0.1:%d", port);
+            snprintf(back, sizeof back, "tcp://127.0.0.1:%d", port + 1);
+        } else {
+            snprintf(front, sizeof front, "%s", c->front);
+            snprintf(back, sizeof back, "%s", c->back);
         }
-        free(s);
-        if (kvh_wait(c->coord, 0) >= 0) break;
-        kvh_sleep_ms(20);
+        char *argv[] = {(char *)kvh_bin("kvf-coordinator", bin, sizeof bin), "--front", front, "--back", back,
+                        "--model", (char *)model, "--journal", (char *)journal, "--heartbeat-ms", "200",
+                        "--dead-after-ms", "1500", NULL};
+        snprintf(out, sizeof out, "%s/coordinator-%d.out", c->dir, gen);
+        snprintf(log, sizeof log, "%s/coordinator-%d.log", c->dir, gen);
+        c->coord = kvh_spawn(argv, out, log);
+        double end = kvh_now() + 20;
+        while (kvh_now() < end) {
+            char *s = kvf_test_slurp(out, NULL);
+            if (s && sscanf(s, "front %127s back %127s", c->front, c->back) == 2) {
+                free(s);
+                return;
+            }
+            free(s);
+            if (kvh_wait(c->coord, 0) >= 0) break;
+            kvh_sleep_ms(20);
+        }
+        char *l = kvf_test_slurp(log, NULL);
+        int in_use = l && strstr(l, "Address already in use");
+        free(l);
+        if (!fresh || !in_use) break;  // a restart must get its own ports back
     }
     kvh_tail(log);
     cr_assert_fail("kvf-coordinator (start %d) did not print its endpoints", gen);
