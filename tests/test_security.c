@@ -349,6 +349,7 @@ Test(security, a_batch_is_its_submitters_and_the_operators, .timeout = 30) {
     peer_send(root, &m);
     kvf_msg_t ok;
     peer_expect(root, KVF_MSG_OK, &ok);
+    kvf_msg_clear(&ok);
     for (int i = 0; i < 2; i++) {
         kvf_msg_t c;
         peer_expect(w, KVF_MSG_CANCEL, &c);
