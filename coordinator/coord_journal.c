@@ -43,8 +43,10 @@ int kvf_coord_journal_open(kvf_coord_t *c, const char *path, kvf_err_t *err) {
     for (kvf_req_t *r = zhashx_first(h); r; r = zhashx_next(h))
         if (r->state == KVF_REQ_NEW && n < nu) rids[n++] = r->rid;
     qsort(rids, n, sizeof *rids, s_cmp_desc);
+    uint64_t resumed_tokens = 0;
     for (uint32_t i = 0; i < n; i++) {
         kvf_req_t *r = kvf_reqtable_get(c->reqs, rids[i]);
+        resumed_tokens += r->n_out;  // they become its resume_ids: not generated again
         kvf_queue_push_front(c->queue, r->rid, kvf_coord_req_tokens(r));
         kvf_assert(kvf_coord_req_event(c, r, KVF_REQ_EV_ENQUEUE) == 0);
     }
@@ -55,8 +57,10 @@ int kvf_coord_journal_open(kvf_coord_t *c, const char *path, kvf_err_t *err) {
     c->reqs->on_release = s_on_release;
     c->reqs->on_release_ctx = c;
     c->dirty = 1;
-    kvf_log(KVF_LOG_INFO, "journal %s: %u batches, %u unfinished requests resumed; rids continue at %" PRIu64, path,
-            nb, n, c->reqs->next_rid);
+    kvf_log(KVF_LOG_INFO,
+            "journal %s: %u batches, %u unfinished requests resumed after %" PRIu64
+            " tokens already delivered; rids continue at %" PRIu64,
+            path, nb, n, resumed_tokens, c->reqs->next_rid);
     return 0;
 }
 

@@ -284,10 +284,14 @@ Test(reliability, coordinator_killed_mid_batch_resumes_from_its_journal, .timeou
     char *log = kvf_test_slurp(err, NULL);
     cr_assert_not_null(log);
     unsigned nb = 0, nu = 0;
+    unsigned long long resumed = 0;
     char *at = strstr(log, "journal ");
-    cr_assert(at && sscanf(strstr(at, ": ") + 2, "%u batches, %u unfinished", &nb, &nu) == 2,
+    cr_assert(at && sscanf(strstr(at, ": ") + 2, "%u batches, %u unfinished requests resumed after %llu tokens", &nb,
+                           &nu, &resumed) == 3,
               "the restarted coordinator did not report its journal");
     cr_assert_gt(nu, 0, "no unfinished request was resumed from the journal");
+    // They resume after what was delivered: those tokens are not generated again.
+    cr_assert_gt(resumed, 0, "the journal held no delivered tokens of unfinished requests");
     free(log);
     char kerr[400];
     snprintf(kerr, sizeof kerr, "%s/kvfctl-2.err", c.dir);
@@ -301,7 +305,8 @@ Test(reliability, coordinator_killed_mid_batch_resumes_from_its_journal, .timeou
     cr_assert_gt(attached, 0, "kvfctl attached to no journalled request");
     free(kl);
     s_check_against(out, ref, A_N);
-    cr_log_info("kill 1: %d lines out at the kill, %u requests resumed, %llu attached", before, nu, attached);
+    cr_log_info("kill 1: %d lines out at the kill, %u requests resumed after %llu tokens, %llu attached", before, nu,
+                resumed, attached);
 
     // 2. The coordinator killed under a running kvfctl: it notices the
     //    restart and re-attaches by itself.
