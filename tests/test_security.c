@@ -157,6 +157,37 @@ static int s_worker_state(kvf_client_t *cl, const char *id) {
     return state;
 }
 
+static pid_t s_start_worker(const keys_t *k, const coord_proc_t *p, const char *model) {
+    return s_spawn((const char *const[]){KVF_BIN_DIR "/kvf-worker", "--model", model, "--backend", "cpu",
+                                         "--coordinator", p->back, "--worker-id", "w1", "--memory-budget", "64M",
+                                         "--threads", "1", "--curve-secret", k->worker_sec, "--coordinator-key",
+                                         k->coord_pub, NULL},
+                   1);
+}
+
+// One text prompt, n tokens (EOS ignored), collected to its DONE within 20 s.
+static void s_generate(kvf_client_t *cl, uint32_t n) {
+    kvf_err_t err;
+    kvf_request_t req = {.text = "Once upon a time", .sampling = kvf_sampling_default()};
+    req.sampling.max_new_tokens = (int32_t)n;
+    req.sampling.ignore_eos = 1;
+    uint64_t rid = 0;
+    cr_assert_eq(kvf_client_submit(cl, NULL, &req, 1, &rid, NULL, &err), 0, "%s", err.msg);
+    uint32_t got = 0;
+    for (;;) {
+        kvf_event_t ev = {0};
+        cr_assert_eq(kvf_client_next(cl, 20000, &ev, &err), 0, "%s", err.msg);
+        cr_assert_eq(ev.rid, rid);
+        cr_assert_neq(ev.type, KVF_EVENT_ERROR, "%s", ev.message);
+        if (ev.type == KVF_EVENT_TOKENS) got += ev.n_ids;
+        int done = ev.type == KVF_EVENT_DONE;
+        if (done) cr_assert_eq(ev.completion_tokens, n);
+        kvf_event_clear(&ev);
+        if (done) break;
+    }
+    cr_assert_eq(got, n);
+}
+
 Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 60) {
     char model[1024];
     KVF_FIXTURE_PATH(model, "tiny-llama");
@@ -168,11 +199,7 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
     coord_start(&p, (const char *const[]){"--model", model, "--heartbeat-ms", "100", "--dead-after-ms", "2000",
                                           "--curve-secret", k.coord_sec, "--worker-keys", k.worker_dir,
                                           "--client-keys", k.client_dir, "--operator-keys", k.operator_dir, NULL});
-    pid_t w = s_spawn((const char *const[]){KVF_BIN_DIR "/kvf-worker", "--model", model, "--backend", "cpu",
-                                            "--coordinator", p.back, "--worker-id", "w1", "--memory-budget", "64M",
-                                            "--threads", "1", "--curve-secret", k.worker_sec, "--coordinator-key",
-                                            k.coord_pub, NULL},
-                      1);
+    pid_t w = s_start_worker(&k, &p, model);
     kvf_err_t err;
     kvf_client_t *alice = kvf_client_new_curve(p.front, k.client_sec, k.coord_pub, &err);
     cr_assert_not_null(alice, "%s", err.msg);
@@ -202,24 +229,7 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
     zclock_sleep(200);
 
     // A full generation through the encrypted front and back.
-    kvf_request_t req = {.text = "Once upon a time", .sampling = kvf_sampling_default()};
-    req.sampling.max_new_tokens = 8;
-    req.sampling.ignore_eos = 1;
-    uint64_t rid = 0;
-    cr_assert_eq(kvf_client_submit(alice, NULL, &req, 1, &rid, NULL, &err), 0, "%s", err.msg);
-    uint32_t got = 0;
-    for (;;) {
-        kvf_event_t ev = {0};
-        cr_assert_eq(kvf_client_next(alice, 20000, &ev, &err), 0, "%s", err.msg);
-        cr_assert_eq(ev.rid, rid);
-        cr_assert_neq(ev.type, KVF_EVENT_ERROR, "%s", ev.message);
-        if (ev.type == KVF_EVENT_TOKENS) got += ev.n_ids;
-        int done = ev.type == KVF_EVENT_DONE;
-        if (done) cr_assert_eq(ev.completion_tokens, 8);
-        kvf_event_clear(&ev);
-        if (done) break;
-    }
-    cr_assert_eq(got, 8);
+    s_generate(alice, 8);
 
     // Refused: a key in no directory, a plain peer, a worker key on the front
     // (and the client key on the back above). None gets any reply, encrypted or not.
@@ -249,6 +259,13 @@ Test(security, curve_cluster_allows_known_keys_and_refuses_the_rest, .timeout = 
     zsock_destroy(&plain);
     zsock_destroy(&worker_front);
     zsock_destroy(&client_back);
+
+    // A worker killed and started again gets its identity back (no handover on
+    // CURVE sockets: the closed connection frees it) and serves again.
+    kill(w, SIGKILL);
+    waitpid(w, NULL, 0);
+    w = s_start_worker(&k, &p, model);
+    s_generate(alice, 5);
 
     // A client key may not DRAIN or SHUTDOWN; the cluster goes on.
     cr_assert_eq(kvf_client_drain(alice, "w1", &err), -1);
