@@ -248,6 +248,7 @@ static int s_recv_one(kvf_coord_t *c, zsock_t *sock, int front) {
             kvf_msg_clear(&msg);
         }
     }
+    c->peer_key = NULL;  // it pointed into payload
     zmq_msg_close(&payload);
     return 1;
 }
