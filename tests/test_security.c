@@ -498,3 +498,58 @@ Test(security, bad_key_flags_fail_at_start_up, .timeout = 30) {
     cr_assert(strstr(text, "/nonexistent/k"), "%s", text);
     s_keys_remove(&k);
 }
+
+// ---------------------------------------------------------------- deploy/kvf-node --curve-dir
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+static int s_free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    cr_assert_geq(fd, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK), .sin_port = 0};
+    cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    socklen_t len = sizeof a;
+    cr_assert_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+Test(security, kvf_node_curve_dir_keys_every_process, .timeout = 90) {
+    if (!zmq_has("curve")) cr_skip_test("libzmq without CURVE");
+    char model[1024];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    struct stat sb;
+    if (stat(KVF_BIN_DIR "/kvf-worker", &sb) != 0) cr_skip_test("kvf-worker is not built");
+    char dir[] = "/tmp/kvf-node-sec-XXXXXX";
+    cr_assert_not_null(mkdtemp(dir));
+    int fp = s_free_port(), bp;
+    do bp = s_free_port();
+    while (bp == fp);
+    // Each step exits with its own status; the node is stopped whatever happens.
+    char script[4096];
+    snprintf(script, sizeof script,
+             "N='%s/deploy/kvf-node'; B='%s'; D='%s'\n"
+             "trap '\"$N\" stop --run-dir \"$D/run\" --timeout 10 >/dev/null 2>&1' EXIT\n"
+             "\"$N\" keygen --curve-dir \"$D/keys\" >/dev/null || exit 10\n"
+             "\"$N\" keygen --curve-dir \"$D/keys\" >/dev/null 2>&1 && exit 11\n"
+             "\"$N\" start --model '%s' --backend cpu --workers 1 --front-port %d --back-port %d --run-dir \"$D/run\" "
+             "--bin-dir \"$B\" --timeout 60 --curve-dir \"$D/keys\" --threads 1 --memory-budget 64M >/dev/null || exit 12\n"
+             "\"$N\" status --run-dir \"$D/run\" --bin-dir \"$B\" | grep -q ' ready ' || exit 13\n"
+             "\"$B/kvfctl\" --coordinator tcp://127.0.0.1:%d --timeout 500 status >/dev/null 2>&1 && exit 14\n"
+             "( . \"$D/run/node.env\"; export KVF_CURVE_SECRET KVF_COORDINATOR_KEY;\n"
+             "  \"$B/kvfctl\" --coordinator \"$KVF_COORDINATOR\" generate 'Once upon' --max-tokens 3 --json ) "
+             "| grep -q '\"completion_tokens\":3' || exit 15\n"
+             "exit 0\n",
+             KVF_SOURCE_DIR, KVF_BIN_DIR, dir, model, fp, bp, fp);
+    char text[8192];
+    int rc = s_run((const char *const[]){"/bin/bash", "-c", script, NULL}, text, sizeof text);
+    cr_assert_eq(rc, 0, "step %d failed (10 keygen, 11 keygen overwrote, 12 start, 13 status, 14 plain kvfctl "
+                        "served, 15 generate with the node's operator key): %s",
+                 rc, text);
+    zdir_t *d = zdir_new(dir, NULL);
+    if (d) {
+        zdir_remove(d, true);
+        zdir_destroy(&d);
+    }
+}
