@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "log.h"
+
 static const char s_zero_key[] = "0000000000000000000000000000000000000000";
 
 // zcert_load returns NULL without saying why; find out for the message.
@@ -33,6 +35,14 @@ zcert_t *kvf_curve_load_secret(const char *path, kvf_err_t *err) {
         kvf_err_set(err, KVF_E_INVAL, "%s holds no secret key: give the NAME_secret file of the pair", path);
         return NULL;
     }
+    // zcert read NAME_secret when it exists beside NAME: that is the file to check.
+    char secret[4096];
+    snprintf(secret, sizeof secret, "%s_secret", path);
+    struct stat sb;
+    const char *file = stat(secret, &sb) == 0 ? secret : path;
+    if (stat(file, &sb) == 0 && (sb.st_mode & 077))
+        kvf_log(KVF_LOG_WARN, "secret key file %s is readable by others (mode %03o): chmod 600 it", file,
+                (unsigned)(sb.st_mode & 0777));
     return cert;
 }
 
