@@ -405,7 +405,6 @@ typedef struct {
 static int s_summarize(s_run_t *r, s_summary_t *s, kvf_err_t *err) {
     const s_opts_t *o = r->o;
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r->e);
-    const kvf_engine_opts_t *eo = kvf_engine_opts(r->e);
     memset(s, 0, sizeof *s);
     kvf_engine_plan(r->e, &s->plan);
     kvf_engine_stats(r->e, &s->stats);
@@ -421,7 +420,10 @@ static int s_summarize(s_run_t *r, s_summary_t *s, kvf_err_t *err) {
     s->ttft_p99 = s_pct(tt, o->n_prompts, 99);
     free(tt);
     s->streamed_weights = r->hw.weight_bytes;
-    s->floor_batch = kvf_roofline_batch(s->plan.kv_blocks, s->plan.block_size, eo->max_batch_size, o->n_prompts,
+    // The floor is schedule-independent (issue 7): B is what the KV pool holds,
+    // not the --max-batch-size this run chose, so a small batch size cannot make
+    // the floor easier to reach.
+    s->floor_batch = kvf_roofline_batch(s->plan.kv_blocks, s->plan.block_size, o->n_prompts, o->n_prompts,
                                         o->input_len, o->output_len, err);
     if (s->floor_batch < 0) return -1;
     kvf_roofline_workload_t w = {o->n_prompts, o->input_len, o->output_len, s->floor_batch};

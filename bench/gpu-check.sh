@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# bench/gpu-check.sh PACK_DIR OUT_DIR — on the GPU machine: every gpu-labelled test binary
+# of a gpu-pack folder, kvf-generate cuda vs cpu on the golden greedy cases, and the standard
+# kvf-bench workload; a short table at the end, full logs in OUT_DIR.
+#   ../shared/tools/gpu-pack build-gpu .gpu-final   (here), then on the GPU machine:
+#   bash bench/gpu-check.sh .gpu-final "$OUT"
+set -uo pipefail
+pack=$1 out=$2
+source "$pack/env.sh"
+mkdir -p "$out"
+nvidia-smi -L > "$out/gpu.txt" 2>&1
+rows=()
+row() { rows+=("$(printf '%-34s %s' "$1" "$2")"); }
+for t in test_kernels test_cuda_forward test_engine_cuda test_tp_nccl test_cuda_tp; do
+  [ -x "$pack/bin/$t" ] || continue
+  "$pack/bin/$t" --jobs=1 > "$out/$t.log" 2>&1
+  rc=$?
+  row "$t" "rc=$rc $(grep -a 'Synthesis' "$out/$t.log" | tail -1 | sed 's/.*Synthesis: //')"
+done
+# kvf-generate: cuda and cpu give the same greedy ids on tiny-llama's first golden case, up to
+# the first step whose golden top1-top2 margin is below 0.1 (fixtures/README.md's bf16 rule).
+ids=$(python3 -c "import json;print(','.join(map(str,json.load(open('$KVF_FIXTURES/tiny-llama/golden.json'))['cases'][0]['prompt_ids'])))")
+for be in cpu cuda; do
+  kvf-generate --model "$KVF_FIXTURES/tiny-llama" --backend $be --prompt-ids "$ids" --max-new-tokens 32 --ignore-eos --json \
+    > "$out/generate_$be.json" 2> "$out/generate_$be.err"
+done
+same=$(python3 - "$out" "$KVF_FIXTURES" <<'PY' 2>&1
+import json, sys
+out, fx = sys.argv[1], sys.argv[2]
+a = json.load(open(out + '/generate_cpu.json'))['output_ids']
+b = json.load(open(out + '/generate_cuda.json'))['output_ids']
+m = json.load(open(fx + '/tiny-llama/golden.json'))['cases'][0]['top1_minus_top2']
+k = next((i for i, x in enumerate(m) if x < 0.1), len(m))
+first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+ok = a[:k] == b[:k]
+print('%s: ids equal up to step %d (first margin < 0.1), first difference at %s' % ('ok' if ok else 'FAIL', k, first))
+PY
+)
+row "kvf-generate cuda vs cpu" "$same"
+for B in 128 512; do
+  kvf-bench --config "$KVF_FIXTURES/configs/llama3-8b.json" --weights dummy --num-prompts 1024 --input-len 512 \
+    --output-len 128 --backend cuda --max-batch-size $B --json > "$out/bench_B$B.json" 2> "$out/bench_B$B.err"
+  row "kvf-bench 1024x512x128 B=$B" "$(python3 -c "
+import json;r=json.load(open('$out/bench_B$B.json'))
+def g(*ks):
+  for k in ks:
+    if k in r: return r[k]
+print({k:r[k] for k in r if any(s in k for s in ('tokens_per_s','elapsed','achieved','floor'))})" 2>&1 | head -c 400)"
+done
+printf '%s\n' "${rows[@]}" | tee "$out/summary.txt"
