@@ -198,9 +198,9 @@ void kvf_cpu_rope_inv_freq(float *inv_freq, const kvf_modelcfg_t *cfg) {
         float span = (float)(cfg->rope_high_freq_factor - cfg->rope_low_freq_factor);
         for (int i = 0; i < half; i++) {
             float f = inv_freq[i];
-            float wavelen = (1.0f / f) * two_pi;
+            float wavelen = two_pi / f;  // the order of transformers' float32 ops, for the same bits
             float f_llama = wavelen > low_freq_wavelen ? f / factor : f;
-            float smooth = ((1.0f / wavelen) * (float)old_ctx - low) / span;
+            float smooth = ((float)old_ctx / wavelen - low) / span;
             float smoothed = (1.0f - smooth) * f_llama / factor + smooth * f_llama;
             int medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
             inv_freq[i] = medium ? smoothed : f_llama;
