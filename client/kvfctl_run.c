@@ -6,10 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "client/kvfctl_chunks.h"
 #include "client/kvfctl_jsonl.h"
 #include "common/alloc.h"
 #include "proto/codec.h"
@@ -63,7 +63,7 @@ typedef struct {
     kvf_run_stats_t st;
     int64_t t0, last_event, last_progress, retry_at;
     int bar;                   // 1: redrawn bar on a terminal
-    FILE *chunks;              // OUT.batches with --batch-id: the chunks submitted, for a resumed run
+    kvf_chunklist_t chunks;    // OUT.batches with --batch-id (f NULL without)
     uint64_t next_chunk;       // number of the next chunk ("ID.k")
     int64_t coord_started;     // the coordinator's start (our clock) at the last STATUS; 0: not asked yet
     int64_t last_check;        // last STATUS sent for a silence
@@ -243,16 +243,6 @@ static int s_read_one(s_run_t *r, kvf_err_t *err) {
 
 // ---------------------------------------------------------------- submit
 
-// Appends "NAME idx..." to OUT.batches (when kept): a resumed run attaches to
-// the chunk again and knows which input request each of its rids answers.
-static void s_chunk_note(s_run_t *r, const char *name, const uint64_t *idx, size_t n) {
-    if (!r->chunks) return;
-    fprintf(r->chunks, "%s", name);
-    for (size_t i = 0; i < n; i++) fprintf(r->chunks, " %llu", (unsigned long long)idx[i]);
-    fputc('\n', r->chunks);
-    if (fflush(r->chunks) != 0) fprintf(stderr, "kvfctl run: writing the chunk list: %s\n", strerror(errno));
-}
-
 // A named SUBMIT got no ACK (the coordinator died, or restarts): once it
 // answers again, the chunk is attached when it has it (journalled before the
 // crash: its ACK comes again) and submitted again when it does not. Gives up
@@ -331,7 +321,7 @@ static int s_submit_some(s_run_t *r, const uint64_t *idx, size_t n, kvf_err_t *e
             s_map_put(&r->map, rids[i], idx[i]);
         }
         r->inflight += n;
-        s_chunk_note(r, bid, idx, n);
+        kvf_chunklist_note(&r->chunks, bid, idx, n);
     }
     free(tags);
     free(reqs);
@@ -615,169 +605,60 @@ static int s_check_silence(s_run_t *r, kvf_err_t *err) {
 
 // ---------------------------------------------------------------- resume
 
-// With --batch-id and a file OUT, OUT.batches starts with "kvfctl-run ID" and
-// lists every chunk submitted. A run that finds it (same ID) resumes: the lines
-// already in OUT are kept and not requested again (a cut last line is
-// dropped), the chunks are attached again by id so that what the coordinator
-// already generated for the rest is not generated twice, and what no chunk
-// still holds is submitted anew.
-
-typedef struct {
-    char *name;
-    uint64_t *idx;
-    size_t n;
-} s_chunk_t;
-
-// Counts OUT's complete lines and cuts anything after the last one.
-static int s_out_lines(const char *path, uint64_t *lines, kvf_err_t *err) {
-    *lines = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return errno == ENOENT ? 0 : kvf_err_set(err, KVF_E_IO, "cannot read %s: %s", path, strerror(errno));
-    long end = 0, pos = 0;
-    int ch;
-    while ((ch = fgetc(f)) != EOF) {
-        pos++;
-        if (ch == '\n') {
-            (*lines)++;
-            end = pos;
-        }
-    }
-    fclose(f);
-    if (end != pos && truncate(path, end) != 0)
-        return kvf_err_set(err, KVF_E_IO, "cannot cut the partial last line of %s: %s", path, strerror(errno));
-    return 0;
-}
-
-// Reads OUT.batches; 1 when it belongs to this batch id (chunks filled), 0 when
-// absent or another run's.
-static int s_read_chunks(const char *path, const char *id, s_chunk_t **chunks, size_t *n_chunks) {
-    *chunks = NULL;
-    *n_chunks = 0;
-    FILE *f = fopen(path, "r");
-    if (!f) return 0;
-    char *line = NULL;
-    size_t cap = 0, ccap = 0;
-    ssize_t len = getline(&line, &cap, f);
-    char head[256];
-    snprintf(head, sizeof head, "kvfctl-run %s\n", id);
-    int ours = len > 0 && strcmp(line, head) == 0;
-    while (ours && (len = getline(&line, &cap, f)) > 0) {
-        if (line[len - 1] != '\n') break;  // cut short by a kill: that chunk is not known
-        char *save = NULL, *tok = strtok_r(line, " \n", &save);
-        if (!tok) continue;
-        s_chunk_t c = {kvf_xstrdup(tok), NULL, 0};
-        size_t icap = 0;
-        while ((tok = strtok_r(NULL, " \n", &save))) {
-            if (c.n == icap) {
-                icap = icap ? icap * 2 : 64;
-                c.idx = kvf_xrealloc(c.idx, icap * sizeof *c.idx);
-            }
-            c.idx[c.n++] = strtoull(tok, NULL, 10);
-        }
-        if (*n_chunks == ccap) {
-            ccap = ccap ? ccap * 2 : 16;
-            *chunks = kvf_xrealloc(*chunks, ccap * sizeof **chunks);
-        }
-        (*chunks)[(*n_chunks)++] = c;
-    }
-    free(line);
-    fclose(f);
-    return ours;
-}
-
-// The number k of a chunk named "ID.k", or -1.
-static long long s_chunk_number(const char *name, const char *id) {
-    size_t l = strlen(id);
-    if (strncmp(name, id, l) != 0 || name[l] != '.') return -1;
-    char *end;
-    long long k = strtoll(name + l + 1, &end, 10);
-    return *end == 0 && k >= 0 ? k : -1;
-}
-
-// Opens OUT (and OUT.batches) for a run with --batch-id: resumes when they are
-// this batch's, else starts both afresh. 0, or -1 with err.
+// With --batch-id and an output file: opens OUT and its chunk list
+// (kvfctl_chunks.h). A list of this ID resumes the run: OUT's lines stay and
+// their requests are skipped; the rest of the input is read up to the last
+// request a chunk holds, and each chunk that is the last to hold one of them
+// (a request refused as BUSY went again in a later chunk) is attached again,
+// so that what the coordinator already generated is not generated twice; what
+// no chunk still holds is submitted anew. 0, or -1 with err.
 static int s_resume(s_run_t *r, kvf_err_t *err) {
-    const char *id = r->o->batch_id;
-    char side[4200];
-    snprintf(side, sizeof side, "%s.batches", r->o->out_path);
-    s_chunk_t *ch = NULL;
-    size_t n_ch = 0;
-    uint64_t done = 0;
-    // Two runs writing one OUT would answer requests twice: the first holds a lock.
-    r->chunks = fopen(side, "a");
-    if (!r->chunks) return kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", side, strerror(errno));
-    if (flock(fileno(r->chunks), LOCK_EX | LOCK_NB) != 0)
-        return kvf_err_set(err, errno == EWOULDBLOCK ? KVF_E_BUSY : KVF_E_IO, "%s: %s", side,
-                           errno == EWOULDBLOCK ? "another kvfctl run is writing this output" : strerror(errno));
-    int resume = s_read_chunks(side, id, &ch, &n_ch);
-    if (resume && s_out_lines(r->o->out_path, &done, err) < 0) goto fail;
-    r->out = fopen(r->o->out_path, resume ? "a" : "w");
-    if (!r->out) {
-        kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", r->o->out_path, strerror(errno));
-        goto fail;
-    }
-    if (!resume) {
-        if (ftruncate(fileno(r->chunks), 0) != 0) {
-            kvf_err_set(err, KVF_E_IO, "%s: %s", side, strerror(errno));
-            goto fail;
-        }
-        fprintf(r->chunks, "kvfctl-run %s\n", id);
-        fflush(r->chunks);
-        return 0;
-    }
-    // Skip what OUT holds.
+    kvf_chunklist_t *cl = &r->chunks;
+    if (kvf_chunklist_open(cl, r->o->out_path, r->o->batch_id, err) < 0) return -1;
+    r->out = fopen(r->o->out_path, cl->resume ? "a" : "w");
+    if (!r->out) return kvf_err_set(err, KVF_E_IO, "cannot create %s: %s", r->o->out_path, strerror(errno));
+    if (!cl->resume) return 0;
+    uint64_t done = cl->done, skipped = 0;
     char *line = NULL;
     size_t cap = 0;
     ssize_t n;
-    uint64_t skipped = 0;
     while (skipped < done && (n = getline(&line, &cap, r->in)) >= 0)
         if (!kvf_jsonl_is_blank(line, (size_t)n)) skipped++;
     free(line);
-    if (skipped < done) {
-        kvf_err_set(err, KVF_E_INVAL, "%s has %llu lines but %s only %llu requests: not this input's output",
-                    r->o->out_path, (unsigned long long)done, r->o->in_path, (unsigned long long)skipped);
-        goto fail;
-    }
+    if (skipped < done)
+        return kvf_err_set(err, KVF_E_INVAL, "%s has %llu lines but %s only %llu requests: not this input's output",
+                           r->o->out_path, (unsigned long long)done, r->o->in_path, (unsigned long long)skipped);
     r->lines_read = r->base = r->next_write = done;
-    // Read up to the last request a chunk holds, then attach to each chunk that
-    // is the last to hold one of them (a request refused as BUSY went again in
-    // a later chunk).
+    r->next_chunk = cl->next_chunk;
     uint64_t hi = done;
-    long long kmax = -1;
-    for (size_t c = 0; c < n_ch; c++) {
-        long long k = s_chunk_number(ch[c].name, id);
-        if (k > kmax) kmax = k;
-        for (size_t i = 0; i < ch[c].n; i++)
-            if (ch[c].idx[i] + 1 > hi) hi = ch[c].idx[i] + 1;
-    }
-    r->next_chunk = (uint64_t)(kmax + 1);
+    for (size_t c = 0; c < cl->n_chunks; c++)
+        for (size_t i = 0; i < cl->chunks[c].n; i++)
+            if (cl->chunks[c].idx[i] + 1 > hi) hi = cl->chunks[c].idx[i] + 1;
     while (!r->eof && r->lines_read < hi)
-        if (s_read_one(r, err) < 0) goto fail;
-    size_t *last = kvf_xcalloc(hi - done + 1, sizeof *last);  // chunk + 1 that last holds request done + i
-    for (size_t c = 0; c < n_ch; c++)
-        for (size_t i = 0; i < ch[c].n; i++)
-            if (ch[c].idx[i] >= done && ch[c].idx[i] < r->base + r->n_recs) last[ch[c].idx[i] - done] = c + 1;
+        if (s_read_one(r, err) < 0) return -1;
+    uint64_t end = r->base + r->n_recs;
+    size_t *last = kvf_xcalloc(end - done + 1, sizeof *last);  // chunk + 1 that last holds request done + i
+    for (size_t c = 0; c < cl->n_chunks; c++)
+        for (size_t i = 0; i < cl->chunks[c].n; i++)
+            if (cl->chunks[c].idx[i] >= done && cl->chunks[c].idx[i] < end) last[cl->chunks[c].idx[i] - done] = c + 1;
     uint64_t attached = 0;
-    for (size_t c = 0; c < n_ch; c++) {
+    int rc = 0;
+    for (size_t c = 0; c < cl->n_chunks && rc == 0; c++) {
+        const kvf_chunk_t *ch = &cl->chunks[c];
         int any = 0;
-        for (size_t i = 0; i < ch[c].n && !any; i++)
-            any = ch[c].idx[i] >= done && ch[c].idx[i] < r->base + r->n_recs && last[ch[c].idx[i] - done] == c + 1;
+        for (size_t i = 0; i < ch->n && !any; i++)
+            any = ch->idx[i] >= done && ch->idx[i] < end && last[ch->idx[i] - done] == c + 1;
         if (!any) continue;
         uint64_t *rids = NULL;
         size_t nr = 0;
         kvf_err_t e;
-        if (kvf_client_attach(r->client, ch[c].name, &rids, &nr, &e) < 0) {
-            if (e.code == KVF_E_TIMEOUT || e.code == KVF_E_IO) {
-                kvf_err_set(err, e.code, "%s", e.msg);
-                free(last);
-                goto fail;
-            }
+        if (kvf_client_attach(r->client, ch->name, &rids, &nr, &e) < 0) {
+            if (e.code == KVF_E_TIMEOUT || e.code == KVF_E_IO) rc = kvf_err_set(err, e.code, "%s", e.msg);
             continue;  // gone: its requests are submitted again
         }
-        if (nr != ch[c].n) {
-            fprintf(stderr, "kvfctl run: %s has %zu requests, not %zu: submitting them again\n", ch[c].name, nr,
-                    ch[c].n);
-            kvf_client_cancel(r->client, 0, ch[c].name, NULL);
+        if (nr != ch->n) {
+            fprintf(stderr, "kvfctl run: %s has %zu requests, not %zu: submitting them again\n", ch->name, nr, ch->n);
+            kvf_client_cancel(r->client, 0, ch->name, NULL);
             free(rids);
             continue;
         }
@@ -785,10 +666,10 @@ static int s_resume(s_run_t *r, kvf_err_t *err) {
             r->batches_cap = r->batches_cap ? r->batches_cap * 2 : 16;
             r->batches = kvf_xrealloc(r->batches, r->batches_cap * sizeof *r->batches);
         }
-        r->batches[r->n_batches++] = kvf_xstrdup(ch[c].name);
+        r->batches[r->n_batches++] = kvf_xstrdup(ch->name);
         for (size_t i = 0; i < nr; i++) {
-            uint64_t x = ch[c].idx[i];
-            if (x < done || x >= r->base + r->n_recs || last[x - done] != c + 1) continue;
+            uint64_t x = ch->idx[i];
+            if (x < done || x >= end || last[x - done] != c + 1) continue;
             s_rec_t *rec = s_rec(r, x);
             if (rec->state != S_PENDING) continue;  // an unparsable line: its error line is made here
             rec->rid = rids[i];
@@ -801,27 +682,16 @@ static int s_resume(s_run_t *r, kvf_err_t *err) {
         free(rids);
     }
     free(last);
+    if (rc < 0) return -1;
     // What was attached is no longer pending.
     size_t k = 0;
     for (size_t i = 0; i < r->n_pending; i++)
         if (s_rec(r, r->pending[i])->state == S_PENDING) r->pending[k++] = r->pending[i];
     r->n_pending = k;
     if (r->n_batches) snprintf(r->st.batch_id, sizeof r->st.batch_id, "%s", r->batches[0]);
-    fprintf(stderr, "kvfctl run: resuming %s: %llu lines already in %s, %llu requests attached in %zu chunks\n", id,
-            (unsigned long long)done, r->o->out_path, (unsigned long long)attached, r->n_batches);
-    for (size_t c = 0; c < n_ch; c++) {
-        free(ch[c].name);
-        free(ch[c].idx);
-    }
-    free(ch);
+    fprintf(stderr, "kvfctl run: resuming %s: %llu lines already in %s, %llu requests attached in %zu chunks\n",
+            r->o->batch_id, (unsigned long long)done, r->o->out_path, (unsigned long long)attached, r->n_batches);
     return 0;
-fail:
-    for (size_t c = 0; c < n_ch; c++) {
-        free(ch[c].name);
-        free(ch[c].idx);
-    }
-    free(ch);
-    return -1;
 }
 
 // ---------------------------------------------------------------- run
@@ -907,7 +777,7 @@ done:
     r.st.seconds = (double)(zclock_mono() - r.t0) / 1000.0;
     if (stats) *stats = r.st;
     if (r.in && r.in != stdin) fclose(r.in);
-    if (r.chunks) fclose(r.chunks);
+    kvf_chunklist_close(&r.chunks);
     if (r.out && r.out != stdout && fclose(r.out) != 0 && rc == 0)
         rc = kvf_err_set(err, KVF_E_IO, "writing %s: %s", o.out_path, strerror(errno));
     for (uint64_t i = 0; i < r.n_recs; i++) {

@@ -12,3 +12,7 @@ if(TARGET kvf_static)
 endif()
 # The journal module alone (no processes).
 kvf_add_test(test_coord_journal SOURCES test_coord_journal.c LIBS kvf_coord TIMEOUT 60)
+# kvfctl run's chunk list (what a resumed run reads), no processes.
+if(TARGET kvfctl_core)
+  kvf_add_test(test_kvfctl_chunks SOURCES test_kvfctl_chunks.c LIBS kvfctl_core TIMEOUT 60)
+endif()
