@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/alloc.h"
 #include "common/curve.h"
@@ -30,6 +31,11 @@ static int s_load_dir(kvf_auth_t *a, const char *dir, uint32_t role, const char 
         if (e->d_name[0] == '.') continue;
         char path[4096];
         snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+        struct stat sb;
+        if (stat(path, &sb) == 0 && !S_ISREG(sb.st_mode)) {
+            kvf_log(KVF_LOG_WARN, "%s: %s is not a file: skipped", flag, path);
+            continue;
+        }
         size_t len = strlen(e->d_name);
         if (len > 7 && strcmp(e->d_name + len - 7, "_secret") == 0) {
             kvf_log(KVF_LOG_WARN, "%s: %s is a secret key file: only public ones belong here (its public key is used)",
