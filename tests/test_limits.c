@@ -1,11 +1,12 @@
 // tests/test_limits.c — the coordinator's limits on one request or batch, on
 // one real kvf-coordinator: --max-batch (the whole SUBMIT is refused),
-// --max-prompt-tokens and --max-new-tokens (ERROR too_long for that request
-// alone, its batch-mates go on), --queue-cap (ERROR busy for what does not fit,
+// --max-prompt-tokens (ids, and text the coordinator tokenizes) and
+// --max-new-tokens (ERROR too_long for that request alone, its batch-mates go on), --queue-cap (ERROR busy for what does not fit,
 // the queued ones are placed later). Each error is on the request: the same
 // connection and another client keep working. --max-msg-size is in
 // test_coord_hostile.c.
 #include "test_coord_harness.h"
+#include "test_util.h"
 
 // SUBMIT of these requests (prompt_len ids 1.., max_new each) without waiting for the ACK.
 static void s_submit(zsock_t *s, uint32_t n, const uint32_t *prompt_len, const int32_t *max_new) {
@@ -104,6 +105,37 @@ Test(limits, each_limit_is_an_error_on_that_request, .timeout = 30) {
     zsock_destroy(&other);
     zsock_destroy(&cl);
     zsock_destroy(&w);
+    cr_assert_eq(coord_stop(&p), 0);
+}
+
+Test(limits, text_prompts_are_counted_after_tokenizing, .timeout = 30) {
+    char model[1024];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    coord_proc_t p;
+    coord_start(&p, (const char *const[]){"--model", model, "--max-prompt-tokens", "8", NULL});
+    zsock_t *cl = peer_new(p.front, NULL);
+    kvf_msg_t m;
+    kvf_msg_init(&m, KVF_MSG_SUBMIT);
+    kvf_submit_req_t reqs[2];
+    memset(reqs, 0, sizeof reqs);
+    reqs[0].sampling = reqs[1].sampling = kvf_sampling_default();
+    // Short in bytes per token or not, a long sentence is far past 8 tokens.
+    reqs[0].text = kvf_str("Once upon a time there was a little girl who lived in a village near the forest.");
+    reqs[1].text = kvf_str("Hi");
+    m.u.submit.reqs = reqs;
+    m.u.submit.n_reqs = 2;
+    peer_send(cl, &m);
+    kvf_msg_t ack;
+    peer_expect(cl, KVF_MSG_ACK, &ack);
+    uint64_t r0 = ack.u.ack.rids[0];
+    kvf_msg_clear(&ack);
+    s_expect_error(cl, r0, KVF_E_TOO_LONG, "--max-prompt-tokens 8");
+    peer_expect_silence(cl, 100);  // the short one waits for a worker
+    kvf_msg_t st;
+    client_status(cl, &st);
+    cr_assert_eq(st.u.status.queue_len, 1);
+    kvf_msg_clear(&st);
+    zsock_destroy(&cl);
     cr_assert_eq(coord_stop(&p), 0);
 }
 
