@@ -6,7 +6,8 @@
 //       the same --batch-id and output file (it resumes from the file and
 //       re-attaches), once with kvfctl left running (it notices the restart
 //       and re-attaches). Every prompt answered exactly once, every line equal
-//       to an undisturbed run's;
+//       to an undisturbed run's; finished results that wait for ATTACH are
+//       still there after a restart;
 //   (b) overload: 10x more work than the workers' KV pools hold: the
 //       coordinator queues it, the batch completes, no worker preempts,
 //       rejects or dies;
@@ -325,6 +326,107 @@ Test(reliability, coordinator_killed_mid_batch_resumes_from_its_journal, .timeou
     cr_assert(kl && strstr(kl, "restarted"), "kvfctl did not notice the restart: %s", kl ? kl : "");
     free(kl);
     s_check_against(out2, ref, A_N);
+    kvh_teardown(&c);
+}
+
+// Finished results that wait for ATTACH (their client went away) survive a
+// restart too: a new client attaches after it and gets every request's tokens
+// (equal to the reference) and DONE, once.
+#define K_N 8
+
+Test(reliability, finished_results_waiting_for_attach_survive_a_restart, .timeout = 60) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    kvh_cluster_t c;
+    s_dir(&c);
+    char journal[400], in[400], ref[400];
+    snprintf(journal, sizeof journal, "%s/journal.db", c.dir);
+    snprintf(in, sizeof in, "%s/in.jsonl", c.dir);
+    snprintf(ref, sizeof ref, "%s/ref.jsonl", c.dir);
+    s_coord_start(&c, 0, journal, model);
+    s_worker_start(&c, model, 0, 0, NULL);
+    s_wait_ready(&c, 1);
+    s_input(in, K_N, 40, 8, 8 * K_N);
+    s_run_ok(&c, in, ref, NULL, "8", 60);
+    // The same requests, through libkvf; the client leaves right after the ACK.
+    json_t *refl[K_N];
+    FILE *f = fopen(ref, "r");
+    cr_assert_not_null(f);
+    char *line = NULL;
+    size_t cap = 0;
+    for (int i = 0; i < K_N; i++) {
+        cr_assert_gt(getline(&line, &cap, f), 0);
+        refl[i] = json_loads(line, 0, NULL);
+        cr_assert_not_null(refl[i]);
+    }
+    free(line);
+    fclose(f);
+    char text[K_N][128];
+    kvf_request_t reqs[K_N];
+    const char *what[] = {"a dragon", "a small boat", "the king", "a lost cat", "two friends", "the rain"};
+    for (int i = 0; i < K_N; i++) {
+        snprintf(text[i], sizeof text[i], "Once upon a time %s went to place %d and", what[i % 6], i);
+        reqs[i] = (kvf_request_t){.text = text[i], .sampling = kvf_sampling_default()};
+        reqs[i].sampling.max_new_tokens = 40 + 8 * i;
+        reqs[i].sampling.ignore_eos = 1;
+    }
+    kvf_client_t *cl = kvh_client(&c);
+    uint64_t rids[K_N];
+    kvf_err_t e;
+    cr_assert_eq(kvf_client_submit(cl, "kept", reqs, K_N, rids, NULL, &e), 0, "%s", e.msg);
+    kvf_client_destroy(&cl);
+    // Until it is all done (nothing queued or assigned), then the kill.
+    cl = kvh_client(&c);
+    double end = kvh_now() + 30;
+    for (;;) {
+        kvf_cluster_status_t *st = NULL;
+        cr_assert_eq(kvf_client_status(cl, &st, &e), 0, "%s", e.msg);
+        int busy = st->queue_len > 0 || st->requests_done < (uint64_t)(2 * K_N);
+        for (uint32_t i = 0; i < st->n_workers; i++) busy |= st->workers[i].assigned > 0;
+        kvf_cluster_status_destroy(&st);
+        if (!busy) break;
+        cr_assert_lt(kvh_now(), end, "the batch did not finish");
+        kvh_sleep_ms(50);
+    }
+    kvf_client_destroy(&cl);
+    kvh_sleep_ms(100);  // past the 20 ms group commit
+    s_kill9(&c.coord);
+    s_coord_start(&c, 1, journal, model);
+    cl = kvh_client(&c);
+    uint64_t *arids = NULL;
+    size_t n = 0;
+    cr_assert_eq(kvf_client_attach(cl, "kept", &arids, &n, &e), 0, "ATTACH after the restart: %s", e.msg);
+    cr_assert_eq(n, K_N);
+    for (int i = 0; i < K_N; i++) cr_assert_eq(arids[i], rids[i], "rid %d changed across the restart", i);
+    json_t *got[K_N];
+    int done[K_N] = {0}, n_done = 0;
+    for (int i = 0; i < K_N; i++) got[i] = json_array();
+    while (n_done < K_N) {
+        kvf_event_t ev = {0};
+        cr_assert_eq(kvf_client_next(cl, 5000, &ev, &e), 0, "after %d DONE: %s", n_done, e.msg);
+        int i = 0;
+        while (i < K_N && arids[i] != ev.rid) i++;
+        cr_assert_lt(i, K_N, "an event for rid %llu", (unsigned long long)ev.rid);
+        cr_assert_neq(ev.type, KVF_EVENT_ERROR, "rid %llu failed: %s", (unsigned long long)ev.rid, ev.message);
+        cr_assert_eq(done[i], 0, "an event for rid %llu after its DONE", (unsigned long long)ev.rid);
+        if (ev.type == KVF_EVENT_TOKENS)
+            for (uint32_t k = 0; k < ev.n_ids; k++) json_array_append_new(got[i], json_integer(ev.ids[k]));
+        if (ev.type == KVF_EVENT_DONE) {
+            done[i] = 1;
+            n_done++;
+            cr_assert_eq(ev.completion_tokens, (uint32_t)(40 + 8 * i));
+        }
+        kvf_event_clear(&ev);
+    }
+    for (int i = 0; i < K_N; i++) {
+        cr_assert(json_equal(got[i], json_object_get(refl[i], "output_ids")), "request %d: tokens differ", i);
+        json_decref(got[i]);
+        json_decref(refl[i]);
+    }
+    free(arids);
+    kvf_client_destroy(&cl);
     kvh_teardown(&c);
 }
 
