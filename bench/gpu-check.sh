@@ -37,14 +37,20 @@ print('%s: ids equal up to step %d (first margin < 0.1), first difference at %s'
 PY
 )
 row "kvf-generate cuda vs cpu" "$same"
-for B in 128 512; do
+# KVF_CHECK_B: the --max-batch-size values to run ("auto": the flag left out, the memory plan's choice).
+# KVF_CHECK_TIMING=1: also a short KVF_CUDA_TIMING run (512 x 512 + 16 at B = 512; per-group device ms).
+if [ "${KVF_CHECK_TIMING:-0}" = 1 ]; then
+  KVF_CUDA_TIMING=1 kvf-bench --config "$KVF_FIXTURES/configs/llama3-8b.json" --weights dummy --num-prompts 512 \
+    --input-len 512 --output-len 16 --backend cuda --max-batch-size 512 > "$out/timing.out" 2> "$out/timing.err"
+  row "KVF_CUDA_TIMING 512x512+16 B=512" "rc=$? (timing.err)"
+fi
+for B in ${KVF_CHECK_B:-auto 512}; do
+  bflag=(--max-batch-size "$B"); [ "$B" = auto ] && bflag=()
   kvf-bench --config "$KVF_FIXTURES/configs/llama3-8b.json" --weights dummy --num-prompts 1024 --input-len 512 \
-    --output-len 128 --backend cuda --max-batch-size $B --json > "$out/bench_B$B.json" 2> "$out/bench_B$B.err"
+    --output-len 128 --backend cuda "${bflag[@]}" --json > "$out/bench_B$B.json" 2> "$out/bench_B$B.err"
   row "kvf-bench 1024x512x128 B=$B" "$(python3 -c "
 import json;r=json.load(open('$out/bench_B$B.json'))
-def g(*ks):
-  for k in ks:
-    if k in r: return r[k]
-print({k:r[k] for k in r if any(s in k for s in ('tokens_per_s','elapsed','achieved','floor'))})" 2>&1 | head -c 400)"
+f=r['roofline']['floor']
+print('elapsed %.2f s, %.0f tok/s, out %.0f, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50/p99 %.2f/%.2f s, floor %.2f s (%.1f%%), B %s' % (r['elapsed_s'], r['total_tokens_per_s'], r['output_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], r['ttft_s']['p99'], f['seconds'], 100*f['achieved'], r['engine']['max_batch_size']))" 2>&1 | head -c 500)"
 done
 printf '%s\n' "${rows[@]}" | tee "$out/summary.txt"

@@ -39,7 +39,8 @@ static const char *s_usage =
     "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy, EOS\n"
     "ignored), all queued at once. --weights dummy (default) builds the model from its config alone with\n"
     "seeded random weights; --weights DIR loads the safetensors in DIR (--config then names DIR or its\n"
-    "config.json, or is left out). --session-len defaults to I + O. Reports throughput, decode step and\n"
+    "config.json, or is left out). --session-len defaults to I + O. --max-batch-size defaults to what the\n"
+    "KV pool holds of such sequences, at least 128 and at most 512 (worker/engine.h). Reports throughput, decode step and\n"
     "TTFT percentiles, peak memory, the KV pool, and the step roofline and workload floor with the\n"
     "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s).\n";
 
@@ -63,6 +64,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     o->peak_flops = 789e12;
     o->peak_bw = 4.2e12;
     o->eo = kvf_engine_opts_default();
+    o->eo.max_batch_size = KVF_ENGINE_BATCH_AUTO;  // from the memory plan unless given
     o->n_prompts = o->input_len = o->output_len = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

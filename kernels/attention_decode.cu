@@ -54,7 +54,9 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
     extern __shared__ float4 dsmem4[];
     bf16 *sm = (bf16 *)dsmem4;            // (2 stages, K|V, DC_K, KS)
 
-    const int tile = blockIdx.x, kvh = blockIdx.y;
+    // KV heads fastest: the n_kv blocks of one sequence run side by side and read its
+    // cache rows (all heads of a token are contiguous) together, not one head a wave
+    const int tile = blockIdx.x / KV, kvh = blockIdx.x % KV;
     const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
     const int G = H / KV, nr = nq * G;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -240,7 +242,8 @@ extern "C" int kvf_attention_decode(uint16_t *out, const uint16_t *q, const uint
     KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
     if (n_tiles == 0) return 0;
     const float scale_log2 = (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634);
-    const dim3 grid(n_tiles, n_kv);
+    KVF_REQUIRE((long long)n_tiles * n_kv <= 0x7fffffffLL, err);
+    const dim3 grid(n_tiles * n_kv);
     const size_t smem = kvf_attention_decode_smem(head_dim);
     if (head_dim == 64) {
         KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),

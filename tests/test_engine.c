@@ -432,6 +432,38 @@ Test(engine, plan_refuses_a_pool_below_one_sequence) {
     kvf_engine_destroy(&e);
 }
 
+Test(engine, auto_batch_size_follows_the_pool) {
+    char dir[1024];
+    s_model_dir(dir, sizeof dir, "tiny-llama");
+    kvf_err_t err;
+    // {pool blocks (16 tokens), max_prefill_token_num, expected}: 128-token sequences take 8 blocks
+    const int cases[][3] = {{8 * 200, 512, 200}, {8 * 10, 512, KVF_ENGINE_BATCH_AUTO_MIN},
+                            {8 * 1000, 2048, KVF_ENGINE_BATCH_AUTO_MAX}, {8 * 200, 64, 64}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        kvf_engine_opts_t o = kvf_engine_opts_default();
+        o.block_size = 16;
+        o.session_len = 128;
+        o.cache_max_entry_count = cases[i][0];
+        o.max_prefill_token_num = cases[i][1];
+        o.max_batch_size = KVF_ENGINE_BATCH_AUTO;
+        o.n_threads = 2;
+        kvf_engine_t *e = kvf_engine_new(dir, &o, &err);
+        cr_assert_not_null(e, "case %zu: %s", i, err.msg);
+        cr_assert_eq(kvf_engine_opts(e)->max_batch_size, cases[i][2], "case %zu: %d", i,
+                     kvf_engine_opts(e)->max_batch_size);
+        kvf_engine_destroy(&e);
+    }
+    // an explicit size is kept, and a negative one is still refused
+    kvf_engine_t *e = s_engine("tiny-llama", 16, 128, 8 * 200, 0, &err);
+    cr_assert_not_null(e, "%s", err.msg);
+    cr_assert_eq(kvf_engine_opts(e)->max_batch_size, 64);
+    kvf_engine_destroy(&e);
+    kvf_engine_opts_t o = kvf_engine_opts_default();
+    o.max_batch_size = -1;
+    cr_assert_null(kvf_engine_new(dir, &o, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+}
+
 Test(engine, bad_models_and_options_are_errors) {
     kvf_err_t err;
     kvf_engine_opts_t o = kvf_engine_opts_default();

@@ -96,7 +96,7 @@ kvf_engine_opts_t kvf_engine_opts_default(void) {
 static int s_check_opts(const kvf_engine_opts_t *o, kvf_err_t *err) {
     if (o->block_size < 1 || o->block_size > 4096)
         return kvf_err_set(err, KVF_E_INVAL, "--block-size %d must be in [1, 4096]", o->block_size);
-    if (o->max_batch_size < 1 || o->max_batch_size > 65536)
+    if (o->max_batch_size != KVF_ENGINE_BATCH_AUTO && (o->max_batch_size < 1 || o->max_batch_size > 65536))
         return kvf_err_set(err, KVF_E_INVAL, "--max-batch-size %d must be in [1, 65536]", o->max_batch_size);
     if (o->max_prefill_token_num < 1 || o->max_prefill_token_num > (1 << 24))
         return kvf_err_set(err, KVF_E_INVAL, "--max-prefill-token-num %d must be in [1, %d]",
@@ -183,6 +183,10 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
                     o.session_len, cfg->max_position);
         goto fail;
     }
+    // KVF_ENGINE_BATCH_AUTO: size the backend for the most, choose once the pool is known
+    const int auto_batch = o.max_batch_size == KVF_ENGINE_BATCH_AUTO;
+    if (auto_batch) o.max_batch_size = o.tp ? KVF_ENGINE_BATCH_AUTO_MIN : KVF_ENGINE_BATCH_AUTO_MAX;
+    if (auto_batch && o.max_batch_size > o.max_prefill_token_num) o.max_batch_size = o.max_prefill_token_num;
     if (o.max_batch_size > o.max_prefill_token_num) {
         kvf_log(KVF_LOG_WARN, "max_batch_size %d lowered to max_prefill_token_num %d (each decode takes a token)",
                 o.max_batch_size, o.max_prefill_token_num);
@@ -243,6 +247,15 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
                     e->be->n_blocks, o.block_size, (long long)tokens_fit, MIB(e->be->kv_bytes), o.session_len,
                     e->max_blocks_per_seq);
         goto fail;
+    }
+
+    if (auto_batch && !o.tp) {  // within what the backend was sized for
+        const int32_t fit = e->be->n_blocks / e->max_blocks_per_seq;
+        int32_t b = fit < KVF_ENGINE_BATCH_AUTO_MIN ? KVF_ENGINE_BATCH_AUTO_MIN : fit;
+        if (b > o.max_batch_size) b = o.max_batch_size;
+        kvf_log(KVF_LOG_INFO, "max_batch_size %d (auto: the pool holds %d sequences of %d tokens)", b, fit,
+                o.session_len);
+        o.max_batch_size = b;
     }
 
     // TP rank 0 sends every step to the other ranks (worker/tp_group.h).

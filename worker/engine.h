@@ -25,12 +25,27 @@
 #include "common/tokenizer.h"
 #include "proto/msg.h"
 
+// max_batch_size = KVF_ENGINE_BATCH_AUTO: the backend is sized for
+// KVF_ENGINE_BATCH_AUTO_MAX sequences, and once the KV pool is known the engine
+// runs min(max_prefill_token_num, clamp(sequences of session_len tokens the pool
+// holds, KVF_ENGINE_BATCH_AUTO_MIN, KVF_ENGINE_BATCH_AUTO_MAX)) at once
+// (kvf_engine_opts() gives the choice). Why these bounds (bench/RESULTS.md,
+// Llama-3-8B on one H200, 1024 x 512 + 128): 128 sequences leave the decode
+// GEMMs bandwidth-bound (22.5 s) where 512 make them compute-bound (19.9 s), and
+// 1024 is no faster than 512; more than the pool holds only preempts. The
+// minimum is the old default, so a small pool runs as before. One TP rank
+// cannot see the others' pools: with opts.tp the choice is the minimum.
+#define KVF_ENGINE_BATCH_AUTO 0
+#define KVF_ENGINE_BATCH_AUTO_MIN 128
+#define KVF_ENGINE_BATCH_AUTO_MAX 512
+
 typedef struct {
     const char *backend;            // "cpu" (default) or "cuda"
     int32_t device;                 // cuda device index (default 0)
     int32_t n_threads;              // cpu threads; 0 = all cores
     int32_t block_size;             // tokens per KV block (default 64)
-    int32_t max_batch_size;         // sequences per step (default 128)
+    int32_t max_batch_size;         // sequences per step (default 128); KVF_ENGINE_BATCH_AUTO (0): chosen
+                                    // from the memory plan, see KVF_ENGINE_BATCH_AUTO_MAX
     int32_t max_prefill_token_num;  // tokens per step (default 8192)
     int32_t session_len;            // longest sequence, prompt + output; 0 = the model's max_position
     double cache_max_entry_count;   // KV pool: fraction (< 1) of the memory left, or blocks (>= 1); default 0.8
