@@ -23,7 +23,7 @@ enum {
 };
 
 static const char *s_sql[S_ST_COUNT] = {
-    [S_ST_BATCH] = "INSERT OR REPLACE INTO batches(id, n) VALUES(?1, ?2)",
+    [S_ST_BATCH] = "INSERT OR REPLACE INTO batches(id, n, owner) VALUES(?1, ?2, ?3)",
     [S_ST_REQ] = "INSERT OR REPLACE INTO requests(rid, batch, idx, tag, prompt, temperature, top_k, top_p, min_p, "
                  "repetition_penalty, seed, max_new_tokens, ignore_eos, stop_ids, finished) "
                  "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 0)",
@@ -36,7 +36,7 @@ static const char *s_sql[S_ST_COUNT] = {
 
 static const char *s_schema =
     "CREATE TABLE IF NOT EXISTS batches(seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT UNIQUE NOT NULL,"
-    " n INTEGER NOT NULL);"
+    " n INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '');"
     "CREATE TABLE IF NOT EXISTS requests(rid INTEGER PRIMARY KEY, batch TEXT NOT NULL, idx INTEGER NOT NULL,"
     " tag TEXT NOT NULL, prompt BLOB, temperature REAL, top_k INTEGER, top_p REAL, min_p REAL,"
     " repetition_penalty REAL, seed INTEGER, max_new_tokens INTEGER, ignore_eos INTEGER, stop_ids BLOB,"
@@ -146,6 +146,8 @@ int kvf_journal_batch(kvf_journal_t *j, const kvf_batch_t *b, kvf_err_t *err) {
     sqlite3_stmt *s = j->st[S_ST_BATCH];
     sqlite3_bind_text(s, 1, b->id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(s, 2, b->n);
+    // With CURVE the batch belongs to the key that submitted it, also after a restart.
+    sqlite3_bind_text(s, 3, b->owner, -1, SQLITE_STATIC);
     if (s_step(j, S_ST_BATCH, err) < 0) return -1;
     s = j->st[S_ST_REQ];
     for (uint32_t i = 0; i < b->n; i++) {
@@ -249,7 +251,7 @@ int kvf_journal_load(kvf_journal_t *j, kvf_reqtable_t *t, uint32_t *n_batches, u
     if (kvf_journal_commit(j, err) < 0) return -1;
     sqlite3_stmt *bs = NULL, *rs = NULL, *tk = NULL;
     int rc = -1;
-    if (sqlite3_prepare_v2(j->db, "SELECT id, n FROM batches ORDER BY seq", -1, &bs, NULL) != SQLITE_OK ||
+    if (sqlite3_prepare_v2(j->db, "SELECT id, n, owner FROM batches ORDER BY seq", -1, &bs, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(j->db,
                            "SELECT rid, idx, tag, prompt, temperature, top_k, top_p, min_p, repetition_penalty, seed,"
                            " max_new_tokens, ignore_eos, stop_ids, finished, finish_reason, error_code, error"
@@ -275,6 +277,8 @@ int kvf_journal_load(kvf_journal_t *j, kvf_reqtable_t *t, uint32_t *n_batches, u
             continue;
         }
         b->client_ok = 0;  // its client must ATTACH again
+        const char *owner = (const char *)sqlite3_column_text(bs, 2);
+        snprintf(b->owner, sizeof b->owner, "%s", owner ? owner : "");
         sqlite3_bind_text(rs, 1, id, -1, SQLITE_TRANSIENT);
         int rrc;
         uint32_t got = 0;

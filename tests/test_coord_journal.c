@@ -60,6 +60,7 @@ Test(journal, what_was_written_comes_back_after_a_reopen) {
     cr_assert_not_null(j, "%s", err.msg);
     kvf_reqtable_t *t = kvf_reqtable_new(16);
     kvf_batch_t *b = s_batch(t, "b1");
+    snprintf(b->owner, sizeof b->owner, "%s", "rq:rC%0Bk}{/r*9Lm&:Sv%L7tW<yZ0sV4u*mf^s");  // a CURVE key (Z85)
     cr_assert_eq(kvf_journal_batch(j, b, &err), 0, "%s", err.msg);
     const int32_t ids1[] = {5, 6}, ids2[] = {7};
     cr_assert_eq(kvf_journal_tokens(j, b->reqs[0]->rid, ids1, 2, "ab", 2, &err), 0, "%s", err.msg);
@@ -90,6 +91,7 @@ Test(journal, what_was_written_comes_back_after_a_reopen) {
     cr_assert_eq(b->n, 3);
     cr_assert_eq(b->n_finished, 2);
     cr_assert_eq(b->client_ok, 0, "a reloaded batch waits for ATTACH");
+    cr_assert_str_eq(b->owner, "rq:rC%0Bk}{/r*9Lm&:Sv%L7tW<yZ0sV4u*mf^s", "the submitting key owns the batch after a restart");
     cr_assert_gt(t->next_rid, rids[2], "rids must continue above the journal's");
     for (int i = 0; i < 3; i++) {
         kvf_req_t *r = b->reqs[i];
