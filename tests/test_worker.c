@@ -489,6 +489,39 @@ Test(worker, forgotten_by_the_coordinator_drops_work_and_registers_again) {
     s_stop(&f);
 }
 
+Test(worker, reports_at_once_when_it_goes_idle) {
+    s_fix_t f;
+    const char *extra[] = {"--block-size", "16", "--cache-max-entry-count", "100", "--session-len", "1024", NULL};
+    s_start(&f, extra);
+    kvf_msg_t reg;
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_REGISTER, 20000, &reg, NULL), 0, "no REGISTER; stderr: %s", s_read(&f, "err"));
+    kvf_msg_clear(&reg);
+    kvf_msg_t w;
+    kvf_msg_init(&w, KVF_MSG_WELCOME);
+    w.u.welcome.heartbeat_ms = 60000;  // no periodic heartbeat during this test
+    w.u.welcome.dead_after_ms = 180000;
+    s_send(&f, &w);
+    kvf_msg_t m;
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_HEARTBEAT, 5000, &m, NULL), 0, "a first report right after WELCOME");
+    kvf_msg_clear(&m);
+    int32_t p[8] = {0, 48, 79, 312, 1222, 267, 276, 876};
+    s_assign_ids(&f, 9, p, 8, 12);
+    s_result_t r;
+    s_collect(&f, 9, &r, 20000);
+    cr_assert_eq(r.n, 12);
+    // The last busy report said "1 running"; the idle one must follow the final
+    // RESULT at once, not a heartbeat interval (60 s) later.
+    cr_assert_eq(s_recv_type(&f, KVF_MSG_HEARTBEAT, 3000, &m, NULL), 0, "no report on going idle");
+    cr_assert_eq(m.u.heartbeat.running, 0);
+    cr_assert_eq(m.u.heartbeat.waiting, 0);
+    cr_assert_eq(m.u.heartbeat.free_blocks, m.u.heartbeat.total_blocks);
+    kvf_msg_clear(&m);
+    kill(f.pid, SIGTERM);
+    int st = s_wait_exit(&f, 10000);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    s_stop(&f);
+}
+
 Test(worker, impossible_plan_exits_before_connecting) {
     s_fix_t f;
     const char *extra[] = {"--memory-budget", "4M", NULL};

@@ -654,6 +654,9 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
                 if (r) s_send_chunk(w, r, free_blocks);
             }
             w->n_touched = 0;
+            // Going idle: report at once, so that status does not show the last
+            // busy heartbeat's running/waiting counts beside the fresh free blocks.
+            if (!kvf_engine_has_work(w->engine)) s_send_heartbeat(w);
         }
     }
     if (rc == 0) {
