@@ -3,7 +3,7 @@
 # The longer soak is tests/chaos.sh.
 if(TARGET kvf_static)
   kvf_add_test(test_reliability SOURCES test_reliability.c LIBS kvf_static PkgConfig::JANSSON
-               LABELS multiprocess TIMEOUT 300)
+               LABELS multiprocess TIMEOUT 600)
   foreach(dep kvf-coordinator kvf-worker kvfctl)
     if(TARGET ${dep})
       add_dependencies(test_reliability ${dep})
