@@ -1,5 +1,6 @@
 // kernels/rope_kv.cu — see rope_kv.h. One block per token; threads walk the
-// rotation pairs of all q and k heads, then the v elements.
+// rotation pairs of all q and k heads, then the v elements (two pairs / two
+// elements a thread when head_dim % 4 == 0).
 #include "kernels/check.h"
 #include "kernels/rope_kv.h"
 #include "kernels/util.cuh"
@@ -56,6 +57,65 @@ static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
     }
 }
 
+static __device__ __forceinline__ float2 s_ld2(const float *p) { return *(const float2 *)p; }
+static __device__ __forceinline__ float2 s_ld2(const bf16 *p) { return __bfloat1622float2(*(const __nv_bfloat162 *)p); }
+
+// The same with two neighbouring rotation pairs a thread (i, i + 1 with i even):
+// 8-byte f32 / 4-byte bf16 loads and bf16x2 stores instead of scalar ones. Needs
+// head_dim % 4 == 0; the arithmetic of each element is the scalar kernel's.
+template <typename TIn>
+static __global__ void s_rope_kv2(bf16 *q_out,            // (n, H, HD)
+                                  bf16 *k_cache,          // (n_blocks, bs, KV, HD)
+                                  bf16 *v_cache,          // (n_blocks, bs, KV, HD)
+                                  const TIn *qkv,         // (n, (H + 2KV) * HD)
+                                  const float *bias,      // ((H + 2KV) * HD) or NULL
+                                  const float *inv_freq,  // (HD / 2)
+                                  const int32_t *pos, const int32_t *tok_seq,
+                                  const int32_t *block_table,  // (n_seqs, max_blocks)
+                                  int max_blocks, int H, int KV, int HD, int bs, int n_blocks) {
+    const int t = blockIdx.x;
+    const int half = HD / 2, hp = half / 2;
+    const int row_len = (H + 2 * KV) * HD;
+    const TIn *x = qkv + (size_t)t * row_len;
+    const int p = pos[t];
+    const int blk = (p >= 0 && p / bs < max_blocks) ? block_table[(size_t)tok_seq[t] * max_blocks + p / bs] : -1;
+    const bool slot_ok = blk >= 0 && blk < n_blocks;
+    const size_t slot = ((size_t)blk * bs + (size_t)(p % bs)) * KV * HD;  // element offset of the token's row
+    const float fp = (float)p;
+
+    for (int idx = threadIdx.x; idx < (H + KV) * hp; idx += blockDim.x) {
+        const int h = idx / hp, i = 2 * (idx % hp);
+        const int c0 = h * HD + i, c1 = c0 + half;
+        float2 a = s_ld2(x + c0), b = s_ld2(x + c1);
+        if (bias) {
+            const float2 ba = *(const float2 *)(bias + c0), bb = *(const float2 *)(bias + c1);
+            a.x += ba.x, a.y += ba.y, b.x += bb.x, b.y += bb.y;
+        }
+        float s0, co0, s1, co1;
+        sincosf(inv_freq[i] * fp, &s0, &co0);
+        sincosf(inv_freq[i + 1] * fp, &s1, &co1);
+        const __nv_bfloat162 y1 = __floats2bfloat162_rn(a.x * co0 - b.x * s0, a.y * co1 - b.y * s1);
+        const __nv_bfloat162 y2 = __floats2bfloat162_rn(b.x * co0 + a.x * s0, b.y * co1 + a.y * s1);
+        bf16 *o = NULL;
+        if (h < H) o = q_out + ((size_t)t * H + h) * HD;
+        else if (slot_ok) o = k_cache + slot + (size_t)(h - H) * HD;
+        if (o) {
+            *(__nv_bfloat162 *)(o + i) = y1;
+            *(__nv_bfloat162 *)(o + i + half) = y2;
+        }
+    }
+    if (!slot_ok) return;
+    const int v0 = (H + KV) * HD;
+    for (int idx = 2 * threadIdx.x; idx < KV * HD; idx += 2 * blockDim.x) {
+        float2 v = s_ld2(x + v0 + idx);
+        if (bias) {
+            const float2 bv = *(const float2 *)(bias + v0 + idx);
+            v.x += bv.x, v.y += bv.y;
+        }
+        *(__nv_bfloat162 *)(v_cache + slot + idx) = __floats2bfloat162_rn(v.x, v.y);
+    }
+}
+
 template <typename TIn>
 static int s_launch(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const TIn *qkv, const float *bias,
                     const float *inv_freq, const int32_t *pos, const int32_t *tok_seq, const int32_t *block_table,
@@ -65,6 +125,17 @@ static int s_launch(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const
     KVF_REQUIRE(n >= 0 && n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0, err);
     KVF_REQUIRE(head_dim > 0 && head_dim % 2 == 0 && block_size > 0 && max_blocks > 0 && n_blocks > 0, err);
     if (n == 0) return 0;
+    const uintptr_t al = (uintptr_t)q_out | (uintptr_t)k_cache | (uintptr_t)v_cache | (uintptr_t)qkv |
+                         (uintptr_t)bias | (uintptr_t)inv_freq;
+    if (head_dim % 4 == 0 && al % 8 == 0) {  // two pairs a thread (every offset is then even)
+        const int work = (n_heads + n_kv) * head_dim / 4;
+        const int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
+        s_rope_kv2<TIn><<<n, threads, 0, stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias,
+                                                   inv_freq, pos, tok_seq, block_table, max_blocks, n_heads, n_kv,
+                                                   head_dim, block_size, n_blocks);
+        KVF_LAUNCH_CHECK(err);
+        return 0;
+    }
     int work = (n_heads + n_kv) * head_dim / 2;
     int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
     s_rope_kv<TIn><<<n, threads, 0, stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias, inv_freq,
