@@ -950,6 +950,10 @@ static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids,
             return -1;
     }
     if (logits) {
+        // logits is the caller's pageable memory: that copy blocks the host until the
+        // stream reaches it, so with TP first wait (bounded) for the all-reduces, or a
+        // dead peer would hang the copy instead of failing the step.
+        if (c->tp && kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
         KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,
                                        st), err);
         if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
