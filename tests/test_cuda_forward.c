@@ -18,6 +18,7 @@
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
+#include "golden_model.h"
 #include "test_util.h"
 #include "worker/cpu_backend.h"
 #include "worker/cuda_backend.h"
@@ -42,45 +43,6 @@ static s_tol_t s_tol(const char *name) {
 
 // ---------------------------------------------------------------- fixtures
 
-typedef struct {
-    kvf_modelcfg_t cfg;
-    kvf_safetensors_t *st;
-    json_t *golden;
-    float *logits;  // (rows, vocab) golden
-    int vocab;
-} s_model_t;
-
-static void s_model_open(s_model_t *m, const char *name, int bf16) {
-    char dir[1024], path[1200], rel[256];
-    snprintf(rel, sizeof rel, "%s%s", name, bf16 ? "/bf16" : "");
-    KVF_FIXTURE_PATH(dir, rel);
-    kvf_err_t err;
-    cr_assert_eq(kvf_modelcfg_load(dir, &m->cfg, &err), 0, "%s", err.msg);
-    m->st = kvf_safetensors_open_dir(dir, &err);
-    cr_assert_not_null(m->st, "%s", err.msg);
-    snprintf(rel, sizeof rel, "%s/golden.json", name);
-    KVF_FIXTURE_PATH(path, rel);
-    json_error_t je;
-    m->golden = json_load_file(path, 0, &je);
-    cr_assert_not_null(m->golden, "%s: %s", path, je.text);
-    m->vocab = (int)json_integer_value(json_object_get(m->golden, "vocab_size"));
-    cr_assert_eq(m->vocab, m->cfg.vocab_size);
-    snprintf(rel, sizeof rel, "%s/%s", name, json_string_value(json_object_get(m->golden, "logits_file")));
-    KVF_FIXTURE_PATH(path, rel);
-    size_t len = 0;
-    m->logits = (float *)kvf_test_slurp(path, &len);
-    cr_assert_not_null(m->logits, "%s", path);
-    cr_assert_eq(len % ((size_t)m->vocab * 4), 0);
-}
-
-static void s_model_close(s_model_t *m) {
-    kvf_safetensors_destroy(&m->st);
-    json_decref(m->golden);
-    free(m->logits);
-}
-
-static int s_n_cases(const s_model_t *m) { return (int)json_array_size(json_object_get(m->golden, "cases")); }
-static json_t *s_case(const s_model_t *m, int c) { return json_array_get(json_object_get(m->golden, "cases"), c); }
 static int s_int(json_t *cs, const char *f) { return (int)json_integer_value(json_object_get(cs, f)); }
 
 static int32_t *s_ids(json_t *cs, const char *field, int *n) {
@@ -136,15 +98,15 @@ static void s_tables(const kvf_backend_t *be, int n_seqs, int32_t *bt, int max_b
 
 // All cases in one step (one sequence each, all_logits): every kept row against the golden row.
 static void s_golden_prefill(const char *name, int bf16, int block_size) {
-    s_model_t m;
-    s_model_open(&m, name, bf16);
-    const int nc = s_n_cases(&m), V = m.vocab;
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, name, bf16);
+    const int nc = kvf_golden_n_cases(&m), V = m.vocab;
     int total = 0, max_len = 0;
     int32_t *full[16], len[16], nn[16], np[16];
     cr_assert(nc <= 16);
     for (int c = 0; c < nc; c++) {
         int n;
-        full[c] = s_ids(s_case(&m, c), "full_ids", &n);
+        full[c] = s_ids(kvf_golden_case(&m, c), "full_ids", &n);
         len[c] = nn[c] = n, np[c] = 0;
         total += n;
         if (n > max_len) max_len = n;
@@ -165,7 +127,7 @@ static void s_golden_prefill(const char *name, int bf16, int block_size) {
     double worst = 0, sum_e = 0;
     int n_rows_all = 0, n_over = 0;
     for (int c = 0, t0 = 0; c < nc; t0 += len[c], c++) {
-        json_t *cs = s_case(&m, c);
+        json_t *cs = kvf_golden_case(&m, c);
         int p = s_int(cs, "first_row_position"), r0 = s_int(cs, "logits_row_offset"), nr = s_int(cs, "n_rows");
         for (int j = 0; j < nr && p + j < len[c]; j++) {
             double e = s_rel_l2(lg + (size_t)(t0 + p + j) * V, m.logits + (size_t)(r0 + j) * V, V);
@@ -206,7 +168,7 @@ static void s_golden_prefill(const char *name, int bf16, int block_size) {
     cr_expect_null(be);
     for (int c = 0; c < nc; c++) free(full[c]);
     free(tokens), free(bt), free(lg);
-    s_model_close(&m);
+    kvf_golden_close(&m);
 }
 
 // ---------------------------------------------------------------- golden: prompts, then batched decode
@@ -216,15 +178,15 @@ static void s_golden_prefill(const char *name, int bf16, int block_size) {
 // full_ids: every step's logits against the golden row, and greedy ids until a
 // case's first small-margin step. The allocation counter must not move.
 static void s_golden_decode(const char *name, int bf16, int block_size, int chunk) {
-    s_model_t m;
-    s_model_open(&m, name, bf16);
-    const int nc = s_n_cases(&m), V = m.vocab;
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, name, bf16);
+    const int nc = kvf_golden_n_cases(&m), V = m.vocab;
     int32_t *full[16], *greedy[16], len[16], plen[16], glen[16];
     int max_len = 0;
     for (int c = 0; c < nc; c++) {
         int n, g;
-        full[c] = s_ids(s_case(&m, c), "full_ids", &n);
-        greedy[c] = s_ids(s_case(&m, c), "greedy_ids", &g);
+        full[c] = s_ids(kvf_golden_case(&m, c), "full_ids", &n);
+        greedy[c] = s_ids(kvf_golden_case(&m, c), "greedy_ids", &g);
         len[c] = n, glen[c] = g;
         plen[c] = n - g;
         if (n > max_len) max_len = n;
@@ -270,7 +232,7 @@ static void s_golden_decode(const char *name, int bf16, int block_size, int chun
             fed[c] += nn[i];
             int j = fed[c] - plen[c];  // golden row: predicts full_ids[fed]
             if (j < 0) continue;
-            json_t *cs = s_case(&m, c);
+            json_t *cs = kvf_golden_case(&m, c);
             if (j >= s_int(cs, "n_rows")) continue;
             const float *row = lg + (size_t)i * V;
             double e = s_rel_l2(row, m.logits + (size_t)(s_int(cs, "logits_row_offset") + j) * V, V);
@@ -303,7 +265,7 @@ static void s_golden_decode(const char *name, int bf16, int block_size, int chun
     be->ops->destroy(&be);
     for (int c = 0; c < nc; c++) free(full[c]), free(greedy[c]);
     free(bt_all), free(bt), free(tokens), free(lg);
-    s_model_close(&m);
+    kvf_golden_close(&m);
 }
 
 Test(cuda_forward, tiny_llama_prefill) {

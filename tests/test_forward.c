@@ -13,52 +13,13 @@
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
+#include "golden_model.h"
 #include "test_util.h"
 #include "worker/cpu_backend.h"
 #include "worker/cpu_ops.h"
 
 // ---------------------------------------------------------------- fixtures
 
-typedef struct {
-    kvf_modelcfg_t cfg;
-    kvf_safetensors_t *st;
-    json_t *golden;
-    float *logits;  // (rows, vocab) golden
-    int vocab;
-} s_model_t;
-
-static void s_model_open(s_model_t *m, const char *name, int bf16) {
-    char dir[1024], path[1200], rel[256];
-    snprintf(rel, sizeof rel, "%s%s", name, bf16 ? "/bf16" : "");
-    KVF_FIXTURE_PATH(dir, rel);
-    kvf_err_t err;
-    cr_assert_eq(kvf_modelcfg_load(dir, &m->cfg, &err), 0, "%s", err.msg);
-    m->st = kvf_safetensors_open_dir(dir, &err);
-    cr_assert_not_null(m->st, "%s", err.msg);
-    snprintf(rel, sizeof rel, "%s/golden.json", name);
-    KVF_FIXTURE_PATH(path, rel);
-    json_error_t je;
-    m->golden = json_load_file(path, 0, &je);
-    cr_assert_not_null(m->golden, "%s: %s", path, je.text);
-    m->vocab = (int)json_integer_value(json_object_get(m->golden, "vocab_size"));
-    cr_assert_eq(m->vocab, m->cfg.vocab_size);
-    snprintf(rel, sizeof rel, "%s/%s", name, json_string_value(json_object_get(m->golden, "logits_file")));
-    KVF_FIXTURE_PATH(path, rel);
-    size_t len = 0;
-    m->logits = (float *)kvf_test_slurp(path, &len);
-    cr_assert_not_null(m->logits, "%s", path);
-    cr_assert_eq(len % ((size_t)m->vocab * 4), 0);
-}
-
-static void s_model_close(s_model_t *m) {
-    kvf_safetensors_destroy(&m->st);
-    json_decref(m->golden);
-    free(m->logits);
-}
-
-static int s_n_cases(const s_model_t *m) { return (int)json_array_size(json_object_get(m->golden, "cases")); }
-
-static json_t *s_case(const s_model_t *m, int c) { return json_array_get(json_object_get(m->golden, "cases"), c); }
 
 // ids of a case's array field into a new buffer; *n its length.
 static int32_t *s_ids(json_t *cs, const char *field, int *n) {
@@ -85,7 +46,7 @@ static kvf_backend_opts_t s_opts(int block_size, int n_threads) {
     return o;
 }
 
-static kvf_backend_t *s_backend(const s_model_t *m, int block_size, int n_threads) {
+static kvf_backend_t *s_backend(const kvf_golden_model_t *m, int block_size, int n_threads) {
     kvf_backend_opts_t o = s_opts(block_size, n_threads);
     kvf_err_t err;
     kvf_backend_t *be = kvf_cpu_backend_new(&m->cfg, m->st, &o, &err);
@@ -144,12 +105,12 @@ static int s_argmax(const float *x, int n) {
 // logit within 1e-3; bf16 the relative L2 error of every row below row_tol and
 // their mean below mean_tol. Returns the largest abs error (f32) or relative L2
 // error (bf16) seen.
-static double s_check_teacher_forced(const s_model_t *m, kvf_backend_t *be, int chunk, int bf16, double row_tol,
+static double s_check_teacher_forced(const kvf_golden_model_t *m, kvf_backend_t *be, int chunk, int bf16, double row_tol,
                                      double mean_tol) {
     int V = m->vocab, n_rows = 0;
     double worst = 0, sum = 0;
-    for (int c = 0; c < s_n_cases(m); c++) {
-        json_t *cs = s_case(m, c);
+    for (int c = 0; c < kvf_golden_n_cases(m); c++) {
+        json_t *cs = kvf_golden_case(m, c);
         int n;
         int32_t *ids = s_ids(cs, "full_ids", &n);
         int p0 = (int)json_integer_value(json_object_get(cs, "first_row_position"));
@@ -180,11 +141,11 @@ static double s_check_teacher_forced(const s_model_t *m, kvf_backend_t *be, int 
 }
 
 // Greedy decoding: prefill the prompt in one step, then one token per step.
-static void s_check_greedy(const s_model_t *m, kvf_backend_t *be, int bf16) {
+static void s_check_greedy(const kvf_golden_model_t *m, kvf_backend_t *be, int bf16) {
     int V = m->vocab;
     float *logits = malloc((size_t)V * be->opts.max_step_tokens * sizeof(float));
-    for (int c = 0; c < s_n_cases(m); c++) {
-        json_t *cs = s_case(m, c);
+    for (int c = 0; c < kvf_golden_n_cases(m); c++) {
+        json_t *cs = kvf_golden_case(m, c);
         int np_, ng;
         int32_t *prompt = s_ids(cs, "prompt_ids", &np_);
         int32_t *greedy = s_ids(cs, "greedy_ids", &ng);
@@ -217,8 +178,8 @@ static void s_check_greedy(const s_model_t *m, kvf_backend_t *be, int bf16) {
 // weights are rounded to bf16, computed in float32 here (the conversion itself
 // is exact to 2^-8, and the f32 run matches golden to 1e-4): its bound is looser.
 static void s_golden_tol(const char *name, int bf16, int block_size, double row_tol, double mean_tol) {
-    s_model_t m;
-    s_model_open(&m, name, bf16);
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, name, bf16);
     kvf_backend_t *be = s_backend(&m, block_size, 2);
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -232,7 +193,7 @@ static void s_golden_tol(const char *name, int bf16, int block_size, double row_
             (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec));
     be->ops->destroy(&be);
     cr_assert_null(be);
-    s_model_close(&m);
+    kvf_golden_close(&m);
 }
 
 static void s_golden(const char *name, int bf16, int block_size) { s_golden_tol(name, bf16, block_size, 2e-2, 2e-2); }
@@ -249,14 +210,14 @@ Test(forward, stories260K_bf16) { s_golden_tol("stories260K", 1, 64, 0.3, 0.04);
 // Several sequences of different lengths in one step give what each gives alone,
 // also when a decode token and prefill chunks share a step.
 Test(forward, batched_equals_one_at_a_time) {
-    s_model_t m;
-    s_model_open(&m, "tiny-llama", 0);
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, "tiny-llama", 0);
     kvf_backend_t *be = s_backend(&m, 16, 3);
     int V = m.vocab, ns = 4, lens[4], total = 0;
     int32_t *ids[4];
     float *alone[4];
     for (int s = 0; s < ns; s++) {
-        ids[s] = s_ids(s_case(&m, s), "full_ids", &lens[s]);
+        ids[s] = s_ids(kvf_golden_case(&m, s), "full_ids", &lens[s]);
         alone[s] = malloc((size_t)lens[s] * V * sizeof(float));
         s_teacher_force(be, ids[s], lens[s], lens[s], s, alone[s]);
     }
@@ -296,15 +257,15 @@ Test(forward, batched_equals_one_at_a_time) {
     }
     free(out);
     be->ops->destroy(&be);
-    s_model_close(&m);
+    kvf_golden_close(&m);
 }
 
 // The same step on 1 and 3 threads gives the same bits.
 Test(forward, thread_count_does_not_change_bits) {
-    s_model_t m;
-    s_model_open(&m, "stories260K", 0);
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, "stories260K", 0);
     int n;
-    int32_t *ids = s_ids(s_case(&m, 1), "full_ids", &n);
+    int32_t *ids = s_ids(kvf_golden_case(&m, 1), "full_ids", &n);
     float *a = malloc((size_t)n * m.vocab * sizeof(float)), *b = malloc((size_t)n * m.vocab * sizeof(float));
     kvf_backend_t *be1 = s_backend(&m, 16, 1), *be3 = s_backend(&m, 16, 3);
     s_teacher_force(be1, ids, n, 37, 0, a);
@@ -315,7 +276,7 @@ Test(forward, thread_count_does_not_change_bits) {
     free(a);
     free(b);
     free(ids);
-    s_model_close(&m);
+    kvf_golden_close(&m);
 }
 
 // ---------------------------------------------------------------- synthetic model vs naive forward
