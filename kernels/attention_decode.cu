@@ -1,15 +1,26 @@
 // kernels/attention_decode.cu — see attention_decode.h.
 //
-// One block of 4 warps per (tile, KV head). The tile's rows (its tokens x the G
-// query heads of the KV head, at most 16) are one m16 fragment that every warp
-// holds. Keys go in tiles of 64 from the paged cache to shared memory by
-// cp.async, two stages deep (the next tile is in flight while the current one
-// is scored); warp w takes keys [16w, 16w + 16) of each tile: S = Q K^T and
-// O += P V by mma.sync m16n8k16 (bf16 in, f32 accumulators), its own online
-// softmax (base 2). The four partial states are merged through shared memory.
-// Unlike kernels/attention.cu (K and V widened to f32 in shared memory, scalar
-// dot products), the bytes move as they are and the arithmetic is on the tensor
-// cores, so a step of many sequences runs at the cache's read bandwidth.
+// Variant 0 (s_attn_decode): one block of 4 warps per (tile, KV head). The
+// tile's rows (its tokens x the G query heads of the KV head, at most 16) are
+// one m16 fragment that every warp holds. Keys go in tiles of 64 from the paged
+// cache to shared memory by cp.async, two stages deep (the next tile is in
+// flight while the current one is scored); warp w takes keys [16w, 16w + 16) of
+// each tile: S = Q K^T and O += P V by mma.sync m16n8k16 (bf16 in, f32
+// accumulators), its own online softmax (base 2). The four partial states are
+// merged through shared memory. Unlike kernels/attention.cu (K and V widened to
+// f32 in shared memory, scalar dot products), the bytes move as they are and the
+// arithmetic is on the tensor cores, so a step of many sequences runs at the
+// cache's read bandwidth.
+//
+// The other variants (s_attn_decode_v) reshape only the pipeline that feeds the
+// same per-warp arithmetic (s_chunk): a ring of STAGES >= 3 buffers with one
+// barrier per stage, the block-table entries of the next stage fetched into
+// registers a stage ahead (no dependent global load in front of each
+// cp.async), and either a block-wide ring (all warps fill a stage together) or
+// one ring per warp (each warp copies and scores its own 16-key chunks with
+// only __syncwarp; the block meets once, for the merge). HEADS > 1 puts
+// several KV heads of a tile in one block (one warp or more each), so the
+// block reads whole 2 KB token rows of the cache together.
 #include <math.h>
 
 #include "kernels/attention_decode.h"
@@ -224,40 +235,378 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
     }
 }
 
+// ---------------------------------------------------------------- variants
+
+// The 16 keys at kw.. of a warp: sK, sV its (16, HD + 8) rows of K and V (zeros
+// past kv_end), scored against the Q fragments and folded into (m, l, o) with
+// the same arithmetic as s_attn_decode.
+template <int HD>
+static __device__ __forceinline__ void s_chunk(const bf16 *sK,                 // (16, HD + 8)
+                                               const bf16 *sV,                 // (16, HD + 8)
+                                               const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
+                                               float &m0, float &m1, float &l0, float &l1, int kw, int kv_end,
+                                               int pr0, int pr1, float scale_log2, int lane) {
+    constexpr int KS = HD + 8;
+    const int g = lane >> 2, tq = lane & 3;
+    float sc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+        const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++)
+            s_mma(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
+    }
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int key = kw + nt * 8 + 2 * tq + (e & 1);
+            const int rp = e < 2 ? pr0 : pr1;
+            float v = sc[nt][e] * scale_log2;
+            if (key > rp || key >= kv_end) v = -INFINITY;
+            sc[nt][e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
+        }
+#pragma unroll
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+    m0 = mn0, m1 = mn1;
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        sc[nt][0] = exp2f(sc[nt][0] - b0);
+        sc[nt][1] = exp2f(sc[nt][1] - b0);
+        sc[nt][2] = exp2f(sc[nt][2] - b1);
+        sc[nt][3] = exp2f(sc[nt][3] - b1);
+        s0 += sc[nt][0] + sc[nt][1];
+        s1 += sc[nt][2] + sc[nt][3];
+    }
+    l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
+    l1 = l1 * c1 + s1;
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) {
+        o[i][0] *= c0, o[i][1] *= c0;
+        o[i][2] *= c1, o[i][3] *= c1;
+    }
+    uint32_t a[4];
+    a[0] = s_pack(sc[0][0], sc[0][1]);
+    a[1] = s_pack(sc[0][2], sc[0][3]);
+    a[2] = s_pack(sc[1][0], sc[1][1]);
+    a[3] = s_pack(sc[1][2], sc[1][3]);
+    const bf16 *vrow = sV + (lane & 15) * KS;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        uint32_t v0, v1;
+        const unsigned addr = (unsigned)__cvta_generic_to_shared(vrow + dt * 8);
+        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(v0), "=r"(v1) : "r"(addr));
+        s_mma(o[dt], a, v0, v1);
+    }
+}
+
+// Dynamic shared memory of s_attn_decode_v: STAGES x (K|V) x 16 rows a warp,
+// rows of HD + 8 bf16. The merge (SPLIT > 1) reuses it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
+static size_t s_smem_v(int hd, int warps, int stages) {
+    return (size_t)stages * 2 * 16 * warps * (hd + 8) * sizeof(uint16_t);
+}
+
+// One block per (tile, group of HEADS KV heads); WARPS / HEADS (= SPLIT) warps a
+// head, warp sw of a head taking the 16-key chunks sw, sw + SPLIT, ... of its
+// keys. PW: each warp fills its own ring of STAGES chunks (__syncwarp only);
+// else (HEADS 1) the block fills a ring of STAGES stages of 16 x WARPS keys
+// (one __syncthreads a stage). Grid: n_tiles x ceil(KV / HEADS), heads fastest.
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW>
+static __global__ void __launch_bounds__(32 * WARPS)
+s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
+                const bf16 *q,         // (n_tokens, H, HD)
+                const bf16 *kc,        // (n_blocks, bs, KV, HD)
+                const bf16 *vc,        // (n_blocks, bs, KV, HD)
+                const int32_t *tiles,  // (n_tiles, 3)
+                const int32_t *pos,    // (n_tokens)
+                const int32_t *bt,     // (n_seqs, max_blocks)
+                int max_blocks, int H, int KV, int bs, float scale_log2) {
+    constexpr int SPLIT = WARPS / HEADS;  // warps that share one KV head's keys
+    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3, "bad variant shape");
+    constexpr int KS = HD + 8;            // row stride (bf16): 16 bytes of padding
+    constexpr int NR = 16 * WARPS;        // rows of K (and of V) in one stage, 16 a warp
+    constexpr int STAGE = 2 * NR * KS;    // K then V
+    constexpr int LN = PW ? 32 : 32 * WARPS;  // threads that fill a warp's rows (PW) or the stage
+    constexpr int RPC = HD / 8;           // 16-byte chunks a row
+    constexpr int CPT = HD / 16;          // chunks a thread fills per tensor per stage
+    constexpr int RSTEP = LN / RPC;       // rows between a thread's chunks
+    static_assert(LN % RPC == 0 && RSTEP * CPT == (PW ? 16 : NR), "loader shape");
+    static_assert(STAGES * 2 * KS * 2 >= 4 * HD + 8, "the merge must fit in the stages");
+    extern __shared__ float4 dsmem4[];
+    bf16 *sm = (bf16 *)dsmem4;            // (STAGES, K|V, NR, KS)
+
+    const int groups = (KV + HEADS - 1) / HEADS;
+    const int tile = blockIdx.x / groups, kvg = blockIdx.x % groups;
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int G = H / KV, nr = nq * G;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int sw = warp % SPLIT, kvh = kvg * HEADS + warp / SPLIT;
+    const bool active = kvh < KV;         // uniform over the warp; always true when HEADS is 1
+    const int32_t *btab = bt + (size_t)seq * max_blocks;
+    const int p0 = pos[q0];
+    const int kv_end = p0 + nq;
+    const int r0 = g, r1 = g + 8;  // this thread's two rows
+    const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
+    const int n_kt = (kv_end + 16 * SPLIT - 1) / (16 * SPLIT);  // chunks a warp (PW) or stages (block)
+
+    const int li = PW ? lane : (int)threadIdx.x;
+    const int jl = li / RPC, dl = (li % RPC) * 8;  // this thread's first row and its 8 dims
+    const int rb = PW ? 16 * warp : 0;             // first stage row that this thread's ring fills
+    int nb[CPT], ns[CPT];                          // cache block and slot in it of the next load's rows
+    auto key0 = [&](int it) { return PW ? 16 * (SPLIT * it + sw) : it * NR; };
+    auto fetch = [&](int it) {
+        const int key = key0(it) + jl;
+        int blk = key / bs, slot = key - blk * bs;  // one division a stage; the rows RSTEP apart step on
+#pragma unroll
+        for (int i = 0; i < CPT; i++) {
+            if (i > 0)
+                for (slot += RSTEP; slot >= bs; slot -= bs) blk++;
+            nb[i] = key + i * RSTEP < kv_end ? __ldg(btab + blk) : 0;
+            ns[i] = slot;
+        }
+    };
+    auto load = [&](int it) {
+        const int kb = key0(it);
+        if (active && it < n_kt && kb < kv_end) {
+            bf16 *sK = sm + (it % STAGES) * STAGE + rb * KS, *sV = sK + NR * KS;
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                const int j = jl + i * RSTEP, key = kb + j;
+                if (key < kv_end) {
+                    const size_t off = (((size_t)nb[i] * bs + ns[i]) * KV + kvh) * HD + dl;
+                    s_cp16(sK + j * KS + dl, kc + off);
+                    s_cp16(sV + j * KS + dl, vc + off);
+                } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
+                    *(uint4 *)(sK + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
+                    *(uint4 *)(sV + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
+                }
+            }
+            fetch(it + 1);  // in flight while this stage is
+        }
+        asm volatile("cp.async.commit_group;\n" ::);  // empty groups too: wait_group counts them
+    };
+    fetch(0);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) load(s);
+
+    // Q fragments (A operands), one per 16 dims; rows past the tile are zeros
+    uint32_t qf[HD / 16][4];
+    {
+        const bool v0 = active && r0 < nr, v1 = active && r1 < nr;
+        const bf16 *q0p = q + ((size_t)(q0 + (v0 ? r0 / G : 0)) * H + (v0 ? kvh * G + r0 % G : 0)) * HD;
+        const bf16 *q1p = q + ((size_t)(q0 + (v1 ? r1 / G : 0)) * H + (v1 ? kvh * G + r1 % G : 0)) * HD;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            const int c = ks * 16 + 2 * tq;
+            qf[ks][0] = v0 ? *(const uint32_t *)(q0p + c) : 0u;
+            qf[ks][1] = v1 ? *(const uint32_t *)(q1p + c) : 0u;
+            qf[ks][2] = v0 ? *(const uint32_t *)(q0p + c + 8) : 0u;
+            qf[ks][3] = v1 ? *(const uint32_t *)(q1p + c + 8) : 0u;
+        }
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    const int n_it = active ? n_kt : 0;
+    for (int it = 0; it < n_it; it++) {
+        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's part of stage it is in
+        if (PW) __syncwarp();  // every lane's part; the slot of it - 1 is free (scored by this warp)
+        else __syncthreads();  // every thread's part; the slot of it - 1 is free (scored by every warp)
+        load(it + STAGES - 1);
+        const int kw = 16 * (SPLIT * it + sw);
+        if (kw < kv_end) {  // uniform over the warp
+            const bf16 *sK = sm + (it % STAGES) * STAGE + 16 * warp * KS;
+            s_chunk<HD>(sK, sK + NR * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+        }
+    }
+    asm volatile("cp.async.wait_group 0;\n" ::);
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    if (SPLIT == 1) {  // the warp saw every key of its head: no merge, no barrier
+        if (!active) return;
+        bf16 *o0 = out + ((size_t)(q0 + r0 / G) * H + kvh * G + r0 % G) * HD;
+        bf16 *o1 = out + ((size_t)(q0 + r1 / G) * H + kvh * G + r1 % G) * HD;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            const int c = dt * 8 + 2 * tq;
+            if (r0 < nr)
+                *(__nv_bfloat162 *)(o0 + c) = __floats2bfloat162_rn(l0 > 0.0f ? o[dt][0] / l0 : 0.0f,
+                                                                    l0 > 0.0f ? o[dt][1] / l0 : 0.0f);
+            if (r1 < nr)
+                *(__nv_bfloat162 *)(o1 + c) = __floats2bfloat162_rn(l1 > 0.0f ? o[dt][2] / l1 : 0.0f,
+                                                                    l1 > 0.0f ? o[dt][3] / l1 : 0.0f);
+        }
+        return;
+    }
+
+    // merge the SPLIT warps of each head (m, l, o) through shared memory
+    __syncthreads();  // every warp is done with the stages
+    float *sO = (float *)dsmem4;                        // (WARPS, 16, HD)
+    float *sML = sO + WARPS * 16 * HD;                  // (WARPS, 16, 2)
+    float *w0 = sO + (warp * 16 + r0) * HD, *w1 = sO + (warp * 16 + r1) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int c = dt * 8 + 2 * tq;
+        *(float2 *)(w0 + c) = make_float2(o[dt][0], o[dt][1]);
+        *(float2 *)(w1 + c) = make_float2(o[dt][2], o[dt][3]);
+    }
+    if (tq == 0) {
+        sML[2 * (warp * 16 + r0)] = m0, sML[2 * (warp * 16 + r0) + 1] = l0;
+        sML[2 * (warp * 16 + r1)] = m1, sML[2 * (warp * 16 + r1) + 1] = l1;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < HEADS * nr * HD; idx += 32 * WARPS) {
+        const int hh = idx / (nr * HD), r = idx / HD % nr, d = idx % HD, kvo = kvg * HEADS + hh;
+        if (kvo >= KV) break;  // idx only grows: every later one is past the heads too
+        const int wb = hh * SPLIT;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < SPLIT; w++) M = fmaxf(M, sML[2 * ((wb + w) * 16 + r)]);
+        float L = 0.0f, acc = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < SPLIT; w++) {
+                const float mw = sML[2 * ((wb + w) * 16 + r)];
+                if (mw == -INFINITY) continue;  // a warp that saw no key of this row
+                const float f = exp2f(mw - M);
+                L += sML[2 * ((wb + w) * 16 + r) + 1] * f;
+                acc += sO[((wb + w) * 16 + r) * HD + d] * f;
+            }
+        }
+        out[((size_t)(q0 + r / G) * H + kvo * G + r % G) * HD + d] = __float2bfloat16_rn(L > 0.0f ? acc / L : 0.0f);
+    }
+}
+
+// ---------------------------------------------------------------- launchers
+
+// The launch arguments common to every variant.
+typedef struct {
+    bf16 *out;
+    const bf16 *q, *kc, *vc;
+    const int32_t *tiles, *pos, *bt;
+    int n_tiles, max_blocks, H, KV, bs;
+    float scale_log2;
+    cudaStream_t stream;
+} s_args_t;
+
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW>
+static int s_launch_v(const s_args_t *a, kvf_err_t *err) {
+    const int groups = (a->KV + HEADS - 1) / HEADS;
+    KVF_REQUIRE((long long)a->n_tiles * groups <= 0x7fffffffLL, err);
+    const size_t smem = s_smem_v(HD, WARPS, STAGES);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
+    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
+        a->out, a->q, a->kc, a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+template <int HD>
+static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
+    KVF_REQUIRE((long long)a->n_tiles * a->KV <= 0x7fffffffLL, err);
+    const size_t smem = (size_t)2 * 2 * DC_K * (HD + 8) * sizeof(uint16_t);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                   err);
+    s_attn_decode<HD><<<a->n_tiles * a->KV, DC_THREADS, smem, a->stream>>>(
+        a->out, a->q, a->kc, a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+// The variants: name, shape (warps a block, ring depth, KV heads a block, one ring a warp).
+// "SxK Nw": block-wide ring of S stages of K keys, N warps; "wSx16": a ring of S
+// 16-key chunks a warp; "4h": 4 KV heads a block, a warp each.
+typedef struct {
+    const char *name;
+    int warps, stages, heads, per_warp;
+} s_variant_t;
+
+static const s_variant_t s_variants[] = {
+    {"v0 2x64 4w", 4, 2, 1, 0},   // s_attn_decode: two barriers a stage, block table read in front of each stage
+    {"v1 3x64 4w", 4, 3, 1, 0},   // 104 KB: 2 blocks an SM, 2-3 stages in flight a block
+    {"v2 4x32 2w", 2, 4, 1, 0},   // 68 KB: 3 blocks an SM of 2 warps, 3-4 stages in flight
+    {"v3 w3x16 4w", 4, 3, 1, 1},  // 104 KB: 2 blocks an SM, no block barrier until the merge
+    {"v4 w4x16 2w", 2, 4, 1, 1},  // 68 KB: 3 blocks an SM of 2 warps, no block barrier until the merge
+    {"v5 w3x16 4h", 4, 3, 4, 1},  // 104 KB: a warp a KV head over all keys, no merge, no block barrier
+    {"v6 w3x16 2w", 2, 3, 1, 1},  // 51 KB: 4 blocks an SM of 2 warps
+};
+#define DC_N_VARIANTS ((int)(sizeof s_variants / sizeof s_variants[0]))
+#define DC_DEFAULT 0  // the variant kvf_attention_decode runs
+
+template <int HD>
+static int s_launch(int variant, const s_args_t *a, kvf_err_t *err) {
+    switch (variant) {
+    case 0: return s_launch_v0<HD>(a, err);
+    case 1: return s_launch_v<HD, 4, 3, 1, false>(a, err);
+    case 2: return s_launch_v<HD, 2, 4, 1, false>(a, err);
+    case 3: return s_launch_v<HD, 4, 3, 1, true>(a, err);
+    case 4: return s_launch_v<HD, 2, 4, 1, true>(a, err);
+    case 5: return s_launch_v<HD, 4, 3, 4, true>(a, err);
+    case 6: return s_launch_v<HD, 2, 3, 1, true>(a, err);
+    default: break;
+    }
+    return kvf_check_inval(err, "a launcher for every variant", __func__);
+}
+
 extern "C" int kvf_attention_decode_supports(int n_heads, int n_kv, int head_dim) {
     return n_kv > 0 && n_heads > 0 && n_heads % n_kv == 0 && n_heads / n_kv <= KVF_ATTN_DECODE_ROWS &&
            (head_dim == 64 || head_dim == 128);
 }
 
 extern "C" size_t kvf_attention_decode_smem(int head_dim) {
-    return (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);
+    size_t m = (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);  // variant 0
+    for (int v = 1; v < DC_N_VARIANTS; v++) {
+        const size_t s = s_smem_v(head_dim, s_variants[v].warps, s_variants[v].stages);
+        if (s > m) m = s;
+    }
+    return m;
+}
+
+extern "C" int kvf_attention_decode_n_variants(void) { return DC_N_VARIANTS; }
+
+extern "C" const char *kvf_attention_decode_variant_name(int variant) {
+    return variant >= 0 && variant < DC_N_VARIANTS ? s_variants[variant].name : NULL;
+}
+
+extern "C" int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+                                            const uint16_t *v_cache, const int32_t *tiles, int n_tiles,
+                                            const int32_t *pos, const int32_t *block_table, int max_blocks,
+                                            int n_heads, int n_kv, int head_dim, int block_size, cudaStream_t stream,
+                                            kvf_err_t *err) {
+    KVF_REQUIRE(variant >= 0 && variant < DC_N_VARIANTS, err);
+    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
+    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
+    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
+    if (n_tiles == 0) return 0;
+    const s_args_t a = {(bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache, (const bf16 *)v_cache, tiles, pos,
+                        block_table, n_tiles, max_blocks, n_heads, n_kv, block_size,
+                        (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634), stream};
+    return head_dim == 64 ? s_launch<64>(variant, &a, err) : s_launch<128>(variant, &a, err);
 }
 
 extern "C" int kvf_attention_decode(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
                                     const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
                                     const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                     int block_size, cudaStream_t stream, kvf_err_t *err) {
-    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
-    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
-    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
-    if (n_tiles == 0) return 0;
-    const float scale_log2 = (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634);
-    KVF_REQUIRE((long long)n_tiles * n_kv <= 0x7fffffffLL, err);
-    const dim3 grid(n_tiles * n_kv);
-    const size_t smem = kvf_attention_decode_smem(head_dim);
-    if (head_dim == 64) {
-        KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<64>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
-                       err);
-        s_attn_decode<64><<<grid, DC_THREADS, smem, stream>>>((bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache,
-                                                              (const bf16 *)v_cache, tiles, pos, block_table,
-                                                              max_blocks, n_heads, n_kv, block_size, scale_log2);
-    } else {
-        KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            (int)smem), err);
-        s_attn_decode<128><<<grid, DC_THREADS, smem, stream>>>((bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache,
-                                                               (const bf16 *)v_cache, tiles, pos, block_table,
-                                                               max_blocks, n_heads, n_kv, block_size, scale_log2);
-    }
-    KVF_LAUNCH_CHECK(err);
-    return 0;
+    return kvf_attention_decode_variant(DC_DEFAULT, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
+                                        max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
 }

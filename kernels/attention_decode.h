@@ -22,14 +22,16 @@ extern "C" {
 // n_kv <= KVF_ATTN_DECODE_ROWS).
 int kvf_attention_decode_supports(int n_heads, int n_kv, int head_dim);
 
-// Dynamic shared memory one block takes (for occupancy estimates), bytes.
+// Dynamic shared memory one block takes (for occupancy estimates), bytes: the
+// most that any variant takes.
 size_t kvf_attention_decode_smem(int head_dim);
 
 // out[t, h] = softmax(q[t,h] . K[0..pos[t]] / sqrt(head_dim)) V for the tokens
 // of the given tiles: tiles[i] = {seq, first token index in the batch, count},
 // count x (n_heads / n_kv) <= KVF_ATTN_DECODE_ROWS, the tile's tokens at
 // consecutive positions with their keys already in the cache (decode: count 1).
-// Other rows of out are left alone. Returns 0, or -1 with err set.
+// Other rows of out are left alone. Runs the default variant (see below).
+// Returns 0, or -1 with err set.
 int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
                          const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
                          const uint16_t *k_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
@@ -40,6 +42,29 @@ int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, hea
                          const int32_t *block_table,  // (n_seqs, max_blocks) device
                          int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                          cudaStream_t stream, kvf_err_t *err);
+
+// Kernel variants, for kvf-kbench and test_kernels: 0 is the default that
+// kvf_attention_decode runs; names are short and stable ("v0 2x64 4w", ...).
+// They differ only in how keys are fed to the tensor cores (ring depth, warps
+// a block, one ring a block or a warp, KV heads a block); results are the same.
+int kvf_attention_decode_n_variants(void);
+
+// The variant's name (static storage), or NULL when variant is out of range.
+const char *kvf_attention_decode_variant_name(int variant);
+
+// kvf_attention_decode run by the given variant, 0 <= variant <
+// kvf_attention_decode_n_variants() (else -1 with err KVF_E_INVAL).
+int kvf_attention_decode_variant(int variant,
+                                 uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
+                                 const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
+                                 const uint16_t *k_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                                 const uint16_t *v_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
+                                 const int32_t *tiles,        // (n_tiles, 3) device
+                                 int n_tiles,
+                                 const int32_t *pos,          // (n_tokens) device
+                                 const int32_t *block_table,  // (n_seqs, max_blocks) device
+                                 int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                                 cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }

@@ -551,6 +551,20 @@ static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     char full[128];
     CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));  // NaN: every row must be written
     if (tensor_cores == 2) {
+        // every kernel variant on the same case; the default (kvf_attention_decode) is checked below
+        for (int v = 0; v < kvf_attention_decode_n_variants(); v++) {
+            const char *vn = kvf_attention_decode_variant_name(v);
+            cr_assert(vn, "variant %d has no name", v);
+            CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
+            cr_assert(kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                   b.max_blocks, H, KV, HD, bs, 0, &err) == 0,
+                      "%s: %s", vn, err.msg);
+            snprintf(full, sizeof full, "%s [%s]", cs, vn);
+            float *gv = s_down_bf16(d_out, qn);
+            s_expect_norm("attention_decode_tc", full, gv, ref, qn, 8e-3, 4e-3);
+            free(gv);
+        }
+        CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
         cr_assert(kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
                                        bs, 0, &err) == 0,
                   "%s", err.msg);
@@ -598,6 +612,16 @@ Test(kernels, attention_decode_tensor_cores) {
     rng_t r = s_rng("attention_decode_tc");
     cr_expect(kvf_attention_decode_supports(32, 8, 128) && kvf_attention_decode_supports(16, 1, 64));
     cr_expect(!kvf_attention_decode_supports(32, 1, 128) && !kvf_attention_decode_supports(8, 8, 96));
+    // variants: named, and an index out of range is a returned KVF_E_INVAL before anything is launched
+    const int nv = kvf_attention_decode_n_variants();
+    cr_assert(nv >= 1 && kvf_attention_decode_variant_name(0) && !kvf_attention_decode_variant_name(nv) &&
+              !kvf_attention_decode_variant_name(-1));
+    kvf_err_t err;
+    uint16_t dummy[8];
+    const int32_t idummy[3] = {0, 0, 1};
+    cr_expect(kvf_attention_decode_variant(nv, dummy, dummy, dummy, dummy, idummy, 1, idummy, idummy, 1, 32, 8, 128,
+                                           64, 0, &err) == -1 &&
+              err.code == KVF_E_INVAL);
     // decode rows: contexts from 1 key to past a few 64-key stages, ends mid-block
     const int np1[] = {0, 15, 16, 63, 64, 200, 1000, 4095}, nn1[] = {1, 1, 1, 1, 1, 1, 1, 1};
     s_attn_case_k(&r, 32, 8, 128, 64, 8, np1, nn1, 0, 2, "decode G4 HD128 bs64");
