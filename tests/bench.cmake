@@ -4,3 +4,14 @@ if(TARGET kvf-bench)
   kvf_add_test(test_bench SOURCES test_bench.c LIBS kvf_roofline kvf_engine PkgConfig::JANSSON TIMEOUT 180)
   add_dependencies(test_bench kvf-bench)
 endif()
+
+# kvf-kbench needs a GPU to measure anything; without one, --help still works and a bad
+# flag is a usage error (exit 2).
+if(TARGET kvf-kbench)
+  add_test(NAME kvf_kbench_help COMMAND kvf-kbench --help)
+  set_tests_properties(kvf_kbench_help PROPERTIES PASS_REGULAR_EXPRESSION "usage: kvf-kbench")
+  add_test(NAME kvf_kbench_bad_flag
+           COMMAND sh -c "\"$<TARGET_FILE:kvf-kbench>\" --no-such-flag; test $? -eq 2")
+  add_test(NAME kvf_kbench_bad_only
+           COMMAND sh -c "\"$<TARGET_FILE:kvf-kbench>\" --only gemm,nope; test $? -eq 2")
+endif()
