@@ -12,7 +12,9 @@
 // time and three of the four reads hit the L2. S = Q K^T and O += P V are mma.sync m16n8k16 bf16
 // products with f32 accumulators; V's fragments come through ldmatrix.trans.
 // Softmax runs in base 2 on the f32 scores; P is rounded to bf16 for the PV
-// product (as flash-attention does).
+// product (as flash-attention does). That kernel is variant 0; variants 1 and 2
+// (below) give a staged K/V tile to 2 or 4 query heads of a group and 32 rows to a
+// warp; kvf_attention_prefill runs s_default_variant.
 #include <math.h>
 
 #include "kernels/attention_prefill.h"
@@ -40,6 +42,8 @@ static __device__ __forceinline__ void s_cp16(void *smem, const void *gmem) {
     const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem));
 }
+
+// ---------------------------------------------------------------- v0: a block per (tile, query head)
 
 template <int HD>
 static __global__ void __launch_bounds__(PM_THREADS, 3)  // 3 blocks an SM: <= 170 registers, 3 x 68 KB
@@ -204,12 +208,331 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
     }
 }
 
+// ---------------------------------------------------------------- v1, v2: GQA rows, 32 rows a warp
+//
+// flash-attention 2's shape over the paged cache. A block takes NH query heads of
+// one KV head for a tile of 64 tokens (NH x 64 rows, 2 warps a head, 32 rows a
+// warp as two m16 fragments), so each staged K/V tile serves NH x 64 rows (v0:
+// 64) and each K or V fragment read from shared memory feeds two mma (v0: one);
+// the two fragments are independent chains that overlap each other's softmax
+// latency. Registers: 2 x 16 x 4 output floats (HD 128) leave no room for Q, so Q
+// lives in shared memory and is re-read per 16 dims by ldmatrix, and a 64-key
+// stage is two online-softmax steps of 32 keys (2 x 4 x 4 score floats; with 64
+// keys ptxas spilled); the output rescale is skipped when no row maximum of the
+// warp moved (c = 1 exactly, most steps). K comes through ldmatrix (4 matrices:
+// 16 keys x 16 dims), V through ldmatrix.trans (16 keys x 16 dims). The causal
+// mask is applied only on steps that reach past a warp's first query, and a warp
+// skips the steps past its last query. Numerics are v0's: base-2 softmax on f32
+// scores, P rounded to bf16 (against the running maximum of 32 keys, not 64).
+
+static __device__ __forceinline__ void s_ldsm4(uint32_t r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+static __device__ __forceinline__ void s_ldsm4t(uint32_t r[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// NH heads a block (1, 2 or 4, dividing the group), 64 x NH threads.
+template <int HD, int NH>
+static __global__ void __launch_bounds__(64 * NH, 1)  // <= 255 registers; shared memory sets blocks an SM
+s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
+                   const bf16 *q,            // (n_tokens, H, HD)
+                   const bf16 *kc,           // (n_blocks, bs, KV, HD)
+                   const bf16 *vc,           // (n_blocks, bs, KV, HD)
+                   const int32_t *tiles,     // (n_tiles, 3)
+                   const int32_t *pos,       // (n_tokens)
+                   const int32_t *bt,        // (n_seqs, max_blocks)
+                   int max_blocks, int H, int KV, int bs, float scale_log2) {
+    constexpr int NT = 64 * NH;           // threads, and rows (NH heads x 64 tokens)
+    constexpr int KS = HD + 8;            // row stride of sQ, sK, sV (bf16): 16 bytes of padding, no bank conflicts
+    constexpr int STAGE = 2 * PM_K * KS;  // K then V
+    constexpr int GK = 32;                // keys an online-softmax step
+    static_assert(PM_Q == 64, "2 warps of 32 rows a head");
+    extern __shared__ float4 pg_dsmem4[];
+    bf16 *sQ = (bf16 *)pg_dsmem4;         // (NH x 64 rows, KS): row hh * 64 + t is token t of head h0 + hh
+    bf16 *sKV = sQ + NT * KS;             // (2 stages, K|V, PM_K, KS)
+
+    // tiles last to first (long causal tiles first), head groups fastest (they share K/V through the L2)
+    const int n_hb = H / NH;
+    const int lin = gridDim.x - 1 - blockIdx.x, tile = lin / n_hb, h0 = (lin % n_hb) * NH, kvh = h0 / (H / KV);
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int h = h0 + (warp >> 1), tw = (warp & 1) * 32;  // this warp's head and first token
+    const int32_t *btab = bt + (size_t)seq * max_blocks;
+    const int p0 = pos[q0];
+    const int kv_end = p0 + nq;
+
+    // Q of the block's NH heads (zeros past the tile's tokens), in the first cp.async group with key tile 0
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) {
+        const int ch = threadIdx.x + i * NT, r = ch / (HD / 8), d = (ch % (HD / 8)) * 8, t = r % 64;
+        if (t < nq) s_cp16(sQ + r * KS + d, q + ((size_t)(q0 + t) * H + h0 + r / 64) * HD + d);
+        else *(uint4 *)(sQ + r * KS + d) = make_uint4(0u, 0u, 0u, 0u);
+    }
+    // NH threads a key row: thread part p copies the 16-byte chunks p, p + NH, ... of key j's K and V rows, so one
+    // block-table look-up serves a thread's whole row share, and at each step the NH threads of a key read
+    // NH x 16 adjacent bytes. Few registers live across the loop (the accumulators need them).
+    constexpr int CPT = HD / 8 / NH;  // chunks per thread per tensor per key tile
+    static_assert(NT == PM_K * NH && CPT * NH == HD / 8, "NH threads a key");
+    const int kj = threadIdx.x / NH, kp = threadIdx.x % NH;
+    const bf16 *kbase = kc + (size_t)kvh * HD + kp * 8, *vbase = vc + (size_t)kvh * HD + kp * 8;
+    bf16 *sdst = sKV + kj * KS + kp * 8;  // stage 0's K
+    auto load = [&](int stage, int kt) {
+        bf16 *sK = sdst + stage * STAGE, *sV = sK + PM_K * KS;
+        const int key = kt + kj;
+        if (key < kv_end) {
+            const size_t row = (size_t)btab[key / bs] * bs + key % bs;
+            const bf16 *gk = kbase + row * KV * HD, *gv = vbase + row * KV * HD;
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                s_cp16(sK + i * NH * 8, gk + i * NH * 8);
+                s_cp16(sV + i * NH * 8, gv + i * NH * 8);
+            }
+        } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                *(uint4 *)(sK + i * NH * 8) = make_uint4(0u, 0u, 0u, 0u);
+                *(uint4 *)(sV + i * NH * 8) = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        asm volatile("cp.async.commit_group;\n" ::);
+    };
+    const int n_kt = (kv_end + PM_K - 1) / PM_K;
+    load(0, 0);
+
+    float o[2][HD / 8][4];
+#pragma unroll
+    for (int f = 0; f < 2; f++)
+#pragma unroll
+        for (int i = 0; i < HD / 8; i++) o[f][i][0] = o[f][i][1] = o[f][i][2] = o[f][i][3] = 0.0f;
+    float m[2][2], l[2][2];  // [fragment][row g, row g + 8]
+#pragma unroll
+    for (int f = 0; f < 2; f++) m[f][0] = m[f][1] = -INFINITY, l[f][0] = l[f][1] = 0.0f;
+    const bool warp_live = tw < nq;
+    const int warp_first_pos = p0 + tw, warp_last_pos = warp_first_pos + 31;
+
+    // ldmatrix row addresses (bytes, shared space). Q (A, 16 x 16): lane -> row lane % 16, dims + 8 (lane / 16).
+    // K (B of S, 4 matrices 8 keys x 8 dims): lane -> key lane % 8 + 8 (lane / 16), dims + 8 (lane / 8 % 2):
+    // b0 b1 of two key tiles.
+    // V (B of PV, trans, 4 matrices 8 keys x 8 dims): lane -> key lane % 16, dims + 8 (lane / 16): two n-tiles.
+    const unsigned q_addr =
+        (unsigned)__cvta_generic_to_shared(sQ + (warp * 32 + (lane & 15)) * KS + (lane >> 4) * 8);
+    const unsigned kv_addr0 = (unsigned)__cvta_generic_to_shared(sKV);
+    const unsigned k_off = (((lane & 7) + (lane >> 4) * 8) * KS + ((lane >> 3) & 1) * 8) * 2;
+    const unsigned v_off = ((lane & 15) * KS + (lane >> 4) * 8) * 2;
+
+    for (int it = 0; it < n_kt; it++) {
+        const int stage = it & 1, kt = it * PM_K;
+        if (it + 1 < n_kt) {
+            load(stage ^ 1, kt + PM_K);  // its buffer was released by the barrier that ended it - 1
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        }
+        __syncthreads();  // this stage's keys (and Q) are in shared memory for every thread
+        if (warp_live && kt <= warp_last_pos) {  // uniform over the warp
+            const unsigned k_addr = kv_addr0 + stage * STAGE * 2 + k_off;
+            const unsigned v_addr = kv_addr0 + (stage * STAGE + PM_K * KS) * 2 + v_off;
+            // two online-softmax steps of 32 keys: 2 x 16 x 32 scores fit next to the 2 x 16 x HD accumulators
+#pragma unroll
+            for (int hf = 0; hf < PM_K / GK; hf++) {
+                const int kh = kt + hf * GK;  // first key of this step
+                if (kh > warp_last_pos) break;  // uniform: every key of the step is past the warp's queries
+                // S = Q K^T for 32 rows x 32 keys: 2 fragments x 4 tiles of 8 keys
+                float sc[2][GK / 8][4];
+#pragma unroll
+                for (int f = 0; f < 2; f++)
+#pragma unroll
+                    for (int nt = 0; nt < GK / 8; nt++)
+                        sc[f][nt][0] = sc[f][nt][1] = sc[f][nt][2] = sc[f][nt][3] = 0.0f;
+#pragma unroll
+                for (int ks = 0; ks < HD / 16; ks++) {
+                    uint32_t qa[2][4];  // [fragment]
+#pragma unroll
+                    for (int f = 0; f < 2; f++) s_ldsm4(qa[f], q_addr + (f * 16 * KS + ks * 16) * 2);
+#pragma unroll
+                    for (int nt = 0; nt < GK / 8; nt += 2) {
+                        uint32_t kb[4];  // b0 b1 of key tiles nt and nt + 1
+                        s_ldsm4(kb, k_addr + ((hf * GK + nt * 8) * KS + ks * 16) * 2);
+#pragma unroll
+                        for (int f = 0; f < 2; f++) {
+                            s_mma(sc[f][nt], qa[f], kb[0], kb[1]);
+                            s_mma(sc[f][nt + 1], qa[f], kb[2], kb[3]);
+                        }
+                    }
+                }
+                // scale, causal mask (only where the step reaches past the warp's first query), online softmax
+                const bool diag = kh + GK - 1 > warp_first_pos;
+                float c[2][2];
+                uint32_t pa[2][GK / 16][4];  // P as A fragments of PV (bf16): [fragment][16 keys]
+#pragma unroll
+                for (int f = 0; f < 2; f++) {
+                    // key kh + nt * 8 + 2 tq + (e & 1) is past row g's position when nt * 8 + (e & 1) > lim0 (an
+                    // immediate against one register: no per-element constants live across the loop)
+                    const int lim0 = warp_first_pos + f * 16 + g - kh - 2 * tq, lim1 = lim0 + 8;
+                    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+                    for (int nt = 0; nt < GK / 8; nt++)
+#pragma unroll
+                        for (int e = 0; e < 4; e++) {
+                            float v = sc[f][nt][e] * scale_log2;
+                            if (diag && nt * 8 + (e & 1) > (e < 2 ? lim0 : lim1)) v = -INFINITY;
+                            sc[f][nt][e] = v;
+                            if (e < 2) mx0 = fmaxf(mx0, v);
+                            else mx1 = fmaxf(mx1, v);
+                        }
+#pragma unroll
+                    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+                        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+                        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+                    }
+                    const float mn0 = fmaxf(m[f][0], mx0), mn1 = fmaxf(m[f][1], mx1);
+                    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+                    c[f][0] = exp2f(m[f][0] - b0), c[f][1] = exp2f(m[f][1] - b1);
+                    m[f][0] = mn0, m[f][1] = mn1;
+                    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+                    for (int nt = 0; nt < GK / 8; nt++) {
+                        sc[f][nt][0] = exp2f(sc[f][nt][0] - b0);
+                        sc[f][nt][1] = exp2f(sc[f][nt][1] - b0);
+                        sc[f][nt][2] = exp2f(sc[f][nt][2] - b1);
+                        sc[f][nt][3] = exp2f(sc[f][nt][3] - b1);
+                        s0 += sc[f][nt][0] + sc[f][nt][1];
+                        s1 += sc[f][nt][2] + sc[f][nt][3];
+                    }
+#pragma unroll
+                    for (int kk = 0; kk < GK / 16; kk++) {
+                        pa[f][kk][0] = s_pack(sc[f][2 * kk][0], sc[f][2 * kk][1]);
+                        pa[f][kk][1] = s_pack(sc[f][2 * kk][2], sc[f][2 * kk][3]);
+                        pa[f][kk][2] = s_pack(sc[f][2 * kk + 1][0], sc[f][2 * kk + 1][1]);
+                        pa[f][kk][3] = s_pack(sc[f][2 * kk + 1][2], sc[f][2 * kk + 1][3]);
+                    }
+                    l[f][0] = l[f][0] * c[f][0] + s0;  // per-thread partial sums; the quad adds them up at the end
+                    l[f][1] = l[f][1] * c[f][1] + s1;
+                }
+                // the row maxima stop moving after the first keys: skip the rescale when no row's did (exact: c = 1)
+                const bool moved = c[0][0] != 1.0f || c[0][1] != 1.0f || c[1][0] != 1.0f || c[1][1] != 1.0f;
+                if (__any_sync(0xffffffffu, moved)) {
+#pragma unroll
+                    for (int f = 0; f < 2; f++)
+#pragma unroll
+                        for (int i = 0; i < HD / 8; i++) {
+                            o[f][i][0] *= c[f][0], o[f][i][1] *= c[f][0];
+                            o[f][i][2] *= c[f][1], o[f][i][3] *= c[f][1];
+                        }
+                }
+                // O += P V, V through ldmatrix.trans
+#pragma unroll
+                for (int kk = 0; kk < GK / 16; kk++) {
+#pragma unroll
+                    for (int dt = 0; dt < HD / 8; dt += 2) {
+                        uint32_t vb[4];
+                        s_ldsm4t(vb, v_addr + ((hf * GK + kk * 16) * KS + dt * 8) * 2);
+#pragma unroll
+                        for (int f = 0; f < 2; f++) {
+                            s_mma(o[f][dt], pa[f][kk], vb[0], vb[1]);
+                            s_mma(o[f][dt + 1], pa[f][kk], vb[2], vb[3]);
+                        }
+                    }
+                }
+            }
+        }
+        __syncthreads();  // every warp is done with this stage before it is loaded again
+    }
+
+#pragma unroll
+    for (int f = 0; f < 2; f++) {
+        float l0 = l[f][0], l1 = l[f][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const int r0 = tw + f * 16 + g, r1 = r0 + 8;  // tokens in the tile
+        bf16 *o0 = out + ((size_t)(q0 + r0) * H + h) * HD, *o1 = out + ((size_t)(q0 + r1) * H + h) * HD;
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            const int cc = dt * 8 + 2 * tq;
+            if (r0 < nq) *(__nv_bfloat162 *)(o0 + cc) = __floats2bfloat162_rn(o[f][dt][0] * i0, o[f][dt][1] * i0);
+            if (r1 < nq) *(__nv_bfloat162 *)(o1 + cc) = __floats2bfloat162_rn(o[f][dt][2] * i1, o[f][dt][3] * i1);
+        }
+    }
+}
+
+// ---------------------------------------------------------------- launchers
+
 extern "C" int kvf_attention_prefill_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
 
-extern "C" int kvf_attention_prefill(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
-                                     const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
-                                     const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
-                                     int block_size, cudaStream_t stream, kvf_err_t *err) {
+// The variants, timed against each other by kvf-kbench; every one runs every
+// shape that kvf_attention_prefill_supports accepts.
+static const char *const s_variant_names[] = {
+    "v0 64q 4w",   // a block per (tile, query head): 4 warps x 16 rows, Q in registers
+    "v1 gqa2 4w",  // a block per (tile, 2 heads of a group): 4 warps x 32 rows, Q in shared memory
+    "v2 gqa4 8w",  // a block per (tile, 4 heads of a group): 8 warps x 32 rows, Q in shared memory
+};
+#define S_N_VARIANTS ((int)(sizeof s_variant_names / sizeof s_variant_names[0]))
+static const int s_default_variant = 0;
+
+extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
+
+extern "C" const char *kvf_attention_prefill_variant_name(int variant) {
+    return variant >= 0 && variant < S_N_VARIANTS ? s_variant_names[variant] : NULL;
+}
+
+template <int HD>
+static int s_launch_v0(dim3 grid, size_t smem, bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
+                       const int32_t *tiles, const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV,
+                       int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
+                   err);
+    s_attn_prefill<HD><<<grid, PM_THREADS, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                           scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+template <int HD, int NH>
+static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, const int32_t *tiles,
+                        const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs,
+                        float scale_log2, cudaStream_t stream, kvf_err_t *err) {
+    const dim3 grid(n_tiles * (H / NH));
+    const size_t smem = (size_t)(64 * NH + 2 * 2 * PM_K) * (HD + 8) * sizeof(bf16);  // Q, then 2 stages of K and V
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_gqa<HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem), err);
+    s_attn_prefill_gqa<HD, NH><<<grid, 64 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV,
+                                                                bs, scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+// v1 / v2 with as many heads a block as divide the group, up to nh_max.
+template <int HD>
+static int s_launch_gqa_nh(int nh_max, int n_tiles, bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
+                           const int32_t *tiles, const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV,
+                           int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
+    const int G = H / KV;
+    if (nh_max >= 4 && G % 4 == 0)
+        return s_launch_gqa<HD, 4>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+                                   err);
+    if (nh_max >= 2 && G % 2 == 0)
+        return s_launch_gqa<HD, 2>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+                                   err);
+    return s_launch_gqa<HD, 1>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+                               err);
+}
+
+extern "C" int kvf_attention_prefill_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+                                             const uint16_t *v_cache, const int32_t *tiles, int n_tiles,
+                                             const int32_t *pos, const int32_t *block_table, int max_blocks,
+                                             int n_heads, int n_kv, int head_dim, int block_size,
+                                             cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(variant >= 0 && variant < S_N_VARIANTS, err);
     KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
     KVF_REQUIRE(n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0 && n_heads <= 65535, err);
     KVF_REQUIRE(kvf_attention_prefill_supports(head_dim), err);
@@ -217,21 +540,29 @@ extern "C" int kvf_attention_prefill(uint16_t *out, const uint16_t *q, const uin
     if (n_tiles == 0) return 0;
     const float scale_log2 = (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634);
     KVF_REQUIRE((long long)n_tiles * n_heads <= 0x7fffffffLL, err);
-    const dim3 grid(n_tiles * n_heads);
-    const size_t smem = (size_t)2 * 2 * PM_K * (head_dim + 8) * sizeof(uint16_t);  // 2 stages of K and V
-    if (head_dim == 64) {
-        KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            (int)smem), err);
-        s_attn_prefill<64><<<grid, PM_THREADS, smem, stream>>>((bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache,
-                                                              (const bf16 *)v_cache, tiles, pos, block_table,
-                                                              max_blocks, n_heads, n_kv, block_size, scale_log2);
-    } else {
-        KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill<128>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                            (int)smem), err);
-        s_attn_prefill<128><<<grid, PM_THREADS, smem, stream>>>((bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache,
-                                                               (const bf16 *)v_cache, tiles, pos, block_table,
-                                                               max_blocks, n_heads, n_kv, block_size, scale_log2);
+    bf16 *o = (bf16 *)out;
+    const bf16 *qq = (const bf16 *)q, *kc = (const bf16 *)k_cache, *vc = (const bf16 *)v_cache;
+    if (variant == 0) {
+        const dim3 grid(n_tiles * n_heads);
+        const size_t smem = (size_t)2 * 2 * PM_K * (head_dim + 8) * sizeof(uint16_t);  // 2 stages of K and V
+        if (head_dim == 64)
+            return s_launch_v0<64>(grid, smem, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads, n_kv,
+                                   block_size, scale_log2, stream, err);
+        return s_launch_v0<128>(grid, smem, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads, n_kv,
+                                block_size, scale_log2, stream, err);
     }
-    KVF_LAUNCH_CHECK(err);
-    return 0;
+    const int nh_max = variant == 1 ? 2 : 4;
+    if (head_dim == 64)
+        return s_launch_gqa_nh<64>(nh_max, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads, n_kv,
+                                   block_size, scale_log2, stream, err);
+    return s_launch_gqa_nh<128>(nh_max, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads, n_kv,
+                                block_size, scale_log2, stream, err);
+}
+
+extern "C" int kvf_attention_prefill(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+                                     const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                     const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
+                                     int block_size, cudaStream_t stream, kvf_err_t *err) {
+    return kvf_attention_prefill_variant(s_default_variant, out, q, k_cache, v_cache, tiles, n_tiles, pos,
+                                         block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
 }

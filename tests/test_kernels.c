@@ -570,6 +570,17 @@ static void s_attn_case_k(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
                   "%s", err.msg);
         snprintf(full, sizeof full, "%s", cs);
     } else if (tensor_cores) {
+        // every kernel variant on the same inputs (out poisoned again before each), then the default below
+        for (int v = 0; v < kvf_attention_prefill_n_variants(); v++) {
+            cr_assert(kvf_attention_prefill_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                    b.max_blocks, H, KV, HD, bs, 0, &err) == 0,
+                      "%s", err.msg);
+            float *gv = s_down_bf16(d_out, qn);
+            snprintf(full, sizeof full, "%s [%s]", cs, kvf_attention_prefill_variant_name(v));
+            s_expect_norm("attention_tc", full, gv, ref, qn, 8e-3, 4e-3);
+            free(gv);
+            CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
+        }
         cr_assert(kvf_attention_prefill(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
                                         bs, 0, &err) == 0,
                   "%s", err.msg);
@@ -598,6 +609,15 @@ Test(kernels, attention_prefill_tensor_cores) {
     rng_t r = s_rng("attention_prefill_tc");
     cr_expect(kvf_attention_prefill_supports(128) && kvf_attention_prefill_supports(64));
     cr_expect(!kvf_attention_prefill_supports(32) && !kvf_attention_prefill_supports(96));
+    const int nv = kvf_attention_prefill_n_variants();
+    cr_expect(nv >= 1 && kvf_attention_prefill_variant_name(0) && kvf_attention_prefill_variant_name(nv - 1));
+    cr_expect(!kvf_attention_prefill_variant_name(-1) && !kvf_attention_prefill_variant_name(nv));
+    kvf_err_t err = {0};
+    int32_t dummy = 0;  // never read: the variant is checked first
+    cr_expect(kvf_attention_prefill_variant(nv, (uint16_t *)&dummy, (uint16_t *)&dummy, (uint16_t *)&dummy,
+                                            (uint16_t *)&dummy, &dummy, 1, &dummy, &dummy, 1, 32, 8, 128, 64, 0,
+                                            &err) == -1 &&
+              err.code == KVF_E_INVAL);
     const int np1[] = {0, 129, 3}, nn1[] = {77, 64, 200};
     s_attn_case_k(&r, 32, 8, 128, 64, 3, np1, nn1, 0, 1, "G4 HD128 bs64");
     const int np2[] = {0, 0, 40, 7}, nn2[] = {1, 100, 33, 1};
@@ -606,6 +626,8 @@ Test(kernels, attention_prefill_tensor_cores) {
     s_attn_case_k(&r, 16, 2, 128, 16, 3, np3, nn3, 0, 1, "G8 HD128 bs16 chunked");
     const int np4[] = {0}, nn4[] = {1000};
     s_attn_case_k(&r, 4, 1, 64, 64, 1, np4, nn4, 0, 1, "G4 HD64 bs64 1000-token prompt");
+    const int np5[] = {37, 0}, nn5[] = {90, 64};  // an odd group: one head a block in the GQA variants
+    s_attn_case_k(&r, 6, 2, 128, 16, 2, np5, nn5, 0, 1, "G3 HD128 bs16 chunked");
 }
 
 Test(kernels, attention_decode_tensor_cores) {
