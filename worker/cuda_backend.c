@@ -116,7 +116,17 @@ typedef struct {
     // (qkv, o, gate/up, down, lm_head) the heuristic's first pick and the kept pick, ms per call
     int tune_n;
     float tune_ms[5][2];
+    // GEMM outputs kept in bf16 (as transformers does for a bf16 model) instead of f32:
+    // S_ACT_GU gate/up into silu_mul, S_ACT_QKV q/k/v into RoPE, S_ACT_OD o/down into the
+    // residual (tp_size 1 only: the all-reduce stays f32)
+    int act_mode;
+    int dec_variant, pre_variant;  // kernel variants of the attention kernels, -1: their default
+    int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } s_cuda_t;
+
+#define S_ACT_GU 1
+#define S_ACT_QKV 2
+#define S_ACT_OD 4
 
 static void s_destroy(kvf_backend_t **self_p);
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
@@ -124,6 +134,7 @@ static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                             const int32_t *steps, int32_t *out_tokens, kvf_err_t *err);
 static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy, s_forward_sample};
 static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err);
+static double s_now_ms(void);
 
 static size_t s_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
 
@@ -456,13 +467,16 @@ static int s_tune_gemms(s_cuda_t *c, kvf_err_t *err) {
         kvf_fill_random_bf16(c->rows, (size_t)n * D, 14, 0.0f, 1.0f, c->stream, err) != 0)
         return -1;
     float(*t)[2] = c->tune_ms;
-    if (kvf_gemm_tune(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, c->stream, &t[0][0],
+    const kvf_gemm_out_t tq = (c->act_mode & S_ACT_QKV) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+    const kvf_gemm_out_t to = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+    const kvf_gemm_out_t tg = (c->act_mode & S_ACT_GU) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+    if (kvf_gemm_tune(c->gemm, c->qkv, tq, c->h, L->wqkv, n, D, c->qkv_dim, c->stream, &t[0][0],
                       &t[0][1], err) != 0 ||
-        kvf_gemm_tune(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, c->stream, &t[1][0], &t[1][1],
+        kvf_gemm_tune(c->gemm, c->o, to, c->att, L->wo, n, c->q_dim, D, c->stream, &t[1][0], &t[1][1],
                       err) != 0 ||
-        kvf_gemm_tune(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, c->stream, &t[2][0], &t[2][1],
+        kvf_gemm_tune(c->gemm, c->gu, tg, c->h, L->wgu, n, D, 2 * F, c->stream, &t[2][0], &t[2][1],
                       err) != 0 ||
-        kvf_gemm_tune(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, c->stream, &t[3][0], &t[3][1],
+        kvf_gemm_tune(c->gemm, c->o, to, c->act, L->wd, n, F, D, c->stream, &t[3][0], &t[3][1],
                       err) != 0 ||
         kvf_gemm_tune(c->gemm, c->logits, KVF_GEMM_OUT_F32, c->rows, c->lm_head, n, D, V, c->stream, &t[4][0],
                       &t[4][1], err) != 0)
@@ -544,6 +558,22 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->n_allocs++;
     memset(c->h_meta, 0, (c->meta_ints + R) * sizeof(int32_t));
     c->h_ids = c->h_meta + c->meta_ints;
+    // Activations between the GEMMs in the checkpoint's dtype, as transformers runs
+    // a model (bf16 weights: bf16 q/k/v, gate/up and o/down outputs; the residual and
+    // every reduction stay f32); an f32 or f16 checkpoint keeps f32 outputs. Dummy
+    // weights are bf16. KVF_CUDA_ACT=f32|bf16 overrides (diagnostics, A/B runs).
+    const kvf_tensor_t *t0 = st ? kvf_safetensors_find(st, "model.embed_tokens.weight") : NULL;
+    int act_bf16 = !st || (t0 && t0->dtype == KVF_DT_BF16);
+    const char *aenv = getenv("KVF_CUDA_ACT");
+    if (aenv && (!strcmp(aenv, "f32") || !strcmp(aenv, "bf16"))) act_bf16 = !strcmp(aenv, "bf16");
+    c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
+    // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs)
+    const char *venv = getenv("KVF_ATTN_DECODE_VARIANT");
+    c->dec_variant = venv ? atoi(venv) : -1;
+    venv = getenv("KVF_ATTN_PREFILL_VARIANT");
+    c->pre_variant = venv ? atoi(venv) : -1;
+    if (c->dec_variant >= kvf_attention_decode_n_variants()) c->dec_variant = -1;
+    if (c->pre_variant >= kvf_attention_prefill_n_variants()) c->pre_variant = -1;
     const char *tenv = getenv("KVF_CUDA_TIMING");
     if (tenv && atoi(tenv) > 0) {
         for (int i = 0; i < S_EV_MAX; i++) {
@@ -691,6 +721,22 @@ static void s_destroy(kvf_backend_t **self_p) {
     if (!self_p || !*self_p) return;
     s_cuda_t *c = (s_cuda_t *)*self_p;
     cudaSetDevice(c->device);
+    if (c->stream && c->tp_lost) {
+        // The aborted all-reduce of a failed step may never finish on this stream, and
+        // every freeing call below would wait for it: give it a bounded time, then leave
+        // the device memory to the process's exit (a worker whose group died exits).
+        const double deadline = s_now_ms() + 5000.0;
+        const struct timespec ms1 = {0, 1000000};
+        while (cudaStreamQuery(c->stream) == cudaErrorNotReady && s_now_ms() < deadline) nanosleep(&ms1, NULL);
+        if (cudaStreamQuery(c->stream) == cudaErrorNotReady) {
+            kvf_log(KVF_LOG_WARN, "cuda backend: device %d is still held by the failed TP step; its memory is left "
+                                  "to the process's exit", c->device);
+            free(c->layers);
+            free(c);
+            *self_p = NULL;
+            return;
+        }
+    }
     if (c->stream) cudaStreamSynchronize(c->stream);
     if (c->timing) s_timing_report(c);
     for (int i = 0; i < c->timing; i++) cudaEventDestroy(c->ev[i]);
@@ -777,6 +823,14 @@ static double s_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
+// h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD.
+static int s_norm_add(s_cuda_t *c, const float *w, int n, cudaStream_t st, kvf_err_t *err) {
+    const float eps = c->base.cfg.rms_norm_eps;
+    if (c->act_mode & S_ACT_OD)
+        return kvf_rmsnorm_add(c->h, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
+    return kvf_rmsnorm_add_f32(c->h, c->resid, c->o, w, n, c->dim, eps, st, err);
+}
+
 // The kernels of one step on c->stream, reading the metadata already in d_meta:
 // n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
 // rows picked by the row index) into c->logits. Captured into graphs as is.
@@ -792,6 +846,8 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
     const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
+    const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
+    const kvf_gemm_out_t od_type = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
 #define S_K(call) \
     if ((call) != 0) return -1
 #define S_TM(cat) \
@@ -805,16 +861,28 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
         if (l == 0) {
             S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
         } else {
-            S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->attn_norm, n, D, eps, st, err));
+            S_K(s_norm_add(c, L->attn_norm, n, st, err));
         }
         S_TM(S_T_NORM);
-        S_K(kvf_gemm(c->gemm, c->qkv, KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D, c->qkv_dim, 0.0f, st, err));
+        S_K(kvf_gemm(c->gemm, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D,
+                     c->qkv_dim, 0.0f, st, err));
         S_TM(S_T_QKV);
-        S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
-                            be->n_blocks, st, err));
+        if (qkv_bf16) {
+            S_K(kvf_rope_kv(c->q, kc, vc, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
+                            H, KV, HD, bs, be->n_blocks, st, err));
+        } else {
+            S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+                                be->n_blocks, st, err));
+        }
         S_TM(S_T_ROPE);
         if (n_tiles > 0 && dec_tc) {
-            S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st, err));
+            if (c->dec_variant >= 0) {
+                S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                 MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st,
+                                         err));
+            }
             S_TM(S_T_ATTN);
         } else if (n_tiles > 0) {
             S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
@@ -822,24 +890,36 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
             S_TM(S_T_ATTN);
         }
         if (n_tiles_tc > 0) {
-            S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs, st,
-                                      err));
+            if (c->pre_variant >= 0) {
+                S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos,
+                                                  d_bt, MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
+                                          st, err));
+            }
             S_TM(S_T_ATTN_TC);
         }
-        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
         S_TM(S_T_O);
-        S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, L->mlp_norm, n, D, eps, st, err));
+        S_K(s_norm_add(c, L->mlp_norm, n, st, err));
         S_TM(S_T_NORM);
-        S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
-        S_TM(S_T_GU);
-        S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        if (c->act_mode & S_ACT_GU) {
+            uint16_t *gu = (uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
+            S_K(kvf_gemm(c->gemm, gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
+        } else {
+            S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        }
         S_TM(S_T_SILU);
-        S_K(kvf_gemm(c->gemm, c->o, KVF_GEMM_OUT_F32, c->act, L->wd, n, F, D, 0.0f, st, err));
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->act, L->wd, n, F, D, 0.0f, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
         S_TM(S_T_DOWN);
     }
-    S_K(kvf_rmsnorm_add_f32(c->h, c->resid, c->o, c->final_norm, n, D, eps, st, err));
+    S_K(s_norm_add(c, c->final_norm, n, st, err));
     S_TM(S_T_NORM);
     const uint16_t *x = c->h;
     if (!all_logits) {
@@ -906,7 +986,7 @@ static void s_pad_decode(s_cuda_t *c, int n_seqs, int bucket) {
 
 // One step: logits (host, rows x vocab) copied back when logits is set; else
 // the argmax of each sequence's row into ids (host, n_seqs) and only those.
-static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
     kvf_backend_t *be = &c->base;
     int qpt = 1, max_ctx = 0, n_tiles_tc = 0;
     const int n_tiles = s_prepare(c, b, logits ? (const void *)logits : (const void *)ids, &qpt, &max_ctx,
@@ -984,6 +1064,15 @@ static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids,
         c->timing_now = 0;
     }
     return 0;
+}
+
+static int s_run(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+    if (c->tp_lost) return kvf_err_set(err, KVF_E_PEER_LOST, "cuda backend: the TP group failed in an earlier step");
+    kvf_err_t e2;
+    kvf_err_t *e = err ? err : &e2;
+    const int rc = s_step(c, b, logits, ids, e);
+    if (rc != 0 && c->tp && e->code == KVF_E_PEER_LOST) c->tp_lost = 1;
+    return rc;
 }
 
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {

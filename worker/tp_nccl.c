@@ -49,6 +49,8 @@ static void s_abort_comm(s_nccl_t *n) {
 }
 
 static int s_lost(s_nccl_t *n, const char *what, const char *why, kvf_err_t *err) {
+    kvf_log(KVF_LOG_WARN, "tp nccl rank %d (device %d): %s: %s; aborting the communicator", n->base.rank, n->device,
+            what, why);
     s_abort_comm(n);
     kvf_log(KVF_LOG_ERROR, "tp nccl rank %d (device %d): %s: %s; communicator aborted", n->base.rank, n->device, what,
             why);
@@ -205,6 +207,12 @@ static int s_init(s_nccl_t *n, const uint8_t *id, kvf_err_t *err) {
     memcpy(&u, id, sizeof u);
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;
+    // Connect every peer now, while all ranks are alive (NCCL >= 2.22 connects lazily, at a
+    // collective's first use). A rank that dies later is then a silent peer that the step's
+    // bounded wait gives up on; a lazy connect to a process that is gone retried inside NCCL,
+    // and the abort waited for it (the dead-rank test hung on 2 H200s). The operator's own
+    // setting wins.
+    setenv("NCCL_RUNTIME_CONNECT", "0", 0);
     int64_t deadline = s_now_ms() + n->base.timeout_ms;
     ncclResult_t rc = ncclCommInitRankConfig(&n->comm, n->base.size, u, n->base.rank, &cfg);
     if (rc != ncclSuccess && rc != ncclInProgress) {
