@@ -49,14 +49,16 @@
 #define S_MAX_ALLOCS 64
 
 static const char *s_usage =
-    "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--reps N] [--warmup N] [--device N] [--seed S] [--json]\n"
+    "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
+    "                  [--device N] [--seed S] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
     "the TFLOP/s and/or TB/s the median achieves. SECTION: gemm, silu, norm, rope, attn-decode,\n"
     "attn-prefill (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
     "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
-    "object, then one object a row. Needs a CUDA device; this help does not.\n";
+    "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
+    "1..16384); --no-tune: only the heuristic's pick. Needs a CUDA device; this help does not.\n";
 
 enum {
     S_SEC_GEMM = 1 << 0,
@@ -84,7 +86,25 @@ typedef struct {
     int device;
     int reps, warmup;
     uint64_t seed;
+    int gemm_n[8], n_gemm_n;  // --gemm-n
+    int no_tune;              // --no-tune
 } s_opts_t;
+
+// "N[,N...]" into o->gemm_n.
+static int s_parse_gemm_n(const char *a, const char *v, s_opts_t *o, kvf_err_t *err) {
+    char *copy = strdup(v), *save = NULL;
+    if (!copy) return kvf_err_set(err, KVF_E_NOMEM, "%s: out of memory", a);
+    int rc = 0;
+    o->n_gemm_n = 0;
+    for (char *t = strtok_r(copy, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save)) {
+        int64_t n = 0;
+        if (o->n_gemm_n == 8) rc = kvf_err_set(err, KVF_E_INVAL, "%s: at most 8 row counts", a);
+        else if ((rc = kvf_args_int(a, t, 1, 16384, &n, err)) == 0) o->gemm_n[o->n_gemm_n++] = (int)n;
+    }
+    free(copy);
+    if (rc == 0 && o->n_gemm_n == 0) rc = kvf_err_set(err, KVF_E_INVAL, "%s: empty value", a);
+    return rc;
+}
 
 static int s_parse_only(const char *v, int *only, kvf_err_t *err) {
     char *copy = strdup(v), *save = NULL;
@@ -119,9 +139,13 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             o->json = 1;
             continue;
         }
+        if (strcmp(a, "--no-tune") == 0) {
+            o->no_tune = 1;
+            continue;
+        }
         if (strncmp(a, "--", 2) != 0) return kvf_err_set(err, KVF_E_INVAL, "unexpected argument '%s'", a);
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
-            strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0)
+            strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -129,6 +153,8 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         int rc = 0;
         if (strcmp(a, "--only") == 0) {
             rc = s_parse_only(v, &o->only, err);
+        } else if (strcmp(a, "--gemm-n") == 0) {
+            rc = s_parse_gemm_n(a, v, o, err);
         } else if (strcmp(a, "--reps") == 0) {
             rc = kvf_args_int(a, v, 1, 100000, &n, err);
             o->reps = (int)n;
@@ -145,6 +171,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         if (rc) return -1;
     }
     if (!o->only) o->only = S_SEC_ALL;
+    if (!o->n_gemm_n) o->gemm_n[0] = 512, o->gemm_n[1] = 8192, o->n_gemm_n = 2;
     return 0;
 }
 
@@ -320,7 +347,9 @@ static int s_bench_gemm(s_bench_t *b, kvf_err_t *err) {
         {"qkv", S_DIM, S_QKV, 0},     {"o", S_H * S_HD, S_DIM, 0},       {"gate_up", S_DIM, 2 * S_FF, 0},
         {"down", S_FF, S_DIM, 0},     {"lm_head", S_DIM, S_VOCAB, 512},
     };
-    static const int ns[] = {512, 8192};
+    const int *ns = b->o->gemm_n, n_ns = b->o->n_gemm_n;
+    int n_max = 0;
+    for (int i = 0; i < n_ns; i++) n_max = ns[i] > n_max ? ns[i] : n_max;
     void *ws = NULL, *ws_tune = NULL;
     kvf_gemm_ctx_t *heur = NULL, *tune = NULL;
     int rc = -1;
@@ -330,7 +359,7 @@ static int s_bench_gemm(s_bench_t *b, kvf_err_t *err) {
         const int d_in = shapes[si].d_in, d_out = shapes[si].d_out;
         const size_t w_elems = (size_t)d_in * d_out;
         const int nw = s_copies(2 * w_elems);
-        const int max_n = shapes[si].max_n ? shapes[si].max_n : ns[1];
+        const int max_n = shapes[si].max_n && shapes[si].max_n < n_max ? shapes[si].max_n : n_max;
         const int mark = b->n_alloc;  // this shape's buffers are freed below
         void *w = NULL, *x = NULL, *y = NULL;
         if (s_alloc(b, &w, 2 * w_elems * nw, err) != 0 || s_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
@@ -338,7 +367,7 @@ static int s_bench_gemm(s_bench_t *b, kvf_err_t *err) {
             s_rand_bf16(b, x, (size_t)max_n * d_in, 1.0f, err) != 0 ||
             s_alloc(b, &y, (size_t)max_n * d_out * 4, err) != 0)
             goto done;
-        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        for (int ni = 0; ni < n_ns; ni++) {
             const int n = ns[ni];
             if (n > max_n) continue;
             for (int f32 = 1; f32 >= 0; f32--) {
@@ -351,6 +380,7 @@ static int s_bench_gemm(s_bench_t *b, kvf_err_t *err) {
                 snprintf(r.variant, sizeof r.variant, "%s heuristic", f32 ? "f32" : "bf16");
                 if (s_time(b, s_gemm_op, &g, &r.t, err) != 0) goto done;
                 s_emit(b, &r);
+                if (b->o->no_tune) continue;
                 // A fresh context, so the tune's pick is for this shape alone; it
                 // tunes on copy 0 (its own timings may see W in L2 for small W).
                 if (!(tune = kvf_gemm_ctx_new(ws_tune, S_GEMM_WORKSPACE, err))) goto done;
