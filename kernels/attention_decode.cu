@@ -13,7 +13,7 @@
 // cache's read bandwidth.
 //
 // The other variants (s_attn_decode_v) reshape only the pipeline that feeds the
-// same per-warp arithmetic (s_chunk): a ring of STAGES >= 3 buffers with one
+// same per-warp arithmetic (s_chunk) and the same merge (s_merge): a ring of STAGES >= 3 buffers with one
 // barrier per stage, the block-table entries of the next stage fetched into
 // registers a stage ahead (no dependent global load in front of each
 // cp.async), and either a block-wide ring (all warps fill a stage together) or
@@ -25,221 +25,17 @@
 
 #include "kernels/attention_decode.h"
 #include "kernels/check.h"
+#include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
 #define DC_THREADS 128
 #define DC_WARPS 4
 #define DC_K 64  // keys per stage: 16 per warp
 
-static __device__ __forceinline__ void s_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint32_t s_pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-static __device__ __forceinline__ void s_cp16(void *smem, const void *gmem) {
-    const unsigned s = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
-template <int HD>
-static __global__ void __launch_bounds__(DC_THREADS)
-s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
-              const bf16 *q,            // (n_tokens, H, HD)
-              const bf16 *kc,           // (n_blocks, bs, KV, HD)
-              const bf16 *vc,           // (n_blocks, bs, KV, HD)
-              const int32_t *tiles,     // (n_tiles, 3)
-              const int32_t *pos,       // (n_tokens)
-              const int32_t *bt,        // (n_seqs, max_blocks)
-              int max_blocks, int H, int KV, int bs, float scale_log2) {
-    constexpr int KS = HD + 8;            // row stride (bf16) of a staged K or V tile: 16 bytes of padding
-    constexpr int STAGE = 2 * DC_K * KS;  // K then V
-    constexpr int CPT = DC_K * (HD / 8) / DC_THREADS;  // 16-byte chunks per thread per tensor
-    extern __shared__ float4 dsmem4[];
-    bf16 *sm = (bf16 *)dsmem4;            // (2 stages, K|V, DC_K, KS)
-
-    // KV heads fastest: the n_kv blocks of one sequence run side by side and read its
-    // cache rows (all heads of a token are contiguous) together, not one head a wave
-    const int tile = blockIdx.x / KV, kvh = blockIdx.x % KV;
-    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
-    const int G = H / KV, nr = nq * G;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int g = lane >> 2, tq = lane & 3;
-    const int32_t *btab = bt + (size_t)seq * max_blocks;
-    const int p0 = pos[q0];
-    const int kv_end = p0 + nq;
-    const int r0 = g, r1 = g + 8;  // this thread's two rows
-    const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
-
-    auto load = [&](int stage, int kt) {
-        bf16 *sK = sm + stage * STAGE, *sV = sK + DC_K * KS;
-#pragma unroll
-        for (int i = 0; i < CPT; i++) {
-            const int ch = threadIdx.x + i * DC_THREADS, j = ch / (HD / 8), d = (ch % (HD / 8)) * 8, key = kt + j;
-            if (key < kv_end) {
-                const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
-                s_cp16(sK + j * KS + d, kc + off);
-                s_cp16(sV + j * KS + d, vc + off);
-            } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
-                *(uint4 *)(sK + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
-                *(uint4 *)(sV + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
-        asm volatile("cp.async.commit_group;\n" ::);
-    };
-    const int n_kt = (kv_end + DC_K - 1) / DC_K;
-    load(0, 0);
-
-    // Q fragments (A operands), one per 16 dims; rows past the tile are zeros
-    uint32_t qf[HD / 16][4];
-    {
-        const bf16 *q0p = q + ((size_t)(q0 + (r0 < nr ? r0 / G : 0)) * H + kvh * G + (r0 < nr ? r0 % G : 0)) * HD;
-        const bf16 *q1p = q + ((size_t)(q0 + (r1 < nr ? r1 / G : 0)) * H + kvh * G + (r1 < nr ? r1 % G : 0)) * HD;
-#pragma unroll
-        for (int ks = 0; ks < HD / 16; ks++) {
-            const int c = ks * 16 + 2 * tq;
-            qf[ks][0] = r0 < nr ? *(const uint32_t *)(q0p + c) : 0u;
-            qf[ks][1] = r1 < nr ? *(const uint32_t *)(q1p + c) : 0u;
-            qf[ks][2] = r0 < nr ? *(const uint32_t *)(q0p + c + 8) : 0u;
-            qf[ks][3] = r1 < nr ? *(const uint32_t *)(q1p + c + 8) : 0u;
-        }
-    }
-
-    float o[HD / 8][4];
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-
-    for (int it = 0; it < n_kt; it++) {
-        const int stage = it & 1, kt = it * DC_K;
-        if (it + 1 < n_kt) {
-            load(stage ^ 1, kt + DC_K);  // its buffer was released by the barrier that ended it - 1
-            asm volatile("cp.async.wait_group 1;\n" ::);
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
-        }
-        __syncthreads();  // this stage's keys are in shared memory for every thread
-        const int kw = kt + 16 * warp;
-        if (kw < kv_end) {  // uniform over the warp
-            const bf16 *sK = sm + stage * STAGE + 16 * warp * KS, *sV = sK + DC_K * KS;
-            float sc[2][4];
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-                const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
-#pragma unroll
-                for (int ks = 0; ks < HD / 16; ks++)
-                    s_mma(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
-            }
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = kw + nt * 8 + 2 * tq + (e & 1);
-                    const int rp = e < 2 ? pr0 : pr1;
-                    float v = sc[nt][e] * scale_log2;
-                    if (key > rp || key >= kv_end) v = -INFINITY;
-                    sc[nt][e] = v;
-                    if (e < 2) mx0 = fmaxf(mx0, v);
-                    else mx1 = fmaxf(mx1, v);
-                }
-#pragma unroll
-            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-            }
-            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-            const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
-            m0 = mn0, m1 = mn1;
-            float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) {
-                sc[nt][0] = exp2f(sc[nt][0] - b0);
-                sc[nt][1] = exp2f(sc[nt][1] - b0);
-                sc[nt][2] = exp2f(sc[nt][2] - b1);
-                sc[nt][3] = exp2f(sc[nt][3] - b1);
-                s0 += sc[nt][0] + sc[nt][1];
-                s1 += sc[nt][2] + sc[nt][3];
-            }
-            l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
-            l1 = l1 * c1 + s1;
-#pragma unroll
-            for (int i = 0; i < HD / 8; i++) {
-                o[i][0] *= c0, o[i][1] *= c0;
-                o[i][2] *= c1, o[i][3] *= c1;
-            }
-            uint32_t a[4];
-            a[0] = s_pack(sc[0][0], sc[0][1]);
-            a[1] = s_pack(sc[0][2], sc[0][3]);
-            a[2] = s_pack(sc[1][0], sc[1][1]);
-            a[3] = s_pack(sc[1][2], sc[1][3]);
-            const bf16 *vrow = sV + (lane & 15) * KS;
-#pragma unroll
-            for (int dt = 0; dt < HD / 8; dt++) {
-                uint32_t v0, v1;
-                const unsigned addr = (unsigned)__cvta_generic_to_shared(vrow + dt * 8);
-                asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                             : "=r"(v0), "=r"(v1)
-                             : "r"(addr));
-                s_mma(o[dt], a, v0, v1);
-            }
-        }
-        __syncthreads();  // every warp is done with this stage before it is refilled
-    }
-
-    // merge the four warps' (m, l, o) through shared memory (the stages are free now)
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    float *sO = (float *)dsmem4;                        // (DC_WARPS, 16, HD)
-    float *sML = sO + DC_WARPS * 16 * HD;               // (DC_WARPS, 16, 2)
-    float *w0 = sO + (warp * 16 + r0) * HD, *w1 = sO + (warp * 16 + r1) * HD;
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-        const int c = dt * 8 + 2 * tq;
-        *(float2 *)(w0 + c) = make_float2(o[dt][0], o[dt][1]);
-        *(float2 *)(w1 + c) = make_float2(o[dt][2], o[dt][3]);
-    }
-    if (tq == 0) {
-        sML[2 * (warp * 16 + r0)] = m0, sML[2 * (warp * 16 + r0) + 1] = l0;
-        sML[2 * (warp * 16 + r1)] = m1, sML[2 * (warp * 16 + r1) + 1] = l1;
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < nr * HD; idx += DC_THREADS) {
-        const int r = idx / HD, d = idx % HD;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < DC_WARPS; w++) M = fmaxf(M, sML[2 * (w * 16 + r)]);
-        float L = 0.0f, acc = 0.0f;
-        if (M != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < DC_WARPS; w++) {
-                const float mw = sML[2 * (w * 16 + r)];
-                if (mw == -INFINITY) continue;  // a warp that saw no key of this row
-                const float f = exp2f(mw - M);
-                L += sML[2 * (w * 16 + r) + 1] * f;
-                acc += sO[(w * 16 + r) * HD + d] * f;
-            }
-        }
-        out[((size_t)(q0 + r / G) * H + kvh * G + r % G) * HD + d] = __float2bfloat16_rn(L > 0.0f ? acc / L : 0.0f);
-    }
-}
-
-// ---------------------------------------------------------------- variants
-
 // The 16 keys at kw.. of a warp: sK, sV its (16, HD + 8) rows of K and V (zeros
 // past kv_end), scored against the Q fragments and folded into (m, l, o) with
-// the same arithmetic as s_attn_decode.
+// the arithmetic that every variant shares (score, mask, online softmax in base
+// 2, rescale, P to bf16, O += P V).
 template <int HD>
 static __device__ __forceinline__ void s_chunk(const bf16 *sK,                 // (16, HD + 8)
                                                const bf16 *sV,                 // (16, HD + 8)
@@ -255,7 +51,7 @@ static __device__ __forceinline__ void s_chunk(const bf16 *sK,                 /
         const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ks++)
-            s_mma(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
+            kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
     }
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -297,19 +93,160 @@ static __device__ __forceinline__ void s_chunk(const bf16 *sK,                 /
         o[i][2] *= c1, o[i][3] *= c1;
     }
     uint32_t a[4];
-    a[0] = s_pack(sc[0][0], sc[0][1]);
-    a[1] = s_pack(sc[0][2], sc[0][3]);
-    a[2] = s_pack(sc[1][0], sc[1][1]);
-    a[3] = s_pack(sc[1][2], sc[1][3]);
+    a[0] = kvf_pack_bf16x2(sc[0][0], sc[0][1]);
+    a[1] = kvf_pack_bf16x2(sc[0][2], sc[0][3]);
+    a[2] = kvf_pack_bf16x2(sc[1][0], sc[1][1]);
+    a[3] = kvf_pack_bf16x2(sc[1][2], sc[1][3]);
     const bf16 *vrow = sV + (lane & 15) * KS;
 #pragma unroll
     for (int dt = 0; dt < HD / 8; dt++) {
         uint32_t v0, v1;
-        const unsigned addr = (unsigned)__cvta_generic_to_shared(vrow + dt * 8);
-        asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(v0), "=r"(v1) : "r"(addr));
-        s_mma(o[dt], a, v0, v1);
+        kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
+        kvf_mma_bf16_16816(o[dt], a, v0, v1);
     }
 }
+
+// Merges the (m, l, o) of the SPLIT warps of each of the block's HEADS KV heads
+// (warps hh * SPLIT .. hh * SPLIT + SPLIT - 1 hold head kv0 + hh) through shared
+// memory and writes the rows of out of those heads (the ones < KV). l0, l1 are
+// already summed over the quad; sm must be free (every warp done with its stages).
+template <int HD, int SPLIT, int HEADS>
+static __device__ __forceinline__ void s_merge(float *sm,     // (SPLIT * HEADS, 16, HD) then (SPLIT * HEADS, 16, 2)
+                                               bf16 *out,     // (n_tokens, H, HD)
+                                               const float (&o)[HD / 8][4], float m0, float m1, float l0, float l1,
+                                               int q0, int nr, int G, int H, int KV, int kv0, int lane, int warp) {
+    constexpr int WARPS = SPLIT * HEADS;
+    const int tq = lane & 3, r0 = lane >> 2, r1 = r0 + 8;  // this thread's two rows
+    float *sO = sm;                                         // (WARPS, 16, HD)
+    float *sML = sO + WARPS * 16 * HD;                      // (WARPS, 16, 2)
+    float *w0 = sO + (warp * 16 + r0) * HD, *w1 = sO + (warp * 16 + r1) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int c = dt * 8 + 2 * tq;
+        *(float2 *)(w0 + c) = make_float2(o[dt][0], o[dt][1]);
+        *(float2 *)(w1 + c) = make_float2(o[dt][2], o[dt][3]);
+    }
+    if (tq == 0) {
+        sML[2 * (warp * 16 + r0)] = m0, sML[2 * (warp * 16 + r0) + 1] = l0;
+        sML[2 * (warp * 16 + r1)] = m1, sML[2 * (warp * 16 + r1) + 1] = l1;
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < HEADS * nr * HD; idx += 32 * WARPS) {
+        const int hh = idx / (nr * HD), r = idx / HD % nr, d = idx % HD, kvo = kv0 + hh;
+        if (kvo >= KV) break;  // idx only grows: every later one is past the heads too
+        const int wb = hh * SPLIT;
+        float M = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < SPLIT; w++) M = fmaxf(M, sML[2 * ((wb + w) * 16 + r)]);
+        float L = 0.0f, acc = 0.0f;
+        if (M != -INFINITY) {
+#pragma unroll
+            for (int w = 0; w < SPLIT; w++) {
+                const float mw = sML[2 * ((wb + w) * 16 + r)];
+                if (mw == -INFINITY) continue;  // a warp that saw no key of this row
+                const float f = exp2f(mw - M);
+                L += sML[2 * ((wb + w) * 16 + r) + 1] * f;
+                acc += sO[((wb + w) * 16 + r) * HD + d] * f;
+            }
+        }
+        out[((size_t)(q0 + r / G) * H + kvo * G + r % G) * HD + d] = __float2bfloat16_rn(L > 0.0f ? acc / L : 0.0f);
+    }
+}
+
+template <int HD>
+static __global__ void __launch_bounds__(DC_THREADS)
+s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
+              const bf16 *q,            // (n_tokens, H, HD)
+              const bf16 *kc,           // (n_blocks, bs, KV, HD)
+              const bf16 *vc,           // (n_blocks, bs, KV, HD)
+              const int32_t *tiles,     // (n_tiles, 3)
+              const int32_t *pos,       // (n_tokens)
+              const int32_t *bt,        // (n_seqs, max_blocks)
+              int max_blocks, int H, int KV, int bs, float scale_log2) {
+    constexpr int KS = HD + 8;            // row stride (bf16) of a staged K or V tile: 16 bytes of padding
+    constexpr int STAGE = 2 * DC_K * KS;  // K then V
+    constexpr int CPT = DC_K * (HD / 8) / DC_THREADS;  // 16-byte chunks per thread per tensor
+    extern __shared__ float4 dsmem4[];
+    bf16 *sm = (bf16 *)dsmem4;            // (2 stages, K|V, DC_K, KS)
+
+    // KV heads fastest: the n_kv blocks of one sequence run side by side and read its
+    // cache rows (all heads of a token are contiguous) together, not one head a wave
+    const int tile = blockIdx.x / KV, kvh = blockIdx.x % KV;
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int G = H / KV, nr = nq * G;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int g = lane >> 2, tq = lane & 3;
+    const int32_t *btab = bt + (size_t)seq * max_blocks;
+    const int p0 = pos[q0];
+    const int kv_end = p0 + nq;
+    const int r0 = g, r1 = g + 8;  // this thread's two rows
+    const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
+
+    auto load = [&](int stage, int kt) {
+        bf16 *sK = sm + stage * STAGE, *sV = sK + DC_K * KS;
+#pragma unroll
+        for (int i = 0; i < CPT; i++) {
+            const int ch = threadIdx.x + i * DC_THREADS, j = ch / (HD / 8), d = (ch % (HD / 8)) * 8, key = kt + j;
+            if (key < kv_end) {
+                const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
+                kvf_cp_async16(sK + j * KS + d, kc + off);
+                kvf_cp_async16(sV + j * KS + d, vc + off);
+            } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
+                *(uint4 *)(sK + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
+                *(uint4 *)(sV + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        kvf_cp_async_commit();
+    };
+    const int n_kt = (kv_end + DC_K - 1) / DC_K;
+    load(0, 0);
+
+    // Q fragments (A operands), one per 16 dims; rows past the tile are zeros
+    uint32_t qf[HD / 16][4];
+    {
+        const bf16 *q0p = q + ((size_t)(q0 + (r0 < nr ? r0 / G : 0)) * H + kvh * G + (r0 < nr ? r0 % G : 0)) * HD;
+        const bf16 *q1p = q + ((size_t)(q0 + (r1 < nr ? r1 / G : 0)) * H + kvh * G + (r1 < nr ? r1 % G : 0)) * HD;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            const int c = ks * 16 + 2 * tq;
+            qf[ks][0] = r0 < nr ? *(const uint32_t *)(q0p + c) : 0u;
+            qf[ks][1] = r1 < nr ? *(const uint32_t *)(q1p + c) : 0u;
+            qf[ks][2] = r0 < nr ? *(const uint32_t *)(q0p + c + 8) : 0u;
+            qf[ks][3] = r1 < nr ? *(const uint32_t *)(q1p + c + 8) : 0u;
+        }
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int it = 0; it < n_kt; it++) {
+        const int stage = it & 1, kt = it * DC_K;
+        if (it + 1 < n_kt) {
+            load(stage ^ 1, kt + DC_K);  // its buffer was released by the barrier that ended it - 1
+            kvf_cp_async_wait<1>();
+        } else {
+            kvf_cp_async_wait<0>();
+        }
+        __syncthreads();  // this stage's keys are in shared memory for every thread
+        const int kw = kt + 16 * warp;
+        if (kw < kv_end) {  // uniform over the warp
+            const bf16 *sK = sm + stage * STAGE + 16 * warp * KS;
+            s_chunk<HD>(sK, sK + DC_K * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+        }
+        __syncthreads();  // every warp is done with this stage before it is refilled
+    }
+
+    // merge the four warps' (m, l, o) through shared memory (the stages are free now)
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    s_merge<HD, DC_WARPS, 1>((float *)dsmem4, out, o, m0, m1, l0, l1, q0, nr, G, H, KV, kvh, lane, warp);
+}
+
+// ---------------------------------------------------------------- variants
 
 // Dynamic shared memory of s_attn_decode_v: STAGES x (K|V) x 16 rows a warp,
 // rows of HD + 8 bf16. The merge (SPLIT > 1) reuses it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
@@ -386,8 +323,8 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 const int j = jl + i * RSTEP, key = kb + j;
                 if (key < kv_end) {
                     const size_t off = (((size_t)nb[i] * bs + ns[i]) * KV + kvh) * HD + dl;
-                    s_cp16(sK + j * KS + dl, kc + off);
-                    s_cp16(sV + j * KS + dl, vc + off);
+                    kvf_cp_async16(sK + j * KS + dl, kc + off);
+                    kvf_cp_async16(sV + j * KS + dl, vc + off);
                 } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
                     *(uint4 *)(sK + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
                     *(uint4 *)(sV + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
@@ -395,7 +332,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
             }
             fetch(it + 1);  // in flight while this stage is
         }
-        asm volatile("cp.async.commit_group;\n" ::);  // empty groups too: wait_group counts them
+        kvf_cp_async_commit();  // empty groups too: wait_group counts them
     };
     fetch(0);
 #pragma unroll
@@ -424,7 +361,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
 
     const int n_it = active ? n_kt : 0;
     for (int it = 0; it < n_it; it++) {
-        asm volatile("cp.async.wait_group %0;\n" ::"n"(STAGES - 2));  // this thread's part of stage it is in
+        kvf_cp_async_wait<STAGES - 2>();  // this thread's part of stage it is in
         if (PW) __syncwarp();  // every lane's part; the slot of it - 1 is free (scored by this warp)
         else __syncthreads();  // every thread's part; the slot of it - 1 is free (scored by every warp)
         load(it + STAGES - 1);
@@ -434,7 +371,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
             s_chunk<HD>(sK, sK + NR * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
         }
     }
-    asm volatile("cp.async.wait_group 0;\n" ::);
+    kvf_cp_async_wait<0>();
 
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -459,40 +396,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
 
     // merge the SPLIT warps of each head (m, l, o) through shared memory
     __syncthreads();  // every warp is done with the stages
-    float *sO = (float *)dsmem4;                        // (WARPS, 16, HD)
-    float *sML = sO + WARPS * 16 * HD;                  // (WARPS, 16, 2)
-    float *w0 = sO + (warp * 16 + r0) * HD, *w1 = sO + (warp * 16 + r1) * HD;
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-        const int c = dt * 8 + 2 * tq;
-        *(float2 *)(w0 + c) = make_float2(o[dt][0], o[dt][1]);
-        *(float2 *)(w1 + c) = make_float2(o[dt][2], o[dt][3]);
-    }
-    if (tq == 0) {
-        sML[2 * (warp * 16 + r0)] = m0, sML[2 * (warp * 16 + r0) + 1] = l0;
-        sML[2 * (warp * 16 + r1)] = m1, sML[2 * (warp * 16 + r1) + 1] = l1;
-    }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < HEADS * nr * HD; idx += 32 * WARPS) {
-        const int hh = idx / (nr * HD), r = idx / HD % nr, d = idx % HD, kvo = kvg * HEADS + hh;
-        if (kvo >= KV) break;  // idx only grows: every later one is past the heads too
-        const int wb = hh * SPLIT;
-        float M = -INFINITY;
-#pragma unroll
-        for (int w = 0; w < SPLIT; w++) M = fmaxf(M, sML[2 * ((wb + w) * 16 + r)]);
-        float L = 0.0f, acc = 0.0f;
-        if (M != -INFINITY) {
-#pragma unroll
-            for (int w = 0; w < SPLIT; w++) {
-                const float mw = sML[2 * ((wb + w) * 16 + r)];
-                if (mw == -INFINITY) continue;  // a warp that saw no key of this row
-                const float f = exp2f(mw - M);
-                L += sML[2 * ((wb + w) * 16 + r) + 1] * f;
-                acc += sO[((wb + w) * 16 + r) * HD + d] * f;
-            }
-        }
-        out[((size_t)(q0 + r / G) * H + kvo * G + r % G) * HD + d] = __float2bfloat16_rn(L > 0.0f ? acc / L : 0.0f);
-    }
+    s_merge<HD, SPLIT, HEADS>((float *)dsmem4, out, o, m0, m1, l0, l1, q0, nr, G, H, KV, kvg * HEADS, lane, warp);
 }
 
 // ---------------------------------------------------------------- launchers

@@ -43,8 +43,8 @@ int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, hea
                          int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                          cudaStream_t stream, kvf_err_t *err);
 
-// Kernel variants, for kvf-kbench and test_kernels: 0 is the default that
-// kvf_attention_decode runs; names are short and stable ("v0 2x64 4w", ...).
+// Kernel variants, for kvf-kbench and test_kernels (kvf_attention_decode runs
+// the fastest, "v5 w3x16 4h"); names are short and stable ("v0 2x64 4w", ...).
 // They differ only in how keys are fed to the tensor cores (ring depth, warps
 // a block, one ring a block or a warp, KV heads a block); results are the same.
 int kvf_attention_decode_n_variants(void);
@@ -53,18 +53,12 @@ int kvf_attention_decode_n_variants(void);
 const char *kvf_attention_decode_variant_name(int variant);
 
 // kvf_attention_decode run by the given variant, 0 <= variant <
-// kvf_attention_decode_n_variants() (else -1 with err KVF_E_INVAL).
-int kvf_attention_decode_variant(int variant,
-                                 uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
-                                 const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
-                                 const uint16_t *k_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
-                                 const uint16_t *v_cache,     // (n_blocks, block_size, n_kv, head_dim) bf16, device
-                                 const int32_t *tiles,        // (n_tiles, 3) device
-                                 int n_tiles,
-                                 const int32_t *pos,          // (n_tokens) device
-                                 const int32_t *block_table,  // (n_seqs, max_blocks) device
-                                 int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
-                                 cudaStream_t stream, kvf_err_t *err);
+// kvf_attention_decode_n_variants() (else -1 with err KVF_E_INVAL); the other
+// parameters are kvf_attention_decode's.
+int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+                                 const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                 const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
+                                 int block_size, cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }

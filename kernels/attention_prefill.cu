@@ -19,29 +19,12 @@
 
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
+#include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
 #define PM_THREADS 128
 #define PM_Q KVF_ATTN_PREFILL_Q
 #define PM_K 64
-
-static __device__ __forceinline__ void s_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-static __device__ __forceinline__ uint32_t s_pack(float lo, float hi) {
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-    return *(uint32_t *)&v;
-}
-
-static __device__ __forceinline__ void s_cp16(void *smem, const void *gmem) {
-    const unsigned sa = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(sa), "l"(gmem));
-}
 
 // ---------------------------------------------------------------- v0: a block per (tile, query head)
 
@@ -79,14 +62,14 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
             const int ch = threadIdx.x + i * PM_THREADS, j = ch / (HD / 8), d = (ch % (HD / 8)) * 8, key = kt + j;
             if (key < kv_end) {
                 const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
-                s_cp16(sK + j * KS + d, kc + off);
-                s_cp16(sV + j * KS + d, vc + off);
+                kvf_cp_async16(sK + j * KS + d, kc + off);
+                kvf_cp_async16(sV + j * KS + d, vc + off);
             } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
                 *(uint4 *)(sK + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
                 *(uint4 *)(sV + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
             }
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        kvf_cp_async_commit();
     };
     const int n_kt = (kv_end + PM_K - 1) / PM_K;
     load(0, 0);
@@ -114,9 +97,9 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
         const int stage = it & 1, kt = it * PM_K;
         if (it + 1 < n_kt) {
             load(stage ^ 1, kt + PM_K);  // its buffer was released by the barrier that ended it - 1
-            asm volatile("cp.async.wait_group 1;\n" ::);
+            kvf_cp_async_wait<1>();
         } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            kvf_cp_async_wait<0>();
         }
         __syncthreads();  // this stage's keys are in shared memory for every thread
         const bf16 *sK = sm + stage * STAGE, *sV = sK + PM_K * KS;
@@ -129,7 +112,7 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
                 const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
     #pragma unroll
                 for (int ks = 0; ks < HD / 16; ks++)
-                    s_mma(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
+                    kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
             }
             // scale, causal mask, row maxima (a row's 64 scores live in the 4 threads of a quad)
             float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -175,19 +158,16 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
     #pragma unroll
             for (int kk = 0; kk < PM_K / 16; kk++) {
                 uint32_t a[4];
-                a[0] = s_pack(sc[2 * kk][0], sc[2 * kk][1]);
-                a[1] = s_pack(sc[2 * kk][2], sc[2 * kk][3]);
-                a[2] = s_pack(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                a[3] = s_pack(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+                a[0] = kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+                a[1] = kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+                a[2] = kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+                a[3] = kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
                 const bf16 *vrow = sV + (kk * 16 + (lane & 15)) * KS;
     #pragma unroll
                 for (int dt = 0; dt < HD / 8; dt++) {
                     uint32_t v0, v1;
-                    const unsigned addr = (unsigned)__cvta_generic_to_shared(vrow + dt * 8);
-                    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                                 : "=r"(v0), "=r"(v1)
-                                 : "r"(addr));
-                    s_mma(o[dt], a, v0, v1);
+                    kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
+                    kvf_mma_bf16_16816(o[dt], a, v0, v1);
                 }
             }
         }
@@ -225,18 +205,6 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
 // skips the steps past its last query. Numerics are v0's: base-2 softmax on f32
 // scores, P rounded to bf16 (against the running maximum of 32 keys, not 64).
 
-static __device__ __forceinline__ void s_ldsm4(uint32_t r[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-static __device__ __forceinline__ void s_ldsm4t(uint32_t r[4], unsigned addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
 // NH heads a block (1, 2 or 4, dividing the group), 64 x NH threads.
 template <int HD, int NH>
 static __global__ void __launch_bounds__(64 * NH, 1)  // <= 255 registers; shared memory sets blocks an SM
@@ -272,7 +240,7 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
 #pragma unroll
     for (int i = 0; i < HD / 8; i++) {
         const int ch = threadIdx.x + i * NT, r = ch / (HD / 8), d = (ch % (HD / 8)) * 8, t = r % 64;
-        if (t < nq) s_cp16(sQ + r * KS + d, q + ((size_t)(q0 + t) * H + h0 + r / 64) * HD + d);
+        if (t < nq) kvf_cp_async16(sQ + r * KS + d, q + ((size_t)(q0 + t) * H + h0 + r / 64) * HD + d);
         else *(uint4 *)(sQ + r * KS + d) = make_uint4(0u, 0u, 0u, 0u);
     }
     // NH threads a key row: thread part p copies the 16-byte chunks p, p + NH, ... of key j's K and V rows, so one
@@ -291,8 +259,8 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
             const bf16 *gk = kbase + row * KV * HD, *gv = vbase + row * KV * HD;
 #pragma unroll
             for (int i = 0; i < CPT; i++) {
-                s_cp16(sK + i * NH * 8, gk + i * NH * 8);
-                s_cp16(sV + i * NH * 8, gv + i * NH * 8);
+                kvf_cp_async16(sK + i * NH * 8, gk + i * NH * 8);
+                kvf_cp_async16(sV + i * NH * 8, gv + i * NH * 8);
             }
         } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
 #pragma unroll
@@ -301,7 +269,7 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
                 *(uint4 *)(sV + i * NH * 8) = make_uint4(0u, 0u, 0u, 0u);
             }
         }
-        asm volatile("cp.async.commit_group;\n" ::);
+        kvf_cp_async_commit();
     };
     const int n_kt = (kv_end + PM_K - 1) / PM_K;
     load(0, 0);
@@ -331,9 +299,9 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
         const int stage = it & 1, kt = it * PM_K;
         if (it + 1 < n_kt) {
             load(stage ^ 1, kt + PM_K);  // its buffer was released by the barrier that ended it - 1
-            asm volatile("cp.async.wait_group 1;\n" ::);
+            kvf_cp_async_wait<1>();
         } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            kvf_cp_async_wait<0>();
         }
         __syncthreads();  // this stage's keys (and Q) are in shared memory for every thread
         if (warp_live && kt <= warp_last_pos) {  // uniform over the warp
@@ -355,15 +323,15 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
                 for (int ks = 0; ks < HD / 16; ks++) {
                     uint32_t qa[2][4];  // [fragment]
 #pragma unroll
-                    for (int f = 0; f < 2; f++) s_ldsm4(qa[f], q_addr + (f * 16 * KS + ks * 16) * 2);
+                    for (int f = 0; f < 2; f++) kvf_ldmatrix_x4(qa[f], q_addr + (f * 16 * KS + ks * 16) * 2);
 #pragma unroll
                     for (int nt = 0; nt < GK / 8; nt += 2) {
                         uint32_t kb[4];  // b0 b1 of key tiles nt and nt + 1
-                        s_ldsm4(kb, k_addr + ((hf * GK + nt * 8) * KS + ks * 16) * 2);
+                        kvf_ldmatrix_x4(kb, k_addr + ((hf * GK + nt * 8) * KS + ks * 16) * 2);
 #pragma unroll
                         for (int f = 0; f < 2; f++) {
-                            s_mma(sc[f][nt], qa[f], kb[0], kb[1]);
-                            s_mma(sc[f][nt + 1], qa[f], kb[2], kb[3]);
+                            kvf_mma_bf16_16816(sc[f][nt], qa[f], kb[0], kb[1]);
+                            kvf_mma_bf16_16816(sc[f][nt + 1], qa[f], kb[2], kb[3]);
                         }
                     }
                 }
@@ -408,10 +376,10 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
                     }
 #pragma unroll
                     for (int kk = 0; kk < GK / 16; kk++) {
-                        pa[f][kk][0] = s_pack(sc[f][2 * kk][0], sc[f][2 * kk][1]);
-                        pa[f][kk][1] = s_pack(sc[f][2 * kk][2], sc[f][2 * kk][3]);
-                        pa[f][kk][2] = s_pack(sc[f][2 * kk + 1][0], sc[f][2 * kk + 1][1]);
-                        pa[f][kk][3] = s_pack(sc[f][2 * kk + 1][2], sc[f][2 * kk + 1][3]);
+                        pa[f][kk][0] = kvf_pack_bf16x2(sc[f][2 * kk][0], sc[f][2 * kk][1]);
+                        pa[f][kk][1] = kvf_pack_bf16x2(sc[f][2 * kk][2], sc[f][2 * kk][3]);
+                        pa[f][kk][2] = kvf_pack_bf16x2(sc[f][2 * kk + 1][0], sc[f][2 * kk + 1][1]);
+                        pa[f][kk][3] = kvf_pack_bf16x2(sc[f][2 * kk + 1][2], sc[f][2 * kk + 1][3]);
                     }
                     l[f][0] = l[f][0] * c[f][0] + s0;  // per-thread partial sums; the quad adds them up at the end
                     l[f][1] = l[f][1] * c[f][1] + s1;
@@ -433,11 +401,11 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
 #pragma unroll
                     for (int dt = 0; dt < HD / 8; dt += 2) {
                         uint32_t vb[4];
-                        s_ldsm4t(vb, v_addr + ((hf * GK + kk * 16) * KS + dt * 8) * 2);
+                        kvf_ldmatrix_x4_trans(vb, v_addr + ((hf * GK + kk * 16) * KS + dt * 8) * 2);
 #pragma unroll
                         for (int f = 0; f < 2; f++) {
-                            s_mma(o[f][dt], pa[f][kk], vb[0], vb[1]);
-                            s_mma(o[f][dt + 1], pa[f][kk], vb[2], vb[3]);
+                            kvf_mma_bf16_16816(o[f][dt], pa[f][kk], vb[0], vb[1]);
+                            kvf_mma_bf16_16816(o[f][dt + 1], pa[f][kk], vb[2], vb[3]);
                         }
                     }
                 }

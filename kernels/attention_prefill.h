@@ -35,8 +35,8 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
                           int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                           cudaStream_t stream, kvf_err_t *err);
 
-// Kernel variants, for kvf-kbench and test_kernels: 0 is the default that
-// kvf_attention_prefill runs; names short and stable ("v0 64q 4w", ...).
+// Kernel variants, for kvf-kbench and test_kernels (kvf_attention_prefill runs
+// the fastest, 2); names short and stable ("v0 64q 4w", ...).
 // 0 "v0 64q 4w": a block per (tile, query head), 4 warps x 16 rows, Q in registers.
 // 1 "v1 gqa2 4w": a block per (tile, 2 query heads of one KV head), 4 warps x 32
 //   rows (two m16 fragments a warp), Q in shared memory; 1 head (2 warps) when the
@@ -48,19 +48,13 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
 int kvf_attention_prefill_n_variants(void);
 const char *kvf_attention_prefill_variant_name(int variant);  // NULL when out of range
 
-// kvf_attention_prefill with the given variant (0 .. n_variants - 1); the same
-// arguments and result. Returns 0, or -1 with err set (KVF_E_INVAL for a bad variant).
-int kvf_attention_prefill_variant(int variant,
-                                  uint16_t *out,              // (n_tokens, n_heads, head_dim) bf16, device
-                                  const uint16_t *q,          // (n_tokens, n_heads, head_dim) bf16, device
-                                  const uint16_t *k_cache,    // (n_blocks, block_size, n_kv, head_dim) bf16, device
-                                  const uint16_t *v_cache,    // (n_blocks, block_size, n_kv, head_dim) bf16, device
-                                  const int32_t *tiles,       // (n_tiles, 3) device
-                                  int n_tiles,
-                                  const int32_t *pos,         // (n_tokens) device
-                                  const int32_t *block_table, // (n_seqs, max_blocks) device
-                                  int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
-                                  cudaStream_t stream, kvf_err_t *err);
+// kvf_attention_prefill with the given variant (0 .. n_variants - 1); the other
+// parameters and the result are kvf_attention_prefill's. Returns 0, or -1 with
+// err set (KVF_E_INVAL for a bad variant).
+int kvf_attention_prefill_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
+                                  const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                  const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
+                                  int block_size, cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }
