@@ -13,7 +13,7 @@
 // cache's read bandwidth.
 //
 // The other variants (s_attn_decode_v) reshape only the pipeline that feeds the
-// same per-warp arithmetic (s_chunk) and the same merge (s_merge): a ring of STAGES >= 3 buffers with one
+// same per-warp arithmetic (kvf_attn_step) and the same merge (s_merge): a ring of STAGES >= 3 buffers with one
 // barrier per stage, the block-table entries of the next stage fetched into
 // registers a stage ahead (no dependent global load in front of each
 // cp.async), and either a block-wide ring (all warps fill a stage together) or
@@ -24,6 +24,7 @@
 #include <math.h>
 
 #include "kernels/attention_decode.h"
+#include "kernels/attention_step.cuh"
 #include "kernels/check.h"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
@@ -31,80 +32,6 @@
 #define DC_THREADS 128
 #define DC_WARPS 4
 #define DC_K 64  // keys per stage: 16 per warp
-
-// The 16 keys at kw.. of a warp: sK, sV its (16, HD + 8) rows of K and V (zeros
-// past kv_end), scored against the Q fragments and folded into (m, l, o) with
-// the arithmetic that every variant shares (score, mask, online softmax in base
-// 2, rescale, P to bf16, O += P V).
-template <int HD>
-static __device__ __forceinline__ void s_chunk(const bf16 *sK,                 // (16, HD + 8)
-                                               const bf16 *sV,                 // (16, HD + 8)
-                                               const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
-                                               float &m0, float &m1, float &l0, float &l1, int kw, int kv_end,
-                                               int pr0, int pr1, float scale_log2, int lane) {
-    constexpr int KS = HD + 8;
-    const int g = lane >> 2, tq = lane & 3;
-    float sc[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++) {
-        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-        const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
-#pragma unroll
-        for (int ks = 0; ks < HD / 16; ks++)
-            kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
-    }
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int key = kw + nt * 8 + 2 * tq + (e & 1);
-            const int rp = e < 2 ? pr0 : pr1;
-            float v = sc[nt][e] * scale_log2;
-            if (key > rp || key >= kv_end) v = -INFINITY;
-            sc[nt][e] = v;
-            if (e < 2) mx0 = fmaxf(mx0, v);
-            else mx1 = fmaxf(mx1, v);
-        }
-#pragma unroll
-    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
-    m0 = mn0, m1 = mn1;
-    float s0 = 0.0f, s1 = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < 2; nt++) {
-        sc[nt][0] = exp2f(sc[nt][0] - b0);
-        sc[nt][1] = exp2f(sc[nt][1] - b0);
-        sc[nt][2] = exp2f(sc[nt][2] - b1);
-        sc[nt][3] = exp2f(sc[nt][3] - b1);
-        s0 += sc[nt][0] + sc[nt][1];
-        s1 += sc[nt][2] + sc[nt][3];
-    }
-    l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
-    l1 = l1 * c1 + s1;
-#pragma unroll
-    for (int i = 0; i < HD / 8; i++) {
-        o[i][0] *= c0, o[i][1] *= c0;
-        o[i][2] *= c1, o[i][3] *= c1;
-    }
-    uint32_t a[4];
-    a[0] = kvf_pack_bf16x2(sc[0][0], sc[0][1]);
-    a[1] = kvf_pack_bf16x2(sc[0][2], sc[0][3]);
-    a[2] = kvf_pack_bf16x2(sc[1][0], sc[1][1]);
-    a[3] = kvf_pack_bf16x2(sc[1][2], sc[1][3]);
-    const bf16 *vrow = sV + (lane & 15) * KS;
-#pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-        uint32_t v0, v1;
-        kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
-        kvf_mma_bf16_16816(o[dt], a, v0, v1);
-    }
-}
 
 // Merges the (m, l, o) of the SPLIT warps of each of the block's HEADS KV heads
 // (warps hh * SPLIT .. hh * SPLIT + SPLIT - 1 hold head kv0 + hh) through shared
@@ -233,7 +160,7 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
         const int kw = kt + 16 * warp;
         if (kw < kv_end) {  // uniform over the warp
             const bf16 *sK = sm + stage * STAGE + 16 * warp * KS;
-            s_chunk<HD>(sK, sK + DC_K * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+            kvf_attn_step<HD, 16>(sK, sK + DC_K * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
         }
         __syncthreads();  // every warp is done with this stage before it is refilled
     }
@@ -368,7 +295,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const int kw = 16 * (SPLIT * it + sw);
         if (kw < kv_end) {  // uniform over the warp
             const bf16 *sK = sm + (it % STAGES) * STAGE + 16 * warp * KS;
-            s_chunk<HD>(sK, sK + NR * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+            kvf_attn_step<HD, 16>(sK, sK + NR * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
         }
     }
     kvf_cp_async_wait<0>();

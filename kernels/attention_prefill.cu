@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include "kernels/attention_prefill.h"
+#include "kernels/attention_step.cuh"
 #include "kernels/check.h"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
@@ -104,72 +105,7 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
         __syncthreads();  // this stage's keys are in shared memory for every thread
         const bf16 *sK = sm + stage * STAGE, *sV = sK + PM_K * KS;
         if (warp_live && kt <= warp_last_pos) {  // uniform over the warp
-            // S = Q K^T for 64 keys: 8 tiles of 8 keys
-            float sc[PM_K / 8][4];
-    #pragma unroll
-            for (int nt = 0; nt < PM_K / 8; nt++) {
-                sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-                const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
-    #pragma unroll
-                for (int ks = 0; ks < HD / 16; ks++)
-                    kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16), *(const uint32_t *)(kr + ks * 16 + 8));
-            }
-            // scale, causal mask, row maxima (a row's 64 scores live in the 4 threads of a quad)
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-    #pragma unroll
-            for (int nt = 0; nt < PM_K / 8; nt++)
-    #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int key = kt + nt * 8 + 2 * tq + (e & 1);
-                    const int rp = e < 2 ? pr0 : pr1;
-                    float v = sc[nt][e] * scale_log2;
-                    if (key > rp || key >= kv_end) v = -INFINITY;
-                    sc[nt][e] = v;
-                    if (e < 2) mx0 = fmaxf(mx0, v);
-                    else mx1 = fmaxf(mx1, v);
-                }
-    #pragma unroll
-            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-            }
-            const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-            const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
-            m0 = mn0, m1 = mn1;
-            float s0 = 0.0f, s1 = 0.0f;
-    #pragma unroll
-            for (int nt = 0; nt < PM_K / 8; nt++) {
-                sc[nt][0] = exp2f(sc[nt][0] - b0);
-                sc[nt][1] = exp2f(sc[nt][1] - b0);
-                sc[nt][2] = exp2f(sc[nt][2] - b1);
-                sc[nt][3] = exp2f(sc[nt][3] - b1);
-                s0 += sc[nt][0] + sc[nt][1];
-                s1 += sc[nt][2] + sc[nt][3];
-            }
-            l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
-            l1 = l1 * c1 + s1;
-    #pragma unroll
-            for (int i = 0; i < HD / 8; i++) {
-                o[i][0] *= c0, o[i][1] *= c0;
-                o[i][2] *= c1, o[i][3] *= c1;
-            }
-            // O += P V: P (16 x 64) from the score fragments, V through ldmatrix.trans
-    #pragma unroll
-            for (int kk = 0; kk < PM_K / 16; kk++) {
-                uint32_t a[4];
-                a[0] = kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-                a[1] = kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-                a[2] = kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-                a[3] = kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-                const bf16 *vrow = sV + (kk * 16 + (lane & 15)) * KS;
-    #pragma unroll
-                for (int dt = 0; dt < HD / 8; dt++) {
-                    uint32_t v0, v1;
-                    kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
-                    kvf_mma_bf16_16816(o[dt], a, v0, v1);
-                }
-            }
+            kvf_attn_step<HD, PM_K>(sK, sV, qf, o, m0, m1, l0, l1, kt, kv_end, pr0, pr1, scale_log2, lane);
         }
         __syncthreads();  // every warp is done with this stage before it is loaded again
     }
