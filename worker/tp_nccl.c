@@ -11,6 +11,7 @@
 #include <nccl.h>
 
 #include <cuda_runtime_api.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,9 +43,26 @@ static void s_yield_us(long us) {
     nanosleep(&ts, NULL);
 }
 
+static void *s_abort_thread(void *comm) {
+    ncclCommAbort((ncclComm_t)comm);
+    return NULL;
+}
+
+// Aborts on a detached thread: NCCL's abort may join its proxy threads and
+// synchronize with peers (NVIDIA/nccl#863, #1777), which a dead peer never
+// answers; the failing rank must still return its error now. Its process then
+// leaves (a worker whose group is gone exits), which ends the thread too.
 static void s_abort_comm(s_nccl_t *n) {
-    if (n->comm && !n->failed) ncclCommAbort(n->comm);
-    if (n->comm) n->comm = NULL;
+    if (n->comm && !n->failed) {
+        pthread_t t;
+        pthread_attr_t at;
+        int ok = pthread_attr_init(&at) == 0;
+        ok = ok && pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0;
+        ok = ok && pthread_create(&t, &at, s_abort_thread, (void *)n->comm) == 0;
+        pthread_attr_destroy(&at);
+        if (!ok) ncclCommAbort(n->comm);
+    }
+    n->comm = NULL;
     n->failed = 1;
 }
 
@@ -178,8 +196,12 @@ static void s_destroy(kvf_tp_t **self_p) {
         else
             ncclCommAbort(n->comm);
     }
-    if (n->scratch) cudaFree(n->scratch);
-    if (n->own) cudaStreamDestroy(n->own);
+    // After an abort an NCCL kernel may still hold the device, and cudaFree waits
+    // for the whole device: leave the scratch and the stream to the process's exit.
+    if (!n->failed) {
+        if (n->scratch) cudaFree(n->scratch);
+        if (n->own) cudaStreamDestroy(n->own);
+    }
     free(n);
     *self_p = NULL;
 }
