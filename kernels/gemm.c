@@ -9,16 +9,26 @@
 
 #include "kernels/check.h"
 
-#define KVF_GEMM_CACHE 32
+#define KVF_GEMM_CACHE 128   // descriptor sets, one per exact shape
+#define KVF_GEMM_ALGOS 256   // heuristic picks, one per row bucket of a shape
 
+// Descriptors of one exact shape and the algorithm it runs.
 typedef struct {
     int valid;
     int n, d_in, d_out, y_type, accumulate;
-    int pinned;  // picked by kvf_gemm_tune: never evicted
+    int pinned;       // picked by kvf_gemm_tune: never evicted
+    int from_bucket;  // algo is its row bucket's pick (a refused launch asks for this n's own)
     cublasLtMatmulDesc_t op;
     cublasLtMatrixLayout_t a, b, c;
     cublasLtMatmulAlgo_t algo;
 } s_entry_t;
+
+// The heuristic's pick for a row bucket (s_bucket) of a shape.
+typedef struct {
+    int valid;
+    int nb, d_in, d_out, y_type, accumulate;
+    cublasLtMatmulAlgo_t algo;
+} s_algo_t;
 
 struct kvf_gemm_ctx_s {
     cublasLtHandle_t handle;
@@ -26,7 +36,19 @@ struct kvf_gemm_ctx_s {
     size_t workspace_bytes;
     s_entry_t cache[KVF_GEMM_CACHE];
     int next;  // round-robin victim
+    s_algo_t algos[KVF_GEMM_ALGOS];
+    int next_algo;
+    uint64_t n_heuristic;  // cublasLtMatmulAlgoGetHeuristic calls
 };
+
+// A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
+// with cuBLASLt 13), which a step whose row count is new would pay before its
+// first kernel; so one pick serves a bucket of row counts: multiples of 64 up
+// to 512, of 512 above.
+static int s_bucket(int n) {
+    if (n <= 512) return (n + 63) / 64 * 64;
+    return (n + 511) / 512 * 512;
+}
 
 static void s_entry_clear(s_entry_t *e) {
     if (e->op) cublasLtMatmulDescDestroy(e->op);
@@ -66,9 +88,34 @@ void kvf_gemm_ctx_destroy(kvf_gemm_ctx_t **self_p) {
     *self_p = NULL;
 }
 
-// Builds the descriptors of one shape and asks the heuristic for its best algorithm.
-static int s_entry_build(kvf_gemm_ctx_t *ctx, s_entry_t *e, int n, int d_in, int d_out, int y_type,
-                         int accumulate, kvf_err_t *err) {
+// The heuristic's first pick for descriptors (op, a, b, c).
+static int s_heuristic(kvf_gemm_ctx_t *ctx, cublasLtMatmulDesc_t op, cublasLtMatrixLayout_t a,
+                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c, int n, int d_in, int d_out,
+                       cublasLtMatmulAlgo_t *algo, kvf_err_t *err) {
+    cublasLtMatmulPreference_t pref = NULL;
+    KVF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), err);
+    size_t ws = ctx->workspace_bytes;
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                             sizeof ws);
+    cublasLtMatmulHeuristicResult_t res;
+    int n_res = 0;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+        st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, op, a, b, c, c, pref, 1, &res, &n_res);
+        ctx->n_heuristic++;
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasLtGetStatusString(st), __FILE__,
+                              __LINE__);
+    if (n_res < 1)
+        return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm: cuBLASLt has no algorithm for n=%d d_in=%d d_out=%d", n,
+                           d_in, d_out);
+    *algo = res.algo;
+    return 0;
+}
+
+// Builds the descriptors of one shape (no algorithm yet).
+static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, kvf_err_t *err) {
     e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const cudaDataType_t ct = y_type == KVF_GEMM_OUT_F32 ? CUDA_R_32F : CUDA_R_16BF;
@@ -78,25 +125,30 @@ static int s_entry_build(kvf_gemm_ctx_t *ctx, s_entry_t *e, int n, int d_in, int
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)d_out, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)n, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->c, ct, (uint64_t)d_out, (uint64_t)n, d_out), err);
+    return 0;
+}
 
-    cublasLtMatmulPreference_t pref = NULL;
-    KVF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), err);
-    size_t ws = ctx->workspace_bytes;
-    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
-                                                             sizeof ws);
-    cublasLtMatmulHeuristicResult_t res;
-    int n_res = 0;
-    if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, 1, &res, &n_res);
-    cublasLtMatmulPreferenceDestroy(pref);
-    if (st != CUBLAS_STATUS_SUCCESS)
-        return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasLtGetStatusString(st), __FILE__,
-                              __LINE__);
-    if (n_res < 1)
-        return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm: cuBLASLt has no algorithm for n=%d d_in=%d d_out=%d", n,
-                           d_in, d_out);
-    e->algo = res.algo;
-    e->valid = 1;
+// The pick for the bucket of e's row count: cached, or asked for with the
+// bucket's own row count and kept.
+static int s_bucket_algo(kvf_gemm_ctx_t *ctx, const s_entry_t *e, cublasLtMatmulAlgo_t *algo, kvf_err_t *err) {
+    const int nb = s_bucket(e->n);
+    for (int i = 0; i < KVF_GEMM_ALGOS; i++) {
+        const s_algo_t *a = &ctx->algos[i];
+        if (a->valid && a->nb == nb && a->d_in == e->d_in && a->d_out == e->d_out && a->y_type == e->y_type &&
+            a->accumulate == e->accumulate) {
+            *algo = a->algo;
+            return 0;
+        }
+    }
+    s_entry_t be;  // descriptors of the bucket's row count
+    memset(&be, 0, sizeof be);
+    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, err);
+    if (rc == 0) rc = s_heuristic(ctx, be.op, be.a, be.b, be.c, nb, e->d_in, e->d_out, algo, err);
+    s_entry_clear(&be);
+    if (rc != 0) return -1;
+    s_algo_t *a = &ctx->algos[ctx->next_algo];
+    ctx->next_algo = (ctx->next_algo + 1) % KVF_GEMM_ALGOS;
+    *a = (s_algo_t){1, nb, e->d_in, e->d_out, e->y_type, e->accumulate, *algo};
     return 0;
 }
 
@@ -118,10 +170,12 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
         return NULL;
     }
     s_entry_clear(e);
-    if (s_entry_build(ctx, e, n, d_in, d_out, y_type, accumulate, err) != 0) {
+    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, err) != 0 || s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
         return NULL;
     }
+    e->from_bucket = 1;
+    e->valid = 1;
     return e;
 }
 
@@ -134,11 +188,34 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t
     s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, beta != 0.0f, err);
     if (!e) return -1;
     const float alpha = 1.0f;
-    KVF_CUBLAS_CHECK(cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, &e->algo,
-                                    ctx->workspace, ctx->workspace_bytes, stream),
-                     err);
+    cublasStatus_t st = cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c,
+                                       &e->algo, ctx->workspace, ctx->workspace_bytes, stream);
+    if (st != CUBLAS_STATUS_SUCCESS && e->from_bucket) {  // the bucket's pick refuses this n: ask for its own
+        if (s_heuristic(ctx, e->op, e->a, e->b, e->c, n, d_in, d_out, &e->algo, err) != 0) return -1;
+        e->from_bucket = 0;
+        st = cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, &e->algo,
+                            ctx->workspace, ctx->workspace_bytes, stream);
+    }
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return kvf_check_fail(err, "cublasLtMatmul", st, cublasLtGetStatusString(st), __FILE__, __LINE__);
     return 0;
 }
+
+int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
+                     kvf_err_t *err) {
+    KVF_REQUIRE(ctx && n_max > 0 && d_in > 0 && d_out > 0, err);
+    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
+    for (int nb = 64; nb <= s_bucket(n_max); nb = s_bucket(nb + 1)) {
+        s_entry_t e;
+        memset(&e, 0, sizeof e);
+        e.n = nb, e.d_in = d_in, e.d_out = d_out, e.y_type = (int)y_type, e.accumulate = accumulate != 0;
+        cublasLtMatmulAlgo_t algo;
+        if (s_bucket_algo(ctx, &e, &algo, err) != 0) return -1;
+    }
+    return 0;
+}
+
+uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx) { return ctx ? ctx->n_heuristic : 0; }
 
 // ---------------------------------------------------------------- tuning
 
@@ -182,6 +259,7 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
     if (st == CUBLAS_STATUS_SUCCESS)
         st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, KVF_GEMM_TUNE_MAX, res,
                                             &n_res);
+    ctx->n_heuristic++;
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS)
         return kvf_check_fail(err, "cublasLtMatmulAlgoGetHeuristic", st, cublasLtGetStatusString(st), __FILE__,
@@ -211,6 +289,7 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
     if (b_ms <= 0.0f) return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: no candidate ran for n=%d %dx%d", n,
                                          d_in, d_out);
     e->pinned = 1;
+    e->from_bucket = 0;
     if (heuristic_ms) *heuristic_ms = h_ms;
     if (best_ms) *best_ms = b_ms;
     return 0;

@@ -1,9 +1,12 @@
 // kernels/gemm.h — y = x @ W^T through cuBLASLt: bf16 in, f32 accumulation, bf16
 // or f32 out, W in Hugging Face (out_features, in_features) layout.
 //
-// The context owns the cuBLASLt handle and a small cache of matmul descriptors
-// and heuristic picks keyed by shape (so a step repeats no heuristic query);
-// the workspace is the caller's device memory, lent for the context's life.
+// The context owns the cuBLASLt handle, a cache of matmul descriptors keyed by
+// exact shape, and the heuristic's picks keyed by row bucket (multiples of 64
+// rows up to 512, of 512 above): a heuristic query costs milliseconds of host
+// time, so a step with a row count not seen before reuses its bucket's pick
+// instead of asking again (kvf_gemm_prepare asks for every bucket up front).
+// The workspace is the caller's device memory, lent for the context's life.
 #ifndef KVF_KERNELS_GEMM_H
 #define KVF_KERNELS_GEMM_H
 
@@ -40,6 +43,15 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx,
              const uint16_t *x,     // (n, d_in) bf16, device
              const uint16_t *w,     // (d_out, d_in) bf16, device
              int n, int d_in, int d_out, float beta, cudaStream_t stream, kvf_err_t *err);
+
+// Start-up: asks the heuristic for every row bucket of this shape up to n_max
+// rows (beta 0, or beta != 0 when accumulate), so later kvf_gemm calls of any
+// n <= n_max query nothing. Returns 0, or -1 with err set.
+int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
+                     kvf_err_t *err);
+
+// Heuristic queries this context has made (for tests and diagnostics).
+uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx);
 
 // Start-up only (it synchronizes the stream): times cuBLASLt's heuristic
 // candidates for this shape (beta 0) on the given buffers (x should hold

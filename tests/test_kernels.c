@@ -357,6 +357,37 @@ Test(kernels, gemm) {
     cr_expect(kvf_gemm(ctx, NULL, KVF_GEMM_OUT_F32, NULL, NULL, 1, 1, 1, 0, 0, &err) == -1 && err.code == KVF_E_INVAL);
     kvf_gemm_ctx_destroy(&ctx);
     cr_expect(ctx == NULL);
+
+    // kvf_gemm_prepare: after it, row counts never seen (bucket picks) query nothing and compute the product
+    ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
+    cr_assert(ctx, "%s", err.msg);
+    const int K = 1024, M = 2048, n_max = 700;
+    cr_assert(kvf_gemm_prepare(ctx, KVF_GEMM_OUT_BF16, n_max, K, M, 0, &err) == 0, "%s", err.msg);
+    const uint64_t q0 = kvf_gemm_heuristic_calls(ctx);
+    cr_expect_eq(q0, 9, "buckets 64..512 and 1024: %llu queries", (unsigned long long)q0);
+    float *x = malloc((size_t)n_max * K * 4), *w = malloc((size_t)M * K * 4), *ref = malloc((size_t)n_max * M * 4);
+    uint16_t *xb = malloc((size_t)n_max * K * 2), *wb = malloc((size_t)M * K * 2);
+    s_rand_bf16(&r, x, xb, (size_t)n_max * K, -1, 1);
+    s_rand_bf16(&r, w, wb, (size_t)M * K, -0.1f, 0.1f);
+    uint16_t *d_x = s_up(xb, (size_t)n_max * K * 2), *d_w = s_up(wb, (size_t)M * K * 2);
+    uint16_t *d_y = s_dev((size_t)n_max * M * 2);
+    const int ns[] = {1, 37, 64, 65, 200, 511, 513, 700};
+    for (int i = 0; i < 8; i++) {
+        const int n = ns[i];
+        CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
+        cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
+        float *g = s_down_bf16(d_y, (size_t)n * M);
+        char cs[64];
+        snprintf(cs, sizeof cs, "bucket pick n%d in%d out%d", n, K, M);
+        s_expect_norm("gemm.bf16", cs, g, ref, (size_t)n * M, 8e-3, 4e-3);
+        free(g);
+    }
+    cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0, "%llu queries after prepare",
+                 (unsigned long long)(kvf_gemm_heuristic_calls(ctx) - q0));
+    free(x), free(w), free(ref), free(xb), free(wb);
+    cudaFree(d_x), cudaFree(d_w), cudaFree(d_y);
+    kvf_gemm_ctx_destroy(&ctx);
     cudaFree(ws);
 }
 

@@ -583,6 +583,21 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     }
     c->gemm = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, err);
     if (!c->gemm) return -1;
+    // every row bucket of every GEMM now, not a multi-millisecond heuristic query in
+    // front of the first step of each new batch size (an H200's decode tail: 22.5 ms
+    // steps of ~120 rows, of which ~12 ms were the four queries of each step)
+    {
+        const kvf_gemm_out_t tq = (c->act_mode & S_ACT_QKV) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+        const kvf_gemm_out_t to = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+        const kvf_gemm_out_t tg = (c->act_mode & S_ACT_GU) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+        const int T = o->max_step_tokens, D = c->dim;
+        if (kvf_gemm_prepare(c->gemm, tq, T, D, c->qkv_dim, 0, err) != 0 ||
+            kvf_gemm_prepare(c->gemm, to, T, c->q_dim, D, 0, err) != 0 ||
+            kvf_gemm_prepare(c->gemm, tg, T, D, 2 * c->ff, 0, err) != 0 ||
+            kvf_gemm_prepare(c->gemm, to, T, c->ff, D, 0, err) != 0 ||
+            kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, cfg->vocab_size, 0, err) != 0)
+            return -1;
+    }
 
     // the KV slab
     size_t free_b = 0, total_b = 0;
