@@ -380,6 +380,8 @@ static const s_variant_t s_variants[] = {
     {"v5 w3x16 4h", 4, 3, 4, 1},  // 104 KB: a warp a KV head over all keys, no merge, no block barrier
     {"v6 w3x16 2w", 2, 3, 1, 1},  // 51 KB: 4 blocks an SM of 2 warps
 };
+// Tried and dropped (H200, 512 x 576 keys): v5 with 8 KV heads a block (1 block an SM) 3.79 TB/s, with 2 (4 blocks
+// an SM) 3.79, v5 3.80: the block's head count past 4 no longer matters.
 #define DC_N_VARIANTS ((int)(sizeof s_variants / sizeof s_variants[0]))
 // the variant kvf_attention_decode runs: v5, the fastest on an H200 (kvf-kbench, 512 sequences of
 // 512-640 keys: v5 3.84 TB/s, v6 3.78, v3 3.55, v0 3.41; 128 sequences: v5 3.31, v0 2.86)

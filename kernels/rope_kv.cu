@@ -82,6 +82,11 @@ static __global__ void s_rope_kv2(bf16 *q_out,            // (n, H, HD)
     const bool slot_ok = blk >= 0 && blk < n_blocks;
     const size_t slot = ((size_t)blk * bs + (size_t)(p % bs)) * KV * HD;  // element offset of the token's row
     const float fp = (float)p;
+    // the token's angles once (every q and k head rotates by the same ones): 40 heads
+    // of Llama-3-8B each computed them again before, ~as much time as the bytes moved
+    extern __shared__ float rope_sc[];  // (HD / 2) sines, then (HD / 2) cosines
+    for (int i = threadIdx.x; i < half; i += blockDim.x) sincosf(inv_freq[i] * fp, &rope_sc[i], &rope_sc[half + i]);
+    __syncthreads();
 
     for (int idx = threadIdx.x; idx < (H + KV) * hp; idx += blockDim.x) {
         const int h = idx / hp, i = 2 * (idx % hp);
@@ -91,9 +96,7 @@ static __global__ void s_rope_kv2(bf16 *q_out,            // (n, H, HD)
             const float2 ba = *(const float2 *)(bias + c0), bb = *(const float2 *)(bias + c1);
             a.x += ba.x, a.y += ba.y, b.x += bb.x, b.y += bb.y;
         }
-        float s0, co0, s1, co1;
-        sincosf(inv_freq[i] * fp, &s0, &co0);
-        sincosf(inv_freq[i + 1] * fp, &s1, &co1);
+        const float s0 = rope_sc[i], co0 = rope_sc[half + i], s1 = rope_sc[i + 1], co1 = rope_sc[half + i + 1];
         const __nv_bfloat162 y1 = __floats2bfloat162_rn(a.x * co0 - b.x * s0, a.y * co1 - b.y * s1);
         const __nv_bfloat162 y2 = __floats2bfloat162_rn(b.x * co0 + a.x * s0, b.y * co1 + a.y * s1);
         bf16 *o = NULL;
@@ -130,7 +133,7 @@ static int s_launch(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const
     if (head_dim % 4 == 0 && al % 8 == 0) {  // two pairs a thread (every offset is then even)
         const int work = (n_heads + n_kv) * head_dim / 4;
         const int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
-        s_rope_kv2<TIn><<<n, threads, 0, stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias,
+        s_rope_kv2<TIn><<<n, threads, (size_t)head_dim * sizeof(float), stream>>>((bf16 *)q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias,
                                                    inv_freq, pos, tok_seq, block_table, max_blocks, n_heads, n_kv,
                                                    head_dim, block_size, n_blocks);
         KVF_LAUNCH_CHECK(err);
