@@ -128,6 +128,11 @@ typedef struct {
 #define S_ACT_QKV 2
 #define S_ACT_OD 4
 
+// The output type of the GEMMs that act-mode bit `bit` covers.
+static kvf_gemm_out_t s_out(const s_cuda_t *c, int bit) {
+    return (c->act_mode & bit) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+}
+
 static void s_destroy(kvf_backend_t **self_p);
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
 static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
@@ -467,9 +472,7 @@ static int s_tune_gemms(s_cuda_t *c, kvf_err_t *err) {
         kvf_fill_random_bf16(c->rows, (size_t)n * D, 14, 0.0f, 1.0f, c->stream, err) != 0)
         return -1;
     float(*t)[2] = c->tune_ms;
-    const kvf_gemm_out_t tq = (c->act_mode & S_ACT_QKV) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
-    const kvf_gemm_out_t to = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
-    const kvf_gemm_out_t tg = (c->act_mode & S_ACT_GU) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+    const kvf_gemm_out_t tq = s_out(c, S_ACT_QKV), to = s_out(c, S_ACT_OD), tg = s_out(c, S_ACT_GU);
     if (kvf_gemm_tune(c->gemm, c->qkv, tq, c->h, L->wqkv, n, D, c->qkv_dim, c->stream, &t[0][0],
                       &t[0][1], err) != 0 ||
         kvf_gemm_tune(c->gemm, c->o, to, c->att, L->wo, n, c->q_dim, D, c->stream, &t[1][0], &t[1][1],
@@ -587,9 +590,7 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // front of the first step of each new batch size (an H200's decode tail: 22.5 ms
     // steps of ~120 rows, of which ~12 ms were the four queries of each step)
     {
-        const kvf_gemm_out_t tq = (c->act_mode & S_ACT_QKV) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
-        const kvf_gemm_out_t to = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
-        const kvf_gemm_out_t tg = (c->act_mode & S_ACT_GU) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+        const kvf_gemm_out_t tq = s_out(c, S_ACT_QKV), to = s_out(c, S_ACT_OD), tg = s_out(c, S_ACT_GU);
         const int T = o->max_step_tokens, D = c->dim;
         if (kvf_gemm_prepare(c->gemm, tq, T, D, c->qkv_dim, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, to, T, c->q_dim, D, 0, err) != 0 ||
@@ -862,7 +863,7 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
     const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
-    const kvf_gemm_out_t od_type = (c->act_mode & S_ACT_OD) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+    const kvf_gemm_out_t od_type = s_out(c, S_ACT_OD);
 #define S_K(call) \
     if ((call) != 0) return -1
 #define S_TM(cat) \
