@@ -15,3 +15,14 @@ if(TARGET kvf-kbench)
   add_test(NAME kvf_kbench_bad_only
            COMMAND sh -c "\"$<TARGET_FILE:kvf-kbench>\" --only gemm,nope; test $? -eq 2")
 endif()
+
+# kvf-tpbench: a real run of both transports with 2 ranks at one size (~1 s), --help,
+# and a bad flag as a usage error (exit 2).
+if(TARGET kvf-tpbench)
+  add_test(NAME kvf_tpbench_smoke COMMAND kvf-tpbench --ranks 2 --sizes 4096 --iters 200)
+  set_tests_properties(kvf_tpbench_smoke PROPERTIES TIMEOUT 60 PASS_REGULAR_EXPRESSION "zmq-ipc +4096 +200 ")
+  add_test(NAME kvf_tpbench_help COMMAND kvf-tpbench --help)
+  set_tests_properties(kvf_tpbench_help PROPERTIES PASS_REGULAR_EXPRESSION "usage: kvf-tpbench")
+  add_test(NAME kvf_tpbench_bad_flag
+           COMMAND sh -c "\"$<TARGET_FILE:kvf-tpbench>\" --no-such-flag; test $? -eq 2")
+endif()
