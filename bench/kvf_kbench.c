@@ -92,17 +92,16 @@ typedef struct {
 
 // "N[,N...]" into o->gemm_n.
 static int s_parse_gemm_n(const char *a, const char *v, s_opts_t *o, kvf_err_t *err) {
-    char *copy = strdup(v), *save = NULL;
-    if (!copy) return kvf_err_set(err, KVF_E_NOMEM, "%s: out of memory", a);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (kvf_args_ids(a, v, &ids, &n, err) != 0) return -1;
     int rc = 0;
-    o->n_gemm_n = 0;
-    for (char *t = strtok_r(copy, ",", &save); t && rc == 0; t = strtok_r(NULL, ",", &save)) {
-        int64_t n = 0;
-        if (o->n_gemm_n == 8) rc = kvf_err_set(err, KVF_E_INVAL, "%s: at most 8 row counts", a);
-        else if ((rc = kvf_args_int(a, t, 1, 16384, &n, err)) == 0) o->gemm_n[o->n_gemm_n++] = (int)n;
-    }
-    free(copy);
-    if (rc == 0 && o->n_gemm_n == 0) rc = kvf_err_set(err, KVF_E_INVAL, "%s: empty value", a);
+    if (n == 0 || n > 8) rc = kvf_err_set(err, KVF_E_INVAL, "%s: give 1 to 8 row counts", a);
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        if (ids[i] < 1 || ids[i] > 16384) rc = kvf_err_set(err, KVF_E_INVAL, "%s: %d is outside [1, 16384]", a, ids[i]);
+    for (size_t i = 0; rc == 0 && i < n; i++) o->gemm_n[i] = ids[i];
+    if (rc == 0) o->n_gemm_n = (int)n;
+    free(ids);
     return rc;
 }
 
