@@ -10,3 +10,5 @@ add_dependencies(test_worker kvf-worker)
 if(KVF_HAVE_CUDA AND TARGET kvf_cuda)
   kvf_add_test(test_engine_cuda SOURCES test_engine_cuda.c LIBS kvf_engine PkgConfig::JANSSON m LABELS gpu TIMEOUT 300)
 endif()
+# The sampling thread pool (worker/sample_pool.h).
+kvf_add_test(test_sample_pool SOURCES test_sample_pool.c LIBS kvf_engine TIMEOUT 120)

@@ -1,6 +1,7 @@
 // tests/test_engine.c — the engine on the tiny-llama fixture (cpu backend):
 // golden greedy ids in one batch and one at a time, preemption under a tiny
-// pool, prefix caching, resume, scoring, the memory-plan refusal, bad requests.
+// pool, prefix caching, resume, scoring, the memory-plan refusal, bad requests,
+// sampled batches the same on 1 and 4 sampling threads.
 #include <criterion/criterion.h>
 #include <jansson.h>
 #include <math.h>
@@ -9,6 +10,7 @@
 
 #include "test_util.h"
 #include "worker/engine.h"
+#include "worker/sampler.h"
 
 // ---------------------------------------------------------------- fixtures
 
@@ -528,4 +530,107 @@ Test(engine, score_matches_golden_logits) {
     free(gold);
     json_decref(root);
     kvf_engine_destroy(&e);
+}
+
+// ---------------------------------------------------------------- parallel host sampling
+
+#define SAMPLED_REQ 24
+
+static kvf_sampling_t s_sampled(int i) {
+    kvf_sampling_t s = s_greedy(20 + i % 7);
+    s.temperature = 0.8f;
+    s.top_p = 0.9f;
+    s.top_k = 40;
+    s.seed = 1000u + (uint64_t)i * 7919u;
+    if (i % 3 == 0) s.repetition_penalty = 1.3f;
+    return s;
+}
+
+// 24 sampled requests in one batch on an engine with n_threads (forward and
+// sampling threads; the cpu backend's forward gives the same bits on any count).
+static void s_run_sampled(const s_golden_t *g, int32_t n_threads, s_sink_t *k) {
+    char dir[1024];
+    s_model_dir(dir, sizeof dir, "tiny-llama");
+    kvf_engine_opts_t o = kvf_engine_opts_default();
+    o.block_size = 16;
+    o.session_len = 256;
+    o.cache_max_entry_count = 400;
+    o.max_batch_size = 64;
+    o.max_prefill_token_num = 2048;  // all 24 prompts (<= 79 tokens each) in the first step
+    o.n_threads = n_threads;
+    kvf_err_t err;
+    kvf_engine_t *e = kvf_engine_new(dir, &o, &err);
+    cr_assert_not_null(e, "%s", err.msg);
+    int32_t p[128];
+    for (int i = 0; i < SAMPLED_REQ; i++) {
+        int32_t n = s_make_prompt(g, i % 4, p);  // 6 requests share each prompt, with different seeds
+        kvf_sampling_t s = s_sampled(i);
+        s_track(k, (uint64_t)i + 1);
+        cr_assert_eq(kvf_engine_add(e, (uint64_t)i + 1, p, n, NULL, 0, &s, &err), 0, "%s", err.msg);
+    }
+    // the first step prefills every prompt and samples all 24 rows together
+    int ran = kvf_engine_step(e, s_on_token, k, &err);
+    cr_assert_eq(ran, SAMPLED_REQ, "first step ran %d sequences: %s", ran, ran < 0 ? err.msg : "");
+    kvf_step_info_t si;
+    kvf_engine_last_step(e, &si);
+    cr_assert_eq(si.n_sampled, SAMPLED_REQ);
+    s_run(e, k);
+    cr_assert_eq(k->n_finished, SAMPLED_REQ);
+    kvf_engine_destroy(&e);
+}
+
+Test(engine, sampled_batch_same_tokens_on_1_and_4_sampling_threads) {
+    s_golden_t g;
+    s_golden_load(&g, "tiny-llama");
+    static s_sink_t one, four;
+    memset(&one, 0, sizeof one);
+    memset(&four, 0, sizeof four);
+    s_run_sampled(&g, 1, &one);
+    s_run_sampled(&g, 4, &four);
+    int differ_from_same_prompt = 0;
+    for (int i = 0; i < SAMPLED_REQ; i++) {
+        cr_assert_eq(one.o[i].n_out, 20 + i % 7, "request %d", i);
+        cr_assert_eq(four.o[i].n_out, one.o[i].n_out, "request %d", i);
+        cr_assert_arr_eq(four.o[i].out, one.o[i].out, sizeof(int32_t) * (size_t)one.o[i].n_out,
+                         "request %d: 4 sampling threads differ from 1", i);
+        if (i >= 4) differ_from_same_prompt += memcmp(one.o[i].out, one.o[i - 4].out, sizeof(int32_t) * 20) != 0;
+    }
+    cr_assert_geq(differ_from_same_prompt, SAMPLED_REQ - 4 - 2, "different seeds should give different outputs");
+
+    // Reference: the logits of every position by teacher-forced scoring, sampled
+    // by one sampler with that request's history and step. Catches a row sampled
+    // with another row's logits, history or step on both thread counts alike.
+    char dir[1024];
+    s_model_dir(dir, sizeof dir, "tiny-llama");
+    kvf_engine_opts_t o = kvf_engine_opts_default();
+    o.block_size = 16;
+    o.session_len = 256;
+    o.cache_max_entry_count = 400;
+    o.max_batch_size = 64;
+    o.max_prefill_token_num = 512;
+    o.n_threads = 2;
+    kvf_err_t err;
+    kvf_engine_t *e = kvf_engine_new(dir, &o, &err);
+    cr_assert_not_null(e, "%s", err.msg);
+    const int32_t V = kvf_engine_cfg(e)->vocab_size;
+    kvf_sampler_t *smp = kvf_sampler_new(V);
+    int32_t ids[256];
+    float *lg = malloc(sizeof(float) * 256 * (size_t)V);
+    cr_assert(smp && lg);
+    for (int i = 0; i < SAMPLED_REQ; i++) {
+        int32_t n_p = s_make_prompt(&g, i % 4, ids);
+        const s_out_t *out = &one.o[i];
+        memcpy(ids + n_p, out->out, sizeof(int32_t) * (size_t)out->n_out);
+        int32_t n = n_p + out->n_out - 1;  // the last token is never fed back
+        cr_assert_eq(kvf_engine_score(e, ids, n, lg, &err), 0, "%s", err.msg);
+        kvf_sampling_t s = s_sampled(i);
+        for (int32_t t = 0; t < out->n_out; t++) {
+            int32_t tok = kvf_sampler_sample(smp, lg + (size_t)(n_p - 1 + t) * V, V, &s, ids, n_p + t, t);
+            cr_assert_eq(tok, out->out[t], "request %d token %d: engine %d, reference %d", i, t, out->out[t], tok);
+        }
+    }
+    free(lg);
+    kvf_sampler_destroy(&smp);
+    kvf_engine_destroy(&e);
+    s_golden_free(&g);
 }

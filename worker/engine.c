@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/alloc.h"
 #include "common/log.h"
@@ -14,6 +15,7 @@
 #include "worker/backend.h"
 #include "worker/blockmgr.h"
 #include "worker/cpu_backend.h"
+#include "worker/sample_pool.h"
 #include "worker/sampler.h"
 #include "worker/sched.h"
 #include "worker/tp.h"
@@ -51,7 +53,7 @@ struct kvf_engine_s {
     struct kvf_tp_s *tp_nccl;    // cuda TP: the NCCL communicator the backend shards over (owned); else NULL
     kvf_blockmgr_t *bm;
     kvf_sched_t *sched;
-    kvf_sampler_t *smp;
+    kvf_sample_pool_t *spool;    // samples the host rows of a step, one sampler per thread
     char backend_name[16];
     int32_t max_blocks_per_seq;
 
@@ -64,7 +66,8 @@ struct kvf_engine_s {
     s_event_t *events;           // (max_batch_size)
     const kvf_sampling_t **b_smp;// (max_batch_size) forward_sample: each row's sampling, NULL when not sampled
     int32_t *b_step;             // (max_batch_size) forward_sample: each row's step index
-    int32_t *b_ids;              // (max_batch_size) forward_sample: the tokens it picked
+    int32_t *b_ids;              // (max_batch_size) each row's token: picked by forward_sample or on the host
+    int32_t *b_rows;             // (max_batch_size) the rows sampled on the host this step
 
     s_pending_t *pending;
     int32_t n_pending, cap_pending;
@@ -153,6 +156,19 @@ static kvf_backend_t *s_backend_new(const char *name, const kvf_modelcfg_t *cfg,
     }
     kvf_err_set(err, KVF_E_INVAL, "--backend '%s': expected cpu or cuda", name);
     return NULL;
+}
+
+// Threads that sample a step's host rows: --threads (0 = every online core),
+// at most KVF_SAMPLE_POOL_MAX_THREADS and no more than rows in a step. With the
+// cpu backend they share the cores with its forward pool, which is done before
+// sampling starts.
+static int32_t s_sample_threads(const kvf_engine_opts_t *o) {
+    long n = o->n_threads;
+    if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    if (n > KVF_SAMPLE_POOL_MAX_THREADS) n = KVF_SAMPLE_POOL_MAX_THREADS;
+    if (n > o->max_batch_size) n = o->max_batch_size;
+    return (int32_t)n;
 }
 
 kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opts, kvf_err_t *err) {
@@ -271,9 +287,13 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
                            .max_blocks_per_seq = e->max_blocks_per_seq};
     e->sched = kvf_sched_new(&so, e->bm, err);
     if (!e->sched) goto fail;
-    e->smp = kvf_sampler_new(cfg->vocab_size);
-    if (!e->smp) {
+    if (cfg->vocab_size < 1) {
         kvf_err_set(err, KVF_E_INVAL, "model vocab_size %d is invalid", cfg->vocab_size);
+        goto fail;
+    }
+    e->spool = kvf_sample_pool_new(s_sample_threads(&o), cfg->vocab_size);
+    if (!e->spool) {
+        kvf_err_set(err, KVF_E_NOMEM, "cannot allocate the samplers for a vocabulary of %d", cfg->vocab_size);
         goto fail;
     }
     size_t logit_floats = (size_t)o.max_batch_size * (size_t)cfg->vocab_size;
@@ -291,6 +311,7 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     e->b_smp = kvf_xmalloc(sizeof(*e->b_smp) * (size_t)o.max_batch_size);
     e->b_step = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->b_ids = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
+    e->b_rows = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->o = o;
     return e;
 
@@ -316,7 +337,7 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
     kvf_blockmgr_destroy(&e->bm);
     if (e->be) e->be->ops->destroy(&e->be);
     kvf_tp_destroy(&e->tp_nccl);  // after the backend that used it
-    kvf_sampler_destroy(&e->smp);
+    kvf_sample_pool_destroy(&e->spool);
     kvf_tokenizer_destroy(&e->tok);
     free(e->logits);
     free(e->b_tokens);
@@ -327,6 +348,7 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
     free(e->b_smp);
     free(e->b_step);
     free(e->b_ids);
+    free(e->b_rows);
     free(e->pending);
     free(e);
     *self_p = NULL;
@@ -524,6 +546,23 @@ static void s_note_step(kvf_engine_t *e, const kvf_sched_plan_t *plan) {
 
 void kvf_engine_last_step(const kvf_engine_t *e, kvf_step_info_t *out) { *out = e->last; }
 
+// One host-sampled row (a kvf_sample_pool job): reads only that row's logits,
+// sequence and request, writes only b_ids[row], so rows may run on any thread.
+typedef struct {
+    kvf_engine_t *e;
+    const kvf_sched_plan_t *plan;
+} s_sample_ctx_t;
+
+static void s_sample_row(void *ctx, int32_t job, kvf_sampler_t *smp) {
+    const s_sample_ctx_t *c = ctx;
+    kvf_engine_t *e = c->e;
+    const int32_t i = e->b_rows[job], vocab = e->cfg.vocab_size;
+    const kvf_seq_t *q = c->plan->seqs[i];
+    const s_req_t *r = q->user;
+    e->b_ids[i] = kvf_sampler_sample(smp, e->logits + (size_t)i * vocab, vocab, &r->sampling, q->tokens,
+                                     q->n_tokens, r->n_generated);
+}
+
 int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t *err) {
     memset(&e->last, 0, sizeof e->last);
     // Finishes decided at admission go first (and alone: they take no compute).
@@ -576,16 +615,24 @@ int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t
     e->steps++;
     e->tokens_computed += (uint64_t)plan.n_tokens;
 
-    const int32_t vocab = e->cfg.vocab_size;
+    // Phase 1: every sampled row's token into b_ids (the backend's ids as they
+    // are). Nothing below changes a row's history or step before it is sampled,
+    // so this gives the bits the old one-row-at-a-time loop gave.
+    if (!on_device) {
+        int32_t n_rows = 0;
+        for (int32_t i = 0; i < plan.n_seqs; i++)
+            if (plan.sample[i]) e->b_rows[n_rows++] = i;
+        s_sample_ctx_t sc = {e, &plan};
+        kvf_sample_pool_run(e->spool, n_rows, s_sample_row, &sc);
+    }
+
+    // Phase 2: stop checks, appends and events, in row order.
     int32_t ne = 0;
     for (int32_t i = 0; i < plan.n_seqs; i++) {
         if (!plan.sample[i]) continue;
         kvf_seq_t *q = plan.seqs[i];
         s_req_t *r = q->user;
-        float *row = e->logits + (size_t)i * vocab;
-        int32_t tok = on_device ? e->b_ids[i]
-                                : kvf_sampler_sample(e->smp, row, vocab, &r->sampling, q->tokens, q->n_tokens,
-                                                     r->n_generated);
+        int32_t tok = e->b_ids[i];
         kvf_finish_reason reason = KVF_FINISH_NONE;
         if (tok < 0) {
             kvf_log(KVF_LOG_ERROR, "request %llu: the sampler failed", (unsigned long long)r->rid);

@@ -1,9 +1,11 @@
 # worker/engine.cmake — kvf_engine: block manager, scheduler, engine (memory
-# plan, batching, sampling); the tools kvf-generate and kvf-worker.
+# plan, batching, sampling on a small thread pool); the tools kvf-generate and
+# kvf-worker.
 add_library(kvf_engine STATIC
   ${CMAKE_CURRENT_LIST_DIR}/blockmgr.c
   ${CMAKE_CURRENT_LIST_DIR}/sched.c
   ${CMAKE_CURRENT_LIST_DIR}/engine.c
+  ${CMAKE_CURRENT_LIST_DIR}/sample_pool.c
 )
 target_link_libraries(kvf_engine PUBLIC kvf_cpu kvf_modelio kvf_tokenizer kvf_common)
 if(KVF_HAVE_CUDA AND TARGET kvf_cuda)

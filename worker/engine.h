@@ -42,7 +42,8 @@
 typedef struct {
     const char *backend;            // "cpu" (default) or "cuda"
     int32_t device;                 // cuda device index (default 0)
-    int32_t n_threads;              // cpu threads; 0 = all cores
+    int32_t n_threads;              // cpu threads; 0 = all cores. Also the threads that sample a step's rows on
+                                    // the host (at most 16 and max_batch_size; worker/sample_pool.h)
     int32_t block_size;             // tokens per KV block (default 64)
     int32_t max_batch_size;         // sequences per step (default 128); KVF_ENGINE_BATCH_AUTO (0): chosen
                                     // from the memory plan, see KVF_ENGINE_BATCH_AUTO_MAX
