@@ -34,10 +34,11 @@ static const char *s_usage =
     "                 [--backend cpu|cuda] [--device N] [--threads N]\n"
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
     "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
+    "                 [--temperature T] [--top-p P] [--top-k K]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--json]\n"
     "\n"
-    "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy, EOS\n"
-    "ignored), all queued at once. --weights dummy (default) builds the model from its config alone with\n"
+    "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy unless\n"
+    "--temperature > 0, request i seeded S + i; EOS ignored), all queued at once. --weights dummy (default) builds the model from its config alone with\n"
     "seeded random weights; --weights DIR loads the safetensors in DIR (--config then names DIR or its\n"
     "config.json, or is left out). --session-len defaults to I + O. --max-batch-size defaults to what the\n"
     "KV pool holds of such sequences, at least 128 and at most 512 (worker/engine.h). Reports throughput, decode step and\n"
@@ -55,6 +56,8 @@ typedef struct {
     int json;
     kvf_engine_opts_t eo;
     int session_len_given;
+    double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
+    int64_t top_k;
 } s_opts_t;
 
 // Parses argv into *o. Returns 0, 1 for --help, or -1 with err set.
@@ -66,6 +69,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     o->eo = kvf_engine_opts_default();
     o->eo.max_batch_size = KVF_ENGINE_BATCH_AUTO;  // from the memory plan unless given
     o->n_prompts = o->input_len = o->output_len = -1;
+    o->top_p = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
@@ -120,6 +124,12 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         } else if (strcmp(a, "--seed") == 0) {
             rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
+        } else if (strcmp(a, "--temperature") == 0) {
+            rc = kvf_args_double(a, v, 0.0, 100.0, &o->temperature, err);
+        } else if (strcmp(a, "--top-p") == 0) {
+            rc = kvf_args_double(a, v, 1e-6, 1.0, &o->top_p, err);
+        } else if (strcmp(a, "--top-k") == 0) {
+            rc = kvf_args_int(a, v, 0, INT32_MAX, &o->top_k, err);
         } else {
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         }
@@ -301,7 +311,9 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
     const s_opts_t *o = r->o;
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r->e);
     kvf_sampling_t sp = kvf_sampling_default();
-    sp.temperature = 0;
+    sp.temperature = (float)o->temperature;
+    sp.top_p = (float)o->top_p;
+    sp.top_k = (int32_t)o->top_k;
     sp.ignore_eos = 1;
     sp.max_new_tokens = (int32_t)o->output_len;
     sp.seed = o->seed;
@@ -313,6 +325,7 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
         for (int64_t t = 0; t < o->input_len; t++)
             prompt[t] = (int32_t)(s_splitmix64(&rng) % (uint64_t)cfg->vocab_size);
         r->reqs[i].ttft = -1;
+        sp.seed = o->seed + (uint64_t)i;  // each request its own stream when sampling
         if (kvf_engine_add(r->e, (uint64_t)i, prompt, (int32_t)o->input_len, NULL, 0, &sp, err) != 0) {
             free(prompt);
             return -1;
@@ -444,9 +457,11 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                   "hidden_size", cfg->hidden_size, "vocab_size", (json_int_t)cfg->vocab_size,
                                   "params", (json_int_t)kvf_modelcfg_n_params(cfg)));
     json_object_set_new(j, "backend", json_string(eo->backend));
-    json_object_set_new(j, "workload", json_pack("{s:I, s:I, s:I, s:I}", "num_prompts", (json_int_t)o->n_prompts,
-                                                 "input_len", (json_int_t)o->input_len, "output_len",
-                                                 (json_int_t)o->output_len, "seed", (json_int_t)o->seed));
+    json_object_set_new(j, "workload", json_pack("{s:I, s:I, s:I, s:I, s:f, s:f, s:I}", "num_prompts",
+                                                 (json_int_t)o->n_prompts, "input_len", (json_int_t)o->input_len,
+                                                 "output_len", (json_int_t)o->output_len, "seed", (json_int_t)o->seed,
+                                                 "temperature", o->temperature, "top_p", o->top_p, "top_k",
+                                                 (json_int_t)o->top_k));
     json_object_set_new(j, "engine", json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i}", "max_batch_size",
                                                eo->max_batch_size, "max_prefill_token_num", eo->max_prefill_token_num,
                                                "block_size", eo->block_size, "session_len", eo->session_len,

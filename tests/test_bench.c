@@ -480,3 +480,30 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     cr_assert(strstr(e, "model's own config"), "%s", e);
     free(e);
 }
+
+// Sampled requests (--temperature/--top-p/--top-k) run to the same token counts
+// and are reported; out-of-range sampling flags are refused with exit 2.
+Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
+    char config[4096], args[8192];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    snprintf(args, sizeof args, "--config %s %s --temperature 0.8 --top-p 0.9 --top-k 40", config, s_tiny_args);
+    int rc;
+    char *out = s_run_bench(args, &rc);
+    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
+    free(out);
+    cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+    cr_assert(fabs(s_num(j, "workload.temperature") - 0.8) < 1e-6);
+    cr_assert(fabs(s_num(j, "workload.top_p") - 0.9) < 1e-6);
+    cr_assert_eq(s_num(j, "workload.top_k"), 40);
+    json_decref(j);
+    const char *bad[] = {"--top-p 0", "--top-p 1.5", "--temperature -1", "--top-k -3"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, bad[i]);
+        char *e = s_run_bench_err(args, &rc);
+        cr_expect_eq(rc, 2, "%s: exit %d (%s)", bad[i], rc, e);
+        free(e);
+    }
+}
