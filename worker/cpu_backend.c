@@ -25,144 +25,16 @@
 #include "worker/cpu_backend.h"
 
 #include <math.h>
-#include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "common/log.h"
+#include "common/pool.h"
 #include "worker/cpu_ops.h"
 #include "worker/tp.h"
 #include "worker/tp_shard.h"
-
-// ---------------------------------------------------------------- thread pool
-
-// A task function: runs task number `task` on thread `thread` (0 = the caller).
-typedef void (*s_task_fn)(void *ctx, int task, int thread);
-
-typedef struct s_pool_s s_pool_t;
-
-typedef struct {
-    s_pool_t *pool;
-    int tid;
-} s_worker_arg_t;
-
-struct s_pool_s {
-    int n_threads;            // including the calling thread
-    pthread_t *th;            // (n_threads - 1)
-    s_worker_arg_t *args;     // (n_threads - 1)
-    int n_started;
-    pthread_mutex_t mu;
-    pthread_cond_t cv_go, cv_done;
-    uint64_t gen;             // bumped for every parallel run
-    int stop;
-    int n_busy;               // workers not yet done with the current run
-    s_task_fn fn;
-    void *ctx;
-    int n_tasks;
-    atomic_int next;          // next unclaimed task
-};
-
-static void s_pool_drain(s_pool_t *p, int tid) {
-    for (;;) {
-        int t = atomic_fetch_add(&p->next, 1);
-        if (t >= p->n_tasks) break;
-        p->fn(p->ctx, t, tid);
-    }
-}
-
-static void *s_pool_main(void *arg) {
-    s_worker_arg_t *a = arg;
-    s_pool_t *p = a->pool;
-    pthread_mutex_lock(&p->mu);
-    uint64_t seen = 0;  // the generation at creation: a run started before this thread got here is still seen
-    for (;;) {
-        while (p->gen == seen && !p->stop) pthread_cond_wait(&p->cv_go, &p->mu);
-        if (p->stop) break;
-        seen = p->gen;
-        pthread_mutex_unlock(&p->mu);
-        s_pool_drain(p, a->tid);
-        pthread_mutex_lock(&p->mu);
-        if (--p->n_busy == 0) pthread_cond_signal(&p->cv_done);
-    }
-    pthread_mutex_unlock(&p->mu);
-    return NULL;
-}
-
-static void s_pool_destroy(s_pool_t **self_p) {
-    if (!self_p || !*self_p) return;
-    s_pool_t *p = *self_p;
-    pthread_mutex_lock(&p->mu);
-    p->stop = 1;
-    pthread_cond_broadcast(&p->cv_go);
-    pthread_mutex_unlock(&p->mu);
-    for (int i = 0; i < p->n_started; i++) pthread_join(p->th[i], NULL);
-    pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv_go);
-    pthread_cond_destroy(&p->cv_done);
-    free(p->th);
-    free(p->args);
-    free(p);
-    *self_p = NULL;
-}
-
-static s_pool_t *s_pool_new(int n_threads, kvf_err_t *err) {
-    s_pool_t *p = calloc(1, sizeof *p);
-    if (!p) {
-        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory for the thread pool");
-        return NULL;
-    }
-    p->n_threads = n_threads;
-    pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cv_go, NULL);
-    pthread_cond_init(&p->cv_done, NULL);
-    atomic_init(&p->next, 0);
-    if (n_threads > 1) {
-        p->th = calloc((size_t)n_threads - 1, sizeof *p->th);
-        p->args = calloc((size_t)n_threads - 1, sizeof *p->args);
-        if (!p->th || !p->args) {
-            s_pool_destroy(&p);
-            kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory for the thread pool");
-            return NULL;
-        }
-        for (int i = 0; i < n_threads - 1; i++) {
-            p->args[i] = (s_worker_arg_t){p, i + 1};
-            if (pthread_create(&p->th[i], NULL, s_pool_main, &p->args[i]) != 0) {
-                s_pool_destroy(&p);
-                kvf_err_set(err, KVF_E_NOMEM, "cpu backend: cannot start worker thread %d of %d", i + 1,
-                            n_threads);
-                return NULL;
-            }
-            p->n_started++;
-        }
-    }
-    return p;
-}
-
-// Runs fn(ctx, 0..n_tasks-1, thread) over the pool and the calling thread; returns
-// when all tasks are done.
-static void s_pool_run(s_pool_t *p, s_task_fn fn, void *ctx, int n_tasks) {
-    if (n_tasks <= 0) return;
-    if (p->n_threads <= 1 || n_tasks == 1) {
-        for (int t = 0; t < n_tasks; t++) fn(ctx, t, 0);
-        return;
-    }
-    pthread_mutex_lock(&p->mu);
-    p->fn = fn;
-    p->ctx = ctx;
-    p->n_tasks = n_tasks;
-    atomic_store(&p->next, 0);
-    p->n_busy = p->n_threads - 1;
-    p->gen++;
-    pthread_cond_broadcast(&p->cv_go);
-    pthread_mutex_unlock(&p->mu);
-    s_pool_drain(p, 0);
-    pthread_mutex_lock(&p->mu);
-    while (p->n_busy > 0) pthread_cond_wait(&p->cv_done, &p->mu);
-    pthread_mutex_unlock(&p->mu);
-}
 
 // ---------------------------------------------------------------- backend state
 
@@ -183,7 +55,7 @@ typedef struct {
 
 typedef struct {
     kvf_backend_t base;  // first: the engine sees a kvf_backend_t
-    s_pool_t *pool;
+    kvf_pool_t *pool;
     int n_threads;
     kvf_tp_t *tp;        // NULL for tp_size 1; not owned
     // q_dim, kv_dim and inter are this rank's shares (the full sizes for tp_size 1)
@@ -218,7 +90,7 @@ typedef struct {
 static void s_destroy(kvf_backend_t **self_p) {
     if (!self_p || !*self_p) return;
     s_cpu_t *c = (s_cpu_t *)*self_p;
-    s_pool_destroy(&c->pool);
+    kvf_pool_destroy(&c->pool);
     free(c->weights);
     free(c->layers);
     free(c->inv_freq);
@@ -274,7 +146,7 @@ static void s_mm_run(s_cpu_t *c, s_mm_job_t *j) {
         j->part[p].n_tasks = (j->part[p].d_out + chunk - 1) / chunk;
         n_tasks += j->part[p].n_tasks;
     }
-    s_pool_run(c->pool, s_mm_task, j, n_tasks);
+    kvf_pool_run(c->pool, n_tasks, s_mm_task, j);
 }
 
 static void s_matmul(s_cpu_t *c, float *out, const float *x, const float *w, const float *bias, int n, int d_in,
@@ -354,7 +226,7 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
                              b->block_table + (size_t)s * b->max_blocks, b->n_new[s], c->n_kv, hd, bs);
         }
         s_att_job_t aj = {c, b, k_cache, v_cache};
-        s_pool_run(c->pool, s_att_task, &aj, b->n_seqs * c->n_heads);
+        kvf_pool_run(c->pool, b->n_seqs * c->n_heads, s_att_task, &aj);
         s_matmul(c, c->xn, c->att, L->wo, NULL, n, c->q_dim, dim);
         if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
@@ -552,7 +424,7 @@ static int s_load_weights(s_cpu_t *c, const kvf_safetensors_t *st, s_wlist_t *wl
                           kvf_err_t *err) {
     if (!st) {
         s_init_job_t j = {c->weights, n_floats};
-        s_pool_run(c->pool, s_init_task, &j, (int)((n_floats + KVF_INIT_CHUNK - 1) / KVF_INIT_CHUNK));
+        kvf_pool_run(c->pool, (int)((n_floats + KVF_INIT_CHUNK - 1) / KVF_INIT_CHUNK), s_init_task, &j);
         for (int i = 0; i < wl->n; i++)
             if (wl->specs[i].is_norm)
                 for (int64_t e = 0; e < wl->specs[i].shape[0]; e++) wl->specs[i].dst[e] = 1.0f;
@@ -566,7 +438,7 @@ static int s_load_weights(s_cpu_t *c, const kvf_safetensors_t *st, s_wlist_t *wl
             return kvf_err_set(err, KVF_E_UNSUPPORTED, "%s: dtype %d is not F32, F16 or BF16", w->name,
                                (int)w->src->dtype);
     }
-    s_pool_run(c->pool, s_load_task, wl, wl->n);
+    kvf_pool_run(c->pool, wl->n, s_load_task, wl);
     return 0;
 }
 
@@ -753,8 +625,11 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     c->max_ctx = (int32_t)C;
     c->kv_layer_floats = (size_t)n_blocks * (size_t)opts->block_size * (size_t)KV;
 
-    c->pool = s_pool_new(n_threads, err);
-    if (!c->pool) goto fail;
+    c->pool = kvf_pool_new(n_threads);
+    if (!c->pool) {
+        kvf_err_set(err, KVF_E_NOMEM, "cpu backend: out of memory for the thread pool");
+        goto fail;
+    }
 
     // weights
     c->weights = malloc(p.weights_bytes ? p.weights_bytes : 1);

@@ -8,8 +8,8 @@
 // holds scratch), so rows can be sampled in any order on any thread and give the
 // same bits.
 //
-// The calling thread works too (thread 0); n_threads - 1 workers wait on a
-// condition variable between runs. Runs are not reentrant: one caller at a time.
+// The threads are a common/pool.h pool (the calling thread works too); runs are
+// not reentrant: one caller at a time.
 // The cpu backend's forward pool (worker/cpu_backend.c) runs before sampling,
 // never at the same time, so the two pools do not compete for cores.
 #ifndef KVF_SAMPLE_POOL_H
