@@ -551,6 +551,14 @@ static int s_load(kvf_tokenizer_t *tok, const json_t *root, kvf_err_t *err) {
         tok->id_len[a->id] = (uint32_t)a->len;
         tok->is_special[a->id] = (uint8_t)a->special;
     }
+    // an id the post-processor adds must decode: in range (checked above) is not
+    // enough when the vocabulary skips it (ids need not be dense)
+    for (size_t i = 0; i < pp->n_before + pp->n_after; i++) {
+        int32_t id = i < pp->n_before ? pp->before[i] : pp->after[i - pp->n_before];
+        if (!tok->id_str[id])
+            return kvf_err_set(err, KVF_E_FORMAT, "tokenizer: post-processor id %d has no token in the vocabulary",
+                               (int)id);
+    }
 
     // normalized added tokens are matched in normalized text: normalize their content once
     kvf_tok_ctx_t c;

@@ -419,6 +419,16 @@ Test(tokenizer, errors) {
     cr_assert_eq(err.code, KVF_E_UNSUPPORTED);
     cr_assert(strstr(err.msg, "regex"), "%s", err.msg);
 
+    // a post-processor id inside the id range that the vocabulary skips (found by fuzz_tokenizer:
+    // encode with specials emitted an id that decode then refused)
+    cr_assert_null(s_load_text("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 1, \"b\": 2}, \"merges\": []},"
+                               " \"post_processor\": {\"type\": \"TemplateProcessing\", \"single\": [{\"SpecialToken\":"
+                               " {\"id\": \"<s>\", \"type_id\": 0}}, {\"Sequence\": {\"id\": \"A\", \"type_id\": 0}}],"
+                               " \"special_tokens\": {\"<s>\": {\"id\": \"<s>\", \"ids\": [0], \"tokens\": [\"<s>\"]}}}}",
+                               &err));
+    cr_assert_eq(err.code, KVF_E_FORMAT);
+    cr_assert(strstr(err.msg, "post-processor id 0 has no token"), "%s", err.msg);
+
     kvf_tokenizer_t *tok = s_load_fixture("tiny-llama/tokenizer.json");
     int32_t ids[] = {41, 2048};
     char *text = (char *)1;
