@@ -333,9 +333,10 @@ static const char *s_tiny_args =
     "--weights dummy --num-prompts 8 --input-len 16 --output-len 8 --threads 2 --block-size 16 "
     "--cache-max-entry-count 64 --max-batch-size 8 --seed 7 --json";
 
-static json_t *s_bench_json(const char *config) {
-    char args[4096];
-    snprintf(args, sizeof args, "--config %s %s", config, s_tiny_args);
+// The report of kvf-bench on config with the tiny workload and `extra` flags.
+static json_t *s_bench_json_with(const char *config, const char *extra) {
+    char args[8192];
+    snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, extra);
     int rc;
     char *out = s_run_bench(args, &rc);
     cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
@@ -345,6 +346,8 @@ static json_t *s_bench_json(const char *config) {
     free(out);
     return j;
 }
+
+static json_t *s_bench_json(const char *config) { return s_bench_json_with(config, ""); }
 
 Test(kvf_bench, cpu_smoke_report_is_complete_and_sane, .timeout = 120) {
     char config[4096];
@@ -486,14 +489,7 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
 Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
     char config[4096], args[8192];
     KVF_FIXTURE_PATH(config, "stories260K/config.json");
-    snprintf(args, sizeof args, "--config %s %s --temperature 0.8 --top-p 0.9 --top-k 40", config, s_tiny_args);
-    int rc;
-    char *out = s_run_bench(args, &rc);
-    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
-    json_error_t je;
-    json_t *j = json_loads(out, 0, &je);
-    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
-    free(out);
+    json_t *j = s_bench_json_with(config, "--temperature 0.8 --top-p 0.9 --top-k 40");
     cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
     cr_assert(fabs(s_num(j, "workload.temperature") - 0.8) < 1e-6);
     cr_assert(fabs(s_num(j, "workload.top_p") - 0.9) < 1e-6);
@@ -502,6 +498,7 @@ Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
     const char *bad[] = {"--top-p 0", "--top-p 1.5", "--temperature -1", "--top-k -3"};
     for (int i = 0; i < 4; i++) {
         snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, bad[i]);
+        int rc;
         char *e = s_run_bench_err(args, &rc);
         cr_expect_eq(rc, 2, "%s: exit %d (%s)", bad[i], rc, e);
         free(e);
