@@ -39,7 +39,6 @@ struct kvf_gemm_ctx_s {
     s_algo_t algos[KVF_GEMM_ALGOS];
     int next_algo;
     uint64_t n_heuristic;  // cublasLtMatmulAlgoGetHeuristic calls
-    int sm_target;         // > 0: CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET of every descriptor
 };
 
 // A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
@@ -116,17 +115,13 @@ static int s_heuristic(kvf_gemm_ctx_t *ctx, cublasLtMatmulDesc_t op, cublasLtMat
 }
 
 // Builds the descriptors of one shape (no algorithm yet).
-static int s_entry_build(const kvf_gemm_ctx_t *ctx, s_entry_t *e, int n, int d_in, int d_out, int y_type,
-                         int accumulate, kvf_err_t *err) {
+static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, kvf_err_t *err) {
     e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const cudaDataType_t ct = y_type == KVF_GEMM_OUT_F32 ? CUDA_R_32F : CUDA_R_16BF;
     KVF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), err);
-    if (ctx->sm_target > 0)
-        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &ctx->sm_target,
-                                                        sizeof ctx->sm_target), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)d_out, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)n, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->c, ct, (uint64_t)d_out, (uint64_t)n, d_out), err);
@@ -147,7 +142,7 @@ static int s_bucket_algo(kvf_gemm_ctx_t *ctx, const s_entry_t *e, cublasLtMatmul
     }
     s_entry_t be;  // descriptors of the bucket's row count
     memset(&be, 0, sizeof be);
-    int rc = s_entry_build(ctx, &be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, err);
+    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, err);
     if (rc == 0) rc = s_heuristic(ctx, be.op, be.a, be.b, be.c, nb, e->d_in, e->d_out, algo, err);
     s_entry_clear(&be);
     if (rc != 0) return -1;
@@ -175,7 +170,7 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
         return NULL;
     }
     s_entry_clear(e);
-    if (s_entry_build(ctx, e, n, d_in, d_out, y_type, accumulate, err) != 0 || s_bucket_algo(ctx, e, &e->algo, err) != 0) {
+    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, err) != 0 || s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
         return NULL;
     }
@@ -217,16 +212,6 @@ int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int 
         cublasLtMatmulAlgo_t algo;
         if (s_bucket_algo(ctx, &e, &algo, err) != 0) return -1;
     }
-    return 0;
-}
-
-int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int n_sms, kvf_err_t *err) {
-    KVF_REQUIRE(ctx && n_sms >= 0, err);
-    if (n_sms == ctx->sm_target) return 0;
-    for (int i = 0; i < KVF_GEMM_CACHE; i++) s_entry_clear(&ctx->cache[i]);  // picks made for the old target
-    memset(ctx->algos, 0, sizeof ctx->algos);
-    ctx->next = ctx->next_algo = 0;
-    ctx->sm_target = n_sms;
     return 0;
 }
 

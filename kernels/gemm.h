@@ -50,11 +50,6 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx,
 int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
                      kvf_err_t *err);
 
-// Plans this context's GEMMs for n_sms SMs (cuBLASLt's SM count target; 0: the
-// whole device), for GEMMs that share the device with kernels of another stream.
-// Forgets the picks made so far (and kvf_gemm_tune's). Returns 0, or -1 with err set.
-int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int n_sms, kvf_err_t *err);
-
 // Heuristic queries this context has made (for tests and diagnostics).
 uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx);
 

@@ -571,65 +571,6 @@ Test(cuda_forward, decode_graphs_match_eager) {
     be->ops->destroy(&be);
 }
 
-// Two lanes (a decode-only step in two halves, a step with prefill with its
-// leading decode rows apart) against the same steps in one lane: same logits up
-// to the GEMMs' rounding. 40 sequences: a prefill of 20, a step of those 20
-// decoding beside the prefill of the other 20, then decode steps of all 40.
-Test(cuda_forward, two_lanes_match_one_lane) {
-    kvf_modelcfg_t cfg = s_small_cfg();
-    enum { S = 40, MB = 16, STEPS = 8 };
-    kvf_backend_opts_t o = s_opts(16, 2048, 64);
-    o.max_blocks_per_seq = MB;  // 256 tokens: no key splits, the decode kernel runs every step
-    o.cache_max_entry_count = S * MB + 4;
-    kvf_err_t err;
-    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
-    cr_assert_not_null(be, "%s", err.msg);
-    const int V = cfg.vocab_size;
-    int32_t bt[S * MB], tokens[2048], nn[S], np[S];
-    s_tables(be, S, bt, MB);
-    float *out[2];
-    uint64_t lane_steps[2];
-    for (int run = 0; run < 2; run++) {
-        cr_assert_eq(kvf_cuda_backend_set_lanes(be, run == 1, 16, 8), 0, "no second lane");
-        const uint64_t l0 = kvf_cuda_backend_lane_steps(be);
-        out[run] = calloc((size_t)STEPS * S * V, 4);
-        int ctx[S] = {0};
-        for (int k = 0; k < STEPS; k++) {
-            int ns = 0, nt = 0;
-            for (int s = 0; s < S; s++) {  // decoding sequences first, as the scheduler orders them
-                int take = k == 0 ? (s < 20 ? 30 + s * 5 : 0) : k == 1 ? (s < 20 ? 1 : 10 + s * 3) : 1;
-                if (!take || (k == 1 && s >= 20)) continue;
-                for (int i = 0; i < take; i++) tokens[nt + i] = (s * 131 + (ctx[s] + i) * 17 + k) % V;
-                np[ns] = ctx[s], nn[ns] = take, ns++, nt += take, ctx[s] += take;
-            }
-            if (k == 1)  // then the 20 new prompts
-                for (int s = 20; s < S; s++) {
-                    int take = 10 + s * 3;
-                    for (int i = 0; i < take; i++) tokens[nt + i] = (s * 131 + i * 17 + k) % V;
-                    np[ns] = 0, nn[ns] = take, ns++, nt += take, ctx[s] = take;
-                }
-            // table rows: sequence s is row s (the decoding ones are 0..19 in both orders)
-            kvf_batch_t b = {ns, nt, tokens, nn, np, bt, MB, 0};
-            cr_assert_eq(be->ops->forward(be, &b, out[run] + (size_t)k * S * V, &err), 0, "step %d: %s", k, err.msg);
-        }
-        lane_steps[run] = kvf_cuda_backend_lane_steps(be) - l0;
-    }
-    cr_expect_eq(lane_steps[0], 0, "one lane: %llu steps ran two", (unsigned long long)lane_steps[0]);
-    cr_expect_eq(lane_steps[1], STEPS - 1, "two lanes: %llu of %d steps", (unsigned long long)lane_steps[1], STEPS - 1);
-    double worst = 0;
-    for (int k = 0; k < STEPS; k++)
-        for (int r = 0; r < (k == 0 ? 20 : S); r++) {
-            const size_t off = ((size_t)k * S + r) * V;
-            double e = s_rel_l2(out[1] + off, out[0] + off, V);
-            if (e > worst) worst = e;
-            cr_expect(e < 1e-2, "step %d row %d: two lanes vs one rel L2 %.3e", k, r, e);
-        }
-    fprintf(stderr, "LANES %d steps (a mixed step, %d decode-only) x %d seqs: two lanes vs one worst row rel L2 %.3e "
-            "(tol 1e-2)\n", STEPS, STEPS - 2, S, worst);
-    free(out[0]), free(out[1]);
-    be->ops->destroy(&be);
-}
-
 // forward_sample (greedy): the ids are the host argmax of forward()'s logits for
 // the same batch, eager and from graphs, on prefill, mixed and decode steps; a
 // temperature > 0 or a repetition penalty is KVF_E_UNSUPPORTED and runs nothing.

@@ -33,10 +33,10 @@
 
 // Kernel groups timed by KVF_CUDA_TIMING=1 (events between them; eager steps only).
 enum { S_T_META, S_T_EMBED, S_T_NORM, S_T_QKV, S_T_ROPE, S_T_ATTN, S_T_ATTN_TC, S_T_O, S_T_GU, S_T_SILU, S_T_DOWN,
-       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_LANES, S_T_N };
+       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_N };
 static const char *const s_t_names[S_T_N] = {"meta H2D", "embed", "rmsnorm", "qkv gemm", "rope+kv", "attn decode",
                                              "attn prefill", "o gemm", "gate/up gemm", "silu_mul", "down gemm",
-                                             "lm_head", "sample", "D2H", "graph", "layers, 2 lanes"};
+                                             "lm_head", "sample", "D2H", "graph"};
 
 typedef struct {
     float *attn_norm;   // (dim)
@@ -58,16 +58,6 @@ typedef struct {
     int agreed;          // tp: start-up agreements entered (a failing rank still joins the next one)
     cudaStream_t stream;
     kvf_gemm_ctx_t *gemm;
-    // Two lanes (s_plan_lanes): the step's first rows run their layers on lane_stream
-    // with gemm2 while the rest run on stream, so that one lane's memory-bound decode
-    // attention overlaps the other's GEMMs. KVF_CUDA_LANES=0 turns them off.
-    cudaStream_t lane_stream;
-    kvf_gemm_ctx_t *gemm2;
-    cudaEvent_t ev_fork, ev_join;
-    int lanes;             // 1: steps may run two lanes
-    int lane_min_decode;   // decode-only steps split from this many sequences
-    int lane_min_mixed;    // steps with prefill split off their decode rows from this many
-    uint64_t lane_steps;
     uint64_t n_allocs;   // cudaMalloc + cudaMallocHost calls
 
     // weights (one allocation)
@@ -92,7 +82,7 @@ typedef struct {
     float *logits;       // (R, vocab)
     float *partial;      // attention split partials
     int partial_tokens, max_splits;
-    void *gemm_ws, *gemm_ws2;
+    void *gemm_ws;
     int32_t *d_meta;     // device copy of the step metadata
     int32_t *d_ids;      // (R) tokens picked on the device (forward_sample)
 
@@ -177,21 +167,6 @@ int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int on) {
     if (!be || be->ops != &s_cuda_ops) return -1;
     ((s_cuda_t *)be)->use_graphs = on != 0;
     return 0;
-}
-
-int kvf_cuda_backend_set_lanes(kvf_backend_t *be, int on, int min_decode, int min_mixed) {
-    if (!be || be->ops != &s_cuda_ops) return -1;
-    s_cuda_t *c = (s_cuda_t *)be;
-    if (on && !c->gemm2) return -1;  // no second lane made at start-up (TP, or KVF_CUDA_LANES=0)
-    c->lanes = on != 0;
-    if (min_decode > 0) c->lane_min_decode = min_decode;
-    if (min_mixed > 0) c->lane_min_mixed = min_mixed;
-    return 0;
-}
-
-uint64_t kvf_cuda_backend_lane_steps(const kvf_backend_t *be) {
-    if (!be || be->ops != &s_cuda_ops) return 0;
-    return ((const s_cuda_t *)be)->lane_steps;
 }
 
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
@@ -430,7 +405,6 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     S_TAKE(c->partial, float, kvf_attn_partial_floats(c->max_splits, c->partial_tokens, c->n_heads,
                                                       c->base.cfg.head_dim));
     S_TAKE(c->gemm_ws, char, S_GEMM_WS);
-    S_TAKE(c->gemm_ws2, char, S_GEMM_WS);
     S_TAKE(c->d_meta, int32_t, c->meta_ints);
     S_TAKE(c->d_ids, int32_t, R);
 #undef S_TAKE
@@ -535,40 +509,6 @@ static int s_group_agree(kvf_tp_t *tp, int ok, int64_t *v, const char *stage, kv
     return 0;
 }
 
-// An environment integer in [0, 2^20], or def when unset or not one.
-static int s_env_int(const char *name, int def) {
-    const char *v = getenv(name);
-    char *end = NULL;
-    long x = v ? strtol(v, &end, 10) : 0;
-    return v && end != v && *end == '\0' && x >= 0 && x <= 1 << 20 ? (int)x : def;
-}
-
-// The second lane: its stream (higher priority, so that the decode rows' small
-// kernels take SMs as the other lane's blocks finish), fork/join events and GEMM
-// context. TP groups run one lane (their all-reduces keep one order on every rank).
-// KVF_CUDA_LANES=0|1, KVF_CUDA_LANE_MIN_DECODE, KVF_CUDA_LANE_MIN_MIXED,
-// KVF_CUDA_LANE_PRIO=0|1 and KVF_CUDA_LANE_SMS (cuBLASLt's SM count target for
-// both GEMM contexts) are for A/B runs.
-static int s_lanes_start(s_cuda_t *c, kvf_err_t *err) {
-    c->lanes = !c->tp && s_env_int("KVF_CUDA_LANES", 1) == 1;
-    c->lane_min_decode = s_env_int("KVF_CUDA_LANE_MIN_DECODE", 256);
-    c->lane_min_mixed = s_env_int("KVF_CUDA_LANE_MIN_MIXED", 32);
-    if (!c->lanes) return 0;
-    int least = 0, greatest = 0;
-    KVF_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest), err);
-    const int prio = s_env_int("KVF_CUDA_LANE_PRIO", 1) ? greatest : least;
-    KVF_CUDA_CHECK(cudaStreamCreateWithPriority(&c->lane_stream, cudaStreamNonBlocking, prio), err);
-    KVF_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming), err);
-    KVF_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming), err);
-    c->gemm2 = kvf_gemm_ctx_new(c->gemm_ws2, S_GEMM_WS, err);
-    if (!c->gemm2) return -1;
-    const int sms = s_env_int("KVF_CUDA_LANE_SMS", 0);
-    if (sms > 0 && (kvf_gemm_ctx_set_sm_count(c->gemm, sms, err) != 0 ||
-                    kvf_gemm_ctx_set_sm_count(c->gemm2, sms, err) != 0))
-        return -1;
-    return 0;
-}
-
 static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
@@ -646,7 +586,6 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     }
     c->gemm = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, err);
     if (!c->gemm) return -1;
-    if (s_lanes_start(c, err) != 0) return -1;
     // every row bucket of every GEMM now, not a multi-millisecond heuristic query in
     // front of the first step of each new batch size (an H200's decode tail: 22.5 ms
     // steps of ~120 rows, of which ~12 ms were the four queries of each step)
@@ -658,11 +597,6 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
             kvf_gemm_prepare(c->gemm, tg, T, D, 2 * c->ff, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, to, T, c->ff, D, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, cfg->vocab_size, 0, err) != 0)
-            return -1;
-        if (c->lanes && (kvf_gemm_prepare(c->gemm2, tq, T, D, c->qkv_dim, 0, err) != 0 ||
-                         kvf_gemm_prepare(c->gemm2, to, T, c->q_dim, D, 0, err) != 0 ||
-                         kvf_gemm_prepare(c->gemm2, tg, T, D, 2 * c->ff, 0, err) != 0 ||
-                         kvf_gemm_prepare(c->gemm2, to, T, c->ff, D, 0, err) != 0))
             return -1;
     }
 
@@ -823,12 +757,7 @@ static void s_destroy(kvf_backend_t **self_p) {
     if (c->timing) s_timing_report(c);
     for (int i = 0; i < c->timing; i++) cudaEventDestroy(c->ev[i]);
     for (int i = 0; i < c->n_graphs; i++) cudaGraphExecDestroy(c->graph[i]);
-    if (c->lane_stream) cudaStreamSynchronize(c->lane_stream);
     kvf_gemm_ctx_destroy(&c->gemm);
-    kvf_gemm_ctx_destroy(&c->gemm2);
-    if (c->ev_fork) cudaEventDestroy(c->ev_fork);
-    if (c->ev_join) cudaEventDestroy(c->ev_join);
-    if (c->lane_stream) cudaStreamDestroy(c->lane_stream);
     cudaFree(c->kv);
     cudaFree(c->wsmem);
     cudaFree(c->wmem);
@@ -910,155 +839,103 @@ static double s_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-// A lane: the token rows [t0, t0 + n) of a step, run through the layers on its own
-// stream with its own GEMM context. A step runs one lane, or two (s_plan_lanes)
-// whose kernels overlap: one lane's memory-bound decode attention beside the
-// other's compute-bound GEMMs. Tiles hold the step's token indices (not the lane's).
-typedef struct {
-    cudaStream_t st;
-    kvf_gemm_ctx_t *gemm;
-    int t0, n;               // token rows
-    const int32_t *tiles;    // (n_tiles, 3) device: kvf_attention / decode tiles of these rows
-    int n_tiles;
-    const int32_t *tiles_tc; // (n_tiles_tc, 3) device: tensor-core prefill tiles of these rows
-    int n_tiles_tc;
-    int qpt, n_splits, split_len, dec_tc;
-    int timed;               // KVF_CUDA_TIMING marks between kernel groups (a step of one lane)
-} s_lane_t;
-
-// Row t0 of a (T, width) activation buffer that holds bf16 (bf16 set) or f32.
-static void *s_row(void *buf, int bf16, int t0, int width) {
-    return bf16 ? (void *)((uint16_t *)buf + (size_t)t0 * width) : (void *)((float *)buf + (size_t)t0 * width);
-}
-
-// h = rmsnorm(resid += o) over rows [t0, t0 + n), o f32, or bf16 under S_ACT_OD.
-static int s_norm_add(s_cuda_t *c, const float *w, int t0, int n, cudaStream_t st, kvf_err_t *err) {
+// h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD.
+static int s_norm_add(s_cuda_t *c, const float *w, int n, cudaStream_t st, kvf_err_t *err) {
     const float eps = c->base.cfg.rms_norm_eps;
-    const size_t off = (size_t)t0 * c->dim;
     if (c->act_mode & S_ACT_OD)
-        return kvf_rmsnorm_add(c->h + off, c->resid + off, (const uint16_t *)c->o + off, w, n, c->dim, eps, st, err);
-    return kvf_rmsnorm_add_f32(c->h + off, c->resid + off, c->o + off, w, n, c->dim, eps, st, err);
+        return kvf_rmsnorm_add(c->h, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
+    return kvf_rmsnorm_add_f32(c->h, c->resid, c->o, w, n, c->dim, eps, st, err);
 }
 
-// Layer l of one lane's rows, on the lane's stream.
-static int s_layer(s_cuda_t *c, const s_lane_t *ln, int l, kvf_err_t *err) {
+// The kernels of one step on c->stream, reading the metadata already in d_meta:
+// n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
+// rows picked by the row index) into c->logits. Captured into graphs as is.
+static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, int n_splits, int split_len, int rows,
+                    int all_logits, int dec_tc, kvf_err_t *err) {
     const kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
     const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = cfg->head_dim;  // this rank's heads
-    const int F = c->ff, bs = o->block_size, MB = o->max_blocks_per_seq;
-    const int t0 = ln->t0, n = ln->n;
-    cudaStream_t st = ln->st;
-    const int32_t *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq, *d_bt = c->d_meta + c->m_bt;
-    const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0, od_bf16 = (c->act_mode & S_ACT_OD) != 0;
-    const kvf_gemm_out_t od_type = s_out(c, S_ACT_OD);
-    const s_layer_t *L = &c->layers[l];
-    uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
-    uint16_t *vc = kc + c->kv_layer_elems;                     // (n_blocks, bs, KV, HD)
-    uint16_t *h = c->h + (size_t)t0 * D, *q = c->q + (size_t)t0 * c->q_dim, *att = c->att + (size_t)t0 * c->q_dim;
-    uint16_t *act = c->act + (size_t)t0 * F;
-    void *qkv = s_row(c->qkv, qkv_bf16, t0, c->qkv_dim), *od = s_row(c->o, od_bf16, t0, D);
-#define S_K(call) \
-    if ((call) != 0) return -1
-#define S_TM(cat) \
-    if (ln->timed && c->timing_now) S_K(s_mark(c, (cat), err))
-    if (l == 0) {
-        S_K(kvf_rmsnorm(h, c->resid + (size_t)t0 * D, L->attn_norm, n, D, cfg->rms_norm_eps, st, err));
-    } else {
-        S_K(s_norm_add(c, L->attn_norm, t0, n, st, err));
-    }
-    S_TM(S_T_NORM);
-    S_K(kvf_gemm(ln->gemm, qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, h, L->wqkv, n, D, c->qkv_dim, 0.0f,
-                 st, err));
-    S_TM(S_T_QKV);
-    if (qkv_bf16) {
-        S_K(kvf_rope_kv(q, kc, vc, (const uint16_t *)qkv, L->bqkv, c->inv_freq, d_pos + t0, d_seq + t0, d_bt, MB, n, H,
-                        KV, HD, bs, be->n_blocks, st, err));
-    } else {
-        S_K(kvf_rope_kv_f32(q, kc, vc, (const float *)qkv, L->bqkv, c->inv_freq, d_pos + t0, d_seq + t0, d_bt, MB, n,
-                            H, KV, HD, bs, be->n_blocks, st, err));
-    }
-    S_TM(S_T_ROPE);
-    // the attention kernels index c->q and c->att by the tiles' step token indices
-    if (ln->n_tiles > 0 && ln->dec_tc) {
-        if (c->dec_variant >= 0) {
-            S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, ln->tiles, ln->n_tiles, d_pos, d_bt,
-                                             MB, H, KV, HD, bs, st, err));
-        } else {
-            S_K(kvf_attention_decode(c->att, c->q, kc, vc, ln->tiles, ln->n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st,
-                                     err));
-        }
-        S_TM(S_T_ATTN);
-    } else if (ln->n_tiles > 0) {  // one lane only (s_plan_lanes): its split partials cover every row
-        S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, ln->tiles, ln->n_tiles, ln->qpt, d_pos, d_bt, MB, n, H, KV,
-                          HD, bs, ln->n_splits, ln->split_len, st, err));
-        S_TM(S_T_ATTN);
-    }
-    if (ln->n_tiles_tc > 0) {
-        if (c->pre_variant >= 0) {
-            S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, ln->tiles_tc, ln->n_tiles_tc, d_pos,
-                                              d_bt, MB, H, KV, HD, bs, st, err));
-        } else {
-            S_K(kvf_attention_prefill(c->att, c->q, kc, vc, ln->tiles_tc, ln->n_tiles_tc, d_pos, d_bt, MB, H, KV, HD,
-                                      bs, st, err));
-        }
-        S_TM(S_T_ATTN_TC);
-    }
-    S_K(kvf_gemm(ln->gemm, od, od_type, att, L->wo, n, c->q_dim, D, 0.0f, st, err));
-    if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
-    S_TM(S_T_O);
-    S_K(s_norm_add(c, L->mlp_norm, t0, n, st, err));
-    S_TM(S_T_NORM);
-    if (c->act_mode & S_ACT_GU) {
-        uint16_t *gu = (uint16_t *)s_row(c->gu, 1, t0, 2 * F);  // (n, 2 F) bf16 in the f32 buffer
-        S_K(kvf_gemm(ln->gemm, gu, KVF_GEMM_OUT_BF16, h, L->wgu, n, D, 2 * F, 0.0f, st, err));
-        S_TM(S_T_GU);
-        S_K(kvf_silu_mul(act, gu, gu + F, n, F, 2 * F, st, err));
-    } else {
-        float *gu = c->gu + (size_t)t0 * 2 * F;
-        S_K(kvf_gemm(ln->gemm, gu, KVF_GEMM_OUT_F32, h, L->wgu, n, D, 2 * F, 0.0f, st, err));
-        S_TM(S_T_GU);
-        S_K(kvf_silu_mul_f32(act, gu, gu + F, n, F, 2 * F, st, err));
-    }
-    S_TM(S_T_SILU);
-    S_K(kvf_gemm(ln->gemm, od, od_type, act, L->wd, n, F, D, 0.0f, st, err));
-    if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
-    S_TM(S_T_DOWN);
-#undef S_TM
-#undef S_K
-    return 0;
-}
-
-// The kernels of one step, reading the metadata already in d_meta: n tokens in
-// n_lanes lanes (lanes[n_lanes - 1] on c->stream, lanes[0] of two on
-// c->lane_stream, forked from and joined back into c->stream), then the logits of
-// `rows` rows (all tokens, or the rows picked by the row index) into c->logits.
-// One lane is captured into graphs as is.
-static int s_layers(s_cuda_t *c, const s_lane_t *lanes, int n_lanes, int n, int rows, int all_logits,
-                    kvf_err_t *err) {
-    const kvf_backend_t *be = &c->base;
-    const kvf_modelcfg_t *cfg = &be->cfg;
-    const int D = c->dim, V = cfg->vocab_size;
+    const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
+    const float eps = cfg->rms_norm_eps;
     cudaStream_t st = c->stream;
-    const int32_t *d_tok = c->d_meta + c->m_tokens, *d_rows = c->d_meta + c->m_rows;
+    const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
+    const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
+    const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
+    const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
+    const kvf_gemm_out_t od_type = s_out(c, S_ACT_OD);
 #define S_K(call) \
     if ((call) != 0) return -1
 #define S_TM(cat) \
     if (c->timing_now) S_K(s_mark(c, (cat), err))
     S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
     S_TM(S_T_EMBED);
-    if (n_lanes == 2) {
-        KVF_CUDA_CHECK(cudaEventRecord(c->ev_fork, st), err);
-        KVF_CUDA_CHECK(cudaStreamWaitEvent(lanes[0].st, c->ev_fork, 0), err);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const s_layer_t *L = &c->layers[l];
+        uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
+        uint16_t *vc = kc + c->kv_layer_elems;                     // (n_blocks, bs, KV, HD)
+        if (l == 0) {
+            S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
+        } else {
+            S_K(s_norm_add(c, L->attn_norm, n, st, err));
+        }
+        S_TM(S_T_NORM);
+        S_K(kvf_gemm(c->gemm, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D,
+                     c->qkv_dim, 0.0f, st, err));
+        S_TM(S_T_QKV);
+        if (qkv_bf16) {
+            S_K(kvf_rope_kv(c->q, kc, vc, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
+                            H, KV, HD, bs, be->n_blocks, st, err));
+        } else {
+            S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+                                be->n_blocks, st, err));
+        }
+        S_TM(S_T_ROPE);
+        if (n_tiles > 0 && dec_tc) {
+            if (c->dec_variant >= 0) {
+                S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                 MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st,
+                                         err));
+            }
+            S_TM(S_T_ATTN);
+        } else if (n_tiles > 0) {
+            S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
+                              bs, n_splits, split_len, st, err));
+            S_TM(S_T_ATTN);
+        }
+        if (n_tiles_tc > 0) {
+            if (c->pre_variant >= 0) {
+                S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos,
+                                                  d_bt, MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
+                                          st, err));
+            }
+            S_TM(S_T_ATTN_TC);
+        }
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
+        S_TM(S_T_O);
+        S_K(s_norm_add(c, L->mlp_norm, n, st, err));
+        S_TM(S_T_NORM);
+        if (c->act_mode & S_ACT_GU) {
+            uint16_t *gu = (uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
+            S_K(kvf_gemm(c->gemm, gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
+        } else {
+            S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        }
+        S_TM(S_T_SILU);
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->act, L->wd, n, F, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
+        S_TM(S_T_DOWN);
     }
-    for (int l = 0; l < cfg->n_layers; l++)
-        for (int i = 0; i < n_lanes; i++) S_K(s_layer(c, &lanes[i], l, err));
-    if (n_lanes == 2) {
-        KVF_CUDA_CHECK(cudaEventRecord(c->ev_join, lanes[0].st), err);
-        KVF_CUDA_CHECK(cudaStreamWaitEvent(st, c->ev_join, 0), err);
-        S_TM(S_T_LANES);
-    }
-    S_K(s_norm_add(c, c->final_norm, 0, n, st, err));
+    S_K(s_norm_add(c, c->final_norm, n, st, err));
     S_TM(S_T_NORM);
     const uint16_t *x = c->h;
     if (!all_logits) {
@@ -1070,47 +947,6 @@ static int s_layers(s_cuda_t *c, const s_lane_t *lanes, int n_lanes, int n, int 
 #undef S_TM
 #undef S_K
     return 0;
-}
-
-// One lane over every row of the step, on c->stream.
-static s_lane_t s_lane_all(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, int n_splits, int split_len,
-                           int dec_tc) {
-    return (s_lane_t){c->stream, c->gemm, 0, n, c->d_meta + c->m_tiles, n_tiles, c->d_meta + c->m_tiles_tc,
-                      n_tiles_tc, qpt, n_splits, split_len, dec_tc, 1};
-}
-
-// Splits a step into two lanes when that overlaps enough: a decode-only step of at
-// least lane_min_decode sequences in two halves (rounded to 64 rows: the GEMMs'
-// row buckets), or a step with prefill into its leading decode rows (the scheduler
-// puts them first; at least lane_min_mixed) and the rest. Needs single-token tiles
-// on the decode kernel (no key splits: their partials span the whole step) and the
-// tiles in token order (s_tiles). Returns the number of lanes, 1 or 2.
-static int s_plan_lanes(s_cuda_t *c, const kvf_batch_t *b, s_lane_t *lanes) {
-    const s_lane_t all = lanes[0];
-    if (!c->lanes || !all.dec_tc || all.qpt != 1 || all.n_splits != 1) return 1;
-    int nd = 0;  // leading decode sequences (one token each)
-    while (nd < b->n_seqs && b->n_new[nd] == 1) nd++;
-    int ts;  // the first token (= sequence) of the second lane
-    if (nd == b->n_seqs) {
-        if (nd < c->lane_min_decode || nd < 2) return 1;
-        ts = (nd / 2 + 63) / 64 * 64;
-        if (ts >= nd) ts = nd / 2;
-    } else {
-        if (nd < c->lane_min_mixed || nd == 0 || b->n_tokens - nd < 64) return 1;
-        ts = nd;
-    }
-    const int32_t *ta = c->h_meta + c->m_tiles, *tb = c->h_meta + c->m_tiles_tc;
-    int ka = 0, kb = 0;  // tiles of the first lane: those starting before token ts
-    while (ka < all.n_tiles && ta[3 * ka + 1] < ts) ka++;
-    while (kb < all.n_tiles_tc && tb[3 * kb + 1] < ts) kb++;
-    lanes[0] = all, lanes[1] = all;
-    lanes[0].st = c->lane_stream, lanes[0].gemm = c->gemm2;
-    lanes[0].n = ts, lanes[0].n_tiles = ka, lanes[0].n_tiles_tc = kb;
-    lanes[1].t0 = ts, lanes[1].n = b->n_tokens - ts;
-    lanes[1].tiles = all.tiles + 3 * ka, lanes[1].n_tiles = all.n_tiles - ka;
-    lanes[1].tiles_tc = all.tiles_tc + 3 * kb, lanes[1].n_tiles_tc = all.n_tiles_tc - kb;
-    lanes[0].timed = lanes[1].timed = 0;
-    return 2;
 }
 
 // Decode steps (one token per sequence, last logits) replay a graph captured at
@@ -1129,8 +965,7 @@ static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err) {
                                               &split_len);
         cudaGraph_t g = NULL;
         KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
-        const s_lane_t all = s_lane_all(c, bucket, bucket, 1, 0, n_splits, split_len, c->decode_tc && n_splits == 1);
-        int rc = s_layers(c, &all, 1, bucket, bucket, 0, err);
+        int rc = s_layers(c, bucket, bucket, 1, 0, n_splits, split_len, bucket, 0, c->decode_tc && n_splits == 1, err);
         cudaError_t e = cudaStreamEndCapture(c->stream, &g);
         if (rc != 0) {
             if (g) cudaGraphDestroy(g);
@@ -1207,11 +1042,8 @@ static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids
         // Single-token tiles without key splits (many sequences, or beside a prefill)
         // go to the tensor-core decode kernel; few long ones keep kvf_attention's splits.
         const int dec_tc = c->decode_tc && qpt == 1 && n_splits == 1;
-        s_lane_t lanes[2];
-        lanes[0] = s_lane_all(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, dec_tc);
-        const int n_lanes = s_plan_lanes(c, b, lanes);
-        c->lane_steps += n_lanes == 2;
-        if (s_layers(c, lanes, n_lanes, n, rows, b->all_logits, err) != 0) return -1;
+        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc, err) != 0)
+            return -1;
     }
     if (logits) {
         // logits is the caller's pageable memory: that copy blocks the host until the

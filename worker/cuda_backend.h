@@ -69,19 +69,6 @@ uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be);
 // that is not "cuda".
 int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int on);
 
-// Two lanes (on by default; KVF_CUDA_LANES=0 turns them off at start-up): a step
-// of many decode rows runs its layers as two halves on two streams, and a step with
-// prefill runs its decode rows beside the prefill rows, so that one part's
-// memory-bound decode attention overlaps the other part's GEMMs. The logits are
-// those of one lane up to the GEMMs' rounding (a GEMM of fewer rows may pick
-// another algorithm). min_decode / min_mixed (> 0 to change): the fewest decode
-// sequences a decode-only step / a step with prefill splits with. Returns 0, or -1
-// for a backend that is not "cuda" or has no second lane (TP, KVF_CUDA_LANES=0).
-int kvf_cuda_backend_set_lanes(kvf_backend_t *be, int on, int min_decode, int min_mixed);
-
-// Steps run in two lanes so far (0 for NULL or another backend).
-uint64_t kvf_cuda_backend_lane_steps(const kvf_backend_t *be);
-
 // Steps run by graph replay so far (0 for NULL or another backend).
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 
