@@ -12,28 +12,16 @@ static __device__ __forceinline__ bool s_better(float v, int i, float bv, int bi
     return v > bv || (v == bv && i < bi);
 }
 
-template <bool GUMBEL>
-static __global__ void __launch_bounds__(SAMPLE_THREADS)
-s_pick(int32_t *ids, const float *logits, const float *temperature, const uint64_t *seeds, int vocab) {
+static __global__ void __launch_bounds__(SAMPLE_THREADS) s_pick(int32_t *ids, const float *logits, int vocab) {
     __shared__ float sv[32];
     __shared__ int si[32];
     const int r = blockIdx.x;
     const float *row = logits + (size_t)r * vocab;
-    float inv_t = 0.0f;
-    uint64_t seed = 0;
-    bool noisy = false;
-    if (GUMBEL) {
-        float t = temperature[r];
-        noisy = t > 0.0f;
-        inv_t = noisy ? 1.0f / t : 0.0f;
-        seed = seeds[r];
-    }
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
         float x = row[v];
         if (isnan(x)) continue;
-        if (noisy) x = x * inv_t - logf(-logf(kvf_uniform01(seed, (uint64_t)v)));
         if (s_better(x, v, bv, bi)) bv = x, bi = v;
     }
 #pragma unroll
@@ -61,16 +49,7 @@ s_pick(int32_t *ids, const float *logits, const float *temperature, const uint64
 extern "C" int kvf_argmax(int32_t *ids, const float *logits, int n, int vocab, cudaStream_t stream, kvf_err_t *err) {
     KVF_REQUIRE(ids && logits && n >= 0 && vocab > 0, err);
     if (n == 0) return 0;
-    s_pick<false><<<n, SAMPLE_THREADS, 0, stream>>>(ids, logits, NULL, NULL, vocab);
-    KVF_LAUNCH_CHECK(err);
-    return 0;
-}
-
-extern "C" int kvf_sample_gumbel(int32_t *ids, const float *logits, const float *temperature, const uint64_t *seeds,
-                                 int n, int vocab, cudaStream_t stream, kvf_err_t *err) {
-    KVF_REQUIRE(ids && logits && temperature && seeds && n >= 0 && vocab > 0, err);
-    if (n == 0) return 0;
-    s_pick<true><<<n, SAMPLE_THREADS, 0, stream>>>(ids, logits, temperature, seeds, vocab);
+    s_pick<<<n, SAMPLE_THREADS, 0, stream>>>(ids, logits, vocab);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

@@ -22,6 +22,7 @@
 #include "test_util.h"
 #include "worker/cpu_backend.h"
 #include "worker/cuda_backend.h"
+#include "worker/sampler.h"
 
 #define MARGIN_TOL 0.1
 
@@ -571,10 +572,12 @@ Test(cuda_forward, decode_graphs_match_eager) {
     be->ops->destroy(&be);
 }
 
-// forward_sample (greedy): the ids are the host argmax of forward()'s logits for
-// the same batch, eager and from graphs, on prefill, mixed and decode steps; a
-// temperature > 0 or a repetition penalty is KVF_E_UNSUPPORTED and runs nothing.
-Test(cuda_forward, forward_sample_greedy_is_the_host_argmax) {
+// forward_sample: the ids are the host's choice on forward()'s logits for the
+// same batch, eager and from graphs, on prefill, mixed and decode steps: the
+// argmax for greedy rows, worker/sampler.c's draw for sampled ones (temperature,
+// top-k, top-p, min-p; the step index moves the draw); a repetition penalty is
+// KVF_E_UNSUPPORTED and runs nothing.
+Test(cuda_forward, forward_sample_is_the_host_choice) {
     kvf_modelcfg_t cfg = s_small_cfg();
     kvf_backend_opts_t o = s_opts(16, 256, 8);
     o.max_blocks_per_seq = 64;
@@ -589,12 +592,16 @@ Test(cuda_forward, forward_sample_greedy_is_the_host_argmax) {
     int32_t bt[5 * 64], tokens[256], nn[5], np[5], ids[5];
     s_tables(be, S, bt, 64);
     float *lg = malloc((size_t)256 * V * 4);
-    kvf_sampling_t greedy = kvf_sampling_default(), hot = greedy, pen = greedy;
+    kvf_sampling_t greedy = kvf_sampling_default(), hot = greedy, nucleus = greedy, pen = greedy;
     hot.temperature = 0.7f;
+    hot.seed = 11;
+    nucleus.temperature = 1.0f, nucleus.top_k = 40, nucleus.top_p = 0.9f, nucleus.min_p = 0.01f, nucleus.seed = 5;
     pen.repetition_penalty = 1.3f;
-    const kvf_sampling_t *per[5] = {&greedy, &greedy, NULL, &greedy, &greedy};
-    const int32_t steps[5] = {0, 0, 0, 0, 0};
-    int checked = 0;
+    const kvf_sampling_t *per[5] = {&greedy, &hot, NULL, &nucleus, &greedy};
+    int32_t steps[5] = {0, 0, 0, 0, 0};
+    kvf_sampler_t *smp = kvf_sampler_new(V);
+    float *row = malloc((size_t)V * 4);
+    int checked = 0, sampled = 0;
     for (int graphs = 0; graphs < 2; graphs++) {
         cr_assert_eq(kvf_cuda_backend_set_graphs(be, graphs), 0);
         int nt = 0;
@@ -614,20 +621,23 @@ Test(cuda_forward, forward_sample_greedy_is_the_host_argmax) {
             }
             kvf_batch_t b = {S, nt, tokens, nn, np, bt, 64, 0};
             cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "step %d: %s", k, err.msg);
-            for (int s = 0; s < S; s++) ids[s] = -7;
+            for (int s = 0; s < S; s++) ids[s] = -7, steps[s] = k + s;
             // the same step again (it rewrites the same K/V) with the tokens picked on the device
             cr_assert_eq(be->ops->forward_sample(be, &b, per, steps, ids, &err), 0, "step %d: %s", k, err.msg);
             for (int s = 0; s < S; s++) {
                 if (!per[s]) continue;
-                cr_expect_eq(ids[s], s_argmax(lg + (size_t)s * V, V), "graphs %d step %d seq %d", graphs, k, s);
+                memcpy(row, lg + (size_t)s * V, (size_t)V * 4);
+                const int32_t want = kvf_sampler_sample(smp, row, V, per[s], NULL, 0, steps[s]);
+                cr_expect_eq(ids[s], want, "graphs %d step %d seq %d", graphs, k, s);
                 checked++;
+                sampled += per[s]->temperature > 0.0f;
             }
             for (int s = 0; s < S; s++) np[s] += nn[s];
         }
     }
     const uint64_t g0 = kvf_cuda_backend_graph_steps(be);
-    for (int bad = 0; bad < 2; bad++) {
-        const kvf_sampling_t *mixed[5] = {&greedy, bad ? &pen : &hot, &greedy, &greedy, &greedy};
+    {
+        const kvf_sampling_t *mixed[5] = {&greedy, &pen, &hot, &greedy, &greedy};
         kvf_batch_t b = {S, S, tokens, nn, np, bt, 64, 0};
         for (int s = 0; s < S; s++) nn[s] = 1;
         ids[1] = -7;
@@ -638,8 +648,10 @@ Test(cuda_forward, forward_sample_greedy_is_the_host_argmax) {
     }
     cr_expect_eq(kvf_cuda_backend_graph_steps(be), g0, "an unsupported step ran");
     cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "device allocations during forward_sample()");
-    fprintf(stderr, "SAMPLE forward_sample greedy: %d ids equal to the host argmax (eager and graphs, prefill, mixed "
-            "and decode steps)\n", checked);
+    fprintf(stderr, "SAMPLE forward_sample: %d ids (%d sampled) equal to the host's choice (eager and graphs, "
+            "prefill, mixed and decode steps)\n", checked, sampled);
+    kvf_sampler_destroy(&smp);
+    free(row);
     free(lg);
     be->ops->destroy(&be);
 }

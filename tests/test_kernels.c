@@ -30,8 +30,10 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
 #include "kernels/sample.h"
+#include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
+#include "worker/sampler.h"
 
 // ---------------------------------------------------------------- helpers
 
@@ -728,7 +730,7 @@ static int s_cpu_argmax(const float *x, int n) {
     return best;
 }
 
-Test(kernels, argmax_and_sampling) {
+Test(kernels, argmax) {
     rng_t r = s_rng("sample");
     const int n = 67, V = 128256;
     float *lg = malloc((size_t)n * V * 4);
@@ -750,39 +752,81 @@ Test(kernels, argmax_and_sampling) {
     cr_expect(n_bad == 0);
     cr_expect(ids[1] == 0 && ids[2] == 7, "ties: %d, NaN row: %d", ids[1], ids[2]);
 
-    // Gumbel sampling: temperature 0 is argmax; a 4-token distribution is hit at its probabilities
-    const int R = 20000, V4 = 4;
-    float *l4 = malloc((size_t)R * V4 * 4), *temp = malloc(R * 4);
-    uint64_t *seeds = malloc(R * 8);
-    const float base[4] = {1.0f, 2.0f, 0.0f, 1.5f};
-    for (int i = 0; i < R; i++) {
-        for (int v = 0; v < V4; v++) l4[i * V4 + v] = base[v];
-        temp[i] = i < 10 ? 0.0f : 0.7f;
-        seeds[i] = s_next(&r);
+    free(lg);
+    cudaFree(d_lg), cudaFree(d_ids);
+}
+
+// kvf_sample_rows against worker/sampler.c on the same rows, settings and uniform
+// numbers: every id equal. Rows: peaked (scale 8), flat (scale 0.05), coarse ties
+// (multiples of 0.5), rows with NaN and -inf entries, one all -inf; the settings
+// cycle through temperature (incl. greedy), top_k (incl. 1 and > vocab), top_p
+// (incl. 1e-6 and 1) and min_p. Small vocabularies for many rows, then 128256.
+Test(kernels, sample_rows_match_host_sampler) {
+    rng_t r = s_rng("sample_rows");
+    const float temps[4] = {0.0f, 0.7f, 1.0f, 1.6f}, tps[5] = {1.0f, 0.9f, 0.5f, 0.95f, 1e-6f};
+    const int tks[5] = {0, 1, 5, 50, 1 << 20};
+    const float mps[3] = {0.0f, 0.05f, 0.3f};
+    const struct {
+        int rows, vocab;
+    } sets[2] = {{1200, 1000}, {40, 128256}};
+    kvf_sampler_t *smp = kvf_sampler_new(128256);
+    cr_assert_not_null(smp);
+    int total = 0, n_bad = 0, n_sampled = 0;
+    for (int si = 0; si < 2; si++) {
+        const int R = sets[si].rows, V = sets[si].vocab;
+        float *lg = malloc((size_t)R * V * 4), *row = malloc((size_t)V * 4);
+        kvf_sample_params_t *sp = malloc((size_t)R * sizeof *sp);
+        kvf_sampling_t *ss = malloc((size_t)R * sizeof *ss);
+        int32_t *steps = malloc((size_t)R * 4), *ids = malloc((size_t)R * 4);
+        for (int i = 0; i < R; i++) {
+            float *x = lg + (size_t)i * V;
+            const int kind = i % 5;
+            const float scale = kind == 0 ? 8.0f : kind == 1 ? 0.05f : 2.0f;
+            for (int v = 0; v < V; v++) {
+                float g = s_unif(&r, -1, 1) + s_unif(&r, -1, 1) + s_unif(&r, -1, 1);
+                x[v] = kind == 2 ? roundf(g * scale * 2.0f) / 2.0f : g * scale;
+            }
+            if (kind == 3)
+                for (int j = 0; j < V / 50; j++) x[s_randint(&r, V)] = j % 2 ? NAN : -INFINITY;
+            if (i == 7)
+                for (int v = 0; v < V; v++) x[v] = -INFINITY;
+            kvf_sampling_t s = kvf_sampling_default();
+            s.temperature = temps[(i / 5) % 4];
+            s.top_k = tks[(i / 20) % 5];
+            s.top_p = tps[(i / 3) % 5];
+            s.min_p = mps[(i / 7) % 3];
+            s.seed = s_next(&r);
+            ss[i] = s;
+            steps[i] = s_randint(&r, 1000);
+            sp[i] = (kvf_sample_params_t){s.temperature, s.top_k, s.top_p, s.min_p,
+                                          kvf_sampler_uniform(s.seed, steps[i])};
+            n_sampled += s.temperature > 0.0f;
+        }
+        float *d_lg = s_up(lg, (size_t)R * V * 4);
+        kvf_sample_params_t *d_sp = s_up(sp, (size_t)R * sizeof *sp);
+        int32_t *d_ids = s_dev((size_t)R * 4);
+        kvf_err_t err;
+        cr_assert(kvf_sample_rows(d_ids, d_lg, d_sp, R, V, 0, &err) == 0, "%s", err.msg);
+        CUDA_OK(cudaMemcpy(ids, d_ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
+        for (int i = 0; i < R; i++) {
+            memcpy(row, lg + (size_t)i * V, (size_t)V * 4);
+            const int32_t want = kvf_sampler_sample(smp, row, V, &ss[i], NULL, 0, steps[i]);
+            total++;
+            if (ids[i] != want) {
+                n_bad++;
+                cr_expect_eq(ids[i], want, "V %d row %d (kind %d, T %g, top_k %d, top_p %g, min_p %g): device %d, host %d",
+                             V, i, i % 5, ss[i].temperature, ss[i].top_k, ss[i].top_p, ss[i].min_p, ids[i], want);
+            }
+        }
+        // the same rows again: the same ids
+        int32_t *again = malloc((size_t)R * 4);
+        cr_assert(kvf_sample_rows(d_ids, d_lg, d_sp, R, V, 0, &err) == 0, "%s", err.msg);
+        CUDA_OK(cudaMemcpy(again, d_ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
+        cr_expect(memcmp(ids, again, (size_t)R * 4) == 0, "a second launch drew other ids");
+        free(again), free(lg), free(row), free(sp), free(ss), free(steps), free(ids);
+        cudaFree(d_lg), cudaFree(d_sp), cudaFree(d_ids);
     }
-    float *d_l4 = s_up(l4, (size_t)R * V4 * 4), *d_t = s_up(temp, R * 4);
-    uint64_t *d_s = s_up(seeds, R * 8);
-    int32_t *d_o = s_dev(R * 4);
-    cr_assert(kvf_sample_gumbel(d_o, d_l4, d_t, d_s, R, V4, 0, &err) == 0, "%s", err.msg);
-    int32_t *o = malloc(R * 4);
-    CUDA_OK(cudaMemcpy(o, d_o, R * 4, cudaMemcpyDeviceToHost));
-    for (int i = 0; i < 10; i++) cr_expect(o[i] == 1);
-    double cnt[4] = {0}, z = 0, p[4];
-    for (int i = 10; i < R; i++) cnt[o[i]] += 1;
-    for (int v = 0; v < 4; v++) z += exp(base[v] / 0.7);
-    double worst = 0;
-    for (int v = 0; v < 4; v++) {
-        p[v] = exp(base[v] / 0.7) / z;
-        double f = cnt[v] / (R - 10), sd = sqrt(p[v] * (1 - p[v]) / (R - 10));
-        if (fabs(f - p[v]) / sd > worst) worst = fabs(f - p[v]) / sd;
-    }
-    fprintf(stderr, "KERNEL %-14s %-34s worst deviation %.2f sigma\n", "sample_gumbel", "4 tokens T0.7 20k draws", worst);
-    cr_expect(worst < 5.0, "sampled frequencies deviate by %.2f sigma", worst);
-    // same seeds, same draws
-    int32_t *o2 = malloc(R * 4);
-    cr_assert(kvf_sample_gumbel(d_o, d_l4, d_t, d_s, R, V4, 0, &err) == 0);
-    CUDA_OK(cudaMemcpy(o2, d_o, R * 4, cudaMemcpyDeviceToHost));
-    cr_expect(memcmp(o, o2, R * 4) == 0);
-    free(lg), free(l4), free(temp), free(seeds), free(o), free(o2);
-    cudaFree(d_lg), cudaFree(d_ids), cudaFree(d_l4), cudaFree(d_t), cudaFree(d_s), cudaFree(d_o);
+    fprintf(stderr, "KERNEL %-14s %-34s mismatches %d of %d rows (%d sampled)\n", "sample_rows",
+            "V1000 x1200, V128256 x40", n_bad, total, n_sampled);
+    kvf_sampler_destroy(&smp);
 }

@@ -19,8 +19,10 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
 #include "kernels/sample.h"
+#include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
+#include "worker/sampler.h"
 #include "worker/tp.h"
 #include "worker/tp_shard.h"
 
@@ -85,10 +87,14 @@ typedef struct {
     void *gemm_ws;
     int32_t *d_meta;     // device copy of the step metadata
     int32_t *d_ids;      // (R) tokens picked on the device (forward_sample)
+    kvf_sample_params_t *d_sp;  // (R) each row's sampling settings (forward_sample with sampled rows)
 
     // step metadata: pinned host buffer, copied to d_meta in one H2D copy
-    int32_t *h_meta;     // (meta_ints + R): the metadata, then h_ids
+    int32_t *h_meta;     // (meta_ints + R + params): the metadata, then h_ids, then h_sp
     int32_t *h_ids;      // (R) pinned: the picked tokens copied back
+    kvf_sample_params_t *h_sp;  // (R) pinned: the rows' sampling settings, copied to d_sp
+    size_t pinned_ints;  // int32 slots of the pinned buffer
+    int sampled;         // this forward_sample has a row with temperature > 0: h_sp holds the settings
     size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
     int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
     int decode_tc;            // shape that kvf_attention_decode runs (single-token tiles without key splits)
@@ -407,6 +413,7 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     S_TAKE(c->gemm_ws, char, S_GEMM_WS);
     S_TAKE(c->d_meta, int32_t, c->meta_ints);
     S_TAKE(c->d_ids, int32_t, R);
+    S_TAKE(c->d_sp, kvf_sample_params_t, R);
 #undef S_TAKE
     (void)B;
     return off;
@@ -557,10 +564,13 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     be->workspace_bytes = s_layout_ws(c, NULL);
     if (s_malloc(c, &c->wsmem, be->workspace_bytes, "workspace", err) != 0) return -1;
     s_layout_ws(c, c->wsmem);
-    KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, (c->meta_ints + R) * sizeof(int32_t)), err);
+    const size_t sp_at = (c->meta_ints + R + 1) / 2 * 2;  // 8-byte aligned for the params' double
+    c->pinned_ints = sp_at + R * (sizeof(kvf_sample_params_t) / sizeof(int32_t));
+    KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, c->pinned_ints * sizeof(int32_t)), err);
     c->n_allocs++;
-    memset(c->h_meta, 0, (c->meta_ints + R) * sizeof(int32_t));
+    memset(c->h_meta, 0, c->pinned_ints * sizeof(int32_t));
     c->h_ids = c->h_meta + c->meta_ints;
+    c->h_sp = (kvf_sample_params_t *)(void *)(c->h_meta + sp_at);
     // Activations between the GEMMs in the checkpoint's dtype, as transformers runs
     // a model (bf16 weights: bf16 q/k/v, gate/up and o/down outputs; the residual and
     // every reduction stay f32); an f32 or f16 checkpoint keeps f32 outputs. Dummy
@@ -1054,7 +1064,13 @@ static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids
                                        st), err);
         if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
     } else {
-        if (kvf_argmax(c->d_ids, c->logits, b->n_seqs, V, st, err) != 0) return -1;
+        if (c->sampled) {
+            KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_sp, c->h_sp, (size_t)b->n_seqs * sizeof(kvf_sample_params_t),
+                                           cudaMemcpyHostToDevice, st), err);
+            if (kvf_sample_rows(c->d_ids, c->logits, c->d_sp, b->n_seqs, V, st, err) != 0) return -1;
+        } else if (kvf_argmax(c->d_ids, c->logits, b->n_seqs, V, st, err) != 0) {
+            return -1;
+        }
         if (c->timing_now && s_mark(c, S_T_SAMPLE, err) != 0) return -1;
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)b->n_seqs * sizeof(int32_t),
                                        cudaMemcpyDeviceToHost, st), err);
@@ -1097,21 +1113,38 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
     return s_run((s_cuda_t *)be, b, logits, NULL, err);
 }
 
-// Greedy only: the argmax over the same f32 logits the host sampler would see
-// (lowest id on ties, NaN never wins), so the tokens are the host path's. A
-// temperature > 0 (the host's inverse-CDF draw over filtered candidates) or a
-// repetition penalty (it needs the history) is KVF_E_UNSUPPORTED.
+// Each row's token on the device: greedy rows (per_seq NULL or temperature 0) by
+// the argmax of the f32 logits the host sampler would see (lowest id on ties, NaN
+// never wins); sampled rows by kernels/sample_rows.cu (temperature, top-k, top-p,
+// min-p, then the draw with the host's uniform number for (seed, step)), which
+// picks the host sampler's token but where a sum lands within ~1e-12 of a boundary.
+// A repetition penalty (it needs the history) is KVF_E_UNSUPPORTED: nothing runs.
 static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
                             const int32_t *steps, int32_t *out_tokens, kvf_err_t *err) {
-    (void)steps;
     if (!be || !b || !per_seq || !out_tokens)
         return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
+    s_cuda_t *c = (s_cuda_t *)be;
+    int sampled = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         const kvf_sampling_t *s = per_seq[i];
-        if (s && (s->temperature > 0.0f || s->repetition_penalty != 1.0f))
-            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: sequence %d is not greedy without "
-                               "repetition penalty (temperature %g, repetition_penalty %g)", i, s->temperature,
-                               s->repetition_penalty);
+        if (s && s->repetition_penalty != 1.0f)
+            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: sequence %d has a repetition penalty "
+                               "(%g): the host samples it", i, s->repetition_penalty);
+        sampled |= s && s->temperature > 0.0f;
     }
-    return s_run((s_cuda_t *)be, b, NULL, out_tokens, err);
+    if (sampled && !steps)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sampled rows need their steps");
+    // a batch over the limits fails in s_run's checks, before h_sp is read
+    c->sampled = sampled && b->n_seqs >= 0 && b->n_seqs <= be->opts.max_logit_rows;
+    if (c->sampled)
+        for (int i = 0; i < b->n_seqs; i++) {
+            const kvf_sampling_t *s = per_seq[i];
+            c->h_sp[i] = s && s->temperature > 0.0f
+                             ? (kvf_sample_params_t){s->temperature, s->top_k, s->top_p, s->min_p,
+                                                     kvf_sampler_uniform(s->seed, steps[i])}
+                             : (kvf_sample_params_t){0.0f, 0, 1.0f, 0.0f, 0.0};
+        }
+    const int rc = s_run(c, b, NULL, out_tokens, err);
+    c->sampled = 0;
+    return rc;
 }

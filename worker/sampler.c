@@ -56,8 +56,7 @@ static uint64_t s_splitmix(uint64_t z) {
     return z ^ (z >> 31);
 }
 
-// A uniform double in [0, 1) that depends on (seed, step) only.
-static double s_uniform(uint64_t seed, int32_t step) {
+double kvf_sampler_uniform(uint64_t seed, int32_t step) {
     uint64_t h = s_splitmix(s_splitmix(seed) ^ s_splitmix(0x5851f42d4c957f2dull + (uint64_t)(uint32_t)step));
     return (double)(h >> 11) * 0x1.0p-53;
 }
@@ -222,15 +221,20 @@ int32_t kvf_sampler_sample(kvf_sampler_t *smp, float *logits, int32_t vocab, con
     for (int32_t i = 0; i < vocab; i++) logits[i] = -INFINITY;
     for (int32_t i = 0; i < m; i++) logits[c[i].id] = c[i].v;
 
+    // The draw walks the kept tokens in id order (whatever order the filters left
+    // them in), as kernels/sample_rows.cu does on the GPU.
     float mx = s_max_v(c, m);
     double z = 0.0;
     for (int32_t i = 0; i < m; i++) z += exp((double)c[i].v - mx);
-    double target = s_uniform(s->seed, step) * z, cum = 0.0;
-    for (int32_t i = 0; i < m; i++) {
-        cum += exp((double)c[i].v - mx);
-        if (cum > target) return c[i].id;
+    double target = kvf_sampler_uniform(s->seed, step) * z, cum = 0.0;
+    int32_t last = c[0].id;
+    for (int32_t i = 0; i < vocab; i++) {
+        if (logits[i] == -INFINITY) continue;
+        last = i;
+        cum += exp((double)logits[i] - mx);
+        if (cum > target) return i;
     }
-    return c[m - 1].id;
+    return last;
 }
 
 int kvf_sampler_is_stop(const kvf_modelcfg_t *cfg, const kvf_sampling_t *s, int32_t id) {

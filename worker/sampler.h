@@ -38,6 +38,11 @@ int32_t kvf_sampler_sample(kvf_sampler_t *smp,
                            const int32_t *history,   // (n_history)
                            int32_t n_history, int32_t step);
 
+// The uniform number in [0, 1) of the draw of generated token `step` under seed
+// (a hash of the two only). The draw takes the first kept token, in id order,
+// whose cumulative probability exceeds it.
+double kvf_sampler_uniform(uint64_t seed, int32_t step);
+
 // 1 when id ends generation: one of the model's EOS ids (unless s->ignore_eos)
 // or one of s->stop_ids; else 0.
 int kvf_sampler_is_stop(const kvf_modelcfg_t *cfg, const kvf_sampling_t *s, int32_t id);
