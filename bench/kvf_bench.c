@@ -34,7 +34,7 @@ static const char *s_usage =
     "                 [--backend cpu|cuda] [--device N] [--threads N]\n"
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
     "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
-    "                 [--temperature T] [--top-p P] [--top-k K]\n"
+    "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--json]\n"
     "\n"
     "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy unless\n"
@@ -57,6 +57,7 @@ typedef struct {
     kvf_engine_opts_t eo;
     int session_len_given;
     double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
+    double min_p, rep_penalty;  // 0: no min-p; 1: no repetition penalty
     int64_t top_k;
 } s_opts_t;
 
@@ -70,6 +71,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     o->eo.max_batch_size = KVF_ENGINE_BATCH_AUTO;  // from the memory plan unless given
     o->n_prompts = o->input_len = o->output_len = -1;
     o->top_p = 1.0;
+    o->rep_penalty = 1.0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
@@ -130,6 +132,10 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             rc = kvf_args_double(a, v, 1e-6, 1.0, &o->top_p, err);
         } else if (strcmp(a, "--top-k") == 0) {
             rc = kvf_args_int(a, v, 0, INT32_MAX, &o->top_k, err);
+        } else if (strcmp(a, "--min-p") == 0) {
+            rc = kvf_args_double(a, v, 0.0, 0.999999, &o->min_p, err);
+        } else if (strcmp(a, "--repetition-penalty") == 0) {
+            rc = kvf_args_double(a, v, 1e-3, 1e3, &o->rep_penalty, err);
         } else {
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         }
@@ -314,6 +320,8 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
     sp.temperature = (float)o->temperature;
     sp.top_p = (float)o->top_p;
     sp.top_k = (int32_t)o->top_k;
+    sp.min_p = (float)o->min_p;
+    sp.repetition_penalty = (float)o->rep_penalty;
     sp.ignore_eos = 1;
     sp.max_new_tokens = (int32_t)o->output_len;
     sp.seed = o->seed;
@@ -457,11 +465,12 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                   "hidden_size", cfg->hidden_size, "vocab_size", (json_int_t)cfg->vocab_size,
                                   "params", (json_int_t)kvf_modelcfg_n_params(cfg)));
     json_object_set_new(j, "backend", json_string(eo->backend));
-    json_object_set_new(j, "workload", json_pack("{s:I, s:I, s:I, s:I, s:f, s:f, s:I}", "num_prompts",
+    json_object_set_new(j, "workload", json_pack("{s:I, s:I, s:I, s:I, s:f, s:f, s:I, s:f, s:f}", "num_prompts",
                                                  (json_int_t)o->n_prompts, "input_len", (json_int_t)o->input_len,
                                                  "output_len", (json_int_t)o->output_len, "seed", (json_int_t)o->seed,
                                                  "temperature", o->temperature, "top_p", o->top_p, "top_k",
-                                                 (json_int_t)o->top_k));
+                                                 (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
+                                                 o->rep_penalty));
     json_object_set_new(j, "engine", json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i}", "max_batch_size",
                                                eo->max_batch_size, "max_prefill_token_num", eo->max_prefill_token_num,
                                                "block_size", eo->block_size, "session_len", eo->session_len,

@@ -484,19 +484,23 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     free(e);
 }
 
-// Sampled requests (--temperature/--top-p/--top-k) run to the same token counts
+// Sampled requests (--temperature/--top-p/--top-k/--min-p/--repetition-penalty) run to the same token counts
 // and are reported; out-of-range sampling flags are refused with exit 2.
 Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
     char config[4096], args[8192];
     KVF_FIXTURE_PATH(config, "stories260K/config.json");
-    json_t *j = s_bench_json_with(config, "--temperature 0.8 --top-p 0.9 --top-k 40");
+    json_t *j = s_bench_json_with(config, "--temperature 0.8 --top-p 0.9 --top-k 40 --min-p 0.02 "
+                                          "--repetition-penalty 1.1");
     cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
     cr_assert(fabs(s_num(j, "workload.temperature") - 0.8) < 1e-6);
     cr_assert(fabs(s_num(j, "workload.top_p") - 0.9) < 1e-6);
     cr_assert_eq(s_num(j, "workload.top_k"), 40);
+    cr_assert(fabs(s_num(j, "workload.min_p") - 0.02) < 1e-6);
+    cr_assert(fabs(s_num(j, "workload.repetition_penalty") - 1.1) < 1e-6);
     json_decref(j);
-    const char *bad[] = {"--top-p 0", "--top-p 1.5", "--temperature -1", "--top-k -3"};
-    for (int i = 0; i < 4; i++) {
+    const char *bad[] = {"--top-p 0", "--top-p 1.5", "--temperature -1", "--top-k -3", "--min-p 1",
+                         "--repetition-penalty 0"};
+    for (int i = 0; i < 6; i++) {
         snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, bad[i]);
         int rc;
         char *e = s_run_bench_err(args, &rc);

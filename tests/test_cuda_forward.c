@@ -575,8 +575,10 @@ Test(cuda_forward, decode_graphs_match_eager) {
 // forward_sample: the ids are the host's choice on forward()'s logits for the
 // same batch, eager and from graphs, on prefill, mixed and decode steps: the
 // argmax for greedy rows, worker/sampler.c's draw for sampled ones (temperature,
-// top-k, top-p, min-p; the step index moves the draw); a repetition penalty is
-// KVF_E_UNSUPPORTED and runs nothing.
+// top-k, top-p, min-p; the step index moves the draw), both after a repetition
+// penalty over the row's history (repeated and out-of-range ids in it). A penalty
+// without a history is KVF_E_INVAL; histories over what a step carries are
+// KVF_E_UNSUPPORTED; neither runs anything.
 Test(cuda_forward, forward_sample_is_the_host_choice) {
     kvf_modelcfg_t cfg = s_small_cfg();
     kvf_backend_opts_t o = s_opts(16, 256, 8);
@@ -597,11 +599,22 @@ Test(cuda_forward, forward_sample_is_the_host_choice) {
     hot.seed = 11;
     nucleus.temperature = 1.0f, nucleus.top_k = 40, nucleus.top_p = 0.9f, nucleus.min_p = 0.01f, nucleus.seed = 5;
     pen.repetition_penalty = 1.3f;
-    const kvf_sampling_t *per[5] = {&greedy, &hot, NULL, &nucleus, &greedy};
+    kvf_sampling_t hot_pen = hot;
+    hot_pen.repetition_penalty = 0.8f, hot_pen.top_k = 100, hot_pen.seed = 3;
+    const kvf_sampling_t *per[5] = {&greedy, &hot, NULL, &nucleus, &pen};
+    const kvf_sampling_t *per2[5] = {&hot_pen, &greedy, &pen, NULL, &nucleus};
+    // histories: ids of the vocabulary with repeats, one out of range, one empty row
+    int32_t hbuf[5][40], nhist[5];
+    const int32_t *hist[5];
+    for (int s = 0; s < 5; s++) {
+        nhist[s] = s == 1 ? 0 : 40;
+        for (int j = 0; j < 40; j++) hbuf[s][j] = j == 5 ? V + 3 : (s * 37 + (j % 25) * 11) % V;
+        hist[s] = hbuf[s];
+    }
     int32_t steps[5] = {0, 0, 0, 0, 0};
     kvf_sampler_t *smp = kvf_sampler_new(V);
     float *row = malloc((size_t)V * 4);
-    int checked = 0, sampled = 0;
+    int checked = 0, sampled = 0, penalised = 0;
     for (int graphs = 0; graphs < 2; graphs++) {
         cr_assert_eq(kvf_cuda_backend_set_graphs(be, graphs), 0);
         int nt = 0;
@@ -623,14 +636,17 @@ Test(cuda_forward, forward_sample_is_the_host_choice) {
             cr_assert_eq(be->ops->forward(be, &b, lg, &err), 0, "step %d: %s", k, err.msg);
             for (int s = 0; s < S; s++) ids[s] = -7, steps[s] = k + s;
             // the same step again (it rewrites the same K/V) with the tokens picked on the device
-            cr_assert_eq(be->ops->forward_sample(be, &b, per, steps, ids, &err), 0, "step %d: %s", k, err.msg);
+            const kvf_sampling_t *const *ps = k % 2 ? per2 : per;
+            cr_assert_eq(be->ops->forward_sample(be, &b, ps, steps, hist, nhist, ids, &err), 0, "step %d: %s", k,
+                         err.msg);
             for (int s = 0; s < S; s++) {
-                if (!per[s]) continue;
+                if (!ps[s]) continue;
                 memcpy(row, lg + (size_t)s * V, (size_t)V * 4);
-                const int32_t want = kvf_sampler_sample(smp, row, V, per[s], NULL, 0, steps[s]);
+                const int32_t want = kvf_sampler_sample(smp, row, V, ps[s], hist[s], nhist[s], steps[s]);
                 cr_expect_eq(ids[s], want, "graphs %d step %d seq %d", graphs, k, s);
                 checked++;
-                sampled += per[s]->temperature > 0.0f;
+                sampled += ps[s]->temperature > 0.0f;
+                penalised += ps[s]->repetition_penalty != 1.0f;
             }
             for (int s = 0; s < S; s++) np[s] += nn[s];
         }
@@ -642,14 +658,21 @@ Test(cuda_forward, forward_sample_is_the_host_choice) {
         for (int s = 0; s < S; s++) nn[s] = 1;
         ids[1] = -7;
         memset(&err, 0, sizeof err);
-        cr_expect_eq(be->ops->forward_sample(be, &b, mixed, steps, ids, &err), -1);
+        cr_expect_eq(be->ops->forward_sample(be, &b, mixed, steps, NULL, NULL, ids, &err), -1);
+        cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+        // more history than a step carries (8 sequences x 1024 tokens here): the host's job
+        int32_t *big = calloc(9000, 4), nbig[5] = {0, 9000, 0, 0, 0};
+        const int32_t *hbig[5] = {NULL, big, NULL, NULL, NULL};
+        memset(&err, 0, sizeof err);
+        cr_expect_eq(be->ops->forward_sample(be, &b, mixed, steps, hbig, nbig, ids, &err), -1);
         cr_expect_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
-        cr_expect_eq(ids[1], -7, "an unsupported step wrote ids");
+        cr_expect_eq(ids[1], -7, "a refused step wrote ids");
+        free(big);
     }
     cr_expect_eq(kvf_cuda_backend_graph_steps(be), g0, "an unsupported step ran");
     cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "device allocations during forward_sample()");
-    fprintf(stderr, "SAMPLE forward_sample: %d ids (%d sampled) equal to the host's choice (eager and graphs, "
-            "prefill, mixed and decode steps)\n", checked, sampled);
+    fprintf(stderr, "SAMPLE forward_sample: %d ids (%d sampled, %d with a repetition penalty) equal to the host's "
+            "choice (eager and graphs, prefill, mixed and decode steps)\n", checked, sampled, penalised);
     kvf_sampler_destroy(&smp);
     free(row);
     free(lg);
@@ -739,10 +762,10 @@ Test(cuda_forward, llama3_8b_shape_random_weights, .timeout = 300) {
     t = s_now();
     for (int i = 0; i < 16; i++) cr_assert_eq(be->ops->forward(be, &dec128, lg, &err), 0, "%s", err.msg);
     double t_dec128_logits = (s_now() - t) / 16;
-    cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, ids, &err), 0, "%s", err.msg);
+    cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, NULL, NULL, ids, &err), 0, "%s", err.msg);
     t = s_now();
     for (int i = 0; i < 16; i++)
-        cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, ids, &err), 0, "%s", err.msg);
+        cr_assert_eq(be->ops->forward_sample(be, &dec128, per, steps, NULL, NULL, ids, &err), 0, "%s", err.msg);
     double t_dec128_ids = (s_now() - t) / 16;
     fprintf(stderr, "LLAMA3-8B decode 128 seqs @576 (eager): %.2f ms/step with f32 logits to the host, %.2f ms/step "
             "with forward_sample (ids only)\n", t_dec128_logits * 1e3, t_dec128_ids * 1e3);

@@ -29,6 +29,7 @@
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
+#include "kernels/repetition_penalty.h"
 #include "kernels/sample.h"
 #include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
@@ -756,8 +757,9 @@ Test(kernels, argmax) {
     cudaFree(d_lg), cudaFree(d_ids);
 }
 
-// kvf_sample_rows against worker/sampler.c on the same rows, settings and uniform
-// numbers: every id equal. Rows: peaked (scale 8), flat (scale 0.05), coarse ties
+// kvf_repetition_penalty + kvf_sample_rows against worker/sampler.c on the same
+// rows, settings, histories and uniform numbers: every id equal. Every fourth row
+// has a penalty (> 1 or < 1) over 60 history ids with repeats and one out of range. Rows: peaked (scale 8), flat (scale 0.05), coarse ties
 // (multiples of 0.5), rows with NaN and -inf entries, one all -inf; the settings
 // cycle through temperature (incl. greedy), top_k (incl. 1 and > vocab), top_p
 // (incl. 1e-6 and 1) and min_p. Small vocabularies for many rows, then 128256.
@@ -778,6 +780,10 @@ Test(kernels, sample_rows_match_host_sampler) {
         kvf_sample_params_t *sp = malloc((size_t)R * sizeof *sp);
         kvf_sampling_t *ss = malloc((size_t)R * sizeof *ss);
         int32_t *steps = malloc((size_t)R * 4), *ids = malloc((size_t)R * 4);
+        enum { NH = 60 };
+        int32_t *hist = malloc((size_t)R * NH * 4), *hoff = malloc((size_t)(R + 1) * 4);
+        float *pen = malloc((size_t)R * 4);
+        int n_hist = 0;
         for (int i = 0; i < R; i++) {
             float *x = lg + (size_t)i * V;
             const int kind = i % 5;
@@ -796,21 +802,31 @@ Test(kernels, sample_rows_match_host_sampler) {
             s.top_p = tps[(i / 3) % 5];
             s.min_p = mps[(i / 7) % 3];
             s.seed = s_next(&r);
+            s.repetition_penalty = i % 4 ? 1.0f : (i / 4) % 2 ? 1.25f : 0.85f;
+            pen[i] = s.repetition_penalty;
+            hoff[i] = n_hist;
+            if (i % 4 == 0)
+                for (int j = 0; j < NH; j++) hist[n_hist++] = j == 9 ? V + 1 : s_randint(&r, j < 30 ? V : 40);
             ss[i] = s;
             steps[i] = s_randint(&r, 1000);
             sp[i] = (kvf_sample_params_t){s.temperature, s.top_k, s.top_p, s.min_p,
                                           kvf_sampler_uniform(s.seed, steps[i])};
             n_sampled += s.temperature > 0.0f;
         }
-        float *d_lg = s_up(lg, (size_t)R * V * 4);
+        hoff[R] = n_hist;
+        float *d_lg = s_up(lg, (size_t)R * V * 4), *d_pen = s_up(pen, (size_t)R * 4), *d_scr = s_dev((size_t)n_hist * 4);
+        int32_t *d_hist = s_up(hist, (size_t)n_hist * 4), *d_hoff = s_up(hoff, (size_t)(R + 1) * 4);
         kvf_sample_params_t *d_sp = s_up(sp, (size_t)R * sizeof *sp);
         int32_t *d_ids = s_dev((size_t)R * 4);
         kvf_err_t err;
+        float *d_lg0 = s_up(lg, (size_t)R * V * 4);  // unpenalised, for the second launch
+        cr_assert(kvf_repetition_penalty(d_lg, d_hist, d_hoff, d_pen, d_scr, R, V, 0, &err) == 0, "%s", err.msg);
         cr_assert(kvf_sample_rows(d_ids, d_lg, d_sp, R, V, 0, &err) == 0, "%s", err.msg);
         CUDA_OK(cudaMemcpy(ids, d_ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
         for (int i = 0; i < R; i++) {
             memcpy(row, lg + (size_t)i * V, (size_t)V * 4);
-            const int32_t want = kvf_sampler_sample(smp, row, V, &ss[i], NULL, 0, steps[i]);
+            const int32_t want = kvf_sampler_sample(smp, row, V, &ss[i], hist + hoff[i], hoff[i + 1] - hoff[i],
+                                                    steps[i]);
             total++;
             if (ids[i] != want) {
                 n_bad++;
@@ -820,11 +836,13 @@ Test(kernels, sample_rows_match_host_sampler) {
         }
         // the same rows again: the same ids
         int32_t *again = malloc((size_t)R * 4);
-        cr_assert(kvf_sample_rows(d_ids, d_lg, d_sp, R, V, 0, &err) == 0, "%s", err.msg);
+        cr_assert(kvf_repetition_penalty(d_lg0, d_hist, d_hoff, d_pen, d_scr, R, V, 0, &err) == 0, "%s", err.msg);
+        cr_assert(kvf_sample_rows(d_ids, d_lg0, d_sp, R, V, 0, &err) == 0, "%s", err.msg);
         CUDA_OK(cudaMemcpy(again, d_ids, (size_t)R * 4, cudaMemcpyDeviceToHost));
         cr_expect(memcmp(ids, again, (size_t)R * 4) == 0, "a second launch drew other ids");
-        free(again), free(lg), free(row), free(sp), free(ss), free(steps), free(ids);
-        cudaFree(d_lg), cudaFree(d_sp), cudaFree(d_ids);
+        free(again), free(lg), free(row), free(sp), free(ss), free(steps), free(ids), free(hist), free(hoff), free(pen);
+        cudaFree(d_lg), cudaFree(d_lg0), cudaFree(d_sp), cudaFree(d_ids), cudaFree(d_pen), cudaFree(d_scr);
+        cudaFree(d_hist), cudaFree(d_hoff);
     }
     fprintf(stderr, "KERNEL %-14s %-34s mismatches %d of %d rows (%d sampled)\n", "sample_rows",
             "V1000 x1200, V128256 x40", n_bad, total, n_sampled);

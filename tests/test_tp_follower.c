@@ -41,7 +41,9 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
 }
 
 static int s_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
-                    const int32_t *steps, int32_t *out, kvf_err_t *err) {
+                    const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                    int32_t *out, kvf_err_t *err) {
+    (void)history, (void)n_history;
     s_fake_t *f = (s_fake_t *)be;
     if (f->refuse) {
         f->counts->n_sample_refused++;
@@ -88,7 +90,7 @@ static int s_engine_step(kvf_backend_t *be, const kvf_batch_t *b, float *logits,
     kvf_err_t err;
     if (be->ops->forward_sample) {
         int before = c->n_forward;
-        if (be->ops->forward_sample(be, b, ps, steps, ids, &err) == 0) {
+        if (be->ops->forward_sample(be, b, ps, steps, NULL, NULL, ids, &err) == 0) {
             if (ids[0] != 7 || ids[1] != 7) c->leader_bad++;
             return 0;
         }
@@ -135,7 +137,7 @@ static void s_case(int with_sample, int refuse, s_counts_t *counts) {
             if (refuse && rc == 0) {  // a stash is for the same batch only: another one is a new step
                 const kvf_sampling_t *ps[2] = {NULL, NULL};
                 int32_t steps[2] = {0, 0}, ids[2];
-                if (be->ops->forward_sample(be, &dec, ps, steps, ids, &err) == 0 || err.code != KVF_E_UNSUPPORTED ||
+                if (be->ops->forward_sample(be, &dec, ps, steps, NULL, NULL, ids, &err) == 0 || err.code != KVF_E_UNSUPPORTED ||
                     be->ops->forward(be, &dec2, logits, &err) != 0)
                     rc = 14;
                 else if (logits[0] != (float)counts[0].n_forward)  // dec2's own run, not the stash

@@ -62,13 +62,16 @@ typedef struct {
     // Optional (NULL where a backend has none): runs one step as forward() with
     // all_logits 0 and picks each sequence's next token on the backend, copying
     // back only the n_seqs ids, so that out_tokens[i] is what kvf_sampler_sample
-    // would return for row i with per_seq[i] at step steps[i] and no history.
-    // per_seq[i] NULL: that sequence's token is not wanted (any id is written).
+    // would return for row i with per_seq[i] at step steps[i] and history[i]
+    // (n_history[i] ids: prompt + generated, for the repetition penalty; history
+    // and n_history may be NULL when no row has a penalty). per_seq[i] NULL: that
+    // sequence's token is not wanted (any id is written).
     // Returns 0; or -1 with err KVF_E_UNSUPPORTED, before running anything, when
     // some per_seq[i] needs what the backend cannot do on the device (the caller
     // then uses forward() and the host sampler); or -1 as forward() does.
     int (*forward_sample)(kvf_backend_t *be, const kvf_batch_t *batch, const kvf_sampling_t *const *per_seq,
-                          const int32_t *steps, int32_t *out_tokens, kvf_err_t *err);
+                          const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                          int32_t *out_tokens, kvf_err_t *err);
 } kvf_backend_ops_t;
 
 struct kvf_backend_s {

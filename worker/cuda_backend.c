@@ -19,6 +19,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
 #include "kernels/sample.h"
+#include "kernels/repetition_penalty.h"
 #include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
@@ -88,6 +89,8 @@ typedef struct {
     int32_t *d_meta;     // device copy of the step metadata
     int32_t *d_ids;      // (R) tokens picked on the device (forward_sample)
     kvf_sample_params_t *d_sp;  // (R) each row's sampling settings (forward_sample with sampled rows)
+    int32_t *d_pen;      // (B floats, B + 1 offsets, hist_cap ids) the repetition penalty's rows, as h_pen
+    float *d_hscr;       // (hist_cap) its scratch
 
     // step metadata: pinned host buffer, copied to d_meta in one H2D copy
     int32_t *h_meta;     // (meta_ints + R + params): the metadata, then h_ids, then h_sp
@@ -95,6 +98,11 @@ typedef struct {
     kvf_sample_params_t *h_sp;  // (R) pinned: the rows' sampling settings, copied to d_sp
     size_t pinned_ints;  // int32 slots of the pinned buffer
     int sampled;         // this forward_sample has a row with temperature > 0: h_sp holds the settings
+    // forward_sample rows with a repetition penalty: per row (B = max_batch_size) the
+    // penalty (1: none), the offsets of its history in the ids that follow, then the ids
+    int32_t *h_pen;      // pinned, copied to d_pen in one H2D copy
+    int hist_cap;        // history ids a step can carry (more: the host samples that step)
+    int64_t pen_ints;    // int32 slots of h_pen to copy for this step (0: no penalty this step)
     size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
     int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
     int decode_tc;            // shape that kvf_attention_decode runs (single-token tiles without key splits)
@@ -142,7 +150,8 @@ static kvf_gemm_out_t s_out(const s_cuda_t *c, int bit) {
 static void s_destroy(kvf_backend_t **self_p);
 static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
 static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
-                            const int32_t *steps, int32_t *out_tokens, kvf_err_t *err);
+                            const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                            int32_t *out_tokens, kvf_err_t *err);
 static const kvf_backend_ops_t s_cuda_ops = {"cuda", s_forward, s_destroy, s_forward_sample};
 static int s_capture_graphs(s_cuda_t *c, kvf_err_t *err);
 static double s_now_ms(void);
@@ -414,8 +423,9 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     S_TAKE(c->d_meta, int32_t, c->meta_ints);
     S_TAKE(c->d_ids, int32_t, R);
     S_TAKE(c->d_sp, kvf_sample_params_t, R);
+    S_TAKE(c->d_pen, int32_t, 2 * B + 1 + (size_t)c->hist_cap);
+    S_TAKE(c->d_hscr, float, c->hist_cap);
 #undef S_TAKE
-    (void)B;
     return off;
 }
 
@@ -561,16 +571,21 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     size_t per_split = kvf_attn_partial_floats(1, c->partial_tokens, c->n_heads, cfg->head_dim) * sizeof(float);
     size_t ms = S_PARTIAL_MAX / per_split;
     c->max_splits = ms > KVF_ATTN_MAX_SPLITS ? KVF_ATTN_MAX_SPLITS : (int)(ms < 1 ? 1 : ms);
+    // repetition-penalty histories: every row's whole context, up to 4 Mi ids (16 MiB)
+    const int64_t hc = (int64_t)o->max_batch_size * c->max_ctx;
+    c->hist_cap = hc < (1 << 22) ? (int)hc : 1 << 22;
     be->workspace_bytes = s_layout_ws(c, NULL);
     if (s_malloc(c, &c->wsmem, be->workspace_bytes, "workspace", err) != 0) return -1;
     s_layout_ws(c, c->wsmem);
     const size_t sp_at = (c->meta_ints + R + 1) / 2 * 2;  // 8-byte aligned for the params' double
-    c->pinned_ints = sp_at + R * (sizeof(kvf_sample_params_t) / sizeof(int32_t));
+    const size_t pen_at = sp_at + R * (sizeof(kvf_sample_params_t) / sizeof(int32_t));
+    c->pinned_ints = pen_at + 2 * B + 1 + (size_t)c->hist_cap;
     KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, c->pinned_ints * sizeof(int32_t)), err);
     c->n_allocs++;
     memset(c->h_meta, 0, c->pinned_ints * sizeof(int32_t));
     c->h_ids = c->h_meta + c->meta_ints;
     c->h_sp = (kvf_sample_params_t *)(void *)(c->h_meta + sp_at);
+    c->h_pen = c->h_meta + pen_at;
     // Activations between the GEMMs in the checkpoint's dtype, as transformers runs
     // a model (bf16 weights: bf16 q/k/v, gate/up and o/down outputs; the residual and
     // every reduction stay f32); an f32 or f16 checkpoint keeps f32 outputs. Dummy
@@ -1064,6 +1079,14 @@ static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids
                                        st), err);
         if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
     } else {
+        if (c->pen_ints > 0) {  // [penalty (B floats), offsets (B + 1), ids]
+            const int B = be->opts.max_batch_size;
+            KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_pen, c->h_pen, (size_t)c->pen_ints * sizeof(int32_t),
+                                           cudaMemcpyHostToDevice, st), err);
+            if (kvf_repetition_penalty(c->logits, c->d_pen + 2 * B + 1, c->d_pen + B, (const float *)c->d_pen,
+                                       c->d_hscr, b->n_seqs, V, st, err) != 0)
+                return -1;
+        }
         if (c->sampled) {
             KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_sp, c->h_sp, (size_t)b->n_seqs * sizeof(kvf_sample_params_t),
                                            cudaMemcpyHostToDevice, st), err);
@@ -1113,29 +1136,42 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
     return s_run((s_cuda_t *)be, b, logits, NULL, err);
 }
 
-// Each row's token on the device: greedy rows (per_seq NULL or temperature 0) by
-// the argmax of the f32 logits the host sampler would see (lowest id on ties, NaN
-// never wins); sampled rows by kernels/sample_rows.cu (temperature, top-k, top-p,
-// min-p, then the draw with the host's uniform number for (seed, step)), which
-// picks the host sampler's token but where a sum lands within ~1e-12 of a boundary.
-// A repetition penalty (it needs the history) is KVF_E_UNSUPPORTED: nothing runs.
+// Each row's token on the device: the repetition penalty over the row's history
+// (kernels/repetition_penalty.h), then greedy rows (per_seq NULL or temperature 0)
+// by the argmax of the f32 logits the host sampler would see (lowest id on ties,
+// NaN never wins) and sampled rows by kernels/sample_rows.h (temperature, top-k,
+// top-p, min-p, then the draw with the host's uniform number for (seed, step)),
+// which picks the host sampler's token but where a sum lands within ~1e-12 of a
+// boundary. Histories longer in all than hist_cap are KVF_E_UNSUPPORTED (nothing
+// runs; the host samples that step).
 static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
-                            const int32_t *steps, int32_t *out_tokens, kvf_err_t *err) {
+                            const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                            int32_t *out_tokens, kvf_err_t *err) {
     if (!be || !b || !per_seq || !out_tokens)
         return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
     s_cuda_t *c = (s_cuda_t *)be;
+    const int B = be->opts.max_batch_size;
+    // a batch over the limits fails in s_run's checks, before h_sp or h_pen are read
+    const int fits = b->n_seqs >= 0 && b->n_seqs <= be->opts.max_logit_rows && b->n_seqs <= B;
     int sampled = 0;
+    int64_t n_hist = 0;
     for (int i = 0; i < b->n_seqs; i++) {
         const kvf_sampling_t *s = per_seq[i];
-        if (s && s->repetition_penalty != 1.0f)
-            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: sequence %d has a repetition penalty "
-                               "(%g): the host samples it", i, s->repetition_penalty);
-        sampled |= s && s->temperature > 0.0f;
+        if (!s) continue;
+        sampled |= s->temperature > 0.0f;
+        if (s->repetition_penalty == 1.0f) continue;
+        if (!history || !n_history || n_history[i] < 0 || (n_history[i] > 0 && !history[i]))
+            return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sequence %d has a repetition penalty but no "
+                               "history", i);
+        n_hist += n_history[i];
     }
+    if (n_hist > c->hist_cap)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: %lld history ids for the repetition penalty, "
+                           "over the %d a step carries: the host samples this step", (long long)n_hist, c->hist_cap);
     if (sampled && !steps)
         return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sampled rows need their steps");
-    // a batch over the limits fails in s_run's checks, before h_sp is read
-    c->sampled = sampled && b->n_seqs >= 0 && b->n_seqs <= be->opts.max_logit_rows;
+    c->sampled = sampled && fits;
+    c->pen_ints = 0;
     if (c->sampled)
         for (int i = 0; i < b->n_seqs; i++) {
             const kvf_sampling_t *s = per_seq[i];
@@ -1144,7 +1180,25 @@ static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                                                      kvf_sampler_uniform(s->seed, steps[i])}
                              : (kvf_sample_params_t){0.0f, 0, 1.0f, 0.0f, 0.0};
         }
+    if (fits && n_hist > 0) {  // [penalty (B floats), offsets (B + 1), ids]
+        float *pen = (float *)(void *)c->h_pen;
+        int32_t *off = c->h_pen + B, *ids = c->h_pen + 2 * B + 1;
+        int32_t at = 0;
+        for (int i = 0; i < b->n_seqs; i++) {
+            const kvf_sampling_t *s = per_seq[i];
+            const int on = s && s->repetition_penalty != 1.0f;
+            pen[i] = on ? s->repetition_penalty : 1.0f;
+            off[i] = at;
+            if (on && n_history[i] > 0) {
+                memcpy(ids + at, history[i], (size_t)n_history[i] * sizeof(int32_t));
+                at += n_history[i];
+            }
+        }
+        off[b->n_seqs] = at;
+        c->pen_ints = 2 * (int64_t)B + 1 + at;
+    }
     const int rc = s_run(c, b, NULL, out_tokens, err);
     c->sampled = 0;
+    c->pen_ints = 0;
     return rc;
 }

@@ -5,12 +5,17 @@
 // buffer): the weights (bf16; norms, biases and RoPE frequencies f32), the
 // workspace for the largest step (max_step_tokens tokens, max_batch_size
 // sequences, max_logit_rows rows of f32 logits, attention split partials, the
-// cuBLASLt workspace, the step's metadata), then the KV slab. forward() copies
+// cuBLASLt workspace, the step's metadata and sampling settings, the repetition
+// penalty's histories), then the KV slab. forward() copies
 // the step's metadata with one async H2D copy, runs the layers on the
 // backend's stream (decode steps optionally from a CUDA graph per batch-size
 // bucket, captured at start-up) and copies the logits back; it allocates nothing.
-// forward_sample (backend.h) runs the same step and copies back only the greedy
-// ids (argmax on the device); other sampling is KVF_E_UNSUPPORTED. Decode rows of
+// forward_sample (backend.h) runs the same step and picks every row's token on
+// the device (repetition penalty, then argmax or temperature / top-k / top-p /
+// min-p and the draw: kernels/repetition_penalty.h, kernels/sample_rows.h), so
+// only the ids come back; a step whose penalised rows carry more history than
+// the workspace holds (max_batch_size x the longest context, at most 4 Mi ids)
+// is KVF_E_UNSUPPORTED and goes to the host sampler. Decode rows of
 // many sequences go to the tensor-core kernels/attention_decode.h, those of few
 // long sequences to kvf_attention's key splits.
 //

@@ -66,6 +66,8 @@ struct kvf_engine_s {
     s_event_t *events;           // (max_batch_size)
     const kvf_sampling_t **b_smp;// (max_batch_size) forward_sample: each row's sampling, NULL when not sampled
     int32_t *b_step;             // (max_batch_size) forward_sample: each row's step index
+    const int32_t **b_hist;      // (max_batch_size) forward_sample: each row's ids so far (repetition penalty)
+    int32_t *b_nhist;            // (max_batch_size) their counts
     int32_t *b_ids;              // (max_batch_size) each row's token: picked by forward_sample or on the host
     int32_t *b_rows;             // (max_batch_size) the rows sampled on the host this step
 
@@ -310,6 +312,8 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     e->events = kvf_xmalloc(sizeof(s_event_t) * (size_t)o.max_batch_size);
     e->b_smp = kvf_xmalloc(sizeof(*e->b_smp) * (size_t)o.max_batch_size);
     e->b_step = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
+    e->b_hist = kvf_xmalloc(sizeof(*e->b_hist) * (size_t)o.max_batch_size);
+    e->b_nhist = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->b_ids = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->b_rows = kvf_xmalloc(sizeof(int32_t) * (size_t)o.max_batch_size);
     e->o = o;
@@ -347,6 +351,8 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
     free(e->events);
     free(e->b_smp);
     free(e->b_step);
+    free(e->b_hist);
+    free(e->b_nhist);
     free(e->b_ids);
     free(e->b_rows);
     free(e->pending);
@@ -588,9 +594,11 @@ int kvf_engine_step(kvf_engine_t *e, kvf_engine_token_fn fn, void *ud, kvf_err_t
             const s_req_t *r = plan.seqs[i]->user;
             e->b_smp[i] = plan.sample[i] ? &r->sampling : NULL;
             e->b_step[i] = r->n_generated;
+            e->b_hist[i] = plan.seqs[i]->tokens;
+            e->b_nhist[i] = plan.seqs[i]->n_tokens;
         }
         kvf_err_t serr = {0};
-        rc = e->be->ops->forward_sample(e->be, &batch, e->b_smp, e->b_step, e->b_ids, &serr);
+        rc = e->be->ops->forward_sample(e->be, &batch, e->b_smp, e->b_step, e->b_hist, e->b_nhist, e->b_ids, &serr);
         on_device = rc == 0;
         if (rc != 0 && serr.code == KVF_E_UNSUPPORTED)
             rc = 1;

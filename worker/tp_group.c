@@ -142,7 +142,8 @@ static int s_leader_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logi
 // gets the stashed logits without a second step. all_logits steps are refused
 // before anything is sent (forward_sample is for last-token rows only).
 static int s_leader_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
-                                   const int32_t *steps, int32_t *out_tokens, kvf_err_t *err) {
+                                   const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                                   int32_t *out_tokens, kvf_err_t *err) {
     s_leader_t *l = (s_leader_t *)be;
     if (!b || !per_seq || !out_tokens)
         return kvf_err_set(err, KVF_E_INVAL, "tp leader forward_sample: batch, per_seq and out_tokens are required");
@@ -158,7 +159,7 @@ static int s_leader_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, cons
         kvf_err_clear(&e);
         l->stash_valid = 0;
         if (s_send(l, S_STEP, b, &e) == 0) {
-            rc = l->inner->ops->forward_sample(l->inner, b, per_seq, steps, out_tokens, &e);
+            rc = l->inner->ops->forward_sample(l->inner, b, per_seq, steps, history, n_history, out_tokens, &e);
             if (rc != 0 && e.code == KVF_E_UNSUPPORTED) {
                 kvf_err_t fe;
                 kvf_err_clear(&fe);
@@ -343,7 +344,7 @@ int kvf_tp_follower_run(kvf_backend_t *be, kvf_tp_t *ctl, volatile sig_atomic_t 
                          .block_table = payload + h.n_tokens + 2 * h.n_seqs, .max_blocks = h.max_blocks,
                          .all_logits = h.all_logits};
         kvf_err_t e;
-        int frc = be->ops->forward_sample && !b.all_logits ? be->ops->forward_sample(be, &b, none, zeros, ids, &e) : 1;
+        int frc = be->ops->forward_sample && !b.all_logits ? be->ops->forward_sample(be, &b, none, zeros, NULL, NULL, ids, &e) : 1;
         if (frc == 1 || (frc != 0 && e.code == KVF_E_UNSUPPORTED))  // refused before running: run it anyway
             frc = be->ops->forward(be, &b, logits, &e);
         if (frc != 0) {
