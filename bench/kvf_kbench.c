@@ -30,7 +30,10 @@
 #include "kernels/convert.h"
 #include "kernels/gemm.h"
 #include "kernels/rmsnorm.h"
+#include "kernels/repetition_penalty.h"
 #include "kernels/rope_kv.h"
+#include "kernels/sample.h"
+#include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
 
 // The model shape (Llama-3-8B).
@@ -55,7 +58,7 @@ static const char *s_usage =
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
     "the TFLOP/s and/or TB/s the median achieves. SECTION: gemm, silu, norm, rope, attn-decode,\n"
-    "attn-prefill (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
+    "attn-prefill, sample (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
     "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick. Needs a CUDA device; this help does not.\n";
@@ -67,7 +70,8 @@ enum {
     S_SEC_ROPE = 1 << 3,
     S_SEC_DECODE = 1 << 4,
     S_SEC_PREFILL = 1 << 5,
-    S_SEC_ALL = (1 << 6) - 1,
+    S_SEC_SAMPLE = 1 << 6,
+    S_SEC_ALL = (1 << 7) - 1,
 };
 
 static const struct {
@@ -76,6 +80,7 @@ static const struct {
 } s_sections[] = {
     {"gemm", S_SEC_GEMM}, {"silu", S_SEC_SILU},          {"norm", S_SEC_NORM},
     {"rope", S_SEC_ROPE}, {"attn-decode", S_SEC_DECODE}, {"attn-prefill", S_SEC_PREFILL},
+    {"sample", S_SEC_SAMPLE},
 };
 
 // ---------------------------------------------------------------- options
@@ -805,6 +810,90 @@ static int s_bench_prefill(s_bench_t *b, kvf_err_t *err) {
     return s_attn_case(b, 0, len, n_new, NS, KVF_ATTN_PREFILL_Q, "16x512 new tokens from pos 0", err);
 }
 
+// ---------------------------------------------------------------- sample
+// Each row's token from f32 logits (rows, vocab): kvf_argmax, or the repetition
+// penalty (640 history ids a row) and/or kvf_sample_rows with the settings of the
+// variant. Flat rows (uniform in +-0.5: top-p keeps most of the vocabulary) and
+// peaked ones (+-12). bytes = the logits read once (the kernels read them several times).
+
+typedef struct {
+    int32_t *ids;
+    float *logits;
+    const kvf_sample_params_t *params;
+    const int32_t *hist, *hist_off;
+    const float *pen;
+    float *scratch;
+    int n, mode;  // 0 argmax, 1 sample_rows, 2 penalty + argmax
+} s_sample_t;
+
+static int s_sample_op(s_bench_t *b, const void *ud, int rep, kvf_err_t *err) {
+    (void)rep;
+    const s_sample_t *s = ud;
+    if (s->mode == 1) return kvf_sample_rows(s->ids, s->logits, s->params, s->n, S_VOCAB, b->stream, err);
+    if (s->mode == 2 && kvf_repetition_penalty(s->logits, s->hist, s->hist_off, s->pen, s->scratch, s->n, S_VOCAB,
+                                               b->stream, err) != 0)
+        return -1;  // the penalty is idempotent enough for timing: each call penalises the row again
+    return kvf_argmax(s->ids, s->logits, s->n, S_VOCAB, b->stream, err);
+}
+
+static int s_bench_sample(s_bench_t *b, kvf_err_t *err) {
+    static const struct {
+        const char *name;
+        int mode;
+        kvf_sample_params_t p;
+    } vs[] = {
+        {"argmax", 0, {0.0f, 0, 1.0f, 0.0f, 0.5}},
+        {"T1", 1, {1.0f, 0, 1.0f, 0.0f, 0.5}},
+        {"T0.7 top-p0.9", 1, {0.7f, 0, 0.9f, 0.0f, 0.5}},
+        {"T1 top-k50", 1, {1.0f, 50, 1.0f, 0.0f, 0.5}},
+        {"T1 min-p0.05", 1, {1.0f, 0, 1.0f, 0.05f, 0.5}},
+        {"penalty+argmax", 2, {0.0f, 0, 1.0f, 0.0f, 0.5}},
+    };
+    enum { NH = 640 };
+    static const int ns[] = {256, 512};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int n = ns[ni];
+        for (int peaked = 0; peaked < 2; peaked++) {
+            void *lg = NULL, *ids = NULL, *params = NULL, *hist = NULL, *hoff = NULL, *pen = NULL, *scr = NULL;
+            int32_t *h_hist = malloc((size_t)n * NH * 4), *h_off = malloc((size_t)(n + 1) * 4);
+            float *h_pen = malloc((size_t)n * 4);
+            kvf_sample_params_t *h_p = malloc((size_t)n * sizeof *h_p);
+            if (!h_hist || !h_off || !h_pen || !h_p) {
+                free(h_hist), free(h_off), free(h_pen), free(h_p);
+                return kvf_err_set(err, KVF_E_NOMEM, "kvf-kbench: out of host memory");
+            }
+            for (int i = 0; i < n; i++) {
+                h_off[i] = i * NH, h_pen[i] = 1.1f;
+                for (int j = 0; j < NH; j++) h_hist[i * NH + j] = (int32_t)((i * 7919u + j * 104729u) % S_VOCAB);
+            }
+            h_off[n] = n * NH;
+            int rc = s_alloc(b, &lg, (size_t)n * S_VOCAB * 4, err) != 0 ||
+                     s_rand_f32(b, lg, (size_t)n * S_VOCAB, peaked ? 12.0f : 0.5f, err) != 0 ||
+                     s_alloc(b, &ids, (size_t)n * 4, err) != 0 || s_alloc(b, &scr, (size_t)n * NH * 4, err) != 0 ||
+                     s_upload(b, &hist, h_hist, (size_t)n * NH * 4, err) != 0 ||
+                     s_upload(b, &hoff, h_off, (size_t)(n + 1) * 4, err) != 0 ||
+                     s_upload(b, &pen, h_pen, (size_t)n * 4, err) != 0;
+            for (size_t vi = 0; rc == 0 && vi < sizeof vs / sizeof vs[0]; vi++) {
+                for (int i = 0; i < n; i++) h_p[i] = vs[vi].p, h_p[i].u = (i + 0.5) / n;
+                if (params) rc = s_free_to(b, b->n_alloc - 1, err);  // the previous variant's params (last)
+                params = NULL;
+                if (rc == 0) rc = s_upload(b, &params, h_p, (size_t)n * sizeof *h_p, err);
+                if (rc != 0) break;
+                s_sample_t s = {ids, lg, params, hist, hoff, pen, scr, n, vs[vi].mode};
+                s_row_t r = {.kernel = "sample"};
+                snprintf(r.variant, sizeof r.variant, "%s", vs[vi].name);
+                snprintf(r.shape, sizeof r.shape, "%d x %d %s", n, S_VOCAB, peaked ? "peaked" : "flat");
+                r.bytes = (double)n * S_VOCAB * 4;
+                rc = s_time(b, s_sample_op, &s, &r.t, err);
+                if (rc == 0) s_emit(b, &r);
+            }
+            free(h_hist), free(h_off), free(h_pen), free(h_p);
+            if (rc != 0 || s_free_all(b, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
 // ---------------------------------------------------------------- main
 
 // Prints the device line (or adds the device object to the JSON array). Returns 0, or -1 with err set.
@@ -873,7 +962,8 @@ int main(int argc, char **argv) {
         int bit;
         int (*fn)(s_bench_t *, kvf_err_t *);
     } secs[] = {{S_SEC_GEMM, s_bench_gemm},  {S_SEC_SILU, s_bench_silu},     {S_SEC_NORM, s_bench_norm},
-                {S_SEC_ROPE, s_bench_rope},  {S_SEC_DECODE, s_bench_decode}, {S_SEC_PREFILL, s_bench_prefill}};
+                {S_SEC_ROPE, s_bench_rope},  {S_SEC_DECODE, s_bench_decode}, {S_SEC_PREFILL, s_bench_prefill},
+                {S_SEC_SAMPLE, s_bench_sample}};
     for (size_t i = 0; rc == 0 && i < sizeof secs / sizeof secs[0]; i++) {
         if (!(o.only & secs[i].bit)) continue;
         rc = secs[i].fn(&b, &err);

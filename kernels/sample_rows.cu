@@ -6,15 +6,15 @@
 //   3. top_p: the total mass, then a radix select weighted by mass (4 passes) for
 //      the group of equal v where the dropped run's mass would pass the limit, and,
 //      when that group is partly dropped, a radix select on its ids;
-//   4. the draw: per-thread sums over contiguous id ranges, a block scan, and one
-//      thread walks its range.
+//   4. the draw: per-warp sums over contiguous id ranges, a scan, and one warp
+//      walks its range 32 ids at a time.
 #include <math.h>
 
 #include "kernels/check.h"
 #include "kernels/sample_rows.h"
 #include "kernels/util.cuh"
 
-#define SR_THREADS 1024
+#define SR_THREADS 512
 #define SR_WARPS (SR_THREADS / 32)
 #define SR_ONE 1099511627776.0  // 2^40: the fixed-point mass of the top token
 
@@ -57,6 +57,49 @@ static __device__ __forceinline__ bool s_kept(float v, int i, const s_keep_t *k)
         if (o < k->pw || (o == k->pw && i > k->pid)) return false;
     }
     return !(k->minp > 0.0f) || v == k->mx || exp((double)v - (double)k->mx) >= (double)k->minp;
+}
+
+// A thread's last few histogram bins, added to shared memory only when evicted or
+// flushed: a radix pass's first digit puts nearly every value in a handful of
+// bins, where a shared atomic per element would serialise the whole block.
+typedef struct {
+    uint32_t b0, b1, b2, b3;  // 0xFFFFFFFF: empty
+    uint64_t s0, s1, s2, s3;
+    int next;
+} s_bins_t;
+
+static __device__ __forceinline__ void s_bins_init(s_bins_t *c) {
+    c->b0 = c->b1 = c->b2 = c->b3 = 0xFFFFFFFFu;
+    c->s0 = c->s1 = c->s2 = c->s3 = 0;
+    c->next = 0;
+}
+
+static __device__ __forceinline__ void s_bins_put(uint64_t *hist, uint32_t *b, uint64_t *s, uint32_t bin, uint64_t x) {
+    if (*b != 0xFFFFFFFFu) atomicAdd((unsigned long long *)&hist[*b], (unsigned long long)*s);
+    *b = bin, *s = x;
+}
+
+static __device__ __forceinline__ void s_bins_add(s_bins_t *c, uint64_t *hist, uint32_t bin, uint64_t x) {
+    if (c->b0 == bin) c->s0 += x;
+    else if (c->b1 == bin) c->s1 += x;
+    else if (c->b2 == bin) c->s2 += x;
+    else if (c->b3 == bin) c->s3 += x;
+    else {
+        switch (c->next) {
+        case 0: s_bins_put(hist, &c->b0, &c->s0, bin, x); break;
+        case 1: s_bins_put(hist, &c->b1, &c->s1, bin, x); break;
+        case 2: s_bins_put(hist, &c->b2, &c->s2, bin, x); break;
+        default: s_bins_put(hist, &c->b3, &c->s3, bin, x); break;
+        }
+        c->next = (c->next + 1) & 3;
+    }
+}
+
+static __device__ __forceinline__ void s_bins_flush(s_bins_t *c, uint64_t *hist) {
+    s_bins_put(hist, &c->b0, &c->s0, 0xFFFFFFFFu, 0);
+    s_bins_put(hist, &c->b1, &c->s1, 0xFFFFFFFFu, 0);
+    s_bins_put(hist, &c->b2, &c->s2, 0xFFFFFFFFu, 0);
+    s_bins_put(hist, &c->b3, &c->s3, 0xFFFFFFFFu, 0);
 }
 
 // ---------------------------------------------------------------- block reductions
@@ -134,7 +177,7 @@ static __device__ int s_argmax(const float *row, int vocab, float t, float *sv, 
 
 // ---------------------------------------------------------------- the kernel
 
-static __global__ void __launch_bounds__(SR_THREADS)
+static __global__ void __launch_bounds__(SR_THREADS, 1)
 s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *params, int vocab) {
     __shared__ uint64_t hist[256];
     __shared__ uint64_t scratch[SR_WARPS + 1];
@@ -177,11 +220,14 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
         for (int shift = 24; shift >= 0; shift -= 8) {
             for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
             __syncthreads();
+            s_bins_t bc;
+            s_bins_init(&bc);
             for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
                 const float v = s_v(row, i, t);
                 const uint32_t key = ~s_ord(v);
-                if (isfinite(v) && (key & mask) == prefix) atomicAdd((unsigned long long *)&hist[(key >> shift) & 255], 1ull);
+                if (isfinite(v) && (key & mask) == prefix) s_bins_add(&bc, hist, (key >> shift) & 255, 1);
             }
+            s_bins_flush(&bc, hist);
             __syncthreads();
             if (threadIdx.x == 0) {
                 uint64_t cum = 0;
@@ -215,12 +261,14 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
         for (int shift = 24; shift >= 0 && crossed; shift -= 8) {
             for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
             __syncthreads();
+            s_bins_t bc;
+            s_bins_init(&bc);
             for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
                 const float v = s_v(row, i, t);
                 const uint32_t o = s_ord(v);
-                if (s_cand(v, &K) && (o & mask) == prefix)
-                    atomicAdd((unsigned long long *)&hist[(o >> shift) & 255], (unsigned long long)s_mass(v, mx));
+                if (s_cand(v, &K) && (o & mask) == prefix) s_bins_add(&bc, hist, (o >> shift) & 255, s_mass(v, mx));
             }
+            s_bins_flush(&bc, hist);
             __syncthreads();
             if (threadIdx.x == 0) {
                 uint64_t cum = 0;
@@ -256,11 +304,14 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
                 for (int shift = 24; shift >= 0; shift -= 8) {
                     for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
                     __syncthreads();
+                    s_bins_t bc;
+                    s_bins_init(&bc);
                     for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
                         const float v = s_v(row, i, t);
                         if (s_cand(v, &K) && s_ord(v) == prefix && ((uint32_t)i & imask) == iprefix)
-                            atomicAdd((unsigned long long *)&hist[((uint32_t)i >> shift) & 255], 1ull);
+                            s_bins_add(&bc, hist, ((uint32_t)i >> shift) & 255, 1);
                     }
+                    s_bins_flush(&bc, hist);
                     __syncthreads();
                     if (threadIdx.x == 0) {
                         uint64_t cum = 0;
@@ -280,28 +331,45 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
         }
     }
 
-    // 4. the draw, in increasing id order over what every filter kept (min_p in s_kept)
-    const int chunk = (vocab + SR_THREADS - 1) / SR_THREADS;
-    const int i0 = threadIdx.x * chunk, i1 = min(vocab, i0 + chunk);
+    // 4. the draw, in increasing id order over what every filter kept (min_p in s_kept):
+    // warp w sums the ids [w span, (w + 1) span) with its lanes reading 32 neighbours a
+    // step; the warps' sums are scanned; the warp whose range holds the target walks it
+    // 32 ids a step (a warp scan of the step's masses, then the first lane past it).
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int span = (vocab + SR_WARPS * 32 - 1) / (SR_WARPS * 32) * 32;
+    const int w0 = warp * span, w1 = min(vocab, w0 + span);
     uint64_t s = 0;
-    for (int i = i0; i < i1; i++) {
+    for (int i = w0 + lane; i < w1; i += 32) {
         const float v = s_v(row, i, t);
         if (s_kept(v, i, &K)) s += s_mass(v, mx);
     }
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     uint64_t total = 0;
-    const uint64_t pre = s_scan_u64(s, scratch, &total);
+    // the block scan over threads gives each warp's lane 0 the sum of the warps before it
+    const uint64_t pre = s_scan_u64(lane == 0 ? s : 0, scratch, &total);
     uint64_t target = (uint64_t)(p.u * (double)total);
     if (target >= total) target = total - 1;  // total >= 2^40: the top token is always kept
-    if (pre <= target && target < pre + s) {
-        uint64_t cum = pre;
-        for (int i = i0; i < i1; i++) {
-            const float v = s_v(row, i, t);
-            if (!s_kept(v, i, &K)) continue;
-            cum += s_mass(v, mx);
-            if (cum > target) {
-                ids[r] = i;
+    const uint64_t wpre = __shfl_sync(0xffffffffu, pre, 0);
+    if (wpre <= target && target < wpre + s) {  // s: this warp's sum, on every lane
+        uint64_t base = wpre;
+        for (int i0 = w0; i0 < w1; i0 += 32) {
+            const int i = i0 + lane;
+            uint64_t m = 0;
+            if (i < w1) {
+                const float v = s_v(row, i, t);
+                if (s_kept(v, i, &K)) m = s_mass(v, mx);
+            }
+            uint64_t inc = m;
+            for (int o = 1; o < 32; o <<= 1) {
+                const uint64_t y = __shfl_up_sync(0xffffffffu, inc, o);
+                if (lane >= o) inc += y;
+            }
+            const unsigned past = __ballot_sync(0xffffffffu, m > 0 && base + inc > target);
+            if (past) {
+                if (lane == __ffs(past) - 1) ids[r] = i;
                 break;
             }
+            base += __shfl_sync(0xffffffffu, inc, 31);
         }
     }
 }
