@@ -175,6 +175,37 @@ static __device__ int s_argmax(const float *row, int vocab, float t, float *sv, 
     return si[0];
 }
 
+// The rank-th smallest (1-based) 32-bit key among the ids that key_of(i, &key)
+// accepts: four 8-bit passes of count histograms, each narrowing the prefix.
+// Every thread of the block calls it and gets the key.
+template <typename F>
+static __device__ uint32_t s_select_rank(F key_of, int vocab, uint32_t rank, uint64_t *hist, uint32_t *sel) {
+    uint32_t prefix = 0, mask = 0;
+    for (int shift = 24; shift >= 0; shift -= 8) {
+        for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
+        __syncthreads();
+        s_bins_t bc;
+        s_bins_init(&bc);
+        for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
+            uint32_t key;
+            if (key_of(i, &key) && (key & mask) == prefix) s_bins_add(&bc, hist, (key >> shift) & 255, 1);
+        }
+        s_bins_flush(&bc, hist);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            uint64_t cum = 0;
+            int b = 0;
+            for (; b < 255 && cum + hist[b] < rank; b++) cum += hist[b];
+            sel[0] = prefix | ((uint32_t)b << shift);
+            sel[1] = rank - (uint32_t)cum;
+        }
+        __syncthreads();
+        prefix = sel[0], rank = sel[1], mask |= 0xFFu << shift;
+        __syncthreads();
+    }
+    return prefix;
+}
+
 // ---------------------------------------------------------------- the kernel
 
 static __global__ void __launch_bounds__(SR_THREADS, 1)
@@ -216,31 +247,14 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
     // 2. top_k: the k-th largest v, by its descending key ~ord(v)
     uint64_t m2 = m;
     if (p.top_k > 0 && (uint64_t)p.top_k < m) {
-        uint32_t prefix = 0, mask = 0, rank = (uint32_t)p.top_k;
-        for (int shift = 24; shift >= 0; shift -= 8) {
-            for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
-            __syncthreads();
-            s_bins_t bc;
-            s_bins_init(&bc);
-            for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
+        const uint32_t key = s_select_rank(
+            [&](int i, uint32_t *k) {
                 const float v = s_v(row, i, t);
-                const uint32_t key = ~s_ord(v);
-                if (isfinite(v) && (key & mask) == prefix) s_bins_add(&bc, hist, (key >> shift) & 255, 1);
-            }
-            s_bins_flush(&bc, hist);
-            __syncthreads();
-            if (threadIdx.x == 0) {
-                uint64_t cum = 0;
-                int b = 0;
-                for (; b < 255 && cum + hist[b] < rank; b++) cum += hist[b];
-                sel[0] = prefix | ((uint32_t)b << shift);
-                sel[1] = rank - (uint32_t)cum;
-            }
-            __syncthreads();
-            prefix = sel[0], rank = sel[1], mask |= 0xFFu << shift;
-            __syncthreads();
-        }
-        if (threadIdx.x == 0) K.tk = s_from_ord(~prefix);
+                *k = ~s_ord(v);
+                return isfinite(v);
+            },
+            vocab, (uint32_t)p.top_k, hist, sel);
+        if (threadIdx.x == 0) K.tk = s_from_ord(~key);
         __syncthreads();
         uint64_t c = 0;
         for (int i = threadIdx.x; i < vocab; i += SR_THREADS) c += s_cand(s_v(row, i, t), &K);
@@ -300,31 +314,13 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
             if (drop > g - 1) drop = g - 1;
             int pid = 0x7fffffff;
             if (drop > 0) {  // keep the (g - drop) smallest ids: the (g - drop)-th smallest id
-                uint32_t iprefix = 0, imask = 0, rank = (uint32_t)(g - drop);
-                for (int shift = 24; shift >= 0; shift -= 8) {
-                    for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
-                    __syncthreads();
-                    s_bins_t bc;
-                    s_bins_init(&bc);
-                    for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
+                pid = (int)s_select_rank(
+                    [&](int i, uint32_t *k) {
                         const float v = s_v(row, i, t);
-                        if (s_cand(v, &K) && s_ord(v) == prefix && ((uint32_t)i & imask) == iprefix)
-                            s_bins_add(&bc, hist, ((uint32_t)i >> shift) & 255, 1);
-                    }
-                    s_bins_flush(&bc, hist);
-                    __syncthreads();
-                    if (threadIdx.x == 0) {
-                        uint64_t cum = 0;
-                        int b = 0;
-                        for (; b < 255 && cum + hist[b] < rank; b++) cum += hist[b];
-                        sel[0] = iprefix | ((uint32_t)b << shift);
-                        sel[1] = rank - (uint32_t)cum;
-                    }
-                    __syncthreads();
-                    iprefix = sel[0], rank = sel[1], imask |= 0xFFu << shift;
-                    __syncthreads();
-                }
-                pid = (int)iprefix;
+                        *k = (uint32_t)i;
+                        return s_cand(v, &K) && s_ord(v) == prefix;
+                    },
+                    vocab, (uint32_t)(g - drop), hist, sel);
             }
             if (threadIdx.x == 0) K.p_on = 1, K.pw = prefix, K.pid = pid;
             __syncthreads();
