@@ -53,6 +53,7 @@
 
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
+    "                  [--tune-reps N] [--tune-rounds N]\n"
     "                  [--device N] [--seed S] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
@@ -61,7 +62,8 @@ static const char *s_usage =
     "attn-prefill, sample (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
     "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
-    "1..16384); --no-tune: only the heuristic's pick. Needs a CUDA device; this help does not.\n";
+    "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
+    "1). Needs a CUDA device; this help does not.\n";
 
 enum {
     S_SEC_GEMM = 1 << 0,
@@ -93,6 +95,7 @@ typedef struct {
     uint64_t seed;
     int gemm_n[8], n_gemm_n;  // --gemm-n
     int no_tune;              // --no-tune
+    int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
 } s_opts_t;
 
 // "N[,N...]" into o->gemm_n.
@@ -120,7 +123,7 @@ static int s_parse_only(const char *v, int *only, kvf_err_t *err) {
             if (strcmp(t, s_sections[i].name) == 0) bit = s_sections[i].bit;
         if (!bit) {
             rc = kvf_err_set(err, KVF_E_INVAL,
-                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill)", t);
+                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, sample)", t);
             break;
         }
         *only |= bit;
@@ -135,6 +138,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     memset(o, 0, sizeof *o);
     o->reps = 20;
     o->warmup = 5;
+    o->tune_reps = 8, o->tune_rounds = 1;
     o->seed = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -149,7 +153,8 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         }
         if (strncmp(a, "--", 2) != 0) return kvf_err_set(err, KVF_E_INVAL, "unexpected argument '%s'", a);
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
-            strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0)
+            strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
+            strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -165,6 +170,10 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
         } else if (strcmp(a, "--warmup") == 0) {
             rc = kvf_args_int(a, v, 0, 100000, &n, err);
             o->warmup = (int)n;
+        } else if (strcmp(a, "--tune-reps") == 0) {
+            rc = kvf_args_int(a, v, 1, 100000, &o->tune_reps, err);
+        } else if (strcmp(a, "--tune-rounds") == 0) {
+            rc = kvf_args_int(a, v, 1, 15, &o->tune_rounds, err);
         } else if (strcmp(a, "--device") == 0) {
             rc = kvf_args_int(a, v, 0, 1024, &n, err);
             o->device = (int)n;
@@ -387,7 +396,9 @@ static int s_bench_gemm(s_bench_t *b, kvf_err_t *err) {
                 if (b->o->no_tune) continue;
                 // A fresh context, so the tune's pick is for this shape alone; it
                 // tunes on copy 0 (its own timings may see W in L2 for small W).
-                if (!(tune = kvf_gemm_ctx_new(ws_tune, S_GEMM_WORKSPACE, err))) goto done;
+                if (!(tune = kvf_gemm_ctx_new(ws_tune, S_GEMM_WORKSPACE, err)) ||
+                    kvf_gemm_ctx_set_tune(tune, (int)b->o->tune_reps, (int)b->o->tune_rounds, err) != 0)
+                    goto done;
                 if (kvf_gemm_tune(tune, y, g.yt, x, w, n, d_in, d_out, b->stream, &r.tune_heuristic_ms,
                                   &r.tune_best_ms, err) != 0)
                     goto done;

@@ -39,6 +39,7 @@ struct kvf_gemm_ctx_s {
     s_algo_t algos[KVF_GEMM_ALGOS];
     int next_algo;
     uint64_t n_heuristic;  // cublasLtMatmulAlgoGetHeuristic calls
+    int tune_reps, tune_rounds;  // kvf_gemm_tune: timed calls a candidate and round, rounds
 };
 
 // A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
@@ -76,6 +77,7 @@ kvf_gemm_ctx_t *kvf_gemm_ctx_new(void *workspace, size_t workspace_bytes, kvf_er
     }
     ctx->workspace = workspace;
     ctx->workspace_bytes = workspace_bytes;
+    ctx->tune_reps = 8, ctx->tune_rounds = 1;
     return ctx;
 }
 
@@ -220,9 +222,21 @@ uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx) { return ctx ? ctx-
 // ---------------------------------------------------------------- tuning
 
 #define KVF_GEMM_TUNE_MAX 24
-#define KVF_GEMM_TUNE_REPS 8
+#define KVF_GEMM_TUNE_ROUNDS_MAX 15
 
-// Times reps launches of algo on the stream (already warmed up); -1 when cuBLASLt refuses it.
+int kvf_gemm_ctx_set_tune(kvf_gemm_ctx_t *ctx, int reps, int rounds, kvf_err_t *err) {
+    KVF_REQUIRE(ctx && reps >= 1 && reps <= 100000 && rounds >= 1 && rounds <= KVF_GEMM_TUNE_ROUNDS_MAX, err);
+    ctx->tune_reps = reps, ctx->tune_rounds = rounds;
+    return 0;
+}
+
+static int s_cmp_ms(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// Times tune_reps launches of algo on the stream (after two warm-up launches), ms a
+// launch; -1 when cuBLASLt refuses it.
 static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmulAlgo_t *algo, void *y,
                          const uint16_t *x, const uint16_t *w, cudaEvent_t ev0, cudaEvent_t ev1, cudaStream_t stream) {
     const float alpha = 1.0f, beta = 0.0f;
@@ -231,7 +245,7 @@ static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmul
                            ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
             return -1.0f;
     if (cudaEventRecord(ev0, stream) != cudaSuccess) return -1.0f;
-    for (int r = 0; r < KVF_GEMM_TUNE_REPS; r++)
+    for (int r = 0; r < ctx->tune_reps; r++)
         if (cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
                            ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
             return -1.0f;
@@ -239,7 +253,7 @@ static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmul
     if (cudaEventRecord(ev1, stream) != cudaSuccess || cudaEventSynchronize(ev1) != cudaSuccess ||
         cudaEventElapsedTime(&ms, ev0, ev1) != cudaSuccess)
         return -1.0f;
-    return ms / KVF_GEMM_TUNE_REPS;
+    return ms / ctx->tune_reps;
 }
 
 int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x, const uint16_t *w, int n,
@@ -271,15 +285,24 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
         KVF_CUDA_CHECK(cudaGetLastError(), err);
         return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: cudaEventCreate failed");
     }
-    const cublasLtMatmulAlgo_t heur = e->algo;
-    float h_ms = s_time_algo(ctx, e, &heur, y, x, w, ev0, ev1, stream), b_ms = h_ms;
-    for (int i = 0; i < n_res; i++) {
-        if (res[i].state != CUBLAS_STATUS_SUCCESS || res[i].workspaceSize > ws) continue;
-        float ms = s_time_algo(ctx, e, &res[i].algo, y, x, w, ev0, ev1, stream);
-        if (ms > 0.0f && (b_ms <= 0.0f || ms < b_ms)) {
-            b_ms = ms;
-            e->algo = res[i].algo;
-        }
+    // candidate 0: the heuristic's bucket pick; then the heuristic's list. Each
+    // round times every candidate in turn (so a card that heats or cools as it goes
+    // does not favour one), and a candidate's time is its median over the rounds.
+    cublasLtMatmulAlgo_t cand[KVF_GEMM_TUNE_MAX + 1];
+    int n_cand = 0;
+    cand[n_cand++] = e->algo;
+    for (int i = 0; i < n_res; i++)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= ws) cand[n_cand++] = res[i].algo;
+    float ms[KVF_GEMM_TUNE_MAX + 1][KVF_GEMM_TUNE_ROUNDS_MAX];
+    const int R = ctx->tune_rounds;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < n_cand; c++) ms[c][r] = s_time_algo(ctx, e, &cand[c], y, x, w, ev0, ev1, stream);
+    float h_ms = -1.0f, b_ms = -1.0f;
+    for (int c = 0; c < n_cand; c++) {
+        qsort(ms[c], (size_t)R, sizeof ms[c][0], s_cmp_ms);
+        const float m = ms[c][0] < 0.0f ? -1.0f : ms[c][R / 2];  // refused in any round: out
+        if (c == 0) h_ms = m;
+        if (m > 0.0f && (b_ms <= 0.0f || m < b_ms)) b_ms = m, e->algo = cand[c];
     }
     cudaGetLastError();  // a refused candidate may leave a sticky-free launch error behind
     const cudaError_t se = cudaStreamSynchronize(stream);

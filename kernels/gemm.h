@@ -53,6 +53,13 @@ int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int 
 // Heuristic queries this context has made (for tests and diagnostics).
 uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx);
 
+// How kvf_gemm_tune times candidates: reps calls a candidate (default 8) in each
+// of rounds rounds (default 1, at most 15) that take the candidates in turn; a
+// candidate's time is its median round. Long reps and several rounds rank the
+// candidates at the clock a card holds under sustained load (an H200 at its power
+// limit), not at a cool card's boost. Returns 0, or -1 with err set.
+int kvf_gemm_ctx_set_tune(kvf_gemm_ctx_t *ctx, int reps, int rounds, kvf_err_t *err);
+
 // Start-up only (it synchronizes the stream): times cuBLASLt's heuristic
 // candidates for this shape (beta 0) on the given buffers (x should hold
 // non-zero data: zeros run faster) and keeps the fastest for later kvf_gemm
