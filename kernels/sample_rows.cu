@@ -10,13 +10,13 @@
 //      walks its range 32 ids at a time.
 #include <math.h>
 
+#include "common/sample_mass.h"
 #include "kernels/check.h"
 #include "kernels/sample_rows.h"
 #include "kernels/util.cuh"
 
 #define SR_THREADS 512
 #define SR_WARPS (SR_THREADS / 32)
-#define SR_ONE 1099511627776.0  // 2^40: the fixed-point mass of the top token
 
 // Float bits in an order that unsigned comparison follows (-0 and +0 are one value
 // here: s_v canonicalises -0 to +0, as float comparison sees them equal).
@@ -42,8 +42,42 @@ static __device__ __forceinline__ float s_v(const float *row, int i, float t) {
     return __fdiv_rn(row[i], t) + 0.0f;  // as the host: logits[i] / temperature
 }
 
-static __device__ __forceinline__ uint64_t s_mass(float v, float mx) {
-    return (uint64_t)(exp((double)v - (double)mx) * SR_ONE);
+static __device__ __forceinline__ uint64_t s_mass(float v, float mx) { return kvf_sample_mass(v, mx); }
+
+// f(i, v) for the ids i in [lo, hi) that this thread takes: thread `me` of `n`
+// threads, in steps of 4 ids (16-byte loads, two in flight) when the range and
+// the row allow, else one id at a time. For passes that only accumulate (their
+// order does not matter): a row streams from memory with a load or two in flight
+// a thread otherwise, far from the bandwidth.
+template <typename F>
+static __device__ __forceinline__ void s_each(const float *row, int lo, int hi, int me, int n, float t, F f) {
+    if (((lo | hi) & 3) == 0 && ((uintptr_t)row & 15) == 0) {
+        const float4 *r4 = (const float4 *)(row + lo);
+        const int n4 = (hi - lo) >> 2;
+        int j = me;
+        for (; j + n < n4; j += 2 * n) {
+            const float4 a = r4[j], b = r4[j + n];
+            const int i = lo + 4 * j, k = lo + 4 * (j + n);
+            f(i, __fdiv_rn(a.x, t) + 0.0f), f(i + 1, __fdiv_rn(a.y, t) + 0.0f);
+            f(i + 2, __fdiv_rn(a.z, t) + 0.0f), f(i + 3, __fdiv_rn(a.w, t) + 0.0f);
+            f(k, __fdiv_rn(b.x, t) + 0.0f), f(k + 1, __fdiv_rn(b.y, t) + 0.0f);
+            f(k + 2, __fdiv_rn(b.z, t) + 0.0f), f(k + 3, __fdiv_rn(b.w, t) + 0.0f);
+        }
+        if (j < n4) {
+            const float4 a = r4[j];
+            const int i = lo + 4 * j;
+            f(i, __fdiv_rn(a.x, t) + 0.0f), f(i + 1, __fdiv_rn(a.y, t) + 0.0f);
+            f(i + 2, __fdiv_rn(a.z, t) + 0.0f), f(i + 3, __fdiv_rn(a.w, t) + 0.0f);
+        }
+        return;
+    }
+    for (int i = lo + me; i < hi; i += n) f(i, s_v(row, i, t));
+}
+
+// s_each over the whole row by the whole block.
+template <typename F>
+static __device__ __forceinline__ void s_each_row(const float *row, int vocab, float t, F f) {
+    s_each(row, 0, vocab, threadIdx.x, SR_THREADS, t, f);
 }
 
 // After top_k (finite and not below tk).
@@ -56,7 +90,7 @@ static __device__ __forceinline__ bool s_kept(float v, int i, const s_keep_t *k)
         const uint32_t o = s_ord(v);
         if (o < k->pw || (o == k->pw && i > k->pid)) return false;
     }
-    return !(k->minp > 0.0f) || v == k->mx || exp((double)v - (double)k->mx) >= (double)k->minp;
+    return !(k->minp > 0.0f) || v == k->mx || kvf_sample_exp(v - k->mx) >= k->minp;
 }
 
 // A thread's last few histogram bins, added to shared memory only when evicted or
@@ -175,21 +209,22 @@ static __device__ int s_argmax(const float *row, int vocab, float t, float *sv, 
     return si[0];
 }
 
-// The rank-th smallest (1-based) 32-bit key among the ids that key_of(i, &key)
+// The rank-th smallest (1-based) 32-bit key among the ids that key_of(i, v, &key)
 // accepts: four 8-bit passes of count histograms, each narrowing the prefix.
 // Every thread of the block calls it and gets the key.
 template <typename F>
-static __device__ uint32_t s_select_rank(F key_of, int vocab, uint32_t rank, uint64_t *hist, uint32_t *sel) {
+static __device__ uint32_t s_select_rank(F key_of, const float *row, int vocab, float t, uint32_t rank,
+                                         uint64_t *hist, uint32_t *sel) {
     uint32_t prefix = 0, mask = 0;
     for (int shift = 24; shift >= 0; shift -= 8) {
         for (int b = threadIdx.x; b < 256; b += SR_THREADS) hist[b] = 0;
         __syncthreads();
         s_bins_t bc;
         s_bins_init(&bc);
-        for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
+        s_each_row(row, vocab, t, [&](int i, float v) {
             uint32_t key;
-            if (key_of(i, &key) && (key & mask) == prefix) s_bins_add(&bc, hist, (key >> shift) & 255, 1);
-        }
+            if (key_of(i, v, &key) && (key & mask) == prefix) s_bins_add(&bc, hist, (key >> shift) & 255, 1);
+        });
         s_bins_flush(&bc, hist);
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -230,10 +265,9 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
     // 1. the largest finite v and the count of finite ones
     float mx = -INFINITY;
     uint64_t m = 0;
-    for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
-        const float v = s_v(row, i, t);
+    s_each_row(row, vocab, t, [&](int, float v) {
         if (isfinite(v)) mx = fmaxf(mx, v), m++;
-    }
+    });
     mx = s_max_f(mx, fscratch);
     m = s_sum_u64(m, scratch);
     if (m == 0) {  // as the host: the argmax of the scaled row
@@ -248,26 +282,24 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
     uint64_t m2 = m;
     if (p.top_k > 0 && (uint64_t)p.top_k < m) {
         const uint32_t key = s_select_rank(
-            [&](int i, uint32_t *k) {
-                const float v = s_v(row, i, t);
+            [&](int, float v, uint32_t *k) {
                 *k = ~s_ord(v);
                 return isfinite(v);
             },
-            vocab, (uint32_t)p.top_k, hist, sel);
+            row, vocab, t, (uint32_t)p.top_k, hist, sel);
         if (threadIdx.x == 0) K.tk = s_from_ord(~key);
         __syncthreads();
         uint64_t c = 0;
-        for (int i = threadIdx.x; i < vocab; i += SR_THREADS) c += s_cand(s_v(row, i, t), &K);
+        s_each_row(row, vocab, t, [&](int, float v) { c += s_cand(v, &K); });
         m2 = s_sum_u64(c, scratch);
     }
 
     // 3. top_p: drop the least likely run (increasing v, then decreasing id) of mass <= (1 - p) of the total
     if (p.top_p < 1.0f && m2 > 1) {
         uint64_t z = 0;
-        for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
-            const float v = s_v(row, i, t);
+        s_each_row(row, vocab, t, [&](int, float v) {
             if (s_cand(v, &K)) z += s_mass(v, mx);
-        }
+        });
         z = s_sum_u64(z, scratch);
         uint64_t rem = (uint64_t)((1.0 - (double)p.top_p) * (double)z);
         uint32_t prefix = 0, mask = 0;
@@ -277,11 +309,10 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
             __syncthreads();
             s_bins_t bc;
             s_bins_init(&bc);
-            for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
-                const float v = s_v(row, i, t);
+            s_each_row(row, vocab, t, [&](int, float v) {
                 const uint32_t o = s_ord(v);
                 if (s_cand(v, &K) && (o & mask) == prefix) s_bins_add(&bc, hist, (o >> shift) & 255, s_mass(v, mx));
-            }
+            });
             s_bins_flush(&bc, hist);
             __syncthreads();
             if (threadIdx.x == 0) {
@@ -302,25 +333,21 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
         // token go, as on the host, which always keeps one.
         {
             if (!crossed) prefix = s_ord(mx);
+            uint64_t g = 0;
+            s_each_row(row, vocab, t, [&](int, float v) { g += s_cand(v, &K) && s_ord(v) == prefix; });
+            g = s_sum_u64(g, scratch);
             const float vg = s_from_ord(prefix);
             const uint64_t mg = s_mass(vg, mx);
-            uint64_t g = 0;
-            for (int i = threadIdx.x; i < vocab; i += SR_THREADS) {
-                const float v = s_v(row, i, t);
-                g += s_cand(v, &K) && s_ord(v) == prefix;
-            }
-            g = s_sum_u64(g, scratch);
             uint64_t drop = !crossed ? g - 1 : mg > 0 ? rem / mg : 0;
             if (drop > g - 1) drop = g - 1;
             int pid = 0x7fffffff;
             if (drop > 0) {  // keep the (g - drop) smallest ids: the (g - drop)-th smallest id
                 pid = (int)s_select_rank(
-                    [&](int i, uint32_t *k) {
-                        const float v = s_v(row, i, t);
+                    [&](int i, float v, uint32_t *k) {
                         *k = (uint32_t)i;
                         return s_cand(v, &K) && s_ord(v) == prefix;
                     },
-                    vocab, (uint32_t)(g - drop), hist, sel);
+                    row, vocab, t, (uint32_t)(g - drop), hist, sel);
             }
             if (threadIdx.x == 0) K.p_on = 1, K.pw = prefix, K.pid = pid;
             __syncthreads();
@@ -332,13 +359,12 @@ s_sample_rows(int32_t *ids, const float *logits, const kvf_sample_params_t *para
     // step; the warps' sums are scanned; the warp whose range holds the target walks it
     // 32 ids a step (a warp scan of the step's masses, then the first lane past it).
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int span = (vocab + SR_WARPS * 32 - 1) / (SR_WARPS * 32) * 32;
-    const int w0 = warp * span, w1 = min(vocab, w0 + span);
+    const int span = (vocab + SR_WARPS * 128 - 1) / (SR_WARPS * 128) * 128;
+    const int w0 = min(vocab, warp * span), w1 = min(vocab, w0 + span);
     uint64_t s = 0;
-    for (int i = w0 + lane; i < w1; i += 32) {
-        const float v = s_v(row, i, t);
+    s_each(row, w0, w1, lane, 32, t, [&](int i, float v) {
         if (s_kept(v, i, &K)) s += s_mass(v, mx);
-    }
+    });
     for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     uint64_t total = 0;
     // the block scan over threads gives each warp's lane 0 the sum of the warps before it

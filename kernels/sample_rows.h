@@ -8,15 +8,15 @@
 //   top_p       (p < 1, > 1 candidate) in increasing (v, then decreasing id)
 //               order, drop the longest run of candidates whose probability mass
 //               stays <= (1 - p) of the total, so at least the top one stays;
-//   min_p       (> 0, > 1 candidate) keep v == max or exp(v - max) >= min_p;
+//   min_p       (> 0, > 1 candidate) keep v == max or kvf_sample_exp(v - max) >= min_p;
 //   draw        the first id, in increasing id order over what is kept, whose
 //               cumulative mass exceeds u times the total.
-// Masses are exp((double)v - max) in fixed point (2^-40 of the top token's), summed
-// as integers: a row's choice is exact and the same on every launch; it is the
-// host sampler's choice except where u or 1 - p lands within ~1e-12 of a boundary
-// (the host sums doubles). temperature <= 0 is greedy: the argmax of the logits,
-// lowest id on ties, NaN never winning (kvf_argmax's rule). Repetition penalty is
-// not done here (it needs each row's history): callers keep those rows on the host.
+// Masses are common/sample_mass.h's (float exp from explicit fma steps, in
+// fixed point, summed as integers), as worker/sampler.c counts them: a row's
+// choice is the host sampler's, bit for bit, and the same on every launch.
+// temperature <= 0 is greedy: the argmax of the logits, lowest id on ties, NaN
+// never winning (kvf_argmax's rule). The repetition penalty goes before, in
+// kernels/repetition_penalty.h.
 #ifndef KVF_KERNELS_SAMPLE_ROWS_H
 #define KVF_KERNELS_SAMPLE_ROWS_H
 

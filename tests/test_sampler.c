@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/sample_mass.h"
 #include "worker/sampler.h"
 
 #define V 50
@@ -272,4 +273,23 @@ Test(sampler, is_stop) {
     cr_assert_not(kvf_sampler_is_stop(&cfg, &s, 2));
     cr_assert_not(kvf_sampler_is_stop(&cfg, &s, 128009));
     cr_assert(kvf_sampler_is_stop(&cfg, &s, 5));  // explicit stop ids still stop
+}
+
+// The masses the host and the GPU count with: kvf_sample_exp within 1e-7 of exp
+// over the normal floats' [-87, 0] (2 million points; below, subnormals round),
+// exact at 0, 0 below the float range and for NaN; the top token weighs 2^40.
+Test(sampler, sample_mass_exp_is_exp) {
+    double worst = 0.0;
+    for (int i = 0; i <= 2000000; i++) {
+        const float x = -87.0f * (float)i / 2000000.0f;
+        const double want = exp((double)x), rel = fabs(kvf_sample_exp(x) - want) / want;
+        if (rel > worst) worst = rel;
+    }
+    cr_expect(worst < 1e-7, "worst relative error %.3g", worst);
+    cr_expect_eq(kvf_sample_exp(0.0f), 1.0f);
+    cr_expect_eq(kvf_sample_exp(-200.0f), 0.0f);
+    cr_expect_eq(kvf_sample_exp(-INFINITY), 0.0f);
+    cr_expect_eq(kvf_sample_exp(NAN), 0.0f);
+    cr_expect_eq(kvf_sample_mass(3.5f, 3.5f), 1ull << 40);
+    cr_expect(kvf_sample_mass(1.0f, 3.5f) < kvf_sample_mass(2.0f, 3.5f));
 }

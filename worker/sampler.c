@@ -6,12 +6,16 @@
 // probability stays <= 1 - top_p, keep at least one) and MinPLogitsWarper
 // (drop p < min_p * p_max). Only finite candidates are carried from one filter
 // to the next, and nothing is sorted unless top_p needs it, so a step costs
-// O(vocab) for the common settings.
+// O(vocab) for the common settings. Probabilities are counted in
+// common/sample_mass.h's integer masses, as kernels/sample_rows.cu counts them,
+// so the GPU and this code pick the same token.
 #include "worker/sampler.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/sample_mass.h"
 
 typedef struct {
     float v;      // processed logit
@@ -157,33 +161,44 @@ static int32_t s_top_k(s_cand_t *c, int32_t m, int32_t k) {
 
 static int32_t s_top_p(s_cand_t *c, int32_t m, float top_p) {
     if (top_p >= 1.0f || m <= 1) return m;
-    float mx = s_max_v(c, m);
-    double z = 0.0;
-    for (int32_t i = 0; i < m; i++) z += exp((double)c[i].v - mx);
-    // A token whose probability is <= (1 - top_p) / m is removed whatever the
-    // others are (all smaller ones sum to at most m times it): drop those before
-    // sorting. The margin keeps rounding on the safe side.
-    double cut = (1.0 - top_p) / m * 0.999 * z, dropped = 0.0;
-    int32_t w = 0;
-    for (int32_t i = 0; i < m; i++) {
-        double e = exp((double)c[i].v - mx);
-        if (e > cut || c[i].v == mx)
-            c[w++] = c[i];
-        else
-            dropped += e;
+    const float mx = s_max_v(c, m);
+    uint64_t z = 0;
+    for (int32_t i = 0; i < m; i++) z += kvf_sample_mass(c[i].v, mx);
+    const uint64_t limit = (uint64_t)((1.0 - (double)top_p) * (double)z);
+    // The tokens below some value go whatever the others are when they weigh at
+    // most the limit in all: the dropped run starts with them (it is a prefix in
+    // increasing v, and masses are never negative). Drop them before sorting: with
+    // thr where a token weighs about half of limit / m, they weigh about half the
+    // limit at most; checked, and nothing is dropped early if they weigh more.
+    uint64_t dropped = 0;
+    int32_t w = m;
+    const uint64_t cut = limit / (uint64_t)m;
+    if (cut > 0) {
+        const double thr = (double)mx + log((double)cut / 2.0 / 1099511627776.0);
+        for (int32_t i = 0; i < m; i++)
+            if ((double)c[i].v < thr) dropped += kvf_sample_mass(c[i].v, mx);
+        if (dropped <= limit) {
+            w = 0;
+            for (int32_t i = 0; i < m; i++)
+                if (!((double)c[i].v < thr)) c[w++] = c[i];
+        } else {
+            dropped = 0;
+        }
     }
     m = w;
     qsort(c, (size_t)m, sizeof *c, s_cmp_desc);
     // Walk from the least likely; remove while the cumulative mass (counting
-    // the tokens dropped above, which come first) stays <= 1 - top_p.
-    double limit = (1.0 - top_p) * z, cum = dropped;
+    // the tokens dropped above, which come first) stays <= the limit.
+    uint64_t cum = dropped;
     int32_t keep = m;
     for (int32_t i = m - 1; i >= 1; i--) {
-        cum += exp((double)c[i].v - mx);
-        if (cum <= limit)
+        const uint64_t e = kvf_sample_mass(c[i].v, mx);
+        if (cum + e <= limit) {
+            cum += e;
             keep = i;
-        else
+        } else {
             break;
+        }
     }
     return keep;
 }
@@ -193,7 +208,7 @@ static int32_t s_min_p(s_cand_t *c, int32_t m, float min_p) {
     float mx = s_max_v(c, m);
     int32_t w = 0;
     for (int32_t i = 0; i < m; i++)
-        if (c[i].v == mx || exp((double)c[i].v - mx) >= (double)min_p) c[w++] = c[i];
+        if (c[i].v == mx || kvf_sample_exp(c[i].v - mx) >= min_p) c[w++] = c[i];
     return w;
 }
 
@@ -223,18 +238,17 @@ int32_t kvf_sampler_sample(kvf_sampler_t *smp, float *logits, int32_t vocab, con
 
     // The draw walks the kept tokens in id order (whatever order the filters left
     // them in), as kernels/sample_rows.cu does on the GPU.
-    float mx = s_max_v(c, m);
-    double z = 0.0;
-    for (int32_t i = 0; i < m; i++) z += exp((double)c[i].v - mx);
-    double target = kvf_sampler_uniform(s->seed, step) * z, cum = 0.0;
-    int32_t last = c[0].id;
+    const float mx = s_max_v(c, m);
+    uint64_t z = 0;
+    for (int32_t i = 0; i < m; i++) z += kvf_sample_mass(c[i].v, mx);
+    uint64_t target = (uint64_t)(kvf_sampler_uniform(s->seed, step) * (double)z), cum = 0;
+    if (target >= z) target = z - 1;  // z >= 2^40: the top token is kept
     for (int32_t i = 0; i < vocab; i++) {
         if (logits[i] == -INFINITY) continue;
-        last = i;
-        cum += exp((double)logits[i] - mx);
+        cum += kvf_sample_mass(logits[i], mx);
         if (cum > target) return i;
     }
-    return last;
+    return c[0].id;  // not reached: the kept masses sum to z
 }
 
 int kvf_sampler_is_stop(const kvf_modelcfg_t *cfg, const kvf_sampling_t *s, int32_t id) {
