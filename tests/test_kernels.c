@@ -762,7 +762,8 @@ Test(kernels, argmax) {
 // has a penalty (> 1 or < 1) over 60 history ids with repeats and one out of range. Rows: peaked (scale 8), flat (scale 0.05), coarse ties
 // (multiples of 0.5), rows with NaN and -inf entries, one all -inf; the settings
 // cycle through temperature (incl. greedy), top_k (incl. 1 and > vocab), top_p
-// (incl. 1e-6 and 1) and min_p. Small vocabularies for many rows, then 128256.
+// (incl. 1e-6 and 1) and min_p. Small vocabularies for many rows (one whose rows
+// the kernel cannot read 4 ids a load), then 128256.
 Test(kernels, sample_rows_match_host_sampler) {
     rng_t r = s_rng("sample_rows");
     const float temps[4] = {0.0f, 0.7f, 1.0f, 1.6f}, tps[5] = {1.0f, 0.9f, 0.5f, 0.95f, 1e-6f};
@@ -770,11 +771,11 @@ Test(kernels, sample_rows_match_host_sampler) {
     const float mps[3] = {0.0f, 0.05f, 0.3f};
     const struct {
         int rows, vocab;
-    } sets[2] = {{1200, 1000}, {40, 128256}};
+    } sets[3] = {{1200, 1000}, {300, 1001}, {40, 128256}};  // 1001: rows not 16-byte aligned, one id a load
     kvf_sampler_t *smp = kvf_sampler_new(128256);
     cr_assert_not_null(smp);
     int total = 0, n_bad = 0, n_sampled = 0;
-    for (int si = 0; si < 2; si++) {
+    for (int si = 0; si < 3; si++) {
         const int R = sets[si].rows, V = sets[si].vocab;
         float *lg = malloc((size_t)R * V * 4), *row = malloc((size_t)V * 4);
         kvf_sample_params_t *sp = malloc((size_t)R * sizeof *sp);
@@ -845,6 +846,6 @@ Test(kernels, sample_rows_match_host_sampler) {
         cudaFree(d_hist), cudaFree(d_hoff);
     }
     fprintf(stderr, "KERNEL %-14s %-34s mismatches %d of %d rows (%d sampled)\n", "sample_rows",
-            "V1000 x1200, V128256 x40", n_bad, total, n_sampled);
+            "V1000 x1200, V1001 x300, V128256 x40", n_bad, total, n_sampled);
     kvf_sampler_destroy(&smp);
 }
