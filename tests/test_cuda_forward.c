@@ -668,6 +668,11 @@ Test(cuda_forward, forward_sample_is_the_host_choice) {
         cr_expect_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
         cr_expect_eq(ids[1], -7, "a refused step wrote ids");
         free(big);
+        // more sequences than the backend takes: refused before per_seq (5 entries here) is read
+        kvf_batch_t over = {9, 9, tokens, nn, np, bt, 64, 0};
+        memset(&err, 0, sizeof err);
+        cr_expect_eq(be->ops->forward_sample(be, &over, mixed, steps, hist, nhist, ids, &err), -1);
+        cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
     }
     cr_expect_eq(kvf_cuda_backend_graph_steps(be), g0, "an unsupported step ran");
     cr_expect_eq(kvf_cuda_backend_alloc_count(be), allocs, "device allocations during forward_sample()");

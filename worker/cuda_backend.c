@@ -1151,8 +1151,10 @@ static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
         return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
     s_cuda_t *c = (s_cuda_t *)be;
     const int B = be->opts.max_batch_size;
-    // a batch over the limits fails in s_run's checks, before h_sp or h_pen are read
-    const int fits = b->n_seqs >= 0 && b->n_seqs <= be->opts.max_logit_rows && b->n_seqs <= B;
+    // a batch over the limits fails in s_run's checks (per_seq and the histories are
+    // read only for the n_seqs rows of a batch that fits)
+    if (b->n_seqs < 1 || b->n_seqs > B || b->n_seqs > be->opts.max_logit_rows)
+        return s_run(c, b, NULL, out_tokens, err);
     int sampled = 0;
     int64_t n_hist = 0;
     for (int i = 0; i < b->n_seqs; i++) {
@@ -1170,7 +1172,7 @@ static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                            "over the %d a step carries: the host samples this step", (long long)n_hist, c->hist_cap);
     if (sampled && !steps)
         return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sampled rows need their steps");
-    c->sampled = sampled && fits;
+    c->sampled = sampled;
     c->pen_ints = 0;
     if (c->sampled)
         for (int i = 0; i < b->n_seqs; i++) {
@@ -1180,7 +1182,7 @@ static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                                                      kvf_sampler_uniform(s->seed, steps[i])}
                              : (kvf_sample_params_t){0.0f, 0, 1.0f, 0.0f, 0.0};
         }
-    if (fits && n_hist > 0) {  // [penalty (B floats), offsets (B + 1), ids]
+    if (n_hist > 0) {  // [penalty (B floats), offsets (B + 1), ids]
         float *pen = (float *)(void *)c->h_pen;
         int32_t *off = c->h_pen + B, *ids = c->h_pen + 2 * B + 1;
         int32_t at = 0;
