@@ -24,6 +24,7 @@
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
+#include "common/sampling.h"
 #include "test_util.h"
 #include "worker/cpu_backend.h"
 #include "worker/tp.h"
@@ -373,6 +374,8 @@ typedef struct {
     s_report_t *reps;             // (size) shared
     // kill test
     int endless;                  // keep decoding until an error
+    int via_sample;               // decode by forward_sample (S_VIA_*)
+    int32_t *next;                // (S_DEC_STEPS, 2) rank 0's decode tokens, shared
     atomic_int *steps;            // (size) decode steps done, shared
 } s_be_ctx_t;
 
@@ -409,12 +412,39 @@ static int s_argmax(const float *row, int n) {
     return b;
 }
 
+// How the decode steps pick their tokens (the vocab-parallel lm_head, tp_vocab.h):
+#define S_VIA_LOGITS 0  // forward() on every rank (the full logits gathered), argmax here
+#define S_VIA_SAMPLE 1  // forward_sample on every rank: rank 0 asks for greedy tokens, the others for none
+#define S_VIA_MIXED 2   // as S_VIA_SAMPLE, but rank 0 calls forward() every other step (the leader's
+                        // fallback): the followers' forward_sample must follow it into the full gather
+
+// One decode step's tokens into next (n_seqs of d), as via says.
+static int s_decode(kvf_backend_t *be, const kvf_batch_t *d, int via, int step, float *logits, int32_t *next,
+                    kvf_err_t *err) {
+    const int vocab = be->cfg.vocab_size, rank = be->opts.tp_rank;
+    if (via == S_VIA_LOGITS || (via == S_VIA_MIXED && rank == 0 && step % 2 == 1)) {
+        if (be->ops->forward(be, d, logits, err) != 0) return -1;
+        for (int i = 0; i < d->n_seqs; i++) next[i] = s_argmax(logits + (size_t)i * vocab, vocab);
+        return 0;
+    }
+    kvf_sampling_t greedy = kvf_sampling_default();
+    greedy.temperature = 0.0f;
+    const kvf_sampling_t *per_seq[4] = {NULL, NULL, NULL, NULL};
+    int32_t steps[4] = {step, step, step, step};
+    for (int i = 0; i < d->n_seqs && rank == 0; i++) per_seq[i] = &greedy;
+    int32_t out[4] = {-1, -1, -1, -1};
+    if (be->ops->forward_sample(be, d, per_seq, steps, NULL, NULL, out, err) != 0) return -1;
+    if (rank == 0) memcpy(next, out, (size_t)d->n_seqs * sizeof(int32_t));
+    return 0;
+}
+
 // The scenario every rank (and TP 1) runs: one sequence teacher-forced in chunks
 // with all logits, then two sequences prefilled together and decoded greedily
 // together. Blocks are scattered and below the group's smallest pool (20).
-// Returns 0, or -1 with err.
-static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t *ids, int endless,
-                      atomic_int *steps, kvf_err_t *err) {
+// A follower's decode ids are rank 0's when via is not S_VIA_LOGITS (it is
+// asked for none). Returns 0, or -1 with err.
+static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t *ids, int endless, int via,
+                      int32_t *shared_next, atomic_int *steps, kvf_err_t *err) {
     int32_t table[3][S_MAXB];
     for (int i = 0; i < S_MAXB; i++) {
         table[0][i] = 19 - i;          // 19, 18, ...
@@ -451,10 +481,16 @@ static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t 
             }
             int32_t one[2] = {1, 1};
             kvf_batch_t d = {2, 2, next, one, len, bt, S_MAXB, 0};
-            if (be->ops->forward(be, &d, logits, err) != 0) goto done;
+            if (s_decode(be, &d, via, step, logits, next, err) != 0) goto done;
             len[0]++, len[1]++;
-            next[0] = s_argmax(logits, vocab);
-            next[1] = s_argmax(logits + vocab, vocab);
+            // followers take rank 0's tokens, as from the leader's step plan
+            if (via != S_VIA_LOGITS && shared_next && step < S_DEC_STEPS) {
+                const int size = be->opts.tp_size;
+                if (be->opts.tp_rank == 0) memcpy(shared_next + 2 * step, next, sizeof next);
+                kvf_tp_t *tp = be->opts.tp;
+                if (size > 1 && kvf_tp_barrier(tp, err) != 0) goto done;
+                memcpy(next, shared_next + 2 * step, sizeof next);
+            }
             if (steps) atomic_fetch_add(steps, 1);
         }
         rc = 0;
@@ -480,8 +516,8 @@ static int s_be_child(int rank, int size, void *vctx) {
     x->n_blocks[rank] = be->n_blocks;
     int64_t t0 = s_now_ms();
     int rc = s_scenario(be, x->vocab, x->cfg.bos_id, x->tf + (size_t)rank * S_TF_LEN * x->vocab,
-                        x->ids + (size_t)rank * 2 * S_DEC_STEPS, x->endless, x->steps ? &x->steps[rank] : NULL,
-                        &err);
+                        x->ids + (size_t)rank * 2 * S_DEC_STEPS, x->endless, x->via_sample, x->next,
+                        x->steps ? &x->steps[rank] : NULL, &err);
     if (rc != 0) s_fail(rep, &err, s_now_ms() - t0);
     be->ops->destroy(&be);
     kvf_tp_destroy(&tp);
@@ -491,7 +527,10 @@ static int s_be_child(int rank, int size, void *vctx) {
 static void s_be_ctx(s_be_ctx_t *x, const char *model, int size) {
     memset(x, 0, sizeof *x);
     x->model = model;
-    KVF_FIXTURE_PATH(x->dir, model);
+    if (model[0] == '/')  // a model directory made by the test
+        snprintf(x->dir, sizeof x->dir, "%s", model);
+    else
+        KVF_FIXTURE_PATH(x->dir, model);
     kvf_err_t err;
     cr_assert_eq(kvf_modelcfg_load(x->dir, &x->cfg, &err), 0, "%s", err.msg);
     x->vocab = x->cfg.vocab_size;
@@ -502,11 +541,13 @@ static void s_be_ctx(s_be_ctx_t *x, const char *model, int size) {
     x->ids = s_shared((size_t)size * 2 * S_DEC_STEPS * sizeof(int32_t));
     x->n_blocks = s_shared((size_t)size * sizeof(int32_t));
     x->reps = s_shared((size_t)size * sizeof(s_report_t));
+    x->next = s_shared((size_t)2 * S_DEC_STEPS * sizeof(int32_t));
 }
 
-static void s_tp_matches_tp1(const char *model, int size) {
+static void s_tp_matches_tp1(const char *model, int size, int via) {
     s_be_ctx_t x;
     s_be_ctx(&x, model, size);
+    x.via_sample = via;
     // TP 1 in this process
     kvf_err_t err;
     kvf_safetensors_t *st = kvf_safetensors_open_dir(x.dir, &err);
@@ -516,7 +557,15 @@ static void s_tp_matches_tp1(const char *model, int size) {
     cr_assert_not_null(be, "%s", err.msg);
     float *tf1 = malloc((size_t)S_TF_LEN * x.vocab * sizeof(float));
     int32_t ids1[2 * S_DEC_STEPS];
-    cr_assert_eq(s_scenario(be, x.vocab, x.cfg.bos_id, tf1, ids1, 0, NULL, &err), 0, "%s", err.msg);
+    cr_assert_eq(s_scenario(be, x.vocab, x.cfg.bos_id, tf1, ids1, 0, S_VIA_LOGITS, NULL, NULL, &err), 0, "%s",
+                 err.msg);
+    if (via != S_VIA_LOGITS) {  // TP 1's own forward_sample picks the same tokens
+        float *tf2 = malloc((size_t)S_TF_LEN * x.vocab * sizeof(float));
+        int32_t ids2[2 * S_DEC_STEPS];
+        cr_assert_eq(s_scenario(be, x.vocab, x.cfg.bos_id, tf2, ids2, 0, via, NULL, NULL, &err), 0, "%s", err.msg);
+        cr_assert(memcmp(ids1, ids2, sizeof ids1) == 0, "%s TP 1: forward_sample's greedy ids differ", model);
+        free(tf2);
+    }
     be->ops->destroy(&be);
     kvf_safetensors_destroy(&st);
 
@@ -542,15 +591,36 @@ static void s_tp_matches_tp1(const char *model, int size) {
                   "%s TP %d rank %d: greedy ids differ from TP 1", model, size, r);
     }
     cr_assert_leq(worst, 1e-4, "%s TP %d: teacher-forced logits differ from TP 1 by %g", model, size, worst);
-    cr_log_info("%s TP %d: max |logit - TP1| %.2e, %d greedy ids x 2 equal, %lld ms", model, size, worst,
-                S_DEC_STEPS, (long long)ms);
+    cr_log_info("%s TP %d (decode via %d): max |logit - TP1| %.2e, %d greedy ids x 2 equal, %lld ms", model, size,
+                via, worst, S_DEC_STEPS, (long long)ms);
     free(tf1);
 }
 
-Test(tp_backend, tiny_llama_tp2) { s_tp_matches_tp1("tiny-llama", 2); }
-Test(tp_backend, tiny_llama_tp4_replicated_kv) { s_tp_matches_tp1("tiny-llama", 4); }
-Test(tp_backend, stories260k_tp2) { s_tp_matches_tp1("stories260K", 2); }
-Test(tp_backend, stories260k_tp4) { s_tp_matches_tp1("stories260K", 4); }
+Test(tp_backend, tiny_llama_tp2) { s_tp_matches_tp1("tiny-llama", 2, S_VIA_LOGITS); }
+Test(tp_backend, tiny_llama_tp4_replicated_kv) { s_tp_matches_tp1("tiny-llama", 4, S_VIA_LOGITS); }
+Test(tp_backend, stories260k_tp2) { s_tp_matches_tp1("stories260K", 2, S_VIA_LOGITS); }
+Test(tp_backend, stories260k_tp4) { s_tp_matches_tp1("stories260K", 4, S_VIA_LOGITS); }
+// Greedy tokens across the vocabulary shards (no gather of the logits), and the
+// leader's forward() between them (the followers follow it into the gather).
+Test(tp_backend, tiny_llama_tp2_greedy_across_shards) { s_tp_matches_tp1("tiny-llama", 2, S_VIA_SAMPLE); }
+Test(tp_backend, stories260k_tp4_greedy_across_shards) { s_tp_matches_tp1("stories260K", 4, S_VIA_SAMPLE); }
+Test(tp_backend, tiny_llama_tp4_leader_forward_between_sampled_steps) {
+    s_tp_matches_tp1("tiny-llama", 4, S_VIA_MIXED);
+}
+
+// A vocabulary that does not split evenly: kvf-mkmodel's model (508 ids) over 3
+// ranks holds 170 + 169 + 169 ids. The logits gathered for forward() and the
+// greedy tokens picked across the shards equal TP 1's.
+Test(tp_backend, uneven_vocabulary_tp3_matches_tp1) {
+    char dir[] = "/tmp/kvf-tp-uneven-XXXXXX", cmd[512];
+    cr_assert_not_null(mkdtemp(dir));
+    snprintf(cmd, sizeof cmd, "%s/kvf-mkmodel %s --hidden 96 --layers 2 --heads 6 --kv-heads 3 --intermediate 96 "
+             "--seed 5 >/dev/null", KVF_BIN_DIR, dir);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    s_tp_matches_tp1(dir, 3, S_VIA_SAMPLE);
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    cr_assert_eq(system(cmd), 0);
+}
 
 // A rank killed (SIGKILL) or stopped (SIGSTOP: alive but silent) mid-run: the
 // others' forward returns KVF_E_PEER_LOST — at once for a dead rank, after the

@@ -5,7 +5,7 @@
 // (the step goes to the followers, then the inner backend samples); when the
 // inner backend refuses, the leader still runs the step once and the engine's
 // forward() of the same batch gets those logits without a second step, while a
-// different batch is a new step. A backend without forward_sample (cpu) always
+// different batch is a new step. A backend without forward_sample always
 // gets forward on both. Two forked processes over a shm group; fake backends
 // count the calls.
 #include <criterion/criterion.h>

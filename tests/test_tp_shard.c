@@ -146,6 +146,46 @@ Test(tp_shard, blocks_tile_every_tensor) {
     }
 }
 
+// The embedding and lm_head split by vocabulary rows: V / T each, the first V % T
+// ranks one more, contiguous in rank order, v_stride the largest share; a
+// vocabulary smaller than the group is refused.
+Test(tp_shard, vocabulary_rows_tile_in_rank_order) {
+    const char *models[] = {"tiny-llama", "stories260K", "llama3-8b"};
+    for (size_t m = 0; m < 3; m++) {
+        kvf_modelcfg_t cfg;
+        s_load_cfg(models[m], &cfg);
+        const int32_t V0 = cfg.vocab_size;
+        for (int32_t V = V0; V <= V0 + 3; V++) {  // even and uneven splits
+            cfg.vocab_size = V;
+            for (int T = 1; T <= 4; T *= 2) {
+                int32_t next = 0;
+                for (int r = 0; r < T; r++) {
+                    kvf_tp_shard_t sh;
+                    cr_assert_eq(kvf_tp_shard_make(&cfg, r, T, &sh, NULL), 0);
+                    cr_assert_eq(sh.v0, next, "%s V %d T %d rank %d: v0 %d", models[m], V, T, r, sh.v0);
+                    cr_assert_eq(sh.nv, V / T + (r < V % T), "%s V %d T %d rank %d: nv %d", models[m], V, T, r, sh.nv);
+                    cr_assert_eq(sh.v_stride, V / T + (V % T != 0));
+                    for (int t = KVF_TP_EMBED; t <= KVF_TP_LMHEAD; t++) {
+                        kvf_tp_part_t p = kvf_tp_shard_part(&cfg, &sh, (kvf_tp_tensor_t)t);
+                        cr_assert(p.d0 == V && p.d1 == cfg.hidden_size && p.r0 == sh.v0 && p.nr == sh.nv &&
+                                  p.c0 == 0 && p.nc == cfg.hidden_size);
+                        cr_assert_eq(kvf_tp_part_is_full(&p), T == 1);
+                    }
+                    next += sh.nv;
+                }
+                cr_assert_eq(next, V, "%s V %d T %d: the ranks hold %d ids", models[m], V, T, next);
+            }
+        }
+    }
+    kvf_modelcfg_t cfg;
+    s_load_cfg("tiny-llama", &cfg);
+    cfg.vocab_size = 1;
+    kvf_tp_shard_t sh;
+    kvf_err_t err;
+    cr_assert_eq(kvf_tp_shard_make(&cfg, 0, 2, &sh, &err), -1);
+    cr_assert(strstr(err.msg, "vocabulary of 1 ids does not split over tp_size 2"), "%s", err.msg);
+}
+
 // Query head h reads KV head h / (n_heads / n_kv); on its rank that must be a
 // held KV head, and the local rule (local h / (nq / nkv)) must find the same one.
 Test(tp_shard, query_heads_read_held_kv_heads) {
@@ -236,7 +276,9 @@ static uint64_t s_expected_weight_floats(const kvf_modelcfg_t *cfg, const kvf_tp
     }
     if (cfg->attention_bias)
         for (size_t i = 0; i < 3; i++) per_layer += (uint64_t)kvf_tp_shard_part(cfg, sh, b[i]).nr;
-    return V * D * (cfg->tie_word_embeddings ? 1 : 2) + D + (uint64_t)cfg->n_layers * per_layer;
+    const kvf_tp_part_t e = kvf_tp_shard_part(cfg, sh, KVF_TP_EMBED);  // vocab-parallel: the rank's ids
+    cr_assert(e.d0 == (int64_t)V && e.d1 == (int64_t)D && e.nr == sh->nv && e.nc == (int64_t)D);
+    return (uint64_t)sh->nv * D * (cfg->tie_word_embeddings ? 1 : 2) + D + (uint64_t)cfg->n_layers * per_layer;
 }
 
 static void s_cpu_holds_the_shard(const char *model) {

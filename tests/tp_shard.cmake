@@ -14,3 +14,5 @@ if(KVF_HAVE_CUDA AND TARGET kvf_cuda AND TARGET kvf_tp_nccl)
 endif()
 # A TP follower's choice between forward and forward_sample (worker/tp_group.c), fake backends over shm.
 kvf_add_test(test_tp_follower SOURCES test_tp_follower.c LIBS kvf_tp TIMEOUT 60)
+# The vocab-parallel lm_head's best-logit merge (against the host sampler's greedy pick) and unshard, one process.
+kvf_add_test(test_tp_vocab SOURCES test_tp_vocab.c LIBS kvf_cpu kvf_tp TIMEOUT 60)

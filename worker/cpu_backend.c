@@ -15,10 +15,15 @@
 //                   all_reduce_sum of the partial outputs
 //   KV heads        n_kv % T == 0: n_kv/T per rank; T % n_kv == 0: the one KV
 //                   head a rank's query heads read is replicated on T/n_kv ranks
-//   embedding, norms, lm_head  full on every rank. The all-reduce gives every
-//                   rank bitwise the same residual stream, so every rank computes
-//                   the same logits with no gather (costs vocab x dim floats per
-//                   rank; vocab-parallel would trade that for a gather per step).
+//   embedding       vocab-parallel: rank r keeps the rows of its ids
+//                   (tp_shard.h); a token's row comes from the rank that holds
+//                   it, zeros elsewhere, summed by an all-reduce (exact: one term)
+//   lm_head         vocab-parallel: each rank computes its ids' logits; the step
+//                   ends with worker/tp_vocab.h's exchange, so a greedy step
+//                   (forward_sample) moves each row's best logit per rank, and
+//                   forward() gathers the full logits
+//   norms           full on every rank. The all-reduces give every rank bitwise
+//                   the same residual stream.
 // The memory plan takes the group's minimum block count, so block ids agree.
 // With seeded random weights (st NULL) each rank draws its own shard: a valid
 // benchmark model, but not the same model as tp_size 1.
@@ -35,6 +40,7 @@
 #include "worker/cpu_ops.h"
 #include "worker/tp.h"
 #include "worker/tp_shard.h"
+#include "worker/tp_vocab.h"
 
 // ---------------------------------------------------------------- backend state
 
@@ -58,15 +64,16 @@ typedef struct {
     kvf_pool_t *pool;
     int n_threads;
     kvf_tp_t *tp;        // NULL for tp_size 1; not owned
+    kvf_tp_shard_t sh;   // this rank's share (all of the model for tp_size 1)
     // q_dim, kv_dim and inter are this rank's shares (the full sizes for tp_size 1)
     int32_t dim, q_dim, kv_dim, inter, max_ctx;
     int32_t n_heads, n_kv;  // query and KV heads on this rank
     // weights, one arena
     float *weights;      // (n_weight_floats)
-    float *embed;        // (vocab, dim)
+    float *embed;        // (nv, dim): this rank's vocabulary ids [v0, v0 + nv)
     s_layer_t *layers;   // (n_layers)
     float *norm;         // (dim)
-    float *lm_head;      // (vocab, dim); == embed when tied
+    float *lm_head;      // (nv, dim); == embed when tied
     float *inv_freq;     // (head_dim / 2)
     // workspace, one arena
     float *ws;
@@ -79,6 +86,8 @@ typedef struct {
     float *gate;         // (max_step_tokens, inter)
     float *up;           // (max_step_tokens, inter)
     float *rows;         // (max_logit_rows, dim) final-normed rows that get logits
+    float *vlog;         // (max_logit_rows, nv) this rank's logits (tp, or forward_sample)
+    void *vscratch;      // kvf_tp_vocab_scratch_bytes(sh, max_logit_rows) (tp only)
     float *scratch;      // (n_threads, max_ctx) attention scores
     int32_t *pos;        // (max_step_tokens) position of each token
     int32_t *seq_start;  // (max_batch_size) index of each sequence's first token
@@ -179,8 +188,7 @@ static void s_att_task(void *ctx, int task, int thread) {
 // ---------------------------------------------------------------- forward
 
 // Checks a batch against the limits fixed at start-up; fills seq_start.
-static int s_validate(s_cpu_t *c, const kvf_batch_t *b, const float *logits, kvf_err_t *err) {
-    if (!logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: logits are required");
+static int s_validate(s_cpu_t *c, const kvf_batch_t *b, kvf_err_t *err) {
     if (kvf_batch_validate(&c->base, b, err) != 0) return -1;
     int32_t sum = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -194,10 +202,25 @@ static void s_add(float *x, const float *y, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = x[i] + y[i];
 }
 
-static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
-    s_cpu_t *c = (s_cpu_t *)be;
-    if (!c) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: no backend");
-    if (s_validate(c, b, logits, err) != 0) return -1;
+// out (n, dim) = the embedding rows of ids; rows of ids this rank does not hold
+// are zeros (the all-reduce that follows adds the holder's row).
+static void s_embed(const s_cpu_t *c, float *out, const int32_t *ids, int n) {
+    const size_t dim = (size_t)c->dim;
+    for (int t = 0; t < n; t++) {
+        const int32_t i = ids[t] - c->sh.v0;
+        if (i >= 0 && i < c->sh.nv)
+            memcpy(out + (size_t)t * dim, c->embed + (size_t)i * dim, dim * sizeof(float));
+        else
+            memset(out + (size_t)t * dim, 0, dim * sizeof(float));
+    }
+}
+
+// One step. logits set: every logit of the rows into it (tp: gathered). Else
+// (forward_sample) the greedy pick of each row into ids (tp: rank 0 may still
+// ask for the full logits, which are then gathered and dropped).
+static int s_run(s_cpu_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+    kvf_backend_t *be = &c->base;
+    if (s_validate(c, b, err) != 0) return -1;
     const kvf_modelcfg_t *cfg = &be->cfg;
     const int n = b->n_tokens, dim = c->dim, hd = cfg->head_dim, bs = be->opts.block_size;
     const float eps = cfg->rms_norm_eps;
@@ -205,7 +228,8 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
     for (int s = 0; s < b->n_seqs; s++)
         for (int i = 0; i < b->n_new[s]; i++) c->pos[c->seq_start[s] + i] = b->n_past[s] + i;
 
-    kvf_cpu_embed(c->x, c->embed, b->tokens, n, dim);
+    s_embed(c, c->x, b->tokens, n);
+    if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->x, (size_t)n * dim, err) != 0) return -1;  // vocab-parallel
     for (int l = 0; l < cfg->n_layers; l++) {
         const s_layer_t *L = &c->layers[l];
         float *k_cache = c->kv + (size_t)l * 2 * c->kv_layer_floats;  // (n_blocks, bs, n_kv, hd)
@@ -248,11 +272,44 @@ static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf
         int t = b->all_logits ? r : c->seq_start[r] + b->n_new[r] - 1;
         kvf_cpu_rmsnorm(c->rows + (size_t)r * dim, c->x + (size_t)t * dim, c->norm, 1, dim, eps);
     }
-    s_matmul(c, logits, c->rows, c->lm_head, NULL, rows, dim, cfg->vocab_size);
-    return 0;
+    if (!c->tp && logits) {  // the whole vocabulary, straight into the caller's rows
+        s_matmul(c, logits, c->rows, c->lm_head, NULL, rows, dim, cfg->vocab_size);
+        return 0;
+    }
+    s_matmul(c, c->vlog, c->rows, c->lm_head, NULL, rows, dim, c->sh.nv);
+    return kvf_tp_vocab_exchange(c->tp, &c->sh, cfg->vocab_size, c->vlog, rows, logits != NULL, c->vscratch, logits,
+                                 ids, NULL, err);
 }
 
-static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy, NULL};  // no forward_sample: the engine samples
+static int s_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    if (!be) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: no backend");
+    if (!logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward: logits are required");
+    return s_run((s_cpu_t *)be, b, logits, NULL, err);
+}
+
+// Greedy steps only: each row's argmax (tp: over the ranks' best logits, with no
+// gather of the logits). A row with temperature > 0 or a repetition penalty is
+// KVF_E_UNSUPPORTED before anything runs: the engine then calls forward() and
+// samples on the host (its thread pool).
+static int s_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                            const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                            int32_t *out_tokens, kvf_err_t *err) {
+    (void)steps, (void)history, (void)n_history;
+    if (!be || !b || !per_seq || !out_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu forward_sample: backend, batch, per_seq and out_tokens are required");
+    if (b->all_logits) return kvf_err_set(err, KVF_E_INVAL, "cpu forward_sample: all_logits must be 0");
+    s_cpu_t *c = (s_cpu_t *)be;
+    if (kvf_batch_validate(be, b, err) != 0) return -1;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const kvf_sampling_t *s = per_seq[i];
+        if (s && (s->temperature > 0.0f || s->repetition_penalty != 1.0f))
+            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu forward_sample: sequence %d is sampled or penalised: the "
+                               "host samples this step", i);
+    }
+    return s_run(c, b, NULL, out_tokens, err);
+}
+
+static const kvf_backend_ops_t s_cpu_ops = {"cpu", s_forward, s_destroy, s_forward_sample};
 
 // ---------------------------------------------------------------- weights
 
@@ -325,13 +382,14 @@ static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, const s_shard_t 
     const int64_t nq = sh->nq * hd, nk = sh->nkv * hd;
     uint64_t per_layer = (uint64_t)(2 * D + nq * D + 2 * nk * D + D * nq + 3 * sh->ni * D);
     if (cfg->attention_bias) per_layer += (uint64_t)(nq + 2 * nk);
-    uint64_t total = (uint64_t)(V * D) + (uint64_t)cfg->n_layers * per_layer + (uint64_t)D;
-    if (!cfg->tie_word_embeddings) total += (uint64_t)(V * D);
+    const int64_t nv = sh->nv;
+    uint64_t total = (uint64_t)(nv * D) + (uint64_t)cfg->n_layers * per_layer + (uint64_t)D;
+    if (!cfg->tie_word_embeddings) total += (uint64_t)(nv * D);
     if (!c) return total;
 
     float *cur = c->weights;
     const char *lf = "model.layers.%d.%s";
-    c->embed = s_wadd(wl, &cur, 0, V, D, "model.embed_tokens.weight", -1, NULL);
+    c->embed = s_wadd_part(wl, &cur, 0, V, D, sh->v0, nv, 0, D, "model.embed_tokens.weight", -1, NULL);
     for (int l = 0; l < cfg->n_layers; l++) {
         s_layer_t *L = &c->layers[l];
         L->attn_norm = s_wadd(wl, &cur, 1, D, 0, lf, l, "input_layernorm.weight");
@@ -350,7 +408,10 @@ static uint64_t s_layout(s_cpu_t *c, const kvf_modelcfg_t *cfg, const s_shard_t 
         L->w_down = s_wadd_shard(wl, &cur, cfg, sh, KVF_TP_WDOWN, l, "mlp.down_proj.weight");
     }
     c->norm = s_wadd(wl, &cur, 1, D, 0, "model.norm.weight", -1, NULL);
-    c->lm_head = cfg->tie_word_embeddings ? c->embed : s_wadd(wl, &cur, 0, V, D, "lm_head.weight", -1, NULL);
+    if (cfg->tie_word_embeddings)
+        c->lm_head = c->embed;
+    else
+        c->lm_head = s_wadd_part(wl, &cur, 0, V, D, sh->v0, nv, 0, D, "lm_head.weight", -1, NULL);
     return total;
 }
 
@@ -511,7 +572,7 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
 typedef struct {
     s_shard_t sh;
     int n_threads;
-    uint64_t n_weight_floats, weights_bytes, ws_bytes, free_bytes, block_bytes, n_blocks;
+    uint64_t n_weight_floats, weights_bytes, ws_bytes, vscratch_bytes, free_bytes, block_bytes, n_blocks;
 } s_plan_t;
 
 static int s_plan(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *opts, s_plan_t *p, kvf_err_t *err) {
@@ -527,10 +588,11 @@ static int s_plan(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *opts, s_p
     }
     p->n_weight_floats = s_layout(NULL, cfg, &p->sh, NULL);
     p->weights_bytes = p->n_weight_floats * sizeof(float);
-    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D) +
+    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D + R * p->sh.nv) +
                                (uint64_t)p->n_threads * (uint64_t)C;
     const uint64_t ws_ints = (uint64_t)(T + B);
-    p->ws_bytes = ws_floats * sizeof(float) + ws_ints * sizeof(int32_t);
+    p->vscratch_bytes = opts->tp_size > 1 ? kvf_tp_vocab_scratch_bytes(&p->sh, (int32_t)R) : 0;
+    p->ws_bytes = ws_floats * sizeof(float) + ws_ints * sizeof(int32_t) + p->vscratch_bytes;
     const uint64_t avail = opts->memory_budget ? opts->memory_budget : s_mem_available();
     if (avail == 0)
         return kvf_err_set(err, KVF_E_UNSUPPORTED, "cpu backend: cannot read MemAvailable from /proc/meminfo; "
@@ -616,6 +678,7 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     be->free_bytes_at_start = p.free_bytes;
     c->n_threads = n_threads;
     c->tp = opts->tp_size > 1 ? opts->tp : NULL;
+    c->sh = p.sh;
     c->dim = (int32_t)D;
     c->q_dim = (int32_t)Q;
     c->kv_dim = (int32_t)KV;
@@ -663,10 +726,12 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     c->gate = w, w += T * I;
     c->up = w, w += T * I;
     c->rows = w, w += R * D;
+    c->vlog = w, w += R * p.sh.nv;
     c->scratch = w, w += (int64_t)n_threads * C;
     int32_t *wi = (int32_t *)w;
     c->pos = wi, wi += T;
-    c->seq_start = wi;
+    c->seq_start = wi, wi += opts->max_batch_size;
+    c->vscratch = p.vscratch_bytes ? (void *)wi : NULL;  // 4-byte fields only
 
     // KV slab (zeroed lazily by the kernel)
     c->kv = calloc(1, be->kv_bytes ? be->kv_bytes : 1);

@@ -226,7 +226,7 @@ static void s_leader_destroy(kvf_backend_t **self_p) {
 
 static const kvf_backend_ops_t s_leader_ops = {.name = "tp-leader", .forward = s_leader_forward,
                                                .destroy = s_leader_destroy};
-// For an inner backend with forward_sample (cuda): the engine's greedy steps copy back only the ids.
+// For an inner backend with forward_sample (cuda, cpu): the engine's greedy steps bring back only the ids.
 static const kvf_backend_ops_t s_leader_sample_ops = {.name = "tp-leader", .forward = s_leader_forward,
                                                       .destroy = s_leader_destroy,
                                                       .forward_sample = s_leader_forward_sample};

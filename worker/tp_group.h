@@ -7,9 +7,10 @@
 // then runs its own shard. Each follower (kvf_tp_follower_run) receives the
 // batch and runs the same forward on its shard; the all-reduces inside the
 // backend meet in the same order on every rank. Followers never talk to the
-// coordinator and their logits are not used (every rank computes the same ones),
-// so where the backend has forward_sample (cuda) a follower runs steps without
-// all_logits through it with no token wanted: n_seqs ids come back, not the logits.
+// coordinator and their tokens are not used (a step ends with the same exchange
+// of the vocab-parallel logits on every rank, worker/tp_vocab.h), so where the
+// backend has forward_sample (cuda, cpu) a follower runs steps without all_logits
+// through it with no token wanted: n_seqs ids come back, not the logits.
 // The leader offers forward_sample when its backend has it: the step goes to the
 // followers, then the backend picks the tokens; a step it refuses to sample
 // (KVF_E_UNSUPPORTED) still runs once, into a stash that the engine's forward()

@@ -20,6 +20,9 @@ int kvf_tp_shard_make(const kvf_modelcfg_t *cfg, int32_t rank, int32_t size, kvf
         return kvf_err_set(err, KVF_E_INVAL, "%d attention heads do not split over tp_size %d", H, size);
     if (I % size != 0)
         return kvf_err_set(err, KVF_E_INVAL, "intermediate_size %d does not split over tp_size %d", I, size);
+    if (cfg->vocab_size < size)
+        return kvf_err_set(err, KVF_E_INVAL, "a vocabulary of %d ids does not split over tp_size %d", cfg->vocab_size,
+                           size);
     if (KV % size != 0 && size % KV != 0)
         return kvf_err_set(err, KVF_E_INVAL, "%d KV heads and tp_size %d: one must divide the other "
                                              "(split the KV heads or replicate them)",
@@ -39,6 +42,10 @@ int kvf_tp_shard_make(const kvf_modelcfg_t *cfg, int32_t rank, int32_t size, kvf
     }
     sh->ni = I / size;
     sh->i0 = rank * sh->ni;
+    const int32_t vb = cfg->vocab_size / size, vr = cfg->vocab_size % size;
+    sh->nv = vb + (rank < vr);
+    sh->v0 = rank * vb + (rank < vr ? rank : vr);
+    sh->v_stride = vb + (vr > 0);
     return 0;
 }
 
@@ -59,6 +66,8 @@ kvf_tp_part_t kvf_tp_shard_part(const kvf_modelcfg_t *cfg, const kvf_tp_shard_t 
     case KVF_TP_WGATE:
     case KVF_TP_WUP: p = (kvf_tp_part_t){I, D, sh->i0, sh->ni, 0, D}; break;
     case KVF_TP_WDOWN: p = (kvf_tp_part_t){D, I, 0, D, sh->i0, sh->ni}; break;
+    case KVF_TP_EMBED:
+    case KVF_TP_LMHEAD: p = (kvf_tp_part_t){cfg->vocab_size, D, sh->v0, sh->nv, 0, D}; break;
     }
     return p;
 }
