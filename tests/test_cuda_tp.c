@@ -3,7 +3,10 @@
 // over it as the engine does) against the cuda backend on one GPU:
 //   - teacher-forced logits of every row within the bf16 tolerance (relative L2
 //     2e-2, fixtures/README.md) of TP 1, and the ranks' logits agree;
-//   - greedy decode of two sequences follows TP 1 (bf16 near-ties may flip late);
+//   - greedy decode of two sequences follows TP 1 (bf16 near-ties may flip late),
+//     by forward()'s gathered logits, by forward_sample's picks across the
+//     vocabulary shards (no gather), and with a sampled row beside it (the
+//     leader asks for the device gather; the followers follow);
 //   - the group takes the smallest block count (rank r asks for 24 - r blocks);
 //   - a rank that dies makes the other's step fail with KVF_E_PEER_LOST within
 //     the communicator's timeout instead of hanging.
@@ -24,6 +27,7 @@
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
+#include "common/sampling.h"
 #include "test_util.h"
 #include "worker/cuda_backend.h"
 #include "worker/tp.h"
@@ -66,6 +70,8 @@ typedef struct {
     char group[KVF_TP_GROUP_MAX];
     kvf_modelcfg_t cfg;
     int size, vocab, die;        // die: rank 1 leaves after start-up
+    int via;                     // decode: S_VIA_*
+    int32_t *next;               // (S_DEC, 2) rank 0's decode tokens, for the followers
     float *tf;                   // (size + 1, S_TF_LEN, vocab)
     int32_t *ids;                // (size + 1, 2, S_DEC)
     int32_t *n_blocks;           // (size + 1)
@@ -90,10 +96,38 @@ static int s_argmax(const float *row, int n) {
     return b;
 }
 
+#define S_VIA_LOGITS 0   // forward() (the ranks' logits gathered), argmax here
+#define S_VIA_SAMPLE 1   // forward_sample: rank 0 asks for greedy tokens, the followers for none
+#define S_VIA_SAMPLED 2  // as S_VIA_SAMPLE, sequence 1 sampled (temperature 0.7): every step gathers
+
+// One decode step's tokens into next.
+static int s_decode(kvf_backend_t *be, const kvf_batch_t *d, int via, int step, float *logits, int32_t *next,
+                    kvf_err_t *err) {
+    const int vocab = be->cfg.vocab_size, rank = be->opts.tp_rank;
+    if (via == S_VIA_LOGITS) {
+        if (be->ops->forward(be, d, logits, err) != 0) return -1;
+        next[0] = s_argmax(logits, vocab);
+        next[1] = s_argmax(logits + vocab, vocab);
+        return 0;
+    }
+    kvf_sampling_t greedy = kvf_sampling_default(), warm = kvf_sampling_default();
+    greedy.temperature = 0.0f;
+    warm.temperature = 0.7f;
+    warm.seed = 42;
+    const kvf_sampling_t *per_seq[2] = {NULL, NULL};
+    if (rank == 0) per_seq[0] = &greedy, per_seq[1] = via == S_VIA_SAMPLED ? &warm : &greedy;
+    int32_t steps[2] = {step, step}, out[2] = {-1, -1};
+    if (be->ops->forward_sample(be, d, per_seq, steps, NULL, NULL, out, err) != 0) return -1;
+    if (rank == 0) next[0] = out[0], next[1] = out[1];
+    return 0;
+}
+
 // As tests/test_tp.c: one sequence teacher-forced in chunks with all logits,
 // then two prefilled together and decoded greedily together, on scattered blocks
-// below the group's smallest pool.
-static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t *ids, kvf_err_t *err) {
+// below the group's smallest pool. Followers decode rank 0's tokens (shared,
+// after a barrier on ctl) when via is not S_VIA_LOGITS.
+static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t *ids, int via, int32_t *shared_next,
+                      kvf_tp_t *ctl, kvf_err_t *err) {
     int32_t table[3][S_MAXB];
     for (int i = 0; i < S_MAXB; i++) {
         table[0][i] = 19 - i;
@@ -122,10 +156,18 @@ static int s_scenario(kvf_backend_t *be, int vocab, int bos, float *tf, int32_t 
         ids[S_DEC + step] = next[1];
         int32_t one[2] = {1, 1};
         kvf_batch_t d = {2, 2, next, one, len, bt, S_MAXB, 0};
-        if (be->ops->forward(be, &d, logits, err) != 0) goto done;
+        if (s_decode(be, &d, via, step, logits, next, err) != 0) goto done;
         len[0]++, len[1]++;
-        next[0] = s_argmax(logits, vocab);
-        next[1] = s_argmax(logits + vocab, vocab);
+        if (via != S_VIA_LOGITS && ctl) {  // followers take rank 0's tokens, as from the leader's step plan
+            if (be->opts.tp_rank == 0) memcpy(shared_next + 2 * step, next, sizeof next);
+            if (kvf_tp_barrier(ctl, err) != 0) goto done;
+            memcpy(next, shared_next + 2 * step, sizeof next);
+        }
+        if (next[0] < 0 || next[0] >= vocab || next[1] < 0 || next[1] >= vocab) {
+            kvf_err_set(err, KVF_E_INTERNAL, "decode step %d: tokens %d, %d outside the vocabulary", step, next[0],
+                        next[1]);
+            goto done;
+        }
     }
     rc = 0;
 done:
@@ -178,7 +220,7 @@ static int s_child(s_ctx_t *x, int rank) {
     if (x->die && rank == 1) _exit(0);  // gone without a word: the peer's next collective must not hang
     int64_t t0 = s_now_ms();
     int rc = s_scenario(be, x->vocab, x->cfg.bos_id, x->tf + (size_t)slot * S_TF_LEN * x->vocab,
-                        x->ids + (size_t)slot * 2 * S_DEC, &err);
+                        x->ids + (size_t)slot * 2 * S_DEC, rank < 0 ? S_VIA_LOGITS : x->via, x->next, ctl, &err);
     if (rc != 0) s_fail(x, slot, &err, s_now_ms() - t0, 0);
     be->ops->destroy(&be);
     kvf_tp_destroy(&nccl);
@@ -225,6 +267,7 @@ static void s_setup(s_ctx_t *x, const char *model, int size, int die) {
     x->code = s_shared((size_t)(size + 1) * sizeof(int32_t));
     x->ms = s_shared((size_t)(size + 1) * sizeof(int64_t));
     x->msg = s_shared((size_t)(size + 1) * sizeof x->msg[0]);
+    x->next = s_shared((size_t)2 * S_DEC * sizeof(int32_t));
     setenv("NCCL_NVLS_ENABLE", "0", 1);
 }
 
@@ -248,9 +291,10 @@ static double s_rel_l2(const float *a, const float *ref, int n) {
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void s_matches_tp1(const char *model, int size) {
+static void s_matches_tp1(const char *model, int size, int via) {
     s_ctx_t x;
     s_setup(&x, model, size, 0);
+    x.via = via;
     // TP 1 first, alone on device 0
     pid_t p1 = fork();
     cr_assert_geq(p1, 0);
@@ -279,25 +323,31 @@ static void s_matches_tp1(const char *model, int size) {
             if (er > worst_rank) worst_rank = er;
         }
         const int32_t *ids = x.ids + (size_t)r * 2 * S_DEC;
-        for (int s = 0; s < 2; s++) {
+        for (int s = 0; s < (via == S_VIA_SAMPLED ? 1 : 2); s++) {  // a sampled sequence 1 goes its own way
             int same = 0;
             while (same < S_DEC && ids[s * S_DEC + same] == ref_ids[s * S_DEC + same]) same++;
             cr_expect(same >= 8, "%s TP %d rank %d sequence %d: greedy ids leave TP 1's after %d steps", model, size,
                       r, s, same);
             cr_expect(memcmp(ids + s * S_DEC, x.ids + s * S_DEC, S_DEC * sizeof(int32_t)) == 0,
                       "%s TP %d rank %d sequence %d: greedy ids differ from rank 0's", model, size, r, s);
-            fprintf(stderr, "CUDA_TP %s T %d rank %d seq %d: %d of %d greedy ids as TP 1\n", model, size, r, s, same,
-                    S_DEC);
+            fprintf(stderr, "CUDA_TP %s T %d via %d rank %d seq %d: %d of %d greedy ids as TP 1\n", model, size, via,
+                    r, s, same, S_DEC);
         }
         fprintf(stderr, "CUDA_TP %s T %d rank %d: teacher-forced worst rel L2 vs TP 1 %.3e, vs rank 0 %.3e\n", model,
                 size, r, worst, worst_rank);
     }
 }
 
-Test(cuda_tp, tiny_llama_tp2_matches_tp1, .timeout = 600) { s_matches_tp1("tiny-llama", 2); }
-Test(cuda_tp, stories260K_tp2_matches_tp1, .timeout = 600) { s_matches_tp1("stories260K", 2); }
-Test(cuda_tp, tiny_llama_tp4_replicated_kv_matches_tp1, .timeout = 600) { s_matches_tp1("tiny-llama", 4); }
-Test(cuda_tp, stories260K_tp4_matches_tp1, .timeout = 600) { s_matches_tp1("stories260K", 4); }
+Test(cuda_tp, tiny_llama_tp2_matches_tp1, .timeout = 600) { s_matches_tp1("tiny-llama", 2, S_VIA_LOGITS); }
+Test(cuda_tp, stories260K_tp2_matches_tp1, .timeout = 600) { s_matches_tp1("stories260K", 2, S_VIA_LOGITS); }
+Test(cuda_tp, tiny_llama_tp4_replicated_kv_matches_tp1, .timeout = 600) {
+    s_matches_tp1("tiny-llama", 4, S_VIA_LOGITS);
+}
+Test(cuda_tp, stories260K_tp4_matches_tp1, .timeout = 600) { s_matches_tp1("stories260K", 4, S_VIA_LOGITS); }
+// the vocab-parallel lm_head: greedy picks across the shards, and a sampled row beside a greedy one
+Test(cuda_tp, tiny_llama_tp2_greedy_across_shards, .timeout = 600) { s_matches_tp1("tiny-llama", 2, S_VIA_SAMPLE); }
+Test(cuda_tp, stories260K_tp2_sampled_row_gathers, .timeout = 600) { s_matches_tp1("stories260K", 2, S_VIA_SAMPLED); }
+Test(cuda_tp, tiny_llama_tp4_greedy_across_shards, .timeout = 600) { s_matches_tp1("tiny-llama", 4, S_VIA_SAMPLE); }
 
 Test(cuda_tp, dead_rank_fails_the_step_not_hangs, .timeout = 300) {
     s_ctx_t x;

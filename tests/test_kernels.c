@@ -35,6 +35,7 @@
 #include "kernels/silu_mul.h"
 #include "worker/cpu_ops.h"
 #include "worker/sampler.h"
+#include "worker/tp_vocab.h"
 
 // ---------------------------------------------------------------- helpers
 
@@ -219,6 +220,46 @@ Test(kernels, embed_and_gather) {
     for (int i = 0; i < 8; i++) cr_expect(g[i] == 0.0f);
     cr_expect(kvf_embed_f32(NULL, d_t, d_ids, 2, 4, 2, 0, &err) == -1 && err.code == KVF_E_INVAL);
     free(g);
+}
+
+// A vocab-parallel rank's embedding (kvf_embed_shard_f32): rows of ids in
+// [id0, id0 + n_rows) from its shard, zeros for every other id; the ranks' rows
+// summed are the whole table's.
+Test(kernels, embed_shard) {
+    rng_t r = s_rng("embed_shard");
+    const int V = 1001, D = 96, n = 41;
+    float *tf = malloc((size_t)V * D * 4);
+    uint16_t *tb = malloc((size_t)V * D * 2);
+    s_rand_bf16(&r, tf, tb, (size_t)V * D, -2, 2);
+    int32_t ids[41];
+    for (int i = 0; i < n; i++) ids[i] = s_randint(&r, V);
+    ids[0] = 0, ids[1] = V - 1, ids[2] = 334, ids[3] = 333;  // shard edges
+    int32_t *d_ids = s_up(ids, sizeof ids);
+    float *d_out = s_dev((size_t)n * D * 4);
+    float *sum = calloc((size_t)n * D, 4), *ref = malloc((size_t)n * D * 4);
+    kvf_cpu_embed(ref, tf, ids, n, D);
+    const int T = 3, shard0[3] = {0, 334, 668}, shard_n[3] = {334, 334, 333};  // 1001 over 3 ranks
+    kvf_err_t err;
+    for (int p = 0; p < T; p++) {
+        uint16_t *d_t = s_up(tb + (size_t)shard0[p] * D, (size_t)shard_n[p] * D * 2);
+        cr_assert(kvf_embed_shard_f32(d_out, d_t, d_ids, n, D, shard0[p], shard_n[p], 0, &err) == 0, "%s", err.msg);
+        float *g = s_down_f32(d_out, (size_t)n * D);
+        for (int t = 0; t < n; t++) {
+            const int mine = ids[t] >= shard0[p] && ids[t] < shard0[p] + shard_n[p];
+            for (int d = 0; d < D; d++) {
+                const float want = mine ? ref[(size_t)t * D + d] : 0.0f;
+                cr_assert(g[(size_t)t * D + d] == want, "rank %d token %d (id %d) dim %d: %g, want %g", p, t, ids[t],
+                          d, g[(size_t)t * D + d], want);
+                sum[(size_t)t * D + d] += g[(size_t)t * D + d];
+            }
+        }
+        free(g);
+        cudaFree(d_t);
+    }
+    s_expect("embed_shard", "V1001 over 3 D96 n41", sum, ref, (size_t)n * D, 0, 0);
+    cr_expect(kvf_embed_shard_f32(d_out, (const uint16_t *)d_out, d_ids, n, D, -1, 5, 0, &err) == -1);
+    free(tf), free(tb), free(sum), free(ref);
+    cudaFree(d_ids), cudaFree(d_out);
 }
 
 // ---------------------------------------------------------------- rmsnorm
@@ -755,6 +796,48 @@ Test(kernels, argmax) {
 
     free(lg);
     cudaFree(d_lg), cudaFree(d_ids);
+}
+
+// kvf_argmax_best (a vocab-parallel rank's best logit of each row) against
+// worker/tp_vocab.c's kvf_tp_best_of on the same rows: value bits and id, on a
+// shard of an uneven split (id0 > 0, an odd width), with ties, NaN, all-NaN and
+// all -inf rows.
+Test(kernels, argmax_best) {
+    rng_t r = s_rng("argmax_best");
+    const int n = 37, V = 64127, id0 = 64129;
+    float *lg = malloc((size_t)n * V * 4);
+    for (size_t i = 0; i < (size_t)n * V; i++) lg[i] = s_unif(&r, -10, 10);
+    for (int v = 0; v < V; v++) {
+        lg[(size_t)1 * V + v] = 1.0f;              // all tied
+        lg[(size_t)3 * V + v] = NAN;               // all NaN
+        lg[(size_t)4 * V + v] = -INFINITY;         // all -inf
+        lg[(size_t)5 * V + v] = (float)(v % 7);    // ties at 6, every 7th id
+    }
+    lg[(size_t)2 * V + 5] = NAN;
+    lg[(size_t)2 * V + 9] = 50.0f;
+    lg[(size_t)2 * V + 7] = 50.0f;
+    lg[(size_t)6 * V + V - 1] = 99.0f;             // the last column
+    float *d_lg = s_up(lg, (size_t)n * V * 4);
+    int32_t *d_best = s_dev((size_t)n * 8);
+    kvf_err_t err;
+    cr_assert(kvf_argmax_best(d_best, d_lg, n, V, id0, 0, &err) == 0, "%s", err.msg);
+    int32_t got[2 * 37];
+    CUDA_OK(cudaMemcpy(got, d_best, sizeof got, cudaMemcpyDeviceToHost));
+    int n_bad = 0;
+    for (int i = 0; i < n; i++) {
+        kvf_tp_best_t want = kvf_tp_best_of(lg + (size_t)i * V, V, id0);
+        float gv;
+        memcpy(&gv, &got[2 * i], 4);
+        const int ok = got[2 * i + 1] == want.id && memcmp(&gv, &want.val, 4) == 0;
+        n_bad += !ok;
+        cr_expect(ok, "row %d: (%g, %d), the host's (%g, %d)", i, gv, got[2 * i + 1], want.val, want.id);
+    }
+    fprintf(stderr, "KERNEL %-14s %-34s mismatches %d of %d rows\n", "argmax_best", "V64127 id0 64129", n_bad, n);
+    cr_expect(got[2 * 3 + 1] == -1 && got[2 * 1 + 1] == id0 && got[2 * 5 + 1] == id0 + 6, "NaN row %d, tied %d, %d",
+              got[2 * 3 + 1], got[2 * 1 + 1], got[2 * 5 + 1]);
+    cr_expect(kvf_argmax_best(d_best, d_lg, n, V, -1, 0, &err) == -1 && err.code == KVF_E_INVAL);
+    free(lg);
+    cudaFree(d_lg), cudaFree(d_best);
 }
 
 // kvf_repetition_penalty + kvf_sample_rows against worker/sampler.c on the same

@@ -26,6 +26,7 @@
 #include "worker/sampler.h"
 #include "worker/tp.h"
 #include "worker/tp_shard.h"
+#include "worker/tp_vocab.h"
 
 #define MIB(x) ((double)(x) / (1024.0 * 1024.0))
 #define S_ALIGN 256
@@ -65,8 +66,8 @@ typedef struct {
 
     // weights (one allocation)
     void *wmem;
-    uint16_t *embed;     // (vocab, dim)
-    uint16_t *lm_head;   // (vocab, dim); == embed when tied
+    uint16_t *embed;     // (nv, dim): this rank's vocabulary ids [v0, v0 + nv) (all of them for tp_size 1)
+    uint16_t *lm_head;   // (nv, dim); == embed when tied
     float *final_norm;   // (dim)
     float *inv_freq;     // (head_dim / 2)
     s_layer_t *layers;   // host array of device pointers
@@ -83,6 +84,12 @@ typedef struct {
     uint16_t *act;       // (T, ff)
     uint16_t *rows;      // (R, dim) rows picked for lm_head
     float *logits;       // (R, vocab)
+    // tp (vocab-parallel lm_head, worker/tp_vocab.h): this rank's logits, the ranks' logits
+    // gathered when a step needs them all, and the exchange messages (this rank's, then the group's)
+    float *vlog;         // (R, v_stride): rows x nv written, padding after
+    float *vgath;        // (T, R, v_stride)
+    int32_t *d_vmsg;     // (T + 1, 2 + 2 R)
+    int32_t *h_vmsg;     // (T, 2 + 2 R) pinned: the group's messages copied back; then 2 ints of header staging
     float *partial;      // attention split partials
     int partial_tokens, max_splits;
     void *gemm_ws;
@@ -194,7 +201,7 @@ uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
 // Carves the weight arena (NULL base: only counts bytes).
 static size_t s_layout_weights(s_cuda_t *c, char *base) {
     const kvf_modelcfg_t *cfg = &c->base.cfg;
-    const size_t D = (size_t)c->dim, V = (size_t)cfg->vocab_size, F = (size_t)c->ff;
+    const size_t D = (size_t)c->dim, V = (size_t)c->sh.nv, F = (size_t)c->ff;  // V: this rank's vocabulary rows
     size_t off = 0;
 #define S_TAKE(ptr, type, n)                                   \
     do {                                                       \
@@ -325,7 +332,7 @@ static int s_load(s_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_f3
 
 static int s_load_weights(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const kvf_modelcfg_t *cfg = &c->base.cfg;
-    const int64_t D = c->dim, V = cfg->vocab_size, F = c->ff, Q = c->q_dim, KV = c->kv_dim;  // F, Q, KV: this rank's
+    const int64_t D = c->dim, F = c->ff, Q = c->q_dim, KV = c->kv_dim;  // F, Q, KV: this rank's
     void *stage = malloc(S_CHUNK * 4);
     if (!stage) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory for the load buffer");
     int rc = -1;
@@ -334,8 +341,9 @@ static int s_load_weights(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *e
     if (s_load(c, st, (dst), (f32), stage, (name), (nd), (a), (b), err) != 0) goto out
 #define S_P(dst, f32, name, which) \
     if (s_load_part(c, st, (dst), (f32), stage, (name), (which), err) != 0) goto out
-    S_L(c->embed, 0, "model.embed_tokens.weight", 2, V, D);
-    if (!cfg->tie_word_embeddings) S_L(c->lm_head, 0, "lm_head.weight", 2, V, D);
+    // vocab-parallel: this rank's rows of the embedding and lm_head
+    S_P(c->embed, 0, "model.embed_tokens.weight", KVF_TP_EMBED);
+    if (!cfg->tie_word_embeddings) S_P(c->lm_head, 0, "lm_head.weight", KVF_TP_LMHEAD);
     S_L(c->final_norm, 1, "model.norm.weight", 1, D, 0);
     for (int l = 0; l < cfg->n_layers; l++) {
         s_layer_t *L = &c->layers[l];
@@ -369,7 +377,7 @@ out:
 // matrices (std 0.02), norms of ones, small biases.
 static int s_random_weights(s_cuda_t *c, kvf_err_t *err) {
     const kvf_modelcfg_t *cfg = &c->base.cfg;
-    const size_t D = (size_t)c->dim, V = (size_t)cfg->vocab_size, F = (size_t)c->ff;
+    const size_t D = (size_t)c->dim, V = (size_t)c->sh.nv, F = (size_t)c->ff;  // V: this rank's vocabulary rows
     const float a = 0.02f * sqrtf(3.0f);
     uint64_t seed = 0x6b7666ull;
     cudaStream_t s = c->stream;
@@ -417,6 +425,12 @@ static size_t s_layout_ws(s_cuda_t *c, char *base) {
     S_TAKE(c->act, uint16_t, T * F);
     S_TAKE(c->rows, uint16_t, R * D);
     S_TAKE(c->logits, float, R * V);
+    if (c->tp) {
+        const size_t T = (size_t)c->sh.size, S = (size_t)c->sh.v_stride;
+        S_TAKE(c->vlog, float, R * S);
+        S_TAKE(c->vgath, float, T * R * S);
+        S_TAKE(c->d_vmsg, int32_t, (T + 1) * (2 + 2 * R));
+    }
     S_TAKE(c->partial, float, kvf_attn_partial_floats(c->max_splits, c->partial_tokens, c->n_heads,
                                                       c->base.cfg.head_dim));
     S_TAKE(c->gemm_ws, char, S_GEMM_WS);
@@ -481,7 +495,7 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
 static int s_tune_gemms(s_cuda_t *c, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
     const int n = o->max_batch_size < o->max_step_tokens ? o->max_batch_size : o->max_step_tokens;
-    const int D = c->dim, F = c->ff, V = c->base.cfg.vocab_size;
+    const int D = c->dim, F = c->ff, V = c->sh.nv;  // V: this rank's vocabulary
     const s_layer_t *L = &c->layers[0];
     if (kvf_fill_random_bf16(c->h, (size_t)n * D, 11, 0.0f, 1.0f, c->stream, err) != 0 ||
         kvf_fill_random_bf16(c->att, (size_t)n * c->q_dim, 12, 0.0f, 1.0f, c->stream, err) != 0 ||
@@ -498,8 +512,8 @@ static int s_tune_gemms(s_cuda_t *c, kvf_err_t *err) {
                       err) != 0 ||
         kvf_gemm_tune(c->gemm, c->o, to, c->act, L->wd, n, F, D, c->stream, &t[3][0], &t[3][1],
                       err) != 0 ||
-        kvf_gemm_tune(c->gemm, c->logits, KVF_GEMM_OUT_F32, c->rows, c->lm_head, n, D, V, c->stream, &t[4][0],
-                      &t[4][1], err) != 0)
+        kvf_gemm_tune(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, c->rows, c->lm_head, n, D, V,
+                      c->stream, &t[4][0], &t[4][1], err) != 0)
         return -1;
     c->tune_n = n;
     kvf_log(KVF_LOG_INFO, "cuda backend: GEMMs of %d rows tuned (ms per call, heuristic -> kept): qkv %.3f -> %.3f, "
@@ -579,13 +593,15 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     s_layout_ws(c, c->wsmem);
     const size_t sp_at = (c->meta_ints + R + 1) / 2 * 2;  // 8-byte aligned for the params' double
     const size_t pen_at = sp_at + R * (sizeof(kvf_sample_params_t) / sizeof(int32_t));
-    c->pinned_ints = pen_at + 2 * B + 1 + (size_t)c->hist_cap;
+    const size_t vmsg_at = pen_at + 2 * B + 1 + (size_t)c->hist_cap;
+    c->pinned_ints = vmsg_at + (c->tp ? (size_t)c->sh.size * (2 + 2 * R) + 2 : 0);
     KVF_CUDA_CHECK(cudaMallocHost((void **)&c->h_meta, c->pinned_ints * sizeof(int32_t)), err);
     c->n_allocs++;
     memset(c->h_meta, 0, c->pinned_ints * sizeof(int32_t));
     c->h_ids = c->h_meta + c->meta_ints;
     c->h_sp = (kvf_sample_params_t *)(void *)(c->h_meta + sp_at);
     c->h_pen = c->h_meta + pen_at;
+    c->h_vmsg = c->tp ? c->h_meta + vmsg_at : NULL;
     // Activations between the GEMMs in the checkpoint's dtype, as transformers runs
     // a model (bf16 weights: bf16 q/k/v, gate/up and o/down outputs; the residual and
     // every reduction stay f32); an f32 or f16 checkpoint keeps f32 outputs. Dummy
@@ -621,7 +637,7 @@ static int s_start(s_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
             kvf_gemm_prepare(c->gemm, to, T, c->q_dim, D, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, tg, T, D, 2 * c->ff, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, to, T, c->ff, D, 0, err) != 0 ||
-            kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, cfg->vocab_size, 0, err) != 0)
+            kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, c->sh.nv, 0, err) != 0)
             return -1;
     }
 
@@ -893,7 +909,12 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
     if ((call) != 0) return -1
 #define S_TM(cat) \
     if (c->timing_now) S_K(s_mark(c, (cat), err))
-    S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+    if (c->tp) {  // vocab-parallel: the rank that holds a token's row adds it, the others zeros
+        S_K(kvf_embed_shard_f32(c->resid, c->embed, d_tok, n, D, c->sh.v0, c->sh.nv, st, err));
+        S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->resid, (size_t)n * D, st, err));
+    } else {
+        S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+    }
     S_TM(S_T_EMBED);
     for (int l = 0; l < cfg->n_layers; l++) {
         const s_layer_t *L = &c->layers[l];
@@ -967,7 +988,9 @@ static int s_layers(s_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, in
         S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
         x = c->rows;
     }
-    S_K(kvf_gemm(c->gemm, c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, V, 0.0f, st, err));
+    // tp: this rank's vocabulary only, into vlog (s_vocab_exchange takes it from there)
+    S_K(kvf_gemm(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, c->sh.nv, 0.0f, st,
+                 err));
     S_TM(S_T_LMHEAD);
 #undef S_TM
 #undef S_K
@@ -1025,6 +1048,45 @@ static void s_pad_decode(s_cuda_t *c, int n_seqs, int bucket) {
     }
 }
 
+// tp: the end of every step on every rank (worker/tp_vocab.h). Each rank's best
+// logit of each row and rank 0's say (want_full) go round in one all-gather;
+// *full is rank 0's say, and when it is 1 the ranks' logits are gathered too and
+// put back in id order into c->logits (rows, vocab). Waits (bounded) for the
+// step's collectives so far.
+static int s_vocab_exchange(s_cuda_t *c, int rows, int want_full, int *full, kvf_err_t *err) {
+    const int T = c->sh.size, S = c->sh.v_stride, V = c->base.cfg.vocab_size, R = c->base.opts.max_logit_rows;
+    const size_t msg = kvf_tp_vocab_msg_bytes(rows);
+    cudaStream_t st = c->stream;
+    int32_t *mine = c->d_vmsg, *all = c->d_vmsg + 2 + 2 * (size_t)R;  // (2 + 2 rows), (T, msg bytes)
+    int32_t *h_hdr = c->h_vmsg + (size_t)T * (2 + 2 * R);
+    const kvf_tp_vocab_hdr_t h = {want_full != 0, rows};
+    memcpy(h_hdr, &h, sizeof h);
+    KVF_CUDA_CHECK(cudaMemcpyAsync(mine, h_hdr, sizeof h, cudaMemcpyHostToDevice, st), err);
+    if (kvf_argmax_best(mine + 2, c->vlog, rows, c->sh.nv, c->sh.v0, st, err) != 0) return -1;
+    if (kvf_tp_nccl_all_gather_enqueue(c->tp, mine, all, msg, st, err) != 0) return -1;
+    KVF_CUDA_CHECK(cudaMemcpyAsync(c->h_vmsg, all, (size_t)T * msg, cudaMemcpyDeviceToHost, st), err);
+    if (kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
+    for (int p = 0; p < T; p++) {
+        kvf_tp_vocab_hdr_t hp;
+        memcpy(&hp, (const uint8_t *)c->h_vmsg + (size_t)p * msg, sizeof hp);
+        if (hp.rows != rows)
+            return kvf_err_set(err, KVF_E_INTERNAL, "cuda tp vocab: rank %d has %d logit rows, rank %d has %d", p,
+                               hp.rows, c->sh.rank, rows);
+        if (p == 0) *full = hp.want_full;
+    }
+    if (!*full) return 0;
+    if (kvf_tp_nccl_all_gather_enqueue(c->tp, c->vlog, c->vgath, (size_t)rows * S * sizeof(float), st, err) != 0)
+        return -1;
+    const int vb = V / T, vr = V % T;
+    for (int p = 0; p < T; p++) {  // rank p's (rows, nv_p) block -> columns [v0_p, v0_p + nv_p)
+        const int v0 = p * vb + (p < vr ? p : vr), nv = vb + (p < vr);
+        KVF_CUDA_CHECK(cudaMemcpy2DAsync(c->logits + v0, (size_t)V * sizeof(float), c->vgath + (size_t)p * rows * S,
+                                         (size_t)nv * sizeof(float), (size_t)nv * sizeof(float), (size_t)rows,
+                                         cudaMemcpyDeviceToDevice, st), err);
+    }
+    return 0;
+}
+
 // One step: logits (host, rows x vocab) copied back when logits is set; else
 // the argmax of each sequence's row into ids (host, n_seqs) and only those.
 static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
@@ -1070,7 +1132,15 @@ static int s_step(s_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids
         if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc, err) != 0)
             return -1;
     }
-    if (logits) {
+    // tp: the vocab-parallel lm_head's exchange. Rank 0 (the leader) asks for every
+    // logit when the host or the sample kernels need them; a greedy-only step moves
+    // each row's best logit per rank instead.
+    int full = 1;
+    if (c->tp && s_vocab_exchange(c, rows, logits || c->sampled || c->pen_ints > 0, &full, err) != 0) return -1;
+    if (!full) {  // ids: the group's greedy pick of each row
+        for (int r = 0; r < rows; r++) c->h_ids[r] = kvf_tp_best_merge(c->h_vmsg, c->sh.size, rows, r);
+        if (c->timing_now && s_mark(c, S_T_SAMPLE, err) != 0) return -1;
+    } else if (logits) {
         // logits is the caller's pageable memory: that copy blocks the host until the
         // stream reaches it, so with TP first wait (bounded) for the all-reduces, or a
         // dead peer would hang the copy instead of failing the step.

@@ -27,18 +27,22 @@
 // Tensor parallelism (tp_size T > 1; opts->tp is the group's NCCL communicator,
 // kvf_tp_nccl_new_over; one GPU per rank): the weights are sharded at load as
 // worker/tp_shard.h says (q/k/v, gate/up column-parallel; o_proj, down_proj
-// row-parallel; embedding, norms, lm_head whole on every rank), the KV slab holds
-// the rank's KV heads (block ids agree: the group takes its smallest block count),
-// and the partial o_proj and down_proj outputs are summed in f32 by ncclAllReduce
-// on the backend's stream between the kernels (f32: the residual stream and the
-// GEMM outputs are f32, so no conversion kernel and the sum rounds once, as on the
-// cpu backend; 2x the bytes of bf16, about 2 MiB per all-reduce for 128 decode
-// rows of a 4096-wide model). Every rank computes logits; the leader's are used
-// (worker/tp_group.h). No CUDA graphs
-// for T > 1 (collectives are not captured): kvf_cuda_backend_set_graphs has no
-// graph to replay. A step's end waits through kvf_tp_nccl_wait, so a dead or
-// stuck rank fails the step with KVF_E_PEER_LOST within the communicator's
-// timeout instead of hanging.
+// row-parallel; embedding and lm_head vocab-parallel; norms whole on every rank),
+// the KV slab holds the rank's KV heads (block ids agree: the group takes its
+// smallest block count), and the partial o_proj and down_proj outputs are summed
+// in f32 by ncclAllReduce on the backend's stream between the kernels (f32: the
+// residual stream and the GEMM outputs are f32, so no conversion kernel and the
+// sum rounds once, as on the cpu backend; 2x the bytes of bf16, about 2 MiB per
+// all-reduce for 128 decode rows of a 4096-wide model). The embedding's rows are
+// summed the same way (the rank holding a token's id adds its row, the others
+// zeros). Each rank computes the logits of its vocabulary ids; a step ends with
+// worker/tp_vocab.h's exchange: each row's best logit per rank goes round (a
+// greedy step picks its tokens from those), and only when the leader needs every
+// logit (forward(), sampled or penalised rows) are the ranks' logits gathered on
+// the device. No CUDA graphs for T > 1 (collectives are not captured):
+// kvf_cuda_backend_set_graphs has no graph to replay. The exchange and a step's
+// end wait through kvf_tp_nccl_wait, so a dead or stuck rank fails the step with
+// KVF_E_PEER_LOST within the communicator's timeout instead of hanging.
 #ifndef KVF_CUDA_BACKEND_H
 #define KVF_CUDA_BACKEND_H
 

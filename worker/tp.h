@@ -133,6 +133,11 @@ void *kvf_tp_nccl_stream(kvf_tp_t *tp);
 // KVF_E_PEER_LOST: the communicator failed or was aborted).
 int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void *stream, kvf_err_t *err);
 
+// The same for an all-gather: recv (size x bytes, device) = every rank's send
+// (bytes, device) in rank order, enqueued on `stream` without waiting.
+int kvf_tp_nccl_all_gather_enqueue(kvf_tp_t *tp, const void *send, void *recv, size_t bytes, void *stream,
+                                   kvf_err_t *err);
+
 // Waits until everything enqueued on `stream` has run, checking the
 // communicator's asynchronous error in between: a peer that died or a wait past
 // the timeout aborts the communicator (this rank's collectives stop, the peers'

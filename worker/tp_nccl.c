@@ -313,17 +313,35 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
 
 // ---------------------------------------------------------------- for a backend's own stream
 
-int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void *stream, kvf_err_t *err) {
-    if (!tp || tp->ops != &s_nccl_ops || !buf || !stream)
-        return kvf_err_set(err, KVF_E_INVAL, "tp nccl all_reduce_enqueue: needs an nccl communicator, a buffer and a "
-                                             "stream");
+// The checks of an *_enqueue call: an nccl communicator that has not failed, buffers, a stream.
+static s_nccl_t *s_enqueue_ok(kvf_tp_t *tp, const void *buf, const void *stream, const char *what, kvf_err_t *err) {
+    if (!tp || tp->ops != &s_nccl_ops || !buf || !stream) {
+        kvf_err_set(err, KVF_E_INVAL, "tp nccl %s_enqueue: needs an nccl communicator, buffers and a stream", what);
+        return NULL;
+    }
     s_nccl_t *n = (s_nccl_t *)tp;
-    if (n->failed)
-        return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: all_reduce: the communicator was aborted earlier",
-                           tp->rank);
+    if (n->failed) {
+        kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: %s: the communicator was aborted earlier", tp->rank, what);
+        return NULL;
+    }
+    return n;
+}
+
+int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void *stream, kvf_err_t *err) {
+    s_nccl_t *n = s_enqueue_ok(tp, buf, stream, "all_reduce", err);
+    if (!n) return -1;
     if (count == 0) return 0;
     return s_enqueued(n, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, (cudaStream_t)stream),
                       "all_reduce", s_now_ms() + tp->timeout_ms, err);
+}
+
+int kvf_tp_nccl_all_gather_enqueue(kvf_tp_t *tp, const void *send, void *recv, size_t bytes, void *stream,
+                                   kvf_err_t *err) {
+    s_nccl_t *n = s_enqueue_ok(tp, send && recv ? send : NULL, stream, "all_gather", err);
+    if (!n) return -1;
+    if (bytes == 0) return 0;
+    return s_enqueued(n, ncclAllGather(send, recv, bytes, ncclUint8, n->comm, (cudaStream_t)stream), "all_gather",
+                      s_now_ms() + tp->timeout_ms, err);
 }
 
 int kvf_tp_nccl_wait(kvf_tp_t *tp, void *stream, kvf_err_t *err) {
