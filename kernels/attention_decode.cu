@@ -92,7 +92,6 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
               int max_blocks, int H, int KV, int bs, float scale_log2) {
     constexpr int KS = HD + 8;            // row stride (bf16) of a staged K or V tile: 16 bytes of padding
     constexpr int STAGE = 2 * DC_K * KS;  // K then V
-    constexpr int CPT = DC_K * (HD / 8) / DC_THREADS;  // 16-byte chunks per thread per tensor
     extern __shared__ float4 dsmem4[];
     bf16 *sm = (bf16 *)dsmem4;            // (2 stages, K|V, DC_K, KS)
 
@@ -110,20 +109,8 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
     const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
 
     auto load = [&](int stage, int kt) {
-        bf16 *sK = sm + stage * STAGE, *sV = sK + DC_K * KS;
-#pragma unroll
-        for (int i = 0; i < CPT; i++) {
-            const int ch = threadIdx.x + i * DC_THREADS, j = ch / (HD / 8), d = (ch % (HD / 8)) * 8, key = kt + j;
-            if (key < kv_end) {
-                const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
-                kvf_cp_async16(sK + j * KS + d, kc + off);
-                kvf_cp_async16(sV + j * KS + d, vc + off);
-            } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
-                *(uint4 *)(sK + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
-                *(uint4 *)(sV + j * KS + d) = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
-        kvf_cp_async_commit();
+        bf16 *sK = sm + stage * STAGE;
+        kvf_attn_stage_kv<HD, DC_K, DC_THREADS>(sK, sK + DC_K * KS, kc, vc, btab, bs, KV, kvh, kt, kv_end);
     };
     const int n_kt = (kv_end + DC_K - 1) / DC_K;
     load(0, 0);

@@ -1,5 +1,6 @@
-// kernels/attention_step.cuh — the per-warp flash-attention step shared by the
-// decode kernels and prefill v0 (internal, device-only, not a C header).
+// kernels/attention_step.cuh — the paged K/V stage loader and the per-warp
+// flash-attention step shared by the decode kernels and prefill v0 (internal,
+// device-only, not a C header).
 #ifndef KVF_KERNELS_ATTENTION_STEP_CUH
 #define KVF_KERNELS_ATTENTION_STEP_CUH
 
@@ -7,6 +8,36 @@
 
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
+
+// Stages keys [kt, kt + NK) of KV head kvh of a paged cache (block table btab,
+// block size bs, KV heads a token) into sK and sV (NK rows of HD + 8 bf16) by
+// 16-byte cp.async chunks spread over the block's THREADS threads; keys at or past
+// kv_end become zeros (a masked key's V row is multiplied by p = 0, which must
+// not meet a NaN). Commits one cp.async group (empty ones too: wait_group counts them).
+template <int HD, int NK, int THREADS>
+static __device__ __forceinline__ void kvf_attn_stage_kv(bf16 *sK,        // (NK, HD + 8)
+                                                         bf16 *sV,        // (NK, HD + 8)
+                                                         const bf16 *kc,  // (n_blocks, bs, KV, HD)
+                                                         const bf16 *vc,  // (n_blocks, bs, KV, HD)
+                                                         const int32_t *btab, int bs, int KV, int kvh, int kt,
+                                                         int kv_end) {
+    constexpr int KS = HD + 8, CPT = NK * (HD / 8) / THREADS;  // row stride; chunks per thread per tensor
+    static_assert(NK * (HD / 8) % THREADS == 0, "whole chunks per thread");
+#pragma unroll
+    for (int i = 0; i < CPT; i++) {
+        const int ch = threadIdx.x + i * THREADS, j = ch / (HD / 8), d = (ch % (HD / 8)) * 8, key = kt + j;
+        bf16 *dk = sK + j * KS + d, *dv = sV + j * KS + d;
+        if (key < kv_end) {
+            const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + d;
+            kvf_cp_async16(dk, kc + off);
+            kvf_cp_async16(dv, vc + off);
+        } else {
+            *(uint4 *)dk = make_uint4(0u, 0u, 0u, 0u);
+            *(uint4 *)dv = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+    kvf_cp_async_commit();
+}
 
 // One online-softmax step of a warp over the NK keys at kw..: sK, sV their (NK,
 // HD + 8) rows of K and V (zeros past kv_end) in shared memory, scored against
