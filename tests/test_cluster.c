@@ -773,3 +773,53 @@ Test(cluster, kvf_node_starts_reports_and_stops_a_node, .timeout = 120) {
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
     cr_assert_eq(system(cmd), 0);
 }
+
+// A cpu step longer than the coordinator's --dead-after-ms (a real model's
+// prefill on a cpu worker takes seconds): the worker sends its heartbeats
+// between the step's layers, so it is not declared dead mid-step (which would
+// re-dispatch the request to the same slow step until the coordinator gave up)
+// and the request is answered. The model (kvf-mkmodel, 26M parameters) takes
+// about a second a 512-token step on one thread; the coordinator allows 300 ms.
+Test(cluster, a_step_longer_than_dead_after_keeps_the_worker_alive, .timeout = 120) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    kvh_require_bin("kvf-mkmodel");
+    kvh_cluster_t c;
+    kvh_start_coordinator(&c, NULL, "--heartbeat-ms", "50", "--dead-after-ms", "300", NULL);
+    char model[400], bin[512], cmd[1024];
+    snprintf(model, sizeof model, "%s/slow-model", c.dir);
+    snprintf(cmd, sizeof cmd, "%s %s --hidden 512 --layers 8 --heads 8 --kv-heads 4 --intermediate 1536 --seed 3 "
+             ">/dev/null", kvh_bin("kvf-mkmodel", bin, sizeof bin), model);
+    cr_assert_eq(system(cmd), 0, "%s", cmd);
+    kvh_start_worker(&c, model, "slow", "--threads", "1", "--max-prefill-token-num", "512", NULL);
+    kvh_wait_ready(&c, 1, 60);
+    // 700 prompt ids: two prefill steps of up to 512 tokens
+    char ids[8192];
+    size_t at = 0;
+    for (int i = 0; i < 700; i++)
+        at += (size_t)snprintf(ids + at, sizeof ids - at, "%s%d", i ? "," : "", 3 + (i * 7) % 500);
+    char out[400];
+    snprintf(out, sizeof out, "%s/generate.json", c.dir);
+    const char *args[] = {"generate", "--prompt-ids", ids, "--max-tokens", "4", "--json", NULL};
+    const double t0 = kvh_now();
+    int rc = s_kvfctl(&c, out, 90, args);
+    const double took = kvh_now() - t0;
+    char log[400];
+    snprintf(log, sizeof log, "%s/coordinator.log", c.dir);
+    char *text = kvf_test_slurp(log, NULL);
+    cr_assert_not_null(text);
+    const int declared_dead = strstr(text, "dead: ") != NULL;
+    free(text);
+    if (rc != 0 || declared_dead) kvh_dump_logs(&c);
+    cr_assert_eq(rc, 0, "kvfctl generate failed (%d)", rc);
+    cr_assert_not(declared_dead, "the worker was declared dead during its long step (coordinator.log)");
+    json_t *res = json_load_file(out, 0, NULL);
+    cr_assert_not_null(res);
+    cr_assert_eq(s_int(res, "completion_tokens"), 4);
+    cr_assert_eq(s_int(res, "prompt_tokens"), 700);
+    json_decref(res);
+    // the test means something only if the steps outlasted --dead-after-ms
+    cr_assert_gt(took, 0.6, "the request took %.2f s: the steps were not longer than --dead-after-ms", took);
+    cr_log_info("700-token prompt on a 26M-parameter model, one thread: %.2f s, no heartbeat gap over 300 ms", took);
+    kvh_teardown(&c);
+}

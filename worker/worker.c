@@ -234,6 +234,17 @@ static void s_send_heartbeat(kvf_worker_t *w) {
     w->next_heartbeat_ms = now + w->heartbeat_ms;
 }
 
+// Called between the layers of a step (kvf_backend_opts_t.progress), on this
+// thread: a heartbeat when one is due, so that a step longer than the
+// coordinator's --dead-after-ms (a cpu worker's prefill of a real model can
+// take many seconds) does not get the worker declared dead and its work
+// re-dispatched again and again. Reads only the engine's counters.
+static void s_progress(void *ctx) {
+    kvf_worker_t *w = ctx;
+    if (!w->engine || !w->sock || (w->state != S_READY && w->state != S_DRAINING)) return;
+    if (s_now_ms() >= w->next_heartbeat_ms) s_send_heartbeat(w);
+}
+
 // A final RESULT for a request that never ran (refused or not allowed).
 static void s_send_refusal(kvf_worker_t *w, uint64_t rid, kvf_status code, const char *msg) {
     kvf_msg_t m;
@@ -547,6 +558,8 @@ kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
         w->tp_group = kvf_xstrdup(opts->tp_group);
         w->o.tp_group = w->tp_group;
     }
+    eo_tp.progress = s_progress;  // heartbeats through long (cpu) steps
+    eo_tp.progress_ctx = w;
     w->engine = kvf_engine_new(opts->model, &eo_tp, err);
     if (!w->engine) {
         kvf_worker_destroy(&w);
