@@ -1,0 +1,168 @@
+// worker/cuda_internal.h — the cuda backend's state, shared by its three files
+// (not a public header; the interface is cuda_backend.h):
+//   cuda_backend.c  start-up (memory plan, workspace, checks), destroy, the public calls
+//   cuda_weights.c  the weight arena: layout, loading (this TP rank's shard), random weights
+//   cuda_step.c     one step: metadata, the layers' kernels, graphs, the TP vocab exchange,
+//                   forward() and forward_sample()
+#ifndef KVF_WORKER_CUDA_INTERNAL_H
+#define KVF_WORKER_CUDA_INTERNAL_H
+
+#include <cuda_runtime_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/safetensors.h"
+#include "kernels/gemm.h"
+#include "kernels/sample_rows.h"
+#include "worker/backend.h"
+#include "worker/tp.h"
+#include "worker/tp_shard.h"
+
+#define MIB(x) ((double)(x) / (1024.0 * 1024.0))
+#define S_ALIGN 256
+#define S_GEMM_WS (32u << 20)            // cuBLASLt workspace
+#define S_PARTIAL_MAX (64ull << 20)      // attention split partials, bytes at most
+#define S_MAX_GRAPHS 16
+#define S_EV_MAX 640                     // timing events of one step (KVF_CUDA_TIMING)
+
+// Kernel groups timed by KVF_CUDA_TIMING=1 (events between them; eager steps only).
+enum { S_T_META, S_T_EMBED, S_T_NORM, S_T_QKV, S_T_ROPE, S_T_ATTN, S_T_ATTN_TC, S_T_O, S_T_GU, S_T_SILU, S_T_DOWN,
+       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_N };
+
+typedef struct {
+    float *attn_norm;   // (dim)
+    float *mlp_norm;    // (dim)
+    uint16_t *wqkv;     // (q_dim + 2 kv_dim, dim): q, k, v projections stacked
+    float *bqkv;        // (q_dim + 2 kv_dim) or NULL
+    uint16_t *wo;       // (dim, q_dim)
+    uint16_t *wgu;      // (2 ff, dim): gate rows, then up rows
+    uint16_t *wd;       // (dim, ff)
+} kvf_cuda_layer_t;
+
+typedef struct {
+    kvf_backend_t base;  // first: the engine sees a kvf_backend_t
+    int device, n_sms;
+    int dim, q_dim, kv_dim, qkv_dim, ff, max_ctx;  // q_dim, kv_dim, ff: this TP rank's share
+    int n_heads, n_kv;   // query and KV heads on this rank (all of them for tp_size 1)
+    kvf_tp_shard_t sh;   // this rank's share of the model (worker/tp_shard.h)
+    kvf_tp_t *tp;        // tp_size > 1: the group's NCCL communicator (not owned); NULL for tp_size 1
+    int agreed;          // tp: start-up agreements entered (a failing rank still joins the next one)
+    cudaStream_t stream;
+    kvf_gemm_ctx_t *gemm;
+    uint64_t n_allocs;   // cudaMalloc + cudaMallocHost calls
+
+    // weights (one allocation)
+    void *wmem;
+    uint16_t *embed;     // (nv, dim): this rank's vocabulary ids [v0, v0 + nv) (all of them for tp_size 1)
+    uint16_t *lm_head;   // (nv, dim); == embed when tied
+    float *final_norm;   // (dim)
+    float *inv_freq;     // (head_dim / 2)
+    kvf_cuda_layer_t *layers;   // host array of device pointers
+
+    // workspace (one allocation)
+    void *wsmem;
+    float *resid;        // (T, dim) the residual stream, f32
+    uint16_t *h;         // (T, dim) normed activations
+    float *qkv;          // (T, qkv_dim) f32: rounded to bf16 only after RoPE
+    uint16_t *q;         // (T, q_dim) rotated queries
+    uint16_t *att;       // (T, q_dim) attention output
+    float *o;            // (T, dim) o_proj / down_proj output, f32 into the f32 residual
+    float *gu;           // (T, 2 ff) f32 into silu_mul
+    uint16_t *act;       // (T, ff)
+    uint16_t *rows;      // (R, dim) rows picked for lm_head
+    float *logits;       // (R, vocab)
+    // tp (vocab-parallel lm_head, worker/tp_vocab.h): this rank's logits, the ranks' logits
+    // gathered when a step needs them all, and the exchange messages (this rank's, then the group's)
+    float *vlog;         // (R, v_stride): rows x nv written, padding after
+    float *vgath;        // (T, R, v_stride)
+    int32_t *d_vmsg;     // (T + 1, 2 + 2 R)
+    int32_t *h_vmsg;     // (T, 2 + 2 R) pinned: the group's messages copied back; then 2 ints of header staging
+    float *partial;      // attention split partials
+    int partial_tokens, max_splits;
+    void *gemm_ws;
+    int32_t *d_meta;     // device copy of the step metadata
+    int32_t *d_ids;      // (R) tokens picked on the device (forward_sample)
+    kvf_sample_params_t *d_sp;  // (R) each row's sampling settings (forward_sample with sampled rows)
+    int32_t *d_pen;      // (B floats, B + 1 offsets, hist_cap ids) the repetition penalty's rows, as h_pen
+    float *d_hscr;       // (hist_cap) its scratch
+
+    // step metadata: pinned host buffer, copied to d_meta in one H2D copy
+    int32_t *h_meta;     // (meta_ints + R + params): the metadata, then h_ids, then h_sp
+    int32_t *h_ids;      // (R) pinned: the picked tokens copied back
+    kvf_sample_params_t *h_sp;  // (R) pinned: the rows' sampling settings, copied to d_sp
+    size_t pinned_ints;  // int32 slots of the pinned buffer
+    int sampled;         // this forward_sample has a row with temperature > 0: h_sp holds the settings
+    // forward_sample rows with a repetition penalty: per row (B = max_batch_size) the
+    // penalty (1: none), the offsets of its history in the ids that follow, then the ids
+    int32_t *h_pen;      // pinned, copied to d_pen in one H2D copy
+    int hist_cap;        // history ids a step can carry (more: the host samples that step)
+    int64_t pen_ints;    // int32 slots of h_pen to copy for this step (0: no penalty this step)
+    size_t meta_ints, m_tokens, m_pos, m_seq, m_tiles, m_tiles_tc, m_bt, m_rows;
+    int tensor_core_prefill;  // head_dim that kvf_attention_prefill runs
+    int decode_tc;            // shape that kvf_attention_decode runs (single-token tiles without key splits)
+
+    // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
+    uint16_t *kv;
+    size_t kv_layer_elems;
+
+    // CUDA graphs of decode steps, one per batch-size bucket, captured at start-up
+    int n_graphs;
+    int graph_bucket[S_MAX_GRAPHS];       // sequences (padded) of graph i
+    int graph_splits[S_MAX_GRAPHS], graph_split_len[S_MAX_GRAPHS];
+    cudaGraphExec_t graph[S_MAX_GRAPHS];
+    int use_graphs;
+    uint64_t graph_steps;
+
+    // KVF_CUDA_TIMING=1: per-group device time, decode-only steps [0] and steps with prefill [1],
+    // printed at destroy. Events made at start-up; recorded only on eager steps.
+    int timing, timing_now, n_ev;
+    cudaEvent_t ev[S_EV_MAX];
+    int ev_cat[S_EV_MAX];
+    double t_ms[2][S_T_N], t_host_ms[2], t_gpu_ms[2];
+    uint64_t t_steps[2], t_rows[2];
+    // kvf_gemm_tune at start-up for full decode batches (KVF_GEMM_TUNE=1: on): rows, and per GEMM
+    // (qkv, o, gate/up, down, lm_head) the heuristic's first pick and the kept pick, ms per call
+    int tune_n;
+    float tune_ms[5][2];
+    // GEMM outputs kept in bf16 (as transformers does for a bf16 model) instead of f32:
+    // S_ACT_GU gate/up into silu_mul, S_ACT_QKV q/k/v into RoPE, S_ACT_OD o/down into the
+    // residual (tp_size 1 only: the all-reduce stays f32)
+    int act_mode;
+    int dec_variant, pre_variant;  // kernel variants of the attention kernels, -1: their default
+    int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
+} kvf_cuda_t;
+
+#define S_ACT_GU 1
+#define S_ACT_QKV 2
+#define S_ACT_OD 4
+
+// The output type of the GEMMs that act-mode bit `bit` covers.
+static inline kvf_gemm_out_t kvf_cuda_out(const kvf_cuda_t *c, int bit) {
+    return (c->act_mode & bit) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+}
+
+static inline size_t kvf_cuda_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
+
+// ---------------------------------------------------------------- cuda_weights.c
+
+// Carves the weight arena at base (NULL: only counts bytes); returns its bytes.
+size_t kvf_cuda_weights_layout(kvf_cuda_t *c, char *base);
+// The weights of st (this TP rank's shard, tp_shard.h) into the arena, checked by
+// name and exact shape. Returns 0, or -1 with err.
+int kvf_cuda_weights_load(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err);
+// Seeded random weights, generated on the device. Returns 0, or -1 with err.
+int kvf_cuda_weights_random(kvf_cuda_t *c, kvf_err_t *err);
+
+// ---------------------------------------------------------------- cuda_step.c
+
+// backend.h's forward() and forward_sample() for the cuda backend.
+int kvf_cuda_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err);
+int kvf_cuda_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                            const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                            int32_t *out_tokens, kvf_err_t *err);
+// Captures a decode graph per batch-size bucket (start-up). Returns 0, or -1 with err.
+int kvf_cuda_capture_graphs(kvf_cuda_t *c, kvf_err_t *err);
+// CLOCK_MONOTONIC in ms.
+double kvf_cuda_now_ms(void);
+
+#endif

@@ -1,0 +1,490 @@
+// worker/cuda_step.c — one step of the cuda backend: the step's metadata (one
+// pinned H2D copy), the layers' kernels on the backend's stream (captured into
+// decode graphs as they are), the TP group's vocab exchange, and forward() /
+// forward_sample() (backend.h). See cuda_internal.h.
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kernels/attention.h"
+#include "kernels/attention_decode.h"
+#include "kernels/attention_prefill.h"
+#include "kernels/check.h"
+#include "kernels/embed.h"
+#include "kernels/repetition_penalty.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope_kv.h"
+#include "kernels/sample.h"
+#include "kernels/silu_mul.h"
+#include "worker/cuda_internal.h"
+#include "worker/sampler.h"
+#include "worker/tp_vocab.h"
+
+// ---------------------------------------------------------------- forward
+
+// Checks a batch against the limits fixed at start-up and writes the step's
+// metadata into the pinned buffer. Returns the number of attention tiles, or -1.
+// Cuts the sequences into attention tiles: those adding one token (decode) or,
+// without tensor-core prefill, all of them go to kvf_attention (q_per_tile
+// tokens a tile); the others to kvf_attention_prefill (KVF_ATTN_PREFILL_Q).
+static void s_tiles(kvf_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int *n_tiles, int *n_tiles_tc) {
+    int32_t *ta = c->h_meta + c->m_tiles, *tb = c->h_meta + c->m_tiles_tc;
+    int na = 0, nb = 0, q0 = 0;
+    for (int s = 0; s < b->n_seqs; s++) {
+        const int nn = b->n_new[s];
+        const int tc = c->tensor_core_prefill && nn > 1;
+        const int step = tc ? KVF_ATTN_PREFILL_Q : q_per_tile;
+        for (int i = 0; i < nn; i += step) {
+            int32_t *t = tc ? tb + 3 * nb++ : ta + 3 * na++;
+            t[0] = s, t[1] = q0 + i, t[2] = nn - i < step ? nn - i : step;
+        }
+        q0 += nn;
+    }
+    *n_tiles = na, *n_tiles_tc = nb;
+}
+
+static int s_prepare(kvf_cuda_t *c, const kvf_batch_t *b, const void *out, int *q_per_tile, int *max_ctx,
+                     int *n_tiles_tc, kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    if (!out) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: logits (or tokens) are required");
+    if (kvf_batch_validate(&c->base, b, err) != 0) return -1;
+    const int MB = o->max_blocks_per_seq;
+    int32_t *tok = c->h_meta + c->m_tokens, *pos = c->h_meta + c->m_pos, *seq = c->h_meta + c->m_seq;
+    int32_t *bt = c->h_meta + c->m_bt, *ridx = c->h_meta + c->m_rows;
+    int64_t sum = 0;
+    int decode = 1;
+    *max_ctx = 0;
+    for (int s = 0; s < b->n_seqs; s++) {  // kvf_batch_validate checked every field
+        int32_t nn = b->n_new[s], np = b->n_past[s];
+        int64_t len = (int64_t)np + nn;
+        int64_t need = (len + o->block_size - 1) / o->block_size;
+        const int32_t *row = b->block_table + (size_t)s * b->max_blocks;
+        for (int64_t i = 0; i < need; i++) bt[(size_t)s * MB + i] = row[i];
+        for (int i = 0; i < nn; i++) {
+            pos[sum + i] = np + i;
+            seq[sum + i] = s;
+        }
+        sum += nn;
+        ridx[s] = (int32_t)(sum - 1);  // the sequence's last new token
+        decode &= nn == 1;
+        if (len > *max_ctx) *max_ctx = (int)len;
+    }
+    for (int t = 0; t < b->n_tokens; t++) tok[t] = b->tokens[t];
+    *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->n_heads, c->n_kv);
+    int n_tiles = 0;
+    s_tiles(c, b, *q_per_tile, &n_tiles, n_tiles_tc);  // at most n_tokens tiles: they fit
+    return n_tiles;
+}
+
+// KVF_CUDA_TIMING: an event after the kernels of group cat (the group runs from the previous event).
+static int s_mark(kvf_cuda_t *c, int cat, kvf_err_t *err) {
+    if (c->n_ev >= c->timing) return 0;
+    c->ev_cat[c->n_ev] = cat;
+    KVF_CUDA_CHECK(cudaEventRecord(c->ev[c->n_ev], c->stream), err);
+    c->n_ev++;
+    return 0;
+}
+
+double kvf_cuda_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+// h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD.
+static int s_norm_add(kvf_cuda_t *c, const float *w, int n, cudaStream_t st, kvf_err_t *err) {
+    const float eps = c->base.cfg.rms_norm_eps;
+    if (c->act_mode & S_ACT_OD)
+        return kvf_rmsnorm_add(c->h, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
+    return kvf_rmsnorm_add_f32(c->h, c->resid, c->o, w, n, c->dim, eps, st, err);
+}
+
+// The kernels of one step on c->stream, reading the metadata already in d_meta:
+// n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
+// rows picked by the row index) into c->logits. Captured into graphs as is.
+static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, int n_splits, int split_len, int rows,
+                    int all_logits, int dec_tc, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const kvf_modelcfg_t *cfg = &be->cfg;
+    const kvf_backend_opts_t *o = &be->opts;
+    const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = cfg->head_dim;  // this rank's heads
+    const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
+    const float eps = cfg->rms_norm_eps;
+    cudaStream_t st = c->stream;
+    const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
+    const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
+    const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
+    const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
+    const kvf_gemm_out_t od_type = kvf_cuda_out(c, S_ACT_OD);
+#define S_K(call) \
+    if ((call) != 0) return -1
+#define S_TM(cat) \
+    if (c->timing_now) S_K(s_mark(c, (cat), err))
+    if (c->tp) {  // vocab-parallel: the rank that holds a token's row adds it, the others zeros
+        S_K(kvf_embed_shard_f32(c->resid, c->embed, d_tok, n, D, c->sh.v0, c->sh.nv, st, err));
+        S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->resid, (size_t)n * D, st, err));
+    } else {
+        S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+    }
+    S_TM(S_T_EMBED);
+    for (int l = 0; l < cfg->n_layers; l++) {
+        const kvf_cuda_layer_t *L = &c->layers[l];
+        uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
+        uint16_t *vc = kc + c->kv_layer_elems;                     // (n_blocks, bs, KV, HD)
+        if (l == 0) {
+            S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
+        } else {
+            S_K(s_norm_add(c, L->attn_norm, n, st, err));
+        }
+        S_TM(S_T_NORM);
+        S_K(kvf_gemm(c->gemm, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D,
+                     c->qkv_dim, 0.0f, st, err));
+        S_TM(S_T_QKV);
+        if (qkv_bf16) {
+            S_K(kvf_rope_kv(c->q, kc, vc, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
+                            H, KV, HD, bs, be->n_blocks, st, err));
+        } else {
+            S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+                                be->n_blocks, st, err));
+        }
+        S_TM(S_T_ROPE);
+        if (n_tiles > 0 && dec_tc) {
+            if (c->dec_variant >= 0) {
+                S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                 MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st,
+                                         err));
+            }
+            S_TM(S_T_ATTN);
+        } else if (n_tiles > 0) {
+            S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
+                              bs, n_splits, split_len, st, err));
+            S_TM(S_T_ATTN);
+        }
+        if (n_tiles_tc > 0) {
+            if (c->pre_variant >= 0) {
+                S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos,
+                                                  d_bt, MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
+                                          st, err));
+            }
+            S_TM(S_T_ATTN_TC);
+        }
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
+        S_TM(S_T_O);
+        S_K(s_norm_add(c, L->mlp_norm, n, st, err));
+        S_TM(S_T_NORM);
+        if (c->act_mode & S_ACT_GU) {
+            uint16_t *gu = (uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
+            S_K(kvf_gemm(c->gemm, gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
+        } else {
+            S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_TM(S_T_GU);
+            S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+        }
+        S_TM(S_T_SILU);
+        S_K(kvf_gemm(c->gemm, c->o, od_type, c->act, L->wd, n, F, D, 0.0f, st, err));
+        if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
+        S_TM(S_T_DOWN);
+    }
+    S_K(s_norm_add(c, c->final_norm, n, st, err));
+    S_TM(S_T_NORM);
+    const uint16_t *x = c->h;
+    if (!all_logits) {
+        S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
+        x = c->rows;
+    }
+    // tp: this rank's vocabulary only, into vlog (s_vocab_exchange takes it from there)
+    S_K(kvf_gemm(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, c->sh.nv, 0.0f, st,
+                 err));
+    S_TM(S_T_LMHEAD);
+#undef S_TM
+#undef S_K
+    return 0;
+}
+
+// Decode steps (one token per sequence, last logits) replay a graph captured at
+// start-up for the smallest bucket that holds the batch: powers of two up to
+// max_batch_size. The key range is split for the longest context the backend
+// allows (splits beyond a sequence's keys exit at once), so one graph serves
+// every context length.
+int kvf_cuda_capture_graphs(kvf_cuda_t *c, kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    int max_b = o->max_batch_size < o->max_step_tokens ? o->max_batch_size : o->max_step_tokens;
+    for (int bucket = 1;; bucket = bucket * 2 < max_b ? bucket * 2 : max_b) {
+        if (c->n_graphs == S_MAX_GRAPHS) break;
+        int i = c->n_graphs, split_len = 1 << 30, n_splits = 1;
+        if (bucket <= c->partial_tokens)
+            n_splits = kvf_attn_choose_splits(bucket, c->n_kv, c->max_ctx, c->max_splits, c->n_sms,
+                                              &split_len);
+        cudaGraph_t g = NULL;
+        KVF_CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeRelaxed), err);
+        int rc = s_layers(c, bucket, bucket, 1, 0, n_splits, split_len, bucket, 0, c->decode_tc && n_splits == 1, err);
+        cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+        if (rc != 0) {
+            if (g) cudaGraphDestroy(g);
+            return -1;
+        }
+        KVF_CUDA_CHECK(e, err);
+        e = cudaGraphInstantiate(&c->graph[i], g, 0);
+        cudaGraphDestroy(g);
+        KVF_CUDA_CHECK(e, err);
+        c->graph_bucket[i] = bucket;
+        c->graph_splits[i] = n_splits;
+        c->graph_split_len[i] = split_len;
+        c->n_graphs++;
+        KVF_CUDA_CHECK(cudaGraphUpload(c->graph[i], c->stream), err);
+        if (bucket == max_b) break;
+    }
+    KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+    return 0;
+}
+
+// Pads a decode batch of n_seqs sequences to `bucket` with copies of its last
+// sequence (same token, position and block table: the copies write the same K
+// and V to the same slot and their logits rows are dropped).
+static void s_pad_decode(kvf_cuda_t *c, int n_seqs, int bucket) {
+    int32_t *tok = c->h_meta + c->m_tokens, *pos = c->h_meta + c->m_pos, *seq = c->h_meta + c->m_seq;
+    int32_t *tiles = c->h_meta + c->m_tiles, *ridx = c->h_meta + c->m_rows;
+    const int L = n_seqs - 1;
+    for (int s = n_seqs; s < bucket; s++) {
+        tok[s] = tok[L], pos[s] = pos[L], seq[s] = L;
+        tiles[3 * s] = L, tiles[3 * s + 1] = s, tiles[3 * s + 2] = 1;
+        ridx[s] = s;
+    }
+}
+
+// tp: the end of every step on every rank (worker/tp_vocab.h). Each rank's best
+// logit of each row and rank 0's say (want_full) go round in one all-gather;
+// *full is rank 0's say, and when it is 1 the ranks' logits are gathered too and
+// put back in id order into c->logits (rows, vocab). Waits (bounded) for the
+// step's collectives so far.
+static int s_vocab_exchange(kvf_cuda_t *c, int rows, int want_full, int *full, kvf_err_t *err) {
+    const int T = c->sh.size, S = c->sh.v_stride, V = c->base.cfg.vocab_size, R = c->base.opts.max_logit_rows;
+    const size_t msg = kvf_tp_vocab_msg_bytes(rows);
+    cudaStream_t st = c->stream;
+    int32_t *mine = c->d_vmsg, *all = c->d_vmsg + 2 + 2 * (size_t)R;  // (2 + 2 rows), (T, msg bytes)
+    int32_t *h_hdr = c->h_vmsg + (size_t)T * (2 + 2 * R);
+    const kvf_tp_vocab_hdr_t h = {want_full != 0, rows};
+    memcpy(h_hdr, &h, sizeof h);
+    KVF_CUDA_CHECK(cudaMemcpyAsync(mine, h_hdr, sizeof h, cudaMemcpyHostToDevice, st), err);
+    if (kvf_argmax_best(mine + 2, c->vlog, rows, c->sh.nv, c->sh.v0, st, err) != 0) return -1;
+    if (kvf_tp_nccl_all_gather_enqueue(c->tp, mine, all, msg, st, err) != 0) return -1;
+    KVF_CUDA_CHECK(cudaMemcpyAsync(c->h_vmsg, all, (size_t)T * msg, cudaMemcpyDeviceToHost, st), err);
+    if (kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
+    for (int p = 0; p < T; p++) {
+        kvf_tp_vocab_hdr_t hp;
+        memcpy(&hp, (const uint8_t *)c->h_vmsg + (size_t)p * msg, sizeof hp);
+        if (hp.rows != rows)
+            return kvf_err_set(err, KVF_E_INTERNAL, "cuda tp vocab: rank %d has %d logit rows, rank %d has %d", p,
+                               hp.rows, c->sh.rank, rows);
+        if (p == 0) *full = hp.want_full;
+    }
+    if (!*full) return 0;
+    if (kvf_tp_nccl_all_gather_enqueue(c->tp, c->vlog, c->vgath, (size_t)rows * S * sizeof(float), st, err) != 0)
+        return -1;
+    const int vb = V / T, vr = V % T;
+    for (int p = 0; p < T; p++) {  // rank p's (rows, nv_p) block -> columns [v0_p, v0_p + nv_p)
+        const int v0 = p * vb + (p < vr ? p : vr), nv = vb + (p < vr);
+        KVF_CUDA_CHECK(cudaMemcpy2DAsync(c->logits + v0, (size_t)V * sizeof(float), c->vgath + (size_t)p * rows * S,
+                                         (size_t)nv * sizeof(float), (size_t)nv * sizeof(float), (size_t)rows,
+                                         cudaMemcpyDeviceToDevice, st), err);
+    }
+    return 0;
+}
+
+// One step: logits (host, rows x vocab) copied back when logits is set; else
+// the argmax of each sequence's row into ids (host, n_seqs) and only those.
+static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+    kvf_backend_t *be = &c->base;
+    int qpt = 1, max_ctx = 0, n_tiles_tc = 0;
+    const int n_tiles = s_prepare(c, b, logits ? (const void *)logits : (const void *)ids, &qpt, &max_ctx,
+                                  &n_tiles_tc, err);
+    if (n_tiles < 0) return -1;
+    if (ids && b->all_logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: all_logits must be 0");
+    const int n = b->n_tokens, V = be->cfg.vocab_size;
+    const int rows = b->all_logits ? n : b->n_seqs;
+    cudaStream_t st = c->stream;
+    KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
+    const double h0 = c->timing ? kvf_cuda_now_ms() : 0.0;
+    c->timing_now = c->timing > 0;
+    c->n_ev = 0;
+    if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
+
+    int gi = -1;
+    if (c->use_graphs && !b->all_logits && n == b->n_seqs)
+        for (int i = 0; i < c->n_graphs && gi < 0; i++)
+            if (c->graph_bucket[i] >= n) gi = i;
+    if (gi >= 0) {
+        s_pad_decode(c, b->n_seqs, c->graph_bucket[gi]);
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       st), err);
+        if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
+        KVF_CUDA_CHECK(cudaGraphLaunch(c->graph[gi], st), err);
+        if (c->timing_now && s_mark(c, S_T_GRAPH, err) != 0) return -1;
+        c->graph_steps++;
+    } else {
+        // Splits only when kvf_attention writes every row (its reduce covers all tokens).
+        int split_len = 1 << 30, n_splits = 1;
+        if (n <= c->partial_tokens && n_tiles_tc == 0)
+            n_splits = kvf_attn_choose_splits(n_tiles, c->n_kv, max_ctx, c->max_splits, c->n_sms,
+                                              &split_len);
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                       st), err);
+        if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
+        // Single-token tiles without key splits (many sequences, or beside a prefill)
+        // go to the tensor-core decode kernel; few long ones keep kvf_attention's splits.
+        const int dec_tc = c->decode_tc && qpt == 1 && n_splits == 1;
+        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc, err) != 0)
+            return -1;
+    }
+    // tp: the vocab-parallel lm_head's exchange. Rank 0 (the leader) asks for every
+    // logit when the host or the sample kernels need them; a greedy-only step moves
+    // each row's best logit per rank instead.
+    int full = 1;
+    if (c->tp && s_vocab_exchange(c, rows, logits || c->sampled || c->pen_ints > 0, &full, err) != 0) return -1;
+    if (!full) {  // ids: the group's greedy pick of each row
+        for (int r = 0; r < rows; r++) c->h_ids[r] = kvf_tp_best_merge(c->h_vmsg, c->sh.size, rows, r);
+        if (c->timing_now && s_mark(c, S_T_SAMPLE, err) != 0) return -1;
+    } else if (logits) {
+        // logits is the caller's pageable memory: that copy blocks the host until the
+        // stream reaches it, so with TP first wait (bounded) for the all-reduces, or a
+        // dead peer would hang the copy instead of failing the step.
+        if (c->tp && kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
+        KVF_CUDA_CHECK(cudaMemcpyAsync(logits, c->logits, (size_t)rows * V * sizeof(float), cudaMemcpyDeviceToHost,
+                                       st), err);
+        if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
+    } else {
+        if (c->pen_ints > 0) {  // [penalty (B floats), offsets (B + 1), ids]
+            const int B = be->opts.max_batch_size;
+            KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_pen, c->h_pen, (size_t)c->pen_ints * sizeof(int32_t),
+                                           cudaMemcpyHostToDevice, st), err);
+            if (kvf_repetition_penalty(c->logits, c->d_pen + 2 * B + 1, c->d_pen + B, (const float *)c->d_pen,
+                                       c->d_hscr, b->n_seqs, V, st, err) != 0)
+                return -1;
+        }
+        if (c->sampled) {
+            KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_sp, c->h_sp, (size_t)b->n_seqs * sizeof(kvf_sample_params_t),
+                                           cudaMemcpyHostToDevice, st), err);
+            if (kvf_sample_rows(c->d_ids, c->logits, c->d_sp, b->n_seqs, V, st, err) != 0) return -1;
+        } else if (kvf_argmax(c->d_ids, c->logits, b->n_seqs, V, st, err) != 0) {
+            return -1;
+        }
+        if (c->timing_now && s_mark(c, S_T_SAMPLE, err) != 0) return -1;
+        KVF_CUDA_CHECK(cudaMemcpyAsync(c->h_ids, c->d_ids, (size_t)b->n_seqs * sizeof(int32_t),
+                                       cudaMemcpyDeviceToHost, st), err);
+        if (c->timing_now && s_mark(c, S_T_D2H, err) != 0) return -1;
+    }
+    if (c->tp) {  // a dead or stuck peer must not block forever: bounded, aborts the group
+        if (kvf_tp_nccl_wait(c->tp, st, err) != 0) return -1;
+    } else {
+        KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
+    }
+    if (ids) memcpy(ids, c->h_ids, (size_t)b->n_seqs * sizeof(int32_t));
+    if (c->timing_now) {
+        const int k = n == b->n_seqs ? 0 : 1;
+        for (int i = 1; i < c->n_ev; i++) {
+            float ms = 0.0f;
+            KVF_CUDA_CHECK(cudaEventElapsedTime(&ms, c->ev[i - 1], c->ev[i]), err);
+            c->t_ms[k][c->ev_cat[i]] += ms;
+            c->t_gpu_ms[k] += ms;
+        }
+        c->t_steps[k]++;
+        c->t_rows[k] += (uint64_t)b->n_seqs;
+        c->t_host_ms[k] += kvf_cuda_now_ms() - h0;
+        c->timing_now = 0;
+    }
+    return 0;
+}
+
+static int s_run(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, kvf_err_t *err) {
+    if (c->tp_lost) return kvf_err_set(err, KVF_E_PEER_LOST, "cuda backend: the TP group failed in an earlier step");
+    kvf_err_t e2;
+    kvf_err_t *e = err ? err : &e2;
+    const int rc = s_step(c, b, logits, ids, e);
+    if (rc != 0 && c->tp && e->code == KVF_E_PEER_LOST) c->tp_lost = 1;
+    return rc;
+}
+
+int kvf_cuda_forward(kvf_backend_t *be, const kvf_batch_t *b, float *logits, kvf_err_t *err) {
+    if (!be) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: no backend");
+    if (!logits) return kvf_err_set(err, KVF_E_INVAL, "cuda forward: batch and logits are required");
+    return s_run((kvf_cuda_t *)be, b, logits, NULL, err);
+}
+
+// Each row's token on the device: the repetition penalty over the row's history
+// (kernels/repetition_penalty.h), then greedy rows (per_seq NULL or temperature 0)
+// by the argmax of the f32 logits the host sampler would see (lowest id on ties,
+// NaN never wins) and sampled rows by kernels/sample_rows.h (temperature, top-k,
+// top-p, min-p, then the draw with the host's uniform number for (seed, step)),
+// which picks the host sampler's token but where a sum lands within ~1e-12 of a
+// boundary. Histories longer in all than hist_cap are KVF_E_UNSUPPORTED (nothing
+// runs; the host samples that step).
+int kvf_cuda_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_sampling_t *const *per_seq,
+                            const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
+                            int32_t *out_tokens, kvf_err_t *err) {
+    if (!be || !b || !per_seq || !out_tokens)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
+    kvf_cuda_t *c = (kvf_cuda_t *)be;
+    const int B = be->opts.max_batch_size;
+    // a batch over the limits fails in s_run's checks (per_seq and the histories are
+    // read only for the n_seqs rows of a batch that fits)
+    if (b->n_seqs < 1 || b->n_seqs > B || b->n_seqs > be->opts.max_logit_rows)
+        return s_run(c, b, NULL, out_tokens, err);
+    int sampled = 0;
+    int64_t n_hist = 0;
+    for (int i = 0; i < b->n_seqs; i++) {
+        const kvf_sampling_t *s = per_seq[i];
+        if (!s) continue;
+        sampled |= s->temperature > 0.0f;
+        if (s->repetition_penalty == 1.0f) continue;
+        if (!history || !n_history || n_history[i] < 0 || (n_history[i] > 0 && !history[i]))
+            return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sequence %d has a repetition penalty but no "
+                               "history", i);
+        n_hist += n_history[i];
+    }
+    if (n_hist > c->hist_cap)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda forward_sample: %lld history ids for the repetition penalty, "
+                           "over the %d a step carries: the host samples this step", (long long)n_hist, c->hist_cap);
+    if (sampled && !steps)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: sampled rows need their steps");
+    c->sampled = sampled;
+    c->pen_ints = 0;
+    if (c->sampled)
+        for (int i = 0; i < b->n_seqs; i++) {
+            const kvf_sampling_t *s = per_seq[i];
+            c->h_sp[i] = s && s->temperature > 0.0f
+                             ? (kvf_sample_params_t){s->temperature, s->top_k, s->top_p, s->min_p,
+                                                     kvf_sampler_uniform(s->seed, steps[i])}
+                             : (kvf_sample_params_t){0.0f, 0, 1.0f, 0.0f, 0.0};
+        }
+    if (n_hist > 0) {  // [penalty (B floats), offsets (B + 1), ids]
+        float *pen = (float *)(void *)c->h_pen;
+        int32_t *off = c->h_pen + B, *ids = c->h_pen + 2 * B + 1;
+        int32_t at = 0;
+        for (int i = 0; i < b->n_seqs; i++) {
+            const kvf_sampling_t *s = per_seq[i];
+            const int on = s && s->repetition_penalty != 1.0f;
+            pen[i] = on ? s->repetition_penalty : 1.0f;
+            off[i] = at;
+            if (on && n_history[i] > 0) {
+                memcpy(ids + at, history[i], (size_t)n_history[i] * sizeof(int32_t));
+                at += n_history[i];
+            }
+        }
+        off[b->n_seqs] = at;
+        c->pen_ints = 2 * (int64_t)B + 1 + at;
+    }
+    const int rc = s_run(c, b, NULL, out_tokens, err);
+    c->sampled = 0;
+    c->pen_ints = 0;
+    return rc;
+}
