@@ -1,0 +1,115 @@
+// bench/kbench.h — kvf-kbench's harness, shared by its two files (not a library
+// header): kvf_kbench.c (options, device memory, timing, output, main) and
+// kbench_sections.c (one function a kernel section: the ops, their shapes and
+// the FLOPs and bytes each call moves).
+#ifndef KVF_BENCH_KBENCH_H
+#define KVF_BENCH_KBENCH_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "common/error.h"
+
+// The model shape (Llama-3-8B).
+#define KB_DIM 4096
+#define KB_FF 14336
+#define KB_H 32
+#define KB_KV 8
+#define KB_HD 128
+#define KB_VOCAB 128256
+#define KB_BS 64
+#define KB_QKV ((KB_H + 2 * KB_KV) * KB_HD)  // 6144, the fused q/k/v projection's width
+
+#define KB_ROTATE_BYTES (120u * 1000u * 1000u)  // inputs below this are rotated over copies
+#define KB_POOL_PER_SEQ 10                      // KV pool blocks per sequence (contexts <= 640)
+#define KB_GEMM_WORKSPACE (32u << 20)
+#define KB_MAX_ALLOCS 64
+
+enum {
+    KB_SEC_GEMM = 1 << 0,
+    KB_SEC_SILU = 1 << 1,
+    KB_SEC_NORM = 1 << 2,
+    KB_SEC_ROPE = 1 << 3,
+    KB_SEC_DECODE = 1 << 4,
+    KB_SEC_PREFILL = 1 << 5,
+    KB_SEC_SAMPLE = 1 << 6,
+    KB_SEC_ALL = (1 << 7) - 1,
+};
+
+typedef struct {
+    int only;  // S_SEC_* bits
+    int json;
+    int device;
+    int reps, warmup;
+    uint64_t seed;
+    int gemm_n[8], n_gemm_n;  // --gemm-n
+    int no_tune;              // --no-tune
+    int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
+} kvf_kb_opts_t;
+
+typedef struct {
+    const kvf_kb_opts_t *o;
+    cudaStream_t stream;
+    cudaEvent_t *ev;  // (2 * reps): start and stop of each timed call
+    float *ms;        // (reps) host
+    void *dptr[KB_MAX_ALLOCS];
+    size_t dbytes[KB_MAX_ALLOCS];
+    int n_alloc;
+    size_t held, peak;   // bytes this tool holds on the device now / at most
+    uint64_t fill_seed;  // every fill gets the next seed
+    uint64_t rng;        // host choices (lengths, block order)
+    json_t *rows;        // --json: the output array
+} kvf_kb_t;
+
+typedef struct {
+    double median, min;  // ms
+} kvf_kb_time_t;
+
+typedef struct {
+    const char *kernel;
+    char variant[48];
+    char shape[64];
+    kvf_kb_time_t t;
+    double flops, bytes;                // per call; 0: not reported
+    int copies;                         // input copies rotated over (1: none)
+    int tuned;                          // gemm after kvf_gemm_tune: its own timings below
+    float tune_heuristic_ms, tune_best_ms;
+} kvf_kb_row_t;
+
+// One call of the op under test; rep counts warm-up and timed calls alike (rotation).
+typedef int (*kvf_kb_op_fn)(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err);
+
+// ---------------------------------------------------------------- the harness (kvf_kbench.c)
+
+// Device memory owned by b until kvf_kb_free_all. Returns 0, or -1 with err set.
+int kvf_kb_alloc(kvf_kb_t *b, void **p, size_t bytes, kvf_err_t *err);
+// Frees the buffers allocated after the first `mark` (synchronizes the device).
+int kvf_kb_free_to(kvf_kb_t *b, int mark, kvf_err_t *err);
+int kvf_kb_free_all(kvf_kb_t *b, kvf_err_t *err);
+// A device copy of h (bytes), owned by b.
+int kvf_kb_upload(kvf_kb_t *b, void **d, const void *h, size_t bytes, kvf_err_t *err);
+// Fresh random device data (zeros run faster): bf16 / f32, uniform in [-scale, scale].
+int kvf_kb_rand_bf16(kvf_kb_t *b, void *p, size_t n, float scale, kvf_err_t *err);
+int kvf_kb_rand_f32(kvf_kb_t *b, void *p, size_t n, float scale, kvf_err_t *err);
+// How many copies of an input of `bytes` exceed KB_ROTATE_BYTES together (1 when one does).
+int kvf_kb_copies(size_t bytes);
+uint64_t kvf_kb_splitmix64(uint64_t *state);
+// The median and min ms of --reps timed calls of op after --warmup untimed ones.
+int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err);
+// One output row (a line, or a JSON object with --json).
+void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r);
+
+// ---------------------------------------------------------------- the sections (kbench_sections.c)
+
+int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_silu(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_norm(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_rope(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err);
+
+#endif

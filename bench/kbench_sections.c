@@ -1,0 +1,606 @@
+// bench/kbench_sections.c — kvf-kbench's sections (bench/kbench.h): each
+// kernel on the Llama-3-8B shapes, with the FLOPs and bytes one call moves
+// (the formulas head each section).
+
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/attention.h"
+#include "kernels/attention_decode.h"
+#include "kernels/attention_prefill.h"
+#include "kernels/check.h"
+#include "kernels/gemm.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/repetition_penalty.h"
+#include "kernels/rope_kv.h"
+#include "kernels/sample.h"
+#include "kernels/sample_rows.h"
+#include "kernels/silu_mul.h"
+#include "bench/kbench.h"
+
+// ---------------------------------------------------------------- gemm
+// y (n, d_out) = x (n, d_in) @ W^T, W (d_out, d_in) bf16, y f32 or bf16, beta 0.
+// FLOPs = 2 n d_in d_out; bytes = 2 d_out d_in (W) + 2 n d_in (x) + {4|2} n d_out (y).
+
+typedef struct {
+    kvf_gemm_ctx_t *ctx;
+    void *y;
+    kvf_gemm_out_t yt;
+    const uint16_t *x;  // (n, d_in)
+    const uint16_t *w;  // (nw, d_out, d_in): call i reads copy i % nw
+    int nw, n, d_in, d_out;
+} s_gemm_t;
+
+static int s_gemm_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_gemm_t *g = ud;
+    const uint16_t *w = g->w + (size_t)(rep % g->nw) * g->d_out * g->d_in;
+    return kvf_gemm(g->ctx, g->y, g->yt, g->x, w, g->n, g->d_in, g->d_out, 0.0f, b->stream, err);
+}
+
+int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
+    static const struct {
+        const char *name;
+        int d_in, d_out, max_n;  // max_n 0: every n
+    } shapes[] = {
+        {"qkv", KB_DIM, KB_QKV, 0},     {"o", KB_H * KB_HD, KB_DIM, 0},       {"gate_up", KB_DIM, 2 * KB_FF, 0},
+        {"down", KB_FF, KB_DIM, 0},     {"lm_head", KB_DIM, KB_VOCAB, 512},
+    };
+    const int *ns = b->o->gemm_n, n_ns = b->o->n_gemm_n;
+    int n_max = 0;
+    for (int i = 0; i < n_ns; i++) n_max = ns[i] > n_max ? ns[i] : n_max;
+    void *ws = NULL, *ws_tune = NULL;
+    kvf_gemm_ctx_t *heur = NULL, *tune = NULL;
+    int rc = -1;
+    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 ||
+        kvf_kb_alloc(b, &ws_tune, KB_GEMM_WORKSPACE, err) != 0) goto done;
+    if (!(heur = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err))) goto done;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int d_in = shapes[si].d_in, d_out = shapes[si].d_out;
+        const size_t w_elems = (size_t)d_in * d_out;
+        const int nw = kvf_kb_copies(2 * w_elems);
+        const int max_n = shapes[si].max_n && shapes[si].max_n < n_max ? shapes[si].max_n : n_max;
+        const int mark = b->n_alloc;  // this shape's buffers are freed below
+        void *w = NULL, *x = NULL, *y = NULL;
+        if (kvf_kb_alloc(b, &w, 2 * w_elems * nw, err) != 0 || kvf_kb_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
+            kvf_kb_alloc(b, &x, (size_t)max_n * d_in * 2, err) != 0 ||
+            kvf_kb_rand_bf16(b, x, (size_t)max_n * d_in, 1.0f, err) != 0 ||
+            kvf_kb_alloc(b, &y, (size_t)max_n * d_out * 4, err) != 0)
+            goto done;
+        for (int ni = 0; ni < n_ns; ni++) {
+            const int n = ns[ni];
+            if (n > max_n) continue;
+            for (int f32 = 1; f32 >= 0; f32--) {
+                s_gemm_t g = {heur, y, f32 ? KVF_GEMM_OUT_F32 : KVF_GEMM_OUT_BF16, x, w, nw, n, d_in, d_out};
+                kvf_kb_row_t r = {.kernel = "gemm"};
+                snprintf(r.shape, sizeof r.shape, "%s %dx%d->%d", shapes[si].name, n, d_in, d_out);
+                r.copies = nw;
+                r.flops = 2.0 * n * d_in * d_out;
+                r.bytes = 2.0 * w_elems + 2.0 * n * d_in + (f32 ? 4.0 : 2.0) * n * d_out;
+                snprintf(r.variant, sizeof r.variant, "%s heuristic", f32 ? "f32" : "bf16");
+                if (kvf_kb_time(b, s_gemm_op, &g, &r.t, err) != 0) goto done;
+                kvf_kb_emit(b, &r);
+                if (b->o->no_tune) continue;
+                // A fresh context, so the tune's pick is for this shape alone; it
+                // tunes on copy 0 (its own timings may see W in L2 for small W).
+                if (!(tune = kvf_gemm_ctx_new(ws_tune, KB_GEMM_WORKSPACE, err)) ||
+                    kvf_gemm_ctx_set_tune(tune, (int)b->o->tune_reps, (int)b->o->tune_rounds, err) != 0)
+                    goto done;
+                if (kvf_gemm_tune(tune, y, g.yt, x, w, n, d_in, d_out, b->stream, &r.tune_heuristic_ms,
+                                  &r.tune_best_ms, err) != 0)
+                    goto done;
+                g.ctx = tune;
+                r.tuned = 1;
+                snprintf(r.variant, sizeof r.variant, "%s tuned", f32 ? "f32" : "bf16");
+                if (kvf_kb_time(b, s_gemm_op, &g, &r.t, err) != 0) goto done;
+                kvf_kb_emit(b, &r);
+                kvf_gemm_ctx_destroy(&tune);
+            }
+        }
+        if (kvf_kb_free_to(b, mark, err) != 0) goto done;  // this shape's W, x, y
+    }
+    rc = 0;
+done:
+    kvf_gemm_ctx_destroy(&tune);
+    kvf_gemm_ctx_destroy(&heur);
+    return rc;  // the workspaces go with the section's kvf_kb_free_all
+}
+
+// ---------------------------------------------------------------- silu
+// out (n, ff) bf16 = silu(gate) * up, gate/up the two halves of one (n, 2 ff) row (ld 2 ff).
+// bytes = n ff (2 e + 2), e = 4 (f32 in) or 2 (bf16 in): gate and up read, out written.
+
+typedef struct {
+    uint16_t *out;
+    const void *in;  // (copies, n, 2 ff) f32 or bf16
+    int copies, n, f32;
+} s_silu_t;
+
+static int s_silu_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_silu_t *s = ud;
+    const size_t off = (size_t)(rep % s->copies) * s->n * 2 * KB_FF;
+    if (s->f32) {
+        const float *g = (const float *)s->in + off;
+        return kvf_silu_mul_f32(s->out, g, g + KB_FF, s->n, KB_FF, 2 * KB_FF, b->stream, err);
+    }
+    const uint16_t *g = (const uint16_t *)s->in + off;
+    return kvf_silu_mul(s->out, g, g + KB_FF, s->n, KB_FF, 2 * KB_FF, b->stream, err);
+}
+
+int kvf_kb_bench_silu(kvf_kb_t *b, kvf_err_t *err) {
+    static const int ns[] = {512, 8192};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int n = ns[ni];
+        for (int f32 = 1; f32 >= 0; f32--) {
+            const size_t e = f32 ? 4 : 2, in_elems = (size_t)n * 2 * KB_FF;
+            s_silu_t s = {NULL, NULL, kvf_kb_copies(in_elems * e), n, f32};
+            void *out = NULL, *in = NULL;
+            if (kvf_kb_alloc(b, &out, (size_t)n * KB_FF * 2, err) != 0 ||
+                kvf_kb_alloc(b, &in, in_elems * e * s.copies, err) != 0)
+                return -1;
+            if ((f32 ? kvf_kb_rand_f32(b, in, in_elems * s.copies, 4.0f, err)
+                     : kvf_kb_rand_bf16(b, in, in_elems * s.copies, 4.0f, err)) != 0)
+                return -1;
+            s.out = out, s.in = in;
+            kvf_kb_row_t r = {.kernel = "silu_mul"};
+            snprintf(r.variant, sizeof r.variant, "%s", f32 ? "f32 in" : "bf16 in");
+            snprintf(r.shape, sizeof r.shape, "n=%d ff=%d ld=%d", n, KB_FF, 2 * KB_FF);
+            r.copies = s.copies;
+            r.bytes = (double)n * KB_FF * (2.0 * e + 2.0);
+            if (kvf_kb_time(b, s_silu_op, &s, &r.t, err) != 0) return -1;
+            kvf_kb_emit(b, &r);
+            if (kvf_kb_free_all(b, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- norm
+// residual (n, dim) f32 += x; out (n, dim) bf16 = rmsnorm(residual) * w.
+// bytes = n dim (4 + 4 + e + 2) + 4 dim: residual read and written, x read (e = 4 f32,
+// 2 bf16), out written, w read.
+
+typedef struct {
+    uint16_t *out;
+    float *residual;
+    const void *x;  // (copies, n, dim)
+    const float *w;
+    int copies, n, f32;
+} s_norm_t;
+
+static int s_norm_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_norm_t *s = ud;
+    const size_t off = (size_t)(rep % s->copies) * s->n * KB_DIM;
+    if (s->f32)
+        return kvf_rmsnorm_add_f32(s->out, s->residual, (const float *)s->x + off, s->w, s->n, KB_DIM, 1e-5f,
+                                   b->stream, err);
+    return kvf_rmsnorm_add(s->out, s->residual, (const uint16_t *)s->x + off, s->w, s->n, KB_DIM, 1e-5f, b->stream,
+                           err);
+}
+
+int kvf_kb_bench_norm(kvf_kb_t *b, kvf_err_t *err) {
+    const int n = 8192;
+    for (int f32 = 1; f32 >= 0; f32--) {
+        const size_t e = f32 ? 4 : 2, elems = (size_t)n * KB_DIM;
+        s_norm_t s = {NULL, NULL, NULL, NULL, kvf_kb_copies(elems * e), n, f32};
+        void *out = NULL, *res = NULL, *x = NULL, *w = NULL;
+        if (kvf_kb_alloc(b, &out, elems * 2, err) != 0 || kvf_kb_alloc(b, &res, elems * 4, err) != 0 ||
+            kvf_kb_alloc(b, &x, elems * e * s.copies, err) != 0 || kvf_kb_alloc(b, &w, KB_DIM * 4, err) != 0)
+            return -1;
+        // The residual grows by x each call: small x keeps it far from overflow.
+        if (kvf_kb_rand_f32(b, res, elems, 1.0f, err) != 0 || kvf_kb_rand_f32(b, w, KB_DIM, 1.0f, err) != 0 ||
+            (f32 ? kvf_kb_rand_f32(b, x, elems * s.copies, 0.1f, err) : kvf_kb_rand_bf16(b, x, elems * s.copies,
+                0.1f, err)) != 0)
+            return -1;
+        s.out = out, s.residual = res, s.x = x, s.w = w;
+        kvf_kb_row_t r = {.kernel = "rmsnorm_add"};
+        snprintf(r.variant, sizeof r.variant, "%s x", f32 ? "f32" : "bf16");
+        snprintf(r.shape, sizeof r.shape, "n=%d dim=%d", n, KB_DIM);
+        r.copies = s.copies;
+        r.bytes = (double)elems * (4 + 4 + e + 2) + 4.0 * KB_DIM;
+        if (kvf_kb_time(b, s_norm_op, &s, &r.t, err) != 0) return -1;
+        kvf_kb_emit(b, &r);
+        if (kvf_kb_free_all(b, err) != 0) return -1;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- paged KV layout
+
+typedef struct {
+    int n_seqs, n_blocks, max_blocks;
+    int32_t *block_table;  // (n_seqs, max_blocks) host, unused entries -1
+} s_paged_t;
+
+// Host: sequence s holds len[s] tokens in blocks handed out from a pool of
+// n_seqs * KB_POOL_PER_SEQ blocks in a shuffled order, as from a pool that has
+// served many requests. Returns 0, or -1 with err set (len[s] too long).
+static int s_paged_init(kvf_kb_t *b, s_paged_t *p, const int *len, int n_seqs, kvf_err_t *err) {
+    p->n_seqs = n_seqs;
+    p->max_blocks = KB_POOL_PER_SEQ;
+    p->n_blocks = n_seqs * KB_POOL_PER_SEQ;
+    int32_t *perm = malloc(sizeof(int32_t) * (size_t)p->n_blocks);
+    p->block_table = malloc(sizeof(int32_t) * (size_t)p->n_blocks);
+    if (!perm || !p->block_table) {
+        free(perm);
+        return kvf_err_set(err, KVF_E_NOMEM, "block table: out of memory");
+    }
+    for (int i = 0; i < p->n_blocks; i++) perm[i] = i;
+    for (int i = p->n_blocks - 1; i > 0; i--) {
+        int j = (int)(kvf_kb_splitmix64(&b->rng) % (uint64_t)(i + 1));
+        int32_t t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int next = 0;
+    for (int s = 0; s < n_seqs; s++) {
+        const int need = (len[s] + KB_BS - 1) / KB_BS;
+        if (need > p->max_blocks) {
+            free(perm);
+            return kvf_err_set(err, KVF_E_INTERNAL, "sequence of %d tokens: more than %d blocks", len[s],
+                p->max_blocks);
+        }
+        for (int i = 0; i < p->max_blocks; i++) p->block_table[s * p->max_blocks + i] = i < need ? perm[next++] : -1;
+    }
+    free(perm);
+    return 0;
+}
+
+static void s_paged_fini(s_paged_t *p) {
+    free(p->block_table);
+    p->block_table = NULL;
+}
+
+// Device K and V caches (n_blocks, block_size, n_kv, head_dim) bf16, random, and the block table.
+static int s_paged_upload(kvf_kb_t *b, const s_paged_t *p, uint16_t **k, uint16_t **v, int32_t **bt,
+                          kvf_err_t *err) {
+    const size_t elems = (size_t)p->n_blocks * KB_BS * KB_KV * KB_HD;
+    if (kvf_kb_alloc(b, (void **)k, elems * 2, err) != 0 || kvf_kb_alloc(b, (void **)v, elems * 2, err) != 0 ||
+        kvf_kb_rand_bf16(b, *k, elems, 1.0f, err) != 0 || kvf_kb_rand_bf16(b, *v, elems, 1.0f, err) != 0)
+        return -1;
+    return kvf_kb_upload(b, (void **)bt, p->block_table, sizeof(int32_t) * (size_t)p->n_seqs * p->max_blocks, err);
+}
+
+// ---------------------------------------------------------------- rope
+// Per token: the q and k heads of its qkv row (n, (H + 2 KV) HD) rotated, q to q_out,
+// k and v into the paged cache. bytes = n (H + 2 KV) HD e (qkv read, e = 4 f32, 2 bf16)
+// + 2 n H HD (q written) + 2 * 2 n KV HD (k, v written) + 8 n (pos, tok_seq)
+// + 4 HD/2 (inv_freq) + 4 n_seqs max_blocks (block table).
+
+typedef struct {
+    uint16_t *q_out, *k, *v;
+    const void *qkv;  // (copies, n, KB_QKV)
+    const float *inv_freq;
+    const int32_t *pos, *tok_seq, *bt;
+    int copies, n, f32, max_blocks, n_blocks;
+} s_rope_t;
+
+static int s_rope_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_rope_t *s = ud;
+    const size_t off = (size_t)(rep % s->copies) * s->n * KB_QKV;
+    if (s->f32)
+        return kvf_rope_kv_f32(s->q_out, s->k, s->v, (const float *)s->qkv + off, NULL, s->inv_freq, s->pos,
+                               s->tok_seq, s->bt, s->max_blocks, s->n, KB_H, KB_KV, KB_HD, KB_BS, s->n_blocks,
+                                   b->stream,
+                               err);
+    return kvf_rope_kv(s->q_out, s->k, s->v, (const uint16_t *)s->qkv + off, NULL, s->inv_freq, s->pos, s->tok_seq,
+                       s->bt, s->max_blocks, s->n, KB_H, KB_KV, KB_HD, KB_BS, s->n_blocks, b->stream, err);
+}
+
+int kvf_kb_bench_rope(kvf_kb_t *b, kvf_err_t *err) {
+    enum { NS = 16, L = 512, N = NS * L };
+    int len[NS];
+    int32_t *pos = malloc(sizeof(int32_t) * N), *seq = malloc(sizeof(int32_t) * N);
+    float inv_freq[KB_HD / 2];
+    s_paged_t p = {0};
+    int rc = -1;
+    if (!pos || !seq) {
+        kvf_err_set(err, KVF_E_NOMEM, "rope: out of memory");
+        goto done;
+    }
+    for (int s = 0; s < NS; s++) len[s] = L;
+    for (int t = 0; t < N; t++) pos[t] = t % L, seq[t] = t / L;
+    for (int i = 0; i < KB_HD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / KB_HD);
+    if (s_paged_init(b, &p, len, NS, err) != 0) goto done;
+    for (int f32 = 1; f32 >= 0; f32--) {
+        const size_t e = f32 ? 4 : 2, elems = (size_t)N * KB_QKV;
+        s_rope_t s = {.copies = kvf_kb_copies(elems * e), .n = N, .f32 = f32, .max_blocks = p.max_blocks,
+                      .n_blocks = p.n_blocks};
+        void *q_out = NULL, *qkv = NULL, *d_if = NULL, *d_pos = NULL, *d_seq = NULL;
+        int32_t *bt = NULL;
+        if (kvf_kb_alloc(b, &q_out, (size_t)N * KB_H * KB_HD * 2, err) != 0 ||
+            kvf_kb_alloc(b, &qkv, elems * e * s.copies, err) != 0 ||
+            (f32 ? kvf_kb_rand_f32(b, qkv, elems * s.copies, 1.0f, err) : kvf_kb_rand_bf16(b, qkv, elems * s.copies,
+                1.0f, err)) ||
+            kvf_kb_upload(b, &d_if, inv_freq, sizeof inv_freq, err) != 0 ||
+            kvf_kb_upload(b, &d_pos, pos, sizeof(int32_t) * N, err) != 0 ||
+            kvf_kb_upload(b, &d_seq, seq, sizeof(int32_t) * N, err) != 0 ||
+            s_paged_upload(b, &p, &s.k, &s.v, &bt, err) != 0)
+            goto done;
+        s.q_out = q_out, s.qkv = qkv, s.inv_freq = d_if, s.pos = d_pos, s.tok_seq = d_seq, s.bt = bt;
+        kvf_kb_row_t r = {.kernel = "rope_kv"};
+        snprintf(r.variant, sizeof r.variant, "%s qkv", f32 ? "f32" : "bf16");
+        snprintf(r.shape, sizeof r.shape, "%dx%d tokens, %d blocks", NS, L, p.n_blocks);
+        r.copies = s.copies;
+        r.bytes = (double)N * KB_QKV * e + 2.0 * N * KB_H * KB_HD + 4.0 * N * KB_KV * KB_HD + 8.0 * N + 2.0 * KB_HD +
+                  4.0 * NS * p.max_blocks;
+        if (kvf_kb_time(b, s_rope_op, &s, &r.t, err) != 0) goto done;
+        kvf_kb_emit(b, &r);
+        if (kvf_kb_free_all(b, err) != 0) goto done;
+    }
+    rc = 0;
+done:
+    s_paged_fini(&p);
+    free(pos);
+    free(seq);
+    return rc;
+}
+
+// ---------------------------------------------------------------- attention variants
+// The variant entry points are benchmarked when kernels/attention_{decode,prefill}.h
+// declare them (bench/CMakeLists.txt looks); otherwise the one kernel alone, as "default".
+
+#ifndef KVF_KBENCH_DECODE_VARIANTS
+#define KVF_KBENCH_DECODE_VARIANTS 0
+#endif
+#ifndef KVF_KBENCH_PREFILL_VARIANTS
+#define KVF_KBENCH_PREFILL_VARIANTS 0
+#endif
+
+static int s_n_variants(int decode) {
+    int n = 1;
+    (void)decode;  // unused when neither header has variants
+#if KVF_KBENCH_DECODE_VARIANTS
+    if (decode) n = kvf_attention_decode_n_variants();
+#endif
+#if KVF_KBENCH_PREFILL_VARIANTS
+    if (!decode) n = kvf_attention_prefill_n_variants();
+#endif
+    return n;
+}
+
+static void s_variant_name(int decode, int v, char *buf, size_t cap) {
+    const char *name = NULL;
+#if KVF_KBENCH_DECODE_NAMES
+    if (decode) name = kvf_attention_decode_variant_name(v);
+#endif
+#if KVF_KBENCH_PREFILL_NAMES
+    if (!decode) name = kvf_attention_prefill_variant_name(v);
+#endif
+    if (name)
+        snprintf(buf, cap, "%s", name);
+    else if (decode ? KVF_KBENCH_DECODE_VARIANTS : KVF_KBENCH_PREFILL_VARIANTS)
+        snprintf(buf, cap, "v%d", v);
+    else
+        snprintf(buf, cap, "default");
+}
+
+typedef struct {
+    int variant, decode;
+    uint16_t *out;
+    const uint16_t *q, *k, *v;
+    const int32_t *tiles, *pos, *bt;
+    int n_tiles, max_blocks;
+} s_attn_t;
+
+static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_attn_t *a = ud;
+    (void)rep;
+    if (a->decode) {
+#if KVF_KBENCH_DECODE_VARIANTS
+        return kvf_attention_decode_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt,
+                                            a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+#else
+        return kvf_attention_decode(a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt, a->max_blocks, KB_H,
+                                    KB_KV, KB_HD, KB_BS, b->stream, err);
+#endif
+    }
+#if KVF_KBENCH_PREFILL_VARIANTS
+    return kvf_attention_prefill_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt,
+                                         a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+#else
+    return kvf_attention_prefill(a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt, a->max_blocks, KB_H,
+                                 KB_KV, KB_HD, KB_BS, b->stream, err);
+#endif
+}
+
+// One attention case: n_seqs sequences adding n_new[s] tokens at positions
+// len[s] - n_new[s] .. len[s] - 1 (keys 0 .. len[s] - 1 already in the cache),
+// tiles of q_per_tile tokens; times every variant. FLOPs and bytes are per call.
+static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n_new, int n_seqs, int q_per_tile,
+                       const char *shape, kvf_err_t *err) {
+    s_paged_t p = {0};
+    int32_t *pos = NULL, *tiles = NULL;
+    int rc = -1, n = 0;
+    for (int s = 0; s < n_seqs; s++) n += n_new[s];
+    if (!(pos = malloc(sizeof(int32_t) * (size_t)n)) || !(tiles = malloc(sizeof(int32_t) * 3 * (size_t)n))) {
+        kvf_err_set(err, KVF_E_NOMEM, "attention: out of memory");
+        goto done;
+    }
+    // decode: K + V bytes of every context, q and out (bf16).
+    // prefill: causal FLOPs, 4 HD per (query head, key it sees): QK^T and PV.
+    double kv_bytes = 0, flops = 0;
+    for (int s = 0, t = 0; s < n_seqs; s++) {
+        kv_bytes += 2.0 * 2.0 * len[s] * KB_KV * KB_HD;
+        for (int i = 0; i < n_new[s]; i++, t++) {
+            pos[t] = len[s] - n_new[s] + i;
+            flops += 4.0 * KB_HD * KB_H * (pos[t] + 1);
+        }
+    }
+    const int n_tiles = kvf_attn_build_tiles(tiles, n, n_new, n_seqs, q_per_tile);
+    if (n_tiles < 0) {
+        kvf_err_set(err, KVF_E_INTERNAL, "kvf_attn_build_tiles: more than %d tiles", n);
+        goto done;
+    }
+    if (s_paged_init(b, &p, len, n_seqs, err) != 0) goto done;
+    s_attn_t a = {.decode = decode, .n_tiles = n_tiles, .max_blocks = p.max_blocks};
+    void *out = NULL, *q = NULL, *d_pos = NULL, *d_tiles = NULL;
+    uint16_t *k = NULL, *v = NULL;
+    int32_t *bt = NULL;
+    const size_t qe = (size_t)n * KB_H * KB_HD;
+    if (kvf_kb_alloc(b, &out, qe * 2, err) != 0 || kvf_kb_alloc(b, &q, qe * 2, err) != 0 ||
+        kvf_kb_rand_bf16(b, q, qe, 1.0f, err) != 0 ||
+            kvf_kb_upload(b, &d_pos, pos, sizeof(int32_t) * (size_t)n, err) != 0 ||
+        kvf_kb_upload(b, &d_tiles, tiles, sizeof(int32_t) * 3 * (size_t)n_tiles, err) != 0 ||
+        s_paged_upload(b, &p, &k, &v, &bt, err) != 0)
+        goto done;
+    a.out = out, a.q = q, a.k = k, a.v = v, a.pos = d_pos, a.tiles = d_tiles, a.bt = bt;
+    const int nv = s_n_variants(decode);
+    for (int vi = 0; vi < nv; vi++) {
+        kvf_kb_row_t r = {.kernel = decode ? "attn_decode" : "attn_prefill"};
+        a.variant = vi;
+        s_variant_name(decode, vi, r.variant, sizeof r.variant);
+        snprintf(r.shape, sizeof r.shape, "%s", shape);
+        if (decode)
+            r.bytes = kv_bytes + 2.0 * 2.0 * qe;
+        else
+            r.flops = flops;
+        if (kvf_kb_time(b, s_attn_op, &a, &r.t, err) != 0) goto done;
+        kvf_kb_emit(b, &r);
+    }
+    rc = kvf_kb_free_all(b, err);
+done:
+    s_paged_fini(&p);
+    free(pos);
+    free(tiles);
+    return rc;
+}
+
+int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err) {
+#if !KVF_KBENCH_DECODE_VARIANTS
+    kvf_log(KVF_LOG_WARN, "kernels/attention_decode.h has no kvf_attention_decode_variant in this build: "
+                          "timing kvf_attention_decode alone");
+#endif
+    if (!kvf_attention_decode_supports(KB_H, KB_KV, KB_HD))
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "kvf_attention_decode does not run H %d KV %d HD %d", KB_H, KB_KV,
+                           KB_HD);
+    static const int bs[] = {128, 512};
+    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) {
+        const int B = bs[i];
+        int *len = malloc(sizeof(int) * (size_t)B);
+        int32_t *n_new = malloc(sizeof(int32_t) * (size_t)B);
+        if (!len || !n_new) {
+            free(len);
+            free(n_new);
+            return kvf_err_set(err, KVF_E_NOMEM, "attn-decode: out of memory");
+        }
+        long long sum = 0;
+        for (int s = 0; s < B; s++) {
+            len[s] = 512 + (int)(kvf_kb_splitmix64(&b->rng) % 129);  // uniform in [512, 640], new token included
+            n_new[s] = 1;
+            sum += len[s];
+        }
+        char shape[64];
+        snprintf(shape, sizeof shape, "B=%d ctx 512-640 (mean %.0f)", B, (double)sum / B);
+        // Decode tiles as the backend builds them: one new token a sequence, so one
+        // tile a sequence whatever q_per_tile (the rows a tile could hold).
+        int rc = s_attn_case(b, 1, len, n_new, B, KVF_ATTN_DECODE_ROWS / (KB_H / KB_KV), shape, err);
+        free(len);
+        free(n_new);
+        if (rc != 0) return -1;
+    }
+    return 0;
+}
+
+int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err) {
+#if !KVF_KBENCH_PREFILL_VARIANTS
+    kvf_log(KVF_LOG_WARN, "kernels/attention_prefill.h has no kvf_attention_prefill_variant in this build: "
+                          "timing kvf_attention_prefill alone");
+#endif
+    if (!kvf_attention_prefill_supports(KB_HD))
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "kvf_attention_prefill does not run HD %d", KB_HD);
+    enum { NS = 16, L = 512 };
+    int len[NS];
+    int32_t n_new[NS];
+    for (int s = 0; s < NS; s++) len[s] = n_new[s] = L;  // from position 0
+    return s_attn_case(b, 0, len, n_new, NS, KVF_ATTN_PREFILL_Q, "16x512 new tokens from pos 0", err);
+}
+
+// ---------------------------------------------------------------- sample
+// Each row's token from f32 logits (rows, vocab): kvf_argmax, or the repetition
+// penalty (640 history ids a row) and/or kvf_sample_rows with the settings of the
+// variant. Flat rows (uniform in +-0.5: top-p keeps most of the vocabulary) and
+// peaked ones (+-12). bytes = the logits read once (the kernels read them several times).
+
+typedef struct {
+    int32_t *ids;
+    float *logits;
+    const kvf_sample_params_t *params;
+    const int32_t *hist, *hist_off;
+    const float *pen;
+    float *scratch;
+    int n, mode;  // 0 argmax, 1 sample_rows, 2 penalty + argmax
+} s_sample_t;
+
+static int s_sample_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    (void)rep;
+    const s_sample_t *s = ud;
+    if (s->mode == 1) return kvf_sample_rows(s->ids, s->logits, s->params, s->n, KB_VOCAB, b->stream, err);
+    if (s->mode == 2 && kvf_repetition_penalty(s->logits, s->hist, s->hist_off, s->pen, s->scratch, s->n, KB_VOCAB,
+                                               b->stream, err) != 0)
+        return -1;  // the penalty is idempotent enough for timing: each call penalises the row again
+    return kvf_argmax(s->ids, s->logits, s->n, KB_VOCAB, b->stream, err);
+}
+
+int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err) {
+    static const struct {
+        const char *name;
+        int mode;
+        kvf_sample_params_t p;
+    } vs[] = {
+        {"argmax", 0, {0.0f, 0, 1.0f, 0.0f, 0.5}},
+        {"T1", 1, {1.0f, 0, 1.0f, 0.0f, 0.5}},
+        {"T0.7 top-p0.9", 1, {0.7f, 0, 0.9f, 0.0f, 0.5}},
+        {"T1 top-k50", 1, {1.0f, 50, 1.0f, 0.0f, 0.5}},
+        {"T1 min-p0.05", 1, {1.0f, 0, 1.0f, 0.05f, 0.5}},
+        {"penalty+argmax", 2, {0.0f, 0, 1.0f, 0.0f, 0.5}},
+    };
+    enum { NH = 640 };
+    static const int ns[] = {256, 512};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int n = ns[ni];
+        for (int peaked = 0; peaked < 2; peaked++) {
+            void *lg = NULL, *ids = NULL, *params = NULL, *hist = NULL, *hoff = NULL, *pen = NULL, *scr = NULL;
+            int32_t *h_hist = malloc((size_t)n * NH * 4), *h_off = malloc((size_t)(n + 1) * 4);
+            float *h_pen = malloc((size_t)n * 4);
+            kvf_sample_params_t *h_p = malloc((size_t)n * sizeof *h_p);
+            if (!h_hist || !h_off || !h_pen || !h_p) {
+                free(h_hist), free(h_off), free(h_pen), free(h_p);
+                return kvf_err_set(err, KVF_E_NOMEM, "kvf-kbench: out of host memory");
+            }
+            for (int i = 0; i < n; i++) {
+                h_off[i] = i * NH, h_pen[i] = 1.1f;
+                for (int j = 0; j < NH; j++) h_hist[i * NH + j] = (int32_t)((i * 7919u + j * 104729u) % KB_VOCAB);
+            }
+            h_off[n] = n * NH;
+            int rc = kvf_kb_alloc(b, &lg, (size_t)n * KB_VOCAB * 4, err) != 0 ||
+                     kvf_kb_rand_f32(b, lg, (size_t)n * KB_VOCAB, peaked ? 12.0f : 0.5f, err) != 0 ||
+                     kvf_kb_alloc(b, &ids, (size_t)n * 4, err) != 0 ||
+                         kvf_kb_alloc(b, &scr, (size_t)n * NH * 4, err) != 0 ||
+                     kvf_kb_upload(b, &hist, h_hist, (size_t)n * NH * 4, err) != 0 ||
+                     kvf_kb_upload(b, &hoff, h_off, (size_t)(n + 1) * 4, err) != 0 ||
+                     kvf_kb_upload(b, &pen, h_pen, (size_t)n * 4, err) != 0;
+            for (size_t vi = 0; rc == 0 && vi < sizeof vs / sizeof vs[0]; vi++) {
+                for (int i = 0; i < n; i++) h_p[i] = vs[vi].p, h_p[i].u = (i + 0.5) / n;
+                if (params) rc = kvf_kb_free_to(b, b->n_alloc - 1, err);  // the previous variant's params (last)
+                params = NULL;
+                if (rc == 0) rc = kvf_kb_upload(b, &params, h_p, (size_t)n * sizeof *h_p, err);
+                if (rc != 0) break;
+                s_sample_t s = {ids, lg, params, hist, hoff, pen, scr, n, vs[vi].mode};
+                kvf_kb_row_t r = {.kernel = "sample"};
+                snprintf(r.variant, sizeof r.variant, "%s", vs[vi].name);
+                snprintf(r.shape, sizeof r.shape, "%d x %d %s", n, KB_VOCAB, peaked ? "peaked" : "flat");
+                r.bytes = (double)n * KB_VOCAB * 4;
+                rc = kvf_kb_time(b, s_sample_op, &s, &r.t, err);
+                if (rc == 0) kvf_kb_emit(b, &r);
+            }
+            free(h_hist), free(h_off), free(h_pen), free(h_p);
+            if (rc != 0 || kvf_kb_free_all(b, err) != 0) return -1;
+        }
+    }
+    return 0;
+}
