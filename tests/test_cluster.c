@@ -775,10 +775,10 @@ Test(cluster, kvf_node_starts_reports_and_stops_a_node, .timeout = 120) {
 }
 
 // A cpu step longer than the coordinator's --dead-after-ms (a real model's
-// prefill on a cpu worker takes seconds): the worker sends its heartbeats
-// between the step's layers, so it is not declared dead mid-step (which would
-// re-dispatch the request to the same slow step until the coordinator gave up)
-// and the request is answered. The model (kvf-mkmodel, 26M parameters) takes
+// prefill on a cpu worker takes seconds, a single layer of it can): the
+// worker's heartbeat thread keeps the heartbeats going while the step runs, so
+// it is not declared dead mid-step (which would re-dispatch the request to the
+// same slow step until the coordinator gave up) and the request is answered. The model (kvf-mkmodel, 26M parameters) takes
 // about a second a 512-token step on one thread; the coordinator allows 300 ms.
 Test(cluster, a_step_longer_than_dead_after_keeps_the_worker_alive, .timeout = 120) {
     kvh_require_bin("kvf-coordinator");

@@ -48,12 +48,6 @@ typedef struct {
     double cache_max_entry_count;
     uint64_t memory_budget;      // cpu: bytes for weights + workspace + KV; 0 = available RAM
     struct kvf_tp_s *tp;         // the TP group's communicator (worker/tp.h), not owned; NULL for tp_size 1
-    // Optional (NULL: none): forward() calls progress(progress_ctx) on the calling
-    // thread between layers (the cpu backend, whose steps can take seconds), so
-    // that its caller can keep a heartbeat going through a long step. It must not
-    // call back into the backend.
-    void (*progress)(void *ctx);
-    void *progress_ctx;
 } kvf_backend_opts_t;
 
 typedef struct kvf_backend_s kvf_backend_t;

@@ -265,7 +265,6 @@ static int s_run(s_cpu_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, 
         s_matmul(c, c->xn, c->gate, L->w_down, NULL, n, c->inter, dim);
         if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
-        if (be->opts.progress) be->opts.progress(be->opts.progress_ctx);  // e.g. a worker's heartbeat
     }
 
     int rows = b->all_logits ? n : b->n_seqs;

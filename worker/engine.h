@@ -64,10 +64,6 @@ typedef struct {
     // to the other ranks, which run kvf_tp_follower_run on kvf_engine_backend().
     // Every rank must be given the same options.
     struct kvf_tp_s *tp;
-    // Added for kvf-worker's heartbeats: called on the stepping thread between
-    // a step's layers (kvf_backend_opts_t.progress); NULL (default): none.
-    void (*progress)(void *ctx);
-    void *progress_ctx;
 } kvf_engine_opts_t;
 
 // The defaults listed above.

@@ -3,6 +3,7 @@
 
 #include <czmq.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +65,17 @@ struct kvf_worker_s {
     int64_t next_register_ms, next_heartbeat_ms;
     uint64_t hb_tokens;          // tokens_generated at the last heartbeat
     int64_t hb_time_ms;
+    // Heartbeats during a step (a cpu step can outlast the coordinator's
+    // --dead-after-ms many times over): while in_step is set the heartbeat thread
+    // owns the socket and sends hb_stats (the engine's counters as the step
+    // began) when one is due; the main thread does not touch the socket then.
+    // hb_mu hands the socket over with a full memory barrier, which is how
+    // ZeroMQ lets two threads use one socket, never at the same time.
+    pthread_mutex_t hb_mu;
+    pthread_cond_t hb_cv;
+    pthread_t hb_thread;
+    int hb_started, hb_stop, in_step;
+    kvf_engine_stats_t hb_stats;
 
     // rid -> request: open addressing, linear probing, backward-shift deletion
     s_wreq_t *reqs;
@@ -209,9 +221,9 @@ static void s_send_register(kvf_worker_t *w) {
                 w->coordinator);
 }
 
-static void s_send_heartbeat(kvf_worker_t *w) {
-    kvf_engine_stats_t st;
-    kvf_engine_stats(w->engine, &st);
+// A HEARTBEAT with the engine's counters st.
+static void s_send_heartbeat_of(kvf_worker_t *w, const kvf_engine_stats_t *stp) {
+    const kvf_engine_stats_t st = *stp;
     int64_t now = s_now_ms();
     double dt = (double)(now - w->hb_time_ms) / 1000.0;
     kvf_msg_t m;
@@ -234,16 +246,36 @@ static void s_send_heartbeat(kvf_worker_t *w) {
     w->next_heartbeat_ms = now + w->heartbeat_ms;
 }
 
-// Called between the layers of a step (kvf_backend_opts_t.progress), on this
-// thread: a heartbeat when one is due, so that a step longer than the
-// coordinator's --dead-after-ms (a cpu worker's prefill of a real model can
-// take many seconds) does not get the worker declared dead and its work
-// re-dispatched again and again. Reads only the engine's counters.
-static void s_progress(void *ctx) {
-    kvf_worker_t *w = ctx;
-    if (!w->engine || !w->sock || (w->state != S_READY && w->state != S_DRAINING)) return;
-    if (s_now_ms() >= w->next_heartbeat_ms) s_send_heartbeat(w);
+static void s_send_heartbeat(kvf_worker_t *w) {
+    kvf_engine_stats_t st;
+    kvf_engine_stats(w->engine, &st);
+    s_send_heartbeat_of(w, &st);
 }
+
+// The heartbeat thread: idle but for the steps (in_step), when it sends the
+// heartbeats that fall due. Ends when hb_stop is set.
+static void *s_hb_main(void *arg) {
+    kvf_worker_t *w = arg;
+    pthread_mutex_lock(&w->hb_mu);
+    while (!w->hb_stop) {
+        int64_t wait_ms = 1000;
+        if (w->in_step) {
+            const int64_t now = s_now_ms();
+            if (now >= w->next_heartbeat_ms) s_send_heartbeat_of(w, &w->hb_stats);
+            wait_ms = w->next_heartbeat_ms - s_now_ms();
+            if (wait_ms < 1) wait_ms = 1;
+        }
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += wait_ms / 1000;
+        ts.tv_nsec += (wait_ms % 1000) * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&w->hb_cv, &w->hb_mu, &ts);
+    }
+    pthread_mutex_unlock(&w->hb_mu);
+    return NULL;
+}
+
 
 // A final RESULT for a request that never ran (refused or not allowed).
 static void s_send_refusal(kvf_worker_t *w, uint64_t rid, kvf_status code, const char *msg) {
@@ -523,6 +555,8 @@ kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
         return NULL;
     }
     kvf_worker_t *w = kvf_xcalloc(1, sizeof *w);
+    pthread_mutex_init(&w->hb_mu, NULL);
+    pthread_cond_init(&w->hb_cv, NULL);
     w->o = *opts;
     w->model = kvf_xstrdup(opts->model);
     w->coordinator = kvf_xstrdup(opts->coordinator ? opts->coordinator : "");
@@ -558,8 +592,6 @@ kvf_worker_t *kvf_worker_new(const kvf_worker_opts_t *opts, kvf_err_t *err) {
         w->tp_group = kvf_xstrdup(opts->tp_group);
         w->o.tp_group = w->tp_group;
     }
-    eo_tp.progress = s_progress;  // heartbeats through long (cpu) steps
-    eo_tp.progress_ctx = w;
     w->engine = kvf_engine_new(opts->model, &eo_tp, err);
     if (!w->engine) {
         kvf_worker_destroy(&w);
@@ -596,6 +628,8 @@ void kvf_worker_destroy(kvf_worker_t **self_p) {
         }
     free(w->reqs);
     free(w->touched);
+    pthread_mutex_destroy(&w->hb_mu);
+    pthread_cond_destroy(&w->hb_cv);
     zsock_destroy(&w->sock);
     zcert_destroy(&w->cert);
     kvf_engine_destroy(&w->engine);  // a TP leader's engine tells its followers to stop
@@ -610,6 +644,22 @@ void kvf_worker_destroy(kvf_worker_t **self_p) {
 const char *kvf_worker_plan_text(const kvf_worker_t *w) { return w->plan_text; }
 const char *kvf_worker_id(const kvf_worker_t *w) { return w->id; }
 
+// One engine step with the socket handed to the heartbeat thread meanwhile.
+static int s_engine_step(kvf_worker_t *w, kvf_err_t *err) {
+    kvf_engine_stats_t st;
+    kvf_engine_stats(w->engine, &st);
+    pthread_mutex_lock(&w->hb_mu);
+    w->hb_stats = st;
+    w->in_step = 1;
+    pthread_cond_signal(&w->hb_cv);
+    pthread_mutex_unlock(&w->hb_mu);
+    const int rc = kvf_engine_step(w->engine, s_on_token, w, err);
+    pthread_mutex_lock(&w->hb_mu);
+    w->in_step = 0;
+    pthread_mutex_unlock(&w->hb_mu);
+    return rc;
+}
+
 int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err) {
     if (w->tp && kvf_tp_rank(w->tp) > 0)  // a TP follower: the leader's steps, no coordinator
         return kvf_tp_follower_run(kvf_engine_backend(w->engine), w->tp, stop, err);
@@ -620,6 +670,9 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
     w->state = S_REGISTERING;
     w->hb_time_ms = s_now_ms();
     s_send_register(w);
+    if (pthread_create(&w->hb_thread, NULL, s_hb_main, w) != 0)
+        return kvf_err_set(err, KVF_E_NOMEM, "cannot start the heartbeat thread");
+    w->hb_started = 1;
 
     int rc = 0;
     zmq_pollitem_t item = {zsock_resolve(w->sock), 0, ZMQ_POLLIN, 0};
@@ -653,7 +706,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
         if ((w->state == S_READY || w->state == S_DRAINING) && kvf_engine_has_work(w->engine)) {
             kvf_err_t serr;
             w->n_touched = 0;
-            if (kvf_engine_step(w->engine, s_on_token, w, &serr) < 0) {
+            if (s_engine_step(w, &serr) < 0) {
                 kvf_log(KVF_LOG_ERROR, "step failed: %s", serr.msg);
                 if (w->tp && serr.code == KVF_E_PEER_LOST) {  // the TP group is gone: no results, leave
                     if (err) *err = serr;
@@ -672,6 +725,12 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
             if (!kvf_engine_has_work(w->engine)) s_send_heartbeat(w);
         }
     }
+    pthread_mutex_lock(&w->hb_mu);
+    w->hb_stop = 1;
+    pthread_cond_signal(&w->hb_cv);
+    pthread_mutex_unlock(&w->hb_mu);
+    pthread_join(w->hb_thread, NULL);
+    w->hb_started = 0;
     if (rc == 0) {
         s_cancel_all(w);
         kvf_log(KVF_LOG_INFO, "worker %s stopped", w->id);
