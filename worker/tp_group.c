@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 
 #define S_MAGIC 0x6b767467u  // "kvtg"
@@ -51,12 +52,6 @@ typedef struct {
     int stash_valid;         // stash holds the logits of the last STEP, for the engine's forward() of it
 } s_leader_t;
 
-static int64_t s_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 // Sends one message (header, then the payload of a step). Caller holds mu.
 static int s_send(s_leader_t *l, s_kind_t kind, const kvf_batch_t *b, kvf_err_t *err) {
     s_hdr_t h = {S_MAGIC, (uint32_t)kind, ++l->seq, 0, 0, 0, 0};
@@ -80,7 +75,7 @@ static int s_send(s_leader_t *l, s_kind_t kind, const kvf_batch_t *b, kvf_err_t 
     if (kind == S_STEP) l->last = h;
     if (kvf_tp_broadcast(l->ctl, &h, sizeof h, 0, err) != 0) return -1;
     if (n > 0 && kvf_tp_broadcast(l->ctl, l->payload, (size_t)n * sizeof(int32_t), 0, err) != 0) return -1;
-    l->last_sent_ms = s_now_ms();
+    l->last_sent_ms = kvf_clock_ms();
     return 0;
 }
 
@@ -183,19 +178,14 @@ static void *s_keepalive_main(void *arg) {
     pthread_mutex_lock(&l->mu);
     while (!l->stop) {
         int64_t due = l->last_sent_ms + l->keepalive_ms;
-        int64_t now = s_now_ms();
+        int64_t now = kvf_clock_ms();
         if (!l->failed && now >= due) {
             kvf_err_t e;
             if (s_send(l, S_NOP, NULL, &e) != 0) s_mark_failed(l, &e);
             continue;
         }
         int64_t wait_ms = l->failed ? 1000 : due - now;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += wait_ms / 1000;
-        ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&l->cv, &l->mu, &ts);
+        kvf_clock_cond_wait_ms(&l->cv, &l->mu, wait_ms);
     }
     pthread_mutex_unlock(&l->mu);
     return NULL;
@@ -257,7 +247,7 @@ kvf_backend_t *kvf_tp_leader_new(kvf_backend_t **inner_p, kvf_tp_t *ctl, int32_t
     l->ctl = ctl;
     l->keepalive_ms = keepalive_ms ? keepalive_ms : ctl->timeout_ms / 4;
     if (l->keepalive_ms < 10) l->keepalive_ms = 10;
-    l->last_sent_ms = s_now_ms();
+    l->last_sent_ms = kvf_clock_ms();
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
     kvf_backend_t *be = &l->base;

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "kernels/check.h"
 #include "worker/tp.h"
@@ -31,12 +32,6 @@ typedef struct {
     void *scratch;          // (size * S_SCRATCH_BYTES) device bytes
     int failed;             // aborted: every call fails
 } s_nccl_t;
-
-static int64_t s_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void s_yield_us(long us) {
     struct timespec ts = {0, us * 1000L};
@@ -83,7 +78,7 @@ static int s_wait_comm(s_nccl_t *n, const char *what, int64_t deadline, kvf_err_
         if (rc != ncclSuccess) return s_lost(n, what, ncclGetErrorString(rc), err);
         if (st == ncclSuccess) return 0;
         if (st != ncclInProgress) return s_lost(n, what, ncclGetErrorString(st), err);
-        if (s_now_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
+        if (kvf_clock_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
         s_yield_us(50);
     }
 }
@@ -97,7 +92,7 @@ static int s_wait_stream(s_nccl_t *n, cudaStream_t stream, const char *what, int
         ncclResult_t st = ncclSuccess;
         if (ncclCommGetAsyncError(n->comm, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress))
             return s_lost(n, what, ncclGetErrorString(st), err);
-        if (s_now_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
+        if (kvf_clock_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
         s_yield_us(20);
     }
 }
@@ -121,7 +116,7 @@ static int s_usable(s_nccl_t *n, const char *what, kvf_err_t *err) {
 static int s_all_reduce_sum(kvf_tp_t *tp, float *buf, size_t count, kvf_err_t *err) {
     s_nccl_t *n = (s_nccl_t *)tp;
     if (s_usable(n, "all_reduce_sum", err) != 0) return -1;
-    int64_t deadline = s_now_ms() + tp->timeout_ms;
+    int64_t deadline = kvf_clock_ms() + tp->timeout_ms;
     if (s_enqueued(n, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, n->stream), "all_reduce_sum",
                    deadline, err) != 0)
         return -1;
@@ -134,7 +129,7 @@ static int s_all_gather(kvf_tp_t *tp, const void *send, void *recv, size_t bytes
     uint8_t *dev = n->scratch;  // (size, chunk)
     for (size_t off = 0; off == 0 || off < bytes; off += S_SCRATCH_BYTES) {
         size_t m = bytes - off < S_SCRATCH_BYTES ? bytes - off : S_SCRATCH_BYTES;
-        int64_t deadline = s_now_ms() + tp->timeout_ms;
+        int64_t deadline = kvf_clock_ms() + tp->timeout_ms;
         uint8_t *mine = dev + (size_t)tp->rank * m;
         if (m) KVF_CUDA_CHECK(cudaMemcpyAsync(mine, (const uint8_t *)send + off, m, cudaMemcpyHostToDevice, n->own), err);
         if (s_enqueued(n, ncclAllGather(mine, dev, m, ncclUint8, n->comm, n->own), "all_gather", deadline, err) != 0)
@@ -154,7 +149,7 @@ static int s_broadcast(kvf_tp_t *tp, void *buf, size_t bytes, int root, kvf_err_
     if (s_usable(n, "broadcast", err) != 0) return -1;
     for (size_t off = 0; off == 0 || off < bytes; off += S_SCRATCH_BYTES) {
         size_t m = bytes - off < S_SCRATCH_BYTES ? bytes - off : S_SCRATCH_BYTES;
-        int64_t deadline = s_now_ms() + tp->timeout_ms;
+        int64_t deadline = kvf_clock_ms() + tp->timeout_ms;
         if (tp->rank == root && m)
             KVF_CUDA_CHECK(cudaMemcpyAsync(n->scratch, (uint8_t *)buf + off, m, cudaMemcpyHostToDevice, n->own), err);
         if (s_enqueued(n, ncclBroadcast(n->scratch, n->scratch, m, ncclUint8, root, n->comm, n->own), "broadcast",
@@ -171,7 +166,7 @@ static int s_broadcast(kvf_tp_t *tp, void *buf, size_t bytes, int root, kvf_err_
 static int s_barrier(kvf_tp_t *tp, kvf_err_t *err) {
     s_nccl_t *n = (s_nccl_t *)tp;
     if (s_usable(n, "barrier", err) != 0) return -1;
-    int64_t deadline = s_now_ms() + tp->timeout_ms;
+    int64_t deadline = kvf_clock_ms() + tp->timeout_ms;
     if (s_enqueued(n, ncclAllReduce(n->scratch, n->scratch, 1, ncclFloat32, ncclSum, n->comm, n->own), "barrier",
                    deadline, err) != 0)
         return -1;
@@ -187,9 +182,9 @@ static void s_destroy(kvf_tp_t **self_p) {
     if (n->comm) {
         // A clean finalize flushes pending work; abort when it fails or does not end in time.
         ncclResult_t rc = ncclCommFinalize(n->comm), st = rc;
-        int64_t deadline = s_now_ms() + n->base.timeout_ms;
+        int64_t deadline = kvf_clock_ms() + n->base.timeout_ms;
         if (rc == ncclInProgress)
-            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress && s_now_ms() < deadline)
+            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress && kvf_clock_ms() < deadline)
                 s_yield_us(100);
         if (st == ncclSuccess)
             ncclCommDestroy(n->comm);
@@ -235,7 +230,7 @@ static int s_init(s_nccl_t *n, const uint8_t *id, kvf_err_t *err) {
     // and the abort waited for it (the dead-rank test hung on 2 H200s). The operator's own
     // setting wins.
     setenv("NCCL_RUNTIME_CONNECT", "0", 0);
-    int64_t deadline = s_now_ms() + n->base.timeout_ms;
+    int64_t deadline = kvf_clock_ms() + n->base.timeout_ms;
     ncclResult_t rc = ncclCommInitRankConfig(&n->comm, n->base.size, u, n->base.rank, &cfg);
     if (rc != ncclSuccess && rc != ncclInProgress) {
         n->comm = NULL;
@@ -332,7 +327,7 @@ int kvf_tp_nccl_all_reduce_enqueue(kvf_tp_t *tp, float *buf, size_t count, void 
     if (!n) return -1;
     if (count == 0) return 0;
     return s_enqueued(n, ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, n->comm, (cudaStream_t)stream),
-                      "all_reduce", s_now_ms() + tp->timeout_ms, err);
+                      "all_reduce", kvf_clock_ms() + tp->timeout_ms, err);
 }
 
 int kvf_tp_nccl_all_gather_enqueue(kvf_tp_t *tp, const void *send, void *recv, size_t bytes, void *stream,
@@ -341,7 +336,7 @@ int kvf_tp_nccl_all_gather_enqueue(kvf_tp_t *tp, const void *send, void *recv, s
     if (!n) return -1;
     if (bytes == 0) return 0;
     return s_enqueued(n, ncclAllGather(send, recv, bytes, ncclUint8, n->comm, (cudaStream_t)stream), "all_gather",
-                      s_now_ms() + tp->timeout_ms, err);
+                      kvf_clock_ms() + tp->timeout_ms, err);
 }
 
 int kvf_tp_nccl_wait(kvf_tp_t *tp, void *stream, kvf_err_t *err) {
@@ -351,7 +346,7 @@ int kvf_tp_nccl_wait(kvf_tp_t *tp, void *stream, kvf_err_t *err) {
     if (n->failed)
         return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: wait: the communicator was aborted earlier",
                            tp->rank);
-    return s_wait_stream(n, (cudaStream_t)stream, "step", s_now_ms() + tp->timeout_ms, err);
+    return s_wait_stream(n, (cudaStream_t)stream, "step", kvf_clock_ms() + tp->timeout_ms, err);
 }
 
 void *kvf_tp_nccl_comm(kvf_tp_t *tp) {

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "worker/tp.h"
 
@@ -72,12 +73,6 @@ typedef struct {
 } s_shm_t;
 
 // ---------------------------------------------------------------- helpers
-
-static int64_t s_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 static void s_sleep_ms(int ms) {
     struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
@@ -151,7 +146,7 @@ static int s_barrier(s_shm_t *s, const char *what, kvf_err_t *err) {
         if (atomic_load_explicit(&h->bar_gen, memory_order_acquire) != gen) return 0;
         s_cpu_relax();
     }
-    const int64_t deadline = s_now_ms() + s->base.timeout_ms;
+    const int64_t deadline = kvf_clock_ms() + s->base.timeout_ms;
     for (;;) {
         if (atomic_load_explicit(&h->bar_gen, memory_order_acquire) != gen) return 0;
         if (atomic_load(&h->aborted)) return s_abort_err(s, what, err);
@@ -163,7 +158,7 @@ static int s_barrier(s_shm_t *s, const char *what, kvf_err_t *err) {
                                    what, s->base.rank, p, died ? "died" : "left the group");
             }
         }
-        int64_t left = deadline - s_now_ms();
+        int64_t left = deadline - kvf_clock_ms();
         if (left <= 0) {
             s_set_abort(s, S_WHY_TIMEOUT);
             return kvf_err_set(err, KVF_E_PEER_LOST,
@@ -395,12 +390,12 @@ kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kv
     if (rank == 0) {
         if (s_create(s, err) != 0) goto fail;
     } else {
-        const int64_t deadline = s_now_ms() + timeout_ms;
+        const int64_t deadline = kvf_clock_ms() + timeout_ms;
         for (;;) {
             int rc = s_attach(s, err);
             if (rc < 0) goto fail;
             if (rc == 0) break;
-            if (s_now_ms() >= deadline) {
+            if (kvf_clock_ms() >= deadline) {
                 kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: rank %d found no live rank 0 within %d ms", group,
                             rank, timeout_ms);
                 goto fail;

@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/alloc.h"
 #include "common/curve.h"
 #include "common/log.h"
@@ -84,12 +85,6 @@ struct kvf_worker_s {
     uint64_t *touched;           // rids touched in the current step
     uint32_t n_touched, cap_touched;
 };
-
-static int64_t s_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 // ---------------------------------------------------------------- request table
 
@@ -212,7 +207,7 @@ static void s_send_register(kvf_worker_t *w) {
     r->prefix_caching = eo->enable_prefix_caching ? 1 : 0;
     r->plan = w->plan;
     s_send(w, &m);
-    w->next_register_ms = s_now_ms() + REGISTER_EVERY_MS;
+    w->next_register_ms = kvf_clock_ms() + REGISTER_EVERY_MS;
     // A CURVE handshake that fails is silent on this side: say where to look.
     if (++w->registers_unanswered == 10 && w->cert)
         kvf_log(KVF_LOG_WARN,
@@ -224,7 +219,7 @@ static void s_send_register(kvf_worker_t *w) {
 // A HEARTBEAT with the engine's counters st.
 static void s_send_heartbeat_of(kvf_worker_t *w, const kvf_engine_stats_t *stp) {
     const kvf_engine_stats_t st = *stp;
-    int64_t now = s_now_ms();
+    int64_t now = kvf_clock_ms();
     double dt = (double)(now - w->hb_time_ms) / 1000.0;
     kvf_msg_t m;
     kvf_msg_init(&m, KVF_MSG_HEARTBEAT);
@@ -260,17 +255,12 @@ static void *s_hb_main(void *arg) {
     while (!w->hb_stop) {
         int64_t wait_ms = 1000;
         if (w->in_step) {
-            const int64_t now = s_now_ms();
+            const int64_t now = kvf_clock_ms();
             if (now >= w->next_heartbeat_ms) s_send_heartbeat_of(w, &w->hb_stats);
-            wait_ms = w->next_heartbeat_ms - s_now_ms();
+            wait_ms = w->next_heartbeat_ms - kvf_clock_ms();
             if (wait_ms < 1) wait_ms = 1;
         }
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += wait_ms / 1000;
-        ts.tv_nsec += (wait_ms % 1000) * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&w->hb_cv, &w->hb_mu, &ts);
+        kvf_clock_cond_wait_ms(&w->hb_cv, &w->hb_mu, wait_ms);
     }
     pthread_mutex_unlock(&w->hb_mu);
     return NULL;
@@ -668,7 +658,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
     if (!w->sock) return -1;
     kvf_log(KVF_LOG_INFO, "worker %s connecting to %s%s", w->id, w->coordinator, w->cert ? " (CURVE)" : "");
     w->state = S_REGISTERING;
-    w->hb_time_ms = s_now_ms();
+    w->hb_time_ms = kvf_clock_ms();
     s_send_register(w);
     if (pthread_create(&w->hb_thread, NULL, s_hb_main, w) != 0)
         return kvf_err_set(err, KVF_E_NOMEM, "cannot start the heartbeat thread");
@@ -681,7 +671,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
         long timeout = 0;
         if (!busy) {
             int64_t next = w->state == S_REGISTERING ? w->next_register_ms : w->next_heartbeat_ms;
-            timeout = (long)(next - s_now_ms());
+            timeout = (long)(next - kvf_clock_ms());
             if (timeout < 0) timeout = 0;
             if (timeout > MAX_IDLE_WAIT_MS) timeout = MAX_IDLE_WAIT_MS;
         }
@@ -699,7 +689,7 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
             break;
         }
 
-        int64_t now = s_now_ms();
+        int64_t now = kvf_clock_ms();
         if (w->state == S_REGISTERING && now >= w->next_register_ms) s_send_register(w);
         if ((w->state == S_READY || w->state == S_DRAINING) && now >= w->next_heartbeat_ms) s_send_heartbeat(w);
 
