@@ -778,8 +778,9 @@ Test(cluster, kvf_node_starts_reports_and_stops_a_node, .timeout = 120) {
 // prefill on a cpu worker takes seconds, a single layer of it can): the
 // worker's heartbeat thread keeps the heartbeats going while the step runs, so
 // it is not declared dead mid-step (which would re-dispatch the request to the
-// same slow step until the coordinator gave up) and the request is answered. The model (kvf-mkmodel, 26M parameters) takes
-// about a second a 512-token step on one thread; the coordinator allows 300 ms.
+// same slow step until the coordinator gave up) and the request is answered.
+// The model (kvf-mkmodel, 26M parameters) takes about a second a 512-token
+// step on one thread; the coordinator allows 300 ms.
 Test(cluster, a_step_longer_than_dead_after_keeps_the_worker_alive, .timeout = 120) {
     kvh_require_bin("kvf-coordinator");
     kvh_require_bin("kvf-worker");

@@ -158,7 +158,8 @@ static int s_tune_gemms(kvf_cuda_t *c, kvf_err_t *err) {
         kvf_fill_random_bf16(c->rows, (size_t)n * D, 14, 0.0f, 1.0f, c->stream, err) != 0)
         return -1;
     float(*t)[2] = c->tune_ms;
-    const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD), tg = kvf_cuda_out(c, S_ACT_GU);
+    const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD);
+    const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
     if (kvf_gemm_tune(c->gemm, c->qkv, tq, c->h, L->wqkv, n, D, c->qkv_dim, c->stream, &t[0][0],
                       &t[0][1], err) != 0 ||
         kvf_gemm_tune(c->gemm, c->o, to, c->att, L->wo, n, c->q_dim, D, c->stream, &t[1][0], &t[1][1],
@@ -286,7 +287,8 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // front of the first step of each new batch size (an H200's decode tail: 22.5 ms
     // steps of ~120 rows, of which ~12 ms were the four queries of each step)
     {
-        const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD), tg = kvf_cuda_out(c, S_ACT_GU);
+        const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD);
+    const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
         const int T = o->max_step_tokens, D = c->dim;
         if (kvf_gemm_prepare(c->gemm, tq, T, D, c->qkv_dim, 0, err) != 0 ||
             kvf_gemm_prepare(c->gemm, to, T, c->q_dim, D, 0, err) != 0 ||

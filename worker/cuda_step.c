@@ -432,7 +432,8 @@ int kvf_cuda_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                             const int32_t *steps, const int32_t *const *history, const int32_t *n_history,
                             int32_t *out_tokens, kvf_err_t *err) {
     if (!be || !b || !per_seq || !out_tokens)
-        return kvf_err_set(err, KVF_E_INVAL, "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
+        return kvf_err_set(err, KVF_E_INVAL,
+                           "cuda forward_sample: backend, batch, per_seq and out_tokens are required");
     kvf_cuda_t *c = (kvf_cuda_t *)be;
     const int B = be->opts.max_batch_size;
     // a batch over the limits fails in s_run's checks (per_seq and the histories are

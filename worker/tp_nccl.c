@@ -184,7 +184,8 @@ static void s_destroy(kvf_tp_t **self_p) {
         ncclResult_t rc = ncclCommFinalize(n->comm), st = rc;
         int64_t deadline = kvf_clock_ms() + n->base.timeout_ms;
         if (rc == ncclInProgress)
-            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress && kvf_clock_ms() < deadline)
+            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress &&
+                   kvf_clock_ms() < deadline)
                 s_yield_us(100);
         if (st == ncclSuccess)
             ncclCommDestroy(n->comm);
