@@ -33,6 +33,7 @@
 #include "kernels/sample.h"
 #include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
+#include "kernels/vocab_unshard.h"
 #include "worker/cpu_ops.h"
 #include "worker/sampler.h"
 #include "worker/tp_vocab.h"
@@ -796,6 +797,41 @@ Test(kernels, argmax) {
 
     free(lg);
     cudaFree(d_lg), cudaFree(d_ids);
+}
+
+// kvf_vocab_unshard against worker/tp_vocab.c's kvf_tp_vocab_unshard: the ranks'
+// gathered logit blocks back in id order, for even and uneven splits (1001 and
+// 128256 ids over 1..6 ranks), unaligned shard edges included; exact.
+Test(kernels, vocab_unshard) {
+    rng_t r = s_rng("vocab_unshard");
+    const int vocabs[] = {1001, 128256}, R = 5;
+    int n_cases = 0;
+    for (int vi = 0; vi < 2; vi++)
+        for (int T = 1; T <= 6; T++) {
+            const int V = vocabs[vi];
+            kvf_modelcfg_t cfg;
+            memset(&cfg, 0, sizeof cfg);
+            cfg.hidden_size = 8, cfg.n_heads = 60, cfg.n_kv_heads = 60, cfg.intermediate_size = 60;
+            cfg.vocab_size = V, cfg.head_dim = 2, cfg.n_layers = 1;
+            kvf_tp_shard_t sh;
+            cr_assert_eq(kvf_tp_shard_make(&cfg, 0, T, &sh, NULL), 0);
+            const size_t S = (size_t)sh.v_stride, n_g = (size_t)T * R * S;
+            float *g = malloc(n_g * 4), *want = malloc((size_t)R * V * 4);
+            for (size_t i = 0; i < n_g; i++) g[i] = s_unif(&r, -5, 5);
+            kvf_tp_vocab_unshard(want, g, R, V, &sh);
+            float *d_g = s_up(g, n_g * 4), *d_out = s_dev((size_t)R * V * 4);
+            kvf_err_t err;
+            cr_assert(kvf_vocab_unshard(d_out, d_g, R, V, T, (int)S, 0, &err) == 0, "%s", err.msg);
+            float *got = s_down_f32(d_out, (size_t)R * V);
+            cr_assert(memcmp(got, want, (size_t)R * V * 4) == 0, "V %d over %d ranks: the device unshard differs", V,
+                      T);
+            free(g), free(want), free(got);
+            cudaFree(d_g), cudaFree(d_out);
+            n_cases++;
+        }
+    kvf_err_t err;
+    cr_expect(kvf_vocab_unshard((float *)8, (const float *)8, 1, 1001, 2, 500, 0, &err) == -1, "stride below 501");
+    fprintf(stderr, "KERNEL %-14s %-34s %d splits, all exact\n", "vocab_unshard", "V1001,128256 T1..6", n_cases);
 }
 
 // kvf_argmax_best (a vocab-parallel rank's best logit of each row) against

@@ -90,10 +90,12 @@ Test(tp_vocab, gathered_shards_unshard_in_id_order) {
         for (int p = 0; p < T; p++) cr_assert_eq(kvf_tp_shard_make(&cfg, p, T, &sh[p], NULL), 0);
         const int32_t S = sh[0].v_stride;
         float *g = malloc((size_t)T * R * S * sizeof(float)), *out = malloc((size_t)R * V * sizeof(float));
-        for (int p = 0; p < T; p++)
+        for (int p = 0; p < T; p++) {  // rank p's block: its (R, nv_p) logits (id * 10 + row), then padding -1
+            float *blk = g + (size_t)p * R * S;
+            for (int i = 0; i < R * S; i++) blk[i] = -1.0f;
             for (int r = 0; r < R; r++)
-                for (int i = 0; i < S; i++)  // id * 10 + row; padding -1
-                    g[((size_t)p * R + r) * S + i] = i < sh[p].nv ? (float)((sh[p].v0 + i) * 10 + r) : -1.0f;
+                for (int i = 0; i < sh[p].nv; i++) blk[(size_t)r * sh[p].nv + i] = (float)((sh[p].v0 + i) * 10 + r);
+        }
         kvf_tp_vocab_unshard(out, g, R, V, &sh[T - 1]);
         for (int r = 0; r < R; r++)
             for (int v = 0; v < V; v++)

@@ -86,7 +86,7 @@ typedef struct {
     float *gate;         // (max_step_tokens, inter)
     float *up;           // (max_step_tokens, inter)
     float *rows;         // (max_logit_rows, dim) final-normed rows that get logits
-    float *vlog;         // (max_logit_rows, nv) this rank's logits (tp, or forward_sample)
+    float *vlog;         // (max_logit_rows x v_stride) this rank's logits (rows, nv) (tp, or forward_sample)
     void *vscratch;      // kvf_tp_vocab_scratch_bytes(sh, max_logit_rows) (tp only)
     float *scratch;      // (n_threads, max_ctx) attention scores
     int32_t *pos;        // (max_step_tokens) position of each token
@@ -588,7 +588,7 @@ static int s_plan(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *opts, s_p
     }
     p->n_weight_floats = s_layout(NULL, cfg, &p->sh, NULL);
     p->weights_bytes = p->n_weight_floats * sizeof(float);
-    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D + R * p->sh.nv) +
+    const uint64_t ws_floats = (uint64_t)(T * D * 2 + T * Q * 2 + T * KV * 2 + T * I * 2 + R * D + R * p->sh.v_stride) +
                                (uint64_t)p->n_threads * (uint64_t)C;
     const uint64_t ws_ints = (uint64_t)(T + B);
     p->vscratch_bytes = opts->tp_size > 1 ? kvf_tp_vocab_scratch_bytes(&p->sh, (int32_t)R) : 0;
@@ -726,7 +726,7 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     c->gate = w, w += T * I;
     c->up = w, w += T * I;
     c->rows = w, w += R * D;
-    c->vlog = w, w += R * p.sh.nv;
+    c->vlog = w, w += R * p.sh.v_stride;
     c->scratch = w, w += (int64_t)n_threads * C;
     int32_t *wi = (int32_t *)w;
     c->pos = wi, wi += T;

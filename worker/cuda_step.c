@@ -19,6 +19,7 @@
 #include "kernels/rope_kv.h"
 #include "kernels/sample.h"
 #include "kernels/silu_mul.h"
+#include "kernels/vocab_unshard.h"
 #include "worker/cuda_internal.h"
 #include "worker/sampler.h"
 #include "worker/tp_vocab.h"
@@ -291,14 +292,7 @@ static int s_vocab_exchange(kvf_cuda_t *c, int rows, int want_full, int *full, k
     if (!*full) return 0;
     if (kvf_tp_nccl_all_gather_enqueue(c->tp, c->vlog, c->vgath, (size_t)rows * S * sizeof(float), st, err) != 0)
         return -1;
-    const int vb = V / T, vr = V % T;
-    for (int p = 0; p < T; p++) {  // rank p's (rows, nv_p) block -> columns [v0_p, v0_p + nv_p)
-        const int v0 = p * vb + (p < vr ? p : vr), nv = vb + (p < vr);
-        KVF_CUDA_CHECK(cudaMemcpy2DAsync(c->logits + v0, (size_t)V * sizeof(float), c->vgath + (size_t)p * rows * S,
-                                         (size_t)nv * sizeof(float), (size_t)nv * sizeof(float), (size_t)rows,
-                                         cudaMemcpyDeviceToDevice, st), err);
-    }
-    return 0;
+    return kvf_vocab_unshard(c->logits, c->vgath, rows, V, T, S, st, err);  // rank p's ids -> [v0_p, v0_p + nv_p)
 }
 
 // One step: logits (host, rows x vocab) copied back when logits is set; else

@@ -35,18 +35,18 @@ void kvf_tp_vocab_unshard(float *logits, const float *gathered, int32_t rows, in
     const int32_t T = sh->size, vb = vocab / T, vr = vocab % T, S = sh->v_stride;
     for (int32_t p = 0; p < T; p++) {
         const int32_t v0 = p * vb + (p < vr ? p : vr), nv = vb + (p < vr);
-        const float *src = gathered + (size_t)p * rows * S;  // (rows, S)
+        const float *src = gathered + (size_t)p * rows * S;  // (rows, nv) first
         for (int32_t r = 0; r < rows; r++)
-            memcpy(logits + (size_t)r * vocab + v0, src + (size_t)r * S, (size_t)nv * sizeof(float));
+            memcpy(logits + (size_t)r * vocab + v0, src + (size_t)r * nv, (size_t)nv * sizeof(float));
     }
 }
 
 size_t kvf_tp_vocab_scratch_bytes(const kvf_tp_shard_t *sh, int32_t rows) {
     const size_t T = (size_t)sh->size, R = (size_t)(rows > 0 ? rows : 0), S = (size_t)sh->v_stride;
-    return (T + 1) * kvf_tp_vocab_msg_bytes(rows) + (T + 1) * R * S * sizeof(float);
+    return (T + 1) * kvf_tp_vocab_msg_bytes(rows) + T * R * S * sizeof(float);
 }
 
-int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab, const float *slice, int32_t rows,
+int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab, float *slice, int32_t rows,
                           int want_full, void *scratch, float *logits, int32_t *ids, int *full, kvf_err_t *err) {
     const int32_t T = kvf_tp_size(tp), nv = sh->nv, S = sh->v_stride;
     if (T != sh->size) return kvf_err_set(err, KVF_E_INTERNAL, "tp vocab: a shard of %d ranks in a group of %d",
@@ -63,7 +63,7 @@ int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab,
     }
     const size_t msg = kvf_tp_vocab_msg_bytes(rows);
     uint8_t *mine = scratch, *all = mine + msg;  // (msg), (T, msg)
-    float *send = (float *)(void *)(all + (size_t)T * msg), *recv = send + (size_t)rows * S;  // (rows, S), (T, rows, S)
+    float *recv = (float *)(void *)(all + (size_t)T * msg);  // (T, rows x S)
     kvf_tp_vocab_hdr_t h = {want_full != 0, rows};
     memcpy(mine, &h, sizeof h);
     for (int32_t r = 0; r < rows; r++) {
@@ -86,11 +86,8 @@ int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab,
             for (int32_t r = 0; r < rows; r++) ids[r] = kvf_tp_best_merge(all, T, rows, r);
         return 0;
     }
-    for (int32_t r = 0; r < rows; r++) {
-        memcpy(send + (size_t)r * S, slice + (size_t)r * nv, (size_t)nv * sizeof(float));
-        for (int32_t i = nv; i < S; i++) send[(size_t)r * S + i] = 0.0f;
-    }
-    if (kvf_tp_all_gather(tp, send, recv, (size_t)rows * S * sizeof(float), err) != 0) return -1;
+    memset(slice + (size_t)rows * nv, 0, (size_t)rows * (S - nv) * sizeof(float));  // the padding
+    if (kvf_tp_all_gather(tp, slice, recv, (size_t)rows * S * sizeof(float), err) != 0) return -1;
     if (logits) kvf_tp_vocab_unshard(logits, recv, rows, vocab, sh);
     return 0;
 }

@@ -7,8 +7,10 @@
 //   1. all_gather of a header and each row's best logit over the rank's ids
 //      (kvf_tp_best_t: value and id; "none" when every one is NaN). The header
 //      carries rank 0's say: does this step need the full logits?
-//   2. only when rank 0 said so: all_gather of every rank's logits, padded to
-//      v_stride ids a row, then put back in id order (kvf_tp_vocab_unshard).
+//   2. only when rank 0 said so: all_gather of every rank's logits, rows x
+//      v_stride floats each (its rows x nv logits first, row after row, then
+//      zeros), then put back in id order (kvf_tp_vocab_unshard; on the device
+//      kernels/vocab_unshard.h).
 // Rank 0 (the leader, which runs the engine) says "full" for forward() (the
 // host samples, or all_logits) and for a forward_sample step with a sampled or
 // penalised row; a greedy-only step moves rows x ranks x 8 bytes instead of
@@ -48,21 +50,22 @@ kvf_tp_best_t kvf_tp_best_of(const float *row, int32_t n, int32_t id0);
 // kvf_tp_vocab_msg_bytes(rows) bytes, in rank order).
 int32_t kvf_tp_best_merge(const void *gathered, int32_t size, int32_t rows, int32_t r);
 
-// logits (rows, vocab) in id order from gathered (size, rows, v_stride): rank p's
-// row r holds ids [v0_p, v0_p + nv_p) of logits row r (sh: any rank's shard of
-// the same split).
+// logits (rows, vocab) in id order from gathered (size, rows x v_stride floats):
+// rank p's block starts with its logits (rows, nv_p), ids [v0_p, v0_p + nv_p)
+// of each row (sh: any rank's shard of the same split).
 void kvf_tp_vocab_unshard(float *logits, const float *gathered, int32_t rows, int32_t vocab,
                           const kvf_tp_shard_t *sh);
 
 // The whole exchange on host memory (the shm communicator; tp NULL: a group of
 // one, nothing sent). slice: this rank's logits (rows, sh->nv) of a vocabulary
-// of vocab ids. want_full: this rank's say (only rank 0's counts).
+// of vocab ids, in a buffer of rows x sh->v_stride floats (the rest is zeroed
+// and sent as it is). want_full: this rank's say (only rank 0's counts).
 // scratch: kvf_tp_vocab_scratch_bytes(sh, rows) bytes. On return: when rank 0
 // said "full", logits (rows, vocab) holds every logit (logits NULL: gathered
 // and dropped); else, when ids is set, ids[r] is the group's greedy pick of row
 // r. *full (may be NULL) says which. Returns 0, or -1 with err (KVF_E_PEER_LOST
 // from the communicator; KVF_E_INTERNAL when the ranks disagree on the rows).
-int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab, const float *slice, int32_t rows,
+int kvf_tp_vocab_exchange(kvf_tp_t *tp, const kvf_tp_shard_t *sh, int32_t vocab, float *slice, int32_t rows,
                           int want_full, void *scratch, float *logits, int32_t *ids, int *full, kvf_err_t *err);
 
 // Scratch bytes kvf_tp_vocab_exchange needs for up to rows rows.
