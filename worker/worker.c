@@ -10,8 +10,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "common/clock.h"
 #include "common/alloc.h"
+#include "common/clock.h"
 #include "common/curve.h"
 #include "common/log.h"
 #include "common/zmqutil.h"
@@ -265,7 +265,6 @@ static void *s_hb_main(void *arg) {
     pthread_mutex_unlock(&w->hb_mu);
     return NULL;
 }
-
 
 // A final RESULT for a request that never ran (refused or not allowed).
 static void s_send_refusal(kvf_worker_t *w, uint64_t rid, kvf_status code, const char *msg) {
@@ -715,12 +714,14 @@ int kvf_worker_run(kvf_worker_t *w, volatile sig_atomic_t *stop, kvf_err_t *err)
             if (!kvf_engine_has_work(w->engine)) s_send_heartbeat(w);
         }
     }
-    pthread_mutex_lock(&w->hb_mu);
-    w->hb_stop = 1;
-    pthread_cond_signal(&w->hb_cv);
-    pthread_mutex_unlock(&w->hb_mu);
-    pthread_join(w->hb_thread, NULL);
-    w->hb_started = 0;
+    if (w->hb_started) {
+        pthread_mutex_lock(&w->hb_mu);
+        w->hb_stop = 1;
+        pthread_cond_signal(&w->hb_cv);
+        pthread_mutex_unlock(&w->hb_mu);
+        pthread_join(w->hb_thread, NULL);
+        w->hb_started = 0;
+    }
     if (rc == 0) {
         s_cancel_all(w);
         kvf_log(KVF_LOG_INFO, "worker %s stopped", w->id);
