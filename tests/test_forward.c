@@ -13,6 +13,7 @@
 
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
+#include "common/sampling.h"
 #include "golden_model.h"
 #include "test_util.h"
 #include "worker/cpu_backend.h"
@@ -256,6 +257,60 @@ Test(forward, batched_equals_one_at_a_time) {
         free(alone[s]);
     }
     free(out);
+    be->ops->destroy(&be);
+    kvf_golden_close(&m);
+}
+
+// forward_sample on the cpu backend: greedy rows get forward()'s argmax (the
+// same step run twice writes the same K and V); a sampled or penalised row is
+// KVF_E_UNSUPPORTED before anything runs (the engine then samples on the host);
+// a bad batch or all_logits is KVF_E_INVAL.
+Test(forward, forward_sample_greedy_and_refusals) {
+    kvf_golden_model_t m;
+    kvf_golden_open(&m, "tiny-llama", 0);
+    kvf_backend_t *be = s_backend(&m, 16, 2);
+    const int V = m.vocab, max_blocks = be->opts.max_blocks_per_seq;
+    int lens[2];
+    int32_t *ids[2], table[2 * 64], tokens[320], n_new[2], n_past[2] = {0, 0};
+    int total = 0;
+    for (int s = 0; s < 2; s++) {
+        ids[s] = s_ids(kvf_golden_case(&m, s), "prompt_ids", &lens[s]);
+        s_table(be, s, table + s * max_blocks, max_blocks);
+        n_new[s] = lens[s];
+        memcpy(tokens + total, ids[s], (size_t)lens[s] * sizeof(int32_t));
+        total += lens[s];
+    }
+    kvf_batch_t b = {2, total, tokens, n_new, n_past, table, max_blocks, 0};
+    float *out = malloc((size_t)2 * V * sizeof(float));
+    kvf_err_t err;
+    cr_assert_eq(be->ops->forward(be, &b, out, &err), 0, "%s", err.msg);
+    kvf_sampling_t greedy = kvf_sampling_default(), warm = kvf_sampling_default(), pen = kvf_sampling_default();
+    greedy.temperature = 0.0f;
+    warm.temperature = 0.8f;
+    pen.temperature = 0.0f;
+    pen.repetition_penalty = 1.2f;
+    const kvf_sampling_t *ps[2] = {&greedy, NULL};
+    int32_t steps[2] = {0, 0}, got[2] = {-1, -1};
+    cr_assert_eq(be->ops->forward_sample(be, &b, ps, steps, NULL, NULL, got, &err), 0, "%s", err.msg);
+    cr_assert_eq(got[0], s_argmax(out, V), "row 0: %d, forward's argmax %d", got[0], s_argmax(out, V));
+    cr_assert_eq(got[1], s_argmax(out + V, V), "a row with no sampling gets the argmax too");
+    const kvf_sampling_t *sampled[2] = {&greedy, &warm}, *penalised[2] = {&pen, &greedy};
+    cr_assert_eq(be->ops->forward_sample(be, &b, sampled, steps, NULL, NULL, got, &err), -1);
+    cr_assert_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+    cr_assert_eq(be->ops->forward_sample(be, &b, penalised, steps, NULL, NULL, got, &err), -1);
+    cr_assert_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+    kvf_batch_t all = b;
+    all.all_logits = 1;
+    cr_assert_eq(be->ops->forward_sample(be, &all, ps, steps, NULL, NULL, got, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    kvf_batch_t over = b;
+    over.n_seqs = be->opts.max_batch_size + 1;  // refused before per_seq (2 entries) is read past its end
+    cr_assert_eq(be->ops->forward_sample(be, &over, ps, steps, NULL, NULL, got, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    cr_assert_eq(be->ops->forward_sample(be, &b, NULL, steps, NULL, NULL, got, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    free(out);
+    free(ids[0]), free(ids[1]);
     be->ops->destroy(&be);
     kvf_golden_close(&m);
 }
