@@ -46,6 +46,7 @@ typedef struct {
     int reps, warmup;
     uint64_t seed;
     int gemm_n[8], n_gemm_n;  // --gemm-n
+    int decode_b[8], n_decode_b;  // --decode-b
     int no_tune;              // --no-tune
     int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
 } kvf_kb_opts_t;

@@ -478,9 +478,8 @@ int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err) {
     if (!kvf_attention_decode_supports(KB_H, KB_KV, KB_HD))
         return kvf_err_set(err, KVF_E_UNSUPPORTED, "kvf_attention_decode does not run H %d KV %d HD %d", KB_H, KB_KV,
                            KB_HD);
-    static const int bs[] = {128, 512};
-    for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++) {
-        const int B = bs[i];
+    for (int i = 0; i < b->o->n_decode_b; i++) {
+        const int B = b->o->decode_b[i];
         int *len = malloc(sizeof(int) * (size_t)B);
         int32_t *n_new = malloc(sizeof(int32_t) * (size_t)B);
         if (!len || !n_new) {

@@ -29,7 +29,7 @@
 
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
-    "                  [--tune-reps N] [--tune-rounds N]\n"
+    "                  [--decode-b B[,B...]] [--tune-reps N] [--tune-rounds N]\n"
     "                  [--device N] [--seed S] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
@@ -39,7 +39,8 @@ static const char *s_usage =
     "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
-    "1). Needs a CUDA device; this help does not.\n";
+    "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). Needs a CUDA\n"
+    "device; this help does not.\n";
 
 static const struct {
     const char *name;
@@ -54,17 +55,17 @@ static const struct {
 
 
 
-// "N[,N...]" into o->gemm_n.
-static int s_parse_gemm_n(const char *a, const char *v, kvf_kb_opts_t *o, kvf_err_t *err) {
+// "N[,N...]" (1 to 8 counts, each in [1, max]) into out[], *n_out.
+static int s_parse_counts(const char *a, const char *v, int max, int *out, int *n_out, kvf_err_t *err) {
     int32_t *ids = NULL;
     size_t n = 0;
     if (kvf_args_ids(a, v, &ids, &n, err) != 0) return -1;
     int rc = 0;
-    if (n == 0 || n > 8) rc = kvf_err_set(err, KVF_E_INVAL, "%s: give 1 to 8 row counts", a);
+    if (n == 0 || n > 8) rc = kvf_err_set(err, KVF_E_INVAL, "%s: give 1 to 8 counts", a);
     for (size_t i = 0; rc == 0 && i < n; i++)
-        if (ids[i] < 1 || ids[i] > 16384) rc = kvf_err_set(err, KVF_E_INVAL, "%s: %d is outside [1, 16384]", a, ids[i]);
-    for (size_t i = 0; rc == 0 && i < n; i++) o->gemm_n[i] = ids[i];
-    if (rc == 0) o->n_gemm_n = (int)n;
+        if (ids[i] < 1 || ids[i] > max) rc = kvf_err_set(err, KVF_E_INVAL, "%s: %d is outside [1, %d]", a, ids[i], max);
+    for (size_t i = 0; rc == 0 && i < n; i++) out[i] = ids[i];
+    if (rc == 0) *n_out = (int)n;
     free(ids);
     return rc;
 }
@@ -110,7 +111,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         if (strncmp(a, "--", 2) != 0) return kvf_err_set(err, KVF_E_INVAL, "unexpected argument '%s'", a);
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
             strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
-            strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0)
+            strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -119,7 +120,9 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         if (strcmp(a, "--only") == 0) {
             rc = s_parse_only(v, &o->only, err);
         } else if (strcmp(a, "--gemm-n") == 0) {
-            rc = s_parse_gemm_n(a, v, o, err);
+            rc = s_parse_counts(a, v, 16384, o->gemm_n, &o->n_gemm_n, err);
+        } else if (strcmp(a, "--decode-b") == 0) {
+            rc = s_parse_counts(a, v, 4096, o->decode_b, &o->n_decode_b, err);
         } else if (strcmp(a, "--reps") == 0) {
             rc = kvf_args_int(a, v, 1, 100000, &n, err);
             o->reps = (int)n;
@@ -141,6 +144,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
     }
     if (!o->only) o->only = KB_SEC_ALL;
     if (!o->n_gemm_n) o->gemm_n[0] = 512, o->gemm_n[1] = 8192, o->n_gemm_n = 2;
+    if (!o->n_decode_b) o->decode_b[0] = 128, o->decode_b[1] = 512, o->n_decode_b = 2;
     return 0;
 }
 
