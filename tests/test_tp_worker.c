@@ -194,7 +194,10 @@ static void s_golden(s_golden_t *g) {
     json_decref(root);
 }
 
-static void s_assign(s_fix_t *f, uint64_t rid, const int32_t *ids, int32_t n, int32_t max_new) {
+// sampled 0: greedy; 1: temperature 0.8, top-p 0.95, a seed per request, and a
+// repetition penalty of 1.1 on the odd rids (the leader's host sampler then, over
+// the logits the group gathers: the followers follow it into the gather).
+static void s_assign(s_fix_t *f, uint64_t rid, const int32_t *ids, int32_t n, int32_t max_new, int sampled) {
     kvf_msg_t a;
     kvf_msg_init(&a, KVF_MSG_ASSIGN);
     a.u.assign.rid = rid;
@@ -202,12 +205,19 @@ static void s_assign(s_fix_t *f, uint64_t rid, const int32_t *ids, int32_t n, in
     a.u.assign.prompt_ids.n = (uint32_t)n;
     a.u.assign.sampling.max_new_tokens = max_new;
     a.u.assign.sampling.ignore_eos = 1;
+    if (sampled) {
+        a.u.assign.sampling.temperature = 0.8f;
+        a.u.assign.sampling.top_p = 0.95f;
+        a.u.assign.sampling.seed = 1000 + rid;
+        if (rid % 2) a.u.assign.sampling.repetition_penalty = 1.1f;
+    }
     s_send(f, &a);
 }
 
 // Runs the golden prompts together (rids 1..S_N_CASES) and collects their ids.
-static void s_run_cases(s_fix_t *f, const s_golden_t *g, int32_t out[S_N_CASES][64], uint32_t *free_after) {
-    for (int c = 0; c < S_N_CASES; c++) s_assign(f, (uint64_t)c + 1, g->prompt[c], g->np[c], g->ng[c]);
+static void s_run_cases(s_fix_t *f, const s_golden_t *g, int32_t out[S_N_CASES][64], uint32_t *free_after,
+                        int sampled) {
+    for (int c = 0; c < S_N_CASES; c++) s_assign(f, (uint64_t)c + 1, g->prompt[c], g->np[c], g->ng[c], sampled);
     int n[S_N_CASES] = {0}, done = 0;
     int64_t end = s_ms() + 120000;
     while (done < S_N_CASES) {
@@ -247,9 +257,10 @@ Test(tp_worker, tp2_group_serves_the_same_greedy_tokens_as_tp1) {
     s_register_and_welcome(&f, &reg);
     cr_assert_eq(reg.u.reg.tp_size, 1);
     kvf_msg_clear(&reg);
-    int32_t ids1[S_N_CASES][64];
+    int32_t ids1[S_N_CASES][64], smp1[S_N_CASES][64];
     uint32_t free1 = 0;
-    s_run_cases(&f, &g, ids1, &free1);
+    s_run_cases(&f, &g, ids1, &free1, 0);
+    s_run_cases(&f, &g, smp1, &free1, 1);
     s_shutdown(&f);
     int st = s_wait_exit(&f, 0, 10000);
     cr_assert(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "TP 1 exit status %d", st);
@@ -268,13 +279,21 @@ Test(tp_worker, tp2_group_serves_the_same_greedy_tokens_as_tp1) {
     cr_assert_eq(reg.u.reg.plan.kv_bytes, 180ull * 16 * 2 * 2 * 1 * 32 * 4, "one of 2 KV heads per rank: %llu",
                  (unsigned long long)reg.u.reg.plan.kv_bytes);
     kvf_msg_clear(&reg);
-    int32_t ids2[S_N_CASES][64];
+    int32_t ids2[S_N_CASES][64], smp2[S_N_CASES][64];
     uint32_t free2 = 0;
-    s_run_cases(&f, &g, ids2, &free2);
+    s_run_cases(&f, &g, ids2, &free2, 0);  // greedy: picked across the vocabulary shards
     for (int c = 0; c < S_N_CASES; c++) {
         cr_assert_arr_eq(ids2[c], ids1[c], sizeof(int32_t) * (size_t)g.ng[c], "case %d: TP 2 differs from TP 1", c);
         cr_assert_arr_eq(ids2[c], g.gold[c], sizeof(int32_t) * (size_t)g.ng[c], "case %d: TP 2 differs from golden", c);
     }
+    s_run_cases(&f, &g, smp2, &free2, 1);  // sampled: the logits gathered for the leader's sampler
+    int differ = 0;
+    for (int c = 0; c < S_N_CASES; c++) {
+        cr_assert_arr_eq(smp2[c], smp1[c], sizeof(int32_t) * (size_t)g.ng[c], "case %d: sampled TP 2 differs from TP 1",
+                         c);
+        differ += memcmp(smp1[c], ids1[c], sizeof(int32_t) * (size_t)g.ng[c]) != 0;
+    }
+    cr_assert_gt(differ, 0, "the sampled requests gave the greedy tokens: the sampling did not run");
     cr_assert_eq(free2, 180, "every block is free again");
     char *out1 = s_read(&f, "err", 1);
     cr_assert(strstr(out1, "tp follower"), "rank 1 ran as a follower: %s", out1);
@@ -305,7 +324,7 @@ Test(tp_worker, killed_follower_makes_the_leader_leave) {
     s_register_and_welcome(&f, &reg);
     kvf_msg_clear(&reg);
     // a long request, then the follower dies under it
-    s_assign(&f, 7, g.prompt[0], g.np[0], 400);
+    s_assign(&f, 7, g.prompt[0], g.np[0], 400, 0);
     kvf_msg_t m;
     cr_assert_eq(s_recv_type(&f, KVF_MSG_RESULT, 30000, &m), 0, "no first RESULT: %s", s_read(&f, "err", 0));
     kvf_msg_clear(&m);
@@ -338,7 +357,7 @@ Test(tp_worker, idle_group_stays_up_past_the_timeout_and_bad_flags_are_refused) 
     s_golden(&g);
     int32_t ids[S_N_CASES][64];
     uint32_t fr;
-    s_run_cases(&f, &g, ids, &fr);
+    s_run_cases(&f, &g, ids, &fr, 0);
     for (int c = 0; c < S_N_CASES; c++)
         cr_assert_arr_eq(ids[c], g.gold[c], sizeof(int32_t) * (size_t)g.ng[c], "case %d after idling", c);
     s_shutdown(&f);
