@@ -25,6 +25,8 @@
 #include "worker/engine.h"
 #ifdef KVF_HAVE_CUDA
 #include <cuda_runtime_api.h>
+
+#include "worker/cuda_backend.h"
 #endif
 
 #define MIB(b) ((double)(b) / (1024.0 * 1024.0))
@@ -35,7 +37,7 @@ static const char *s_usage =
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
     "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
     "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
-    "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--json]\n"
+    "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--cuda-graphs off|on|auto] [--json]\n"
     "\n"
     "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy unless\n"
     "--temperature > 0, request i seeded S + i; EOS ignored), all queued at once. --weights dummy (default) builds the model from its config alone with\n"
@@ -43,7 +45,8 @@ static const char *s_usage =
     "config.json, or is left out). --session-len defaults to I + O. --max-batch-size defaults to what the\n"
     "KV pool holds of such sequences, at least 128 and at most 512 (worker/engine.h). Reports throughput, decode step and\n"
     "TTFT percentiles, peak memory, the KV pool, and the step roofline and workload floor with the\n"
-    "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s).\n";
+    "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s). --cuda-graphs: which\n"
+    "decode steps replay the cuda backend's CUDA graphs (worker/cuda_backend.h; default auto).\n";
 
 // ---------------------------------------------------------------- options
 
@@ -54,6 +57,7 @@ typedef struct {
     uint64_t seed;
     double peak_flops, peak_bw;
     int json;
+    const char *cuda_graphs;  // --cuda-graphs off|on|auto (kvf_cuda_backend_set_graphs); NULL: the backend's default
     kvf_engine_opts_t eo;
     int session_len_given;
     double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
@@ -134,6 +138,10 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             rc = kvf_args_int(a, v, 0, INT32_MAX, &o->top_k, err);
         } else if (strcmp(a, "--min-p") == 0) {
             rc = kvf_args_double(a, v, 0.0, 0.999999, &o->min_p, err);
+        } else if (strcmp(a, "--cuda-graphs") == 0) {
+            if (strcmp(v, "off") != 0 && strcmp(v, "on") != 0 && strcmp(v, "auto") != 0)
+                return kvf_err_set(err, KVF_E_INVAL, "--cuda-graphs: '%s' is not off, on or auto", v);
+            o->cuda_graphs = v;
         } else if (strcmp(a, "--repetition-penalty") == 0) {
             rc = kvf_args_double(a, v, 1e-3, 1e3, &o->rep_penalty, err);
         } else {
@@ -593,6 +601,22 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kvf-bench: %s\n", err.msg);
         return 1;
     }
+    if (o.cuda_graphs) {
+#ifdef KVF_HAVE_CUDA
+        const int mode = strcmp(o.cuda_graphs, "off") == 0  ? KVF_CUDA_GRAPHS_OFF
+                         : strcmp(o.cuda_graphs, "on") == 0 ? KVF_CUDA_GRAPHS_ON
+                                                            : KVF_CUDA_GRAPHS_AUTO;
+        if (kvf_cuda_backend_set_graphs(kvf_engine_backend(r.e), mode) != 0) {
+            fprintf(stderr, "kvf-bench: --cuda-graphs needs --backend cuda\n");
+            kvf_engine_destroy(&r.e);
+            return 2;
+        }
+#else
+        fprintf(stderr, "kvf-bench: --cuda-graphs: this build has no cuda backend\n");
+        kvf_engine_destroy(&r.e);
+        return 2;
+#endif
+    }
     s_mem_sample(&r);
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r.e);
     kvf_plan_t plan;
@@ -619,6 +643,11 @@ int main(int argc, char **argv) {
     } else {
         fprintf(stderr, "kvf-bench: %s\n", err.msg);
     }
+#ifdef KVF_HAVE_CUDA
+    if (strcmp(kvf_engine_opts(r.e)->backend, "cuda") == 0)
+        fprintf(stderr, "kvf-bench: %llu steps replayed a CUDA graph\n",
+                (unsigned long long)kvf_cuda_backend_graph_steps(kvf_engine_backend(r.e)));
+#endif
     free(r.reqs);
     free(r.decode_ms);
     kvf_engine_destroy(&r.e);

@@ -572,6 +572,62 @@ Test(cuda_forward, decode_graphs_match_eager) {
     be->ops->destroy(&be);
 }
 
+// The default graph mode (KVF_CUDA_GRAPHS_AUTO): a decode step replays a graph only
+// when its bucket's graph has no key splits and pads at most n/16 rows, and then
+// matches the eager step. Buckets here: ..., 64, 128, 192, 256; with 4096-token
+// sequences allowed, the small buckets' graphs split the keys (those up to
+// 2 x SMs / KV heads: 132 rows on an H200).
+Test(cuda_forward, auto_graphs_only_without_splits_and_little_padding) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 256, 256);
+    o.max_blocks_per_seq = 256;  // 4096 tokens: graphs of few rows split the keys
+    o.cache_max_entry_count = 4101;
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const int S = 256, V = cfg.vocab_size, MB = o.max_blocks_per_seq;
+    int32_t *bt = malloc(sizeof(int32_t) * (size_t)S * MB), tokens[256], nn[256], np[256];
+    s_tables(be, S, bt, MB);
+    for (int c0 = 0; c0 < S; c0 += 64) {  // 4-token prompts, 64 sequences a step
+        for (int s = 0; s < 64; s++) {
+            for (int i = 0; i < 4; i++) tokens[4 * s + i] = ((c0 + s) * 131 + i * 17) % V;
+            nn[s] = 4, np[s] = 0;
+        }
+        kvf_batch_t pre = {64, 256, tokens, nn, np, bt + (size_t)c0 * MB, MB, 0};
+        float *tmp = malloc((size_t)64 * V * 4);
+        cr_assert_eq(be->ops->forward(be, &pre, tmp, &err), 0, "%s", err.msg);
+        free(tmp);
+    }
+    static const struct {
+        int n, graph;
+    } cases[] = {{192, 1}, {200, 0}, {8, 0}, {250, 1}};
+    float *out[2] = {malloc((size_t)S * V * 4), malloc((size_t)S * V * 4)};
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        const int n = cases[k].n;
+        for (int s = 0; s < n; s++) tokens[s] = (s * 7 + (int)k) % V, nn[s] = 1, np[s] = 4;  // each at position 4
+        kvf_batch_t dec = {n, n, tokens, nn, np, bt, MB, 0};
+        for (int run = 0; run < 2; run++) {  // auto, then off: the same step writes the same K and V
+            cr_assert_eq(kvf_cuda_backend_set_graphs(be, run == 0 ? KVF_CUDA_GRAPHS_AUTO : KVF_CUDA_GRAPHS_OFF), 0);
+            const uint64_t g0 = kvf_cuda_backend_graph_steps(be);
+            cr_assert_eq(be->ops->forward(be, &dec, out[run], &err), 0, "%d seqs: %s", n, err.msg);
+            const uint64_t used = kvf_cuda_backend_graph_steps(be) - g0;
+            cr_expect_eq(used, run == 0 ? (uint64_t)cases[k].graph : 0, "%d seqs (run %d): %llu graph steps", n, run,
+                         (unsigned long long)used);
+        }
+        double worst = 0;
+        for (int r = 0; r < n; r++) {
+            double e = s_rel_l2(out[0] + (size_t)r * V, out[1] + (size_t)r * V, V);
+            if (e > worst) worst = e;
+        }
+        cr_expect(worst < 1e-2, "%d seqs: auto and eager differ by rel L2 %.3e", n, worst);
+        fprintf(stderr, "GRAPHS auto %d seqs: %s, worst row rel L2 vs eager %.3e\n", n,
+                cases[k].graph ? "graph" : "eager", worst);
+    }
+    cr_assert_eq(kvf_cuda_backend_set_graphs(be, 3), -1, "an unknown mode is refused");
+    free(out[0]), free(out[1]), free(bt);
+    be->ops->destroy(&be);
+}
+
 // forward_sample: the ids are the host's choice on forward()'s logits for the
 // same batch, eager and from graphs, on prefill, mixed and decode steps: the
 // argmax for greedy rows, worker/sampler.c's draw for sampled ones (temperature,

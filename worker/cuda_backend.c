@@ -46,9 +46,10 @@ uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be) {
     return ((const kvf_cuda_t *)be)->n_allocs;
 }
 
-int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int on) {
+int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode) {
     if (!be || be->ops != &s_cuda_ops) return -1;
-    ((kvf_cuda_t *)be)->use_graphs = on != 0;
+    if (mode < KVF_CUDA_GRAPHS_OFF || mode > KVF_CUDA_GRAPHS_AUTO) return -1;
+    ((kvf_cuda_t *)be)->use_graphs = mode;
     return 0;
 }
 
@@ -356,10 +357,9 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
         c->n_graphs = 0;
         kvf_log(KVF_LOG_WARN, "cuda backend: decode steps run without CUDA graphs: %s", gerr.msg);
     }
-    // Off by default: a graph's attention splits are fixed for the longest context,
-    // which on an H200 made 16-sequence decode at 512 tokens 14% slower than eager
-    // steps (9.47 vs 8.33 ms, Llama-3-8B shape); kvf_cuda_backend_set_graphs turns them on.
-    c->use_graphs = 0;
+    // Auto by default (cuda_backend.h); KVF_CUDA_TIMING runs every step eagerly, as
+    // a graph hides its kernel groups from the timing events.
+    c->use_graphs = c->timing ? KVF_CUDA_GRAPHS_OFF : KVF_CUDA_GRAPHS_AUTO;
     if (c->tp) {
         c->agreed++;
         if (s_group_agree(c->tp, 1, NULL, "start-up", err) != 0) return c->agreed = 2, -1;

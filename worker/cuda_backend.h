@@ -69,14 +69,24 @@ kvf_backend_t *kvf_cuda_backend_new(const kvf_modelcfg_t *cfg, const kvf_safeten
 // backend that is not "cuda".
 uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be);
 
-// Decode steps (every sequence adds one token, all_logits 0) replay CUDA graphs
-// captured at start-up, one per batch-size bucket (powers of two up to
-// max_batch_size), when on. Off by default: a graph splits the key range for the
-// longest context the backend allows, which costs more than the launches it
-// saves on short contexts (measured: 16 sequences at 512 tokens, Llama-3-8B
-// shape, H200: 9.47 ms graph vs 8.33 ms eager). Returns 0, or -1 for a backend
-// that is not "cuda".
-int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int on);
+// Decode steps (every sequence adds one token, all_logits 0) can replay CUDA
+// graphs captured at start-up, one per batch-size bucket (powers of two up to 64,
+// then every 64 rows up to 512, then every 128, up to max_batch_size), the batch
+// padded to its bucket. KVF_CUDA_GRAPHS_ON: every decode step that a bucket
+// holds. KVF_CUDA_GRAPHS_AUTO (the default): only buckets whose graph has no
+// key splits (a split graph splits the key range for the longest context the
+// backend allows, which cost more than the launches it saves: 16 sequences at
+// 512 tokens, Llama-3-8B shape, H200, 9.47 ms graph vs 8.33 ms eager) and that
+// pad at most n/16 rows (each padded row runs the whole model). Measured, off ->
+// auto, one H200 (bench/RESULTS.md): 64 sequences x 128 + 256 tokens 1.79 -> 1.71
+// s (decode p50 6.31 -> 5.97 ms); the standard workload 18.05 -> 18.03 s (199 of its
+// 221 decode-only steps from graphs, decode p50 23.29 -> 23.10 ms).
+// KVF_CUDA_GRAPHS_OFF: every step eager (also the default under KVF_CUDA_TIMING).
+// Returns 0, or -1 for a backend that is not "cuda" or another value of mode.
+#define KVF_CUDA_GRAPHS_OFF 0
+#define KVF_CUDA_GRAPHS_ON 1
+#define KVF_CUDA_GRAPHS_AUTO 2
+int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode);
 
 // Steps run by graph replay so far (0 for NULL or another backend).
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);

@@ -15,6 +15,7 @@
 #include "kernels/gemm.h"
 #include "kernels/sample_rows.h"
 #include "worker/backend.h"
+#include "worker/cuda_backend.h"
 #include "worker/tp.h"
 #include "worker/tp_shard.h"
 
@@ -22,7 +23,7 @@
 #define S_ALIGN 256
 #define S_GEMM_WS (32u << 20)            // cuBLASLt workspace
 #define S_PARTIAL_MAX (64ull << 20)      // attention split partials, bytes at most
-#define S_MAX_GRAPHS 16
+#define S_MAX_GRAPHS 24
 #define S_EV_MAX 640                     // timing events of one step (KVF_CUDA_TIMING)
 
 // Kernel groups timed by KVF_CUDA_TIMING=1 (events between them; eager steps only).
@@ -110,7 +111,7 @@ typedef struct {
     int graph_bucket[S_MAX_GRAPHS];       // sequences (padded) of graph i
     int graph_splits[S_MAX_GRAPHS], graph_split_len[S_MAX_GRAPHS];
     cudaGraphExec_t graph[S_MAX_GRAPHS];
-    int use_graphs;
+    int use_graphs;  // KVF_CUDA_GRAPHS_OFF, _ON or _AUTO (cuda_backend.h)
     uint64_t graph_steps;
 
     // KVF_CUDA_TIMING=1: per-group device time, decode-only steps [0] and steps with prefill [1],
@@ -142,6 +143,10 @@ static inline kvf_gemm_out_t kvf_cuda_out(const kvf_cuda_t *c, int bit) {
 }
 
 static inline size_t kvf_cuda_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }
+
+// The decode-graph bucket after b: powers of two up to 64, then every 64 rows up
+// to 512, then every 128.
+static inline int kvf_cuda_next_bucket(int b) { return b < 64 ? 2 * b : b < 512 ? b + 64 : b + 128; }
 
 // ---------------------------------------------------------------- cuda_weights.c
 

@@ -220,7 +220,8 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
 int kvf_cuda_capture_graphs(kvf_cuda_t *c, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
     int max_b = o->max_batch_size < o->max_step_tokens ? o->max_batch_size : o->max_step_tokens;
-    for (int bucket = 1;; bucket = bucket * 2 < max_b ? bucket * 2 : max_b) {
+    // buckets: powers of two up to 64, then every 64 rows up to 512, then every 128
+    for (int bucket = 1;; bucket = kvf_cuda_next_bucket(bucket) < max_b ? kvf_cuda_next_bucket(bucket) : max_b) {
         if (c->n_graphs == S_MAX_GRAPHS) break;
         int i = c->n_graphs, split_len = 1 << 30, n_splits = 1;
         if (bucket <= c->partial_tokens)
@@ -313,10 +314,17 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
     c->n_ev = 0;
     if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
 
+    // A decode step replays the graph of the smallest bucket that holds it: any
+    // bucket when graphs are on; when auto, only a graph without key splits (those
+    // are fixed for the longest context) and with at most n/16 padded rows (each
+    // runs the whole model).
     int gi = -1;
     if (c->use_graphs && !b->all_logits && n == b->n_seqs)
         for (int i = 0; i < c->n_graphs && gi < 0; i++)
             if (c->graph_bucket[i] >= n) gi = i;
+    if (gi >= 0 && c->use_graphs == KVF_CUDA_GRAPHS_AUTO &&
+        (c->graph_splits[gi] != 1 || (c->graph_bucket[gi] - n) * 16 > n))
+        gi = -1;
     if (gi >= 0) {
         s_pad_decode(c, b->n_seqs, c->graph_bucket[gi]);
         KVF_CUDA_CHECK(cudaMemcpyAsync(c->d_meta, c->h_meta, c->meta_ints * sizeof(int32_t), cudaMemcpyHostToDevice,
