@@ -9,20 +9,39 @@
 
 #include "kernels/attention.h"
 #include "kernels/check.h"
+#include "kernels/fp8.cuh"
 #include "kernels/util.cuh"
 
 #define ATT_WARPS 4
 #define ATT_THREADS (ATT_WARPS * 32)
 #define ATT_KT 32
 
-template <int HDL, int RPW>
+// 8 cache elements as one load: 16 bytes of bf16, 8 of E4M3; s_pair widens elements 2e, 2e + 1 to f32.
+static __device__ __forceinline__ float2 s_pair(const uint4 &c, int e) {
+    return __bfloat1622float2(((const __nv_bfloat162 *)&c)[e]);
+}
+static __device__ __forceinline__ float2 s_pair(const uint2 &c, int e) {
+    const uint32_t h = kvf_fp8x2_to_f16x2((uint16_t)((e < 2 ? c.x : c.y) >> (16 * (e & 1))));
+    return __half22float2(*(const __half2 *)&h);
+}
+template <typename TC>
+struct s_chunk8 {
+    typedef uint4 type;  // bf16
+};
+template <>
+struct s_chunk8<kvf_fp8_t> {
+    typedef uint2 type;
+};
+
+// TC: the cache's element type, bf16 or kvf_fp8_t (E4M3).
+template <int HDL, int RPW, typename TC>
 static __global__ void __launch_bounds__(ATT_THREADS)
 s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
        float *part_acc,           // (n_splits, n_tokens * H, HD) when n_splits > 1
        float *part_ml,            // (n_splits, n_tokens * H, 2)
        const bf16 *q,             // (n_tokens, H, HD)
-       const bf16 *kc,            // (n_blocks, bs, KV, HD)
-       const bf16 *vc,            // (n_blocks, bs, KV, HD)
+       const TC *kc,              // (n_blocks, bs, KV, HD)
+       const TC *vc,              // (n_blocks, bs, KV, HD)
        const int32_t *tiles,      // (n_tiles, 3)
        const int32_t *pos,        // (n_tokens)
        const int32_t *bt,         // (n_seqs, max_blocks)
@@ -65,21 +84,22 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
         for (int i = 0; i < HDL; i++) acc[rr][i] = 0.0f;
     }
 
-    // K and V move in 16-byte chunks (8 bf16): a tile is ATT_KT * HD / 8 chunks,
+    // K and V move in chunks of 8 elements (16 bytes of bf16, 8 of E4M3): a tile is ATT_KT * HD / 8 chunks,
     // at most HDL per thread. The next tile is fetched into registers while the
     // current one is scored, so its global latency overlaps the arithmetic.
     const int cpr = HD / 8;  // chunks per key
     const int n_chunks = ATT_KT * cpr;
-    uint4 rk[HDL], rv[HDL];
+    typedef typename s_chunk8<TC>::type chunk_t;
+    chunk_t rk[HDL], rv[HDL];
     auto fetch = [&](int kt) {
 #pragma unroll
         for (int i = 0; i < HDL; i++) {
             const int ch = threadIdx.x + i * ATT_THREADS, j = ch / cpr, key = kt + j;
-            rk[i] = rv[i] = make_uint4(0u, 0u, 0u, 0u);
+            rk[i] = rv[i] = chunk_t{};
             if (ch < n_chunks && key < k_end) {
                 const size_t off = (((size_t)btab[key / bs] * bs + key % bs) * KV + kvh) * HD + (ch % cpr) * 8;
-                rk[i] = *(const uint4 *)(kc + off);
-                rv[i] = *(const uint4 *)(vc + off);
+                rk[i] = *(const chunk_t *)(kc + off);
+                rv[i] = *(const chunk_t *)(vc + off);
             }
         }
     };
@@ -89,10 +109,9 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
             const int ch = threadIdx.x + i * ATT_THREADS;
             if (ch >= n_chunks) continue;
             const int j = ch / cpr, d = (ch % cpr) * 8;
-            const __nv_bfloat162 *k2 = (const __nv_bfloat162 *)&rk[i], *v2 = (const __nv_bfloat162 *)&rv[i];
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                const float2 kk = __bfloat1622float2(k2[e]), vv = __bfloat1622float2(v2[e]);
+                const float2 kk = s_pair(rk[i], e), vv = s_pair(rv[i], e);
                 sK[j * (HD + 4) + d + 2 * e] = kk.x;
                 sK[j * (HD + 4) + d + 2 * e + 1] = kk.y;
                 sV[j * HD + d + 2 * e] = vv.x;
@@ -254,20 +273,21 @@ extern "C" size_t kvf_attn_partial_floats(int n_splits, int n_tokens, int n_head
     return (size_t)n_splits * n_tokens * n_heads * (head_dim + 2);
 }
 
-template <int HDL, int RPW>
+template <int HDL, int RPW, typename TC>
 static void s_launch(dim3 grid, size_t smem, cudaStream_t stream, bf16 *out, float *pa, float *pml,
-                     const bf16 *q, const bf16 *kc, const bf16 *vc, const int32_t *tiles, const int32_t *pos,
+                     const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles, const int32_t *pos,
                      const int32_t *bt, int max_blocks, int n_tokens, int H, int KV, int HD, int bs,
                      int n_splits, int split_len, float scale) {
-    s_attn<HDL, RPW><<<grid, ATT_THREADS, smem, stream>>>(out, pa, pml, q, kc, vc, tiles, pos, bt, max_blocks,
+    s_attn<HDL, RPW, TC><<<grid, ATT_THREADS, smem, stream>>>(out, pa, pml, q, kc, vc, tiles, pos, bt, max_blocks,
                                                          n_tokens, H, KV, HD, bs, n_splits, split_len, scale);
 }
 
-extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, const uint16_t *k_cache,
-                             const uint16_t *v_cache, const int32_t *tiles, int n_tiles, int q_per_tile,
-                             const int32_t *pos, const int32_t *block_table, int max_blocks, int n_tokens,
-                             int n_heads, int n_kv, int head_dim, int block_size, int n_splits, int split_len,
-                             cudaStream_t stream, kvf_err_t *err) {
+template <typename TC>
+static int s_attention(uint16_t *out, float *partial, const uint16_t *q, const TC *kc, const TC *vc,
+                       const int32_t *tiles, int n_tiles, int q_per_tile, const int32_t *pos,
+                       const int32_t *block_table, int max_blocks, int n_tokens, int n_heads, int n_kv, int head_dim,
+                       int block_size, int n_splits, int split_len, cudaStream_t stream, kvf_err_t *err) {
+    const void *k_cache = kc, *v_cache = vc;
     KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
     KVF_REQUIRE(n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0, err);
     KVF_REQUIRE(head_dim >= 8 && head_dim % 8 == 0 && head_dim <= KVF_ATTN_MAX_HEAD_DIM, err);
@@ -288,11 +308,11 @@ extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, c
     float *pa = n_splits > 1 ? partial : NULL;
     float *pml = n_splits > 1 ? partial + (size_t)n_splits * n_tokens * n_heads * head_dim : NULL;
     bf16 *o = (bf16 *)out;
-    const bf16 *qq = (const bf16 *)q, *kc = (const bf16 *)k_cache, *vc = (const bf16 *)v_cache;
+    const bf16 *qq = (const bf16 *)q;
 
 #define KVF_ATT_CASE(HDL_, RPW_)                                                                    \
     if (hdl == HDL_ && rpw == RPW_)                                                                 \
-        s_launch<HDL_, RPW_>(grid, smem, stream, o, pa, pml, qq, kc, vc, tiles, pos, block_table,  \
+        s_launch<HDL_, RPW_, TC>(grid, smem, stream, o, pa, pml, qq, kc, vc, tiles, pos, block_table,  \
                              max_blocks, n_tokens, n_heads, n_kv, head_dim, block_size, n_splits,   \
                              split_len, scale);
     KVF_ATT_CASE(1, 1) else KVF_ATT_CASE(1, 2) else KVF_ATT_CASE(1, 4)
@@ -312,4 +332,24 @@ extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, c
         KVF_LAUNCH_CHECK(err);
     }
     return 0;
+}
+
+extern "C" int kvf_attention(uint16_t *out, float *partial, const uint16_t *q, const uint16_t *k_cache,
+                             const uint16_t *v_cache, const int32_t *tiles, int n_tiles, int q_per_tile,
+                             const int32_t *pos, const int32_t *block_table, int max_blocks, int n_tokens,
+                             int n_heads, int n_kv, int head_dim, int block_size, int n_splits, int split_len,
+                             cudaStream_t stream, kvf_err_t *err) {
+    return s_attention<bf16>(out, partial, q, (const bf16 *)k_cache, (const bf16 *)v_cache, tiles, n_tiles,
+                             q_per_tile, pos, block_table, max_blocks, n_tokens, n_heads, n_kv, head_dim, block_size,
+                             n_splits, split_len, stream, err);
+}
+
+extern "C" int kvf_attention_fp8(uint16_t *out, float *partial, const uint16_t *q, const uint8_t *k_cache,
+                                 const uint8_t *v_cache, const int32_t *tiles, int n_tiles, int q_per_tile,
+                                 const int32_t *pos, const int32_t *block_table, int max_blocks, int n_tokens,
+                                 int n_heads, int n_kv, int head_dim, int block_size, int n_splits, int split_len,
+                                 cudaStream_t stream, kvf_err_t *err) {
+    return s_attention<kvf_fp8_t>(out, partial, q, k_cache, v_cache, tiles, n_tiles, q_per_tile, pos, block_table,
+                                  max_blocks, n_tokens, n_heads, n_kv, head_dim, block_size, n_splits, split_len,
+                                  stream, err);
 }

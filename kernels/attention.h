@@ -1,4 +1,4 @@
-// kernels/attention.h — causal GQA attention over the paged bf16 KV cache, for
+// kernels/attention.h — causal GQA attention over the paged bf16 (or FP8) KV cache, for
 // prefill (variable lengths, tiles of query tokens) and decode (split-K
 // flash-decoding over long contexts, then a reduce kernel). Online softmax in
 // f32, keys walked in tiles of 32 through shared memory.
@@ -56,6 +56,15 @@ int kvf_attention(uint16_t *out,               // (n_tokens, n_heads, head_dim) 
                   const int32_t *block_table,  // (n_seqs, max_blocks) device
                   int max_blocks, int n_tokens, int n_heads, int n_kv, int head_dim, int block_size,
                   int n_splits, int split_len, cudaStream_t stream, kvf_err_t *err);
+
+// kvf_attention over an FP8 cache (E4M3 bytes, common/fp8.h; widened to f32 in
+// shared memory, exact).
+int kvf_attention_fp8(uint16_t *out, float *partial, const uint16_t *q,
+                      const uint8_t *k_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                      const uint8_t *v_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                      const int32_t *tiles, int n_tiles, int q_per_tile, const int32_t *pos,
+                      const int32_t *block_table, int max_blocks, int n_tokens, int n_heads, int n_kv, int head_dim,
+                      int block_size, int n_splits, int split_len, cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }

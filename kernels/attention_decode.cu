@@ -26,6 +26,7 @@
 #include "kernels/attention_decode.h"
 #include "kernels/attention_step.cuh"
 #include "kernels/check.h"
+#include "kernels/fp8.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
@@ -163,8 +164,11 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
 // ---------------------------------------------------------------- variants
 
 // Dynamic shared memory of s_attn_decode_v: STAGES x (K|V) x 16 rows a warp,
-// rows of HD + 8 bf16. The merge (SPLIT > 1) reuses it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
-static size_t s_smem_v(int hd, int warps, int stages) {
+// rows of HD + 8 bf16; with an FP8 cache (fp8) rows of HD + 16 bytes, then a
+// warp's widened f16 V tile (16 rows of HD + 8). The merge (SPLIT > 1) reuses
+// it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
+static size_t s_smem_v(int hd, int warps, int stages, int fp8 = 0) {
+    if (fp8) return (size_t)stages * 2 * 16 * warps * (hd + 16) + (size_t)warps * 16 * (hd + 8) * sizeof(uint16_t);
     return (size_t)stages * 2 * 16 * warps * (hd + 8) * sizeof(uint16_t);
 }
 
@@ -173,29 +177,39 @@ static size_t s_smem_v(int hd, int warps, int stages) {
 // keys. PW: each warp fills its own ring of STAGES chunks (__syncwarp only);
 // else (HEADS 1) the block fills a ring of STAGES stages of 16 x WARPS keys
 // (one __syncthreads a stage). Grid: n_tiles x ceil(KV / HEADS), heads fastest.
-template <int HD, int WARPS, int STAGES, int HEADS, bool PW>
+// TC: the cache's element type, bf16 or kvf_fp8_t (E4M3; PW only): the ring then
+// holds the raw bytes (half the bytes in flight, rows padded to HD + 16 so that
+// the K reads of a warp's 8 rows meet no bank twice); K is widened to f16 as the
+// step reads it, V by each warp into its own f16 tile (for ldmatrix.trans) before
+// the step (Q, K, V and P in f16: E4M3 and bf16 are exact in f16 up to +-65504,
+// where Q saturates).
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
 static __global__ void __launch_bounds__(32 * WARPS)
 s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 const bf16 *q,         // (n_tokens, H, HD)
-                const bf16 *kc,        // (n_blocks, bs, KV, HD)
-                const bf16 *vc,        // (n_blocks, bs, KV, HD)
+                const TC *kc,          // (n_blocks, bs, KV, HD)
+                const TC *vc,          // (n_blocks, bs, KV, HD)
                 const int32_t *tiles,  // (n_tiles, 3)
                 const int32_t *pos,    // (n_tokens)
                 const int32_t *bt,     // (n_seqs, max_blocks)
                 int max_blocks, int H, int KV, int bs, float scale_log2) {
     constexpr int SPLIT = WARPS / HEADS;  // warps that share one KV head's keys
-    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3, "bad variant shape");
-    constexpr int KS = HD + 8;            // row stride (bf16): 16 bytes of padding
+    constexpr bool F8 = sizeof(TC) == 1;  // an FP8 cache: raw rows staged, widened to f16 a chunk at a time
+    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (PW || !F8), "bad variant shape");
+    constexpr int KS = HD + 8;            // row stride (16-bit elements) of the tiles scored: 16 bytes of padding
+    constexpr int RS = F8 ? HD + 16 : KS;  // row stride (TC) of the staged rows
     constexpr int NR = 16 * WARPS;        // rows of K (and of V) in one stage, 16 a warp
-    constexpr int STAGE = 2 * NR * KS;    // K then V
+    constexpr int STAGE = 2 * NR * RS;    // K then V
     constexpr int LN = PW ? 32 : 32 * WARPS;  // threads that fill a warp's rows (PW) or the stage
-    constexpr int RPC = HD / 8;           // 16-byte chunks a row
-    constexpr int CPT = HD / 16;          // chunks a thread fills per tensor per stage
+    constexpr int EPC = 16 / (int)sizeof(TC);  // elements a 16-byte chunk
+    constexpr int RPC = HD / EPC;         // 16-byte chunks a row
+    constexpr int CPT = (PW ? 16 : NR) * RPC / LN;  // chunks a thread fills per tensor per stage
     constexpr int RSTEP = LN / RPC;       // rows between a thread's chunks
     static_assert(LN % RPC == 0 && RSTEP * CPT == (PW ? 16 : NR), "loader shape");
-    static_assert(STAGES * 2 * KS * 2 >= 4 * HD + 8, "the merge must fit in the stages");
+    static_assert(STAGES * 2 * 16 * RS * sizeof(TC) + (F8 ? 16 * KS * 2 : 0) >= 16 * (HD + 2) * 4,
+                  "the merge must fit in the stages");
     extern __shared__ float4 dsmem4[];
-    bf16 *sm = (bf16 *)dsmem4;            // (STAGES, K|V, NR, KS)
+    TC *sm = (TC *)dsmem4;                // (STAGES, K|V, NR, RS)
 
     const int groups = (KV + HEADS - 1) / HEADS;
     const int tile = blockIdx.x / groups, kvg = blockIdx.x % groups;
@@ -213,7 +227,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     const int n_kt = (kv_end + 16 * SPLIT - 1) / (16 * SPLIT);  // chunks a warp (PW) or stages (block)
 
     const int li = PW ? lane : (int)threadIdx.x;
-    const int jl = li / RPC, dl = (li % RPC) * 8;  // this thread's first row and its 8 dims
+    const int jl = li / RPC, dl = (li % RPC) * EPC;  // this thread's first row and its EPC dims
     const int rb = PW ? 16 * warp : 0;             // first stage row that this thread's ring fills
     int nb[CPT], ns[CPT];                          // cache block and slot in it of the next load's rows
     auto key0 = [&](int it) { return PW ? 16 * (SPLIT * it + sw) : it * NR; };
@@ -231,17 +245,17 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     auto load = [&](int it) {
         const int kb = key0(it);
         if (active && it < n_kt && kb < kv_end) {
-            bf16 *sK = sm + (it % STAGES) * STAGE + rb * KS, *sV = sK + NR * KS;
+            TC *sK = sm + (it % STAGES) * STAGE + rb * RS, *sV = sK + NR * RS;
 #pragma unroll
             for (int i = 0; i < CPT; i++) {
                 const int j = jl + i * RSTEP, key = kb + j;
                 if (key < kv_end) {
                     const size_t off = (((size_t)nb[i] * bs + ns[i]) * KV + kvh) * HD + dl;
-                    kvf_cp_async16(sK + j * KS + dl, kc + off);
-                    kvf_cp_async16(sV + j * KS + dl, vc + off);
+                    kvf_cp_async16(sK + j * RS + dl, kc + off);
+                    kvf_cp_async16(sV + j * RS + dl, vc + off);
                 } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
-                    *(uint4 *)(sK + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
-                    *(uint4 *)(sV + j * KS + dl) = make_uint4(0u, 0u, 0u, 0u);
+                    *(uint4 *)(sK + j * RS + dl) = make_uint4(0u, 0u, 0u, 0u);
+                    *(uint4 *)(sV + j * RS + dl) = make_uint4(0u, 0u, 0u, 0u);
                 }
             }
             fetch(it + 1);  // in flight while this stage is
@@ -260,13 +274,20 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const bf16 *q1p = q + ((size_t)(q0 + (v1 ? r1 / G : 0)) * H + (v1 ? kvh * G + r1 % G : 0)) * HD;
 #pragma unroll
         for (int ks = 0; ks < HD / 16; ks++) {
-            const int c = ks * 16 + 2 * tq;
+            // F8: dims 4 tq, 4 tq + 1 in the slots of 2 tq, 2 tq + 1 and 4 tq + 2, 4 tq + 3 in those of
+            // 2 tq + 8, 2 tq + 9 (kvf_attn_step's K8S reads), as f16
+            const int c = ks * 16 + (F8 ? 4 : 2) * tq, c2 = c + (F8 ? 2 : 8);
             qf[ks][0] = v0 ? *(const uint32_t *)(q0p + c) : 0u;
             qf[ks][1] = v1 ? *(const uint32_t *)(q1p + c) : 0u;
-            qf[ks][2] = v0 ? *(const uint32_t *)(q0p + c + 8) : 0u;
-            qf[ks][3] = v1 ? *(const uint32_t *)(q1p + c + 8) : 0u;
+            qf[ks][2] = v0 ? *(const uint32_t *)(q0p + c2) : 0u;
+            qf[ks][3] = v1 ? *(const uint32_t *)(q1p + c2) : 0u;
+            if (F8)
+#pragma unroll
+                for (int e = 0; e < 4; e++) qf[ks][e] = kvf_bf16x2_to_f16x2_sat(qf[ks][e]);
         }
     }
+    // F8: this warp's widened V chunk: (16, KS) f16 after the ring
+    uint16_t *wv = (uint16_t *)(sm + STAGES * STAGE) + warp * 16 * KS;
 
     float o[HD / 8][4];
 #pragma unroll
@@ -281,8 +302,25 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         load(it + STAGES - 1);
         const int kw = 16 * (SPLIT * it + sw);
         if (kw < kv_end) {  // uniform over the warp
-            const bf16 *sK = sm + (it % STAGES) * STAGE + 16 * warp * KS;
-            kvf_attn_step<HD, 16>(sK, sK + NR * KS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+            const TC *sK = sm + (it % STAGES) * STAGE + 16 * warp * RS;
+            if constexpr (F8) {
+                // widen the warp's 16 V rows (16 x HD bytes) into its f16 tile; the lanes' previous reads of the
+                // tile ended before the __syncwarp above
+#pragma unroll
+                for (int i = 0; i < 16 * RPC / 32; i++) {
+                    const int ch = lane + 32 * i, r = ch / RPC, d = ch % RPC * EPC;
+                    uint4 w[2];
+                    kvf_fp8x16_widen<true>(*(const uint4 *)(sK + NR * RS + r * RS + d), w);
+                    uint4 *dst = (uint4 *)(wv + r * KS + d);
+                    dst[0] = w[0], dst[1] = w[1];
+                }
+                __syncwarp();
+                kvf_attn_step<HD, 16, true, uint16_t, RS>(sK, wv, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1,
+                                                          scale_log2, lane);
+            } else {
+                kvf_attn_step<HD, 16>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
+                                      lane);
+            }
         }
     }
     kvf_cp_async_wait<0>();
@@ -318,22 +356,24 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
 // The launch arguments common to every variant.
 typedef struct {
     bf16 *out;
-    const bf16 *q, *kc, *vc;
+    const bf16 *q;
+    const void *kc, *vc;  // bf16, or E4M3 bytes for the fp8 launchers
     const int32_t *tiles, *pos, *bt;
     int n_tiles, max_blocks, H, KV, bs;
     float scale_log2;
     cudaStream_t stream;
 } s_args_t;
 
-template <int HD, int WARPS, int STAGES, int HEADS, bool PW>
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
 static int s_launch_v(const s_args_t *a, kvf_err_t *err) {
     const int groups = (a->KV + HEADS - 1) / HEADS;
     KVF_REQUIRE((long long)a->n_tiles * groups <= 0x7fffffffLL, err);
-    const size_t smem = s_smem_v(HD, WARPS, STAGES);
-    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW>,
+    const size_t smem = s_smem_v(HD, WARPS, STAGES, sizeof(TC) == 1);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
-        a->out, a->q, a->kc, a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
+    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
+        a->out, a->q, (const TC *)a->kc, (const TC *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
+        a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -345,7 +385,7 @@ static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
     s_attn_decode<HD><<<a->n_tiles * a->KV, DC_THREADS, smem, a->stream>>>(
-        a->out, a->q, a->kc, a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
+        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -394,10 +434,24 @@ extern "C" int kvf_attention_decode_supports(int n_heads, int n_kv, int head_dim
            (head_dim == 64 || head_dim == 128);
 }
 
+// The FP8-cache variants (kvf_attention_decode_fp8_variant): v5's shape, rings of
+// 3, 4 or 6 chunks a warp (half the bytes of a bf16 chunk each).
+static const s_variant_t s_fp8_variants[] = {
+    {"f8 w3x16 4h", 4, 3, 4, 1},  // 71 KB: 3 blocks an SM
+    {"f8 w4x16 4h", 4, 4, 4, 1},  // 89 KB: 2 blocks an SM
+    {"f8 w6x16 4h", 4, 6, 4, 1},  // 125 KB: 1 block an SM, 5 chunks in flight a warp
+};
+#define DC_N_FP8_VARIANTS ((int)(sizeof s_fp8_variants / sizeof s_fp8_variants[0]))
+#define DC_FP8_DEFAULT 0
+
 extern "C" size_t kvf_attention_decode_smem(int head_dim) {
     size_t m = (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);  // variant 0
     for (int v = 1; v < DC_N_VARIANTS; v++) {
         const size_t s = s_smem_v(head_dim, s_variants[v].warps, s_variants[v].stages);
+        if (s > m) m = s;
+    }
+    for (int v = 0; v < DC_N_FP8_VARIANTS; v++) {
+        const size_t s = s_smem_v(head_dim, s_fp8_variants[v].warps, s_fp8_variants[v].stages, 1);
         if (s > m) m = s;
     }
     return m;
@@ -423,6 +477,44 @@ extern "C" int kvf_attention_decode_variant(int variant, uint16_t *out, const ui
                         block_table, n_tiles, max_blocks, n_heads, n_kv, block_size,
                         (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634), stream};
     return head_dim == 64 ? s_launch<64>(variant, &a, err) : s_launch<128>(variant, &a, err);
+}
+
+extern "C" int kvf_attention_decode_fp8_n_variants(void) { return DC_N_FP8_VARIANTS; }
+
+extern "C" const char *kvf_attention_decode_fp8_variant_name(int variant) {
+    return variant >= 0 && variant < DC_N_FP8_VARIANTS ? s_fp8_variants[variant].name : NULL;
+}
+
+extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                                const uint8_t *v_cache, const int32_t *tiles, int n_tiles,
+                                                const int32_t *pos, const int32_t *block_table, int max_blocks,
+                                                int n_heads, int n_kv, int head_dim, int block_size,
+                                                cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(variant >= 0 && variant < DC_N_FP8_VARIANTS, err);
+    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
+    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
+    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
+    if (n_tiles == 0) return 0;
+    const s_args_t a = {(bf16 *)out, (const bf16 *)q, k_cache, v_cache, tiles, pos, block_table, n_tiles, max_blocks,
+                        n_heads, n_kv, block_size, (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634),
+                        stream};
+    const int st = s_fp8_variants[variant].stages;
+    if (head_dim == 64)
+        return st == 3   ? s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err)
+               : st == 4 ? s_launch_v<64, 4, 4, 4, true, kvf_fp8_t>(&a, err)
+                         : s_launch_v<64, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+    return st == 3   ? s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err)
+           : st == 4 ? s_launch_v<128, 4, 4, 4, true, kvf_fp8_t>(&a, err)
+                     : s_launch_v<128, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+}
+
+extern "C" int kvf_attention_decode_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                        const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                        const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
+                                        int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+    return kvf_attention_decode_fp8_variant(DC_FP8_DEFAULT, out, q, k_cache, v_cache, tiles, n_tiles, pos,
+                                            block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream,
+                                            err);
 }
 
 extern "C" int kvf_attention_decode(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,

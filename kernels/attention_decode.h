@@ -60,6 +60,24 @@ int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, 
                                  const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                  int block_size, cudaStream_t stream, kvf_err_t *err);
 
+// The same over an FP8 cache (E4M3 bytes, common/fp8.h; the --kv-cache-dtype fp8
+// pool): K and V move as bytes and are widened to f16 in shared memory, Q
+// (saturated at +-65504), K, V and P meet in f16 mma with f32 accumulators. The
+// variants are v5's shape with rings of 3, 4 or 6 chunks ("f8 w4x16 4h" the default).
+int kvf_attention_decode_fp8(uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
+                             const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
+                             const uint8_t *k_cache,      // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                             const uint8_t *v_cache,      // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                             const int32_t *tiles, int n_tiles, const int32_t *pos, const int32_t *block_table,
+                             int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                             cudaStream_t stream, kvf_err_t *err);
+int kvf_attention_decode_fp8_n_variants(void);
+const char *kvf_attention_decode_fp8_variant_name(int variant);
+int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                     const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                     const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
+                                     int block_size, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,6 +20,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/attention_step.cuh"
 #include "kernels/check.h"
+#include "kernels/fp8.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
@@ -128,13 +129,16 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
 // skips the steps past its last query. Numerics are v0's: base-2 softmax on f32
 // scores, P rounded to bf16 (against the running maximum of 32 keys, not 64).
 
-// NH heads a block (1, 2 or 4, dividing the group), 64 x NH threads.
-template <int HD, int NH>
+// NH heads a block (1, 2 or 4, dividing the group), 64 x NH threads. TC: the
+// cache's element type, bf16 or kvf_fp8_t (E4M3): FP8 key tiles land as bytes in
+// a ring of their own and the block widens each to bf16 (exact) in the stage that
+// the warps read, one more barrier a tile; the arithmetic is the bf16 path's.
+template <int HD, int NH, typename TC = bf16>
 static __global__ void __launch_bounds__(64 * NH, 1)  // <= 255 registers; shared memory sets blocks an SM
 s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
                    const bf16 *q,            // (n_tokens, H, HD)
-                   const bf16 *kc,           // (n_blocks, bs, KV, HD)
-                   const bf16 *vc,           // (n_blocks, bs, KV, HD)
+                   const TC *kc,             // (n_blocks, bs, KV, HD)
+                   const TC *vc,             // (n_blocks, bs, KV, HD)
                    const int32_t *tiles,     // (n_tiles, 3)
                    const int32_t *pos,       // (n_tokens)
                    const int32_t *bt,        // (n_seqs, max_blocks)
@@ -147,6 +151,11 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
     extern __shared__ float4 pg_dsmem4[];
     bf16 *sQ = (bf16 *)pg_dsmem4;         // (NH x 64 rows, KS): row hh * 64 + t is token t of head h0 + hh
     bf16 *sKV = sQ + NT * KS;             // (2 stages, K|V, PM_K, KS)
+    constexpr bool F8 = sizeof(TC) == 1;
+    constexpr int EPC = 16 / (int)sizeof(TC);  // elements a 16-byte chunk
+    constexpr int RS = F8 ? HD : KS;           // row stride (TC) of the rows that cp.async fills
+    constexpr int LSTAGE = F8 ? 2 * PM_K * HD : STAGE;  // (K|V, PM_K, RS) TC
+    TC *sL = F8 ? (TC *)(sKV + 2 * STAGE) : (TC *)sKV;  // where the loads land: (2 stages, K|V, PM_K, RS)
 
     // tiles last to first (long causal tiles first), head groups fastest (they share K/V through the L2)
     const int n_hb = H / NH;
@@ -169,27 +178,27 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
     // NH threads a key row: thread part p copies the 16-byte chunks p, p + NH, ... of key j's K and V rows, so one
     // block-table look-up serves a thread's whole row share, and at each step the NH threads of a key read
     // NH x 16 adjacent bytes. Few registers live across the loop (the accumulators need them).
-    constexpr int CPT = HD / 8 / NH;  // chunks per thread per tensor per key tile
-    static_assert(NT == PM_K * NH && CPT * NH == HD / 8, "NH threads a key");
+    constexpr int CPT = HD / EPC / NH;  // chunks per thread per tensor per key tile
+    static_assert(NT == PM_K * NH && CPT * NH == HD / EPC, "NH threads a key");
     const int kj = threadIdx.x / NH, kp = threadIdx.x % NH;
-    const bf16 *kbase = kc + (size_t)kvh * HD + kp * 8, *vbase = vc + (size_t)kvh * HD + kp * 8;
-    bf16 *sdst = sKV + kj * KS + kp * 8;  // stage 0's K
+    const TC *kbase = kc + (size_t)kvh * HD + kp * EPC, *vbase = vc + (size_t)kvh * HD + kp * EPC;
+    TC *sdst = sL + kj * RS + kp * EPC;  // stage 0's K
     auto load = [&](int stage, int kt) {
-        bf16 *sK = sdst + stage * STAGE, *sV = sK + PM_K * KS;
+        TC *sK = sdst + stage * LSTAGE, *sV = sK + PM_K * RS;
         const int key = kt + kj;
         if (key < kv_end) {
             const size_t row = (size_t)btab[key / bs] * bs + key % bs;
-            const bf16 *gk = kbase + row * KV * HD, *gv = vbase + row * KV * HD;
+            const TC *gk = kbase + row * KV * HD, *gv = vbase + row * KV * HD;
 #pragma unroll
             for (int i = 0; i < CPT; i++) {
-                kvf_cp_async16(sK + i * NH * 8, gk + i * NH * 8);
-                kvf_cp_async16(sV + i * NH * 8, gv + i * NH * 8);
+                kvf_cp_async16(sK + i * NH * EPC, gk + i * NH * EPC);
+                kvf_cp_async16(sV + i * NH * EPC, gv + i * NH * EPC);
             }
         } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
 #pragma unroll
             for (int i = 0; i < CPT; i++) {
-                *(uint4 *)(sK + i * NH * 8) = make_uint4(0u, 0u, 0u, 0u);
-                *(uint4 *)(sV + i * NH * 8) = make_uint4(0u, 0u, 0u, 0u);
+                *(uint4 *)(sK + i * NH * EPC) = make_uint4(0u, 0u, 0u, 0u);
+                *(uint4 *)(sV + i * NH * EPC) = make_uint4(0u, 0u, 0u, 0u);
             }
         }
         kvf_cp_async_commit();
@@ -227,6 +236,21 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
             kvf_cp_async_wait<0>();
         }
         __syncthreads();  // this stage's keys (and Q) are in shared memory for every thread
+        if constexpr (F8) {  // widen the tile's E4M3 rows into the bf16 stage (exact)
+            constexpr int WPT = 2 * PM_K * (HD / 16) / NT;  // 16-byte chunks a thread
+            static_assert(WPT * NT == 2 * PM_K * (HD / 16), "whole chunks a thread");
+            const TC *src = sL + stage * LSTAGE;
+            bf16 *dst = sKV + stage * STAGE;
+#pragma unroll 2
+            for (int i = 0; i < WPT; i++) {
+                const int ch = threadIdx.x + i * NT, r = ch / (HD / 16), d = ch % (HD / 16) * 16;  // r: K rows, V rows
+                uint4 w[2];
+                kvf_fp8x16_widen<false>(*(const uint4 *)(src + r * HD + d), w);
+                *(uint4 *)(dst + r * KS + d) = w[0];
+                *(uint4 *)(dst + r * KS + d + 8) = w[1];
+            }
+            __syncthreads();
+        }
         if (warp_live && kt <= warp_last_pos) {  // uniform over the warp
             const unsigned k_addr = kv_addr0 + stage * STAGE * 2 + k_off;
             const unsigned v_addr = kv_addr0 + (stage * STAGE + PM_K * KS) * 2 + v_off;
@@ -390,33 +414,35 @@ static int s_launch_v0(dim3 grid, size_t smem, bf16 *out, const bf16 *q, const b
     return 0;
 }
 
-template <int HD, int NH>
-static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc, const int32_t *tiles,
+template <int HD, int NH, typename TC = bf16>
+static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
                         const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs,
                         float scale_log2, cudaStream_t stream, kvf_err_t *err) {
     const dim3 grid(n_tiles * (H / NH));
-    const size_t smem = (size_t)(64 * NH + 2 * 2 * PM_K) * (HD + 8) * sizeof(bf16);  // Q, then 2 stages of K and V
-    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_gqa<HD, NH>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    // Q, then 2 stages of K and V; FP8: then the 2 stages of bytes that the loads fill
+    const size_t smem = (size_t)(64 * NH + 2 * 2 * PM_K) * (HD + 8) * sizeof(bf16) +
+                        (sizeof(TC) == 1 ? (size_t)2 * 2 * PM_K * HD : 0);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_gqa<HD, NH, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem), err);
-    s_attn_prefill_gqa<HD, NH><<<grid, 64 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV,
-                                                                bs, scale_log2);
+    s_attn_prefill_gqa<HD, NH, TC><<<grid, 64 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H,
+                                                                    KV, bs, scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
 
 // v1 / v2 with as many heads a block as divide the group, up to nh_max.
-template <int HD>
-static int s_launch_gqa_nh(int nh_max, int n_tiles, bf16 *out, const bf16 *q, const bf16 *kc, const bf16 *vc,
+template <int HD, typename TC = bf16>
+static int s_launch_gqa_nh(int nh_max, int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc,
                            const int32_t *tiles, const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV,
                            int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
     const int G = H / KV;
     if (nh_max >= 4 && G % 4 == 0)
-        return s_launch_gqa<HD, 4>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+        return s_launch_gqa<HD, 4, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
                                    err);
     if (nh_max >= 2 && G % 2 == 0)
-        return s_launch_gqa<HD, 2>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+        return s_launch_gqa<HD, 2, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
                                    err);
-    return s_launch_gqa<HD, 1>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
+    return s_launch_gqa<HD, 1, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
                                err);
 }
 
@@ -458,4 +484,25 @@ extern "C" int kvf_attention_prefill(uint16_t *out, const uint16_t *q, const uin
                                      int block_size, cudaStream_t stream, kvf_err_t *err) {
     return kvf_attention_prefill_variant(s_default_variant, out, q, k_cache, v_cache, tiles, n_tiles, pos,
                                          block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
+}
+
+extern "C" int kvf_attention_prefill_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                         const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                         const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
+                                         int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
+    KVF_REQUIRE(n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0 && n_heads <= 65535, err);
+    KVF_REQUIRE(kvf_attention_prefill_supports(head_dim), err);
+    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
+    if (n_tiles == 0) return 0;
+    KVF_REQUIRE((long long)n_tiles * n_heads <= 0x7fffffffLL, err);
+    const float scale_log2 = (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634);
+    bf16 *o = (bf16 *)out;
+    const bf16 *qq = (const bf16 *)q;
+    const kvf_fp8_t *kc = k_cache, *vc = v_cache;
+    if (head_dim == 64)
+        return s_launch_gqa_nh<64, kvf_fp8_t>(4, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads,
+                                              n_kv, block_size, scale_log2, stream, err);
+    return s_launch_gqa_nh<128, kvf_fp8_t>(4, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads,
+                                           n_kv, block_size, scale_log2, stream, err);
 }

@@ -56,6 +56,16 @@ int kvf_attention_prefill_variant(int variant, uint16_t *out, const uint16_t *q,
                                   const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                   int block_size, cudaStream_t stream, kvf_err_t *err);
 
+// kvf_attention_prefill (variant 2's kernel) over an FP8 cache (E4M3 bytes,
+// common/fp8.h): each key tile is widened to bf16 in shared memory (exact), then
+// scored as the bf16 path scores it.
+int kvf_attention_prefill_fp8(uint16_t *out, const uint16_t *q,
+                              const uint8_t *k_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                              const uint8_t *v_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                              const int32_t *tiles, int n_tiles, const int32_t *pos, const int32_t *block_table,
+                              int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                              cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -6,6 +6,7 @@
 
 #include <math.h>
 
+#include "kernels/fp8.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
@@ -45,9 +46,14 @@ static __device__ __forceinline__ void kvf_attn_stage_kv(bf16 *sK,        // (NK
 // position is masked) and folded into (m, l, o): S = Q K^T by mma, scale, mask,
 // row maxima, base-2 softmax, rescale of (l, o), P rounded to bf16, O += P V with
 // V by ldmatrix.trans. l0, l1 are per-thread partial sums (the quad adds them).
-template <int HD, int NK>
-static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD + 8)
-                                                     const bf16 *sV,  // (NK, HD + 8)
+// F16: Q, K, V and P are f16 (the FP8 cache's path), E the 16-bit element type.
+// K8S > 0: sK holds E4M3 bytes, rows K8S bytes apart, widened to f16 as they are
+// read; each lane reads 4 neighbouring dims (4 tq .. 4 tq + 3 of each 16) with
+// one 32-bit load, so the Q fragments must hold the same dims in the same slots
+// (kvf_attn_q_frag8): the dot products are sums over the same pairs.
+template <int HD, int NK, bool F16 = false, typename E = bf16, int K8S = 0>
+static __device__ __forceinline__ void kvf_attn_step(const void *sKv,  // (NK, HD + 8) E, or (NK, K8S) bytes
+                                                     const E *sV,      // (NK, HD + 8)
                                                      const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
                                                      float &m0, float &m1, float &l0, float &l1, int kw, int kv_end,
                                                      int pr0, int pr1, float scale_log2, int lane) {
@@ -58,11 +64,23 @@ static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
         sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-        const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
+        if constexpr (K8S > 0) {
+            const uint8_t *kr = (const uint8_t *)sKv + (nt * 8 + g) * K8S + 4 * tq;
 #pragma unroll
-        for (int ks = 0; ks < HD / 16; ks++)
-            kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16),
-                               *(const uint32_t *)(kr + ks * 16 + 8));
+            for (int ks = 0; ks < HD / 16; ks++) {
+                const uint32_t w = *(const uint32_t *)(kr + ks * 16);
+                kvf_mma_f16_16816(sc[nt], qf[ks], kvf_fp8x2_to_f16x2((uint16_t)(w & 0xffffu)),
+                                  kvf_fp8x2_to_f16x2((uint16_t)(w >> 16)));
+            }
+        } else {
+            const E *kr = (const E *)sKv + (nt * 8 + g) * KS + 2 * tq;
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) {
+                const uint32_t b0 = *(const uint32_t *)(kr + ks * 16), b1 = *(const uint32_t *)(kr + ks * 16 + 8);
+                if (F16) kvf_mma_f16_16816(sc[nt], qf[ks], b0, b1);
+                else kvf_mma_bf16_16816(sc[nt], qf[ks], b0, b1);
+            }
+        }
     }
     // scale, causal mask, row maxima (a row's scores live in the 4 threads of a quad)
     float mx0 = -INFINITY, mx1 = -INFINITY;
@@ -108,16 +126,19 @@ static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD
 #pragma unroll
     for (int kk = 0; kk < NK / 16; kk++) {
         uint32_t a[4];
-        a[0] = kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-        a[1] = kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-        a[2] = kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[3] = kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-        const bf16 *vrow = sV + (kk * 16 + (lane & 15)) * KS;
+        a[0] = F16 ? kvf_pack_f16x2(sc[2 * kk][0], sc[2 * kk][1]) : kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+        a[1] = F16 ? kvf_pack_f16x2(sc[2 * kk][2], sc[2 * kk][3]) : kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+        a[2] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1])
+                   : kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+        a[3] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])
+                   : kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+        const E *vrow = sV + (kk * 16 + (lane & 15)) * KS;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             uint32_t v0, v1;
             kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
-            kvf_mma_bf16_16816(o[dt], a, v0, v1);
+            if (F16) kvf_mma_f16_16816(o[dt], a, v0, v1);
+            else kvf_mma_bf16_16816(o[dt], a, v0, v1);
         }
     }
 }

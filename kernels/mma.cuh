@@ -1,11 +1,12 @@
 // kernels/mma.cuh — sm_80+ tensor-core and async-copy wrappers shared by the
 // attention kernels (internal, device-only, not a C header): mma.sync m16n8k16
-// bf16 with f32 accumulators, ldmatrix, cp.async. Fragment layouts are PTX's
+// bf16 (or f16) with f32 accumulators, ldmatrix, cp.async. Fragment layouts are PTX's
 // (ISA, "Matrix Fragments for mma.m16n8k16"); each wrapper is one instruction.
 #ifndef KVF_KERNELS_MMA_CUH
 #define KVF_KERNELS_MMA_CUH
 
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -19,9 +20,24 @@ static __device__ __forceinline__ void kvf_mma_bf16_16816(float c[4], const uint
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The same with f16 operands (the FP8 KV cache's path: E4M3 widens to f16 exactly).
+static __device__ __forceinline__ void kvf_mma_f16_16816(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // Two floats rounded to bf16 (nearest even) in one word, lo in the low half.
 static __device__ __forceinline__ uint32_t kvf_pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *(uint32_t *)&v;
+}
+
+// Two floats rounded to f16 (nearest even) in one word, lo in the low half.
+static __device__ __forceinline__ uint32_t kvf_pack_f16x2(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
     return *(uint32_t *)&v;
 }
 

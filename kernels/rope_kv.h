@@ -38,6 +38,19 @@ int kvf_rope_kv_f32(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache,
                     const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv, int head_dim,
                     int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err);
 
+// The same two writing an FP8 cache: K (after the rotation) and V rounded from
+// f32 to E4M3 (nearest even, saturated at +-448: common/fp8.h); q_out stays bf16.
+int kvf_rope_kv_fp8(uint16_t *q_out,
+                    uint8_t *k_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                    uint8_t *v_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
+                    const uint16_t *qkv, const float *bias, const float *inv_freq, const int32_t *pos,
+                    const int32_t *tok_seq, const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
+                    int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err);
+int kvf_rope_kv_f32_fp8(uint16_t *q_out, uint8_t *k_cache, uint8_t *v_cache, const float *qkv, const float *bias,
+                        const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
+                        const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv, int head_dim,
+                        int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif
