@@ -2,8 +2,10 @@
 # bench/gpu-ab.sh PACK_DIR OUT_DIR VARIANT... — on the GPU machine: the standard kvf-bench
 # workload once per VARIANT, in the order given (repeat a variant to interleave A/B runs on
 # one card), then a table. VARIANT is "label" or "label:ENV=v,ENV=v" (environment for that
-# run). KVF_AB_ARGS: kvf-bench arguments instead of the standard workload's.
+# run; FLAGS=a+b adds kvf-bench flags, + for spaces). KVF_AB_ARGS: kvf-bench arguments instead of
+# the standard workload's.
 #   bash bench/gpu-ab.sh .gpu-final "$OUT" off:KVF_CUDA_LANES=0 on off:KVF_CUDA_LANES=0 on
+#   bash bench/gpu-ab.sh .gpu-final "$OUT" bf16 fp8:FLAGS=--kv-cache-dtype+fp8 bf16 fp8:FLAGS=--kv-cache-dtype+fp8
 set -uo pipefail
 pack=$1 out=$2; shift 2
 source "$pack/env.sh"
@@ -15,10 +17,13 @@ for v in "$@"; do
   i=$((i + 1))
   label=${v%%:*} envs=""
   [ "$v" != "$label" ] && envs=${v#*:}
+  flags=""
+  case ",$envs" in *,FLAGS=*) flags=${envs#*FLAGS=}; flags=${flags%%,*}; flags=${flags//+/ }
+    envs=$(printf '%s' "$envs" | tr ',' '\n' | grep -v '^FLAGS=' | paste -sd, -) ;; esac
   f="$out/ab_${i}_${label}"
   # shellcheck disable=SC2086
   env ${envs//,/ } timeout -s KILL 300 kvf-bench --config "$KVF_FIXTURES/configs/llama3-8b.json" --weights dummy $args \
-    --backend cuda --json > "$f.json" 2> "$f.err"
+    $flags --backend cuda --json > "$f.json" 2> "$f.err"
   rc=$?
   rows+=("$(printf '%-2d %-14s rc=%d %s' "$i" "$label" "$rc" "$(python3 -c "
 import json;r=json.load(open('$f.json'))

@@ -380,9 +380,10 @@ static void s_variant_name(int decode, int v, char *buf, size_t cap) {
 }
 
 typedef struct {
-    int variant, decode;
+    int variant, decode, fp8;  // fp8: the E4M3 cache (k8, v8) and the fp8 kernels
     uint16_t *out;
     const uint16_t *q, *k, *v;
+    const uint8_t *k8, *v8;
     const int32_t *tiles, *pos, *bt;
     int n_tiles, max_blocks;
 } s_attn_t;
@@ -390,6 +391,12 @@ typedef struct {
 static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     const s_attn_t *a = ud;
     (void)rep;
+    if (a->fp8 && a->decode)
+        return kvf_attention_decode_fp8_variant(a->variant, a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos,
+                                                a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+    if (a->fp8)
+        return kvf_attention_prefill_fp8(a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos, a->bt,
+                                         a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
     if (a->decode) {
 #if KVF_KBENCH_DECODE_VARIANTS
         return kvf_attention_decode_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt,
@@ -457,6 +464,36 @@ static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n
         snprintf(r.shape, sizeof r.shape, "%s", shape);
         if (decode)
             r.bytes = kv_bytes + 2.0 * 2.0 * qe;
+        else
+            r.flops = flops;
+        if (kvf_kb_time(b, s_attn_op, &a, &r.t, err) != 0) goto done;
+        kvf_kb_emit(b, &r);
+    }
+    // the FP8 cache (--kv-cache-dtype fp8): random finite E4M3 bytes, every fp8 decode
+    // variant or the fp8 prefill kernel; decode reads half the cache bytes
+    const size_t elems = (size_t)p.n_blocks * KB_BS * KB_KV * KB_HD;
+    uint8_t *h8 = malloc(elems);
+    if (!h8) {
+        kvf_err_set(err, KVF_E_NOMEM, "attention: out of memory");
+        goto done;
+    }
+    void *k8 = NULL, *v8 = NULL;
+    for (size_t i = 0; i < elems; i++) {
+        const uint64_t x = kvf_kb_splitmix64(&b->rng);
+        h8[i] = (uint8_t)((x % 0x7f) | (x >> 63 ? 0x80 : 0));  // 0x00..0x7e either sign: no NaN
+    }
+    int up = kvf_kb_upload(b, &k8, h8, elems, err) == 0 && kvf_kb_upload(b, &v8, h8, elems, err) == 0;
+    free(h8);
+    if (!up) goto done;
+    a.fp8 = 1, a.k8 = k8, a.v8 = v8;
+    const int nv8 = decode ? kvf_attention_decode_fp8_n_variants() : 1;
+    for (int vi = 0; vi < nv8; vi++) {
+        kvf_kb_row_t r = {.kernel = decode ? "attn_decode" : "attn_prefill"};
+        a.variant = vi;
+        snprintf(r.variant, sizeof r.variant, "%s", decode ? kvf_attention_decode_fp8_variant_name(vi) : "f8 gqa4");
+        snprintf(r.shape, sizeof r.shape, "%s", shape);
+        if (decode)
+            r.bytes = kv_bytes / 2 + 2.0 * 2.0 * qe;
         else
             r.flops = flops;
         if (kvf_kb_time(b, s_attn_op, &a, &r.t, err) != 0) goto done;

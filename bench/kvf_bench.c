@@ -22,6 +22,7 @@
 #include "common/alloc.h"
 #include "common/args.h"
 #include "common/log.h"
+#include "worker/backend.h"
 #include "worker/engine.h"
 #ifdef KVF_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -35,7 +36,7 @@ static const char *s_usage =
     "usage: kvf-bench --config CONFIG.json|DIR [--weights dummy|DIR] --num-prompts N --input-len I --output-len O\n"
     "                 [--backend cpu|cuda] [--device N] [--threads N]\n"
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
-    "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
+    "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N] [--kv-cache-dtype auto|fp8]\n"
     "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--cuda-graphs off|on|auto] [--json]\n"
     "\n"
@@ -121,6 +122,8 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             o->session_len_given = 1;
         } else if (strcmp(a, "--cache-max-entry-count") == 0) {
             rc = kvf_args_double(a, v, 1e-9, 1e12, &o->eo.cache_max_entry_count, err);
+        } else if (strcmp(a, "--kv-cache-dtype") == 0) {
+            rc = kvf_kv_dtype_parse(a, v, &o->eo.kv_dtype, err);
         } else if (strcmp(a, "--memory-budget") == 0) {
             rc = kvf_args_size(a, v, &o->eo.memory_budget, err);
         } else if (strcmp(a, "--peak-flops") == 0) {
@@ -479,11 +482,12 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                  "temperature", o->temperature, "top_p", o->top_p, "top_k",
                                                  (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
                                                  o->rep_penalty));
-    json_object_set_new(j, "engine", json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i}", "max_batch_size",
+    json_object_set_new(j, "engine", json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s}", "max_batch_size",
                                                eo->max_batch_size, "max_prefill_token_num", eo->max_prefill_token_num,
                                                "block_size", eo->block_size, "session_len", eo->session_len,
                                                "cache_max_entry_count", eo->cache_max_entry_count, "memory_budget",
-                                               (json_int_t)eo->memory_budget, "threads", eo->n_threads));
+                                               (json_int_t)eo->memory_budget, "threads", eo->n_threads, "kv_cache_dtype",
+                                               kvf_kv_dtype_name(eo->kv_dtype)));
     json_object_set_new(j, "elapsed_s", json_real(r->elapsed));
     json_object_set_new(j, "steps", json_integer((json_int_t)r->steps));
     json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)(o->n_prompts * o->input_len)));
@@ -621,11 +625,13 @@ int main(int argc, char **argv) {
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r.e);
     kvf_plan_t plan;
     kvf_engine_plan(r.e, &plan);
-    // The backend's number formats: cuda holds bf16 weights and KV, cpu float32.
-    double elem = strcmp(kvf_engine_opts(r.e)->backend, "cuda") == 0 ? 2.0 : 4.0;
+    // The backend's number formats: cuda holds bf16 weights and KV (E4M3 KV with
+    // --kv-cache-dtype fp8), cpu float32 (its fp8 cache is rounded floats).
+    const int cuda = strcmp(kvf_engine_opts(r.e)->backend, "cuda") == 0;
+    double elem = cuda ? 2.0 : 4.0;
     r.hw.peak_flops = o.peak_flops;
     r.hw.peak_bw = o.peak_bw;
-    r.hw.kv_elem_bytes = elem;
+    r.hw.kv_elem_bytes = cuda && o.eo.kv_dtype == KVF_KV_FP8 ? 1.0 : elem;
     r.hw.weight_bytes = kvf_roofline_streamed_weights(cfg, (double)plan.weights_bytes, elem);
     r.reqs = kvf_xcalloc((size_t)o.n_prompts, sizeof(s_req_t));
 

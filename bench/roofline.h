@@ -29,7 +29,7 @@ typedef struct {
     double peak_flops;       // FLOP/s (H200 bf16 GEMM: 789e12)
     double peak_bw;          // bytes/s (H200 device copy: 4.2e12)
     double weight_bytes;     // weights streamed per step (kvf_roofline_streamed_weights)
-    double kv_elem_bytes;    // bytes per KV element: 2 (bf16, cuda), 4 (f32, cpu)
+    double kv_elem_bytes;    // bytes per KV element: 2 (bf16, cuda), 1 (E4M3, cuda fp8), 4 (f32, cpu)
 } kvf_roofline_hw_t;
 
 // The composition of one step (sums over its sequences).

@@ -482,6 +482,26 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     cr_assert_eq(rc, 2);
     cr_assert(strstr(e, "model's own config"), "%s", e);
     free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --kv-cache-dtype fp16",
+             config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--kv-cache-dtype 'fp16': expected auto or fp8"), "%s", e);
+    free(e);
+}
+
+// --kv-cache-dtype fp8 on the cpu: the same workload runs and the report says which cache it had.
+Test(kvf_bench, fp8_kv_cache_is_reported, .timeout = 120) {
+    char config[4096];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    json_t *j = s_bench_json_with(config, "--kv-cache-dtype fp8");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "kv_cache_dtype")), "fp8");
+    cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+    cr_assert_eq(s_num(j, "roofline.kv_elem_bytes"), 4);  // the cpu's cache stays f32 (rounded values)
+    json_decref(j);
+    j = s_bench_json(config);
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "kv_cache_dtype")), "auto");
+    json_decref(j);
 }
 
 // Sampled requests (--temperature/--top-p/--top-k/--min-p/--repetition-penalty) run to the same token counts

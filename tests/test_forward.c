@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/fp8.h"
 #include "common/modelcfg.h"
 #include "common/safetensors.h"
 #include "common/sampling.h"
@@ -465,7 +466,9 @@ static void s_syn_free(s_synth_t *s) {
 }
 
 // Plain, unpaged, double-accumulating forward of the whole sequence; logits (n, vocab).
-static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const int32_t *ids, int n, float *logits) {
+// kv_fp8: K (after RoPE) and V rounded to E4M3, what --kv-cache-dtype fp8 keeps.
+static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const int32_t *ids, int n, int kv_fp8,
+                            float *logits) {
     int D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int Q = H * hd, KV = KVH * hd;
     float *x = calloc((size_t)n * D, 4), *xn = calloc((size_t)n * D, 4), *q = calloc((size_t)n * Q, 4);
@@ -508,6 +511,8 @@ static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const i
                         base[h * hd + i + hd / 2] = (float)(x2 * cos(a) + x1 * sin(a));
                     }
             }
+        if (kv_fp8)
+            for (size_t i = 0; i < (size_t)n * KV; i++) k[i] = kvf_fp8_e4m3_round(k[i]), v[i] = kvf_fp8_e4m3_round(v[i]);
         double *p = (double *)sc;
         for (int t = 0; t < n; t++)
             for (int h = 0; h < H; h++) {
@@ -561,7 +566,7 @@ Test(forward, synthetic_bias_tied_llama3_matches_naive) {
     int32_t ids[150];
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 37 + 11) % c.vocab_size);
     float *ref = malloc((size_t)n * c.vocab_size * 4), *mine = malloc((size_t)n * c.vocab_size * 4);
-    s_naive_forward(&s, &c, ids, n, ref);
+    s_naive_forward(&s, &c, ids, n, 0, ref);
     kvf_backend_opts_t o = s_opts(16, 2);
     kvf_backend_t *be = kvf_cpu_backend_new(&c, st, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
@@ -572,6 +577,50 @@ Test(forward, synthetic_bias_tied_llama3_matches_naive) {
     kvf_safetensors_destroy(&st);
     free(ref);
     free(mine);
+    s_syn_free(&s);
+}
+
+// --kv-cache-dtype fp8 on the cpu: its cache holds K and V rounded to E4M3 (as
+// the cuda backend's bytes do), so it equals the naive forward that rounds them,
+// and differs from the f32 cache by far more than the tolerance.
+Test(forward, fp8_kv_cache_matches_naive_rounding) {
+    kvf_modelcfg_t c = s_synth_cfg();
+    s_synth_t s;
+    s_syn_build(&s, &c);
+    char path[256];
+    s_tmp_path(path, sizeof path, "fp8.safetensors");
+    s_syn_write(&s, path, NULL, NULL);
+    kvf_err_t err;
+    kvf_safetensors_t *st = kvf_safetensors_open_file(path, &err);
+    cr_assert_not_null(st, "%s", err.msg);
+    unlink(path);
+    int n = 100;
+    int32_t ids[100];
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 53 + 5) % c.vocab_size);
+    const size_t nl = (size_t)n * c.vocab_size;
+    float *ref = malloc(nl * 4), *mine = malloc(nl * 4), *f32 = malloc(nl * 4);
+    s_naive_forward(&s, &c, ids, n, 1, ref);
+    kvf_backend_opts_t o = s_opts(16, 2);
+    o.kv_dtype = KVF_KV_FP8;
+    kvf_backend_t *be = kvf_cpu_backend_new(&c, st, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    s_teacher_force(be, ids, n, 19, 2, mine);
+    be->ops->destroy(&be);
+    o.kv_dtype = KVF_KV_AUTO;
+    be = kvf_cpu_backend_new(&c, st, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    s_teacher_force(be, ids, n, 19, 2, f32);
+    const double e = s_max_abs_diff(mine, ref, nl), moved = s_max_abs_diff(mine, f32, nl);
+    cr_expect_leq(e, 2e-4, "fp8 cache: max abs error vs the naive forward that rounds K and V %g", e);
+    cr_expect_gt(moved, 1e-2, "fp8 cache: logits moved only %g from the f32 cache's", moved);
+    fprintf(stderr, "cpu fp8 KV cache: max abs error vs naive-with-rounding %.3g; max move from the f32 cache %.3g\n", e,
+            moved);
+    o.kv_dtype = 7;  // neither auto nor fp8
+    cr_expect_null(kvf_cpu_backend_new(&c, st, &o, &err));
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
+    be->ops->destroy(&be);
+    kvf_safetensors_destroy(&st);
+    free(ref), free(mine), free(f32);
     s_syn_free(&s);
 }
 

@@ -553,4 +553,14 @@ Test(worker, impossible_plan_exits_before_connecting) {
     st = s_wait_exit(&f, 20000);
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
     s_stop(&f);
+
+    // a KV cache format that does not exist: usage error naming the flag and the choices
+    const char *extra4[] = {"--kv-cache-dtype", "int4", NULL};
+    s_start(&f, extra4);
+    st = s_wait_exit(&f, 20000);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    se = s_read(&f, "err");
+    cr_assert(strstr(se, "--kv-cache-dtype 'int4': expected auto or fp8"), "%s", se);
+    free(se);
+    s_stop(&f);
 }

@@ -1,5 +1,7 @@
-// worker/backend.c — what every backend checks before it runs a step.
+// worker/backend.c — what every backend checks before it runs a step; the KV dtype names.
 #include "backend.h"
+
+#include <string.h>
 
 int kvf_batch_validate(const kvf_backend_t *be, const kvf_batch_t *b, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &be->opts;
@@ -49,3 +51,11 @@ int kvf_batch_validate(const kvf_backend_t *be, const kvf_batch_t *b, kvf_err_t 
                                b->tokens[t], be->cfg.vocab_size - 1);
     return 0;
 }
+
+int kvf_kv_dtype_parse(const char *flag, const char *s, int32_t *out, kvf_err_t *err) {
+    if (s && strcmp(s, "auto") == 0) return *out = KVF_KV_AUTO, 0;
+    if (s && (strcmp(s, "fp8") == 0 || strcmp(s, "fp8_e4m3") == 0)) return *out = KVF_KV_FP8, 0;
+    return kvf_err_set(err, KVF_E_INVAL, "%s '%s': expected auto or fp8 (fp8_e4m3)", flag, s ? s : "");
+}
+
+const char *kvf_kv_dtype_name(int32_t kv_dtype) { return kv_dtype == KVF_KV_FP8 ? "fp8" : "auto"; }

@@ -47,10 +47,26 @@ typedef struct {
     // cache_max_entry_count x the free memory (a value >= 1 is a number of blocks).
     double cache_max_entry_count;
     uint64_t memory_budget;      // cpu: bytes for weights + workspace + KV; 0 = available RAM
+    int32_t kv_dtype;            // kvf_kv_dtype_t: what the KV cache keeps
     struct kvf_tp_s *tp;         // the TP group's communicator (worker/tp.h), not owned; NULL for tp_size 1
 } kvf_backend_opts_t;
 
 typedef struct kvf_backend_s kvf_backend_t;
+
+// What the KV cache keeps (--kv-cache-dtype). AUTO: the activations' precision
+// (bf16 on cuda, f32 on cpu). FP8: E4M3 (common/fp8.h), scale 1, rounded to
+// nearest and saturated at +-448 as K and V are written: a block takes half
+// the bytes of a bf16 one on cuda, so the pool holds twice the tokens and decode
+// attention reads half the bytes; an accuracy change (about 2^-4 relative per
+// element), off by default. The cpu backend rounds its f32 cache the same way
+// (same numbers, not fewer bytes).
+typedef enum { KVF_KV_AUTO = 0, KVF_KV_FP8 = 1 } kvf_kv_dtype_t;
+
+// "auto", "fp8" or "fp8_e4m3" -> *out; -1 with err set (naming the flag) for anything else.
+int kvf_kv_dtype_parse(const char *flag, const char *s, int32_t *out, kvf_err_t *err);
+
+// "auto" or "fp8".
+const char *kvf_kv_dtype_name(int32_t kv_dtype);
 
 typedef struct {
     const char *name;

@@ -35,6 +35,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/fp8.h"
 #include "common/log.h"
 #include "common/pool.h"
 #include "worker/cpu_ops.h"
@@ -244,6 +245,9 @@ static int s_run(s_cpu_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, 
         s_mm_run(c, &qkv);
         kvf_cpu_rope(c->q, c->pos, c->inv_freq, n, c->n_heads, hd);
         kvf_cpu_rope(c->k, c->pos, c->inv_freq, n, c->n_kv, hd);
+        if (be->opts.kv_dtype == KVF_KV_FP8)  // what an FP8 cache keeps (the cuda backend's bytes)
+            for (size_t i = 0; i < (size_t)n * c->kv_dim; i++)
+                c->k[i] = kvf_fp8_e4m3_round(c->k[i]), c->v[i] = kvf_fp8_e4m3_round(c->v[i]);
         for (int s = 0; s < b->n_seqs; s++) {
             size_t t0 = (size_t)c->seq_start[s];
             kvf_cpu_kv_write(k_cache, v_cache, c->k + t0 * c->kv_dim, c->v + t0 * c->kv_dim, c->pos + t0,
@@ -564,6 +568,8 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if (!(o->cache_max_entry_count > 0) || !(o->cache_max_entry_count <= (double)INT32_MAX))
         return kvf_err_set(err, KVF_E_INVAL, "cpu backend: --cache-max-entry-count %g must be in (0, 2^31)",
                            o->cache_max_entry_count);
+    if (o->kv_dtype != KVF_KV_AUTO && o->kv_dtype != KVF_KV_FP8)
+        return kvf_err_set(err, KVF_E_INVAL, "cpu backend: kv_dtype %d is neither auto (0) nor fp8 (1)", o->kv_dtype);
     return 0;
 }
 
@@ -748,9 +754,9 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     }
     kvf_log(KVF_LOG_INFO,
             "cpu plan: weights %.1f MiB, workspace %.1f MiB, free %.1f MiB, KV %d blocks of %d tokens (%.1f MiB, %lld "
-            "tokens), %d threads, tp rank %d of %d (%lld query / %lld KV heads)",
+            "tokens, kv %s), %d threads, tp rank %d of %d (%lld query / %lld KV heads)",
             MIB(p.weights_bytes), MIB(p.ws_bytes), MIB(p.free_bytes), be->n_blocks, opts->block_size,
-            MIB(be->kv_bytes), (long long)n_blocks * opts->block_size, n_threads, opts->tp_rank, opts->tp_size,
+            MIB(be->kv_bytes), (long long)n_blocks * opts->block_size, kvf_kv_dtype_name(opts->kv_dtype), n_threads, opts->tp_rank, opts->tp_size,
             (long long)p.sh.nq, (long long)p.sh.nkv);
     return be;
 

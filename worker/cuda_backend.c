@@ -139,6 +139,8 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
     if (!(o->cache_max_entry_count > 0))
         return kvf_err_set(err, KVF_E_INVAL, "cuda backend: --cache-max-entry-count %g must be > 0",
                            o->cache_max_entry_count);
+    if (o->kv_dtype != KVF_KV_AUTO && o->kv_dtype != KVF_KV_FP8)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: kv_dtype %d is neither auto (0) nor fp8 (1)", o->kv_dtype);
     return 0;
 }
 
@@ -268,12 +270,15 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const char *aenv = getenv("KVF_CUDA_ACT");
     if (aenv && (!strcmp(aenv, "f32") || !strcmp(aenv, "bf16"))) act_bf16 = !strcmp(aenv, "bf16");
     c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
-    // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs)
+    // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs;
+    // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one is unused)
     const char *venv = getenv("KVF_ATTN_DECODE_VARIANT");
     c->dec_variant = venv ? atoi(venv) : -1;
     venv = getenv("KVF_ATTN_PREFILL_VARIANT");
     c->pre_variant = venv ? atoi(venv) : -1;
-    if (c->dec_variant >= kvf_attention_decode_n_variants()) c->dec_variant = -1;
+    if (c->dec_variant >= (o->kv_dtype == KVF_KV_FP8 ? kvf_attention_decode_fp8_n_variants()
+                                                     : kvf_attention_decode_n_variants()))
+        c->dec_variant = -1;
     if (c->pre_variant >= kvf_attention_prefill_n_variants()) c->pre_variant = -1;
     const char *tenv = getenv("KVF_CUDA_TIMING");
     if (tenv && atoi(tenv) > 0) {
@@ -303,8 +308,9 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     size_t free_b = 0, total_b = 0;
     KVF_CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b), err);
     be->free_bytes_at_start = free_b;
+    c->kv_fp8 = o->kv_dtype == KVF_KV_FP8;
     const uint64_t block_bytes = 2ull * (uint64_t)cfg->n_layers * (uint64_t)o->block_size *
-                                 (uint64_t)c->n_kv * (uint64_t)cfg->head_dim * 2ull;
+                                 (uint64_t)c->n_kv * (uint64_t)cfg->head_dim * (c->kv_fp8 ? 1ull : 2ull);
     uint64_t n_blocks;
     if (o->cache_max_entry_count < 1.0)
         n_blocks = (uint64_t)(o->cache_max_entry_count * (double)free_b) / block_bytes;
@@ -367,9 +373,9 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
 
     kvf_log(KVF_LOG_INFO,
             "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
-            "tokens (%.1f MiB, %lld tokens), %d device allocations, %d decode graphs",
+            "tokens (%.1f MiB, %lld tokens, kv %s), %d device allocations, %d decode graphs",
             c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
-            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, (int)c->n_allocs, c->n_graphs);
+            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, kvf_kv_dtype_name(o->kv_dtype), (int)c->n_allocs, c->n_graphs);
     return 0;
 }
 

@@ -103,8 +103,9 @@ typedef struct {
     int decode_tc;            // shape that kvf_attention_decode runs (single-token tiles without key splits)
 
     // KV slab: for each layer K then V, each (n_blocks, block_size, n_kv, head_dim) bf16
-    uint16_t *kv;
-    size_t kv_layer_elems;
+    void *kv;               // per layer K then V, each (n_blocks, bs, KV, HD) bf16, or E4M3 bytes (kv_fp8)
+    size_t kv_layer_elems;  // elements of one layer's K (or V)
+    int kv_fp8;             // opts.kv_dtype == KVF_KV_FP8
 
     // CUDA graphs of decode steps, one per batch-size bucket, captured at start-up
     int n_graphs;

@@ -133,8 +133,9 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     S_TM(S_T_EMBED);
     for (int l = 0; l < cfg->n_layers; l++) {
         const kvf_cuda_layer_t *L = &c->layers[l];
-        uint16_t *kc = c->kv + (size_t)l * 2 * c->kv_layer_elems;  // (n_blocks, bs, KV, HD)
-        uint16_t *vc = kc + c->kv_layer_elems;                     // (n_blocks, bs, KV, HD)
+        // (n_blocks, bs, KV, HD) each: bf16, or E4M3 bytes (k8, v8) with kv_fp8
+        uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+        uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
         if (l == 0) {
             S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
         } else {
@@ -144,7 +145,13 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_K(kvf_gemm(c->gemm, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D,
                      c->qkv_dim, 0.0f, st, err));
         S_TM(S_T_QKV);
-        if (qkv_bf16) {
+        if (c->kv_fp8 && qkv_bf16) {
+            S_K(kvf_rope_kv_fp8(c->q, k8, v8, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB,
+                                n, H, KV, HD, bs, be->n_blocks, st, err));
+        } else if (c->kv_fp8) {
+            S_K(kvf_rope_kv_f32_fp8(c->q, k8, v8, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD,
+                                    bs, be->n_blocks, st, err));
+        } else if (qkv_bf16) {
             S_K(kvf_rope_kv(c->q, kc, vc, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
                             H, KV, HD, bs, be->n_blocks, st, err));
         } else {
@@ -152,7 +159,20 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
                                 be->n_blocks, st, err));
         }
         S_TM(S_T_ROPE);
-        if (n_tiles > 0 && dec_tc) {
+        if (n_tiles > 0 && dec_tc && c->kv_fp8) {
+            if (c->dec_variant >= 0) {
+                S_K(kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, d_pos,
+                                                     d_bt, MB, H, KV, HD, bs, st, err));
+            } else {
+                S_K(kvf_attention_decode_fp8(c->att, c->q, k8, v8, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs,
+                                             st, err));
+            }
+            S_TM(S_T_ATTN);
+        } else if (n_tiles > 0 && c->kv_fp8) {
+            S_K(kvf_attention_fp8(c->att, c->partial, c->q, k8, v8, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV,
+                                  HD, bs, n_splits, split_len, st, err));
+            S_TM(S_T_ATTN);
+        } else if (n_tiles > 0 && dec_tc) {
             if (c->dec_variant >= 0) {
                 S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
                                                  MB, H, KV, HD, bs, st, err));
@@ -166,7 +186,11 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
                               bs, n_splits, split_len, st, err));
             S_TM(S_T_ATTN);
         }
-        if (n_tiles_tc > 0) {
+        if (n_tiles_tc > 0 && c->kv_fp8) {
+            S_K(kvf_attention_prefill_fp8(c->att, c->q, k8, v8, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
+                                          st, err));
+            S_TM(S_T_ATTN_TC);
+        } else if (n_tiles_tc > 0) {
             if (c->pre_variant >= 0) {
                 S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos,
                                                   d_bt, MB, H, KV, HD, bs, st, err));

@@ -251,6 +251,7 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     bo.device = o.device;
     bo.cache_max_entry_count = o.cache_max_entry_count;
     bo.memory_budget = o.memory_budget;
+    bo.kv_dtype = o.kv_dtype;
     e->be = s_backend_new(o.backend, cfg, st, &bo, err);
     kvf_safetensors_destroy(&st);  // the backend holds its own copy of the weights
     if (!e->be) goto fail;

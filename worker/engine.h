@@ -52,6 +52,7 @@ typedef struct {
     double cache_max_entry_count;   // KV pool: fraction (< 1) of the memory left, or blocks (>= 1); default 0.8
     uint64_t memory_budget;         // cpu: bytes for weights + workspace + KV; 0 = available RAM
     int enable_prefix_caching;      // 1: share full prompt blocks between requests (default 0)
+    int32_t kv_dtype;               // kvf_kv_dtype_t (worker/backend.h): KVF_KV_AUTO (default) or KVF_KV_FP8
     int no_tokenizer;               // 1: do not load tokenizer.json (the caller has its own; default 0)
     // Added for kvf-bench (benchmarks of a model shape without its files): 1 =
     // model_dir may name a config.json file (or a directory holding one); no

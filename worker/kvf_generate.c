@@ -27,6 +27,7 @@
 #include "common/modelcfg.h"
 #include "common/sampling.h"
 #include "common/tokenizer.h"
+#include "worker/backend.h"
 #include "worker/engine.h"
 
 #define EXIT_USAGE 2
@@ -34,6 +35,7 @@
 typedef struct {
     const char *model, *backend, *prompt, *prompt_ids, *score_ids, *logits_out;
     int64_t block_size;
+    int32_t kv_dtype;  // --kv-cache-dtype
     kvf_sampling_t sampling;
     int json;
 } s_args_t;
@@ -49,7 +51,7 @@ typedef struct {
 
 static void s_usage(FILE *f) {
     fprintf(f,
-            "usage: kvf-generate --model DIR [--backend cpu|cuda] [--block-size N]\n"
+            "usage: kvf-generate --model DIR [--backend cpu|cuda] [--block-size N] [--kv-cache-dtype auto|fp8]\n"
             "                    (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
             "                    [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos] [--json]\n"
             "       kvf-generate --model DIR [--backend cpu|cuda] --score-ids 1,2,3 --logits-out FILE\n");
@@ -92,6 +94,8 @@ static int s_parse(int argc, char **argv, s_args_t *a, kvf_err_t *err) {
         double dv;
         if (!strcmp(f, "--block-size")) {
             if (kvf_args_int(f, v, 1, 4096, &a->block_size, err)) return -1;
+        } else if (!strcmp(f, "--kv-cache-dtype")) {
+            if (kvf_kv_dtype_parse(f, v, &a->kv_dtype, err)) return -1;
         } else if (!strcmp(f, "--max-new-tokens")) {
             if (kvf_args_int(f, v, 1, INT32_MAX, &iv, err)) return -1;
             a->sampling.max_new_tokens = (int32_t)iv;
@@ -239,6 +243,7 @@ static int s_run(const s_args_t *a, kvf_err_t *err) {
     kvf_engine_opts_t o = kvf_engine_opts_default();
     o.backend = a->backend;
     o.block_size = (int32_t)a->block_size;
+    o.kv_dtype = a->kv_dtype;
     o.session_len = (int32_t)need;
     o.max_batch_size = 64;             // also the rows per scoring chunk
     o.max_prefill_token_num = 2048;

@@ -20,6 +20,7 @@
 
 #include "common/args.h"
 #include "common/log.h"
+#include "worker/backend.h"
 #include "worker/worker.h"
 
 #define EXIT_USAGE 2
@@ -37,6 +38,7 @@ static void s_usage(FILE *f) {
                "                  [--worker-id ID] [--memory-budget BYTES (K/M/G suffixes)]\n"
                "                  [--cache-max-entry-count F] [--max-prefill-token-num N] [--max-batch-size N]\n"
                "                  [--block-size N] [--session-len N] [--enable-prefix-caching] [--threads N]\n"
+               "                  [--kv-cache-dtype auto|fp8]  (fp8: E4M3 KV cache, half the bytes; worker/backend.h)\n"
                "                  [--tp T --rank R --group G [--tp-timeout-ms MS]]\n"
                "                  [--curve-secret FILE --coordinator-key FILE]  (CURVE: deploy/SECURITY.md)\n"
                "                  [--log-level error|warn|info|debug]\n");
@@ -84,6 +86,8 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
         } else if (!strcmp(f, "--max-batch-size")) {
             if (kvf_args_int(f, v, 1, 65536, &iv, err)) return -1;
             o->engine.max_batch_size = (int32_t)iv;
+        } else if (!strcmp(f, "--kv-cache-dtype")) {
+            if (kvf_kv_dtype_parse(f, v, &o->engine.kv_dtype, err)) return -1;
         } else if (!strcmp(f, "--block-size")) {
             if (kvf_args_int(f, v, 1, 4096, &iv, err)) return -1;
             o->engine.block_size = (int32_t)iv;
