@@ -164,11 +164,10 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
 // ---------------------------------------------------------------- variants
 
 // Dynamic shared memory of s_attn_decode_v: STAGES x (K|V) x 16 rows a warp,
-// rows of HD + 8 bf16; with an FP8 cache (fp8) rows of HD + 16 bytes, then a
-// warp's widened f16 V tile (16 rows of HD + 8). The merge (SPLIT > 1) reuses
-// it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
+// rows of HD + 8 bf16; with an FP8 cache (fp8) rows of HD + 16 bytes. The merge
+// (SPLIT > 1) reuses it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
 static size_t s_smem_v(int hd, int warps, int stages, int fp8 = 0) {
-    if (fp8) return (size_t)stages * 2 * 16 * warps * (hd + 16) + (size_t)warps * 16 * (hd + 8) * sizeof(uint16_t);
+    if (fp8) return (size_t)stages * 2 * 16 * warps * (hd + 16);
     return (size_t)stages * 2 * 16 * warps * (hd + 8) * sizeof(uint16_t);
 }
 
@@ -177,12 +176,10 @@ static size_t s_smem_v(int hd, int warps, int stages, int fp8 = 0) {
 // keys. PW: each warp fills its own ring of STAGES chunks (__syncwarp only);
 // else (HEADS 1) the block fills a ring of STAGES stages of 16 x WARPS keys
 // (one __syncthreads a stage). Grid: n_tiles x ceil(KV / HEADS), heads fastest.
-// TC: the cache's element type, bf16 or kvf_fp8_t (E4M3; PW only): the ring then
-// holds the raw bytes (half the bytes in flight, rows padded to HD + 16 so that
-// the K reads of a warp's 8 rows meet no bank twice); K is widened to f16 as the
-// step reads it, V by each warp into its own f16 tile (for ldmatrix.trans) before
-// the step (Q, K, V and P in f16: E4M3 and bf16 are exact in f16 up to +-65504,
-// where Q saturates).
+// TC: the cache's element type, bf16 or kvf_fp8_t (E4M3; PW, SPLIT 1): the ring
+// then holds the raw bytes (half the bytes in flight a chunk, rows padded to
+// HD + 16), which kvf_attn_step_f8 widens to f16 as it reads them (Q, K, V and P
+// in f16: E4M3 and bf16 are exact in f16 up to +-65504, where Q saturates).
 template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
 static __global__ void __launch_bounds__(32 * WARPS)
 s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
@@ -195,7 +192,8 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 int max_blocks, int H, int KV, int bs, float scale_log2) {
     constexpr int SPLIT = WARPS / HEADS;  // warps that share one KV head's keys
     constexpr bool F8 = sizeof(TC) == 1;  // an FP8 cache: raw rows staged, widened to f16 a chunk at a time
-    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (PW || !F8), "bad variant shape");
+    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (!F8 || (PW && SPLIT == 1)),
+                  "bad variant shape");
     constexpr int KS = HD + 8;            // row stride (16-bit elements) of the tiles scored: 16 bytes of padding
     constexpr int RS = F8 ? HD + 16 : KS;  // row stride (TC) of the staged rows
     constexpr int NR = 16 * WARPS;        // rows of K (and of V) in one stage, 16 a warp
@@ -206,8 +204,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     constexpr int CPT = (PW ? 16 : NR) * RPC / LN;  // chunks a thread fills per tensor per stage
     constexpr int RSTEP = LN / RPC;       // rows between a thread's chunks
     static_assert(LN % RPC == 0 && RSTEP * CPT == (PW ? 16 : NR), "loader shape");
-    static_assert(STAGES * 2 * 16 * RS * sizeof(TC) + (F8 ? 16 * KS * 2 : 0) >= 16 * (HD + 2) * 4,
-                  "the merge must fit in the stages");
+    static_assert(F8 || STAGES * 2 * 16 * RS * sizeof(TC) >= 16 * (HD + 2) * 4, "the merge must fit in the stages");
     extern __shared__ float4 dsmem4[];
     TC *sm = (TC *)dsmem4;                // (STAGES, K|V, NR, RS)
 
@@ -286,8 +283,6 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 for (int e = 0; e < 4; e++) qf[ks][e] = kvf_bf16x2_to_f16x2_sat(qf[ks][e]);
         }
     }
-    // F8: this warp's widened V chunk: (16, KS) f16 after the ring
-    uint16_t *wv = (uint16_t *)(sm + STAGES * STAGE) + warp * 16 * KS;
 
     float o[HD / 8][4];
 #pragma unroll
@@ -303,24 +298,12 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const int kw = 16 * (SPLIT * it + sw);
         if (kw < kv_end) {  // uniform over the warp
             const TC *sK = sm + (it % STAGES) * STAGE + 16 * warp * RS;
-            if constexpr (F8) {
-                // widen the warp's 16 V rows (16 x HD bytes) into its f16 tile; the lanes' previous reads of the
-                // tile ended before the __syncwarp above
-#pragma unroll
-                for (int i = 0; i < 16 * RPC / 32; i++) {
-                    const int ch = lane + 32 * i, r = ch / RPC, d = ch % RPC * EPC;
-                    uint4 w[2];
-                    kvf_fp8x16_widen<true>(*(const uint4 *)(sK + NR * RS + r * RS + d), w);
-                    uint4 *dst = (uint4 *)(wv + r * KS + d);
-                    dst[0] = w[0], dst[1] = w[1];
-                }
-                __syncwarp();
-                kvf_attn_step<HD, 16, true, uint16_t, RS>(sK, wv, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1,
-                                                          scale_log2, lane);
-            } else {
+            if constexpr (F8)
+                kvf_attn_step_f8<HD, RS>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
+                                         lane);
+            else
                 kvf_attn_step<HD, 16>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
                                       lane);
-            }
         }
     }
     kvf_cp_async_wait<0>();
@@ -333,6 +316,20 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         if (!active) return;
         bf16 *o0 = out + ((size_t)(q0 + r0 / G) * H + kvh * G + r0 % G) * HD;
         bf16 *o1 = out + ((size_t)(q0 + r1 / G) * H + kvh * G + r1 % G) * HD;
+        if constexpr (F8) {  // o[dt][c] holds dim kvf_attn_f8_dim(tq, dt, c): neighbouring dt are neighbouring dims
+            const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt += 2)
+#pragma unroll
+                for (int c = 0; c < 2; c++) {
+                    const int d = kvf_attn_f8_dim(HD, tq, dt, c);
+                    if (r0 < nr)
+                        *(__nv_bfloat162 *)(o0 + d) = __floats2bfloat162_rn(o[dt][c] * i0, o[dt + 1][c] * i0);
+                    if (r1 < nr)
+                        *(__nv_bfloat162 *)(o1 + d) = __floats2bfloat162_rn(o[dt][2 + c] * i1, o[dt + 1][2 + c] * i1);
+                }
+            return;
+        }
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             const int c = dt * 8 + 2 * tq;
@@ -437,12 +434,15 @@ extern "C" int kvf_attention_decode_supports(int n_heads, int n_kv, int head_dim
 // The FP8-cache variants (kvf_attention_decode_fp8_variant): v5's shape, rings of
 // 3, 4 or 6 chunks a warp (half the bytes of a bf16 chunk each).
 static const s_variant_t s_fp8_variants[] = {
-    {"f8 w3x16 4h", 4, 3, 4, 1},  // 71 KB: 3 blocks an SM
-    {"f8 w4x16 4h", 4, 4, 4, 1},  // 89 KB: 2 blocks an SM
-    {"f8 w6x16 4h", 4, 6, 4, 1},  // 125 KB: 1 block an SM, 5 chunks in flight a warp
+    {"f8 w3x16 4h", 4, 3, 4, 1},  // 54 KB: 3 blocks an SM (162 registers a thread)
+    {"f8 w4x16 4h", 4, 4, 4, 1},  // 72 KB: 3 blocks an SM (H200, 512 x 577 keys: 0.196 ms, as w3)
+    {"f8 w6x16 4h", 4, 6, 4, 1},  // 108 KB: 2 blocks an SM, 5 chunks in flight a warp
 };
+// Tried and dropped (H200, 512 x 577 keys): w3 with registers for 4 blocks an SM (<= 128 a thread, spills)
+// 0.233 ms against 0.196; widening K and V into a per-warp f16 tile (2 blocks an SM) 0.298, the V tile
+// alone (3 blocks an SM) 0.224: the warps' latency, not the bytes, set the pace.
 #define DC_N_FP8_VARIANTS ((int)(sizeof s_fp8_variants / sizeof s_fp8_variants[0]))
-#define DC_FP8_DEFAULT 0
+#define DC_FP8_DEFAULT 1
 
 extern "C" size_t kvf_attention_decode_smem(int head_dim) {
     size_t m = (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);  // variant 0
@@ -498,14 +498,16 @@ extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, cons
     const s_args_t a = {(bf16 *)out, (const bf16 *)q, k_cache, v_cache, tiles, pos, block_table, n_tiles, max_blocks,
                         n_heads, n_kv, block_size, (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634),
                         stream};
-    const int st = s_fp8_variants[variant].stages;
-    if (head_dim == 64)
-        return st == 3   ? s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err)
-               : st == 4 ? s_launch_v<64, 4, 4, 4, true, kvf_fp8_t>(&a, err)
-                         : s_launch_v<64, 4, 6, 4, true, kvf_fp8_t>(&a, err);
-    return st == 3   ? s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err)
-           : st == 4 ? s_launch_v<128, 4, 4, 4, true, kvf_fp8_t>(&a, err)
-                     : s_launch_v<128, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+    switch (variant * 2 + (head_dim == 128)) {
+    case 0: return s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err);
+    case 1: return s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err);
+    case 2: return s_launch_v<64, 4, 4, 4, true, kvf_fp8_t>(&a, err);
+    case 3: return s_launch_v<128, 4, 4, 4, true, kvf_fp8_t>(&a, err);
+    case 4: return s_launch_v<64, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+    case 5: return s_launch_v<128, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+    default: break;
+    }
+    return kvf_check_inval(err, "a launcher for every fp8 variant", __func__);
 }
 
 extern "C" int kvf_attention_decode_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,

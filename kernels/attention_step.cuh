@@ -40,49 +40,15 @@ static __device__ __forceinline__ void kvf_attn_stage_kv(bf16 *sK,        // (NK
     kvf_cp_async_commit();
 }
 
-// One online-softmax step of a warp over the NK keys at kw..: sK, sV their (NK,
-// HD + 8) rows of K and V (zeros past kv_end) in shared memory, scored against
-// the Q fragments of the warp's 16 rows (positions pr0, pr1: a key past its row's
-// position is masked) and folded into (m, l, o): S = Q K^T by mma, scale, mask,
-// row maxima, base-2 softmax, rescale of (l, o), P rounded to bf16, O += P V with
-// V by ldmatrix.trans. l0, l1 are per-thread partial sums (the quad adds them).
-// F16: Q, K, V and P are f16 (the FP8 cache's path), E the 16-bit element type.
-// K8S > 0: sK holds E4M3 bytes, rows K8S bytes apart, widened to f16 as they are
-// read; each lane reads 4 neighbouring dims (4 tq .. 4 tq + 3 of each 16) with
-// one 32-bit load, so the Q fragments must hold the same dims in the same slots
-// (kvf_attn_q_frag8): the dot products are sums over the same pairs.
-template <int HD, int NK, bool F16 = false, typename E = bf16, int K8S = 0>
-static __device__ __forceinline__ void kvf_attn_step(const void *sKv,  // (NK, HD + 8) E, or (NK, K8S) bytes
-                                                     const E *sV,      // (NK, HD + 8)
-                                                     const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
-                                                     float &m0, float &m1, float &l0, float &l1, int kw, int kv_end,
-                                                     int pr0, int pr1, float scale_log2, int lane) {
-    static_assert(NK % 16 == 0, "whole m16n8k16 steps of P V");
-    constexpr int KS = HD + 8, NT = NK / 8;  // row stride (bf16); 8-key score tiles
-    const int g = lane >> 2, tq = lane & 3;
-    float sc[NT][4];
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
-        if constexpr (K8S > 0) {
-            const uint8_t *kr = (const uint8_t *)sKv + (nt * 8 + g) * K8S + 4 * tq;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) {
-                const uint32_t w = *(const uint32_t *)(kr + ks * 16);
-                kvf_mma_f16_16816(sc[nt], qf[ks], kvf_fp8x2_to_f16x2((uint16_t)(w & 0xffffu)),
-                                  kvf_fp8x2_to_f16x2((uint16_t)(w >> 16)));
-            }
-        } else {
-            const E *kr = (const E *)sKv + (nt * 8 + g) * KS + 2 * tq;
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) {
-                const uint32_t b0 = *(const uint32_t *)(kr + ks * 16), b1 = *(const uint32_t *)(kr + ks * 16 + 8);
-                if (F16) kvf_mma_f16_16816(sc[nt], qf[ks], b0, b1);
-                else kvf_mma_bf16_16816(sc[nt], qf[ks], b0, b1);
-            }
-        }
-    }
-    // scale, causal mask, row maxima (a row's scores live in the 4 threads of a quad)
+// The online-softmax update of a warp's 16 rows by the scores sc of NT 8-key
+// tiles at kw..: scale, mask (a key past its row's position pr0 / pr1 or past
+// kv_end), row maxima over the quad, base-2 exponentials in place, rescale of
+// (l, o). l0, l1 are per-thread partial sums (the quad adds them at the end). The
+// rescale of o is skipped when no row maximum of the warp moved (c = 1 exactly).
+template <int HD, int NT>
+static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], float (&o)[HD / 8][4], float &m0,
+                                                        float &m1, float &l0, float &l1, int kw, int kv_end, int pr0,
+                                                        int pr1, float scale_log2, int tq) {
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -115,32 +81,137 @@ static __device__ __forceinline__ void kvf_attn_step(const void *sKv,  // (NK, H
         s0 += sc[nt][0] + sc[nt][1];
         s1 += sc[nt][2] + sc[nt][3];
     }
-    l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
+    l0 = l0 * c0 + s0;
     l1 = l1 * c1 + s1;
+    if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
-    for (int i = 0; i < HD / 8; i++) {
-        o[i][0] *= c0, o[i][1] *= c0;
-        o[i][2] *= c1, o[i][3] *= c1;
+        for (int i = 0; i < HD / 8; i++) {
+            o[i][0] *= c0, o[i][1] *= c0;
+            o[i][2] *= c1, o[i][3] *= c1;
+        }
     }
+}
+
+// P of 16 keys (score tiles 2 kk, 2 kk + 1) as an m16n8k16 A fragment, bf16 or f16.
+template <bool F16, int NT>
+static __device__ __forceinline__ void kvf_attn_p_frag(uint32_t (&a)[4], const float (&sc)[NT][4], int kk) {
+    a[0] = F16 ? kvf_pack_f16x2(sc[2 * kk][0], sc[2 * kk][1]) : kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
+    a[1] = F16 ? kvf_pack_f16x2(sc[2 * kk][2], sc[2 * kk][3]) : kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
+    a[2] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1])
+               : kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
+    a[3] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])
+               : kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
+}
+
+// One online-softmax step of a warp over the NK keys at kw..: sK, sV their (NK,
+// HD + 8) rows of K and V (zeros past kv_end) in shared memory, scored against
+// the Q fragments of the warp's 16 rows (positions pr0, pr1: a key past its row's
+// position is masked) and folded into (m, l, o): S = Q K^T by mma, scale, mask,
+// row maxima, base-2 softmax, rescale of (l, o), P rounded to bf16, O += P V with
+// V by ldmatrix.trans. l0, l1 are per-thread partial sums (the quad adds them).
+template <int HD, int NK>
+static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD + 8)
+                                                     const bf16 *sV,  // (NK, HD + 8)
+                                                     const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
+                                                     float &m0, float &m1, float &l0, float &l1, int kw, int kv_end,
+                                                     int pr0, int pr1, float scale_log2, int lane) {
+    static_assert(NK % 16 == 0, "whole m16n8k16 steps of P V");
+    constexpr int KS = HD + 8, NT = NK / 8;  // row stride (bf16); 8-key score tiles
+    const int g = lane >> 2, tq = lane & 3;
+    float sc[NT][4];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+        const bf16 *kr = sK + (nt * 8 + g) * KS + 2 * tq;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++)
+            kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16),
+                               *(const uint32_t *)(kr + ks * 16 + 8));
+    }
+    kvf_attn_softmax<HD, NT>(sc, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, tq);
     // O += P V: P (16 x NK) from the score fragments, V through ldmatrix.trans
 #pragma unroll
     for (int kk = 0; kk < NK / 16; kk++) {
         uint32_t a[4];
-        a[0] = F16 ? kvf_pack_f16x2(sc[2 * kk][0], sc[2 * kk][1]) : kvf_pack_bf16x2(sc[2 * kk][0], sc[2 * kk][1]);
-        a[1] = F16 ? kvf_pack_f16x2(sc[2 * kk][2], sc[2 * kk][3]) : kvf_pack_bf16x2(sc[2 * kk][2], sc[2 * kk][3]);
-        a[2] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1])
-                   : kvf_pack_bf16x2(sc[2 * kk + 1][0], sc[2 * kk + 1][1]);
-        a[3] = F16 ? kvf_pack_f16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3])
-                   : kvf_pack_bf16x2(sc[2 * kk + 1][2], sc[2 * kk + 1][3]);
-        const E *vrow = sV + (kk * 16 + (lane & 15)) * KS;
+        kvf_attn_p_frag<false, NT>(a, sc, kk);
+        const bf16 *vrow = sV + (kk * 16 + (lane & 15)) * KS;
 #pragma unroll
         for (int dt = 0; dt < HD / 8; dt++) {
             uint32_t v0, v1;
             kvf_ldmatrix_x2_trans(v0, v1, (unsigned)__cvta_generic_to_shared(vrow + dt * 8));
-            if (F16) kvf_mma_f16_16816(o[dt], a, v0, v1);
-            else kvf_mma_bf16_16816(o[dt], a, v0, v1);
+            kvf_mma_bf16_16816(o[dt], a, v0, v1);
         }
     }
+}
+
+// kvf_attn_step over 16 keys of an FP8 cache: sK, sV hold E4M3 bytes, rows RS
+// bytes apart (RS = HD + 16: a warp's reads meet no bank twice), and Q, K, V, P
+// meet in f16 mma (E4M3 widens to f16 exactly). No tile is widened in shared
+// memory: the fragments are read from the bytes, with two dim permutations that
+// make every read wide (sums do not care about order, outputs are put back):
+// - S = Q K^T: lane (g, tq) reads dims 4 tq .. 4 tq + 3 of each 16 of its key row
+//   with one 32-bit load: Q's fragments must hold the same dims in the same
+//   slots (the decode kernel loads them so: dims 4 tq, 4 tq + 1 where the mma has
+//   k = 2 tq, 2 tq + 1, and 4 tq + 2, 4 tq + 3 for k = 2 tq + 8, 2 tq + 9).
+// - O += P V: n-tile dt, column j holds dim j HD/8 + dt, so lane g's B fragments
+//   over all dt are the HD/8 bytes j = g of its four key rows (2 tq, 2 tq + 1,
+//   2 tq + 8, 2 tq + 9): four wide loads. o[dt][0..1] then hold dims (2 tq) HD/8 +
+//   dt and (2 tq + 1) HD/8 + dt (kvf_attn_f8_dim).
+template <int HD, int RS>
+static __device__ __forceinline__ void kvf_attn_step_f8(const uint8_t *sK,  // (16, RS) E4M3
+                                                        const uint8_t *sV,  // (16, RS) E4M3
+                                                        const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
+                                                        float &m0, float &m1, float &l0, float &l1, int kw,
+                                                        int kv_end, int pr0, int pr1, float scale_log2, int lane) {
+    static_assert(HD == 64 || HD == 128, "a lane's V bytes are one 8- or 16-byte load a row");
+    constexpr int DT = HD / 8;  // n-tiles of P V, and V bytes a lane reads per row
+    const int g = lane >> 2, tq = lane & 3;
+    float sc[2][4];
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++) {
+        sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+        const uint8_t *kr = sK + (nt * 8 + g) * RS + 4 * tq;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            const uint32_t w = *(const uint32_t *)(kr + ks * 16);
+            kvf_mma_f16_16816(sc[nt], qf[ks], kvf_fp8x2_to_f16x2((uint16_t)(w & 0xffffu)),
+                              kvf_fp8x2_to_f16x2((uint16_t)(w >> 16)));
+        }
+    }
+    kvf_attn_softmax<HD, 2>(sc, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, tq);
+    uint32_t a[4];
+    kvf_attn_p_frag<true, 2>(a, sc, 0);
+    // rows 2 tq, 2 tq + 1 (b0) and 2 tq + 8, 2 tq + 9 (b1), bytes g DT .. g DT + DT - 1
+    uint32_t r[4][DT / 4];
+    const int rows[4] = {2 * tq, 2 * tq + 1, 2 * tq + 8, 2 * tq + 9};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *src = sV + rows[i] * RS + g * DT;
+        if constexpr (DT == 16) {
+            const uint4 v = *(const uint4 *)src;
+            r[i][0] = v.x, r[i][1] = v.y, r[i][2] = v.z, r[i][3] = v.w;
+        } else {
+            const uint2 v = *(const uint2 *)src;
+            r[i][0] = v.x, r[i][1] = v.y;
+        }
+    }
+#pragma unroll
+    for (int w = 0; w < DT / 4; w++) {
+        // bytes of dims w4 .. w4 + 3: interleave rows (2 tq, 2 tq + 1) and (2 tq + 8, 2 tq + 9) into key pairs
+        const uint32_t p01 = __byte_perm(r[0][w], r[1][w], 0x5140), p23 = __byte_perm(r[0][w], r[1][w], 0x7362);
+        const uint32_t q01 = __byte_perm(r[2][w], r[3][w], 0x5140), q23 = __byte_perm(r[2][w], r[3][w], 0x7362);
+        const uint32_t pp[4] = {p01, p01 >> 16, p23, p23 >> 16}, qq[4] = {q01, q01 >> 16, q23, q23 >> 16};
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            kvf_mma_f16_16816(o[4 * w + e], a, kvf_fp8x2_to_f16x2((uint16_t)(pp[e] & 0xffffu)),
+                              kvf_fp8x2_to_f16x2((uint16_t)(qq[e] & 0xffffu)));
+    }
+}
+
+// The dim that o[dt][c] of lane tq holds after kvf_attn_step_f8 (c 0, 2: even
+// column 2 tq; c 1, 3: odd column 2 tq + 1).
+static __device__ __forceinline__ int kvf_attn_f8_dim(int hd, int tq, int dt, int c) {
+    return (2 * tq + (c & 1)) * (hd / 8) + dt;
 }
 
 #endif
