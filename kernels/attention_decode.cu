@@ -361,6 +361,20 @@ typedef struct {
     cudaStream_t stream;
 } s_args_t;
 
+// Checks a launch and fills *a: 1 to launch, 0 when there is nothing to do, -1 with err set.
+static int s_args(s_args_t *a, int variant, int n_variants, uint16_t *out, const uint16_t *q, const void *k_cache,
+                  const void *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                  const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                  cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(variant >= 0 && variant < n_variants, err);
+    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
+    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
+    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
+    *a = (s_args_t){(bf16 *)out, (const bf16 *)q, k_cache, v_cache, tiles, pos, block_table, n_tiles, max_blocks,
+                    n_heads, n_kv, block_size, (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634), stream};
+    return n_tiles > 0;
+}
+
 template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
 static int s_launch_v(const s_args_t *a, kvf_err_t *err) {
     const int groups = (a->KV + HEADS - 1) / HEADS;
@@ -459,6 +473,8 @@ extern "C" size_t kvf_attention_decode_smem(int head_dim) {
 
 extern "C" int kvf_attention_decode_n_variants(void) { return DC_N_VARIANTS; }
 
+extern "C" int kvf_attention_decode_default_variant(int fp8) { return fp8 ? DC_FP8_DEFAULT : DC_DEFAULT; }
+
 extern "C" const char *kvf_attention_decode_variant_name(int variant) {
     return variant >= 0 && variant < DC_N_VARIANTS ? s_variants[variant].name : NULL;
 }
@@ -468,14 +484,10 @@ extern "C" int kvf_attention_decode_variant(int variant, uint16_t *out, const ui
                                             const int32_t *pos, const int32_t *block_table, int max_blocks,
                                             int n_heads, int n_kv, int head_dim, int block_size, cudaStream_t stream,
                                             kvf_err_t *err) {
-    KVF_REQUIRE(variant >= 0 && variant < DC_N_VARIANTS, err);
-    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
-    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
-    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
-    if (n_tiles == 0) return 0;
-    const s_args_t a = {(bf16 *)out, (const bf16 *)q, (const bf16 *)k_cache, (const bf16 *)v_cache, tiles, pos,
-                        block_table, n_tiles, max_blocks, n_heads, n_kv, block_size,
-                        (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634), stream};
+    s_args_t a;
+    const int rc = s_args(&a, variant, DC_N_VARIANTS, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
+                          max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
+    if (rc <= 0) return rc;
     return head_dim == 64 ? s_launch<64>(variant, &a, err) : s_launch<128>(variant, &a, err);
 }
 
@@ -490,14 +502,10 @@ extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, cons
                                                 const int32_t *pos, const int32_t *block_table, int max_blocks,
                                                 int n_heads, int n_kv, int head_dim, int block_size,
                                                 cudaStream_t stream, kvf_err_t *err) {
-    KVF_REQUIRE(variant >= 0 && variant < DC_N_FP8_VARIANTS, err);
-    KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
-    KVF_REQUIRE(kvf_attention_decode_supports(n_heads, n_kv, head_dim) && n_kv <= 65535, err);
-    KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
-    if (n_tiles == 0) return 0;
-    const s_args_t a = {(bf16 *)out, (const bf16 *)q, k_cache, v_cache, tiles, pos, block_table, n_tiles, max_blocks,
-                        n_heads, n_kv, block_size, (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634),
-                        stream};
+    s_args_t a;
+    const int rc = s_args(&a, variant, DC_N_FP8_VARIANTS, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
+                          max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
+    if (rc <= 0) return rc;
     switch (variant * 2 + (head_dim == 128)) {
     case 0: return s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err);
     case 1: return s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err);

@@ -49,6 +49,9 @@ int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, hea
 // a block, one ring a block or a warp, KV heads a block); results are the same.
 int kvf_attention_decode_n_variants(void);
 
+// The variant kvf_attention_decode (fp8 0) or kvf_attention_decode_fp8 (fp8 1) runs.
+int kvf_attention_decode_default_variant(int fp8);
+
 // The variant's name (static storage), or NULL when variant is out of range.
 const char *kvf_attention_decode_variant_name(int variant);
 

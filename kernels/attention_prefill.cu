@@ -398,6 +398,8 @@ static const int s_default_variant = 2;
 
 extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
 
+extern "C" int kvf_attention_prefill_default_variant(void) { return s_default_variant; }
+
 extern "C" const char *kvf_attention_prefill_variant_name(int variant) {
     return variant >= 0 && variant < S_N_VARIANTS ? s_variant_names[variant] : NULL;
 }

@@ -45,6 +45,9 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
 //   divide the group).
 // Every variant runs every head_dim that kvf_attention_prefill_supports accepts
 // and computes the same result (up to f32 summation order).
+// The variant kvf_attention_prefill runs.
+int kvf_attention_prefill_default_variant(void);
+
 int kvf_attention_prefill_n_variants(void);
 const char *kvf_attention_prefill_variant_name(int variant);  // NULL when out of range
 

@@ -580,17 +580,24 @@ static void s_tmp_path(char *buf, size_t cap, const char *leaf) {
     snprintf(buf, cap, "/tmp/kvf_test_forward_%d_%s", (int)getpid(), leaf);
 }
 
-Test(forward, synthetic_bias_tied_llama3_matches_naive) {
-    kvf_modelcfg_t c = s_synth_cfg();
-    s_synth_t s;
-    s_syn_build(&s, &c);
+// The synthetic model of c built into *s, written to a temporary file and opened.
+static kvf_safetensors_t *s_syn_open(s_synth_t *s, const kvf_modelcfg_t *c, const char *leaf) {
+    s_syn_build(s, c);
     char path[256];
-    s_tmp_path(path, sizeof path, "ok.safetensors");
-    s_syn_write(&s, path, NULL, NULL);
+    s_tmp_path(path, sizeof path, leaf);
+    s_syn_write(s, path, NULL, NULL);
     kvf_err_t err;
     kvf_safetensors_t *st = kvf_safetensors_open_file(path, &err);
     cr_assert_not_null(st, "%s", err.msg);
     unlink(path);
+    return st;
+}
+
+Test(forward, synthetic_bias_tied_llama3_matches_naive) {
+    kvf_modelcfg_t c = s_synth_cfg();
+    s_synth_t s;
+    kvf_safetensors_t *st = s_syn_open(&s, &c, "ok.safetensors");
+    kvf_err_t err;
     int n = 150;  // past original_max_position: the llama3 smoothing matters
     int32_t ids[150];
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 37 + 11) % c.vocab_size);
@@ -615,14 +622,8 @@ Test(forward, synthetic_bias_tied_llama3_matches_naive) {
 Test(forward, fp8_kv_cache_matches_naive_rounding) {
     kvf_modelcfg_t c = s_synth_cfg();
     s_synth_t s;
-    s_syn_build(&s, &c);
-    char path[256];
-    s_tmp_path(path, sizeof path, "fp8.safetensors");
-    s_syn_write(&s, path, NULL, NULL);
+    kvf_safetensors_t *st = s_syn_open(&s, &c, "fp8.safetensors");
     kvf_err_t err;
-    kvf_safetensors_t *st = kvf_safetensors_open_file(path, &err);
-    cr_assert_not_null(st, "%s", err.msg);
-    unlink(path);
     int n = 100;
     int32_t ids[100];
     for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 53 + 5) % c.vocab_size);

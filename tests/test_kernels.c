@@ -685,23 +685,29 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     kvf_err_t err;
     char full[128];
     CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));  // NaN: every row must be written
-    if (fp8 && tensor_cores == 2) {
-        for (int v = 0; v < kvf_attention_decode_fp8_n_variants(); v++) {
-            const char *vn = kvf_attention_decode_fp8_variant_name(v);
-            cr_assert(vn, "fp8 variant %d has no name", v);
+    if (tensor_cores == 2) {
+        // every kernel variant on the same case; the default (kvf_attention_decode[_fp8]) is checked below
+        const int nv = fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants();
+        for (int v = 0; v < nv; v++) {
+            const char *vn = fp8 ? kvf_attention_decode_fp8_variant_name(v) : kvf_attention_decode_variant_name(v);
+            cr_assert(vn, "variant %d has no name", v);
             CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-            cr_assert(kvf_attention_decode_fp8_variant(v, d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos, d_bt,
-                                                       b.max_blocks, H, KV, HD, bs, 0, &err) == 0,
-                      "%s: %s", vn, err.msg);
+            const int rc = fp8 ? kvf_attention_decode_fp8_variant(v, d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos,
+                                                                  d_bt, b.max_blocks, H, KV, HD, bs, 0, &err)
+                               : kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                              b.max_blocks, H, KV, HD, bs, 0, &err);
+            cr_assert(rc == 0, "%s: %s", vn, err.msg);
             snprintf(full, sizeof full, "%s [%s]", cs, vn);
             float *gv = s_down_bf16(d_out, qn);
-            s_expect_norm("attention_decode_fp8", full, gv, ref, qn, 8e-3, 4e-3);
+            s_expect_norm(fp8 ? "attention_decode_fp8" : "attention_decode_tc", full, gv, ref, qn, 8e-3, 4e-3);
             free(gv);
         }
         CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-        cr_assert(kvf_attention_decode_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV,
-                                           HD, bs, 0, &err) == 0,
-                  "%s", err.msg);
+        const int rc = fp8 ? kvf_attention_decode_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos, d_bt,
+                                                      b.max_blocks, H, KV, HD, bs, 0, &err)
+                           : kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks,
+                                                  H, KV, HD, bs, 0, &err);
+        cr_assert(rc == 0, "%s", err.msg);
         snprintf(full, sizeof full, "%s", cs);
     } else if (fp8 && tensor_cores) {
         cr_assert(kvf_attention_prefill_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV,
@@ -713,25 +719,6 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
                                     H, KV, HD, bs, n_splits, split_len, 0, &err) == 0,
                   "%s", err.msg);
         snprintf(full, sizeof full, "%s splits%d", cs, n_splits);
-    } else if (tensor_cores == 2) {
-        // every kernel variant on the same case; the default (kvf_attention_decode) is checked below
-        for (int v = 0; v < kvf_attention_decode_n_variants(); v++) {
-            const char *vn = kvf_attention_decode_variant_name(v);
-            cr_assert(vn, "variant %d has no name", v);
-            CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-            cr_assert(kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
-                                                   b.max_blocks, H, KV, HD, bs, 0, &err) == 0,
-                      "%s: %s", vn, err.msg);
-            snprintf(full, sizeof full, "%s [%s]", cs, vn);
-            float *gv = s_down_bf16(d_out, qn);
-            s_expect_norm("attention_decode_tc", full, gv, ref, qn, 8e-3, 4e-3);
-            free(gv);
-        }
-        CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-        cr_assert(kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks, H, KV, HD,
-                                       bs, 0, &err) == 0,
-                  "%s", err.msg);
-        snprintf(full, sizeof full, "%s", cs);
     } else if (tensor_cores) {
         // every kernel variant on the same inputs (out poisoned again before each), then the default below
         for (int v = 0; v < kvf_attention_prefill_n_variants(); v++) {
@@ -783,6 +770,7 @@ Test(kernels, attention_prefill_tensor_cores) {
     cr_expect(!kvf_attention_prefill_supports(32) && !kvf_attention_prefill_supports(96));
     const int nv = kvf_attention_prefill_n_variants();
     cr_expect(nv >= 1 && kvf_attention_prefill_variant_name(0) && kvf_attention_prefill_variant_name(nv - 1));
+    cr_expect(kvf_attention_prefill_default_variant() >= 0 && kvf_attention_prefill_default_variant() < nv);
     cr_expect(!kvf_attention_prefill_variant_name(-1) && !kvf_attention_prefill_variant_name(nv));
     kvf_err_t err = {0};
     int32_t dummy = 0;  // never read: the variant is checked first
@@ -810,6 +798,8 @@ Test(kernels, attention_decode_tensor_cores) {
     const int nv = kvf_attention_decode_n_variants();
     cr_assert(nv >= 1 && kvf_attention_decode_variant_name(0) && !kvf_attention_decode_variant_name(nv) &&
               !kvf_attention_decode_variant_name(-1));
+    const int d0 = kvf_attention_decode_default_variant(0), d8 = kvf_attention_decode_default_variant(1);
+    cr_expect(d0 >= 0 && d0 < nv && d8 >= 0 && d8 < kvf_attention_decode_fp8_n_variants());
     kvf_err_t err;
     uint16_t dummy[8];
     const int32_t idummy[3] = {0, 0, 1};

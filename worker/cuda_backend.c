@@ -276,10 +276,12 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->dec_variant = venv ? atoi(venv) : -1;
     venv = getenv("KVF_ATTN_PREFILL_VARIANT");
     c->pre_variant = venv ? atoi(venv) : -1;
-    if (c->dec_variant >= (o->kv_dtype == KVF_KV_FP8 ? kvf_attention_decode_fp8_n_variants()
-                                                     : kvf_attention_decode_n_variants()))
-        c->dec_variant = -1;
-    if (c->pre_variant >= kvf_attention_prefill_n_variants()) c->pre_variant = -1;
+    const int fp8 = o->kv_dtype == KVF_KV_FP8;
+    if (c->dec_variant < 0 ||
+        c->dec_variant >= (fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants()))
+        c->dec_variant = kvf_attention_decode_default_variant(fp8);
+    if (c->pre_variant < 0 || c->pre_variant >= kvf_attention_prefill_n_variants())
+        c->pre_variant = kvf_attention_prefill_default_variant();
     const char *tenv = getenv("KVF_CUDA_TIMING");
     if (tenv && atoi(tenv) > 0) {
         for (int i = 0; i < S_EV_MAX; i++) {

@@ -130,7 +130,7 @@ typedef struct {
     // S_ACT_GU gate/up into silu_mul, S_ACT_QKV q/k/v into RoPE, S_ACT_OD o/down into the
     // residual (tp_size 1 only: the all-reduce stays f32)
     int act_mode;
-    int dec_variant, pre_variant;  // kernel variants of the attention kernels, -1: their default
+    int dec_variant, pre_variant;  // variants of the attention kernels: KVF_ATTN_*_VARIANT, else the defaults
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } kvf_cuda_t;
 

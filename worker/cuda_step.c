@@ -159,45 +159,25 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
                                 be->n_blocks, st, err));
         }
         S_TM(S_T_ROPE);
-        if (n_tiles > 0 && dec_tc && c->kv_fp8) {
-            if (c->dec_variant >= 0) {
-                S_K(kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, d_pos,
-                                                     d_bt, MB, H, KV, HD, bs, st, err));
-            } else {
-                S_K(kvf_attention_decode_fp8(c->att, c->q, k8, v8, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs,
-                                             st, err));
-            }
-            S_TM(S_T_ATTN);
-        } else if (n_tiles > 0 && c->kv_fp8) {
-            S_K(kvf_attention_fp8(c->att, c->partial, c->q, k8, v8, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV,
-                                  HD, bs, n_splits, split_len, st, err));
-            S_TM(S_T_ATTN);
-        } else if (n_tiles > 0 && dec_tc) {
-            if (c->dec_variant >= 0) {
-                S_K(kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
-                                                 MB, H, KV, HD, bs, st, err));
-            } else {
-                S_K(kvf_attention_decode(c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt, MB, H, KV, HD, bs, st,
-                                         err));
-            }
+        const int fp8 = c->kv_fp8;
+        if (n_tiles > 0 && dec_tc) {
+            S_K(fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, d_pos,
+                                                       d_bt, MB, H, KV, HD, bs, st, err)
+                    : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
+                                                   MB, H, KV, HD, bs, st, err));
             S_TM(S_T_ATTN);
         } else if (n_tiles > 0) {
-            S_K(kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV, HD,
-                              bs, n_splits, split_len, st, err));
+            S_K(fp8 ? kvf_attention_fp8(c->att, c->partial, c->q, k8, v8, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H,
+                                        KV, HD, bs, n_splits, split_len, st, err)
+                    : kvf_attention(c->att, c->partial, c->q, kc, vc, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H, KV,
+                                    HD, bs, n_splits, split_len, st, err));
             S_TM(S_T_ATTN);
         }
-        if (n_tiles_tc > 0 && c->kv_fp8) {
-            S_K(kvf_attention_prefill_fp8(c->att, c->q, k8, v8, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
-                                          st, err));
-            S_TM(S_T_ATTN_TC);
-        } else if (n_tiles_tc > 0) {
-            if (c->pre_variant >= 0) {
-                S_K(kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos,
-                                                  d_bt, MB, H, KV, HD, bs, st, err));
-            } else {
-                S_K(kvf_attention_prefill(c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs,
-                                          st, err));
-            }
+        if (n_tiles_tc > 0) {
+            S_K(fp8 ? kvf_attention_prefill_fp8(c->att, c->q, k8, v8, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV,
+                                                HD, bs, st, err)
+                    : kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc,
+                                                    d_pos, d_bt, MB, H, KV, HD, bs, st, err));
             S_TM(S_T_ATTN_TC);
         }
         S_K(kvf_gemm(c->gemm, c->o, od_type, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
