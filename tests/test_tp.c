@@ -375,6 +375,7 @@ typedef struct {
     // kill test
     int endless;                  // keep decoding until an error
     int via_sample;               // decode by forward_sample (S_VIA_*)
+    int32_t kv_dtype;             // every rank's and TP 1's KV cache (kvf_kv_dtype_t)
     int32_t *next;                // (S_DEC_STEPS, 2) rank 0's decode tokens, shared
     atomic_int *steps;            // (size) decode steps done, shared
 } s_be_ctx_t;
@@ -510,6 +511,7 @@ static int s_be_child(int rank, int size, void *vctx) {
     kvf_tp_t *tp = kvf_tp_shm_new(x->group, rank, size, &to, &err);
     if (!tp) return s_fail(rep, &err, 0), 2;
     kvf_backend_opts_t o = s_be_opts(rank, size, tp, x->cache_blocks);
+    o.kv_dtype = x->kv_dtype;
     kvf_backend_t *be = kvf_cpu_backend_new(&x->cfg, st, &o, &err);
     kvf_safetensors_destroy(&st);
     if (!be) return s_fail(rep, &err, 0), 3;
@@ -544,15 +546,17 @@ static void s_be_ctx(s_be_ctx_t *x, const char *model, int size) {
     x->next = s_shared((size_t)2 * S_DEC_STEPS * sizeof(int32_t));
 }
 
-static void s_tp_matches_tp1(const char *model, int size, int via) {
+static void s_tp_matches_tp1_kv(const char *model, int size, int via, int32_t kv_dtype) {
     s_be_ctx_t x;
     s_be_ctx(&x, model, size);
     x.via_sample = via;
+    x.kv_dtype = kv_dtype;
     // TP 1 in this process
     kvf_err_t err;
     kvf_safetensors_t *st = kvf_safetensors_open_dir(x.dir, &err);
     cr_assert_not_null(st, "%s", err.msg);
     kvf_backend_opts_t o = s_be_opts(0, 1, NULL, x.cache_blocks);
+    o.kv_dtype = kv_dtype;
     kvf_backend_t *be = kvf_cpu_backend_new(&x.cfg, st, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
     float *tf1 = malloc((size_t)S_TF_LEN * x.vocab * sizeof(float));
@@ -596,7 +600,13 @@ static void s_tp_matches_tp1(const char *model, int size, int via) {
     free(tf1);
 }
 
+static void s_tp_matches_tp1(const char *model, int size, int via) { s_tp_matches_tp1_kv(model, size, via, 0); }
+
 Test(tp_backend, tiny_llama_tp2) { s_tp_matches_tp1("tiny-llama", 2, S_VIA_LOGITS); }
+// An FP8 KV cache: each rank rounds its own KV heads' K and V as TP 1 rounds them.
+Test(tp_backend, tiny_llama_tp2_fp8_kv_cache) {
+    s_tp_matches_tp1_kv("tiny-llama", 2, S_VIA_SAMPLE, KVF_KV_FP8);
+}
 Test(tp_backend, tiny_llama_tp4_replicated_kv) { s_tp_matches_tp1("tiny-llama", 4, S_VIA_LOGITS); }
 Test(tp_backend, stories260k_tp2) { s_tp_matches_tp1("stories260K", 2, S_VIA_LOGITS); }
 Test(tp_backend, stories260k_tp4) { s_tp_matches_tp1("stories260K", 4, S_VIA_LOGITS); }
