@@ -392,8 +392,9 @@ static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     const s_attn_t *a = ud;
     (void)rep;
     if (a->fp8 && a->decode)
-        return kvf_attention_decode_fp8_variant(a->variant, a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos,
-                                                a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+        return kvf_attention_decode_fp8_variant(a->variant, a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, 1,
+                                                a->pos, a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream,
+                                                err);
     if (a->fp8)
         return kvf_attention_prefill_fp8(a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos, a->bt,
                                          a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);

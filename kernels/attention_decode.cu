@@ -180,7 +180,8 @@ static size_t s_smem_v(int hd, int warps, int stages, int fp8 = 0) {
 // then holds the raw bytes (half the bytes in flight a chunk, rows padded to
 // HD + 16), which kvf_attn_step_f8 widens to f16 as it reads them (Q, K, V and P
 // in f16: E4M3 and bf16 are exact in f16 up to +-65504, where Q saturates).
-template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
+// PVT (fp8 only): kvf_attn_step_f8t, P V transposed, for tiles of at most 8 rows.
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16, bool PVT = false>
 static __global__ void __launch_bounds__(32 * WARPS)
 s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 const bf16 *q,         // (n_tokens, H, HD)
@@ -284,9 +285,11 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         }
     }
 
-    float o[HD / 8][4];
+    static_assert(!PVT || F8, "the transposed P V reads E4M3 bytes");
+    constexpr int NO = PVT ? HD / 16 : HD / 8;  // accumulator fragments
+    float o[NO][4];
 #pragma unroll
-    for (int i = 0; i < HD / 8; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    for (int i = 0; i < NO; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     const int n_it = active ? n_kt : 0;
@@ -298,7 +301,10 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const int kw = 16 * (SPLIT * it + sw);
         if (kw < kv_end) {  // uniform over the warp
             const TC *sK = sm + (it % STAGES) * STAGE + 16 * warp * RS;
-            if constexpr (F8)
+            if constexpr (PVT)
+                kvf_attn_step_f8t<HD, RS>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
+                                          lane);
+            else if constexpr (F8)
                 kvf_attn_step_f8<HD, RS>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
                                          lane);
             else
@@ -312,40 +318,62 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    if (SPLIT == 1) {  // the warp saw every key of its head: no merge, no barrier
+    if constexpr (PVT) {  // o[mt] holds dims (mt, g) and (mt, g + 8) of tile rows 2 tq, 2 tq + 1 (< 8)
+        const float la = __shfl_sync(0xffffffffu, l0, 8 * tq), lb = __shfl_sync(0xffffffffu, l0, 8 * tq + 4);
         if (!active) return;
-        bf16 *o0 = out + ((size_t)(q0 + r0 / G) * H + kvh * G + r0 % G) * HD;
-        bf16 *o1 = out + ((size_t)(q0 + r1 / G) * H + kvh * G + r1 % G) * HD;
-        if constexpr (F8) {  // o[dt][c] holds dim kvf_attn_f8_dim(tq, dt, c): neighbouring dt are neighbouring dims
-            const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        const int ra = 2 * tq, rb = ra + 1;
+        const float ia = la > 0.0f ? 1.0f / la : 0.0f, ib = lb > 0.0f ? 1.0f / lb : 0.0f;
+        bf16 *oa = out + ((size_t)(q0 + (ra < nr ? ra / G : 0)) * H + kvh * G + (ra < nr ? ra % G : 0)) * HD;
+        bf16 *ob = out + ((size_t)(q0 + (rb < nr ? rb / G : 0)) * H + kvh * G + (rb < nr ? rb % G : 0)) * HD;
 #pragma unroll
-            for (int dt = 0; dt < HD / 8; dt += 2)
+        for (int mt = 0; mt < NO; mt += 2)
 #pragma unroll
-                for (int c = 0; c < 2; c++) {
-                    const int d = kvf_attn_f8_dim(HD, tq, dt, c);
-                    if (r0 < nr)
-                        *(__nv_bfloat162 *)(o0 + d) = __floats2bfloat162_rn(o[dt][c] * i0, o[dt + 1][c] * i0);
-                    if (r1 < nr)
-                        *(__nv_bfloat162 *)(o1 + d) = __floats2bfloat162_rn(o[dt][2 + c] * i1, o[dt + 1][2 + c] * i1);
-                }
+            for (int h = 0; h < 2; h++) {  // dims of m-tile rows g, g + 8: mt and mt + 1 are neighbours
+                const int d = kvf_attn_f8t_dim(HD, mt, g + 8 * h);
+                if (ra < nr)
+                    *(__nv_bfloat162 *)(oa + d) = __floats2bfloat162_rn(o[mt][2 * h] * ia, o[mt + 1][2 * h] * ia);
+                if (rb < nr)
+                    *(__nv_bfloat162 *)(ob + d) =
+                        __floats2bfloat162_rn(o[mt][2 * h + 1] * ib, o[mt + 1][2 * h + 1] * ib);
+            }
+        return;
+    } else {
+        if (SPLIT == 1) {  // the warp saw every key of its head: no merge, no barrier
+            if (!active) return;
+            bf16 *o0 = out + ((size_t)(q0 + r0 / G) * H + kvh * G + r0 % G) * HD;
+            bf16 *o1 = out + ((size_t)(q0 + r1 / G) * H + kvh * G + r1 % G) * HD;
+            if constexpr (F8) {  // o[dt][c] holds dim kvf_attn_f8_dim(tq, dt, c): neighbouring dt are neighbouring dims
+                const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+#pragma unroll
+                for (int dt = 0; dt < HD / 8; dt += 2)
+#pragma unroll
+                    for (int c = 0; c < 2; c++) {
+                        const int d = kvf_attn_f8_dim(HD, tq, dt, c);
+                        if (r0 < nr)
+                            *(__nv_bfloat162 *)(o0 + d) = __floats2bfloat162_rn(o[dt][c] * i0, o[dt + 1][c] * i0);
+                        if (r1 < nr)
+                            *(__nv_bfloat162 *)(o1 + d) =
+                                __floats2bfloat162_rn(o[dt][2 + c] * i1, o[dt + 1][2 + c] * i1);
+                    }
+                return;
+            }
+#pragma unroll
+            for (int dt = 0; dt < HD / 8; dt++) {
+                const int c = dt * 8 + 2 * tq;
+                if (r0 < nr)
+                    *(__nv_bfloat162 *)(o0 + c) = __floats2bfloat162_rn(l0 > 0.0f ? o[dt][0] / l0 : 0.0f,
+                                                                        l0 > 0.0f ? o[dt][1] / l0 : 0.0f);
+                if (r1 < nr)
+                    *(__nv_bfloat162 *)(o1 + c) = __floats2bfloat162_rn(l1 > 0.0f ? o[dt][2] / l1 : 0.0f,
+                                                                        l1 > 0.0f ? o[dt][3] / l1 : 0.0f);
+            }
             return;
         }
-#pragma unroll
-        for (int dt = 0; dt < HD / 8; dt++) {
-            const int c = dt * 8 + 2 * tq;
-            if (r0 < nr)
-                *(__nv_bfloat162 *)(o0 + c) = __floats2bfloat162_rn(l0 > 0.0f ? o[dt][0] / l0 : 0.0f,
-                                                                    l0 > 0.0f ? o[dt][1] / l0 : 0.0f);
-            if (r1 < nr)
-                *(__nv_bfloat162 *)(o1 + c) = __floats2bfloat162_rn(l1 > 0.0f ? o[dt][2] / l1 : 0.0f,
-                                                                    l1 > 0.0f ? o[dt][3] / l1 : 0.0f);
-        }
-        return;
-    }
 
-    // merge the SPLIT warps of each head (m, l, o) through shared memory
-    __syncthreads();  // every warp is done with the stages
-    s_merge<HD, SPLIT, HEADS>((float *)dsmem4, out, o, m0, m1, l0, l1, q0, nr, G, H, KV, kvg * HEADS, lane, warp);
+        // merge the SPLIT warps of each head (m, l, o) through shared memory
+        __syncthreads();  // every warp is done with the stages
+        s_merge<HD, SPLIT, HEADS>((float *)dsmem4, out, o, m0, m1, l0, l1, q0, nr, G, H, KV, kvg * HEADS, lane, warp);
+    }
 }
 
 // ---------------------------------------------------------------- launchers
@@ -375,14 +403,14 @@ static int s_args(s_args_t *a, int variant, int n_variants, uint16_t *out, const
     return n_tiles > 0;
 }
 
-template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16>
+template <int HD, int WARPS, int STAGES, int HEADS, bool PW, typename TC = bf16, bool PVT = false>
 static int s_launch_v(const s_args_t *a, kvf_err_t *err) {
     const int groups = (a->KV + HEADS - 1) / HEADS;
     KVF_REQUIRE((long long)a->n_tiles * groups <= 0x7fffffffLL, err);
     const size_t smem = s_smem_v(HD, WARPS, STAGES, sizeof(TC) == 1);
-    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC>,
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC, PVT>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
+    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC, PVT><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
         a->out, a->q, (const TC *)a->kc, (const TC *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
         a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
@@ -396,7 +424,8 @@ static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
     s_attn_decode<HD><<<a->n_tiles * a->KV, DC_THREADS, smem, a->stream>>>(
-        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
+        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
+        a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -407,6 +436,7 @@ static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
 typedef struct {
     const char *name;
     int warps, stages, heads, per_warp;
+    int pvt;  // fp8: P V transposed (tiles of at most 8 rows)
 } s_variant_t;
 
 static const s_variant_t s_variants[] = {
@@ -451,12 +481,15 @@ static const s_variant_t s_fp8_variants[] = {
     {"f8 w3x16 4h", 4, 3, 4, 1},  // 54 KB: 3 blocks an SM (162 registers a thread)
     {"f8 w4x16 4h", 4, 4, 4, 1},  // 72 KB: 3 blocks an SM (H200, 512 x 577 keys: 0.196 ms, as w3)
     {"f8 w6x16 4h", 4, 6, 4, 1},  // 108 KB: 2 blocks an SM, 5 chunks in flight a warp
+    {"f8t w3x16 4h", 4, 3, 4, 1, 1},  // kvf_attn_step_f8t: half the P V mma and accumulators
+    {"f8t w4x16 4h", 4, 4, 4, 1, 1},
 };
 // Tried and dropped (H200, 512 x 577 keys): w3 with registers for 4 blocks an SM (<= 128 a thread, spills)
 // 0.233 ms against 0.196; widening K and V into a per-warp f16 tile (2 blocks an SM) 0.298, the V tile
 // alone (3 blocks an SM) 0.224: the warps' latency, not the bytes, set the pace.
 #define DC_N_FP8_VARIANTS ((int)(sizeof s_fp8_variants / sizeof s_fp8_variants[0]))
-#define DC_FP8_DEFAULT 1
+#define DC_FP8_DEFAULT 1   // tiles of more than 8 rows
+#define DC_FP8T_DEFAULT 3  // tiles of at most 8 rows (decode: one token, G <= 8)
 
 extern "C" size_t kvf_attention_decode_smem(int head_dim) {
     size_t m = (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);  // variant 0
@@ -473,7 +506,9 @@ extern "C" size_t kvf_attention_decode_smem(int head_dim) {
 
 extern "C" int kvf_attention_decode_n_variants(void) { return DC_N_VARIANTS; }
 
-extern "C" int kvf_attention_decode_default_variant(int fp8) { return fp8 ? DC_FP8_DEFAULT : DC_DEFAULT; }
+extern "C" int kvf_attention_decode_default_variant(int fp8, int tile_rows) {
+    return !fp8 ? DC_DEFAULT : tile_rows <= 8 ? DC_FP8T_DEFAULT : DC_FP8_DEFAULT;
+}
 
 extern "C" const char *kvf_attention_decode_variant_name(int variant) {
     return variant >= 0 && variant < DC_N_VARIANTS ? s_variants[variant].name : NULL;
@@ -499,13 +534,16 @@ extern "C" const char *kvf_attention_decode_fp8_variant_name(int variant) {
 
 extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
                                                 const uint8_t *v_cache, const int32_t *tiles, int n_tiles,
-                                                const int32_t *pos, const int32_t *block_table, int max_blocks,
-                                                int n_heads, int n_kv, int head_dim, int block_size,
+                                                int tile_tokens, const int32_t *pos, const int32_t *block_table,
+                                                int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                                                 cudaStream_t stream, kvf_err_t *err) {
     s_args_t a;
     const int rc = s_args(&a, variant, DC_N_FP8_VARIANTS, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
                           max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
     if (rc <= 0) return rc;
+    if (s_fp8_variants[variant].pvt && !(tile_tokens >= 1 && (long long)tile_tokens * (n_heads / n_kv) <= 8))
+        return kvf_check_inval(err, "an f8t variant needs tiles of at most 8 rows (tile_tokens x n_heads / n_kv)",
+                               __func__);
     switch (variant * 2 + (head_dim == 128)) {
     case 0: return s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err);
     case 1: return s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err);
@@ -513,18 +551,22 @@ extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, cons
     case 3: return s_launch_v<128, 4, 4, 4, true, kvf_fp8_t>(&a, err);
     case 4: return s_launch_v<64, 4, 6, 4, true, kvf_fp8_t>(&a, err);
     case 5: return s_launch_v<128, 4, 6, 4, true, kvf_fp8_t>(&a, err);
+    case 6: return s_launch_v<64, 4, 3, 4, true, kvf_fp8_t, true>(&a, err);
+    case 7: return s_launch_v<128, 4, 3, 4, true, kvf_fp8_t, true>(&a, err);
+    case 8: return s_launch_v<64, 4, 4, 4, true, kvf_fp8_t, true>(&a, err);
+    case 9: return s_launch_v<128, 4, 4, 4, true, kvf_fp8_t, true>(&a, err);
     default: break;
     }
     return kvf_check_inval(err, "a launcher for every fp8 variant", __func__);
 }
 
 extern "C" int kvf_attention_decode_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
-                                        const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
-                                        const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
-                                        int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
-    return kvf_attention_decode_fp8_variant(DC_FP8_DEFAULT, out, q, k_cache, v_cache, tiles, n_tiles, pos,
-                                            block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream,
-                                            err);
+                                        const uint8_t *v_cache, const int32_t *tiles, int n_tiles, int tile_tokens,
+                                        const int32_t *pos, const int32_t *block_table, int max_blocks, int n_heads,
+                                        int n_kv, int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+    const int v = kvf_attention_decode_default_variant(1, n_kv > 0 ? tile_tokens * (n_heads / n_kv) : 1 << 30);
+    return kvf_attention_decode_fp8_variant(v, out, q, k_cache, v_cache, tiles, n_tiles, tile_tokens, pos,
+                                            block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
 }
 
 extern "C" int kvf_attention_decode(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,

@@ -49,8 +49,9 @@ int kvf_attention_decode(uint16_t *out,               // (n_tokens, n_heads, hea
 // a block, one ring a block or a warp, KV heads a block); results are the same.
 int kvf_attention_decode_n_variants(void);
 
-// The variant kvf_attention_decode (fp8 0) or kvf_attention_decode_fp8 (fp8 1) runs.
-int kvf_attention_decode_default_variant(int fp8);
+// The variant kvf_attention_decode (fp8 0) or kvf_attention_decode_fp8 (fp8 1)
+// runs for tiles of at most tile_rows rows (tokens x query heads a KV head).
+int kvf_attention_decode_default_variant(int fp8, int tile_rows);
 
 // The variant's name (static storage), or NULL when variant is out of range.
 const char *kvf_attention_decode_variant_name(int variant);
@@ -66,18 +67,23 @@ int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, 
 // The same over an FP8 cache (E4M3 bytes, common/fp8.h; the --kv-cache-dtype fp8
 // pool): K and V move as bytes and are widened to f16 in shared memory, Q
 // (saturated at +-65504), K, V and P meet in f16 mma with f32 accumulators. The
-// variants are v5's shape with rings of 3, 4 or 6 chunks ("f8 w4x16 4h" the default).
+// variants are v5's shape with rings of 3, 4 or 6 chunks; the "f8t" ones compute
+// P V transposed (half its mma) and need tiles of at most 8 rows: tile_tokens
+// (the most tokens any tile holds: 1 for decode steps) x n_heads / n_kv <= 8,
+// else they refuse with KVF_E_INVAL; kvf_attention_decode_fp8 picks by it.
 int kvf_attention_decode_fp8(uint16_t *out,               // (n_tokens, n_heads, head_dim) bf16, device
                              const uint16_t *q,           // (n_tokens, n_heads, head_dim) bf16, device
                              const uint8_t *k_cache,      // (n_blocks, block_size, n_kv, head_dim) E4M3, device
                              const uint8_t *v_cache,      // (n_blocks, block_size, n_kv, head_dim) E4M3, device
-                             const int32_t *tiles, int n_tiles, const int32_t *pos, const int32_t *block_table,
+                             const int32_t *tiles, int n_tiles, int tile_tokens, const int32_t *pos,
+                             const int32_t *block_table,
                              int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                              cudaStream_t stream, kvf_err_t *err);
 int kvf_attention_decode_fp8_n_variants(void);
 const char *kvf_attention_decode_fp8_variant_name(int variant);
 int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
-                                     const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                     const uint8_t *v_cache, const int32_t *tiles, int n_tiles, int tile_tokens,
+                                     const int32_t *pos,
                                      const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                      int block_size, cudaStream_t stream, kvf_err_t *err);
 

@@ -439,13 +439,13 @@ static int s_launch_gqa_nh(int nh_max, int n_tiles, bf16 *out, const bf16 *q, co
                            int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
     const int G = H / KV;
     if (nh_max >= 4 && G % 4 == 0)
-        return s_launch_gqa<HD, 4, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
-                                   err);
+        return s_launch_gqa<HD, 4, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                       stream, err);
     if (nh_max >= 2 && G % 2 == 0)
-        return s_launch_gqa<HD, 2, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
-                                   err);
+        return s_launch_gqa<HD, 2, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                       stream, err);
     return s_launch_gqa<HD, 1, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, stream,
-                               err);
+                                   err);
 }
 
 extern "C" int kvf_attention_prefill_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,

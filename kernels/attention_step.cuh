@@ -43,12 +43,13 @@ static __device__ __forceinline__ void kvf_attn_stage_kv(bf16 *sK,        // (NK
 // The online-softmax update of a warp's 16 rows by the scores sc of NT 8-key
 // tiles at kw..: scale, mask (a key past its row's position pr0 / pr1 or past
 // kv_end), row maxima over the quad, base-2 exponentials in place, rescale of
-// (l, o). l0, l1 are per-thread partial sums (the quad adds them at the end). The
-// rescale of o is skipped when no row maximum of the warp moved (c = 1 exactly).
-template <int HD, int NT>
-static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], float (&o)[HD / 8][4], float &m0,
-                                                        float &m1, float &l0, float &l1, int kw, int kv_end, int pr0,
-                                                        int pr1, float scale_log2, int tq) {
+// l; c0, c1: the factors by which the rows' outputs must be rescaled (1 exactly
+// when the row maximum did not move). l0, l1 are per-thread partial sums (the
+// quad adds them at the end).
+template <int NT>
+static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], float &m0, float &m1, float &l0, float &l1,
+                                                        float &c0, float &c1, int kw, int kv_end, int pr0, int pr1,
+                                                        float scale_log2, int tq) {
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++)
@@ -69,7 +70,8 @@ static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], floa
     }
     const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
     const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+    c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - b0);  // a row with no key yet has nothing to rescale
+    c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - b1);
     m0 = mn0, m1 = mn1;
     float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
@@ -83,6 +85,12 @@ static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], floa
     }
     l0 = l0 * c0 + s0;
     l1 = l1 * c1 + s1;
+}
+
+// o (rows g, g + 8 of the warp's m16 fragments) times c0, c1; skipped when no
+// row of the warp moved (c = 1 exactly).
+template <int HD>
+static __device__ __forceinline__ void kvf_attn_rescale(float (&o)[HD / 8][4], float c0, float c1) {
     if (__any_sync(0xffffffffu, c0 != 1.0f || c1 != 1.0f)) {
 #pragma unroll
         for (int i = 0; i < HD / 8; i++) {
@@ -128,7 +136,9 @@ static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD
             kvf_mma_bf16_16816(sc[nt], qf[ks], *(const uint32_t *)(kr + ks * 16),
                                *(const uint32_t *)(kr + ks * 16 + 8));
     }
-    kvf_attn_softmax<HD, NT>(sc, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, tq);
+    float c0, c1;
+    kvf_attn_softmax<NT>(sc, m0, m1, l0, l1, c0, c1, kw, kv_end, pr0, pr1, scale_log2, tq);
+    kvf_attn_rescale<HD>(o, c0, c1);
     // O += P V: P (16 x NK) from the score fragments, V through ldmatrix.trans
 #pragma unroll
     for (int kk = 0; kk < NK / 16; kk++) {
@@ -157,16 +167,11 @@ static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD
 //   over all dt are the HD/8 bytes j = g of its four key rows (2 tq, 2 tq + 1,
 //   2 tq + 8, 2 tq + 9): four wide loads. o[dt][0..1] then hold dims (2 tq) HD/8 +
 //   dt and (2 tq + 1) HD/8 + dt (kvf_attn_f8_dim).
+// S = Q K^T of 16 E4M3 key rows (RS bytes apart) in two 8-key tiles, K widened
+// to f16 as it is read (4 dims a 32-bit load: Q's fragments hold the same dims).
 template <int HD, int RS>
-static __device__ __forceinline__ void kvf_attn_step_f8(const uint8_t *sK,  // (16, RS) E4M3
-                                                        const uint8_t *sV,  // (16, RS) E4M3
-                                                        const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
-                                                        float &m0, float &m1, float &l0, float &l1, int kw,
-                                                        int kv_end, int pr0, int pr1, float scale_log2, int lane) {
-    static_assert(HD == 64 || HD == 128, "a lane's V bytes are one 8- or 16-byte load a row");
-    constexpr int DT = HD / 8;  // n-tiles of P V, and V bytes a lane reads per row
-    const int g = lane >> 2, tq = lane & 3;
-    float sc[2][4];
+static __device__ __forceinline__ void kvf_attn_qk_f8(float (&sc)[2][4], const uint8_t *sK,
+                                                      const uint32_t (&qf)[HD / 16][4], int g, int tq) {
 #pragma unroll
     for (int nt = 0; nt < 2; nt++) {
         sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
@@ -178,7 +183,22 @@ static __device__ __forceinline__ void kvf_attn_step_f8(const uint8_t *sK,  // (
                               kvf_fp8x2_to_f16x2((uint16_t)(w >> 16)));
         }
     }
-    kvf_attn_softmax<HD, 2>(sc, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, tq);
+}
+
+template <int HD, int RS>
+static __device__ __forceinline__ void kvf_attn_step_f8(const uint8_t *sK,  // (16, RS) E4M3
+                                                        const uint8_t *sV,  // (16, RS) E4M3
+                                                        const uint32_t (&qf)[HD / 16][4], float (&o)[HD / 8][4],
+                                                        float &m0, float &m1, float &l0, float &l1, int kw,
+                                                        int kv_end, int pr0, int pr1, float scale_log2, int lane) {
+    static_assert(HD == 64 || HD == 128, "a lane's V bytes are one 8- or 16-byte load a row");
+    constexpr int DT = HD / 8;  // n-tiles of P V, and V bytes a lane reads per row
+    const int g = lane >> 2, tq = lane & 3;
+    float sc[2][4];
+    kvf_attn_qk_f8<HD, RS>(sc, sK, qf, g, tq);
+    float c0, c1;
+    kvf_attn_softmax<2>(sc, m0, m1, l0, l1, c0, c1, kw, kv_end, pr0, pr1, scale_log2, tq);
+    kvf_attn_rescale<HD>(o, c0, c1);
     uint32_t a[4];
     kvf_attn_p_frag<true, 2>(a, sc, 0);
     // rows 2 tq, 2 tq + 1 (b0) and 2 tq + 8, 2 tq + 9 (b1), bytes g DT .. g DT + DT - 1
@@ -213,5 +233,69 @@ static __device__ __forceinline__ void kvf_attn_step_f8(const uint8_t *sK,  // (
 static __device__ __forceinline__ int kvf_attn_f8_dim(int hd, int tq, int dt, int c) {
     return (2 * tq + (c & 1)) * (hd / 8) + dt;
 }
+
+// kvf_attn_step_f8 for tiles of at most 8 rows (a decode token's query heads,
+// G <= 8), with P V computed transposed: O^T (HD x 8) += V^T (HD x 16 keys) P^T.
+// P^T is an m16n8k16 B fragment as the scores already lie (column n = row g of
+// S, keys 2 tq.. of each 8-key tile), so only rows 0-7 of S count, and the P V
+// product takes HD / 16 mma instead of HD / 8, into half the accumulators:
+// oT[mt] holds O^T rows (dims) kvf_attn_f8t_dim(mt, g) and (mt, g + 8), columns
+// (rows of S) 2 tq and 2 tq + 1. Dim j M + mt (M = HD / 16) sits in m-tile mt,
+// row j, so a lane's V bytes are two M-byte loads a key row. c0 of row r of S is
+// held by lanes 4 r .. 4 r + 3: the rescale of column 2 tq (+ 1) shuffles it in.
+template <int HD, int RS>
+static __device__ __forceinline__ void kvf_attn_step_f8t(const uint8_t *sK,  // (16, RS) E4M3
+                                                         const uint8_t *sV,  // (16, RS) E4M3
+                                                         const uint32_t (&qf)[HD / 16][4], float (&oT)[HD / 16][4],
+                                                         float &m0, float &m1, float &l0, float &l1, int kw,
+                                                         int kv_end, int pr0, int pr1, float scale_log2, int lane) {
+    static_assert(HD == 64 || HD == 128, "a lane's V bytes are 4- or 8-byte loads");
+    constexpr int M = HD / 16;  // m-tiles of O^T, and V bytes a load
+    const int g = lane >> 2, tq = lane & 3;
+    float sc[2][4];
+    kvf_attn_qk_f8<HD, RS>(sc, sK, qf, g, tq);
+    float c0, c1;
+    kvf_attn_softmax<2>(sc, m0, m1, l0, l1, c0, c1, kw, kv_end, pr0, pr1, scale_log2, tq);
+    const float ca = __shfl_sync(0xffffffffu, c0, 8 * tq), cb = __shfl_sync(0xffffffffu, c0, 8 * tq + 4);
+    if (__any_sync(0xffffffffu, ca != 1.0f || cb != 1.0f)) {
+#pragma unroll
+        for (int mt = 0; mt < M; mt++) oT[mt][0] *= ca, oT[mt][1] *= cb, oT[mt][2] *= ca, oT[mt][3] *= cb;
+    }
+    // P^T as the B fragment: b0 keys 2 tq, 2 tq + 1 of tile 0, b1 of tile 1, column g = row g of S
+    const uint32_t b0 = kvf_pack_f16x2(sc[0][0], sc[0][1]), b1 = kvf_pack_f16x2(sc[1][0], sc[1][1]);
+    // V^T as A fragments: key rows 2 tq, 2 tq + 1 (a0 a1) and 2 tq + 8, 2 tq + 9 (a2 a3); dims of rows g, g + 8
+    uint32_t lo[4][M / 4], hi[4][M / 4];
+    const int rows[4] = {2 * tq, 2 * tq + 1, 2 * tq + 8, 2 * tq + 9};
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const uint8_t *src = sV + rows[i] * RS;
+        if constexpr (M == 8) {
+            const uint2 a = *(const uint2 *)(src + g * M), b = *(const uint2 *)(src + (g + 8) * M);
+            lo[i][0] = a.x, lo[i][1] = a.y, hi[i][0] = b.x, hi[i][1] = b.y;
+        } else {
+            lo[i][0] = *(const uint32_t *)(src + g * M), hi[i][0] = *(const uint32_t *)(src + (g + 8) * M);
+        }
+    }
+#pragma unroll
+    for (int w = 0; w < M / 4; w++) {
+        // key pairs of dims 4w .. 4w + 3 of each load: (row 2 tq, row 2 tq + 1) and (2 tq + 8, 2 tq + 9)
+        const uint32_t l01[2] = {__byte_perm(lo[0][w], lo[1][w], 0x5140), __byte_perm(lo[0][w], lo[1][w], 0x7362)};
+        const uint32_t l23[2] = {__byte_perm(lo[2][w], lo[3][w], 0x5140), __byte_perm(lo[2][w], lo[3][w], 0x7362)};
+        const uint32_t h01[2] = {__byte_perm(hi[0][w], hi[1][w], 0x5140), __byte_perm(hi[0][w], hi[1][w], 0x7362)};
+        const uint32_t h23[2] = {__byte_perm(hi[2][w], hi[3][w], 0x5140), __byte_perm(hi[2][w], hi[3][w], 0x7362)};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int sh = 16 * (e & 1);
+            const uint32_t a[4] = {kvf_fp8x2_to_f16x2((uint16_t)(l01[e >> 1] >> sh)),
+                                   kvf_fp8x2_to_f16x2((uint16_t)(h01[e >> 1] >> sh)),
+                                   kvf_fp8x2_to_f16x2((uint16_t)(l23[e >> 1] >> sh)),
+                                   kvf_fp8x2_to_f16x2((uint16_t)(h23[e >> 1] >> sh))};
+            kvf_mma_f16_16816(oT[4 * w + e], a, b0, b1);
+        }
+    }
+}
+
+// The dim that oT[mt] row r (r = g for c 0, 1; g + 8 for c 2, 3) holds after kvf_attn_step_f8t.
+static __device__ __forceinline__ int kvf_attn_f8t_dim(int hd, int mt, int r) { return r * (hd / 16) + mt; }
 
 #endif

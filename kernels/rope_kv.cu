@@ -166,18 +166,20 @@ static int s_launch(uint16_t *q_out, TC *k_cache, TC *v_cache, const TIn *qkv, c
 
 extern "C" int kvf_rope_kv(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const uint16_t *qkv,
                            const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
-                           const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
-                           int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
-    return s_launch<bf16, bf16>(q_out, (bf16 *)k_cache, (bf16 *)v_cache, (const bf16 *)qkv, bias, inv_freq, pos, tok_seq, block_table,
-                          max_blocks, n, n_heads, n_kv, head_dim, block_size, n_blocks, stream, err);
+                           const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv, int head_dim,
+                           int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
+    return s_launch<bf16, bf16>(q_out, (bf16 *)k_cache, (bf16 *)v_cache, (const bf16 *)qkv, bias, inv_freq, pos,
+                                tok_seq, block_table, max_blocks, n, n_heads, n_kv, head_dim, block_size, n_blocks,
+                                stream, err);
 }
 
 extern "C" int kvf_rope_kv_f32(uint16_t *q_out, uint16_t *k_cache, uint16_t *v_cache, const float *qkv,
                                const float *bias, const float *inv_freq, const int32_t *pos, const int32_t *tok_seq,
-                               const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv,
-                               int head_dim, int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
-    return s_launch<float, bf16>(q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias, inv_freq, pos, tok_seq, block_table, max_blocks, n,
-                           n_heads, n_kv, head_dim, block_size, n_blocks, stream, err);
+                               const int32_t *block_table, int max_blocks, int n, int n_heads, int n_kv, int head_dim,
+                               int block_size, int n_blocks, cudaStream_t stream, kvf_err_t *err) {
+    return s_launch<float, bf16>(q_out, (bf16 *)k_cache, (bf16 *)v_cache, qkv, bias, inv_freq, pos, tok_seq,
+                                 block_table, max_blocks, n, n_heads, n_kv, head_dim, block_size, n_blocks, stream,
+                                 err);
 }
 
 extern "C" int kvf_rope_kv_fp8(uint16_t *q_out, uint8_t *k_cache, uint8_t *v_cache, const uint16_t *qkv,

@@ -688,14 +688,21 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     if (tensor_cores == 2) {
         // every kernel variant on the same case; the default (kvf_attention_decode[_fp8]) is checked below
         const int nv = fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants();
+        int tt = 1;  // the most tokens a tile holds: the fp8 "f8t" variants need tt x G <= 8 rows
+        for (int i = 0; i < n_tiles; i++)
+            if (tiles[3 * i + 2] > tt) tt = tiles[3 * i + 2];
         for (int v = 0; v < nv; v++) {
             const char *vn = fp8 ? kvf_attention_decode_fp8_variant_name(v) : kvf_attention_decode_variant_name(v);
             cr_assert(vn, "variant %d has no name", v);
             CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-            const int rc = fp8 ? kvf_attention_decode_fp8_variant(v, d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos,
-                                                                  d_bt, b.max_blocks, H, KV, HD, bs, 0, &err)
+            const int rc = fp8 ? kvf_attention_decode_fp8_variant(v, d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, tt,
+                                                                  d_pos, d_bt, b.max_blocks, H, KV, HD, bs, 0, &err)
                                : kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
                                                               b.max_blocks, H, KV, HD, bs, 0, &err);
+            if (fp8 && rc != 0 && strncmp(vn, "f8t", 3) == 0 && tt * (H / KV) > 8) {  // refused, as documented
+                cr_expect(err.code == KVF_E_INVAL && strstr(err.msg, "at most 8 rows"), "%s: %s", vn, err.msg);
+                continue;
+            }
             cr_assert(rc == 0, "%s: %s", vn, err.msg);
             snprintf(full, sizeof full, "%s [%s]", cs, vn);
             float *gv = s_down_bf16(d_out, qn);
@@ -703,7 +710,7 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
             free(gv);
         }
         CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
-        const int rc = fp8 ? kvf_attention_decode_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, d_pos, d_bt,
+        const int rc = fp8 ? kvf_attention_decode_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, tt, d_pos, d_bt,
                                                       b.max_blocks, H, KV, HD, bs, 0, &err)
                            : kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks,
                                                   H, KV, HD, bs, 0, &err);
@@ -798,8 +805,11 @@ Test(kernels, attention_decode_tensor_cores) {
     const int nv = kvf_attention_decode_n_variants();
     cr_assert(nv >= 1 && kvf_attention_decode_variant_name(0) && !kvf_attention_decode_variant_name(nv) &&
               !kvf_attention_decode_variant_name(-1));
-    const int d0 = kvf_attention_decode_default_variant(0), d8 = kvf_attention_decode_default_variant(1);
-    cr_expect(d0 >= 0 && d0 < nv && d8 >= 0 && d8 < kvf_attention_decode_fp8_n_variants());
+    const int d0 = kvf_attention_decode_default_variant(0, 4), d8 = kvf_attention_decode_default_variant(1, 4);
+    const int d16 = kvf_attention_decode_default_variant(1, 16), n8 = kvf_attention_decode_fp8_n_variants();
+    cr_expect(d0 >= 0 && d0 < nv && d8 >= 0 && d8 < n8 && d16 >= 0 && d16 < n8);
+    cr_expect(strncmp(kvf_attention_decode_fp8_variant_name(d8), "f8t", 3) == 0 &&
+              strncmp(kvf_attention_decode_fp8_variant_name(d16), "f8t", 3) != 0);
     kvf_err_t err;
     uint16_t dummy[8];
     const int32_t idummy[3] = {0, 0, 1};

@@ -755,9 +755,9 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     kvf_log(KVF_LOG_INFO,
             "cpu plan: weights %.1f MiB, workspace %.1f MiB, free %.1f MiB, KV %d blocks of %d tokens (%.1f MiB, %lld "
             "tokens, kv %s), %d threads, tp rank %d of %d (%lld query / %lld KV heads)",
-            MIB(p.weights_bytes), MIB(p.ws_bytes), MIB(p.free_bytes), be->n_blocks, opts->block_size,
-            MIB(be->kv_bytes), (long long)n_blocks * opts->block_size, kvf_kv_dtype_name(opts->kv_dtype), n_threads, opts->tp_rank, opts->tp_size,
-            (long long)p.sh.nq, (long long)p.sh.nkv);
+            MIB(p.weights_bytes), MIB(p.ws_bytes), MIB(p.free_bytes), be->n_blocks, opts->block_size, MIB(be->kv_bytes),
+            (long long)n_blocks * opts->block_size, kvf_kv_dtype_name(opts->kv_dtype), n_threads, opts->tp_rank,
+            opts->tp_size, (long long)p.sh.nq, (long long)p.sh.nkv);
     return be;
 
 fail:

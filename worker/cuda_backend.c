@@ -279,7 +279,7 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const int fp8 = o->kv_dtype == KVF_KV_FP8;
     if (c->dec_variant < 0 ||
         c->dec_variant >= (fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants()))
-        c->dec_variant = kvf_attention_decode_default_variant(fp8);
+        c->dec_variant = kvf_attention_decode_default_variant(fp8, c->n_heads / c->n_kv);  // decode tiles: 1 token
     if (c->pre_variant < 0 || c->pre_variant >= kvf_attention_prefill_n_variants())
         c->pre_variant = kvf_attention_prefill_default_variant();
     const char *tenv = getenv("KVF_CUDA_TIMING");
