@@ -245,7 +245,7 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
             for (int i = 0; i < WPT; i++) {
                 const int ch = threadIdx.x + i * NT, r = ch / (HD / 16), d = ch % (HD / 16) * 16;  // r: K rows, V rows
                 uint4 w[2];
-                kvf_fp8x16_widen<false>(*(const uint4 *)(src + r * HD + d), w);
+                kvf_fp8x16_to_bf16(*(const uint4 *)(src + r * HD + d), w);
                 *(uint4 *)(dst + r * KS + d) = w[0];
                 *(uint4 *)(dst + r * KS + d + 8) = w[1];
             }

@@ -31,17 +31,15 @@ static __device__ __forceinline__ uint32_t kvf_fp8x2_to_bf16x2(uint16_t v) {
     return *(const uint32_t *)&b;
 }
 
-// 16 E4M3 bytes (one 16-byte chunk of a cache row) to 16 f16 (F16) or bf16 values
-// in two 16-byte chunks: out[0] the first 8, out[1] the last 8.
-template <bool F16>
-static __device__ __forceinline__ void kvf_fp8x16_widen(uint4 in, uint4 out[2]) {
+// 16 E4M3 bytes (one 16-byte chunk of a cache row) to 16 bf16 values in two
+// 16-byte chunks: out[0] the first 8, out[1] the last 8.
+static __device__ __forceinline__ void kvf_fp8x16_to_bf16(uint4 in, uint4 out[2]) {
     const uint32_t w[4] = {in.x, in.y, in.z, in.w};
     uint32_t r[8];
 #pragma unroll
     for (int i = 0; i < 4; i++) {
-        const uint16_t lo = (uint16_t)(w[i] & 0xffffu), hi = (uint16_t)(w[i] >> 16);
-        r[2 * i] = F16 ? kvf_fp8x2_to_f16x2(lo) : kvf_fp8x2_to_bf16x2(lo);
-        r[2 * i + 1] = F16 ? kvf_fp8x2_to_f16x2(hi) : kvf_fp8x2_to_bf16x2(hi);
+        r[2 * i] = kvf_fp8x2_to_bf16x2((uint16_t)(w[i] & 0xffffu));
+        r[2 * i + 1] = kvf_fp8x2_to_bf16x2((uint16_t)(w[i] >> 16));
     }
     out[0] = make_uint4(r[0], r[1], r[2], r[3]);
     out[1] = make_uint4(r[4], r[5], r[6], r[7]);

@@ -377,7 +377,8 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
             "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
             "tokens (%.1f MiB, %lld tokens, kv %s), %d device allocations, %d decode graphs",
             c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
-            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, kvf_kv_dtype_name(o->kv_dtype), (int)c->n_allocs, c->n_graphs);
+            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, kvf_kv_dtype_name(o->kv_dtype),
+            (int)c->n_allocs, c->n_graphs);
     return 0;
 }
 
