@@ -36,7 +36,8 @@ static const char *s_usage =
     "usage: kvf-bench --config CONFIG.json|DIR [--weights dummy|DIR] --num-prompts N --input-len I --output-len O\n"
     "                 [--backend cpu|cuda] [--device N] [--threads N]\n"
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
-    "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N] [--kv-cache-dtype auto|fp8]\n"
+    "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
+    "                 [--kv-cache-dtype auto|fp8]\n"
     "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--cuda-graphs off|on|auto] [--json]\n"
     "\n"
@@ -47,7 +48,8 @@ static const char *s_usage =
     "KV pool holds of such sequences, at least 128 and at most 512 (worker/engine.h). Reports throughput, decode step and\n"
     "TTFT percentiles, peak memory, the KV pool, and the step roofline and workload floor with the\n"
     "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s). --cuda-graphs: which\n"
-    "decode steps replay the cuda backend's CUDA graphs (worker/cuda_backend.h; default auto).\n";
+    "decode steps replay the cuda backend's CUDA graphs (worker/cuda_backend.h; default auto). --kv-cache-dtype fp8:\n"
+    "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it).\n";
 
 // ---------------------------------------------------------------- options
 
@@ -482,12 +484,12 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                  "temperature", o->temperature, "top_p", o->top_p, "top_k",
                                                  (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
                                                  o->rep_penalty));
-    json_object_set_new(j, "engine", json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s}", "max_batch_size",
-                                               eo->max_batch_size, "max_prefill_token_num", eo->max_prefill_token_num,
-                                               "block_size", eo->block_size, "session_len", eo->session_len,
-                                               "cache_max_entry_count", eo->cache_max_entry_count, "memory_budget",
-                                               (json_int_t)eo->memory_budget, "threads", eo->n_threads, "kv_cache_dtype",
-                                               kvf_kv_dtype_name(eo->kv_dtype)));
+    json_object_set_new(j, "engine",
+                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s}", "max_batch_size", eo->max_batch_size,
+                                  "max_prefill_token_num", eo->max_prefill_token_num, "block_size", eo->block_size,
+                                  "session_len", eo->session_len, "cache_max_entry_count", eo->cache_max_entry_count,
+                                  "memory_budget", (json_int_t)eo->memory_budget, "threads", eo->n_threads,
+                                  "kv_cache_dtype", kvf_kv_dtype_name(eo->kv_dtype)));
     json_object_set_new(j, "elapsed_s", json_real(r->elapsed));
     json_object_set_new(j, "steps", json_integer((json_int_t)r->steps));
     json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)(o->n_prompts * o->input_len)));

@@ -541,7 +541,8 @@ static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const i
                     }
             }
         if (kv_fp8)
-            for (size_t i = 0; i < (size_t)n * KV; i++) k[i] = kvf_fp8_e4m3_round(k[i]), v[i] = kvf_fp8_e4m3_round(v[i]);
+            for (size_t i = 0; i < (size_t)n * KV; i++)
+                k[i] = kvf_fp8_e4m3_round(k[i]), v[i] = kvf_fp8_e4m3_round(v[i]);
         double *p = (double *)sc;
         for (int t = 0; t < n; t++)
             for (int h = 0; h < H; h++) {

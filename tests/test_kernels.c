@@ -151,8 +151,8 @@ static void s_expect_fp8(const char *what, const char *cs, const float *gpu, con
         if (fabsf(gpu[i] - cpu_f32[i]) <= ulp * 0.5f + fabsf(cpu_f32[i]) * 1e-5f) n_neigh++;
         else if (n_bad++ == 0) first = i;
     }
-    cr_expect(n_bad == 0, "%s %s: %zu of %zu elements are not the nearest E4M3 value (first [%zu]: gpu %g, cpu %g)", what,
-              cs, n_bad, n, first, n_bad ? gpu[first] : 0.0, n_bad ? cpu_f32[first] : 0.0);
+    cr_expect(n_bad == 0, "%s %s: %zu of %zu elements are not the nearest E4M3 value (first [%zu]: gpu %g, cpu %g)",
+              what, cs, n_bad, n, first, n_bad ? gpu[first] : 0.0, n_bad ? cpu_f32[first] : 0.0);
     cr_expect(n_neigh * 100 <= n, "%s %s: %zu of %zu elements on the other side of a tie", what, cs, n_neigh, n);
     printf("%-22s %-40s fp8: %zu of %zu next to a tie, %zu wrong\n", what, cs, n_neigh, n, n_bad);
 }
@@ -567,12 +567,12 @@ static void s_rope_case(rng_t *r, const kvf_modelcfg_t *cfg, int bs, int n_seqs,
     uint8_t *d_k8 = (uint8_t *)d_kc, *d_v8 = (uint8_t *)d_vc;
     int rc = fp8 && f32_in ? kvf_rope_kv_f32_fp8(d_q, d_k8, d_v8, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n,
                                                  H, KV, HD, bs, b.n_blocks, 0, &err)
-             : fp8         ? kvf_rope_kv_fp8(d_q, d_k8, d_v8, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H, KV,
-                                             HD, bs, b.n_blocks, 0, &err)
-             : f32_in      ? kvf_rope_kv_f32(d_q, d_kc, d_vc, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H,
-                                             KV, HD, bs, b.n_blocks, 0, &err)
-                           : kvf_rope_kv(d_q, d_kc, d_vc, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H, KV,
-                                         HD, bs, b.n_blocks, 0, &err);
+             : fp8    ? kvf_rope_kv_fp8(d_q, d_k8, d_v8, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H, KV, HD,
+                                        bs, b.n_blocks, 0, &err)
+             : f32_in ? kvf_rope_kv_f32(d_q, d_kc, d_vc, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H, KV, HD,
+                                        bs, b.n_blocks, 0, &err)
+                      : kvf_rope_kv(d_q, d_kc, d_vc, d_qkv, db, d_if, d_pos, d_ts, d_bt, b.max_blocks, n, H, KV, HD, bs,
+                                    b.n_blocks, 0, &err);
     cr_assert(rc == 0, "%s", err.msg);
     float *gq = s_down_bf16(d_q, (size_t)n * H * HD);
     float *gk = fp8 ? s_down_fp8(d_kc, cache_n) : s_down_bf16(d_kc, cache_n);
@@ -749,7 +749,9 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
         snprintf(full, sizeof full, "%s splits%d", cs, n_splits);
     }
     float *g = s_down_bf16(d_out, qn);
-    s_expect_norm(fp8 ? (tensor_cores == 2 ? "attention_decode_fp8" : tensor_cores ? "attention_tc_fp8" : "attention_fp8")
+    s_expect_norm(fp8                 ? (tensor_cores == 2 ? "attention_decode_fp8"
+                                         : tensor_cores    ? "attention_tc_fp8"
+                                                           : "attention_fp8")
                   : tensor_cores == 2 ? "attention_decode_tc"
                   : tensor_cores      ? "attention_tc"
                                       : "attention",
