@@ -234,6 +234,7 @@ Test(worker, registers_serves_golden_tokens_survives_garbage_and_shuts_down) {
     cr_assert_gt(r->plan.weights_bytes, 1u << 20);
     cr_assert_gt(r->plan.workspace_bytes, 0);
     cr_assert_eq(r->plan.kv_bytes, 300ull * 16 * 2 * 2 * 2 * 32 * 4, "K+V x 2 layers x 2 kv heads x 32 dims, f32");
+    cr_assert_eq(r->plan.kv_dtype, 0);
     kvf_msg_clear(&reg);
     char *out = s_read(&f, "out");
     cr_assert(strstr(out, "300 blocks x 16 tokens"), "the plan is printed: %s", out);
@@ -519,6 +520,23 @@ Test(worker, reports_at_once_when_it_goes_idle) {
     kill(f.pid, SIGTERM);
     int st = s_wait_exit(&f, 10000);
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    s_stop(&f);
+}
+
+// --kv-cache-dtype fp8: the registration's plan says so (kvfctl status shows it), and so does the printed plan.
+Test(worker, fp8_kv_cache_is_in_the_plan) {
+    s_fix_t f;
+    const char *extra[] = {"--block-size", "16", "--cache-max-entry-count", "100", "--session-len", "256",
+                           "--kv-cache-dtype", "fp8", NULL};
+    s_start(&f, extra);
+    kvf_msg_t reg;
+    s_register_and_welcome(&f, &reg);
+    cr_assert_eq(reg.u.reg.plan.kv_dtype, 1);
+    cr_assert_eq(reg.u.reg.plan.kv_blocks, 100);
+    kvf_msg_clear(&reg);
+    char *out = s_read(&f, "out");
+    cr_assert(strstr(out, "KV cache (fp8)"), "the plan names the cache: %s", out);
+    free(out);
     s_stop(&f);
 }
 

@@ -378,6 +378,7 @@ void kvf_engine_plan(const kvf_engine_t *e, kvf_plan_t *out) {
     out->block_size = (uint32_t)e->o.block_size;
     out->tokens_fit = (uint64_t)e->be->n_blocks * (uint64_t)e->o.block_size;
     out->full_sequences = (uint32_t)(e->be->n_blocks / e->max_blocks_per_seq);
+    out->kv_dtype = (uint32_t)e->o.kv_dtype;
 }
 
 void kvf_engine_plan_text(const kvf_engine_t *e, char *buf, size_t size) {
@@ -385,12 +386,12 @@ void kvf_engine_plan_text(const kvf_engine_t *e, char *buf, size_t size) {
     kvf_engine_plan(e, &p);
     snprintf(buf, size,
              "memory plan (%s backend, %s, %d layers, vocab %d): weights %.1f MiB, workspace %.1f MiB for steps of "
-             "%d tokens / %d sequences; %.1f MiB free before the KV pool; KV cache %.1f MiB = %u blocks x %u tokens "
-             "(%.1f KiB per block) = %llu tokens, enough for %u sequences of the full --session-len %d at once; "
-             "prefix caching %s",
+             "%d tokens / %d sequences; %.1f MiB free before the KV pool; KV cache (%s) %.1f MiB = %u blocks x %u "
+             "tokens (%.1f KiB per block) = %llu tokens, enough for %u sequences of the full --session-len %d at "
+             "once; prefix caching %s",
              e->o.backend, e->cfg.architecture, e->cfg.n_layers, e->cfg.vocab_size, MIB(p.weights_bytes),
              MIB(p.workspace_bytes), e->o.max_prefill_token_num, e->o.max_batch_size, MIB(p.free_bytes_at_start),
-             MIB(p.kv_bytes), p.kv_blocks, p.block_size,
+             kvf_kv_dtype_name(e->o.kv_dtype), MIB(p.kv_bytes), p.kv_blocks, p.block_size,
              p.kv_blocks ? (double)p.kv_bytes / p.kv_blocks / 1024.0 : 0.0, (unsigned long long)p.tokens_fit,
              p.full_sequences, e->o.session_len, e->o.enable_prefix_caching ? "on" : "off");
 }
