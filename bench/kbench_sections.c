@@ -16,6 +16,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/gemm.h"
+#include "kernels/quant_fp8.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/rope_kv.h"
@@ -41,6 +42,25 @@ static int s_gemm_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     const s_gemm_t *g = ud;
     const uint16_t *w = g->w + (size_t)(rep % g->nw) * g->d_out * g->d_in;
     return kvf_gemm(g->ctx, g->y, g->yt, g->x, w, g->n, g->d_in, g->d_out, 0.0f, b->stream, err);
+}
+
+// kvf_gemm_fp8 (--quantization fp8): E4M3 x and W with a scale per row, bf16 y.
+// bytes = d_out d_in (W) + n d_in (x) + 2 n d_out (y) + 4 (n + d_out) (scales).
+typedef struct {
+    kvf_gemm_ctx_t *ctx;
+    void *y;
+    const uint8_t *x;   // (n, d_in)
+    const float *sx;    // (n)
+    const uint8_t *w;   // (nw, d_out, d_in)
+    const float *sw;    // (nw, d_out)
+    int nw, n, d_in, d_out;
+} s_gemm8_t;
+
+static int s_gemm8_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_gemm8_t *g = ud;
+    const size_t c = (size_t)(rep % g->nw);
+    return kvf_gemm_fp8(g->ctx, g->y, KVF_GEMM_OUT_BF16, g->x, g->sx, g->w + c * g->d_out * g->d_in,
+                        g->sw + c * g->d_out, g->n, g->d_in, g->d_out, b->stream, err);
 }
 
 int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
@@ -72,9 +92,30 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
             kvf_kb_rand_bf16(b, x, (size_t)max_n * d_in, 1.0f, err) != 0 ||
             kvf_kb_alloc(b, &y, (size_t)max_n * d_out * 4, err) != 0)
             goto done;
+        // the same W and x as E4M3 rows with their scales (not for lm_head, which stays bf16)
+        void *w8 = NULL, *sw = NULL, *x8 = NULL, *sx = NULL;
+        const int fp8 = !shapes[si].max_n;
+        if (fp8 && (kvf_kb_alloc(b, &w8, w_elems * nw, err) != 0 ||
+                    kvf_kb_alloc(b, &sw, (size_t)d_out * nw * 4, err) != 0 ||
+                    kvf_kb_alloc(b, &x8, (size_t)max_n * d_in, err) != 0 ||
+                    kvf_kb_alloc(b, &sx, (size_t)max_n * 4, err) != 0 ||
+                    kvf_quant_fp8_rows(w8, sw, w, (int64_t)d_out * nw, d_in, b->stream, err) != 0 ||
+                    kvf_quant_fp8_rows(x8, sx, x, max_n, d_in, b->stream, err) != 0))
+            goto done;
         for (int ni = 0; ni < n_ns; ni++) {
             const int n = ns[ni];
             if (n > max_n) continue;
+            if (fp8) {
+                s_gemm8_t g8 = {heur, y, x8, sx, w8, sw, nw, n, d_in, d_out};
+                kvf_kb_row_t r = {.kernel = "gemm"};
+                snprintf(r.shape, sizeof r.shape, "%s %dx%d->%d", shapes[si].name, n, d_in, d_out);
+                r.copies = nw;
+                r.flops = 2.0 * n * d_in * d_out;
+                r.bytes = (double)w_elems + (double)n * d_in + 2.0 * n * d_out + 4.0 * (n + d_out);
+                snprintf(r.variant, sizeof r.variant, "fp8 e4m3 heuristic");
+                if (kvf_kb_time(b, s_gemm8_op, &g8, &r.t, err) != 0) goto done;
+                kvf_kb_emit(b, &r);
+            }
             for (int f32 = 1; f32 >= 0; f32--) {
                 s_gemm_t g = {heur, y, f32 ? KVF_GEMM_OUT_F32 : KVF_GEMM_OUT_BF16, x, w, nw, n, d_in, d_out};
                 kvf_kb_row_t r = {.kernel = "gemm"};

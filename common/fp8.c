@@ -27,3 +27,11 @@ float kvf_fp8_e4m3_to_float(uint8_t b) {
     const float v = e == 0 ? ldexpf((float)m, -9) : ldexpf((float)(8 + m), e - 10);
     return (b & 0x80) ? -v : v;
 }
+
+float kvf_fp8_quant_row(float *x, int64_t d) {
+    float amax = 0.0f;
+    for (int64_t i = 0; i < d; i++) amax = fmaxf(amax, fabsf(x[i]));
+    const float s = kvf_fp8_row_scale(amax), inv = kvf_fp8_row_inv(amax);
+    for (int64_t i = 0; i < d; i++) x[i] = kvf_fp8_e4m3_to_float(kvf_fp8_e4m3_from_float(x[i] * inv)) * s;
+    return s;
+}

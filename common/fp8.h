@@ -21,4 +21,16 @@ float kvf_fp8_e4m3_to_float(uint8_t b);
 // x rounded to the nearest E4M3 value (what an FP8 KV cache keeps of x).
 static inline float kvf_fp8_e4m3_round(float x) { return kvf_fp8_e4m3_to_float(kvf_fp8_e4m3_from_float(x)); }
 
+// FP8 GEMMs (--quantization fp8) keep each weight row and each activation row as
+// E4M3 bytes times one f32 scale per row: scale = the row's largest |x| / 448 (1 for
+// a row of zeros), byte = kvf_fp8_e4m3_from_float(x * inv), inv = 448 / amax (1 for a
+// row of zeros; a multiply, not a division, for the kernels' sake). The kernels
+// compute the same scale and bytes (kernels/fp8.cuh).
+static inline float kvf_fp8_row_scale(float amax) { return amax > 0.0f ? amax / KVF_FP8_E4M3_MAX : 1.0f; }
+static inline float kvf_fp8_row_inv(float amax) { return amax > 0.0f ? KVF_FP8_E4M3_MAX / amax : 1.0f; }
+
+// x (d) replaced in place by what its E4M3 row keeps: scale * e4m3(x / scale).
+// Returns the scale.
+float kvf_fp8_quant_row(float *x, int64_t d);
+
 #endif

@@ -1,4 +1,4 @@
-// kernels/fp8.cuh — FP8 E4M3 on the device, for the optional FP8 KV cache
+// kernels/fp8.cuh — FP8 E4M3 on the device, for the optional FP8 KV cache and FP8 GEMMs
 // (internal, device-only, not a C header). The format, rounding and saturation
 // are common/fp8.h's: round to nearest even, +-448 for anything larger, NaN
 // 0x7f; every E4M3 value is exact in f16 and in bf16, so the widenings are exact.
@@ -12,9 +12,21 @@
 
 typedef uint8_t kvf_fp8_t;  // one E4M3 byte
 
+#define KVF_FP8_E4M3_MAX_D 448.0f  // common/fp8.h's KVF_FP8_E4M3_MAX
+
 // Two floats to two E4M3 bytes (lo in the low byte).
 static __device__ __forceinline__ uint16_t kvf_fp8x2_from_float2(float lo, float hi) {
     return (uint16_t)__nv_cvt_float2_to_fp8x2(make_float2(lo, hi), __NV_SATFINITE, __NV_E4M3);
+}
+
+// The scale of a row quantized to E4M3 (FP8 weights and activations, common/fp8.h's
+// kvf_fp8_row_scale / kvf_fp8_row_inv): scale = amax / 448 (1 for a zero row), and the
+// row is stored as e4m3(x * inv), inv = 448 / amax (1 for a zero row).
+static __device__ __forceinline__ float kvf_fp8_row_scale(float amax) {
+    return amax > 0.0f ? amax / KVF_FP8_E4M3_MAX_D : 1.0f;
+}
+static __device__ __forceinline__ float kvf_fp8_row_inv(float amax) {
+    return amax > 0.0f ? KVF_FP8_E4M3_MAX_D / amax : 1.0f;
 }
 
 // Two E4M3 bytes to an f16x2 word (one instruction on sm_89+).

@@ -16,6 +16,7 @@
 typedef struct {
     int valid;
     int n, d_in, d_out, y_type, accumulate;
+    int fp8;          // E4M3 operands with a scale per row (kvf_gemm_fp8)
     int pinned;       // picked by kvf_gemm_tune: never evicted
     int from_bucket;  // algo is its row bucket's pick (a refused launch asks for this n's own)
     cublasLtMatmulDesc_t op;
@@ -26,7 +27,7 @@ typedef struct {
 // The heuristic's pick for a row bucket (s_bucket) of a shape.
 typedef struct {
     int valid;
-    int nb, d_in, d_out, y_type, accumulate;
+    int nb, d_in, d_out, y_type, accumulate, fp8;
     cublasLtMatmulAlgo_t algo;
 } s_algo_t;
 
@@ -116,16 +117,35 @@ static int s_heuristic(kvf_gemm_ctx_t *ctx, cublasLtMatmulDesc_t op, cublasLtMat
     return 0;
 }
 
+// A device address to stand for the scales while the heuristic is asked (any
+// non-NULL one: the workspace, or the context itself when it has none).
+static const void *s_scale_hint(const kvf_gemm_ctx_t *ctx) {
+    return ctx->workspace ? ctx->workspace : (const void *)ctx;
+}
+
 // Builds the descriptors of one shape (no algorithm yet).
-static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, kvf_err_t *err) {
-    e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate;
+static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, int fp8,
+                         const void *scale_hint, kvf_err_t *err) {
+    e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate, e->fp8 = fp8;
+    const cudaDataType_t it = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     const cudaDataType_t ct = y_type == KVF_GEMM_OUT_F32 ? CUDA_R_32F : CUDA_R_16BF;
     KVF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), err);
-    KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)d_out, d_in), err);
-    KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, CUDA_R_16BF, (uint64_t)d_in, (uint64_t)n, d_in), err);
+    if (fp8) {  // a scale per row of W (A's columns here) and per row of x (B's columns)
+        const int32_t m = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &m, sizeof m), err);
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &m, sizeof m), err);
+        // The heuristic refuses outer-vector scaling without scale pointers (cuBLASLt 13,
+        // status 7); it does not read them. kvf_gemm_fp8 sets the real ones before each launch.
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &scale_hint,
+                                                        sizeof scale_hint), err);
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scale_hint,
+                                                        sizeof scale_hint), err);
+    }
+    KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, it, (uint64_t)d_in, (uint64_t)d_out, d_in), err);
+    KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, it, (uint64_t)d_in, (uint64_t)n, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->c, ct, (uint64_t)d_out, (uint64_t)n, d_out), err);
     return 0;
 }
@@ -137,29 +157,29 @@ static int s_bucket_algo(kvf_gemm_ctx_t *ctx, const s_entry_t *e, cublasLtMatmul
     for (int i = 0; i < KVF_GEMM_ALGOS; i++) {
         const s_algo_t *a = &ctx->algos[i];
         if (a->valid && a->nb == nb && a->d_in == e->d_in && a->d_out == e->d_out && a->y_type == e->y_type &&
-            a->accumulate == e->accumulate) {
+            a->accumulate == e->accumulate && a->fp8 == e->fp8) {
             *algo = a->algo;
             return 0;
         }
     }
     s_entry_t be;  // descriptors of the bucket's row count
     memset(&be, 0, sizeof be);
-    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, err);
+    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, e->fp8, s_scale_hint(ctx), err);
     if (rc == 0) rc = s_heuristic(ctx, be.op, be.a, be.b, be.c, nb, e->d_in, e->d_out, algo, err);
     s_entry_clear(&be);
     if (rc != 0) return -1;
     s_algo_t *a = &ctx->algos[ctx->next_algo];
     ctx->next_algo = (ctx->next_algo + 1) % KVF_GEMM_ALGOS;
-    *a = (s_algo_t){1, nb, e->d_in, e->d_out, e->y_type, e->accumulate, *algo};
+    *a = (s_algo_t){1, nb, e->d_in, e->d_out, e->y_type, e->accumulate, e->fp8, *algo};
     return 0;
 }
 
-static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int y_type, int accumulate,
+static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int y_type, int accumulate, int fp8,
                            kvf_err_t *err) {
     for (int i = 0; i < KVF_GEMM_CACHE; i++) {
         s_entry_t *e = &ctx->cache[i];
         if (e->valid && e->n == n && e->d_in == d_in && e->d_out == d_out && e->y_type == y_type &&
-            e->accumulate == accumulate)
+            e->accumulate == accumulate && e->fp8 == fp8)
             return e;
     }
     s_entry_t *e = NULL;
@@ -172,7 +192,8 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
         return NULL;
     }
     s_entry_clear(e);
-    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, err) != 0 || s_bucket_algo(ctx, e, &e->algo, err) != 0) {
+    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, fp8, s_scale_hint(ctx), err) != 0 ||
+        s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
         return NULL;
     }
@@ -181,14 +202,43 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
     return e;
 }
 
+static int s_run(kvf_gemm_ctx_t *ctx, s_entry_t *e, void *y, const void *x, const void *w, float beta,
+                 cudaStream_t stream, kvf_err_t *err);
+
 int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x, const uint16_t *w, int n,
              int d_in, int d_out, float beta, cudaStream_t stream, kvf_err_t *err) {
     KVF_REQUIRE(ctx && y && x && w, err);
     KVF_REQUIRE(n >= 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
     if (n == 0) return 0;
-    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, beta != 0.0f, err);
+    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, beta != 0.0f, 0, err);
     if (!e) return -1;
+    return s_run(ctx, e, y, x, w, beta, stream, err);
+}
+
+int kvf_gemm_fp8(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint8_t *x, const float *x_scale,
+                 const uint8_t *w, const float *w_scale, int n, int d_in, int d_out, cudaStream_t stream,
+                 kvf_err_t *err) {
+    KVF_REQUIRE(ctx && y && x && x_scale && w && w_scale, err);
+    KVF_REQUIRE(n >= 0 && d_in > 0 && d_out > 0, err);
+    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
+    if (d_in % 16 || d_out % 16)
+        return kvf_err_set(err, KVF_E_INVAL, "kvf_gemm_fp8: d_in %d and d_out %d must be multiples of 16", d_in, d_out);
+    if (n == 0) return 0;
+    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, 1, err);
+    if (!e) return -1;
+    KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w_scale,
+                                                    sizeof w_scale), err);
+    KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &x_scale,
+                                                    sizeof x_scale), err);
+    return s_run(ctx, e, y, x, w, 0.0f, stream, err);
+}
+
+// One launch of entry e's GEMM with its algorithm; when the bucket's pick refuses
+// e's row count, asks the heuristic for that count's own.
+static int s_run(kvf_gemm_ctx_t *ctx, s_entry_t *e, void *y, const void *x, const void *w, float beta,
+                 cudaStream_t stream, kvf_err_t *err) {
+    const int n = e->n, d_in = e->d_in, d_out = e->d_out;
     const float alpha = 1.0f;
     cublasStatus_t st = cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c,
                                        &e->algo, ctx->workspace, ctx->workspace_bytes, stream);
@@ -203,14 +253,27 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t
     return 0;
 }
 
+static int s_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
+                     int fp8, kvf_err_t *err);
+
 int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
                      kvf_err_t *err) {
+    return s_prepare(ctx, y_type, n_max, d_in, d_out, accumulate, 0, err);
+}
+
+int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err) {
+    return s_prepare(ctx, y_type, n_max, d_in, d_out, 0, 1, err);
+}
+
+static int s_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
+                     int fp8, kvf_err_t *err) {
     KVF_REQUIRE(ctx && n_max > 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
     for (int nb = 64; nb <= s_bucket(n_max); nb = s_bucket(nb + 1)) {
         s_entry_t e;
         memset(&e, 0, sizeof e);
         e.n = nb, e.d_in = d_in, e.d_out = d_out, e.y_type = (int)y_type, e.accumulate = accumulate != 0;
+        e.fp8 = fp8 != 0;
         cublasLtMatmulAlgo_t algo;
         if (s_bucket_algo(ctx, &e, &algo, err) != 0) return -1;
     }
@@ -261,7 +324,7 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
     KVF_REQUIRE(ctx && y && x && w, err);
     KVF_REQUIRE(n > 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
-    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, err);
+    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, 0, err);
     if (!e) return -1;
     cublasLtMatmulPreference_t pref = NULL;
     KVF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), err);

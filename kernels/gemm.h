@@ -1,5 +1,5 @@
-// kernels/gemm.h — y = x @ W^T through cuBLASLt: bf16 in, f32 accumulation, bf16
-// or f32 out, W in Hugging Face (out_features, in_features) layout.
+// kernels/gemm.h — y = x @ W^T through cuBLASLt: bf16 (or E4M3 with row scales) in,
+// f32 accumulation, bf16 or f32 out, W in Hugging Face (out_features, in_features) layout.
 //
 // The context owns the cuBLASLt handle, a cache of matmul descriptors keyed by
 // exact shape, and the heuristic's picks keyed by row bucket (multiples of 64
@@ -49,6 +49,22 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx,
 // n <= n_max query nothing. Returns 0, or -1 with err set.
 int kvf_gemm_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, int accumulate,
                      kvf_err_t *err);
+
+// y = (x_scale[r] * w_scale[o]) * sum_k x8[r, k] w8[o, k]: FP8 GEMMs (--quantization
+// fp8), E4M3 operands with one f32 scale per row of each (common/fp8.h's row format;
+// cuBLASLt's outer-vector scaling). d_in and d_out multiples of 16, pointers 16-byte
+// aligned. Returns 0, or -1 with err set.
+int kvf_gemm_fp8(kvf_gemm_ctx_t *ctx,
+                 void *y,               // (n, d_out) bf16 or f32 per y_type, device
+                 kvf_gemm_out_t y_type,
+                 const uint8_t *x,      // (n, d_in) E4M3, device
+                 const float *x_scale,  // (n) device
+                 const uint8_t *w,      // (d_out, d_in) E4M3, device
+                 const float *w_scale,  // (d_out) device
+                 int n, int d_in, int d_out, cudaStream_t stream, kvf_err_t *err);
+
+// kvf_gemm_prepare for kvf_gemm_fp8's shapes.
+int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err);
 
 // Heuristic queries this context has made (for tests and diagnostics).
 uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx);

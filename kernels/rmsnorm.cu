@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "kernels/check.h"
+#include "kernels/fp8.cuh"
 #include "kernels/rmsnorm.h"
 #include "kernels/util.cuh"
 
@@ -54,10 +55,24 @@ static __device__ __forceinline__ float4 s_ld4(const bf16 *p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
-// VPT float4 chunks per thread: dim / 4 <= VPT * blockDim.x.
-template <bool ADD, typename TX, int VPT>
+static __device__ __forceinline__ void s_st4(bf16 *p, float4 y, float) {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(y.x, y.y), hi = __floats2bfloat162_rn(y.z, y.w);
+    uint2 u;
+    u.x = *(uint32_t *)&lo, u.y = *(uint32_t *)&hi;
+    *(uint2 *)p = u;
+}
+static __device__ __forceinline__ void s_st4(kvf_fp8_t *p, float4 y, float inv) {
+    const uint32_t lo = kvf_fp8x2_from_float2(y.x * inv, y.y * inv), hi = kvf_fp8x2_from_float2(y.z * inv, y.w * inv);
+    *(uint32_t *)p = lo | (hi << 16);
+}
+
+// VPT float4 chunks per thread: dim / 4 <= VPT * blockDim.x. TO bf16: out is the
+// normed row; TO kvf_fp8_t: out is e4m3(normed row x 448 / amax) and
+// row_scale[row] = the row's amax / 448 (common/fp8.h's kvf_fp8_row_scale).
+template <bool ADD, typename TX, int VPT, typename TO>
 static __global__ void __launch_bounds__(KVF_RMS_THREADS)
-s_rmsnorm4(bf16 *__restrict__ out,         // (n, dim)
+s_rmsnorm4(TO *__restrict__ out,           // (n, dim)
+           float *__restrict__ row_scale,  // (n) with TO kvf_fp8_t, else NULL
            float *__restrict__ res,        // (n, dim): the input; with ADD updated to res + x
            const TX *__restrict__ x,       // (n, dim) or NULL without ADD
            const float *__restrict__ w,    // (dim)
@@ -87,23 +102,33 @@ s_rmsnorm4(bf16 *__restrict__ out,         // (n, dim)
     }
     ss = kvf_block_sum(ss, scratch);
     const float scale = 1.0f / sqrtf(ss / (float)dim + eps);
+    float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < VPT; i++) {
         const int c = threadIdx.x + i * blockDim.x;
         if (c >= n4) continue;
         const float4 ww = *(const float4 *)(w + 4 * c);
-        __nv_bfloat162 lo = __floats2bfloat162_rn(v[i].x * scale * ww.x, v[i].y * scale * ww.y);
-        __nv_bfloat162 hi = __floats2bfloat162_rn(v[i].z * scale * ww.z, v[i].w * scale * ww.w);
-        uint2 u;
-        u.x = *(uint32_t *)&lo, u.y = *(uint32_t *)&hi;
-        *(uint2 *)(out + row + 4 * c) = u;
+        v[i] = make_float4(v[i].x * scale * ww.x, v[i].y * scale * ww.y, v[i].z * scale * ww.z, v[i].w * scale * ww.w);
+        if (sizeof(TO) == 1)
+            amax = fmaxf(amax, fmaxf(fmaxf(fabsf(v[i].x), fabsf(v[i].y)), fmaxf(fabsf(v[i].z), fabsf(v[i].w))));
+    }
+    float inv = 1.0f;
+    if (sizeof(TO) == 1) {
+        amax = kvf_block_max(amax, scratch);
+        inv = kvf_fp8_row_inv(amax);
+        if (threadIdx.x == 0) row_scale[blockIdx.x] = kvf_fp8_row_scale(amax);
+    }
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c < n4) s_st4(out + row + 4 * c, v[i], inv);
     }
 }
 
 // Launches s_rmsnorm4 when dim % 4 == 0 and every pointer is 16-byte aligned; returns 0 if it did not.
-template <bool ADD, typename TX>
-static int s_launch4(bf16 *out, float *res, const TX *x, const float *w, int n, int dim, float eps,
-                     cudaStream_t stream) {
+template <bool ADD, typename TX, typename TO = bf16>
+static int s_launch4(TO *out, float *res, const TX *x, const float *w, int n, int dim, float eps,
+                     cudaStream_t stream, float *row_scale = NULL) {
     const uintptr_t al = (uintptr_t)out | (uintptr_t)res | (uintptr_t)x | (uintptr_t)w;
     if (dim % 4 || al % 16) return 0;
     const int n4 = dim / 4;
@@ -111,7 +136,7 @@ static int s_launch4(bf16 *out, float *res, const TX *x, const float *w, int n, 
     const int vpt = (n4 + threads - 1) / threads;
 #define S_V(V)                                                                                        \
     if (vpt <= V) {                                                                                   \
-        s_rmsnorm4<ADD, TX, V><<<n, threads, 0, stream>>>(out, res, x, w, dim, eps);                  \
+        s_rmsnorm4<ADD, TX, V, TO><<<n, threads, 0, stream>>>(out, row_scale, res, x, w, dim, eps);   \
         return 1;                                                                                     \
     }
     S_V(1) S_V(2) S_V(4) S_V(8) S_V(16)
@@ -158,4 +183,41 @@ extern "C" int kvf_rmsnorm_add_f32(uint16_t *out, float *residual, const float *
         s_rmsnorm<true, float><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, x, w, dim, eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
+}
+
+// The FP8 forms need the vector kernel: dim a multiple of 4, pointers 16-byte aligned.
+extern "C" int kvf_rmsnorm_fp8(uint8_t *out, float *row_scale, const float *x, const float *w, int n, int dim,
+                               float eps, cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && row_scale && x && w, err);
+    KVF_REQUIRE(n >= 0 && dim > 0 && dim % 4 == 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
+    KVF_REQUIRE(eps >= 0.0f, err);
+    if (n == 0) return 0;
+    KVF_REQUIRE(((uintptr_t)out | (uintptr_t)x | (uintptr_t)w) % 16 == 0, err);
+    s_launch4<false, float, kvf_fp8_t>(out, (float *)x, (const float *)NULL, w, n, dim, eps, stream, row_scale);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+template <typename TX>
+static int s_rmsnorm_add_fp8(uint8_t *out, float *row_scale, float *residual, const TX *x, const float *w, int n,
+                             int dim, float eps, cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && row_scale && residual && x && w, err);
+    KVF_REQUIRE(n >= 0 && dim > 0 && dim % 4 == 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
+    KVF_REQUIRE(eps >= 0.0f, err);
+    if (n == 0) return 0;
+    KVF_REQUIRE(((uintptr_t)out | (uintptr_t)residual | (uintptr_t)x | (uintptr_t)w) % 16 == 0, err);
+    s_launch4<true, TX, kvf_fp8_t>(out, residual, x, w, n, dim, eps, stream, row_scale);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+extern "C" int kvf_rmsnorm_add_fp8(uint8_t *out, float *row_scale, float *residual, const uint16_t *x,
+                                   const float *w, int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err) {
+    return s_rmsnorm_add_fp8<bf16>(out, row_scale, residual, (const bf16 *)x, w, n, dim, eps, stream, err);
+}
+
+extern "C" int kvf_rmsnorm_add_f32_fp8(uint8_t *out, float *row_scale, float *residual, const float *x,
+                                       const float *w, int n, int dim, float eps, cudaStream_t stream,
+                                       kvf_err_t *err) {
+    return s_rmsnorm_add_fp8<float>(out, row_scale, residual, x, w, n, dim, eps, stream, err);
 }

@@ -1,4 +1,5 @@
-// kernels/rmsnorm.h — RMSNorm of the residual stream (f32) into bf16 activations.
+// kernels/rmsnorm.h — RMSNorm of the residual stream (f32) into bf16 activations
+// (or, for FP8 GEMMs, E4M3 rows with a scale each).
 #ifndef KVF_KERNELS_RMSNORM_H
 #define KVF_KERNELS_RMSNORM_H
 
@@ -31,6 +32,29 @@ int kvf_rmsnorm_add_f32(uint16_t *out,       // (n, dim) bf16, device
                         const float *x,      // (n, dim) device
                         const float *w,      // (dim) device
                         int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+// FP8 GEMM inputs (--quantization fp8): the normed rows as E4M3 bytes of
+// row x 448 / amax, row_scale[t] = the normed row's amax / 448 (common/fp8.h),
+// quantized from f32. dim a multiple of 4, pointers 16-byte aligned.
+int kvf_rmsnorm_fp8(uint8_t *out,         // (n, dim) E4M3, device
+                    float *row_scale,     // (n) device
+                    const float *x,       // (n, dim) device
+                    const float *w,       // (dim) device
+                    int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+int kvf_rmsnorm_add_fp8(uint8_t *out,        // (n, dim) E4M3, device
+                        float *row_scale,    // (n) device
+                        float *residual,     // (n, dim) device, updated in place
+                        const uint16_t *x,   // (n, dim) bf16, device
+                        const float *w,      // (dim) device
+                        int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+int kvf_rmsnorm_add_f32_fp8(uint8_t *out,        // (n, dim) E4M3, device
+                            float *row_scale,    // (n) device
+                            float *residual,     // (n, dim) device, updated in place
+                            const float *x,      // (n, dim) device
+                            const float *w,      // (dim) device
+                            int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }

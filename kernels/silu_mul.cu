@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "kernels/check.h"
+#include "kernels/fp8.cuh"
 #include "kernels/silu_mul.h"
 #include "kernels/util.cuh"
 
@@ -91,6 +92,70 @@ extern "C" int kvf_silu_mul_f32(uint16_t *out, const float *gate, const float *u
     if (gx > 64) gx = 64;
     if (!s_launch8<float>((bf16 *)out, gate, up, n, ff, ld, stream))
         s_silu_mul<float><<<dim3(gx, n), 256, 0, stream>>>((bf16 *)out, gate, up, ff, ld);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+// FP8 output: a block per row, VPT 8-column chunks a thread kept in registers
+// until the row's amax is known; out is e4m3(row x 448 / amax). Up to 1024 threads a
+// row, few chunks each: with 256 threads and 7 chunks (ff 14336) the loads of a
+// thread waited on each other (13.1 ms a 8192-token step against 5.4 for bf16 out).
+template <int VPT>
+static __global__ void __launch_bounds__(1024)
+s_silu_mul_fp8(kvf_fp8_t *__restrict__ out,       // (n, ff)
+               float *__restrict__ row_scale,     // (n)
+               const bf16 *__restrict__ gate,     // (n, ld)
+               const bf16 *__restrict__ up,       // (n, ld)
+               int ff, int ld) {
+    __shared__ float scratch[32];
+    const size_t t = blockIdx.x;
+    const int n8 = ff >> 3;
+    float y[VPT][8];
+    float amax = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c >= n8) continue;
+        float g[8], u[8];
+        s_ld8(g, gate + t * ld + 8 * c);
+        s_ld8(u, up + t * ld + 8 * c);
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            y[i][j] = g[j] / (1.0f + expf(-g[j])) * u[j];
+            amax = fmaxf(amax, fabsf(y[i][j]));
+        }
+    }
+    amax = kvf_block_max(amax, scratch);
+    const float s = kvf_fp8_row_inv(amax);  // the inverse scale
+    if (threadIdx.x == 0) row_scale[t] = kvf_fp8_row_scale(amax);
+#pragma unroll
+    for (int i = 0; i < VPT; i++) {
+        const int c = threadIdx.x + i * blockDim.x;
+        if (c >= n8) continue;
+        uint2 o;
+        o.x = kvf_fp8x2_from_float2(y[i][0] * s, y[i][1] * s) |
+              (uint32_t)kvf_fp8x2_from_float2(y[i][2] * s, y[i][3] * s) << 16;
+        o.y = kvf_fp8x2_from_float2(y[i][4] * s, y[i][5] * s) |
+              (uint32_t)kvf_fp8x2_from_float2(y[i][6] * s, y[i][7] * s) << 16;
+        *(uint2 *)(out + t * ff + 8 * c) = o;
+    }
+}
+
+extern "C" int kvf_silu_mul_fp8(uint8_t *out, float *row_scale, const uint16_t *gate, const uint16_t *up, int n,
+                                int ff, int ld, cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && row_scale && gate && up, err);
+    KVF_REQUIRE(n >= 0 && ff > 0 && ld >= ff, err);
+    const uintptr_t al = (uintptr_t)out | (uintptr_t)gate | (uintptr_t)up;
+    KVF_REQUIRE(ff % 8 == 0 && ld % 8 == 0 && al % 16 == 0 && ff <= 4 * 8 * 1024, err);
+    if (n == 0) return 0;
+    const int n8 = ff / 8, threads = n8 >= 1024 ? 1024 : (n8 + 31) / 32 * 32, vpt = (n8 + threads - 1) / threads;
+    const bf16 *g = (const bf16 *)gate, *u = (const bf16 *)up;
+#define S_V(V) \
+    else if (vpt <= V) s_silu_mul_fp8<V><<<n, threads, 0, stream>>>(out, row_scale, g, u, ff, ld);
+    if (0) {
+    }
+    S_V(1) S_V(2) S_V(4)
+#undef S_V
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

@@ -24,6 +24,15 @@ int kvf_silu_mul_f32(uint16_t *out,       // (n, ff) bf16, device
                      const float *up,     // (n, ld) device
                      int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
 
+// FP8 GEMM input (--quantization fp8): each row of silu(gate) * up as E4M3 bytes
+// of row x 448 / amax, row_scale[t] = the row's amax / 448 (common/fp8.h). ff and
+// ld multiples of 8, ff <= 32768, pointers 16-byte aligned.
+int kvf_silu_mul_fp8(uint8_t *out,          // (n, ff) E4M3, device
+                     float *row_scale,      // (n) device
+                     const uint16_t *gate,  // (n, ld) bf16, device
+                     const uint16_t *up,    // (n, ld) bf16, device
+                     int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -31,6 +31,17 @@ static __device__ __forceinline__ float kvf_block_sum(float v, float *scratch /*
     return kvf_warp_sum(v);
 }
 
+// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
+static __device__ __forceinline__ float kvf_block_max(float v, float *scratch /* (32) */) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
+    v = kvf_warp_max(v);
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    v = lane < n_warps ? scratch[lane] : -INFINITY;
+    return kvf_warp_max(v);
+}
+
 static __device__ __forceinline__ float kvf_ld(const bf16 *p) { return __bfloat162float(*p); }
 static __device__ __forceinline__ float kvf_ld(const float *p) { return *p; }
 static __device__ __forceinline__ void kvf_st(bf16 *p, float v) { *p = __float2bfloat16_rn(v); }
