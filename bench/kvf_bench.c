@@ -37,7 +37,7 @@ static const char *s_usage =
     "                 [--backend cpu|cuda] [--device N] [--threads N]\n"
     "                 [--max-batch-size N] [--max-prefill-token-num N] [--block-size N]\n"
     "                 [--cache-max-entry-count X] [--memory-budget SIZE] [--session-len N]\n"
-    "                 [--kv-cache-dtype auto|fp8]\n"
+    "                 [--kv-cache-dtype auto|fp8] [--quantization none|fp8]\n"
     "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--cuda-graphs off|on|auto] [--json]\n"
     "\n"
@@ -49,9 +49,15 @@ static const char *s_usage =
     "TTFT percentiles, peak memory, the KV pool, and the step roofline and workload floor with the\n"
     "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s). --cuda-graphs: which\n"
     "decode steps replay the cuda backend's CUDA graphs (worker/cuda_backend.h; default auto). --kv-cache-dtype fp8:\n"
-    "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it).\n";
+    "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it). --quantization fp8: E4M3 linear\n"
+    "layers (W8A8, worker/backend.h); the roofline's weight bytes follow the plan, and --peak-flops defaults\n"
+    "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md).\n";
 
 // ---------------------------------------------------------------- options
+
+// The ceilings an H200 showed (short runs, kvf-kbench / the FP8 probe of bench/RESULTS.md
+// session 6): bf16 GEMMs 789e12 FLOP/s, FP8 (E4M3) GEMMs 1408e12.
+#define KVF_BENCH_PEAK_FP8 1408e12
 
 typedef struct {
     const char *config;   // --config: a config.json or a model directory
@@ -62,7 +68,7 @@ typedef struct {
     int json;
     const char *cuda_graphs;  // --cuda-graphs off|on|auto (kvf_cuda_backend_set_graphs); NULL: the backend's default
     kvf_engine_opts_t eo;
-    int session_len_given;
+    int session_len_given, peak_flops_given;
     double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
     double min_p, rep_penalty;  // 0: no min-p; 1: no repetition penalty
     int64_t top_k;
@@ -126,10 +132,13 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             rc = kvf_args_double(a, v, 1e-9, 1e12, &o->eo.cache_max_entry_count, err);
         } else if (strcmp(a, "--kv-cache-dtype") == 0) {
             rc = kvf_kv_dtype_parse(a, v, &o->eo.kv_dtype, err);
+        } else if (strcmp(a, "--quantization") == 0) {
+            rc = kvf_quant_parse(a, v, &o->eo.quant, err);
         } else if (strcmp(a, "--memory-budget") == 0) {
             rc = kvf_args_size(a, v, &o->eo.memory_budget, err);
         } else if (strcmp(a, "--peak-flops") == 0) {
             rc = kvf_args_double(a, v, 1.0, 1e30, &o->peak_flops, err);
+            o->peak_flops_given = 1;
         } else if (strcmp(a, "--peak-bw") == 0) {
             rc = kvf_args_double(a, v, 1.0, 1e30, &o->peak_bw, err);
         } else if (strcmp(a, "--seed") == 0) {
@@ -169,6 +178,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
                            (long long)(o->n_prompts * (o->input_len + o->output_len)));
     // The bench knows its longest sequence; a shorter session keeps block tables small.
     if (!o->session_len_given) o->eo.session_len = (int32_t)(o->input_len + o->output_len);
+    if (!o->peak_flops_given && o->eo.quant == KVF_QUANT_FP8) o->peak_flops = KVF_BENCH_PEAK_FP8;
     if (o->eo.session_len < o->input_len + o->output_len)
         return kvf_err_set(err, KVF_E_INVAL, "--session-len %d is shorter than --input-len + --output-len = %lld",
                            o->eo.session_len, (long long)(o->input_len + o->output_len));
@@ -485,11 +495,12 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                  (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
                                                  o->rep_penalty));
     json_object_set_new(j, "engine",
-                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s}", "max_batch_size", eo->max_batch_size,
+                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s, s:s}", "max_batch_size", eo->max_batch_size,
                                   "max_prefill_token_num", eo->max_prefill_token_num, "block_size", eo->block_size,
                                   "session_len", eo->session_len, "cache_max_entry_count", eo->cache_max_entry_count,
                                   "memory_budget", (json_int_t)eo->memory_budget, "threads", eo->n_threads,
-                                  "kv_cache_dtype", kvf_kv_dtype_name(eo->kv_dtype)));
+                                  "kv_cache_dtype", kvf_kv_dtype_name(eo->kv_dtype), "quantization",
+                                  kvf_quant_name(eo->quant)));
     json_object_set_new(j, "elapsed_s", json_real(r->elapsed));
     json_object_set_new(j, "steps", json_integer((json_int_t)r->steps));
     json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)(o->n_prompts * o->input_len)));

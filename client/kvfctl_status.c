@@ -39,7 +39,7 @@ json_t *kvf_ctl_status_json(const kvf_cluster_status_t *st) {
     json_t *ws = json_array();
     for (uint32_t i = 0; i < st->n_workers; i++) {
         const kvf_worker_info_t *w = &st->workers[i];
-        json_t *plan = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s}",
+        json_t *plan = json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:s}",
                                  "weights_bytes", (json_int_t)w->plan.weights_bytes,
                                  "workspace_bytes", (json_int_t)w->plan.workspace_bytes,
                                  "kv_bytes", (json_int_t)w->plan.kv_bytes,
@@ -47,7 +47,8 @@ json_t *kvf_ctl_status_json(const kvf_cluster_status_t *st) {
                                  "block_size", (json_int_t)w->plan.block_size,
                                  "tokens_fit", (json_int_t)w->plan.tokens_fit,
                                  "full_sequences", (json_int_t)w->plan.full_sequences,
-                                 "kv_cache_dtype", w->plan.kv_dtype == 1 ? "fp8" : "auto");
+                                 "kv_cache_dtype", w->plan.kv_dtype == 1 ? "fp8" : "auto",
+                                 "quantization", w->plan.quant == 1 ? "fp8" : "none");
         json_t *o = json_object();
         json_object_set_new(o, "id", json_string(w->worker_id));
         json_object_set_new(o, "group", json_string(w->group_id));
@@ -107,8 +108,9 @@ void kvf_ctl_status_print(FILE *f, const kvf_cluster_status_t *st) {
         snprintf(tp, sizeof tp, "%u/%u", w->tp_rank, w->tp_size);
         snprintf(blocks, sizeof blocks, "%u/%u (%.0f%%)", w->load.free_blocks, w->load.total_blocks,
                  s_pct(w->load.free_blocks, w->load.total_blocks));
-        snprintf(plan, sizeof plan, "%u blocks x %u = %llu tokens%s", w->plan.kv_blocks, w->plan.block_size,
-                 (unsigned long long)w->plan.tokens_fit, w->plan.kv_dtype == 1 ? ", kv fp8" : "");
+        snprintf(plan, sizeof plan, "%u blocks x %u = %llu tokens%s%s", w->plan.kv_blocks, w->plan.block_size,
+                 (unsigned long long)w->plan.tokens_fit, w->plan.kv_dtype == 1 ? ", kv fp8" : "",
+                 w->plan.quant == 1 ? ", weights fp8" : "");
         fprintf(f, "%-20s %-8s %-5s %-9s %-20s %5u %5u %9.1f %10llu %8llu  %s\n", w->worker_id, dev, tp,
                 kvf_wstate_name(w->load.state), blocks, w->load.running, w->load.waiting, w->load.tokens_per_s,
                 (unsigned long long)w->load.tokens_total, (unsigned long long)w->load.preemptions, plan);

@@ -79,6 +79,8 @@ typedef struct {
     uint32_t full_sequences;       // sequences of session_len that fit at once
     uint32_t kv_dtype;             // what the KV cache keeps: 0 the activations' precision, 1 FP8 E4M3
                                    // (worker/backend.h kvf_kv_dtype_t); optional on the wire, absent = 0
+    uint32_t quant;                // what the linear layers multiply in: 0 the checkpoint's weights, 1 FP8
+                                   // (worker/backend.h kvf_quant_t); optional on the wire, absent = 0
 } kvf_plan_t;
 
 typedef struct {

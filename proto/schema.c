@@ -36,6 +36,7 @@ static const kvf_field_t s_plan_f[] = {
     F(kvf_plan_t, tokens_fit, KVF_FK_U64, REQ),
     F(kvf_plan_t, full_sequences, KVF_FK_U32, REQ),
     F(kvf_plan_t, kv_dtype, KVF_FK_U32, OPT),
+    F(kvf_plan_t, quant, KVF_FK_U32, OPT),
 };
 static const kvf_schema_t s_plan = SCHEMA(s_plan_f, kvf_plan_t, NULL);
 

@@ -488,6 +488,12 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     cr_assert_eq(rc, 2);
     cr_assert(strstr(e, "--kv-cache-dtype 'fp16': expected auto or fp8"), "%s", e);
     free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --quantization int8",
+             config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--quantization 'int8': expected none or fp8"), "%s", e);
+    free(e);
 }
 
 // --kv-cache-dtype fp8 on the cpu: the same workload runs and the report says which cache it had.
@@ -501,6 +507,23 @@ Test(kvf_bench, fp8_kv_cache_is_reported, .timeout = 120) {
     json_decref(j);
     j = s_bench_json(config);
     cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "kv_cache_dtype")), "auto");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "quantization")), "none");
+    cr_assert_eq(s_num(j, "roofline.peak_flops"), 789e12);
+    json_decref(j);
+}
+
+// --quantization fp8 on the cpu (its f32 weights and activations rounded to the E4M3 rows): the workload
+// runs, the report says so, and the FLOP ceiling becomes the FP8 one unless --peak-flops is given.
+Test(kvf_bench, fp8_linear_layers_are_reported, .timeout = 120) {
+    char config[4096];
+    KVF_FIXTURE_PATH(config, "tiny-llama/config.json");
+    json_t *j = s_bench_json_with(config, "--quantization fp8");
+    cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "quantization")), "fp8");
+    cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+    cr_assert_eq(s_num(j, "roofline.peak_flops"), 1408e12);
+    json_decref(j);
+    j = s_bench_json_with(config, "--quantization fp8 --peak-flops 1e15");
+    cr_assert_eq(s_num(j, "roofline.peak_flops"), 1e15);
     json_decref(j);
 }
 

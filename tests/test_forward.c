@@ -210,24 +210,35 @@ static void s_golden(const char *name, int bf16, int block_size) { s_golden_tol(
 // greedy ids part at step 1 of case 0: only its mean is bounded.
 // The bounds keep those numbers from growing unnoticed; they are why fp8 is
 // opt-in. Against the f32 cache the same rows are within 1e-3 (s_golden).
-static void s_golden_fp8(const char *name, double row_tol, double mean_tol, int greedy) {
+static void s_golden_fp8_as(const char *name, int32_t kv_dtype, int32_t quant, double row_tol, double mean_tol,
+                            int greedy) {
     kvf_golden_model_t m;
     kvf_golden_open(&m, name, 0);
     kvf_backend_opts_t o = s_opts(16, 2);
-    o.kv_dtype = KVF_KV_FP8;
+    o.kv_dtype = kv_dtype;
+    o.quant = quant;
     kvf_err_t err;
     kvf_backend_t *be = kvf_cpu_backend_new(&m.cfg, m.st, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
     const double worst = s_check_teacher_forced(&m, be, 7, 1, row_tol, mean_tol);
     if (greedy) s_check_greedy(&m, be, 1);
-    fprintf(stderr, "%s, fp8 KV cache: max row rel L2 vs transformers %.3g (%s %.2g)\n", name, worst,
+    fprintf(stderr, "%s, fp8 %s: max row rel L2 vs transformers %.3g (%s %.2g)\n", name,
+            quant ? (kv_dtype ? "linear layers and KV cache" : "linear layers") : "KV cache", worst,
             row_tol < 1e6 ? "tol" : "unbounded; mean tol", row_tol < 1e6 ? row_tol : mean_tol);
     be->ops->destroy(&be);
     kvf_golden_close(&m);
 }
 
+static void s_golden_fp8(const char *name, double row_tol, double mean_tol, int greedy) {
+    s_golden_fp8_as(name, KVF_KV_FP8, KVF_QUANT_NONE, row_tol, mean_tol, greedy);
+}
+
 Test(forward, tiny_llama_fp8_kv_cache) { s_golden_fp8("tiny-llama", 0.15, 0.08, 1); }
 Test(forward, stories260K_fp8_kv_cache) { s_golden_fp8("stories260K", 1e9, 0.25, 0); }
+Test(forward, tiny_llama_fp8_linear_layers) {
+    s_golden_fp8_as("tiny-llama", KVF_KV_AUTO, KVF_QUANT_FP8, 0.3, 0.17, 1);
+    s_golden_fp8_as("tiny-llama", KVF_KV_FP8, KVF_QUANT_FP8, 0.3, 0.17, 1);
+}
 
 Test(forward, tiny_llama_f32_block16) { s_golden("tiny-llama", 0, 16); }
 Test(forward, tiny_llama_f32_block64) { s_golden("tiny-llama", 0, 64); }
@@ -494,17 +505,33 @@ static void s_syn_free(s_synth_t *s) {
     for (int i = 0; i < s->n; i++) free(s->data[i]);
 }
 
+// w_fp8: the rows (rows, cols) of w as --quantization fp8 keeps them (E4M3 with a
+// scale per row, common/fp8.h), in *buf (replaced); else w itself.
+static const float *s_wq(const float *w, int rows, int cols, int w_fp8, float **buf) {
+    if (!w_fp8) return w;
+    free(*buf);
+    *buf = malloc((size_t)rows * cols * sizeof(float));
+    memcpy(*buf, w, (size_t)rows * cols * sizeof(float));
+    for (int r = 0; r < rows; r++) kvf_fp8_quant_row(*buf + (size_t)r * cols, cols);
+    return *buf;
+}
+
 // Plain, unpaged, double-accumulating forward of the whole sequence; logits (n, vocab).
 // kv_fp8: K (after RoPE) and V rounded to E4M3, what --kv-cache-dtype fp8 keeps.
-static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const int32_t *ids, int n, int kv_fp8,
-                            float *logits) {
+// w_fp8: the linear layers' weight rows and input rows rounded as --quantization fp8 keeps them.
+static void s_naive_forward_q(const s_synth_t *s, const kvf_modelcfg_t *c, const int32_t *ids, int n, int kv_fp8,
+                              int w_fp8, float *logits) {
     int D = c->hidden_size, H = c->n_heads, KVH = c->n_kv_heads, hd = c->head_dim, I = c->intermediate_size;
     int Q = H * hd, KV = KVH * hd;
     float *x = calloc((size_t)n * D, 4), *xn = calloc((size_t)n * D, 4), *q = calloc((size_t)n * Q, 4);
     float *k = calloc((size_t)n * KV, 4), *v = calloc((size_t)n * KV, 4), *att = calloc((size_t)n * Q, 4);
     float *g = calloc((size_t)n * I, 4), *u = calloc((size_t)n * I, 4), *sc = calloc((size_t)n, sizeof(double) * 2);
-    float inv_freq[64];
+    float inv_freq[64], *wb = NULL;
     kvf_cpu_rope_inv_freq(inv_freq, c);
+#define WQ(leaf, rows, cols) s_wq(s_syn_get(s, "model.layers.%d." leaf, l), (rows), (cols), w_fp8, &wb)
+#define XQ(x, rows, cols) \
+    if (w_fp8)            \
+        for (int t = 0; t < (rows); t++) kvf_fp8_quant_row((x) + (size_t)t * (cols), (cols))
     const float *emb = s_syn_get(s, "model.embed_tokens.weight", 0);
     for (int t = 0; t < n; t++) memcpy(x + (size_t)t * D, emb + (size_t)ids[t] * D, (size_t)D * 4);
 #define LIN(out, in, W, B, din, dout)                                                 \
@@ -523,12 +550,13 @@ static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const i
     }
     for (int l = 0; l < c->n_layers; l++) {
         NORM(xn, x, s_syn_get(s, "model.layers.%d.input_layernorm.weight", l));
-        LIN(q, xn, s_syn_get(s, "model.layers.%d.self_attn.q_proj.weight", l),
-            s_syn_get(s, "model.layers.%d.self_attn.q_proj.bias", l), D, Q);
-        LIN(k, xn, s_syn_get(s, "model.layers.%d.self_attn.k_proj.weight", l),
-            s_syn_get(s, "model.layers.%d.self_attn.k_proj.bias", l), D, KV);
-        LIN(v, xn, s_syn_get(s, "model.layers.%d.self_attn.v_proj.weight", l),
-            s_syn_get(s, "model.layers.%d.self_attn.v_proj.bias", l), D, KV);
+        XQ(xn, n, D);
+        const float *w = WQ("self_attn.q_proj.weight", Q, D);  // LIN reads its W argument per element
+        LIN(q, xn, w, s_syn_get(s, "model.layers.%d.self_attn.q_proj.bias", l), D, Q);
+        w = WQ("self_attn.k_proj.weight", KV, D);
+        LIN(k, xn, w, s_syn_get(s, "model.layers.%d.self_attn.k_proj.bias", l), D, KV);
+        w = WQ("self_attn.v_proj.weight", KV, D);
+        LIN(v, xn, w, s_syn_get(s, "model.layers.%d.self_attn.v_proj.bias", l), D, KV);
         // rotate_half RoPE, straight from the formula
         for (int t = 0; t < n; t++)
             for (int which = 0; which < 2; which++) {
@@ -561,20 +589,35 @@ static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const i
                     att[(size_t)t * Q + h * hd + e] = (float)o;
                 }
             }
-        LIN(xn, att, s_syn_get(s, "model.layers.%d.self_attn.o_proj.weight", l), (const float *)NULL, Q, D);
+        XQ(att, n, Q);
+        w = WQ("self_attn.o_proj.weight", D, Q);
+        LIN(xn, att, w, (const float *)NULL, Q, D);
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += xn[i];
         NORM(xn, x, s_syn_get(s, "model.layers.%d.post_attention_layernorm.weight", l));
-        LIN(g, xn, s_syn_get(s, "model.layers.%d.mlp.gate_proj.weight", l), (const float *)NULL, D, I);
-        LIN(u, xn, s_syn_get(s, "model.layers.%d.mlp.up_proj.weight", l), (const float *)NULL, D, I);
+        XQ(xn, n, D);
+        w = WQ("mlp.gate_proj.weight", I, D);
+        LIN(g, xn, w, (const float *)NULL, D, I);
+        w = WQ("mlp.up_proj.weight", I, D);
+        LIN(u, xn, w, (const float *)NULL, D, I);
         for (size_t i = 0; i < (size_t)n * I; i++) g[i] = (float)(g[i] / (1.0 + exp(-(double)g[i])) * u[i]);
-        LIN(xn, g, s_syn_get(s, "model.layers.%d.mlp.down_proj.weight", l), (const float *)NULL, I, D);
+        XQ(g, n, I);
+        w = WQ("mlp.down_proj.weight", D, I);
+        LIN(xn, g, w, (const float *)NULL, I, D);
         for (size_t i = 0; i < (size_t)n * D; i++) x[i] += xn[i];
     }
     NORM(xn, x, s_syn_get(s, "model.norm.weight", 0));
     LIN(logits, xn, emb, (const float *)NULL, D, c->vocab_size);
 #undef LIN
 #undef NORM
+#undef WQ
+#undef XQ
+    free(wb);
     free(x), free(xn), free(q), free(k), free(v), free(att), free(g), free(u), free(sc);
+}
+
+static void s_naive_forward(const s_synth_t *s, const kvf_modelcfg_t *c, const int32_t *ids, int n, int kv_fp8,
+                            float *logits) {
+    s_naive_forward_q(s, c, ids, n, kv_fp8, 0, logits);
 }
 
 static void s_tmp_path(char *buf, size_t cap, const char *leaf) {
@@ -650,6 +693,41 @@ Test(forward, fp8_kv_cache_matches_naive_rounding) {
     cr_expect_null(kvf_cpu_backend_new(&c, st, &o, &err));
     cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
     be->ops->destroy(&be);
+    kvf_safetensors_destroy(&st);
+    free(ref), free(mine), free(f32);
+    s_syn_free(&s);
+}
+
+// --quantization fp8 on the cpu: weight rows and the linear layers' input rows
+// rounded to E4M3 with a scale per row, as the cuda backend's FP8 GEMMs take them:
+// it equals the naive forward that rounds the same rows, differs from the f32
+// forward by far more than the tolerance, and a bad value is refused.
+Test(forward, fp8_linear_layers_match_naive_rounding) {
+    kvf_modelcfg_t c = s_synth_cfg();
+    s_synth_t s;
+    kvf_safetensors_t *st = s_syn_open(&s, &c, "w8.safetensors");
+    kvf_err_t err;
+    int n = 100;
+    int32_t ids[100];
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 41 + 3) % c.vocab_size);
+    const size_t nl = (size_t)n * c.vocab_size;
+    float *ref = malloc(nl * 4), *mine = malloc(nl * 4), *f32 = malloc(nl * 4);
+    s_naive_forward_q(&s, &c, ids, n, 0, 1, ref);
+    kvf_backend_opts_t o = s_opts(16, 2);
+    o.quant = KVF_QUANT_FP8;
+    kvf_backend_t *be = kvf_cpu_backend_new(&c, st, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    s_teacher_force(be, ids, n, 19, 2, mine);
+    be->ops->destroy(&be);
+    s_naive_forward_q(&s, &c, ids, n, 0, 0, f32);
+    const double e = s_max_abs_diff(mine, ref, nl), moved = s_max_abs_diff(mine, f32, nl);
+    cr_expect_leq(e, 2e-4, "fp8 linear layers: max abs error vs the naive forward that rounds the rows %g", e);
+    cr_expect_gt(moved, 2e-2, "fp8 linear layers: logits moved only %g from the f32 forward's", moved);
+    fprintf(stderr, "cpu fp8 linear layers: max abs error vs naive-with-rounding %.3g; max move from f32 %.3g\n", e,
+            moved);
+    o.quant = 5;  // neither none nor fp8
+    cr_expect_null(kvf_cpu_backend_new(&c, st, &o, &err));
+    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
     kvf_safetensors_destroy(&st);
     free(ref), free(mine), free(f32);
     s_syn_free(&s);

@@ -244,6 +244,7 @@ Test(status_view, json_totals_count_live_workers) {
     w[0].plan.tokens_fit = 640;
     w[1] = w[0];
     w[1].plan.kv_dtype = 1;  // an FP8 cache
+    w[1].plan.quant = 1;     // and FP8 linear layers
     w[1].worker_id = b;
     w[1].group_id = b;
     w[1].load.state = KVF_WSTATE_DEAD;
@@ -259,6 +260,10 @@ Test(status_view, json_totals_count_live_workers) {
         json_string_value(json_object_get(json_object_get(json_array_get(ws, 0), "plan"), "kv_cache_dtype")), "auto");
     cr_assert_str_eq(
         json_string_value(json_object_get(json_object_get(json_array_get(ws, 1), "plan"), "kv_cache_dtype")), "fp8");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(json_array_get(ws, 1), "plan"), "quantization")), "fp8");
+    cr_assert_str_eq(
+        json_string_value(json_object_get(json_object_get(json_array_get(ws, 0), "plan"), "quantization")), "none");
     json_t *t = json_object_get(j, "totals");
     cr_assert_eq(json_integer_value(json_object_get(t, "workers")), 2);
     cr_assert_eq(json_integer_value(json_object_get(t, "ready")), 1);
@@ -276,7 +281,7 @@ Test(status_view, json_totals_count_live_workers) {
     fclose(f);
     cr_assert(strstr(buf, "w0"));
     cr_assert(strstr(buf, "30/40 (75%)"));
-    cr_assert(strstr(buf, "40 blocks x 16 = 640 tokens, kv fp8"), "%s", buf);
+    cr_assert(strstr(buf, "40 blocks x 16 = 640 tokens, kv fp8, weights fp8"), "%s", buf);
     cr_assert(strstr(buf, "dead"));
     cr_assert(strstr(buf, "queue 5/100"));
     free(buf);

@@ -75,7 +75,8 @@ static const char *const S_UTF8 = "h\xc3\xa9llo w\xc3\xb6rld \xe6\x97\xa5\xe6\x9
 static kvf_plan_t s_plan(void) {
     kvf_plan_t p = {.weights_bytes = 16ull << 30, .workspace_bytes = UINT64_MAX, .kv_bytes = 1,
                     .free_bytes_at_start = 0, .kv_blocks = UINT32_MAX, .block_size = 64,
-                    .tokens_fit = 123456789012ull, .full_sequences = 7, .kv_dtype = 1};
+                    .tokens_fit = 123456789012ull, .full_sequences = 7, .kv_dtype = 1,
+                    .quant = 1};
     return p;
 }
 
@@ -89,6 +90,7 @@ static void s_assert_plan(const kvf_plan_t *a, const kvf_plan_t *b) {
     cr_assert_eq(a->tokens_fit, b->tokens_fit);
     cr_assert_eq(a->full_sequences, b->full_sequences);
     cr_assert_eq(a->kv_dtype, b->kv_dtype);
+    cr_assert_eq(a->quant, b->quant);
 }
 
 static kvf_msg_heartbeat_t s_load(void) {

@@ -235,6 +235,7 @@ Test(worker, registers_serves_golden_tokens_survives_garbage_and_shuts_down) {
     cr_assert_gt(r->plan.workspace_bytes, 0);
     cr_assert_eq(r->plan.kv_bytes, 300ull * 16 * 2 * 2 * 2 * 32 * 4, "K+V x 2 layers x 2 kv heads x 32 dims, f32");
     cr_assert_eq(r->plan.kv_dtype, 0);
+    cr_assert_eq(r->plan.quant, 0);
     kvf_msg_clear(&reg);
     char *out = s_read(&f, "out");
     cr_assert(strstr(out, "300 blocks x 16 tokens"), "the plan is printed: %s", out);
@@ -523,19 +524,22 @@ Test(worker, reports_at_once_when_it_goes_idle) {
     s_stop(&f);
 }
 
-// --kv-cache-dtype fp8: the registration's plan says so (kvfctl status shows it), and so does the printed plan.
+// --kv-cache-dtype fp8 (and --quantization fp8): the registration's plan says so (kvfctl status shows it),
+// and so does the printed plan.
 Test(worker, fp8_kv_cache_is_in_the_plan) {
     s_fix_t f;
     const char *extra[] = {"--block-size", "16", "--cache-max-entry-count", "100", "--session-len", "256",
-                           "--kv-cache-dtype", "fp8", NULL};
+                           "--kv-cache-dtype", "fp8", "--quantization", "fp8", NULL};
     s_start(&f, extra);
     kvf_msg_t reg;
     s_register_and_welcome(&f, &reg);
     cr_assert_eq(reg.u.reg.plan.kv_dtype, 1);
+    cr_assert_eq(reg.u.reg.plan.quant, 1);
     cr_assert_eq(reg.u.reg.plan.kv_blocks, 100);
     kvf_msg_clear(&reg);
     char *out = s_read(&f, "out");
     cr_assert(strstr(out, "KV cache (fp8)"), "the plan names the cache: %s", out);
+    cr_assert(strstr(out, "(quantization fp8)"), "the plan names the quantization: %s", out);
     free(out);
     s_stop(&f);
 }
@@ -579,6 +583,16 @@ Test(worker, impossible_plan_exits_before_connecting) {
     cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
     se = s_read(&f, "err");
     cr_assert(strstr(se, "--kv-cache-dtype 'int4': expected auto or fp8"), "%s", se);
+    free(se);
+    s_stop(&f);
+
+    // a quantization that does not exist: the same
+    const char *extra5[] = {"--quantization", "awq", NULL};
+    s_start(&f, extra5);
+    st = s_wait_exit(&f, 20000);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    se = s_read(&f, "err");
+    cr_assert(strstr(se, "--quantization 'awq': expected none or fp8"), "%s", se);
     free(se);
     s_stop(&f);
 }

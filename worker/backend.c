@@ -59,3 +59,11 @@ int kvf_kv_dtype_parse(const char *flag, const char *s, int32_t *out, kvf_err_t 
 }
 
 const char *kvf_kv_dtype_name(int32_t kv_dtype) { return kv_dtype == KVF_KV_FP8 ? "fp8" : "auto"; }
+
+int kvf_quant_parse(const char *flag, const char *s, int32_t *out, kvf_err_t *err) {
+    if (s && strcmp(s, "none") == 0) return *out = KVF_QUANT_NONE, 0;
+    if (s && strcmp(s, "fp8") == 0) return *out = KVF_QUANT_FP8, 0;
+    return kvf_err_set(err, KVF_E_INVAL, "%s '%s': expected none or fp8", flag, s ? s : "");
+}
+
+const char *kvf_quant_name(int32_t quant) { return quant == KVF_QUANT_FP8 ? "fp8" : "none"; }

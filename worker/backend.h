@@ -48,6 +48,7 @@ typedef struct {
     double cache_max_entry_count;
     uint64_t memory_budget;      // cpu: bytes for weights + workspace + KV; 0 = available RAM
     int32_t kv_dtype;            // kvf_kv_dtype_t: what the KV cache keeps
+    int32_t quant;               // kvf_quant_t: what the linear layers multiply in
     struct kvf_tp_s *tp;         // the TP group's communicator (worker/tp.h), not owned; NULL for tp_size 1
 } kvf_backend_opts_t;
 
@@ -67,6 +68,22 @@ int kvf_kv_dtype_parse(const char *flag, const char *s, int32_t *out, kvf_err_t 
 
 // "auto" or "fp8".
 const char *kvf_kv_dtype_name(int32_t kv_dtype);
+
+// What the linear layers (q/k/v, o, gate/up, down; not the embedding or lm_head)
+// multiply in (--quantization, vLLM's flag). NONE: the checkpoint's weights.
+// FP8: W8A8 E4M3 with a scale per row (common/fp8.h): each weight row (output
+// channel) quantized once at load, each activation row (token) as it enters a
+// GEMM; the products accumulate in f32 and come out scaled back. Half the weight
+// bytes, about twice the GEMM throughput of bf16 on an H200; an accuracy change
+// (about 2^-4 relative per element of both operands), off by default. The cpu
+// backend rounds its f32 weights and activations to the same values (the reference).
+typedef enum { KVF_QUANT_NONE = 0, KVF_QUANT_FP8 = 1 } kvf_quant_t;
+
+// "none" or "fp8" -> *out; -1 with err set (naming the flag) for anything else.
+int kvf_quant_parse(const char *flag, const char *s, int32_t *out, kvf_err_t *err);
+
+// "none" or "fp8".
+const char *kvf_quant_name(int32_t quant);
 
 typedef struct {
     const char *name;

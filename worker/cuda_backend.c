@@ -79,6 +79,10 @@ static size_t s_layout_ws(kvf_cuda_t *c, char *base) {
     S_TAKE(c->o, float, T * D);
     S_TAKE(c->gu, float, T * 2 * F);
     S_TAKE(c->act, uint16_t, T * F);
+    if (c->w_fp8) {
+        S_TAKE(c->x8, uint8_t, T * (D > (size_t)c->q_dim ? D : (size_t)c->q_dim));
+        S_TAKE(c->xs, float, T);
+    }
     S_TAKE(c->rows, uint16_t, R * D);
     S_TAKE(c->logits, float, R * V);
     if (c->tp) {
@@ -141,10 +145,29 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
                            o->cache_max_entry_count);
     if (o->kv_dtype != KVF_KV_AUTO && o->kv_dtype != KVF_KV_FP8)
         return kvf_err_set(err, KVF_E_INVAL, "cuda backend: kv_dtype %d is neither auto (0) nor fp8 (1)", o->kv_dtype);
+    if (o->quant != KVF_QUANT_NONE && o->quant != KVF_QUANT_FP8)
+        return kvf_err_set(err, KVF_E_INVAL, "cuda backend: quant %d is neither none (0) nor fp8 (1)", o->quant);
+    if (o->quant == KVF_QUANT_FP8) {  // cuBLASLt's FP8 GEMMs: every dimension a multiple of 16
+        const int64_t q = (int64_t)cfg->n_heads / o->tp_size * cfg->head_dim;
+        const int64_t kv = (int64_t)cfg->n_kv_heads / o->tp_size * cfg->head_dim;
+        const int64_t ff = (int64_t)cfg->intermediate_size / o->tp_size;
+        if (cfg->hidden_size % 16 || q % 16 || kv % 16 || ff % 16 || ff > 32768 || cfg->hidden_size > 32768 ||
+            q > 32768)
+            return kvf_err_set(err, KVF_E_UNSUPPORTED, "cuda backend: --quantization fp8 needs hidden_size (%d), a "
+                               "rank's query and KV widths (%lld, %lld) and intermediate_size (%lld) to be multiples "
+                               "of 16 and at most 32768", cfg->hidden_size, (long long)q, (long long)kv,
+                               (long long)ff);
+    }
     return 0;
 }
 
 // ---------------------------------------------------------------- start-up
+
+// kvf_gemm_prepare for non-accumulating GEMMs (kvf_gemm_prepare_fp8's signature).
+static int s_prepare_bf16(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out,
+                          kvf_err_t *err) {
+    return kvf_gemm_prepare(ctx, y_type, n_max, d_in, d_out, 0, err);
+}
 
 // Picks the fastest cuBLASLt algorithm for each GEMM of a full decode batch
 // (max_batch_size rows: the shape most steps of a long run have), timed on
@@ -152,6 +175,10 @@ static int s_check_config(const kvf_modelcfg_t *cfg, const kvf_backend_opts_t *o
 // first pick. Start-up only: it synchronizes.
 static int s_tune_gemms(kvf_cuda_t *c, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
+    if (c->w_fp8) {
+        kvf_log(KVF_LOG_INFO, "cuda backend: KVF_GEMM_TUNE does not tune FP8 GEMMs; they keep the heuristic's picks");
+        return 0;
+    }
     const int n = o->max_batch_size < o->max_step_tokens ? o->max_batch_size : o->max_step_tokens;
     const int D = c->dim, F = c->ff, V = c->sh.nv;  // V: this rank's vocabulary
     const kvf_cuda_layer_t *L = &c->layers[0];
@@ -213,6 +240,7 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), err);
 
     // weights
+    c->w_fp8 = o->quant == KVF_QUANT_FP8;
     c->layers = calloc((size_t)cfg->n_layers, sizeof *c->layers);
     if (!c->layers) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory");
     be->weights_bytes = kvf_cuda_weights_layout(c, NULL);
@@ -270,6 +298,7 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const char *aenv = getenv("KVF_CUDA_ACT");
     if (aenv && (!strcmp(aenv, "f32") || !strcmp(aenv, "bf16"))) act_bf16 = !strcmp(aenv, "bf16");
     c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
+    if (c->w_fp8) c->act_mode |= S_ACT_GU;  // kvf_silu_mul_fp8 reads bf16 gate/up
     // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs;
     // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one is unused)
     const char *venv = getenv("KVF_ATTN_DECODE_VARIANT");
@@ -298,10 +327,10 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
         const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD);
     const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
         const int T = o->max_step_tokens, D = c->dim;
-        if (kvf_gemm_prepare(c->gemm, tq, T, D, c->qkv_dim, 0, err) != 0 ||
-            kvf_gemm_prepare(c->gemm, to, T, c->q_dim, D, 0, err) != 0 ||
-            kvf_gemm_prepare(c->gemm, tg, T, D, 2 * c->ff, 0, err) != 0 ||
-            kvf_gemm_prepare(c->gemm, to, T, c->ff, D, 0, err) != 0 ||
+        int (*prep)(kvf_gemm_ctx_t *, kvf_gemm_out_t, int, int, int, kvf_err_t *) =
+            c->w_fp8 ? kvf_gemm_prepare_fp8 : s_prepare_bf16;
+        if (prep(c->gemm, tq, T, D, c->qkv_dim, err) != 0 || prep(c->gemm, to, T, c->q_dim, D, err) != 0 ||
+            prep(c->gemm, tg, T, D, 2 * c->ff, err) != 0 || prep(c->gemm, to, T, c->ff, D, err) != 0 ||
             kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, c->sh.nv, 0, err) != 0)
             return -1;
     }
@@ -374,10 +403,10 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     }
 
     kvf_log(KVF_LOG_INFO,
-            "cuda plan (device %d): weights %.1f MiB, workspace %.1f MiB, free %.1f MiB of %.1f, KV %d blocks of %d "
-            "tokens (%.1f MiB, %lld tokens, kv %s), %d device allocations, %d decode graphs",
-            c->device, MIB(be->weights_bytes), MIB(be->workspace_bytes), MIB(free_b), MIB(total_b), be->n_blocks,
-            o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, kvf_kv_dtype_name(o->kv_dtype),
+            "cuda plan (device %d): weights %.1f MiB (linear layers %s), workspace %.1f MiB, free %.1f MiB of "
+            "%.1f, KV %d blocks of %d tokens (%.1f MiB, %lld tokens, kv %s), %d device allocations, %d decode graphs",
+            c->device, MIB(be->weights_bytes), c->w_fp8 ? "fp8" : "bf16", MIB(be->workspace_bytes), MIB(free_b),
+            MIB(total_b), be->n_blocks, o->block_size, MIB(be->kv_bytes), (long long)n_blocks * o->block_size, kvf_kv_dtype_name(o->kv_dtype),
             (int)c->n_allocs, c->n_graphs);
     return 0;
 }

@@ -33,11 +33,13 @@ enum { S_T_META, S_T_EMBED, S_T_NORM, S_T_QKV, S_T_ROPE, S_T_ATTN, S_T_ATTN_TC, 
 typedef struct {
     float *attn_norm;   // (dim)
     float *mlp_norm;    // (dim)
-    uint16_t *wqkv;     // (q_dim + 2 kv_dim, dim): q, k, v projections stacked
+    // the linear layers: bf16, or E4M3 bytes with a scale per row (s*) under w_fp8
+    void *wqkv;         // (q_dim + 2 kv_dim, dim): q, k, v projections stacked
     float *bqkv;        // (q_dim + 2 kv_dim) or NULL
-    uint16_t *wo;       // (dim, q_dim)
-    uint16_t *wgu;      // (2 ff, dim): gate rows, then up rows
-    uint16_t *wd;       // (dim, ff)
+    void *wo;           // (dim, q_dim)
+    void *wgu;          // (2 ff, dim): gate rows, then up rows
+    void *wd;           // (dim, ff)
+    float *sqkv, *so, *sgu, *sd;  // (rows of each) the row scales, NULL without w_fp8
 } kvf_cuda_layer_t;
 
 typedef struct {
@@ -69,7 +71,7 @@ typedef struct {
     uint16_t *att;       // (T, q_dim) attention output
     float *o;            // (T, dim) o_proj / down_proj output, f32 into the f32 residual
     float *gu;           // (T, 2 ff) f32 into silu_mul
-    uint16_t *act;       // (T, ff)
+    uint16_t *act;       // (T, ff) bf16, or E4M3 bytes under w_fp8
     uint16_t *rows;      // (R, dim) rows picked for lm_head
     float *logits;       // (R, vocab)
     // tp (vocab-parallel lm_head, worker/tp_vocab.h): this rank's logits, the ranks' logits
@@ -106,6 +108,9 @@ typedef struct {
     void *kv;               // per layer K then V, each (n_blocks, bs, KV, HD) bf16, or E4M3 bytes (kv_fp8)
     size_t kv_layer_elems;  // elements of one layer's K (or V)
     int kv_fp8;             // opts.kv_dtype == KVF_KV_FP8
+    int w_fp8;              // opts.quant == KVF_QUANT_FP8: E4M3 linear layers (kvf_gemm_fp8)
+    uint8_t *x8;            // (T, max(dim, q_dim)) w_fp8: a GEMM's E4M3 input rows (normed x, attention out)
+    float *xs;              // (T) w_fp8: their scales (and silu_mul_fp8's, whose rows go to act)
 
     // CUDA graphs of decode steps, one per batch-size bucket, captured at start-up
     int n_graphs;

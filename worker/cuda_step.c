@@ -14,6 +14,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/embed.h"
+#include "kernels/quant_fp8.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope_kv.h"
@@ -95,12 +96,24 @@ double kvf_cuda_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
-// h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD.
-static int s_norm_add(kvf_cuda_t *c, const float *w, int n, cudaStream_t st, kvf_err_t *err) {
+// h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD; to_fp8:
+// into x8 and xs instead (the E4M3 input of an FP8 GEMM).
+static int s_norm_add(kvf_cuda_t *c, const float *w, int n, int to_fp8, cudaStream_t st, kvf_err_t *err) {
     const float eps = c->base.cfg.rms_norm_eps;
-    if (c->act_mode & S_ACT_OD)
-        return kvf_rmsnorm_add(c->h, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
+    const int od_bf16 = (c->act_mode & S_ACT_OD) != 0;
+    if (to_fp8 && od_bf16)
+        return kvf_rmsnorm_add_fp8(c->x8, c->xs, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
+    if (to_fp8) return kvf_rmsnorm_add_f32_fp8(c->x8, c->xs, c->resid, c->o, w, n, c->dim, eps, st, err);
+    if (od_bf16) return kvf_rmsnorm_add(c->h, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
     return kvf_rmsnorm_add_f32(c->h, c->resid, c->o, w, n, c->dim, eps, st, err);
+}
+
+// y = x @ w^T for a linear layer: bf16, or under w_fp8 the E4M3 rows x with the
+// scales in xs times w's E4M3 rows and w_scale.
+static int s_linear(kvf_cuda_t *c, void *y, kvf_gemm_out_t yt, const void *x, const void *w, const float *w_scale,
+                    int n, int d_in, int d_out, cudaStream_t st, kvf_err_t *err) {
+    if (c->w_fp8) return kvf_gemm_fp8(c->gemm, y, yt, x, c->xs, w, w_scale, n, d_in, d_out, st, err);
+    return kvf_gemm(c->gemm, y, yt, x, w, n, d_in, d_out, 0.0f, st, err);
 }
 
 // The kernels of one step on c->stream, reading the metadata already in d_meta:
@@ -119,6 +132,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
     const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
+    const int wq8 = c->w_fp8;  // E4M3 linear layers: their inputs go through x8 / act with the scales in xs
     const kvf_gemm_out_t od_type = kvf_cuda_out(c, S_ACT_OD);
 #define S_K(call) \
     if ((call) != 0) return -1
@@ -137,13 +151,14 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
         uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
         if (l == 0) {
-            S_K(kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
+            S_K(wq8 ? kvf_rmsnorm_fp8(c->x8, c->xs, c->resid, L->attn_norm, n, D, eps, st, err)
+                    : kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
         } else {
-            S_K(s_norm_add(c, L->attn_norm, n, st, err));
+            S_K(s_norm_add(c, L->attn_norm, n, wq8, st, err));
         }
         S_TM(S_T_NORM);
-        S_K(kvf_gemm(c->gemm, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, c->h, L->wqkv, n, D,
-                     c->qkv_dim, 0.0f, st, err));
+        S_K(s_linear(c, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, wq8 ? (void *)c->x8 : c->h, L->wqkv,
+                     L->sqkv, n, D, c->qkv_dim, st, err));
         S_TM(S_T_QKV);
         if (c->kv_fp8 && qkv_bf16) {
             S_K(kvf_rope_kv_fp8(c->q, k8, v8, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB,
@@ -180,27 +195,29 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
                                                     d_pos, d_bt, MB, H, KV, HD, bs, st, err));
             S_TM(S_T_ATTN_TC);
         }
-        S_K(kvf_gemm(c->gemm, c->o, od_type, c->att, L->wo, n, c->q_dim, D, 0.0f, st, err));
+        if (wq8) S_K(kvf_quant_fp8_rows(c->x8, c->xs, c->att, n, c->q_dim, st, err));
+        S_K(s_linear(c, c->o, od_type, wq8 ? (void *)c->x8 : c->att, L->wo, L->so, n, c->q_dim, D, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
         S_TM(S_T_O);
-        S_K(s_norm_add(c, L->mlp_norm, n, st, err));
+        S_K(s_norm_add(c, L->mlp_norm, n, wq8, st, err));
         S_TM(S_T_NORM);
-        if (c->act_mode & S_ACT_GU) {
+        if (c->act_mode & S_ACT_GU) {  // always under w_fp8
             uint16_t *gu = (uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
-            S_K(kvf_gemm(c->gemm, gu, KVF_GEMM_OUT_BF16, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
+            S_K(s_linear(c, gu, KVF_GEMM_OUT_BF16, wq8 ? (void *)c->x8 : c->h, L->wgu, L->sgu, n, D, 2 * F, st, err));
             S_TM(S_T_GU);
-            S_K(kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
+            S_K(wq8 ? kvf_silu_mul_fp8((uint8_t *)c->act, c->xs, gu, gu + F, n, F, 2 * F, st, err)
+                    : kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
         } else {
             S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
             S_TM(S_T_GU);
             S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
         }
         S_TM(S_T_SILU);
-        S_K(kvf_gemm(c->gemm, c->o, od_type, c->act, L->wd, n, F, D, 0.0f, st, err));
+        S_K(s_linear(c, c->o, od_type, c->act, L->wd, L->sd, n, F, D, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
         S_TM(S_T_DOWN);
     }
-    S_K(s_norm_add(c, c->final_norm, n, st, err));
+    S_K(s_norm_add(c, c->final_norm, n, 0, st, err));  // lm_head stays bf16
     S_TM(S_T_NORM);
     const uint16_t *x = c->h;
     if (!all_logits) {

@@ -7,6 +7,7 @@
 
 #include "kernels/check.h"
 #include "kernels/convert.h"
+#include "kernels/quant_fp8.h"
 #include "worker/cuda_internal.h"
 
 // ---------------------------------------------------------------- weights
@@ -39,12 +40,24 @@ size_t kvf_cuda_weights_layout(kvf_cuda_t *c, char *base) {
         kvf_cuda_layer_t tmp, *L = base ? &c->layers[l] : &tmp;
         S_TAKE(L->attn_norm, float, D);
         S_TAKE(L->mlp_norm, float, D);
-        S_TAKE(L->wqkv, uint16_t, (size_t)c->qkv_dim * D);
         L->bqkv = NULL;
         if (cfg->attention_bias) S_TAKE(L->bqkv, float, c->qkv_dim);
-        S_TAKE(L->wo, uint16_t, D * (size_t)c->q_dim);
-        S_TAKE(L->wgu, uint16_t, 2 * F * D);
-        S_TAKE(L->wd, uint16_t, D * F);
+        L->sqkv = L->so = L->sgu = L->sd = NULL;
+        if (c->w_fp8) {  // E4M3 bytes and a scale per row
+            S_TAKE(L->wqkv, uint8_t, (size_t)c->qkv_dim * D);
+            S_TAKE(L->wo, uint8_t, D * (size_t)c->q_dim);
+            S_TAKE(L->wgu, uint8_t, 2 * F * D);
+            S_TAKE(L->wd, uint8_t, D * F);
+            S_TAKE(L->sqkv, float, c->qkv_dim);
+            S_TAKE(L->so, float, D);
+            S_TAKE(L->sgu, float, 2 * F);
+            S_TAKE(L->sd, float, D);
+        } else {
+            S_TAKE(L->wqkv, uint16_t, (size_t)c->qkv_dim * D);
+            S_TAKE(L->wo, uint16_t, D * (size_t)c->q_dim);
+            S_TAKE(L->wgu, uint16_t, 2 * F * D);
+            S_TAKE(L->wd, uint16_t, D * F);
+        }
     }
 #undef S_TAKE
     return off;
@@ -143,11 +156,50 @@ static int s_load(kvf_cuda_t *c, const kvf_safetensors_t *st, void *dst, int to_
     return s_upload(c, dst, to_f32, t, stage, err);
 }
 
+// The largest linear layer of this rank, elements (w_fp8's bf16 staging buffer).
+static size_t s_largest(const kvf_cuda_t *c) {
+    const size_t D = (size_t)c->dim, F = (size_t)c->ff;
+    size_t m = (size_t)c->qkv_dim * D;
+    if (D * (size_t)c->q_dim > m) m = D * (size_t)c->q_dim;
+    if (2 * F * D > m) m = 2 * F * D;
+    return m;
+}
+
+// w_fp8: the bf16 matrix (rows, cols) in stage to E4M3 rows with scales at w, scale.
+// The loader's copies into stage go through the legacy default stream, which the
+// backend's non-blocking stream does not wait for: the device is synchronized
+// before (the copies have landed) and the stream after (stage may be refilled).
+static int s_quant(kvf_cuda_t *c, void *w, float *scale, const uint16_t *stage, size_t rows, size_t cols,
+                   kvf_err_t *err) {
+    KVF_CUDA_CHECK(cudaDeviceSynchronize(), err);
+    if (kvf_quant_fp8_rows((uint8_t *)w, scale, stage, (int64_t)rows, (int)cols, c->stream, err) != 0) return -1;
+    KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+    return 0;
+}
+
+// w_fp8: a device buffer of bf16 for the largest linear layer, or NULL (allocation counted).
+static uint16_t *s_stage_new(kvf_cuda_t *c, kvf_err_t *err) {
+    void *p = NULL;
+    if (cudaMalloc(&p, s_largest(c) * 2) != cudaSuccess) {
+        cudaGetLastError();
+        kvf_err_set(err, KVF_E_NOMEM, "cuda backend: no device memory for the %.1f MiB FP8 staging buffer",
+                    MIB(s_largest(c) * 2));
+        return NULL;
+    }
+    c->n_allocs++;
+    return p;
+}
+
 int kvf_cuda_weights_load(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     const kvf_modelcfg_t *cfg = &c->base.cfg;
     const int64_t D = c->dim, F = c->ff, Q = c->q_dim, KV = c->kv_dim;  // F, Q, KV: this rank's
     void *stage = malloc(S_CHUNK * 4);
     if (!stage) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory for the load buffer");
+    uint16_t *d_stage = NULL;  // w_fp8: each linear layer lands here in bf16, then is quantized into place
+    if (c->w_fp8 && !(d_stage = s_stage_new(c, err))) {
+        free(stage);
+        return -1;
+    }
     int rc = -1;
     char nm[160];
 #define S_L(dst, f32, name, nd, a, b) \
@@ -164,24 +216,38 @@ int kvf_cuda_weights_load(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t 
         S_L(L->attn_norm, 1, S_NAME("input_layernorm.weight"), 1, D, 0);
         S_L(L->mlp_norm, 1, S_NAME("post_attention_layernorm.weight"), 1, D, 0);
         // column-parallel q/k/v and gate/up, row-parallel o and down (tp_shard.h)
-        S_P(L->wqkv, 0, S_NAME("self_attn.q_proj.weight"), KVF_TP_WQ);
-        S_P(L->wqkv + Q * D, 0, S_NAME("self_attn.k_proj.weight"), KVF_TP_WK);
-        S_P(L->wqkv + (Q + KV) * D, 0, S_NAME("self_attn.v_proj.weight"), KVF_TP_WV);
+        uint16_t *wqkv = d_stage ? d_stage : L->wqkv;
+        S_P(wqkv, 0, S_NAME("self_attn.q_proj.weight"), KVF_TP_WQ);
+        S_P(wqkv + Q * D, 0, S_NAME("self_attn.k_proj.weight"), KVF_TP_WK);
+        S_P(wqkv + (Q + KV) * D, 0, S_NAME("self_attn.v_proj.weight"), KVF_TP_WV);
+        if (d_stage && s_quant(c, L->wqkv, L->sqkv, d_stage, (size_t)c->qkv_dim, (size_t)D, err) != 0) goto out;
         if (L->bqkv) {
             S_P(L->bqkv, 1, S_NAME("self_attn.q_proj.bias"), KVF_TP_BQ);
             S_P(L->bqkv + Q, 1, S_NAME("self_attn.k_proj.bias"), KVF_TP_BK);
             S_P(L->bqkv + Q + KV, 1, S_NAME("self_attn.v_proj.bias"), KVF_TP_BV);
         }
-        S_P(L->wo, 0, S_NAME("self_attn.o_proj.weight"), KVF_TP_WO);
-        S_P(L->wgu, 0, S_NAME("mlp.gate_proj.weight"), KVF_TP_WGATE);
-        S_P(L->wgu + F * D, 0, S_NAME("mlp.up_proj.weight"), KVF_TP_WUP);
-        S_P(L->wd, 0, S_NAME("mlp.down_proj.weight"), KVF_TP_WDOWN);
+        uint16_t *w = d_stage ? d_stage : L->wo;
+        S_P(w, 0, S_NAME("self_attn.o_proj.weight"), KVF_TP_WO);
+        if (d_stage && s_quant(c, L->wo, L->so, d_stage, (size_t)D, (size_t)Q, err) != 0) goto out;
+        w = d_stage ? d_stage : L->wgu;
+        S_P(w, 0, S_NAME("mlp.gate_proj.weight"), KVF_TP_WGATE);
+        S_P(w + F * D, 0, S_NAME("mlp.up_proj.weight"), KVF_TP_WUP);
+        if (d_stage && s_quant(c, L->wgu, L->sgu, d_stage, (size_t)(2 * F), (size_t)D, err) != 0) goto out;
+        w = d_stage ? d_stage : L->wd;
+        S_P(w, 0, S_NAME("mlp.down_proj.weight"), KVF_TP_WDOWN);
+        if (d_stage && s_quant(c, L->wd, L->sd, d_stage, (size_t)D, (size_t)F, err) != 0) goto out;
 #undef S_NAME
     }
 #undef S_L
 #undef S_P
     rc = 0;
 out:
+    if (d_stage) {  // the quantizations read it: wait for them
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        cudaFree(d_stage);
+        if (rc == 0 && e != cudaSuccess) rc = kvf_err_set(err, KVF_E_DEVICE, "cuda backend: quantizing the weights: %s",
+                                                          cudaGetErrorString(e));
+    }
     free(stage);
     return rc;
 }
@@ -194,8 +260,16 @@ int kvf_cuda_weights_random(kvf_cuda_t *c, kvf_err_t *err) {
     const float a = 0.02f * sqrtf(3.0f);
     uint64_t seed = 0x6b7666ull;
     cudaStream_t s = c->stream;
-#define S_RB(p, n) if (kvf_fill_random_bf16((p), (n), seed++, 0.0f, a, s, err) != 0) return -1
-#define S_ONES(p, n) if (kvf_fill_random_f32((p), (n), seed++, 1.0f, 0.0f, s, err) != 0) return -1
+    uint16_t *d_stage = NULL;  // w_fp8: each linear layer is drawn here in bf16, then quantized into place
+    if (c->w_fp8 && !(d_stage = s_stage_new(c, err))) return -1;
+    int rc = -1;
+#define S_RB(p, n) if (kvf_fill_random_bf16((p), (n), seed++, 0.0f, a, s, err) != 0) goto out
+#define S_RQ(p, sc, rows, cols)                                                                       \
+    if (d_stage ? kvf_fill_random_bf16(d_stage, (size_t)(rows) * (cols), seed++, 0.0f, a, s, err) != 0 || \
+                      s_quant(c, (p), (sc), d_stage, (rows), (cols), err) != 0                          \
+                : kvf_fill_random_bf16((p), (size_t)(rows) * (cols), seed++, 0.0f, a, s, err) != 0)     \
+    goto out
+#define S_ONES(p, n) if (kvf_fill_random_f32((p), (n), seed++, 1.0f, 0.0f, s, err) != 0) goto out
     S_RB(c->embed, V * D);
     if (c->lm_head != c->embed) S_RB(c->lm_head, V * D);
     S_ONES(c->final_norm, D);
@@ -203,14 +277,20 @@ int kvf_cuda_weights_random(kvf_cuda_t *c, kvf_err_t *err) {
         kvf_cuda_layer_t *L = &c->layers[l];
         S_ONES(L->attn_norm, D);
         S_ONES(L->mlp_norm, D);
-        S_RB(L->wqkv, (size_t)c->qkv_dim * D);
-        if (L->bqkv && kvf_fill_random_f32(L->bqkv, (size_t)c->qkv_dim, seed++, 0.0f, a, s, err) != 0) return -1;
-        S_RB(L->wo, D * (size_t)c->q_dim);
-        S_RB(L->wgu, 2 * F * D);
-        S_RB(L->wd, D * F);
+        S_RQ(L->wqkv, L->sqkv, (size_t)c->qkv_dim, D);
+        if (L->bqkv && kvf_fill_random_f32(L->bqkv, (size_t)c->qkv_dim, seed++, 0.0f, a, s, err) != 0) goto out;
+        S_RQ(L->wo, L->so, D, (size_t)c->q_dim);
+        S_RQ(L->wgu, L->sgu, 2 * F, D);
+        S_RQ(L->wd, L->sd, D, F);
     }
 #undef S_RB
+#undef S_RQ
 #undef S_ONES
-    KVF_CUDA_CHECK(cudaStreamSynchronize(s), err);
-    return 0;
+    rc = 0;
+out:;
+    const cudaError_t e = cudaStreamSynchronize(s);
+    if (d_stage) cudaFree(d_stage);
+    if (rc == 0 && e != cudaSuccess)
+        rc = kvf_err_set(err, KVF_E_DEVICE, "cuda backend: random weights: %s", cudaGetErrorString(e));
+    return rc;
 }

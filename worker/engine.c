@@ -252,6 +252,7 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
     bo.cache_max_entry_count = o.cache_max_entry_count;
     bo.memory_budget = o.memory_budget;
     bo.kv_dtype = o.kv_dtype;
+    bo.quant = o.quant;
     e->be = s_backend_new(o.backend, cfg, st, &bo, err);
     kvf_safetensors_destroy(&st);  // the backend holds its own copy of the weights
     if (!e->be) goto fail;
@@ -379,17 +380,19 @@ void kvf_engine_plan(const kvf_engine_t *e, kvf_plan_t *out) {
     out->tokens_fit = (uint64_t)e->be->n_blocks * (uint64_t)e->o.block_size;
     out->full_sequences = (uint32_t)(e->be->n_blocks / e->max_blocks_per_seq);
     out->kv_dtype = (uint32_t)e->o.kv_dtype;
+    out->quant = (uint32_t)e->o.quant;
 }
 
 void kvf_engine_plan_text(const kvf_engine_t *e, char *buf, size_t size) {
     kvf_plan_t p;
     kvf_engine_plan(e, &p);
     snprintf(buf, size,
-             "memory plan (%s backend, %s, %d layers, vocab %d): weights %.1f MiB, workspace %.1f MiB for steps of "
+             "memory plan (%s backend, %s, %d layers, vocab %d): weights %.1f MiB (quantization %s), workspace %.1f MiB for steps of "
              "%d tokens / %d sequences; %.1f MiB free before the KV pool; KV cache (%s) %.1f MiB = %u blocks x %u "
              "tokens (%.1f KiB per block) = %llu tokens, enough for %u sequences of the full --session-len %d at "
              "once; prefix caching %s",
              e->o.backend, e->cfg.architecture, e->cfg.n_layers, e->cfg.vocab_size, MIB(p.weights_bytes),
+             kvf_quant_name(e->o.quant),
              MIB(p.workspace_bytes), e->o.max_prefill_token_num, e->o.max_batch_size, MIB(p.free_bytes_at_start),
              kvf_kv_dtype_name(e->o.kv_dtype), MIB(p.kv_bytes), p.kv_blocks, p.block_size,
              p.kv_blocks ? (double)p.kv_bytes / p.kv_blocks / 1024.0 : 0.0, (unsigned long long)p.tokens_fit,

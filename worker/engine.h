@@ -53,6 +53,7 @@ typedef struct {
     uint64_t memory_budget;         // cpu: bytes for weights + workspace + KV; 0 = available RAM
     int enable_prefix_caching;      // 1: share full prompt blocks between requests (default 0)
     int32_t kv_dtype;               // kvf_kv_dtype_t (worker/backend.h): KVF_KV_AUTO (default) or KVF_KV_FP8
+    int32_t quant;                  // kvf_quant_t (worker/backend.h): KVF_QUANT_NONE (default) or KVF_QUANT_FP8
     int no_tokenizer;               // 1: do not load tokenizer.json (the caller has its own; default 0)
     // Added for kvf-bench (benchmarks of a model shape without its files): 1 =
     // model_dir may name a config.json file (or a directory holding one); no

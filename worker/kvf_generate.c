@@ -36,6 +36,7 @@ typedef struct {
     const char *model, *backend, *prompt, *prompt_ids, *score_ids, *logits_out;
     int64_t block_size;
     int32_t kv_dtype;  // --kv-cache-dtype
+    int32_t quant;     // --quantization
     kvf_sampling_t sampling;
     int json;
 } s_args_t;
@@ -52,6 +53,7 @@ typedef struct {
 static void s_usage(FILE *f) {
     fprintf(f,
             "usage: kvf-generate --model DIR [--backend cpu|cuda] [--block-size N] [--kv-cache-dtype auto|fp8]\n"
+            "                    [--quantization none|fp8]\n"
             "                    (--prompt TEXT | --prompt-ids 1,2,3) [--max-new-tokens N]\n"
             "                    [--temperature T] [--top-k K] [--top-p P] [--seed S] [--ignore-eos] [--json]\n"
             "       kvf-generate --model DIR [--backend cpu|cuda] --score-ids 1,2,3 --logits-out FILE\n");
@@ -96,6 +98,8 @@ static int s_parse(int argc, char **argv, s_args_t *a, kvf_err_t *err) {
             if (kvf_args_int(f, v, 1, 4096, &a->block_size, err)) return -1;
         } else if (!strcmp(f, "--kv-cache-dtype")) {
             if (kvf_kv_dtype_parse(f, v, &a->kv_dtype, err)) return -1;
+        } else if (!strcmp(f, "--quantization")) {
+            if (kvf_quant_parse(f, v, &a->quant, err)) return -1;
         } else if (!strcmp(f, "--max-new-tokens")) {
             if (kvf_args_int(f, v, 1, INT32_MAX, &iv, err)) return -1;
             a->sampling.max_new_tokens = (int32_t)iv;
@@ -244,6 +248,7 @@ static int s_run(const s_args_t *a, kvf_err_t *err) {
     o.backend = a->backend;
     o.block_size = (int32_t)a->block_size;
     o.kv_dtype = a->kv_dtype;
+    o.quant = a->quant;
     o.session_len = (int32_t)need;
     o.max_batch_size = 64;             // also the rows per scoring chunk
     o.max_prefill_token_num = 2048;

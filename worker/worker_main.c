@@ -39,6 +39,7 @@ static void s_usage(FILE *f) {
                "                  [--cache-max-entry-count F] [--max-prefill-token-num N] [--max-batch-size N]\n"
                "                  [--block-size N] [--session-len N] [--enable-prefix-caching] [--threads N]\n"
                "                  [--kv-cache-dtype auto|fp8]  (fp8: E4M3 KV cache, half the bytes; worker/backend.h)\n"
+               "                  [--quantization none|fp8]  (fp8: E4M3 linear layers, W8A8; worker/backend.h)\n"
                "                  [--tp T --rank R --group G [--tp-timeout-ms MS]]\n"
                "                  [--curve-secret FILE --coordinator-key FILE]  (CURVE: deploy/SECURITY.md)\n"
                "                  [--log-level error|warn|info|debug]\n");
@@ -88,6 +89,8 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
             o->engine.max_batch_size = (int32_t)iv;
         } else if (!strcmp(f, "--kv-cache-dtype")) {
             if (kvf_kv_dtype_parse(f, v, &o->engine.kv_dtype, err)) return -1;
+        } else if (!strcmp(f, "--quantization")) {
+            if (kvf_quant_parse(f, v, &o->engine.quant, err)) return -1;
         } else if (!strcmp(f, "--block-size")) {
             if (kvf_args_int(f, v, 1, 4096, &iv, err)) return -1;
             o->engine.block_size = (int32_t)iv;
