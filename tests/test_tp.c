@@ -376,6 +376,7 @@ typedef struct {
     int endless;                  // keep decoding until an error
     int via_sample;               // decode by forward_sample (S_VIA_*)
     int32_t kv_dtype;             // every rank's and TP 1's KV cache (kvf_kv_dtype_t)
+    int32_t quant;                // every rank's and TP 1's linear layers (kvf_quant_t)
     int32_t *next;                // (S_DEC_STEPS, 2) rank 0's decode tokens, shared
     atomic_int *steps;            // (size) decode steps done, shared
 } s_be_ctx_t;
@@ -512,6 +513,7 @@ static int s_be_child(int rank, int size, void *vctx) {
     if (!tp) return s_fail(rep, &err, 0), 2;
     kvf_backend_opts_t o = s_be_opts(rank, size, tp, x->cache_blocks);
     o.kv_dtype = x->kv_dtype;
+    o.quant = x->quant;
     kvf_backend_t *be = kvf_cpu_backend_new(&x->cfg, st, &o, &err);
     kvf_safetensors_destroy(&st);
     if (!be) return s_fail(rep, &err, 0), 3;
@@ -546,17 +548,20 @@ static void s_be_ctx(s_be_ctx_t *x, const char *model, int size) {
     x->next = s_shared((size_t)2 * S_DEC_STEPS * sizeof(int32_t));
 }
 
-static void s_tp_matches_tp1_kv(const char *model, int size, int via, int32_t kv_dtype) {
+// tol: the largest |logit - TP 1's| allowed; below 1e-3 the greedy ids must equal TP 1's too.
+static void s_tp_matches_tp1_q(const char *model, int size, int via, int32_t kv_dtype, int32_t quant, double tol) {
     s_be_ctx_t x;
     s_be_ctx(&x, model, size);
     x.via_sample = via;
     x.kv_dtype = kv_dtype;
+    x.quant = quant;
     // TP 1 in this process
     kvf_err_t err;
     kvf_safetensors_t *st = kvf_safetensors_open_dir(x.dir, &err);
     cr_assert_not_null(st, "%s", err.msg);
     kvf_backend_opts_t o = s_be_opts(0, 1, NULL, x.cache_blocks);
     o.kv_dtype = kv_dtype;
+    o.quant = quant;
     kvf_backend_t *be = kvf_cpu_backend_new(&x.cfg, st, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
     float *tf1 = malloc((size_t)S_TF_LEN * x.vocab * sizeof(float));
@@ -591,13 +596,19 @@ static void s_tp_matches_tp1_kv(const char *model, int size, int via, int32_t kv
             cr_assert(isfinite(tf[i]), "rank %d logit %zu is %g", r, i, tf[i]);
             if (d > worst) worst = d;
         }
-        cr_assert(memcmp(x.ids + (size_t)r * 2 * S_DEC_STEPS, ids1, sizeof ids1) == 0,
-                  "%s TP %d rank %d: greedy ids differ from TP 1", model, size, r);
+        if (tol < 1e-3)
+            cr_assert(memcmp(x.ids + (size_t)r * 2 * S_DEC_STEPS, ids1, sizeof ids1) == 0,
+                      "%s TP %d rank %d: greedy ids differ from TP 1", model, size, r);
     }
-    cr_assert_leq(worst, 1e-4, "%s TP %d: teacher-forced logits differ from TP 1 by %g", model, size, worst);
-    cr_log_info("%s TP %d (decode via %d): max |logit - TP1| %.2e, %d greedy ids x 2 equal, %lld ms", model, size,
-                via, worst, S_DEC_STEPS, (long long)ms);
+    cr_assert_leq(worst, tol, "%s TP %d: teacher-forced logits differ from TP 1 by %g", model, size, worst);
+    const int same = memcmp(x.ids, ids1, sizeof ids1) == 0;
+    cr_log_info("%s TP %d (decode via %d): max |logit - TP1| %.2e, %d greedy ids x 2 %s, %lld ms", model, size, via,
+                worst, S_DEC_STEPS, same ? "equal" : "not all equal", (long long)ms);
     free(tf1);
+}
+
+static void s_tp_matches_tp1_kv(const char *model, int size, int via, int32_t kv_dtype) {
+    s_tp_matches_tp1_q(model, size, via, kv_dtype, KVF_QUANT_NONE, 1e-4);
 }
 
 static void s_tp_matches_tp1(const char *model, int size, int via) { s_tp_matches_tp1_kv(model, size, via, 0); }
@@ -606,6 +617,13 @@ Test(tp_backend, tiny_llama_tp2) { s_tp_matches_tp1("tiny-llama", 2, S_VIA_LOGIT
 // An FP8 KV cache: each rank rounds its own KV heads' K and V as TP 1 rounds them.
 Test(tp_backend, tiny_llama_tp2_fp8_kv_cache) {
     s_tp_matches_tp1_kv("tiny-llama", 2, S_VIA_SAMPLE, KVF_KV_FP8);
+}
+// FP8 linear layers: the column-parallel ones (q/k/v, gate/up) round each output row and each input row
+// as TP 1 does; the row-parallel ones (o, down) see a rank's share of each row, so their rows' scales are
+// the share's (as vLLM's per-token FP8 under TP): close to TP 1, not equal. Measured: max |logit diff|
+// 0.43 and the greedy ids part within the 40 steps, against < 1e-4 and equal ids without fp8.
+Test(tp_backend, tiny_llama_tp2_fp8_linear_layers) {
+    s_tp_matches_tp1_q("tiny-llama", 2, S_VIA_LOGITS, KVF_KV_AUTO, KVF_QUANT_FP8, 0.6);
 }
 Test(tp_backend, tiny_llama_tp4_replicated_kv) { s_tp_matches_tp1("tiny-llama", 4, S_VIA_LOGITS); }
 Test(tp_backend, stories260k_tp2) { s_tp_matches_tp1("stories260K", 2, S_VIA_LOGITS); }
