@@ -160,6 +160,7 @@ typedef struct {
     uint16_t *out;
     const void *in;  // (copies, n, 2 ff) f32 or bf16
     int copies, n, f32;
+    int fp8;         // 1 + kvf_silu_mul_fp8_variant's variant: E4M3 rows out (scales after them); 0: bf16 out
 } s_silu_t;
 
 static int s_silu_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
@@ -170,6 +171,11 @@ static int s_silu_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
         return kvf_silu_mul_f32(s->out, g, g + KB_FF, s->n, KB_FF, 2 * KB_FF, b->stream, err);
     }
     const uint16_t *g = (const uint16_t *)s->in + off;
+    if (s->fp8) {
+        uint8_t *q = (uint8_t *)s->out;
+        float *scale = (float *)(void *)(q + (size_t)s->n * KB_FF);
+        return kvf_silu_mul_fp8_variant(s->fp8 - 1, q, scale, g, g + KB_FF, s->n, KB_FF, 2 * KB_FF, b->stream, err);
+    }
     return kvf_silu_mul(s->out, g, g + KB_FF, s->n, KB_FF, 2 * KB_FF, b->stream, err);
 }
 
@@ -177,9 +183,10 @@ int kvf_kb_bench_silu(kvf_kb_t *b, kvf_err_t *err) {
     static const int ns[] = {512, 8192};
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
         const int n = ns[ni];
-        for (int f32 = 1; f32 >= 0; f32--) {
+        for (int m = 0; m < 2 + KVF_SILU_FP8_VARIANTS; m++) {  // f32 in, bf16 in, then bf16 in E4M3 out
+            const int f32 = m == 0, fp8 = m >= 2 ? m - 1 : 0;
             const size_t e = f32 ? 4 : 2, in_elems = (size_t)n * 2 * KB_FF;
-            s_silu_t s = {NULL, NULL, kvf_kb_copies(in_elems * e), n, f32};
+            s_silu_t s = {NULL, NULL, kvf_kb_copies(in_elems * e), n, f32, fp8};
             void *out = NULL, *in = NULL;
             if (kvf_kb_alloc(b, &out, (size_t)n * KB_FF * 2, err) != 0 ||
                 kvf_kb_alloc(b, &in, in_elems * e * s.copies, err) != 0)
@@ -189,10 +196,13 @@ int kvf_kb_bench_silu(kvf_kb_t *b, kvf_err_t *err) {
                 return -1;
             s.out = out, s.in = in;
             kvf_kb_row_t r = {.kernel = "silu_mul"};
-            snprintf(r.variant, sizeof r.variant, "%s", f32 ? "f32 in" : "bf16 in");
+            if (fp8)
+                snprintf(r.variant, sizeof r.variant, "bf16 in fp8 out v%d", fp8 - 1);
+            else
+                snprintf(r.variant, sizeof r.variant, "%s", f32 ? "f32 in" : "bf16 in");
             snprintf(r.shape, sizeof r.shape, "n=%d ff=%d ld=%d", n, KB_FF, 2 * KB_FF);
             r.copies = s.copies;
-            r.bytes = (double)n * KB_FF * (2.0 * e + 2.0);
+            r.bytes = (double)n * KB_FF * (2.0 * e + (fp8 ? 1.0 : 2.0)) + (fp8 ? 4.0 * n : 0.0);
             if (kvf_kb_time(b, s_silu_op, &s, &r.t, err) != 0) return -1;
             kvf_kb_emit(b, &r);
             if (kvf_kb_free_all(b, err) != 0) return -1;

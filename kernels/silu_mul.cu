@@ -100,8 +100,8 @@ extern "C" int kvf_silu_mul_f32(uint16_t *out, const float *gate, const float *u
 // until the row's amax is known; out is e4m3(row x 448 / amax). Up to 1024 threads a
 // row, few chunks each: with 256 threads and 7 chunks (ff 14336) the loads of a
 // thread waited on each other (13.1 ms a 8192-token step against 5.4 for bf16 out).
-template <int VPT>
-static __global__ void __launch_bounds__(1024)
+template <int VPT, int MINB>
+static __global__ void __launch_bounds__(1024, MINB)
 s_silu_mul_fp8(kvf_fp8_t *__restrict__ out,       // (n, ff)
                float *__restrict__ row_scale,     // (n)
                const bf16 *__restrict__ gate,     // (n, ld)
@@ -143,6 +143,13 @@ s_silu_mul_fp8(kvf_fp8_t *__restrict__ out,       // (n, ff)
 
 extern "C" int kvf_silu_mul_fp8(uint8_t *out, float *row_scale, const uint16_t *gate, const uint16_t *up, int n,
                                 int ff, int ld, cudaStream_t stream, kvf_err_t *err) {
+    return kvf_silu_mul_fp8_variant(KVF_SILU_FP8_DEFAULT, out, row_scale, gate, up, n, ff, ld, stream, err);
+}
+
+extern "C" int kvf_silu_mul_fp8_variant(int variant, uint8_t *out, float *row_scale, const uint16_t *gate,
+                                        const uint16_t *up, int n, int ff, int ld, cudaStream_t stream,
+                                        kvf_err_t *err) {
+    KVF_REQUIRE(variant == 0 || variant == 1, err);
     KVF_REQUIRE(out && row_scale && gate && up, err);
     KVF_REQUIRE(n >= 0 && ff > 0 && ld >= ff, err);
     const uintptr_t al = (uintptr_t)out | (uintptr_t)gate | (uintptr_t)up;
@@ -150,11 +157,19 @@ extern "C" int kvf_silu_mul_fp8(uint8_t *out, float *row_scale, const uint16_t *
     if (n == 0) return 0;
     const int n8 = ff / 8, threads = n8 >= 1024 ? 1024 : (n8 + 31) / 32 * 32, vpt = (n8 + threads - 1) / threads;
     const bf16 *g = (const bf16 *)gate, *u = (const bf16 *)up;
-#define S_V(V) \
-    else if (vpt <= V) s_silu_mul_fp8<V><<<n, threads, 0, stream>>>(out, row_scale, g, u, ff, ld);
-    if (0) {
+    // variant 1: rows of up to 2 chunks a thread capped at 32 registers (a few bytes spill), so that
+    // two blocks share an SM and one's loads overlap the other's barrier; variant 0: one block an SM
+#define S_V(V, M) \
+    else if (vpt <= V) s_silu_mul_fp8<V, M><<<n, threads, 0, stream>>>(out, row_scale, g, u, ff, ld);
+    if (variant == 1 && vpt <= 2) {
+        if (0) {
+        }
+        S_V(1, 2) S_V(2, 2)
+    } else {
+        if (0) {
+        }
+        S_V(1, 1) S_V(2, 1) S_V(4, 1)
     }
-    S_V(1) S_V(2) S_V(4)
 #undef S_V
     KVF_LAUNCH_CHECK(err);
     return 0;

@@ -33,6 +33,13 @@ int kvf_silu_mul_fp8(uint8_t *out,          // (n, ff) E4M3, device
                      const uint16_t *up,    // (n, ld) bf16, device
                      int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
 
+// kvf_silu_mul_fp8 by variant (kvf-kbench, test_kernels_fp8): 0 a block of up to 1024 threads a row,
+// one block an SM; 1 the same capped at 32 registers a thread, two blocks an SM (ff <= 16384).
+#define KVF_SILU_FP8_VARIANTS 2
+#define KVF_SILU_FP8_DEFAULT 1
+int kvf_silu_mul_fp8_variant(int variant, uint8_t *out, float *row_scale, const uint16_t *gate, const uint16_t *up,
+                             int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

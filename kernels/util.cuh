@@ -20,26 +20,25 @@ static __device__ __forceinline__ float kvf_warp_max(float v) {
     return v;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-static __device__ __forceinline__ float kvf_block_sum(float v, float *scratch /* (32) */) {
+// Sum (MAX false) or max (MAX true) over the block (blockDim.x a multiple of 32, at
+// most 1024); every thread gets it.
+template <bool MAX>
+static __device__ __forceinline__ float kvf_block_reduce(float v, float *scratch /* (32) */) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    v = kvf_warp_sum(v);
+    v = MAX ? kvf_warp_max(v) : kvf_warp_sum(v);
     __syncthreads();  // scratch may still be read by a previous call
     if (lane == 0) scratch[warp] = v;
     __syncthreads();
-    v = lane < n_warps ? scratch[lane] : 0.0f;
-    return kvf_warp_sum(v);
+    v = lane < n_warps ? scratch[lane] : (MAX ? -INFINITY : 0.0f);
+    return MAX ? kvf_warp_max(v) : kvf_warp_sum(v);
 }
 
-// Max over the block (blockDim.x a multiple of 32, at most 1024); every thread gets it.
-static __device__ __forceinline__ float kvf_block_max(float v, float *scratch /* (32) */) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, n_warps = blockDim.x >> 5;
-    v = kvf_warp_max(v);
-    __syncthreads();  // scratch may still be read by a previous call
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    v = lane < n_warps ? scratch[lane] : -INFINITY;
-    return kvf_warp_max(v);
+static __device__ __forceinline__ float kvf_block_sum(float v, float *scratch) {
+    return kvf_block_reduce<false>(v, scratch);
+}
+
+static __device__ __forceinline__ float kvf_block_max(float v, float *scratch) {
+    return kvf_block_reduce<true>(v, scratch);
 }
 
 static __device__ __forceinline__ float kvf_ld(const bf16 *p) { return __bfloat162float(*p); }

@@ -171,13 +171,17 @@ Test(kernels_fp8, silu_mul_fp8) {
         uint8_t *d_q = s_dev((size_t)n * F);
         float *d_s = s_dev((size_t)n * 4);
         kvf_err_t err;
-        cr_assert(kvf_silu_mul_fp8(d_q, d_s, d_gu, d_gu + F, n, F, 2 * F, 0, &err) == 0, "%s", err.msg);
-        uint8_t *gq = s_down_u8(d_q, (size_t)n * F);
-        float *gs = s_down_f32(d_s, (size_t)n);
-        char cs[64];
-        snprintf(cs, sizeof cs, "n%d ff%d", n, F);
-        s_expect_rows("silu_mul_fp8", cs, gq, gs, ref, n, F);
-        free(gu), free(ref), free(gub), free(gq), free(gs);
+        for (int v = 0; v < KVF_SILU_FP8_VARIANTS; v++) {
+            CUDA_OK(cudaMemset(d_q, 0xff, (size_t)n * F));
+            cr_assert(kvf_silu_mul_fp8_variant(v, d_q, d_s, d_gu, d_gu + F, n, F, 2 * F, 0, &err) == 0, "%s", err.msg);
+            uint8_t *gq = s_down_u8(d_q, (size_t)n * F);
+            float *gs = s_down_f32(d_s, (size_t)n);
+            char cs[64];
+            snprintf(cs, sizeof cs, "v%d n%d ff%d", v, n, F);
+            s_expect_rows("silu_mul_fp8", cs, gq, gs, ref, n, F);
+            free(gq), free(gs);
+        }
+        free(gu), free(ref), free(gub);
         cudaFree(d_gu), cudaFree(d_q), cudaFree(d_s);
     }
 }
