@@ -255,6 +255,24 @@ static void s_expect_fail(const char *args, const char *needle) {
     s_proc_free(&p);
 }
 
+// --quantization fp8 (and the FP8 cache) through the whole CLI: the run completes with the ids asked for.
+Test(generate, fp8_linear_layers_run) {
+    char tl[1024], args[2048];
+    KVF_FIXTURE_PATH(tl, "tiny-llama");
+    s_tmp_init();
+    snprintf(args, sizeof args, "--model %s --prompt-ids 1,50,60,70 --max-new-tokens 8 --ignore-eos --json "
+             "--quantization fp8 --kv-cache-dtype fp8", tl);
+    s_proc_t p = s_exec(args);
+    cr_assert(p.exited && p.status == 0, "exit %d: %s", p.status, p.err);
+    json_error_t je;
+    json_t *j = json_loads(p.out, 0, &je);
+    cr_assert_not_null(j, "%s: %s", je.text, p.out);
+    cr_assert_eq(json_array_size(json_object_get(j, "output_ids")), 8, "%s", p.out);
+    json_decref(j);
+    s_proc_free(&p);
+    s_tmp_fini();
+}
+
 Test(generate, bad_input_fails_cleanly) {
     char tl[1024], st[1024], cmd[4096];
     KVF_FIXTURE_PATH(tl, "tiny-llama");
@@ -297,6 +315,8 @@ Test(generate, bad_input_fails_cleanly) {
     s_expect_fail(args, "--temperature");
     snprintf(args, sizeof args, "--model %s --prompt-ids 1 --backend tpu", st);
     s_expect_fail(args, "tpu");
+    snprintf(args, sizeof args, "--model %s --prompt-ids 1 --quantization int4", st);
+    s_expect_fail(args, "--quantization 'int4': expected none or fp8");
     snprintf(args, sizeof args, "--model %s", st);
     s_expect_fail(args, "--prompt");
     snprintf(args, sizeof args, "--model %s --prompt-ids 1 --prompt hi", st);
