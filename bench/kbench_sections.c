@@ -75,11 +75,13 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
     int n_max = 0;
     for (int i = 0; i < n_ns; i++) n_max = ns[i] > n_max ? ns[i] : n_max;
     void *ws = NULL, *ws_tune = NULL;
-    kvf_gemm_ctx_t *heur = NULL, *tune = NULL;
+    kvf_gemm_ctx_t *heur = NULL, *tune = NULL, *fast = NULL;  // fast: FP8 with cuBLASLt's fast accumulation
     int rc = -1;
     if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 ||
         kvf_kb_alloc(b, &ws_tune, KB_GEMM_WORKSPACE, err) != 0) goto done;
     if (!(heur = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err))) goto done;
+    if (!(fast = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) || kvf_gemm_ctx_set_fp8_fast_accum(fast, 1, err) != 0)
+        goto done;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int d_in = shapes[si].d_in, d_out = shapes[si].d_out;
         const size_t w_elems = (size_t)d_in * d_out;
@@ -115,6 +117,10 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
                 snprintf(r.variant, sizeof r.variant, "fp8 e4m3 heuristic");
                 if (kvf_kb_time(b, s_gemm8_op, &g8, &r.t, err) != 0) goto done;
                 kvf_kb_emit(b, &r);
+                g8.ctx = fast;
+                snprintf(r.variant, sizeof r.variant, "fp8 e4m3 fast-accum");
+                if (kvf_kb_time(b, s_gemm8_op, &g8, &r.t, err) != 0) goto done;
+                kvf_kb_emit(b, &r);
             }
             for (int f32 = 1; f32 >= 0; f32--) {
                 s_gemm_t g = {heur, y, f32 ? KVF_GEMM_OUT_F32 : KVF_GEMM_OUT_BF16, x, w, nw, n, d_in, d_out};
@@ -148,6 +154,7 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
     rc = 0;
 done:
     kvf_gemm_ctx_destroy(&tune);
+    kvf_gemm_ctx_destroy(&fast);
     kvf_gemm_ctx_destroy(&heur);
     return rc;  // the workspaces go with the section's kvf_kb_free_all
 }

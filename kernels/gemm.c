@@ -41,6 +41,7 @@ struct kvf_gemm_ctx_s {
     int next_algo;
     uint64_t n_heuristic;  // cublasLtMatmulAlgoGetHeuristic calls
     int tune_reps, tune_rounds;  // kvf_gemm_tune: timed calls a candidate and round, rounds
+    int fp8_fast_accum;          // kvf_gemm_ctx_set_fp8_fast_accum
 };
 
 // A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
@@ -125,7 +126,7 @@ static const void *s_scale_hint(const kvf_gemm_ctx_t *ctx) {
 
 // Builds the descriptors of one shape (no algorithm yet).
 static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, int fp8,
-                         const void *scale_hint, kvf_err_t *err) {
+                         const void *scale_hint, int8_t fast_accum, kvf_err_t *err) {
     e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate, e->fp8 = fp8;
     const cudaDataType_t it = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -143,6 +144,8 @@ static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, i
                                                         sizeof scale_hint), err);
         KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &scale_hint,
                                                         sizeof scale_hint), err);
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_FAST_ACCUM, &fast_accum,
+                                                        sizeof fast_accum), err);
     }
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->a, it, (uint64_t)d_in, (uint64_t)d_out, d_in), err);
     KVF_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&e->b, it, (uint64_t)d_in, (uint64_t)n, d_in), err);
@@ -164,7 +167,8 @@ static int s_bucket_algo(kvf_gemm_ctx_t *ctx, const s_entry_t *e, cublasLtMatmul
     }
     s_entry_t be;  // descriptors of the bucket's row count
     memset(&be, 0, sizeof be);
-    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, e->fp8, s_scale_hint(ctx), err);
+    int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, e->fp8, s_scale_hint(ctx),
+                           (int8_t)ctx->fp8_fast_accum, err);
     if (rc == 0) rc = s_heuristic(ctx, be.op, be.a, be.b, be.c, nb, e->d_in, e->d_out, algo, err);
     s_entry_clear(&be);
     if (rc != 0) return -1;
@@ -192,7 +196,8 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
         return NULL;
     }
     s_entry_clear(e);
-    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, fp8, s_scale_hint(ctx), err) != 0 ||
+    if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, fp8, s_scale_hint(ctx), (int8_t)ctx->fp8_fast_accum,
+                      err) != 0 ||
         s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
         return NULL;
@@ -281,6 +286,15 @@ static int s_prepare(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int 
 }
 
 uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx) { return ctx ? ctx->n_heuristic : 0; }
+
+int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err) {
+    KVF_REQUIRE(ctx, err);
+    for (int i = 0; i < KVF_GEMM_CACHE; i++)
+        KVF_REQUIRE(!ctx->cache[i].valid || !ctx->cache[i].fp8, err);  // before the first FP8 GEMM
+    for (int i = 0; i < KVF_GEMM_ALGOS; i++) KVF_REQUIRE(!ctx->algos[i].valid || !ctx->algos[i].fp8, err);
+    ctx->fp8_fast_accum = on != 0;
+    return 0;
+}
 
 // ---------------------------------------------------------------- tuning
 

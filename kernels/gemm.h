@@ -63,6 +63,11 @@ int kvf_gemm_fp8(kvf_gemm_ctx_t *ctx,
                  const float *w_scale,  // (d_out) device
                  int n, int d_in, int d_out, cudaStream_t stream, kvf_err_t *err);
 
+// FP8 GEMMs without the periodic promotion of partial sums to f32 (cuBLASLt's fast
+// accumulation: faster, less accurate). Off by default; set before the first
+// kvf_gemm_fp8 / kvf_gemm_prepare_fp8 of the context. Returns 0, or -1 with err set.
+int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err);
+
 // kvf_gemm_prepare for kvf_gemm_fp8's shapes.
 int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err);
 

@@ -10,6 +10,8 @@
 //   gemm_fp8 (exact E4M3 operands) .......... f32 out rel L2 <= 3e-4 (H200: 1.1e-4; the tensor cores'
 //       FP8 products are summed in a narrower accumulator between promotions to f32), max <= 5e-4
 //       max|ref|; bf16 out max <= 8e-3 max|ref|, rel L2 <= 4e-3
+//   gemm_fp8, fast accumulation ............. f32 out rel L2 <= 3e-3 (H200: 1.2e-3, below a bf16 output's
+//       rounding), max <= 8e-3 max|ref| (4.3e-3)
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -190,8 +192,9 @@ Test(kernels_fp8, gemm_fp8) {
     rng_t r = s_rng("gemm_fp8");
     void *ws = s_dev(32u << 20);
     kvf_err_t err;
-    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
-    cr_assert(ctx, "%s", err.msg);
+    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err), *fast = kvf_gemm_ctx_new(ws, 32u << 20, &err);
+    cr_assert(ctx && fast, "%s", err.msg);
+    cr_assert(kvf_gemm_ctx_set_fp8_fast_accum(fast, 1, &err) == 0, "%s", err.msg);
     const int cases[][3] = {{1, 4096, 1024}, {37, 512, 1008}, {300, 896, 4864}, {391, 4096, 1536}, {64, 14336, 256}};
     for (int c = 0; c < 5; c++) {
         const int n = cases[c][0], K = cases[c][1], M = cases[c][2];
@@ -226,6 +229,12 @@ Test(kernels_fp8, gemm_fp8) {
         free(g);
         g = s_down_f32(d_yf, (size_t)n * M);
         s_expect_norm("gemm_fp8.f32", cs, g, ref, (size_t)n * M, 5e-4, 3e-4);
+        free(g);
+        // with cuBLASLt's fast accumulation (no periodic promotion to f32): the same product, less exactly
+        cr_assert(kvf_gemm_fp8(fast, d_yf, KVF_GEMM_OUT_F32, d_x, d_sx, d_w, d_sw, n, K, M, 0, &err) == 0, "%s",
+                  err.msg);
+        g = s_down_f32(d_yf, (size_t)n * M);
+        s_expect_norm("gemm_fp8.f32.fast", cs, g, ref, (size_t)n * M, 8e-3, 3e-3);
         free(g), free(x), free(w), free(ref), free(sx), free(sw), free(xq), free(wq);
         cudaFree(d_x), cudaFree(d_w), cudaFree(d_sx), cudaFree(d_sw), cudaFree(d_yb), cudaFree(d_yf);
     }
@@ -247,6 +256,8 @@ Test(kernels_fp8, gemm_fp8) {
               "d_in 1000 accepted");
     CUDA_OK(cudaDeviceSynchronize());
     cudaFree(d_x), cudaFree(d_w), cudaFree(d_sx), cudaFree(d_sw), cudaFree(d_y);
+    cr_expect(kvf_gemm_ctx_set_fp8_fast_accum(ctx, 1, &err) == -1, "fast accumulation switched after FP8 GEMMs ran");
+    kvf_gemm_ctx_destroy(&fast);
     kvf_gemm_ctx_destroy(&ctx);
     cudaFree(ws);
 }
