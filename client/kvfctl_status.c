@@ -102,7 +102,7 @@ void kvf_ctl_status_print(FILE *f, const kvf_cluster_status_t *st) {
             "FREE/TOTAL BLOCKS", "RUN", "WAIT", "TOK/S", "GENERATED", "PREEMPT", "PLAN");
     for (uint32_t i = 0; i < st->n_workers; i++) {
         const kvf_worker_info_t *w = &st->workers[i];
-        char dev[32], tp[16], blocks[40], plan[64];
+        char dev[32], tp[16], blocks[40], plan[96];
         if (w->device >= 0) snprintf(dev, sizeof dev, "%s:%d", w->backend, w->device);
         else snprintf(dev, sizeof dev, "%s", w->backend);
         snprintf(tp, sizeof tp, "%u/%u", w->tp_rank, w->tp_size);
