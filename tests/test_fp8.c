@@ -1,9 +1,11 @@
-// tests/test_fp8.c — the host E4M3 codec (common/fp8.h) of the FP8 KV cache:
-// every byte's value, round trips, ties to even, saturation, and the nearest
-// value against a brute-force search over all 254 finite codes.
+// tests/test_fp8.c — the host E4M3 codec (common/fp8.h) of the FP8 KV cache and
+// the FP8 linear layers: every byte's value, round trips, ties to even,
+// saturation, the nearest value against a brute-force search over all 254 finite
+// codes, and the bit codec against the straightforward one it replaced.
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "common/fp8.h"
 
@@ -73,4 +75,42 @@ Test(fp8, is_the_nearest_value) {
         if (fabs(x) <= 448.0f) cr_assert_eq(fabs((double)got - x), best, "x %a: got %a", x, got);
         else cr_assert_eq(fabsf(got), 448.0f, "x %a saturates", x);
     }
+}
+
+// The codec against the straightforward one it replaced (frexp, rounding in double):
+// every float from 2^-14 to 2^10 at a stride of 61 ulps, both signs, and the
+// midpoints between neighbouring codes with the floats next to them.
+static uint8_t s_ref_from_float(float x) {
+    if (isnan(x)) return 0x7f;
+    const uint8_t sign = signbit(x) ? 0x80 : 0x00;
+    const double a = fabs((double)x);
+    if (a >= 448.0) return sign | 0x7e;
+    if (a < 0x1p-6) return sign | (uint8_t)nearbyint(a * 0x1p9);
+    int e;
+    const double f = frexp(a, &e);
+    e -= 1;
+    int q = (int)nearbyint((2.0 * f - 1.0) * 8.0);
+    if (q == 8) q = 0, e += 1;
+    const int code = ((e + 7) << 3) | q;
+    return sign | (uint8_t)(code > 0x7e ? 0x7e : code);
+}
+
+Test(fp8, bit_codec_equals_the_reference) {
+    size_t n = 0;
+    for (float x = 0x1p-14f; x < 0x1p10f; n++) {
+        cr_assert_eq(kvf_fp8_e4m3_from_float(x), s_ref_from_float(x), "x %a", x);
+        cr_assert_eq(kvf_fp8_e4m3_from_float(-x), s_ref_from_float(-x), "x %a", -x);
+        uint32_t u;
+        memcpy(&u, &x, sizeof u);
+        u += 61;
+        memcpy(&x, &u, sizeof x);
+    }
+    for (int b = 0; b < 0x7e; b++) {
+        const double lo = kvf_fp8_e4m3_to_float((uint8_t)b), hi = kvf_fp8_e4m3_to_float((uint8_t)(b + 1));
+        const float mid = (float)((lo + hi) / 2);
+        const float xs[3] = {mid, nextafterf(mid, 0.0f), nextafterf(mid, 1e9f)};
+        for (int i = 0; i < 3; i++)
+            cr_assert_eq(kvf_fp8_e4m3_from_float(xs[i]), s_ref_from_float(xs[i]), "x %a", xs[i]);
+    }
+    cr_assert_gt(n, 2000000u, "%zu floats compared", n);
 }
