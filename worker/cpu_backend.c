@@ -188,27 +188,44 @@ static void s_att_task(void *ctx, int task, int thread) {
 
 // ---------------------------------------------------------------- forward
 
-// Checks a batch against the limits fixed at start-up; fills seq_start.
-// --quantization fp8: each of the rows (rows, cols) of x replaced by what its
-// E4M3 row with its scale keeps (common/fp8.h), as the cuda backend's FP8 GEMMs see it.
-static void s_quant_rows(float *x, int64_t rows, int64_t cols) {
-    for (int64_t r = 0; r < rows; r++) kvf_fp8_quant_row(x + r * cols, cols);
-}
+// --quantization fp8: rows [task x per, +per) of the job's (rows, cols) replaced by
+// what their E4M3 rows with a scale each keep (common/fp8.h), as the cuda backend's
+// FP8 GEMMs see them.
+typedef struct {
+    float *x;
+    int64_t rows, cols, per;
+} s_quant_job_t;
 
-// The linear layers of layer `task` as their E4M3 rows keep them (one scale per output channel).
 static void s_quant_task(void *ctx, int task, int thread) {
     (void)thread;
-    s_cpu_t *c = ctx;
-    const s_layer_t *L = &c->layers[task];
-    s_quant_rows(L->wq, c->q_dim, c->dim);
-    s_quant_rows(L->wk, c->kv_dim, c->dim);
-    s_quant_rows(L->wv, c->kv_dim, c->dim);
-    s_quant_rows(L->wo, c->dim, c->q_dim);
-    s_quant_rows(L->w_gate, c->inter, c->dim);
-    s_quant_rows(L->w_up, c->inter, c->dim);
-    s_quant_rows(L->w_down, c->dim, c->inter);
+    const s_quant_job_t *j = ctx;
+    const int64_t r1 = (task + 1) * j->per < j->rows ? (task + 1) * j->per : j->rows;
+    for (int64_t r = task * j->per; r < r1; r++) kvf_fp8_quant_row(j->x + r * j->cols, j->cols);
 }
 
+// The rows of x (rows, cols) rounded so, over the pool (4 chunks a thread).
+static void s_quant_rows(s_cpu_t *c, float *x, int64_t rows, int64_t cols) {
+    const int64_t chunks = 4 * (int64_t)c->n_threads;
+    s_quant_job_t j = {x, rows, cols, (rows + chunks - 1) / chunks};
+    if (j.per < 1) j.per = 1;
+    kvf_pool_run(c->pool, (int)((rows + j.per - 1) / j.per), s_quant_task, &j);
+}
+
+// The linear layers as their E4M3 rows keep them (one scale per output channel).
+static void s_quant_weights(s_cpu_t *c) {
+    for (int l = 0; l < c->base.cfg.n_layers; l++) {
+        const s_layer_t *L = &c->layers[l];
+        s_quant_rows(c, L->wq, c->q_dim, c->dim);
+        s_quant_rows(c, L->wk, c->kv_dim, c->dim);
+        s_quant_rows(c, L->wv, c->kv_dim, c->dim);
+        s_quant_rows(c, L->wo, c->dim, c->q_dim);
+        s_quant_rows(c, L->w_gate, c->inter, c->dim);
+        s_quant_rows(c, L->w_up, c->inter, c->dim);
+        s_quant_rows(c, L->w_down, c->dim, c->inter);
+    }
+}
+
+// Checks a batch against the limits fixed at start-up; fills seq_start.
 static int s_validate(s_cpu_t *c, const kvf_batch_t *b, kvf_err_t *err) {
     if (kvf_batch_validate(&c->base, b, err) != 0) return -1;
     int32_t sum = 0;
@@ -259,7 +276,7 @@ static int s_run(s_cpu_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, 
 
         // attention block
         kvf_cpu_rmsnorm(c->xn, c->x, L->attn_norm, n, dim, eps);
-        if (fp8) s_quant_rows(c->xn, n, dim);
+        if (fp8) s_quant_rows(c, c->xn, n, dim);
         s_mm_job_t qkv = {.x = c->xn, .n = n, .d_in = dim};
         s_mm_add(&qkv, c->q, L->wq, L->bq, c->q_dim);
         s_mm_add(&qkv, c->k, L->wk, L->bk, c->kv_dim);
@@ -277,20 +294,20 @@ static int s_run(s_cpu_t *c, const kvf_batch_t *b, float *logits, int32_t *ids, 
         }
         s_att_job_t aj = {c, b, k_cache, v_cache};
         kvf_pool_run(c->pool, b->n_seqs * c->n_heads, s_att_task, &aj);
-        if (fp8) s_quant_rows(c->att, n, c->q_dim);
+        if (fp8) s_quant_rows(c, c->att, n, c->q_dim);
         s_matmul(c, c->xn, c->att, L->wo, NULL, n, c->q_dim, dim);
         if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
 
         // MLP block
         kvf_cpu_rmsnorm(c->xn, c->x, L->ffn_norm, n, dim, eps);
-        if (fp8) s_quant_rows(c->xn, n, dim);
+        if (fp8) s_quant_rows(c, c->xn, n, dim);
         s_mm_job_t gu = {.x = c->xn, .n = n, .d_in = dim};
         s_mm_add(&gu, c->gate, L->w_gate, NULL, c->inter);
         s_mm_add(&gu, c->up, L->w_up, NULL, c->inter);
         s_mm_run(c, &gu);
         kvf_cpu_silu_mul(c->gate, c->gate, c->up, n * c->inter);
-        if (fp8) s_quant_rows(c->gate, n, c->inter);
+        if (fp8) s_quant_rows(c, c->gate, n, c->inter);
         s_matmul(c, c->xn, c->gate, L->w_down, NULL, n, c->inter, dim);
         if (c->tp && kvf_tp_all_reduce_sum(c->tp, c->xn, (size_t)n * dim, err) != 0) return -1;
         s_add(c->x, c->xn, (size_t)n * dim);
@@ -742,7 +759,7 @@ kvf_backend_t *kvf_cpu_backend_new(const kvf_modelcfg_t *cfg, const kvf_safetens
     int rc = s_load_weights(c, st, &wl, p.n_weight_floats, err);
     free(wl.specs);
     if (rc != 0) goto fail;
-    if (opts->quant == KVF_QUANT_FP8) kvf_pool_run(c->pool, cfg->n_layers, s_quant_task, c);
+    if (opts->quant == KVF_QUANT_FP8) s_quant_weights(c);
     kvf_cpu_rope_inv_freq(c->inv_freq, cfg);
 
     // workspace
