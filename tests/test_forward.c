@@ -660,77 +660,52 @@ Test(forward, synthetic_bias_tied_llama3_matches_naive) {
     s_syn_free(&s);
 }
 
-// --kv-cache-dtype fp8 on the cpu: its cache holds K and V rounded to E4M3 (as
-// the cuda backend's bytes do), so it equals the naive forward that rounds them,
-// and differs from the f32 cache by far more than the tolerance.
-Test(forward, fp8_kv_cache_matches_naive_rounding) {
+// An FP8 option of the cpu backend (kv_fp8: --kv-cache-dtype fp8; w_fp8: --quantization
+// fp8) against the naive forward that rounds the same values: equal to it (2e-4), moved
+// from the naive forward without the rounding by more than min_move (so the rounding is
+// really there), and a value of the option that is neither choice refused. ids[i] =
+// (i * mul + add) % vocab.
+static void s_fp8_matches_naive(const char *what, int kv_fp8, int w_fp8, int mul, int add, double min_move) {
     kvf_modelcfg_t c = s_synth_cfg();
     s_synth_t s;
-    kvf_safetensors_t *st = s_syn_open(&s, &c, "fp8.safetensors");
+    kvf_safetensors_t *st = s_syn_open(&s, &c, kv_fp8 ? "fp8.safetensors" : "w8.safetensors");
     kvf_err_t err;
     int n = 100;
     int32_t ids[100];
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 53 + 5) % c.vocab_size);
+    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * mul + add) % c.vocab_size);
     const size_t nl = (size_t)n * c.vocab_size;
     float *ref = malloc(nl * 4), *mine = malloc(nl * 4), *f32 = malloc(nl * 4);
-    s_naive_forward(&s, &c, ids, n, 1, ref);
+    s_naive_forward_q(&s, &c, ids, n, kv_fp8, w_fp8, ref);
+    s_naive_forward_q(&s, &c, ids, n, 0, 0, f32);
     kvf_backend_opts_t o = s_opts(16, 2);
-    o.kv_dtype = KVF_KV_FP8;
+    o.kv_dtype = kv_fp8 ? KVF_KV_FP8 : KVF_KV_AUTO;
+    o.quant = w_fp8 ? KVF_QUANT_FP8 : KVF_QUANT_NONE;
     kvf_backend_t *be = kvf_cpu_backend_new(&c, st, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
     s_teacher_force(be, ids, n, 19, 2, mine);
     be->ops->destroy(&be);
-    o.kv_dtype = KVF_KV_AUTO;
-    be = kvf_cpu_backend_new(&c, st, &o, &err);
-    cr_assert_not_null(be, "%s", err.msg);
-    s_teacher_force(be, ids, n, 19, 2, f32);
     const double e = s_max_abs_diff(mine, ref, nl), moved = s_max_abs_diff(mine, f32, nl);
-    cr_expect_leq(e, 2e-4, "fp8 cache: max abs error vs the naive forward that rounds K and V %g", e);
-    cr_expect_gt(moved, 1e-2, "fp8 cache: logits moved only %g from the f32 cache's", moved);
-    fprintf(stderr, "cpu fp8 KV cache: max abs error vs naive-with-rounding %.3g; max move from the f32 cache %.3g\n", e,
+    cr_expect_leq(e, 2e-4, "%s: max abs error vs the naive forward that rounds the same values %g", what, e);
+    cr_expect_gt(moved, min_move, "%s: logits moved only %g from the unrounded forward's", what, moved);
+    fprintf(stderr, "cpu %s: max abs error vs naive-with-rounding %.3g; max move from the unrounded %.3g\n", what, e,
             moved);
-    o.kv_dtype = 7;  // neither auto nor fp8
+    if (kv_fp8) o.kv_dtype = 7;  // neither auto nor fp8
+    if (w_fp8) o.quant = 5;      // neither none nor fp8
     cr_expect_null(kvf_cpu_backend_new(&c, st, &o, &err));
     cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
-    be->ops->destroy(&be);
     kvf_safetensors_destroy(&st);
     free(ref), free(mine), free(f32);
     s_syn_free(&s);
 }
 
+// --kv-cache-dtype fp8 on the cpu: its cache holds K and V rounded to E4M3 (as
+// the cuda backend's bytes do).
+Test(forward, fp8_kv_cache_matches_naive_rounding) { s_fp8_matches_naive("fp8 KV cache", 1, 0, 53, 5, 1e-2); }
+
 // --quantization fp8 on the cpu: weight rows and the linear layers' input rows
-// rounded to E4M3 with a scale per row, as the cuda backend's FP8 GEMMs take them:
-// it equals the naive forward that rounds the same rows, differs from the f32
-// forward by far more than the tolerance, and a bad value is refused.
+// rounded to E4M3 with a scale per row, as the cuda backend's FP8 GEMMs take them.
 Test(forward, fp8_linear_layers_match_naive_rounding) {
-    kvf_modelcfg_t c = s_synth_cfg();
-    s_synth_t s;
-    kvf_safetensors_t *st = s_syn_open(&s, &c, "w8.safetensors");
-    kvf_err_t err;
-    int n = 100;
-    int32_t ids[100];
-    for (int i = 0; i < n; i++) ids[i] = (int32_t)((i * 41 + 3) % c.vocab_size);
-    const size_t nl = (size_t)n * c.vocab_size;
-    float *ref = malloc(nl * 4), *mine = malloc(nl * 4), *f32 = malloc(nl * 4);
-    s_naive_forward_q(&s, &c, ids, n, 0, 1, ref);
-    kvf_backend_opts_t o = s_opts(16, 2);
-    o.quant = KVF_QUANT_FP8;
-    kvf_backend_t *be = kvf_cpu_backend_new(&c, st, &o, &err);
-    cr_assert_not_null(be, "%s", err.msg);
-    s_teacher_force(be, ids, n, 19, 2, mine);
-    be->ops->destroy(&be);
-    s_naive_forward_q(&s, &c, ids, n, 0, 0, f32);
-    const double e = s_max_abs_diff(mine, ref, nl), moved = s_max_abs_diff(mine, f32, nl);
-    cr_expect_leq(e, 2e-4, "fp8 linear layers: max abs error vs the naive forward that rounds the rows %g", e);
-    cr_expect_gt(moved, 2e-2, "fp8 linear layers: logits moved only %g from the f32 forward's", moved);
-    fprintf(stderr, "cpu fp8 linear layers: max abs error vs naive-with-rounding %.3g; max move from f32 %.3g\n", e,
-            moved);
-    o.quant = 5;  // neither none nor fp8
-    cr_expect_null(kvf_cpu_backend_new(&c, st, &o, &err));
-    cr_expect_eq(err.code, KVF_E_INVAL, "%s", err.msg);
-    kvf_safetensors_destroy(&st);
-    free(ref), free(mine), free(f32);
-    s_syn_free(&s);
+    s_fp8_matches_naive("fp8 linear layers", 0, 1, 41, 3, 2e-2);
 }
 
 Test(forward, missing_or_misshaped_tensor_is_named) {
