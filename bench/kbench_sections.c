@@ -454,8 +454,8 @@ static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
                                                 a->pos, a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream,
                                                 err);
     if (a->fp8)
-        return kvf_attention_prefill_fp8(a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos, a->bt,
-                                         a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+        return kvf_attention_prefill_fp8_variant(a->variant, a->out, a->q, a->k8, a->v8, a->tiles, a->n_tiles, a->pos,
+                                                 a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
     if (a->decode) {
 #if KVF_KBENCH_DECODE_VARIANTS
         return kvf_attention_decode_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt,
@@ -518,6 +518,9 @@ static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n
     const int nv = s_n_variants(decode);
     for (int vi = 0; vi < nv; vi++) {
         kvf_kb_row_t r = {.kernel = decode ? "attn_decode" : "attn_prefill"};
+#if KVF_KBENCH_PREFILL_VARIANTS
+        if (!decode && !kvf_attention_prefill_variant_available(vi)) continue;  // not built for this GPU
+#endif
         a.variant = vi;
         s_variant_name(decode, vi, r.variant, sizeof r.variant);
         snprintf(r.shape, sizeof r.shape, "%s", shape);
@@ -545,11 +548,14 @@ static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n
     free(h8);
     if (!up) goto done;
     a.fp8 = 1, a.k8 = k8, a.v8 = v8;
-    const int nv8 = decode ? kvf_attention_decode_fp8_n_variants() : 1;
-    for (int vi = 0; vi < nv8; vi++) {
+    // prefill: the variants with an FP8 form (2 and up) that run here
+    const int nv8 = decode ? kvf_attention_decode_fp8_n_variants() : kvf_attention_prefill_n_variants();
+    for (int vi = decode ? 0 : 2; vi < nv8; vi++) {
         kvf_kb_row_t r = {.kernel = decode ? "attn_decode" : "attn_prefill"};
+        if (!decode && !kvf_attention_prefill_variant_available(vi)) continue;
         a.variant = vi;
-        snprintf(r.variant, sizeof r.variant, "%s", decode ? kvf_attention_decode_fp8_variant_name(vi) : "f8 gqa4");
+        snprintf(r.variant, sizeof r.variant, "%s%s", decode ? "" : "f8 ",
+                 decode ? kvf_attention_decode_fp8_variant_name(vi) : kvf_attention_prefill_variant_name(vi));
         snprintf(r.shape, sizeof r.shape, "%s", shape);
         if (decode)
             r.bytes = kv_bytes / 2 + 2.0 * 2.0 * qe;

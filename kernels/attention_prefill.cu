@@ -23,6 +23,7 @@
 #include "kernels/fp8.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
+#include "kernels/wgmma.cuh"
 
 #define PM_THREADS 128
 #define PM_Q KVF_ATTN_PREFILL_Q
@@ -380,6 +381,245 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
     }
 }
 
+// ---------------------------------------------------------------- v3, v4: warpgroup MMA (sm_90a)
+//
+// flash-attention 3's arithmetic without its warp specialisation. A block takes NH
+// query heads of one KV head for a tile of 64 tokens; warpgroup w (128 threads)
+// owns head h0 + w's 64 rows. Q, and each 64-key stage of K and V, sit in shared
+// memory in wgmma's 128-byte-swizzled layout (kernels/wgmma.cuh), loaded by
+// cp.async two stages deep as in v2. Per stage a warpgroup runs S = Q K^T as
+// HD / 16 wgmma m64n64k16 (both operands from shared memory), the online softmax
+// on its 32 score registers a thread (v2's numerics: base 2, P rounded to bf16),
+// then O += P V as 4 wgmma m64nHDk16 with P from registers and V read MN-major (no
+// transposed copy). A warpgroup's accumulators are 64 x 64 / 128 + 64 x HD / 128
+// floats a thread (v2: a warp's 32 rows needed 2 x 16 x HD / 32), so 4 (v3) or
+// 2 x 2 (v4) warpgroups fit on an SM. The warpgroups of a block share the K/V stage
+// and its barriers; while one runs softmax another's wgmma run. FP8 caches land as
+// bytes and are widened into the bf16 stage, as in v2.
+template <int HD, int NH, int MINB, int ST, int GK, typename TC = bf16>
+static __global__ void __launch_bounds__(128 * NH, MINB)  // NH x MINB = 4: <= 128 registers (16 warps an SM)
+s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
+                  const bf16 *q,            // (n_tokens, H, HD)
+                  const TC *kc,             // (n_blocks, bs, KV, HD)
+                  const TC *vc,             // (n_blocks, bs, KV, HD)
+                  const int32_t *tiles,     // (n_tiles, 3)
+                  const int32_t *pos,       // (n_tokens)
+                  const int32_t *bt,        // (n_seqs, max_blocks)
+                  int max_blocks, int H, int KV, int bs, float scale_log2) {
+#if KVF_WG_AVAILABLE
+    constexpr int NT = 128 * NH;
+    constexpr int TILE = PM_K * HD * 2;  // bytes of a swizzled 64-row bf16 tile (a head's Q, a stage's K or V)
+    constexpr int CPR = HD / 8;          // 16-byte chunks a bf16 row
+    constexpr bool F8 = sizeof(TC) == 1;
+    static_assert(PM_Q == 64 && PM_K == 64, "a warpgroup's 64 rows, 64-key stages");
+    static_assert(ST == 2 || ST == 3, "a ring of 2 or 3 stages");
+    static_assert(GK == 32 || GK == 64, "online-softmax steps of 32 or 64 keys");
+    extern __shared__ float4 pw_dsmem4[];
+    // 1024-byte aligned base (the swizzle is on address bits): (NH, TILE) Q, (ST stages, K|V, TILE), F8: the bytes
+    const unsigned raw = (unsigned)__cvta_generic_to_shared(pw_dsmem4), sbase = (raw + 1023u) & ~1023u;
+    char *gbase = (char *)pw_dsmem4 + (sbase - raw);
+    char *sQ = gbase, *sKV = gbase + NH * TILE;
+    TC *sL = (TC *)(sKV + 2 * ST * TILE);  // F8: (ST stages, K|V, PM_K, HD) E4M3 rows
+
+    const int n_hb = H / NH;
+    const int lin = gridDim.x - 1 - blockIdx.x, tile = lin / n_hb, h0 = (lin % n_hb) * NH, kvh = h0 / (H / KV);
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int wg = threadIdx.x >> 7, lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3;
+    const int g = lane >> 2, tq = lane & 3;
+    const int h = h0 + wg;
+    const int32_t *btab = bt + (size_t)seq * max_blocks;
+    const int p0 = pos[q0];
+    const int kv_end = p0 + nq;
+
+    // Q of the block's heads (zeros past the tile's tokens), in the first cp.async group with key tile 0
+    static_assert(NH * PM_Q * CPR % NT == 0, "whole Q chunks a thread");
+#pragma unroll
+    for (int i = 0; i < NH * PM_Q * CPR / NT; i++) {
+        const int ch = threadIdx.x + i * NT, r = ch / CPR, c = ch % CPR, hh = r / PM_Q, t = r % PM_Q;
+        char *dst = sQ + hh * TILE + kvf_wg_sw128(PM_Q, t, c);
+        if (t < nq) kvf_cp_async16(dst, q + ((size_t)(q0 + t) * H + h0 + hh) * HD + c * 8);
+        else *(uint4 *)dst = make_uint4(0u, 0u, 0u, 0u);
+    }
+    // a stage: 64 key rows of K and of V. Thread t copies chunk t % LCPR of key rows t / LCPR + r x RSTEP, its K and
+    // its V chunk, so one block-table look-up serves both and consecutive threads read a row's consecutive chunks.
+    constexpr int EPC = 16 / (int)sizeof(TC), LCPR = HD / EPC;  // elements a chunk, chunks a cache row
+    constexpr int RSTEP = NT / LCPR, KPT = RSTEP >= PM_K ? 1 : PM_K / RSTEP;  // rows apart, key rows a thread
+    static_assert(NT % LCPR == 0 && (RSTEP >= PM_K || PM_K % RSTEP == 0), "whole K/V rows a thread group");
+    const int lc = threadIdx.x % LCPR, lj = threadIdx.x / LCPR;
+    const int bsh = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // log2 of a power-of-two block size
+    const TC *kbase = kc + (size_t)kvh * HD + lc * EPC, *vbase = vc + (size_t)kvh * HD + lc * EPC;
+    auto load = [&](int stage, int kt) {
+#pragma unroll 2
+        for (int r = 0; r < KPT; r++) {
+            const int j = lj + r * RSTEP, key = kt + j;
+            if (RSTEP > PM_K && j >= PM_K) break;  // more threads than chunks (small rows): the rest idle
+            char *dk = F8 ? (char *)(sL + ((size_t)stage * 2 * PM_K + j) * HD + lc * EPC)
+                          : sKV + stage * 2 * TILE + kvf_wg_sw128(PM_K, j, lc);
+            char *dv = dk + (F8 ? PM_K * HD : TILE);
+            if (key < kv_end) {
+                const int blk = bsh >= 0 ? key >> bsh : key / bs, off = key - blk * bs;
+                const size_t row = ((size_t)btab[blk] * bs + off) * KV * HD;
+                kvf_cp_async16(dk, kbase + row);
+                kvf_cp_async16(dv, vbase + row);
+            } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
+                *(uint4 *)dk = make_uint4(0u, 0u, 0u, 0u);
+                *(uint4 *)dv = make_uint4(0u, 0u, 0u, 0u);
+            }
+        }
+        kvf_cp_async_commit();
+    };
+    const int n_kt = (kv_end + PM_K - 1) / PM_K;
+    load(0, 0);
+    if (ST == 3 && n_kt > 1) load(1, PM_K);
+
+    float o[HD / 2];  // (64 rows x HD) / 128 threads: n8 block dt is o[4 dt .. 4 dt + 3]
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const int pr0 = p0 + wq * 16 + g;  // position of this thread's first row (the second is 8 rows on)
+    const unsigned q_addr = sbase + wg * TILE;
+
+    // ST 2: stage it + 1 is loaded while stage it is multiplied, a barrier before and after. ST 3: stage it + 2
+    // is loaded after the barrier that opens stage it (every warpgroup is then done with it - 1, whose buffers
+    // it takes), so one barrier a stage and two stages in flight.
+    for (int it = 0; it < n_kt; it++) {
+        const int stage = it % ST, kt = it * PM_K;
+        if (ST == 2 && it + 1 < n_kt) {
+            load(stage ^ 1, kt + PM_K);  // its buffer was released by the barrier that ended it - 1
+            kvf_cp_async_wait<1>();
+        } else if (ST == 3 && it + 1 < n_kt) {
+            kvf_cp_async_wait<1>();  // stage it + 1 may stay in flight
+        } else {
+            kvf_cp_async_wait<0>();
+        }
+        if constexpr (F8) {  // widen the stage's E4M3 rows into its swizzled bf16 tiles (exact)
+            __syncthreads();
+            constexpr int WPT = 2 * PM_K * (HD / 16) / NT;  // 16-byte byte-chunks a thread
+            static_assert(WPT * NT == 2 * PM_K * (HD / 16), "whole chunks a thread");
+#pragma unroll 1
+            for (int i = 0; i < WPT; i++) {
+                const int ch = threadIdx.x + i * NT, r = ch / (HD / 16), c16 = ch % (HD / 16);  // r: K rows, V rows
+                const int tv = r / PM_K, j = r % PM_K;
+                uint4 w[2];
+                kvf_fp8x16_to_bf16(*(const uint4 *)(sL + ((size_t)stage * 2 * PM_K + r) * HD + c16 * 16), w);
+                char *dst = sKV + (stage * 2 + tv) * TILE;
+                *(uint4 *)(dst + kvf_wg_sw128(PM_K, j, 2 * c16)) = w[0];
+                *(uint4 *)(dst + kvf_wg_sw128(PM_K, j, 2 * c16 + 1)) = w[1];
+            }
+        }
+        kvf_fence_proxy_async();  // this thread's shared writes (cp.async, zeros, widened rows) seen by wgmma
+        __syncthreads();          // this stage's keys (and Q) are in shared memory for every warpgroup
+        if (ST == 3 && it + 2 < n_kt) load((it + 2) % 3, kt + 2 * PM_K);
+        const unsigned k_addr = kvf_wg_opaque(sbase + NH * TILE + stage * 2 * TILE), v_addr = k_addr + TILE;
+
+        const uint64_t dq = kvf_wg_desc(kvf_wg_opaque(q_addr), 16, 1024);
+#pragma unroll
+        for (int hf = 0; hf < PM_K / GK; hf++) {  // online-softmax steps of GK keys
+            const int kh = kt + hf * GK;         // first key of the step
+            // S = Q K^T: 64 rows x GK keys, k16 steps along the head dims (32 bytes into a 128-byte row). The
+            // descriptors are made here from opaque bases, so that ptxas does not keep them live across the loop.
+            float sc[GK / 2];
+            const uint64_t dk = kvf_wg_desc(k_addr + hf * GK * 128, 16, 1024);
+            kvf_wg_fence();
+#pragma unroll
+            for (int ks = 0; ks < HD / 16; ks++) {
+                const unsigned off = ((ks >> 2) * PM_K * 128 + (ks & 3) * 32) >> 4;  // descriptor address units
+                if constexpr (GK == 64) kvf_wg_m64n64k16_ss(sc, dq + off, dk + off, ks);
+                else kvf_wg_m64n32k16_ss(sc, dq + off, dk + off, ks);
+            }
+            kvf_wg_commit();
+            kvf_wg_wait<0>();
+#pragma unroll
+            for (int i = 0; i < GK / 2; i++) kvf_wg_hold(sc[i]);
+
+            // causal mask (only on a step that reaches past the tile's first query), online softmax in base 2 with
+            // the maxima kept scaled (scale > 0 commutes with max): p = 2^(s x scale - m), one fma a score
+            const bool diag = kh + GK - 1 > p0;
+            const int lim0 = pr0 - kh - 2 * tq, lim1 = lim0 + 8;  // key nt * 8 + (e & 1) of the step is past row g
+            float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+            for (int nt = 0; nt < GK / 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float v = sc[4 * nt + e];
+                    if (diag && nt * 8 + (e & 1) > (e < 2 ? lim0 : lim1)) v = -INFINITY;
+                    sc[4 * nt + e] = v;
+                    if (e < 2) mx0 = fmaxf(mx0, v);
+                    else mx1 = fmaxf(mx1, v);
+                }
+#pragma unroll
+            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+            }
+            const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+            const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+            m0 = mn0, m1 = mn1;
+            float s0 = 0.0f, s1 = 0.0f;
+            uint32_t pa[GK / 16][4];  // P as A fragments of PV (bf16), 16 keys each
+#pragma unroll
+            for (int nt = 0; nt < GK / 8; nt++) {
+                sc[4 * nt + 0] = exp2f(fmaf(sc[4 * nt + 0], scale_log2, -b0));
+                sc[4 * nt + 1] = exp2f(fmaf(sc[4 * nt + 1], scale_log2, -b0));
+                sc[4 * nt + 2] = exp2f(fmaf(sc[4 * nt + 2], scale_log2, -b1));
+                sc[4 * nt + 3] = exp2f(fmaf(sc[4 * nt + 3], scale_log2, -b1));
+                s0 += sc[4 * nt + 0] + sc[4 * nt + 1];
+                s1 += sc[4 * nt + 2] + sc[4 * nt + 3];
+            }
+#pragma unroll
+            for (int kk = 0; kk < GK / 16; kk++) {
+                pa[kk][0] = kvf_pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+                pa[kk][1] = kvf_pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+                pa[kk][2] = kvf_pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+                pa[kk][3] = kvf_pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+            }
+            l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
+            l1 = l1 * c1 + s1;
+            if (c0 != 1.0f || c1 != 1.0f) {  // the row maxima stop moving after the first keys (exact: c = 1)
+#pragma unroll
+                for (int dt = 0; dt < HD / 8; dt++) {
+                    o[4 * dt + 0] *= c0, o[4 * dt + 1] *= c0;
+                    o[4 * dt + 2] *= c1, o[4 * dt + 3] *= c1;
+                }
+            }
+
+            // O += P V: V's rows are keys with 64 dims a 128-byte row (MN-major), 16 keys a step (2048 bytes)
+            kvf_wg_fence();
+#pragma unroll
+            for (int kk = 0; kk < GK / 16; kk++) {
+                const uint64_t dv = kvf_wg_desc(v_addr, PM_K * 128, 1024) + (((hf * GK + kk * 16) * 128) >> 4);
+                if constexpr (HD == 128) kvf_wg_m64n128k16_rs_mn(o, pa[kk], dv);
+                else kvf_wg_m64n64k16_rs_mn(o, pa[kk], dv);
+            }
+            kvf_wg_commit();
+            kvf_wg_wait<0>();
+#pragma unroll
+            for (int i = 0; i < HD / 2; i++) kvf_wg_hold(o[i]);
+        }
+        if (ST == 2) __syncthreads();  // every warpgroup is done with this stage before it is loaded again
+    }
+
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int r0 = wq * 16 + g, r1 = r0 + 8;  // tokens in the tile
+    bf16 *o0 = out + ((size_t)(q0 + r0) * H + h) * HD, *o1 = out + ((size_t)(q0 + r1) * H + h) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int cc = dt * 8 + 2 * tq;
+        if (r0 < nq) *(__nv_bfloat162 *)(o0 + cc) = __floats2bfloat162_rn(o[4 * dt] * i0, o[4 * dt + 1] * i0);
+        if (r1 < nq) *(__nv_bfloat162 *)(o1 + cc) = __floats2bfloat162_rn(o[4 * dt + 2] * i1, o[4 * dt + 3] * i1);
+    }
+#else
+    (void)out, (void)q, (void)kc, (void)vc, (void)tiles, (void)pos, (void)bt, (void)max_blocks, (void)H, (void)KV;
+    (void)bs, (void)scale_log2;
+    __trap();  // the launcher runs this kernel only where it was built for sm_90a
+#endif
+}
+
 // ---------------------------------------------------------------- launchers
 
 extern "C" int kvf_attention_prefill_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
@@ -390,15 +630,43 @@ static const char *const s_variant_names[] = {
     "v0 64q 4w",   // a block per (tile, query head): 4 warps x 16 rows, Q in registers
     "v1 gqa2 4w",  // a block per (tile, 2 heads of a group): 4 warps x 32 rows, Q in shared memory
     "v2 gqa4 8w",  // a block per (tile, 4 heads of a group): 8 warps x 32 rows, Q in shared memory
+    "v3 wg gqa4",      // sm_90a: a block per (tile, 4 heads of a group), a warpgroup a head, wgmma, 2 stages
+    "v4 wg gqa4 3st",  // sm_90a: the same with a ring of 3 stages, one barrier a stage
+    "v5 wg gqa2 3st",  // sm_90a: 2 heads a block, 3 stages, registers uncapped (1 block an SM)
+    "v6 wg gqa4 3st k32",  // sm_90a: v4 with 32-key softmax steps (fewer registers)
+    "v7 wg gqa2 k32",      // sm_90a: 2 heads a block, 2 stages, 32-key steps: 2 blocks an SM
 };
 #define S_N_VARIANTS ((int)(sizeof s_variant_names / sizeof s_variant_names[0]))
 // v2, the fastest on an H200 (kvf-kbench, 16 x 512-token causal prompts: v2 157 TFLOP/s,
 // v1 152, v0 119)
 static const int s_default_variant = 2;
+// where the wgmma variants are available (built for sm_90a, running on compute capability 9.0); not yet
+// measured against v2 on an H200
+static const int s_wg_default_variant = 3;
+
+#define S_NEEDS_SM90A \
+    "variants 3-7 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
 
 extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
 
-extern "C" int kvf_attention_prefill_default_variant(void) { return s_default_variant; }
+extern "C" int kvf_attention_prefill_variant_available(int variant) {
+    if (variant < 0 || variant >= S_N_VARIANTS) return 0;
+    if (variant < 3) return 1;
+#ifdef KVF_CUDA_SM90A
+    int dev = 0, major = 0, minor = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) return 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev) != cudaSuccess)
+        return 0;
+    return major == 9 && minor == 0;  // sm_90a code runs on compute capability 9.0 only
+#else
+    return 0;
+#endif
+}
+
+extern "C" int kvf_attention_prefill_default_variant(void) {
+    return kvf_attention_prefill_variant_available(s_wg_default_variant) ? s_wg_default_variant : s_default_variant;
+}
 
 extern "C" const char *kvf_attention_prefill_variant_name(int variant) {
     return variant >= 0 && variant < S_N_VARIANTS ? s_variant_names[variant] : NULL;
@@ -432,6 +700,65 @@ static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, con
     return 0;
 }
 
+template <int HD, int NH, int MINB, int ST, int GK, typename TC = bf16>
+static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
+                       const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs, float scale_log2,
+                       cudaStream_t stream, kvf_err_t *err) {
+    const dim3 grid(n_tiles * (H / NH));
+    // 1024 bytes of alignment slack, Q of NH heads, 2 stages of K and V (swizzled bf16); FP8: the stages' bytes
+    const size_t tile = (size_t)PM_K * HD * sizeof(bf16);
+    const size_t smem = 1024 + (NH + 2 * ST) * tile + (sizeof(TC) == 1 ? (size_t)ST * 2 * PM_K * HD : 0);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_wg<HD, NH, MINB, ST, GK, TC>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
+    s_attn_prefill_wg<HD, NH, MINB, ST, GK, TC><<<grid, 128 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt,
+                                                                                  max_blocks, H, KV, bs, scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+// Variant 3: 4 heads a block, 2 stages; 4: 3 stages. <= 128 registers a thread either way: where 4 does not divide
+// the group, 2 heads a block (2 blocks an SM) or 1 (4).
+template <int HD, int ST, int GK, typename TC = bf16>
+static int s_launch_wg_st(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
+                          const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs,
+                          float scale_log2, cudaStream_t stream, kvf_err_t *err) {
+    const int G = H / KV;
+    if (G % 4 == 0)
+        return s_launch_wg<HD, 4, 1, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                             scale_log2, stream, err);
+    if (G % 2 == 0)
+        return s_launch_wg<HD, 2, 2, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                             scale_log2, stream, err);
+    return s_launch_wg<HD, 1, 4, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                         stream, err);
+}
+
+template <int HD, typename TC = bf16>
+static int s_launch_wg_v(int variant, int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc,
+                         const int32_t *tiles, const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV,
+                         int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
+    if (variant == 5 && (H / KV) % 2 == 0)
+        return s_launch_wg<HD, 2, 1, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                            stream, err);
+    if (variant == 5)
+        return s_launch_wg<HD, 1, 1, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                            stream, err);
+    if (variant == 7 && (H / KV) % 2 == 0)
+        return s_launch_wg<HD, 2, 2, 2, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                scale_log2, stream, err);
+    if (variant == 7)
+        return s_launch_wg<HD, 1, 4, 2, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                scale_log2, stream, err);
+    if (variant == 6)
+        return s_launch_wg_st<HD, 3, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                             scale_log2, stream, err);
+    if (variant == 3)
+        return s_launch_wg_st<HD, 2, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                         stream, err);
+    return s_launch_wg_st<HD, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
+                                     stream, err);
+}
+
 // v1 / v2 with as many heads a block as divide the group, up to nh_max.
 template <int HD, typename TC = bf16>
 static int s_launch_gqa_nh(int nh_max, int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc,
@@ -463,6 +790,15 @@ extern "C" int kvf_attention_prefill_variant(int variant, uint16_t *out, const u
     KVF_REQUIRE((long long)n_tiles * n_heads <= 0x7fffffffLL, err);
     bf16 *o = (bf16 *)out;
     const bf16 *qq = (const bf16 *)q, *kc = (const bf16 *)k_cache, *vc = (const bf16 *)v_cache;
+    if (variant >= 3) {
+        if (!kvf_attention_prefill_variant_available(variant))
+            return kvf_check_inval(err, S_NEEDS_SM90A, __func__);
+        if (head_dim == 64)
+            return s_launch_wg_v<64>(variant, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads,
+                                     n_kv, block_size, scale_log2, stream, err);
+        return s_launch_wg_v<128>(variant, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads, n_kv,
+                                  block_size, scale_log2, stream, err);
+    }
     if (variant == 0) {
         const dim3 grid(n_tiles * n_heads);
         const size_t smem = (size_t)2 * 2 * PM_K * (head_dim + 8) * sizeof(uint16_t);  // 2 stages of K and V
@@ -484,27 +820,50 @@ extern "C" int kvf_attention_prefill(uint16_t *out, const uint16_t *q, const uin
                                      const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
                                      const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                      int block_size, cudaStream_t stream, kvf_err_t *err) {
-    return kvf_attention_prefill_variant(s_default_variant, out, q, k_cache, v_cache, tiles, n_tiles, pos,
-                                         block_table, max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
+    return kvf_attention_prefill_variant(kvf_attention_prefill_default_variant(), out, q, k_cache, v_cache, tiles,
+                                         n_tiles, pos, block_table, max_blocks, n_heads, n_kv, head_dim, block_size,
+                                         stream, err);
 }
 
-extern "C" int kvf_attention_prefill_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
-                                         const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
-                                         const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
-                                         int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+extern "C" int kvf_attention_prefill_fp8_variant(int variant, uint16_t *out, const uint16_t *q,
+                                                 const uint8_t *k_cache, const uint8_t *v_cache, const int32_t *tiles,
+                                                 int n_tiles, const int32_t *pos, const int32_t *block_table,
+                                                 int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                                                 cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(variant >= 0 && variant < S_N_VARIANTS, err);
     KVF_REQUIRE(out && q && k_cache && v_cache && tiles && pos && block_table, err);
     KVF_REQUIRE(n_heads > 0 && n_kv > 0 && n_heads % n_kv == 0 && n_heads <= 65535, err);
     KVF_REQUIRE(kvf_attention_prefill_supports(head_dim), err);
     KVF_REQUIRE(block_size > 0 && max_blocks > 0 && n_tiles >= 0, err);
+    if (variant < 2)
+        return kvf_check_inval(err, "a variant with an FP8-cache form (2 and up)", __func__);
+    if (!kvf_attention_prefill_variant_available(variant))
+        return kvf_check_inval(err, S_NEEDS_SM90A, __func__);
     if (n_tiles == 0) return 0;
     KVF_REQUIRE((long long)n_tiles * n_heads <= 0x7fffffffLL, err);
     const float scale_log2 = (float)(1.0 / sqrt((double)head_dim) * 1.4426950408889634);
     bf16 *o = (bf16 *)out;
     const bf16 *qq = (const bf16 *)q;
     const kvf_fp8_t *kc = k_cache, *vc = v_cache;
+    if (variant >= 3) {
+        if (head_dim == 64)
+            return s_launch_wg_v<64, kvf_fp8_t>(variant, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks,
+                                                n_heads, n_kv, block_size, scale_log2, stream, err);
+        return s_launch_wg_v<128, kvf_fp8_t>(variant, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks,
+                                             n_heads, n_kv, block_size, scale_log2, stream, err);
+    }
     if (head_dim == 64)
         return s_launch_gqa_nh<64, kvf_fp8_t>(4, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads,
                                               n_kv, block_size, scale_log2, stream, err);
     return s_launch_gqa_nh<128, kvf_fp8_t>(4, n_tiles, o, qq, kc, vc, tiles, pos, block_table, max_blocks, n_heads,
                                            n_kv, block_size, scale_log2, stream, err);
+}
+
+extern "C" int kvf_attention_prefill_fp8(uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                         const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                         const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
+                                         int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+    return kvf_attention_prefill_fp8_variant(kvf_attention_prefill_default_variant(), out, q, k_cache, v_cache, tiles,
+                                             n_tiles, pos, block_table, max_blocks, n_heads, n_kv, head_dim,
+                                             block_size, stream, err);
 }

@@ -43,10 +43,26 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
 //   group is odd.
 // 2 "v2 gqa4 8w": the same with 4 heads, 8 warps (2 or 1 heads when 4 does not
 //   divide the group).
+// 3 "v3 wg gqa4" (sm_90a): a block per (tile, 4 query heads of a group), a
+//   warpgroup of 4 warps a head (its 64 rows) on warpgroup MMA (wgmma), Q, K and V
+//   in 128-byte-swizzled shared memory; at most 128 registers (16 warps an SM).
+// 4 "v4 wg gqa4 3st" (sm_90a): the same with a ring of 3 K/V stages (one barrier
+//   a stage instead of two).
+// 5 "v5 wg gqa2 3st" (sm_90a): 2 heads a block, 3 stages, registers uncapped
+//   (1 block an SM: ptxas serializes the wgmma of v3 and v4 under their cap).
+// 6 "v6 wg gqa4 3st k32" (sm_90a): v4 with online-softmax steps of 32 keys (half
+//   the score registers).
+// 7 "v7 wg gqa2 k32" (sm_90a): 2 heads a block, 2 stages, 32-key steps: 2 blocks
+//   an SM, so that one block's first loads overlap the other's arithmetic.
 // Every variant runs every head_dim that kvf_attention_prefill_supports accepts
-// and computes the same result (up to f32 summation order).
-// The variant kvf_attention_prefill runs.
+// and computes the same result (up to f32 summation order). Variants 3-7 exist
+// only where kernels/ was built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a, the
+// default) and run only on compute capability 9.0.
+// The variant kvf_attention_prefill runs: 3 where available, else 2.
 int kvf_attention_prefill_default_variant(void);
+
+// 1 when the variant can run here (built for it, and on this device's compute capability).
+int kvf_attention_prefill_variant_available(int variant);
 
 int kvf_attention_prefill_n_variants(void);
 const char *kvf_attention_prefill_variant_name(int variant);  // NULL when out of range
@@ -59,15 +75,22 @@ int kvf_attention_prefill_variant(int variant, uint16_t *out, const uint16_t *q,
                                   const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
                                   int block_size, cudaStream_t stream, kvf_err_t *err);
 
-// kvf_attention_prefill (variant 2's kernel) over an FP8 cache (E4M3 bytes,
-// common/fp8.h): each key tile is widened to bf16 in shared memory (exact), then
-// scored as the bf16 path scores it.
+// kvf_attention_prefill over an FP8 cache (E4M3 bytes, common/fp8.h): each key
+// tile is widened to bf16 in shared memory (exact), then scored as the bf16 path
+// scores it. Runs the default variant.
 int kvf_attention_prefill_fp8(uint16_t *out, const uint16_t *q,
                               const uint8_t *k_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
                               const uint8_t *v_cache,  // (n_blocks, block_size, n_kv, head_dim) E4M3, device
                               const int32_t *tiles, int n_tiles, const int32_t *pos, const int32_t *block_table,
                               int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
                               cudaStream_t stream, kvf_err_t *err);
+
+// kvf_attention_prefill_fp8 with the given variant: 2 .. n_variants - 1 (0 and 1
+// have no FP8 form: KVF_E_INVAL, as for a variant not available here).
+int kvf_attention_prefill_fp8_variant(int variant, uint16_t *out, const uint16_t *q, const uint8_t *k_cache,
+                                      const uint8_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
+                                      const int32_t *block_table, int max_blocks, int n_heads, int n_kv,
+                                      int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err);
 
 #ifdef __cplusplus
 }

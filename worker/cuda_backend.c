@@ -300,7 +300,8 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
     if (c->w_fp8) c->act_mode |= S_ACT_GU;  // kvf_silu_mul_fp8 reads bf16 gate/up
     // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs;
-    // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one is unused)
+    // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one
+    // kvf_attention_prefill_fp8_variant's, 2 and up)
     const char *venv = getenv("KVF_ATTN_DECODE_VARIANT");
     c->dec_variant = venv ? atoi(venv) : -1;
     venv = getenv("KVF_ATTN_PREFILL_VARIANT");
@@ -309,8 +310,10 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     if (c->dec_variant < 0 ||
         c->dec_variant >= (fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants()))
         c->dec_variant = kvf_attention_decode_default_variant(fp8, c->n_heads / c->n_kv);  // decode tiles: 1 token
-    if (c->pre_variant < 0 || c->pre_variant >= kvf_attention_prefill_n_variants())
+    if (!kvf_attention_prefill_variant_available(c->pre_variant))
         c->pre_variant = kvf_attention_prefill_default_variant();
+    // the FP8-cache kernels: variants 2 and up (0 and 1 have no FP8 form)
+    c->pre_variant_fp8 = c->pre_variant >= 2 ? c->pre_variant : kvf_attention_prefill_default_variant();
     const char *tenv = getenv("KVF_CUDA_TIMING");
     if (tenv && atoi(tenv) > 0) {
         for (int i = 0; i < S_EV_MAX; i++) {

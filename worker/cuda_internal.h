@@ -136,6 +136,7 @@ typedef struct {
     // residual (tp_size 1 only: the all-reduce stays f32)
     int act_mode;
     int dec_variant, pre_variant;  // variants of the attention kernels: KVF_ATTN_*_VARIANT, else the defaults
+    int pre_variant_fp8;           // the prefill kernel over an FP8 cache (2 and up)
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } kvf_cuda_t;
 

@@ -189,8 +189,8 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
             S_TM(S_T_ATTN);
         }
         if (n_tiles_tc > 0) {
-            S_K(fp8 ? kvf_attention_prefill_fp8(c->att, c->q, k8, v8, d_tiles_tc, n_tiles_tc, d_pos, d_bt, MB, H, KV,
-                                                HD, bs, st, err)
+            S_K(fp8 ? kvf_attention_prefill_fp8_variant(c->pre_variant_fp8, c->att, c->q, k8, v8, d_tiles_tc,
+                                                        n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs, st, err)
                     : kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc,
                                                     d_pos, d_bt, MB, H, KV, HD, bs, st, err));
             S_TM(S_T_ATTN_TC);
