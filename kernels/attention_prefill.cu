@@ -387,16 +387,20 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
 // query heads of one KV head for a tile of 64 tokens; warpgroup w (128 threads)
 // owns head h0 + w's 64 rows. Q, and each 64-key stage of K and V, sit in shared
 // memory in wgmma's 128-byte-swizzled layout (kernels/wgmma.cuh), loaded by
-// cp.async two stages deep as in v2. Per stage a warpgroup runs S = Q K^T as
-// HD / 16 wgmma m64n64k16 (both operands from shared memory), the online softmax
-// on its 32 score registers a thread (v2's numerics: base 2, P rounded to bf16),
-// then O += P V as 4 wgmma m64nHDk16 with P from registers and V read MN-major (no
-// transposed copy). A warpgroup's accumulators are 64 x 64 / 128 + 64 x HD / 128
-// floats a thread (v2: a warp's 32 rows needed 2 x 16 x HD / 32), so 4 (v3) or
-// 2 x 2 (v4) warpgroups fit on an SM. The warpgroups of a block share the K/V stage
-// and its barriers; while one runs softmax another's wgmma run. FP8 caches land as
-// bytes and are widened into the bf16 stage, as in v2.
-template <int HD, int NH, int MINB, int ST, int GK, typename TC = bf16>
+// cp.async: a ring of 2 stages with a barrier before and after each (v3), or of 3
+// with one barrier a stage and two stages in flight (v4). Per stage a warpgroup
+// runs S = Q K^T as HD / 16 wgmma m64n64k16 (both operands from shared memory),
+// the online softmax on its 32 score registers a thread (v2's numerics: base 2, P
+// rounded to bf16; the scale folded into one fma a score), then O += P V as 4
+// wgmma m64nHDk16 with P from registers and V read MN-major (no transposed copy).
+// A warpgroup's accumulators are 64 x 64 / 128 + 64 x HD / 128 floats a thread
+// (v2: a warp's 32 rows needed 2 x 16 x HD / 32), so 4 warpgroups (16 warps) fit
+// on an SM under a 128-register cap; ptxas then serializes the wgmma of a group,
+// which measured cheaper than fewer warps (2 heads uncapped: 174 TFLOP/s) or
+// 32-key steps (203) or pipelining two of them (193). The warpgroups of a block
+// share the K/V stage and its barriers. FP8 caches land as bytes and are widened
+// into the bf16 stage, as in v2.
+template <int HD, int NH, int MINB, int ST, typename TC = bf16>
 static __global__ void __launch_bounds__(128 * NH, MINB)  // NH x MINB = 4: <= 128 registers (16 warps an SM)
 s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
                   const bf16 *q,            // (n_tokens, H, HD)
@@ -413,7 +417,7 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
     constexpr bool F8 = sizeof(TC) == 1;
     static_assert(PM_Q == 64 && PM_K == 64, "a warpgroup's 64 rows, 64-key stages");
     static_assert(ST == 2 || ST == 3, "a ring of 2 or 3 stages");
-    static_assert(GK == 32 || GK == 64, "online-softmax steps of 32 or 64 keys");
+    constexpr int GK = PM_K;  // keys an online-softmax step (32-key steps measured slower: 203 vs 215 TFLOP/s)
     extern __shared__ float4 pw_dsmem4[];
     // 1024-byte aligned base (the swizzle is on address bits): (NH, TILE) Q, (ST stages, K|V, TILE), F8: the bytes
     const unsigned raw = (unsigned)__cvta_generic_to_shared(pw_dsmem4), sbase = (raw + 1023u) & ~1023u;
@@ -524,8 +528,7 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
 #pragma unroll
             for (int ks = 0; ks < HD / 16; ks++) {
                 const unsigned off = ((ks >> 2) * PM_K * 128 + (ks & 3) * 32) >> 4;  // descriptor address units
-                if constexpr (GK == 64) kvf_wg_m64n64k16_ss(sc, dq + off, dk + off, ks);
-                else kvf_wg_m64n32k16_ss(sc, dq + off, dk + off, ks);
+                kvf_wg_m64n64k16_ss(sc, dq + off, dk + off, ks);
             }
             kvf_wg_commit();
             kvf_wg_wait<0>();
@@ -632,20 +635,17 @@ static const char *const s_variant_names[] = {
     "v2 gqa4 8w",  // a block per (tile, 4 heads of a group): 8 warps x 32 rows, Q in shared memory
     "v3 wg gqa4",      // sm_90a: a block per (tile, 4 heads of a group), a warpgroup a head, wgmma, 2 stages
     "v4 wg gqa4 3st",  // sm_90a: the same with a ring of 3 stages, one barrier a stage
-    "v5 wg gqa2 3st",  // sm_90a: 2 heads a block, 3 stages, registers uncapped (1 block an SM)
-    "v6 wg gqa4 3st k32",  // sm_90a: v4 with 32-key softmax steps (fewer registers)
-    "v7 wg gqa2 k32",      // sm_90a: 2 heads a block, 2 stages, 32-key steps: 2 blocks an SM
 };
 #define S_N_VARIANTS ((int)(sizeof s_variant_names / sizeof s_variant_names[0]))
 // v2, the fastest on an H200 (kvf-kbench, 16 x 512-token causal prompts: v2 157 TFLOP/s,
 // v1 152, v0 119)
 static const int s_default_variant = 2;
-// where the wgmma variants are available (built for sm_90a, running on compute capability 9.0); not yet
-// measured against v2 on an H200
-static const int s_wg_default_variant = 3;
+// where the wgmma variants are available (built for sm_90a, running on compute capability 9.0): v4, 212-215
+// TFLOP/s on the same prompts (v3 208-211)
+static const int s_wg_default_variant = 4;
 
 #define S_NEEDS_SM90A \
-    "variants 3-7 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
+    "variants 3-4 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
 
 extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
 
@@ -700,7 +700,7 @@ static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, con
     return 0;
 }
 
-template <int HD, int NH, int MINB, int ST, int GK, typename TC = bf16>
+template <int HD, int NH, int MINB, int ST, typename TC = bf16>
 static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
                        const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs, float scale_log2,
                        cudaStream_t stream, kvf_err_t *err) {
@@ -708,55 +708,27 @@ static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, cons
     // 1024 bytes of alignment slack, Q of NH heads, 2 stages of K and V (swizzled bf16); FP8: the stages' bytes
     const size_t tile = (size_t)PM_K * HD * sizeof(bf16);
     const size_t smem = 1024 + (NH + 2 * ST) * tile + (sizeof(TC) == 1 ? (size_t)ST * 2 * PM_K * HD : 0);
-    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_wg<HD, NH, MINB, ST, GK, TC>,
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_wg<HD, NH, MINB, ST, TC>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_prefill_wg<HD, NH, MINB, ST, GK, TC><<<grid, 128 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt,
-                                                                                  max_blocks, H, KV, bs, scale_log2);
+    s_attn_prefill_wg<HD, NH, MINB, ST, TC><<<grid, 128 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt,
+                                                                              max_blocks, H, KV, bs, scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
 
-// Variant 3: 4 heads a block, 2 stages; 4: 3 stages. <= 128 registers a thread either way: where 4 does not divide
-// the group, 2 heads a block (2 blocks an SM) or 1 (4).
-template <int HD, int ST, int GK, typename TC = bf16>
-static int s_launch_wg_st(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
-                          const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs,
-                          float scale_log2, cudaStream_t stream, kvf_err_t *err) {
-    const int G = H / KV;
-    if (G % 4 == 0)
-        return s_launch_wg<HD, 4, 1, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                             scale_log2, stream, err);
-    if (G % 2 == 0)
-        return s_launch_wg<HD, 2, 2, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                             scale_log2, stream, err);
-    return s_launch_wg<HD, 1, 4, ST, GK, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
-                                         stream, err);
-}
-
+// Variant 3: 4 heads a block, 2 stages; 4: 3 stages. <= 128 registers a thread: where 4 does not divide the
+// group, 2 heads a block (2 blocks an SM) or 1 (4).
 template <int HD, typename TC = bf16>
 static int s_launch_wg_v(int variant, int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc,
                          const int32_t *tiles, const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV,
                          int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
-    if (variant == 5 && (H / KV) % 2 == 0)
-        return s_launch_wg<HD, 2, 1, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
-                                            stream, err);
-    if (variant == 5)
-        return s_launch_wg<HD, 1, 1, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
-                                            stream, err);
-    if (variant == 7 && (H / KV) % 2 == 0)
-        return s_launch_wg<HD, 2, 2, 2, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                scale_log2, stream, err);
-    if (variant == 7)
-        return s_launch_wg<HD, 1, 4, 2, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                scale_log2, stream, err);
-    if (variant == 6)
-        return s_launch_wg_st<HD, 3, 32, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                             scale_log2, stream, err);
-    if (variant == 3)
-        return s_launch_wg_st<HD, 2, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
-                                         stream, err);
-    return s_launch_wg_st<HD, 3, 64, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2,
-                                     stream, err);
+    const int G = H / KV;
+#define S_WG(NH, MINB, ST) \
+    s_launch_wg<HD, NH, MINB, ST, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, \
+                                      stream, err)
+    if (variant == 3) return G % 4 == 0 ? S_WG(4, 1, 2) : G % 2 == 0 ? S_WG(2, 2, 2) : S_WG(1, 4, 2);
+    return G % 4 == 0 ? S_WG(4, 1, 3) : G % 2 == 0 ? S_WG(2, 2, 3) : S_WG(1, 4, 3);
+#undef S_WG
 }
 
 // v1 / v2 with as many heads a block as divide the group, up to nh_max.

@@ -48,17 +48,11 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
 //   in 128-byte-swizzled shared memory; at most 128 registers (16 warps an SM).
 // 4 "v4 wg gqa4 3st" (sm_90a): the same with a ring of 3 K/V stages (one barrier
 //   a stage instead of two).
-// 5 "v5 wg gqa2 3st" (sm_90a): 2 heads a block, 3 stages, registers uncapped
-//   (1 block an SM: ptxas serializes the wgmma of v3 and v4 under their cap).
-// 6 "v6 wg gqa4 3st k32" (sm_90a): v4 with online-softmax steps of 32 keys (half
-//   the score registers).
-// 7 "v7 wg gqa2 k32" (sm_90a): 2 heads a block, 2 stages, 32-key steps: 2 blocks
-//   an SM, so that one block's first loads overlap the other's arithmetic.
 // Every variant runs every head_dim that kvf_attention_prefill_supports accepts
-// and computes the same result (up to f32 summation order). Variants 3-7 exist
+// and computes the same result (up to f32 summation order). Variants 3-4 exist
 // only where kernels/ was built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a, the
 // default) and run only on compute capability 9.0.
-// The variant kvf_attention_prefill runs: 3 where available, else 2.
+// The variant kvf_attention_prefill runs: 4 where available, else 2.
 int kvf_attention_prefill_default_variant(void);
 
 // 1 when the variant can run here (built for it, and on this device's compute capability).

@@ -80,16 +80,6 @@ static __device__ __forceinline__ void kvf_wg_m64n64k16_ss(float d[32], uint64_t
         : "l"(da), "l"(db), "r"(acc));
 }
 
-// d (64 x 32 f32) = A B (+ d when acc): A 64 x 16 K-major, B 32 (n) x 16 K-major, both bf16 in shared memory.
-static __device__ __forceinline__ void kvf_wg_m64n32k16_ss(float d[16], uint64_t da, uint64_t db, int acc) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, p, 1, 1, 0, 0;\n}\n"
-        : KVF_WG_D16(d, 0)
-        : "l"(da), "l"(db), "r"(acc));
-}
-
 // d (64 x 64 f32) += A B: A 64 x 16 bf16 in registers, B 16 (k) x 64 (n) MN-major bf16 in shared memory.
 static __device__ __forceinline__ void kvf_wg_m64n64k16_rs_mn(float d[32], const uint32_t a[4], uint64_t db) {
     asm volatile(
