@@ -230,11 +230,15 @@ Test(kernels_fp8, gemm_fp8) {
         g = s_down_f32(d_yf, (size_t)n * M);
         s_expect_norm("gemm_fp8.f32", cs, g, ref, (size_t)n * M, 5e-4, 3e-4);
         free(g);
-        // with cuBLASLt's fast accumulation (no periodic promotion to f32): the same product, less exactly
+        // with cuBLASLt's fast accumulation (no periodic promotion to f32): the same product, less exactly. The
+        // narrow accumulator's rounding adds up along K like a random walk, so the bounds grow as sqrt(K / 4096):
+        // at K 14336 one H200 draw reached rel L2 2.7e-3 and a largest error of 0.98% of the largest output
+        // (bounds 5.6e-3 and 1.5%; at K <= 4096 they stay 3e-3 and 0.8%, measured up to 1.2e-3 and 0.3%).
         cr_assert(kvf_gemm_fp8(fast, d_yf, KVF_GEMM_OUT_F32, d_x, d_sx, d_w, d_sw, n, K, M, 0, &err) == 0, "%s",
                   err.msg);
         g = s_down_f32(d_yf, (size_t)n * M);
-        s_expect_norm("gemm_fp8.f32.fast", cs, g, ref, (size_t)n * M, 8e-3, 3e-3);
+        const double growth = K > 4096 ? sqrt(K / 4096.0) : 1.0;
+        s_expect_norm("gemm_fp8.f32.fast", cs, g, ref, (size_t)n * M, 8e-3 * growth, 3e-3 * growth);
         free(g), free(x), free(w), free(ref), free(sx), free(sw), free(xq), free(wq);
         cudaFree(d_x), cudaFree(d_w), cudaFree(d_sx), cudaFree(d_sw), cudaFree(d_yb), cudaFree(d_yf);
     }
