@@ -400,6 +400,197 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
 // 32-key steps (203) or pipelining two of them (193). The warpgroups of a block
 // share the K/V stage and its barriers. FP8 caches land as bytes and are widened
 // into the bf16 stage, as in v2.
+// Q rows of NH heads (h0 ..) of a 64-token tile into NH swizzled tiles at sQ, zeros past the tile's nq tokens:
+// thread tid of NTL copies 16-byte chunks tid, tid + NTL, ... (cp.async, not committed).
+template <int HD, int NH, int NTL>
+static __device__ __forceinline__ void s_wg_load_q(char *sQ, int tid, const bf16 *q, int q0, int nq, int H, int h0) {
+    constexpr int CPR = HD / 8, TILE = PM_Q * HD * 2;  // 16-byte chunks a row, bytes a head's tile
+    static_assert(NH * PM_Q * CPR % NTL == 0, "whole Q chunks a thread");
+#pragma unroll
+    for (int i = 0; i < NH * PM_Q * CPR / NTL; i++) {
+        const int ch = tid + i * NTL, r = ch / CPR, c = ch % CPR, hh = r / PM_Q, t = r % PM_Q;
+        char *dst = sQ + hh * TILE + kvf_wg_sw128(PM_Q, t, c);
+        if (t < nq) kvf_cp_async16(dst, q + ((size_t)(q0 + t) * H + h0 + hh) * HD + c * 8);
+        else *(uint4 *)dst = make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// A stage: keys kt .. kt + 63 of K and of V (kbase, vbase: the cache at this KV head) into the stage at dst
+// (bf16: K then V swizzled tiles; E4M3: K then V rows of HD bytes), zeros past kv_end. Thread tid of NTL copies
+// chunk tid % LCPR of key rows tid / LCPR + r x RSTEP, its K and its V chunk, so one block-table look-up serves
+// both and consecutive threads read a row's consecutive chunks (cp.async, not committed). bsh: log2 of bs, or -1.
+template <int HD, int NTL, typename TC>
+static __device__ __forceinline__ void s_wg_load_stage(char *dst, int tid, int kt, int kv_end, const int32_t *btab,
+                                                       int bs, int bsh, const TC *kbase, const TC *vbase, int KV) {
+    constexpr bool F8 = sizeof(TC) == 1;
+    constexpr int EPC = 16 / (int)sizeof(TC), LCPR = HD / EPC;                 // elements a chunk, chunks a row
+    constexpr int RSTEP = NTL / LCPR, KPT = RSTEP >= PM_K ? 1 : PM_K / RSTEP;  // rows apart, key rows a thread
+    static_assert(NTL % LCPR == 0 && (RSTEP >= PM_K || PM_K % RSTEP == 0), "whole K/V rows a thread group");
+    const int lc = tid % LCPR, lj = tid / LCPR;
+#pragma unroll 2
+    for (int r = 0; r < KPT; r++) {
+        const int j = lj + r * RSTEP, key = kt + j;
+        if (RSTEP > PM_K && j >= PM_K) break;  // more threads than chunks (small rows): the rest idle
+        char *dk = F8 ? dst + j * HD + lc * EPC : dst + kvf_wg_sw128(PM_K, j, lc);
+        char *dv = dk + (F8 ? PM_K * HD : PM_K * HD * 2);
+        if (key < kv_end) {
+            const int blk = bsh >= 0 ? key >> bsh : key / bs, off = key - blk * bs;
+            const size_t row = ((size_t)btab[blk] * bs + off) * KV * HD + lc * EPC;
+            kvf_cp_async16(dk, kbase + row);
+            kvf_cp_async16(dv, vbase + row);
+        } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
+            *(uint4 *)dk = make_uint4(0u, 0u, 0u, 0u);
+            *(uint4 *)dv = make_uint4(0u, 0u, 0u, 0u);
+        }
+    }
+}
+
+// S (64 rows x 64 keys, f32) = Q K^T for the keys whose 128-byte rows start at shared address k_addr (Q at
+// descriptor dq): 8 (HD 128) wgmma k16 steps, 32 bytes into a 128-byte row each. Issued and committed, not waited.
+// The descriptor is made here from an opaque base, so that ptxas does not keep every step's live across a loop.
+template <int HD>
+static __device__ __forceinline__ void s_wg_scores(float (&sc)[PM_K / 2], uint64_t dq, unsigned k_addr) {
+#if KVF_WG_AVAILABLE
+    const uint64_t dk = kvf_wg_desc(kvf_wg_opaque(k_addr), 16, 1024);
+    kvf_wg_fence();
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        const unsigned off = ((ks >> 2) * PM_K * 128 + (ks & 3) * 32) >> 4;  // descriptor address units
+        kvf_wg_m64n64k16_ss(sc, dq + off, dk + off, ks);
+    }
+    kvf_wg_commit();
+#else
+    (void)sc, (void)dq, (void)k_addr;
+#endif
+}
+
+// The online softmax of a stage's scores (keys kt .. kt + 63; pr0 = position of this thread's first row, p0 the
+// tile's first): the causal mask where the stage reaches past p0, base 2 with the maxima m kept scaled (scale > 0
+// commutes with max: p = 2^(s x scale - m), one fma a score), P rounded to bf16 into pa, l the per-thread partial
+// sums, o rescaled where a row maximum moved.
+template <int HD>
+static __device__ __forceinline__ void s_wg_softmax(float (&sc)[PM_K / 2], uint32_t (&pa)[PM_K / 16][4],
+                                                    float (&o)[HD / 2], float &m0, float &m1, float &l0, float &l1,
+                                                    int kt, int p0, int pr0, int tq, float scale_log2) {
+    const bool diag = kt + PM_K - 1 > p0;
+    const int lim0 = pr0 - kt - 2 * tq, lim1 = lim0 + 8;  // key nt * 8 + (e & 1) of the stage is past row g
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < PM_K / 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float v = sc[4 * nt + e];
+            if (diag && nt * 8 + (e & 1) > (e < 2 ? lim0 : lim1)) v = -INFINITY;
+            sc[4 * nt + e] = v;
+            if (e < 2) mx0 = fmaxf(mx0, v);
+            else mx1 = fmaxf(mx1, v);
+        }
+#pragma unroll
+    for (int o_ = 1; o_ <= 2; o_ <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
+    }
+    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
+    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
+    m0 = mn0, m1 = mn1;
+    float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < PM_K / 8; nt++) {
+        sc[4 * nt + 0] = exp2f(fmaf(sc[4 * nt + 0], scale_log2, -b0));
+        sc[4 * nt + 1] = exp2f(fmaf(sc[4 * nt + 1], scale_log2, -b0));
+        sc[4 * nt + 2] = exp2f(fmaf(sc[4 * nt + 2], scale_log2, -b1));
+        sc[4 * nt + 3] = exp2f(fmaf(sc[4 * nt + 3], scale_log2, -b1));
+        s0 += sc[4 * nt + 0] + sc[4 * nt + 1];
+        s1 += sc[4 * nt + 2] + sc[4 * nt + 3];
+    }
+#pragma unroll
+    for (int kk = 0; kk < PM_K / 16; kk++) {
+        pa[kk][0] = kvf_pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
+        pa[kk][1] = kvf_pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
+        pa[kk][2] = kvf_pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
+        pa[kk][3] = kvf_pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
+    }
+    l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
+    l1 = l1 * c1 + s1;
+    if (c0 != 1.0f || c1 != 1.0f) {  // the row maxima stop moving after the first keys (exact: c = 1)
+#pragma unroll
+        for (int dt = 0; dt < HD / 8; dt++) {
+            o[4 * dt + 0] *= c0, o[4 * dt + 1] *= c0;
+            o[4 * dt + 2] *= c1, o[4 * dt + 3] *= c1;
+        }
+    }
+}
+
+// O += P V: V's rows (keys, 64 dims a 128-byte row, MN-major) at shared address v_addr, 16 keys (2048 bytes) a
+// wgmma. Issued and committed, not waited.
+template <int HD>
+static __device__ __forceinline__ void s_wg_pv(float (&o)[HD / 2], const uint32_t (&pa)[PM_K / 16][4], unsigned v_addr) {
+#if KVF_WG_AVAILABLE
+    const uint64_t dv = kvf_wg_desc(v_addr, PM_K * 128, 1024);
+    kvf_wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < PM_K / 16; kk++) {
+        if constexpr (HD == 128) kvf_wg_m64n128k16_rs_mn(o, pa[kk], dv + ((kk * 16 * 128) >> 4));
+        else kvf_wg_m64n64k16_rs_mn(o, pa[kk], dv + ((kk * 16 * 128) >> 4));
+    }
+    kvf_wg_commit();
+#else
+    (void)o, (void)pa, (void)v_addr;
+#endif
+}
+
+// A wgmma group's accumulators, after its wait: the compiler must not move their uses above it.
+template <int N>
+static __device__ __forceinline__ void s_wg_hold(float (&x)[N]) {
+#if KVF_WG_AVAILABLE
+#pragma unroll
+    for (int i = 0; i < N; i++) kvf_wg_hold(x[i]);
+#else
+    (void)x;
+#endif
+}
+
+// One 64-key stage of a warpgroup's 64 rows, each wgmma group waited before its results are used.
+template <int HD>
+static __device__ __forceinline__ void s_wg_stage(float (&o)[HD / 2], float &m0, float &m1, float &l0, float &l1,
+                                                  uint64_t dq, unsigned k_addr, unsigned v_addr, int kt, int p0,
+                                                  int pr0, int tq, float scale_log2) {
+#if KVF_WG_AVAILABLE
+    float sc[PM_K / 2];
+    uint32_t pa[PM_K / 16][4];  // P as A fragments of PV (bf16), 16 keys each
+    s_wg_scores<HD>(sc, dq, k_addr);
+    kvf_wg_wait<0>();
+    s_wg_hold(sc);
+    s_wg_softmax<HD>(sc, pa, o, m0, m1, l0, l1, kt, p0, pr0, tq, scale_log2);
+    s_wg_pv<HD>(o, pa, v_addr);
+    kvf_wg_wait<0>();
+    s_wg_hold(o);
+#else
+    (void)o, (void)m0, (void)m1, (void)l0, (void)l1, (void)dq, (void)k_addr, (void)v_addr, (void)kt, (void)p0;
+    (void)pr0, (void)tq, (void)scale_log2;
+#endif
+}
+
+// A warpgroup's normalized rows into out: this thread's rows r0 and r0 + 8 of the tile (those below nq).
+template <int HD>
+static __device__ __forceinline__ void s_wg_store(bf16 *out, const float (&o)[HD / 2], float l0, float l1, int q0,
+                                                  int nq, int H, int h, int r0, int tq) {
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    const int r1 = r0 + 8;  // tokens in the tile
+    bf16 *o0 = out + ((size_t)(q0 + r0) * H + h) * HD, *o1 = out + ((size_t)(q0 + r1) * H + h) * HD;
+#pragma unroll
+    for (int dt = 0; dt < HD / 8; dt++) {
+        const int cc = dt * 8 + 2 * tq;
+        if (r0 < nq) *(__nv_bfloat162 *)(o0 + cc) = __floats2bfloat162_rn(o[4 * dt] * i0, o[4 * dt + 1] * i0);
+        if (r1 < nq) *(__nv_bfloat162 *)(o1 + cc) = __floats2bfloat162_rn(o[4 * dt + 2] * i1, o[4 * dt + 3] * i1);
+    }
+}
+
 template <int HD, int NH, int MINB, int ST, typename TC = bf16>
 static __global__ void __launch_bounds__(128 * NH, MINB)  // NH x MINB = 4: <= 128 registers (16 warps an SM)
 s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
@@ -413,11 +604,9 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
 #if KVF_WG_AVAILABLE
     constexpr int NT = 128 * NH;
     constexpr int TILE = PM_K * HD * 2;  // bytes of a swizzled 64-row bf16 tile (a head's Q, a stage's K or V)
-    constexpr int CPR = HD / 8;          // 16-byte chunks a bf16 row
     constexpr bool F8 = sizeof(TC) == 1;
     static_assert(PM_Q == 64 && PM_K == 64, "a warpgroup's 64 rows, 64-key stages");
     static_assert(ST == 2 || ST == 3, "a ring of 2 or 3 stages");
-    constexpr int GK = PM_K;  // keys an online-softmax step (32-key steps measured slower: 203 vs 215 TFLOP/s)
     extern __shared__ float4 pw_dsmem4[];
     // 1024-byte aligned base (the swizzle is on address bits): (NH, TILE) Q, (ST stages, K|V, TILE), F8: the bytes
     const unsigned raw = (unsigned)__cvta_generic_to_shared(pw_dsmem4), sbase = (raw + 1023u) & ~1023u;
@@ -435,41 +624,13 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
     const int p0 = pos[q0];
     const int kv_end = p0 + nq;
 
-    // Q of the block's heads (zeros past the tile's tokens), in the first cp.async group with key tile 0
-    static_assert(NH * PM_Q * CPR % NT == 0, "whole Q chunks a thread");
-#pragma unroll
-    for (int i = 0; i < NH * PM_Q * CPR / NT; i++) {
-        const int ch = threadIdx.x + i * NT, r = ch / CPR, c = ch % CPR, hh = r / PM_Q, t = r % PM_Q;
-        char *dst = sQ + hh * TILE + kvf_wg_sw128(PM_Q, t, c);
-        if (t < nq) kvf_cp_async16(dst, q + ((size_t)(q0 + t) * H + h0 + hh) * HD + c * 8);
-        else *(uint4 *)dst = make_uint4(0u, 0u, 0u, 0u);
-    }
-    // a stage: 64 key rows of K and of V. Thread t copies chunk t % LCPR of key rows t / LCPR + r x RSTEP, its K and
-    // its V chunk, so one block-table look-up serves both and consecutive threads read a row's consecutive chunks.
-    constexpr int EPC = 16 / (int)sizeof(TC), LCPR = HD / EPC;  // elements a chunk, chunks a cache row
-    constexpr int RSTEP = NT / LCPR, KPT = RSTEP >= PM_K ? 1 : PM_K / RSTEP;  // rows apart, key rows a thread
-    static_assert(NT % LCPR == 0 && (RSTEP >= PM_K || PM_K % RSTEP == 0), "whole K/V rows a thread group");
-    const int lc = threadIdx.x % LCPR, lj = threadIdx.x / LCPR;
+    // Q of the block's heads, in the first cp.async group with key tile 0
+    s_wg_load_q<HD, NH, NT>(sQ, threadIdx.x, q, q0, nq, H, h0);
     const int bsh = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;  // log2 of a power-of-two block size
-    const TC *kbase = kc + (size_t)kvh * HD + lc * EPC, *vbase = vc + (size_t)kvh * HD + lc * EPC;
+    const TC *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
     auto load = [&](int stage, int kt) {
-#pragma unroll 2
-        for (int r = 0; r < KPT; r++) {
-            const int j = lj + r * RSTEP, key = kt + j;
-            if (RSTEP > PM_K && j >= PM_K) break;  // more threads than chunks (small rows): the rest idle
-            char *dk = F8 ? (char *)(sL + ((size_t)stage * 2 * PM_K + j) * HD + lc * EPC)
-                          : sKV + stage * 2 * TILE + kvf_wg_sw128(PM_K, j, lc);
-            char *dv = dk + (F8 ? PM_K * HD : TILE);
-            if (key < kv_end) {
-                const int blk = bsh >= 0 ? key >> bsh : key / bs, off = key - blk * bs;
-                const size_t row = ((size_t)btab[blk] * bs + off) * KV * HD;
-                kvf_cp_async16(dk, kbase + row);
-                kvf_cp_async16(dv, vbase + row);
-            } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
-                *(uint4 *)dk = make_uint4(0u, 0u, 0u, 0u);
-                *(uint4 *)dv = make_uint4(0u, 0u, 0u, 0u);
-            }
-        }
+        s_wg_load_stage<HD, NT, TC>(F8 ? (char *)(sL + (size_t)stage * 2 * PM_K * HD) : sKV + stage * 2 * TILE,
+                                    threadIdx.x, kt, kv_end, btab, bs, bsh, kbase, vbase, KV);
         kvf_cp_async_commit();
     };
     const int n_kt = (kv_end + PM_K - 1) / PM_K;
@@ -516,106 +677,145 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
         if (ST == 3 && it + 2 < n_kt) load((it + 2) % 3, kt + 2 * PM_K);
         const unsigned k_addr = kvf_wg_opaque(sbase + NH * TILE + stage * 2 * TILE), v_addr = k_addr + TILE;
 
-        const uint64_t dq = kvf_wg_desc(kvf_wg_opaque(q_addr), 16, 1024);
-#pragma unroll
-        for (int hf = 0; hf < PM_K / GK; hf++) {  // online-softmax steps of GK keys
-            const int kh = kt + hf * GK;         // first key of the step
-            // S = Q K^T: 64 rows x GK keys, k16 steps along the head dims (32 bytes into a 128-byte row). The
-            // descriptors are made here from opaque bases, so that ptxas does not keep them live across the loop.
-            float sc[GK / 2];
-            const uint64_t dk = kvf_wg_desc(k_addr + hf * GK * 128, 16, 1024);
-            kvf_wg_fence();
-#pragma unroll
-            for (int ks = 0; ks < HD / 16; ks++) {
-                const unsigned off = ((ks >> 2) * PM_K * 128 + (ks & 3) * 32) >> 4;  // descriptor address units
-                kvf_wg_m64n64k16_ss(sc, dq + off, dk + off, ks);
-            }
-            kvf_wg_commit();
-            kvf_wg_wait<0>();
-#pragma unroll
-            for (int i = 0; i < GK / 2; i++) kvf_wg_hold(sc[i]);
-
-            // causal mask (only on a step that reaches past the tile's first query), online softmax in base 2 with
-            // the maxima kept scaled (scale > 0 commutes with max): p = 2^(s x scale - m), one fma a score
-            const bool diag = kh + GK - 1 > p0;
-            const int lim0 = pr0 - kh - 2 * tq, lim1 = lim0 + 8;  // key nt * 8 + (e & 1) of the step is past row g
-            float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-            for (int nt = 0; nt < GK / 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float v = sc[4 * nt + e];
-                    if (diag && nt * 8 + (e & 1) > (e < 2 ? lim0 : lim1)) v = -INFINITY;
-                    sc[4 * nt + e] = v;
-                    if (e < 2) mx0 = fmaxf(mx0, v);
-                    else mx1 = fmaxf(mx1, v);
-                }
-#pragma unroll
-            for (int o_ = 1; o_ <= 2; o_ <<= 1) {
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
-            }
-            const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-            const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-            const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
-            m0 = mn0, m1 = mn1;
-            float s0 = 0.0f, s1 = 0.0f;
-            uint32_t pa[GK / 16][4];  // P as A fragments of PV (bf16), 16 keys each
-#pragma unroll
-            for (int nt = 0; nt < GK / 8; nt++) {
-                sc[4 * nt + 0] = exp2f(fmaf(sc[4 * nt + 0], scale_log2, -b0));
-                sc[4 * nt + 1] = exp2f(fmaf(sc[4 * nt + 1], scale_log2, -b0));
-                sc[4 * nt + 2] = exp2f(fmaf(sc[4 * nt + 2], scale_log2, -b1));
-                sc[4 * nt + 3] = exp2f(fmaf(sc[4 * nt + 3], scale_log2, -b1));
-                s0 += sc[4 * nt + 0] + sc[4 * nt + 1];
-                s1 += sc[4 * nt + 2] + sc[4 * nt + 3];
-            }
-#pragma unroll
-            for (int kk = 0; kk < GK / 16; kk++) {
-                pa[kk][0] = kvf_pack_bf16x2(sc[8 * kk + 0], sc[8 * kk + 1]);
-                pa[kk][1] = kvf_pack_bf16x2(sc[8 * kk + 2], sc[8 * kk + 3]);
-                pa[kk][2] = kvf_pack_bf16x2(sc[8 * kk + 4], sc[8 * kk + 5]);
-                pa[kk][3] = kvf_pack_bf16x2(sc[8 * kk + 6], sc[8 * kk + 7]);
-            }
-            l0 = l0 * c0 + s0;  // per-thread partial sums; the quad adds them up at the end
-            l1 = l1 * c1 + s1;
-            if (c0 != 1.0f || c1 != 1.0f) {  // the row maxima stop moving after the first keys (exact: c = 1)
-#pragma unroll
-                for (int dt = 0; dt < HD / 8; dt++) {
-                    o[4 * dt + 0] *= c0, o[4 * dt + 1] *= c0;
-                    o[4 * dt + 2] *= c1, o[4 * dt + 3] *= c1;
-                }
-            }
-
-            // O += P V: V's rows are keys with 64 dims a 128-byte row (MN-major), 16 keys a step (2048 bytes)
-            kvf_wg_fence();
-#pragma unroll
-            for (int kk = 0; kk < GK / 16; kk++) {
-                const uint64_t dv = kvf_wg_desc(v_addr, PM_K * 128, 1024) + (((hf * GK + kk * 16) * 128) >> 4);
-                if constexpr (HD == 128) kvf_wg_m64n128k16_rs_mn(o, pa[kk], dv);
-                else kvf_wg_m64n64k16_rs_mn(o, pa[kk], dv);
-            }
-            kvf_wg_commit();
-            kvf_wg_wait<0>();
-#pragma unroll
-            for (int i = 0; i < HD / 2; i++) kvf_wg_hold(o[i]);
-        }
+        s_wg_stage<HD>(o, m0, m1, l0, l1, kvf_wg_desc(kvf_wg_opaque(q_addr), 16, 1024), k_addr, v_addr, kt, p0, pr0,
+                       tq, scale_log2);
         if (ST == 2) __syncthreads();  // every warpgroup is done with this stage before it is loaded again
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-    const int r0 = wq * 16 + g, r1 = r0 + 8;  // tokens in the tile
-    bf16 *o0 = out + ((size_t)(q0 + r0) * H + h) * HD, *o1 = out + ((size_t)(q0 + r1) * H + h) * HD;
+    s_wg_store<HD>(out, o, l0, l1, q0, nq, H, h, wq * 16 + g, tq);
+#else
+    (void)out, (void)q, (void)kc, (void)vc, (void)tiles, (void)pos, (void)bt, (void)max_blocks, (void)H, (void)KV;
+    (void)bs, (void)scale_log2;
+    __trap();  // the launcher runs this kernel only where it was built for sm_90a
+#endif
+}
+
+// ---------------------------------------------------------------- v5: a producer warpgroup (sm_90a)
+//
+// v4's arithmetic with the loads taken off the consumers: warpgroup 0 copies Q and the K/V stages (cp.async) into a
+// ring of ST stages and publishes each with an mbarrier ("full"); warpgroups 1 and 2 (2 query heads of a group) run
+// a stage as soon as it is full and release it ("empty"), with no block-wide barrier, so the two drift apart and
+// one's softmax can meet the other's wgmma. 384 threads: <= 168 registers, so the consumers' wgmma are not
+// serialized. FP8 caches: the producer widens its own chunks of a stage into the bf16 tiles before publishing it.
+template <int HD, int ST, typename TC = bf16>
+static __global__ void __launch_bounds__(384, 1)
+s_attn_prefill_ws(bf16 *out,                // (n_tokens, H, HD)
+                  const bf16 *q,            // (n_tokens, H, HD)
+                  const TC *kc,             // (n_blocks, bs, KV, HD)
+                  const TC *vc,             // (n_blocks, bs, KV, HD)
+                  const int32_t *tiles,     // (n_tiles, 3)
+                  const int32_t *pos,       // (n_tokens)
+                  const int32_t *bt,        // (n_seqs, max_blocks)
+                  int max_blocks, int H, int KV, int bs, float scale_log2) {
+#if KVF_WG_AVAILABLE
+    constexpr int NH = 2, TILE = PM_K * HD * 2, D = 2;  // consumer heads; bytes of a tile; stages loaded ahead
+    constexpr bool F8 = sizeof(TC) == 1;
+    static_assert(ST > D, "a ring deeper than the stages in flight");
+    extern __shared__ float4 pw_dsmem4[];
+    // 1024-byte aligned: (NH, TILE) Q, (ST, K|V, TILE) stages, F8: (ST, K|V, PM_K, HD) bytes; then 2 x ST mbarriers
+    const unsigned raw = (unsigned)__cvta_generic_to_shared(pw_dsmem4), sbase = (raw + 1023u) & ~1023u;
+    char *gbase = (char *)pw_dsmem4 + (sbase - raw);
+    char *sQ = gbase, *sKV = gbase + NH * TILE;
+    TC *sL = (TC *)(sKV + 2 * ST * TILE);
+    const unsigned bar = sbase + (NH + 2 * ST) * TILE + (F8 ? ST * 2 * PM_K * HD : 0);  // full[ST], empty[ST]
+    if (threadIdx.x == 0)
+        for (int s = 0; s < ST; s++) kvf_mbar_init(bar + 8 * s, 128), kvf_mbar_init(bar + 8 * (ST + s), 128 * NH);
+    __syncthreads();
+
+    const int n_hb = H / NH;
+    const int lin = gridDim.x - 1 - blockIdx.x, tile = lin / n_hb, h0 = (lin % n_hb) * NH, kvh = h0 / (H / KV);
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int wg = threadIdx.x >> 7;
+    const int p0 = pos[q0];
+    const int kv_end = p0 + nq, n_kt = (kv_end + PM_K - 1) / PM_K;
+
+    if (wg == 0) {  // producer
+        const int tid = threadIdx.x;
+        const int32_t *btab = bt + (size_t)seq * max_blocks;
+        const int bsh = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;
+        const TC *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
+        s_wg_load_q<HD, NH, 128>(sQ, tid, q, q0, nq, H, h0);  // with stage 0
+        // stage j is in shared memory (this thread's part): widen it (F8), make it visible to wgmma, publish it
+        auto publish = [&](int j) {
+            const int s = j % ST;
+            if constexpr (F8) {
+                if (j >= ST) kvf_mbar_wait(bar + 8 * (ST + s), (unsigned)((j / ST - 1) & 1));
+                constexpr int LCPR = HD / 16, RSTEP = 128 / LCPR, KPT = PM_K / RSTEP;  // s_wg_load_stage's split
+                const int lc = tid % LCPR, lj = tid / LCPR;
+                const TC *src = sL + (size_t)s * 2 * PM_K * HD;
+                char *dst = sKV + s * 2 * TILE;
+#pragma unroll 2
+                for (int r = 0; r < KPT; r++) {
+                    const int jj = lj + r * RSTEP;
 #pragma unroll
-    for (int dt = 0; dt < HD / 8; dt++) {
-        const int cc = dt * 8 + 2 * tq;
-        if (r0 < nq) *(__nv_bfloat162 *)(o0 + cc) = __floats2bfloat162_rn(o[4 * dt] * i0, o[4 * dt + 1] * i0);
-        if (r1 < nq) *(__nv_bfloat162 *)(o1 + cc) = __floats2bfloat162_rn(o[4 * dt + 2] * i1, o[4 * dt + 3] * i1);
+                    for (int tv = 0; tv < 2; tv++) {
+                        uint4 w[2];
+                        kvf_fp8x16_to_bf16(*(const uint4 *)(src + ((size_t)tv * PM_K + jj) * HD + lc * 16), w);
+                        *(uint4 *)(dst + tv * TILE + kvf_wg_sw128(PM_K, jj, 2 * lc)) = w[0];
+                        *(uint4 *)(dst + tv * TILE + kvf_wg_sw128(PM_K, jj, 2 * lc + 1)) = w[1];
+                    }
+                }
+            }
+            kvf_fence_proxy_async();
+            kvf_mbar_arrive(bar + 8 * s);
+        };
+        for (int it = 0; it < n_kt; it++) {
+            const int s = it % ST;
+            if (!F8 && it >= ST) kvf_mbar_wait(bar + 8 * (ST + s), (unsigned)((it / ST - 1) & 1));
+            s_wg_load_stage<HD, 128, TC>(F8 ? (char *)(sL + (size_t)s * 2 * PM_K * HD) : sKV + s * 2 * TILE, tid,
+                                         it * PM_K, kv_end, btab, bs, bsh, kbase, vbase, KV);
+            kvf_cp_async_commit();
+            if (it >= D) {
+                kvf_cp_async_wait<D>();
+                publish(it - D);
+            }
+        }
+        kvf_cp_async_wait<0>();
+        for (int j = n_kt > D ? n_kt - D : 0; j < n_kt; j++) publish(j);
+        return;
     }
+
+    // consumers: warpgroup 1 + c runs head h0 + c
+    const int c = wg - 1, h = h0 + c, lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3;
+    const int g = lane >> 2, tq = lane & 3;
+    float o[HD / 2];
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    const int pr0 = p0 + wq * 16 + g;
+    const unsigned q_addr = sbase + c * TILE;
+    // flash-attention 3's in-warpgroup overlap: S of stage it + 1 is issued before stage it's softmax, so the
+    // tensor cores work while this warpgroup's ALUs do; a stage is released when its P V has completed
+    const uint64_t dq = kvf_wg_desc(q_addr, 16, 1024);
+    float sa[PM_K / 2], sb[PM_K / 2];
+    uint32_t pa[PM_K / 16][4];
+    kvf_mbar_wait(bar, 0u);
+    s_wg_scores<HD>(sa, dq, sbase + NH * TILE);
+    for (int it = 0; it < n_kt; it += 2) {  // two stages an iteration: the score registers alternate (sa, sb)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int j = it + half;
+            if (j >= n_kt) break;
+            float(&cur)[PM_K / 2] = half ? sb : sa;
+            float(&nxt)[PM_K / 2] = half ? sa : sb;
+            const int s = j % ST;
+            kvf_wg_wait<0>();  // S of stage j, and P V of stage j - 1
+            s_wg_hold(cur);
+            s_wg_hold(o);
+            if (j > 0) kvf_mbar_arrive(bar + 8 * (ST + (j - 1) % ST));  // stage j - 1 is done with
+            if (j + 1 < n_kt) {
+                const int s1 = (j + 1) % ST;
+                kvf_mbar_wait(bar + 8 * s1, (unsigned)(((j + 1) / ST) & 1));
+                s_wg_scores<HD>(nxt, dq, sbase + NH * TILE + s1 * 2 * TILE);
+            }
+            s_wg_softmax<HD>(cur, pa, o, m0, m1, l0, l1, j * PM_K, p0, pr0, tq, scale_log2);
+            s_wg_pv<HD>(o, pa, sbase + NH * TILE + s * 2 * TILE + TILE);
+        }
+    }
+    kvf_wg_wait<0>();
+    s_wg_hold(o);
+    kvf_mbar_arrive(bar + 8 * (ST + (n_kt - 1) % ST));
+    s_wg_store<HD>(out, o, l0, l1, q0, nq, H, h, wq * 16 + g, tq);
 #else
     (void)out, (void)q, (void)kc, (void)vc, (void)tiles, (void)pos, (void)bt, (void)max_blocks, (void)H, (void)KV;
     (void)bs, (void)scale_log2;
@@ -635,6 +835,7 @@ static const char *const s_variant_names[] = {
     "v2 gqa4 8w",  // a block per (tile, 4 heads of a group): 8 warps x 32 rows, Q in shared memory
     "v3 wg gqa4",      // sm_90a: a block per (tile, 4 heads of a group), a warpgroup a head, wgmma, 2 stages
     "v4 wg gqa4 3st",  // sm_90a: the same with a ring of 3 stages, one barrier a stage
+    "v5 ws gqa2",      // sm_90a: a producer warpgroup, 2 consumer warpgroups, mbarriers instead of block barriers
 };
 #define S_N_VARIANTS ((int)(sizeof s_variant_names / sizeof s_variant_names[0]))
 // v2, the fastest on an H200 (kvf-kbench, 16 x 512-token causal prompts: v2 157 TFLOP/s,
@@ -645,7 +846,7 @@ static const int s_default_variant = 2;
 static const int s_wg_default_variant = 4;
 
 #define S_NEEDS_SM90A \
-    "variants 3-4 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
+    "variants 3-5 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
 
 extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
 
@@ -716,6 +917,22 @@ static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, cons
     return 0;
 }
 
+template <int HD, int ST, typename TC = bf16>
+static int s_launch_ws(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
+                       const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs, float scale_log2,
+                       cudaStream_t stream, kvf_err_t *err) {
+    const dim3 grid(n_tiles * (H / 2));
+    // alignment slack, Q of 2 heads, ST stages of K and V (bf16), F8: their bytes, 2 x ST mbarriers
+    const size_t tile = (size_t)PM_K * HD * sizeof(bf16);
+    const size_t smem = 1024 + (2 + 2 * ST) * tile + (sizeof(TC) == 1 ? (size_t)ST * 2 * PM_K * HD : 0) + 16 * ST;
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_ws<HD, ST, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem), err);
+    s_attn_prefill_ws<HD, ST, TC><<<grid, 384, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                              scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
 // Variant 3: 4 heads a block, 2 stages; 4: 3 stages. <= 128 registers a thread: where 4 does not divide the
 // group, 2 heads a block (2 blocks an SM) or 1 (4).
 template <int HD, typename TC = bf16>
@@ -726,6 +943,11 @@ static int s_launch_wg_v(int variant, int n_tiles, bf16 *out, const bf16 *q, con
 #define S_WG(NH, MINB, ST) \
     s_launch_wg<HD, NH, MINB, ST, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, \
                                       stream, err)
+    if (variant == 5 && G % 2 == 0)  // 2 consumer heads a block: v4 where the group is odd
+        return sizeof(TC) == 1 ? s_launch_ws<HD, 3, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                        scale_log2, stream, err)
+                               : s_launch_ws<HD, 4, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
+                                                        scale_log2, stream, err);
     if (variant == 3) return G % 4 == 0 ? S_WG(4, 1, 2) : G % 2 == 0 ? S_WG(2, 2, 2) : S_WG(1, 4, 2);
     return G % 4 == 0 ? S_WG(4, 1, 3) : G % 2 == 0 ? S_WG(2, 2, 3) : S_WG(1, 4, 3);
 #undef S_WG
