@@ -395,11 +395,12 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
 // wgmma m64nHDk16 with P from registers and V read MN-major (no transposed copy).
 // A warpgroup's accumulators are 64 x 64 / 128 + 64 x HD / 128 floats a thread
 // (v2: a warp's 32 rows needed 2 x 16 x HD / 32), so 4 warpgroups (16 warps) fit
-// on an SM under a 128-register cap; ptxas then serializes the wgmma of a group,
-// which measured cheaper than fewer warps (2 heads uncapped: 174 TFLOP/s) or
-// 32-key steps (203) or pipelining two of them (193). The warpgroups of a block
-// share the K/V stage and its barriers. FP8 caches land as bytes and are widened
-// into the bf16 stage, as in v2.
+// on an SM under a 128-register cap. Fewer warps measured slower, whatever they
+// gained (kernels/NOTES.md v9: 2 heads uncapped 174 TFLOP/s; a producer warpgroup
+// with mbarriers and 2 consumers 159, with the next stage's S issued before the
+// softmax 141), and so did 32-key steps (203). The warpgroups of a block share the
+// K/V stage and its barriers. FP8 caches land as bytes and are widened into the
+// bf16 stage, as in v2.
 // Q rows of NH heads (h0 ..) of a 64-token tile into NH swizzled tiles at sQ, zeros past the tile's nq tokens:
 // thread tid of NTL copies 16-byte chunks tid, tid + NTL, ... (cp.async, not committed).
 template <int HD, int NH, int NTL>
@@ -690,139 +691,6 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
 #endif
 }
 
-// ---------------------------------------------------------------- v5: a producer warpgroup (sm_90a)
-//
-// v4's arithmetic with the loads taken off the consumers: warpgroup 0 copies Q and the K/V stages (cp.async) into a
-// ring of ST stages and publishes each with an mbarrier ("full"); warpgroups 1 and 2 (2 query heads of a group) run
-// a stage as soon as it is full and release it ("empty"), with no block-wide barrier, so the two drift apart and
-// one's softmax can meet the other's wgmma. 384 threads: <= 168 registers, so the consumers' wgmma are not
-// serialized. FP8 caches: the producer widens its own chunks of a stage into the bf16 tiles before publishing it.
-template <int HD, int ST, typename TC = bf16>
-static __global__ void __launch_bounds__(384, 1)
-s_attn_prefill_ws(bf16 *out,                // (n_tokens, H, HD)
-                  const bf16 *q,            // (n_tokens, H, HD)
-                  const TC *kc,             // (n_blocks, bs, KV, HD)
-                  const TC *vc,             // (n_blocks, bs, KV, HD)
-                  const int32_t *tiles,     // (n_tiles, 3)
-                  const int32_t *pos,       // (n_tokens)
-                  const int32_t *bt,        // (n_seqs, max_blocks)
-                  int max_blocks, int H, int KV, int bs, float scale_log2) {
-#if KVF_WG_AVAILABLE
-    constexpr int NH = 2, TILE = PM_K * HD * 2, D = 2;  // consumer heads; bytes of a tile; stages loaded ahead
-    constexpr bool F8 = sizeof(TC) == 1;
-    static_assert(ST > D, "a ring deeper than the stages in flight");
-    extern __shared__ float4 pw_dsmem4[];
-    // 1024-byte aligned: (NH, TILE) Q, (ST, K|V, TILE) stages, F8: (ST, K|V, PM_K, HD) bytes; then 2 x ST mbarriers
-    const unsigned raw = (unsigned)__cvta_generic_to_shared(pw_dsmem4), sbase = (raw + 1023u) & ~1023u;
-    char *gbase = (char *)pw_dsmem4 + (sbase - raw);
-    char *sQ = gbase, *sKV = gbase + NH * TILE;
-    TC *sL = (TC *)(sKV + 2 * ST * TILE);
-    const unsigned bar = sbase + (NH + 2 * ST) * TILE + (F8 ? ST * 2 * PM_K * HD : 0);  // full[ST], empty[ST]
-    if (threadIdx.x == 0)
-        for (int s = 0; s < ST; s++) kvf_mbar_init(bar + 8 * s, 128), kvf_mbar_init(bar + 8 * (ST + s), 128 * NH);
-    __syncthreads();
-
-    const int n_hb = H / NH;
-    const int lin = gridDim.x - 1 - blockIdx.x, tile = lin / n_hb, h0 = (lin % n_hb) * NH, kvh = h0 / (H / KV);
-    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
-    const int wg = threadIdx.x >> 7;
-    const int p0 = pos[q0];
-    const int kv_end = p0 + nq, n_kt = (kv_end + PM_K - 1) / PM_K;
-
-    if (wg == 0) {  // producer
-        const int tid = threadIdx.x;
-        const int32_t *btab = bt + (size_t)seq * max_blocks;
-        const int bsh = (bs & (bs - 1)) == 0 ? __ffs(bs) - 1 : -1;
-        const TC *kbase = kc + (size_t)kvh * HD, *vbase = vc + (size_t)kvh * HD;
-        s_wg_load_q<HD, NH, 128>(sQ, tid, q, q0, nq, H, h0);  // with stage 0
-        // stage j is in shared memory (this thread's part): widen it (F8), make it visible to wgmma, publish it
-        auto publish = [&](int j) {
-            const int s = j % ST;
-            if constexpr (F8) {
-                if (j >= ST) kvf_mbar_wait(bar + 8 * (ST + s), (unsigned)((j / ST - 1) & 1));
-                constexpr int LCPR = HD / 16, RSTEP = 128 / LCPR, KPT = PM_K / RSTEP;  // s_wg_load_stage's split
-                const int lc = tid % LCPR, lj = tid / LCPR;
-                const TC *src = sL + (size_t)s * 2 * PM_K * HD;
-                char *dst = sKV + s * 2 * TILE;
-#pragma unroll 2
-                for (int r = 0; r < KPT; r++) {
-                    const int jj = lj + r * RSTEP;
-#pragma unroll
-                    for (int tv = 0; tv < 2; tv++) {
-                        uint4 w[2];
-                        kvf_fp8x16_to_bf16(*(const uint4 *)(src + ((size_t)tv * PM_K + jj) * HD + lc * 16), w);
-                        *(uint4 *)(dst + tv * TILE + kvf_wg_sw128(PM_K, jj, 2 * lc)) = w[0];
-                        *(uint4 *)(dst + tv * TILE + kvf_wg_sw128(PM_K, jj, 2 * lc + 1)) = w[1];
-                    }
-                }
-            }
-            kvf_fence_proxy_async();
-            kvf_mbar_arrive(bar + 8 * s);
-        };
-        for (int it = 0; it < n_kt; it++) {
-            const int s = it % ST;
-            if (!F8 && it >= ST) kvf_mbar_wait(bar + 8 * (ST + s), (unsigned)((it / ST - 1) & 1));
-            s_wg_load_stage<HD, 128, TC>(F8 ? (char *)(sL + (size_t)s * 2 * PM_K * HD) : sKV + s * 2 * TILE, tid,
-                                         it * PM_K, kv_end, btab, bs, bsh, kbase, vbase, KV);
-            kvf_cp_async_commit();
-            if (it >= D) {
-                kvf_cp_async_wait<D>();
-                publish(it - D);
-            }
-        }
-        kvf_cp_async_wait<0>();
-        for (int j = n_kt > D ? n_kt - D : 0; j < n_kt; j++) publish(j);
-        return;
-    }
-
-    // consumers: warpgroup 1 + c runs head h0 + c
-    const int c = wg - 1, h = h0 + c, lane = threadIdx.x & 31, wq = (threadIdx.x >> 5) & 3;
-    const int g = lane >> 2, tq = lane & 3;
-    float o[HD / 2];
-#pragma unroll
-    for (int i = 0; i < HD / 2; i++) o[i] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    const int pr0 = p0 + wq * 16 + g;
-    const unsigned q_addr = sbase + c * TILE;
-    // flash-attention 3's in-warpgroup overlap: S of stage it + 1 is issued before stage it's softmax, so the
-    // tensor cores work while this warpgroup's ALUs do; a stage is released when its P V has completed
-    const uint64_t dq = kvf_wg_desc(q_addr, 16, 1024);
-    float sa[PM_K / 2], sb[PM_K / 2];
-    uint32_t pa[PM_K / 16][4];
-    kvf_mbar_wait(bar, 0u);
-    s_wg_scores<HD>(sa, dq, sbase + NH * TILE);
-    for (int it = 0; it < n_kt; it += 2) {  // two stages an iteration: the score registers alternate (sa, sb)
-#pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int j = it + half;
-            if (j >= n_kt) break;
-            float(&cur)[PM_K / 2] = half ? sb : sa;
-            float(&nxt)[PM_K / 2] = half ? sa : sb;
-            const int s = j % ST;
-            kvf_wg_wait<0>();  // S of stage j, and P V of stage j - 1
-            s_wg_hold(cur);
-            s_wg_hold(o);
-            if (j > 0) kvf_mbar_arrive(bar + 8 * (ST + (j - 1) % ST));  // stage j - 1 is done with
-            if (j + 1 < n_kt) {
-                const int s1 = (j + 1) % ST;
-                kvf_mbar_wait(bar + 8 * s1, (unsigned)(((j + 1) / ST) & 1));
-                s_wg_scores<HD>(nxt, dq, sbase + NH * TILE + s1 * 2 * TILE);
-            }
-            s_wg_softmax<HD>(cur, pa, o, m0, m1, l0, l1, j * PM_K, p0, pr0, tq, scale_log2);
-            s_wg_pv<HD>(o, pa, sbase + NH * TILE + s * 2 * TILE + TILE);
-        }
-    }
-    kvf_wg_wait<0>();
-    s_wg_hold(o);
-    kvf_mbar_arrive(bar + 8 * (ST + (n_kt - 1) % ST));
-    s_wg_store<HD>(out, o, l0, l1, q0, nq, H, h, wq * 16 + g, tq);
-#else
-    (void)out, (void)q, (void)kc, (void)vc, (void)tiles, (void)pos, (void)bt, (void)max_blocks, (void)H, (void)KV;
-    (void)bs, (void)scale_log2;
-    __trap();  // the launcher runs this kernel only where it was built for sm_90a
-#endif
-}
-
 // ---------------------------------------------------------------- launchers
 
 extern "C" int kvf_attention_prefill_supports(int head_dim) { return head_dim == 64 || head_dim == 128; }
@@ -835,7 +703,6 @@ static const char *const s_variant_names[] = {
     "v2 gqa4 8w",  // a block per (tile, 4 heads of a group): 8 warps x 32 rows, Q in shared memory
     "v3 wg gqa4",      // sm_90a: a block per (tile, 4 heads of a group), a warpgroup a head, wgmma, 2 stages
     "v4 wg gqa4 3st",  // sm_90a: the same with a ring of 3 stages, one barrier a stage
-    "v5 ws gqa2",      // sm_90a: a producer warpgroup, 2 consumer warpgroups, mbarriers instead of block barriers
 };
 #define S_N_VARIANTS ((int)(sizeof s_variant_names / sizeof s_variant_names[0]))
 // v2, the fastest on an H200 (kvf-kbench, 16 x 512-token causal prompts: v2 157 TFLOP/s,
@@ -846,7 +713,7 @@ static const int s_default_variant = 2;
 static const int s_wg_default_variant = 4;
 
 #define S_NEEDS_SM90A \
-    "variants 3-5 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
+    "variants 3-4 need kernels built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a) and a compute capability 9.0 GPU"
 
 extern "C" int kvf_attention_prefill_n_variants(void) { return S_N_VARIANTS; }
 
@@ -917,22 +784,6 @@ static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, cons
     return 0;
 }
 
-template <int HD, int ST, typename TC = bf16>
-static int s_launch_ws(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles,
-                       const int32_t *pos, const int32_t *bt, int max_blocks, int H, int KV, int bs, float scale_log2,
-                       cudaStream_t stream, kvf_err_t *err) {
-    const dim3 grid(n_tiles * (H / 2));
-    // alignment slack, Q of 2 heads, ST stages of K and V (bf16), F8: their bytes, 2 x ST mbarriers
-    const size_t tile = (size_t)PM_K * HD * sizeof(bf16);
-    const size_t smem = 1024 + (2 + 2 * ST) * tile + (sizeof(TC) == 1 ? (size_t)ST * 2 * PM_K * HD : 0) + 16 * ST;
-    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_ws<HD, ST, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                        (int)smem), err);
-    s_attn_prefill_ws<HD, ST, TC><<<grid, 384, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                              scale_log2);
-    KVF_LAUNCH_CHECK(err);
-    return 0;
-}
-
 // Variant 3: 4 heads a block, 2 stages; 4: 3 stages. <= 128 registers a thread: where 4 does not divide the
 // group, 2 heads a block (2 blocks an SM) or 1 (4).
 template <int HD, typename TC = bf16>
@@ -943,11 +794,6 @@ static int s_launch_wg_v(int variant, int n_tiles, bf16 *out, const bf16 *q, con
 #define S_WG(NH, MINB, ST) \
     s_launch_wg<HD, NH, MINB, ST, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs, scale_log2, \
                                       stream, err)
-    if (variant == 5 && G % 2 == 0)  // 2 consumer heads a block: v4 where the group is odd
-        return sizeof(TC) == 1 ? s_launch_ws<HD, 3, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                        scale_log2, stream, err)
-                               : s_launch_ws<HD, 4, TC>(n_tiles, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                        scale_log2, stream, err);
     if (variant == 3) return G % 4 == 0 ? S_WG(4, 1, 2) : G % 2 == 0 ? S_WG(2, 2, 2) : S_WG(1, 4, 2);
     return G % 4 == 0 ? S_WG(4, 1, 3) : G % 2 == 0 ? S_WG(2, 2, 3) : S_WG(1, 4, 3);
 #undef S_WG

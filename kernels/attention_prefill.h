@@ -48,11 +48,8 @@ int kvf_attention_prefill(uint16_t *out,              // (n_tokens, n_heads, hea
 //   in 128-byte-swizzled shared memory; at most 128 registers (16 warps an SM).
 // 4 "v4 wg gqa4 3st" (sm_90a): the same with a ring of 3 K/V stages (one barrier
 //   a stage instead of two).
-// 5 "v5 ws gqa2" (sm_90a): a producer warpgroup loads the K/V ring and publishes
-//   each stage with an mbarrier; 2 consumer warpgroups (2 heads of a group) run
-//   stages as they fill, with no block-wide barrier (v4 where the group is odd).
 // Every variant runs every head_dim that kvf_attention_prefill_supports accepts
-// and computes the same result (up to f32 summation order). Variants 3-5 exist
+// and computes the same result (up to f32 summation order). Variants 3-4 exist
 // only where kernels/ was built for sm_90a (CMAKE_CUDA_ARCHITECTURES=90a, the
 // default) and run only on compute capability 9.0.
 // The variant kvf_attention_prefill runs: 4 where available, else 2.

@@ -65,22 +65,6 @@ static __device__ __forceinline__ unsigned kvf_wg_opaque(unsigned x) {
 // Keeps the compiler from touching accumulators across an async wgmma (after its wait).
 static __device__ __forceinline__ void kvf_wg_hold(float &x) { asm volatile("" : "+f"(x)::"memory"); }
 
-// mbarrier (shared memory, 8 bytes): init by one thread before a block barrier; arrive; wait for a phase parity.
-static __device__ __forceinline__ void kvf_mbar_init(unsigned addr, unsigned count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(addr), "r"(count) : "memory");
-}
-static __device__ __forceinline__ void kvf_mbar_arrive(unsigned addr) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(addr) : "memory");
-}
-static __device__ __forceinline__ void kvf_mbar_wait(unsigned addr, unsigned parity) {
-    unsigned done = 0;
-    while (!done)
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(addr), "r"(parity)
-                     : "memory");
-}
-
 #define KVF_WG_D4(d, i) "+f"(d[i]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3])
 #define KVF_WG_D16(d, i) KVF_WG_D4(d, i), KVF_WG_D4(d, i + 4), KVF_WG_D4(d, i + 8), KVF_WG_D4(d, i + 12)
 #define KVF_WG_D32(d, i) KVF_WG_D16(d, i), KVF_WG_D16(d, i + 16)
