@@ -36,7 +36,8 @@ enum {
     KB_SEC_DECODE = 1 << 4,
     KB_SEC_PREFILL = 1 << 5,
     KB_SEC_SAMPLE = 1 << 6,
-    KB_SEC_ALL = (1 << 7) - 1,
+    KB_SEC_READ = 1 << 7,
+    KB_SEC_ALL = (1 << 8) - 1,
 };
 
 typedef struct {
@@ -112,5 +113,6 @@ int kvf_kb_bench_rope(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err);
 
 #endif

@@ -24,6 +24,7 @@
 #include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
 #include "bench/kbench.h"
+#include "bench/kbench_read.h"
 
 // ---------------------------------------------------------------- gemm
 // y (n, d_out) = x (n, d_in) @ W^T, W (d_out, d_in) bf16, y f32 or bf16, beta 0.
@@ -619,6 +620,85 @@ int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err) {
     int32_t n_new[NS];
     for (int s = 0; s < NS; s++) len[s] = n_new[s] = L;  // from position 0
     return s_attn_case(b, 0, len, n_new, NS, KVF_ATTN_PREFILL_Q, "16x512 new tokens from pos 0", err);
+}
+
+// ---------------------------------------------------------------- read ceilings
+// How fast the device reads its memory with nothing done to the bytes (bench/kbench_read.cu):
+// a flat 2 GiB buffer, and decode attention's paged pattern (the K and V rows of each
+// sequence's keys, as attn-decode's case B lays them out). bytes = what is read.
+
+typedef struct {
+    uint32_t *out;
+    const void *p, *k, *v;
+    const int32_t *len, *bt;
+    size_t bytes;
+    int paged, blocks, unroll, n_seqs, max_blocks;
+} s_read_t;
+
+static int s_read_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_read_t *r = ud;
+    (void)rep;
+    const int rc = r->paged ? kvf_kb_read_paged(r->out, r->k, r->v, r->len, r->bt, r->n_seqs, r->max_blocks, KB_KV,
+                                                KB_HD, KB_BS, r->unroll, b->stream)
+                            : kvf_kb_read_stream(r->out, r->p, r->bytes, r->blocks, r->unroll, b->stream);
+    return rc == 0 ? 0 : kvf_err_set(err, KVF_E_DEVICE, "read ceiling: launch failed (%s)",
+                                     cudaGetErrorString(cudaGetLastError()));
+}
+
+int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err) {
+    int sms = 0;
+    KVF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), err);
+    s_read_t a = {.bytes = (size_t)2 << 30};
+    void *p = NULL, *out = NULL;
+    if (kvf_kb_alloc(b, &out, sizeof(uint32_t) * 65536, err) != 0 || kvf_kb_alloc(b, &p, a.bytes, err) != 0 ||
+        kvf_kb_rand_bf16(b, p, a.bytes / 2, 1.0f, err) != 0)
+        return -1;
+    a.out = out, a.p = p;
+    static const int per_sm[] = {4, 8, 16}, unroll[] = {1, 4, 8};
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            kvf_kb_row_t r = {.kernel = "read_stream", .bytes = (double)a.bytes};
+            a.blocks = per_sm[i] * sms, a.unroll = unroll[j];
+            snprintf(r.variant, sizeof r.variant, "%d blk/SM u%d", per_sm[i], unroll[j]);
+            snprintf(r.shape, sizeof r.shape, "2 GiB flat");
+            if (kvf_kb_time(b, s_read_op, &a, &r.t, err) != 0) return -1;
+            kvf_kb_emit(b, &r);
+        }
+    if (kvf_kb_free_all(b, err) != 0) return -1;
+    for (int i = 0; i < b->o->n_decode_b; i++) {
+        const int B = b->o->decode_b[i];
+        int32_t *len = malloc(sizeof(int32_t) * (size_t)B);
+        if (!len) return kvf_err_set(err, KVF_E_NOMEM, "read: out of memory");
+        double kv = 0;
+        for (int s = 0; s < B; s++) {
+            len[s] = 512 + (int)(kvf_kb_splitmix64(&b->rng) % 129);  // attn-decode's contexts
+            kv += 2.0 * 2.0 * len[s] * KB_KV * KB_HD;
+        }
+        s_paged_t pg = {0};
+        uint16_t *k = NULL, *v = NULL;
+        int32_t *bt = NULL;
+        void *d_len = NULL;
+        int rc = s_paged_init(b, &pg, len, B, err);
+        if (rc == 0 && (kvf_kb_alloc(b, &out, sizeof(uint32_t) * (size_t)B * KB_KV, err) != 0 ||
+                        kvf_kb_upload(b, &d_len, len, sizeof(int32_t) * (size_t)B, err) != 0 ||
+                        s_paged_upload(b, &pg, &k, &v, &bt, err) != 0))
+            rc = -1;
+        a = (s_read_t){.out = out, .k = k, .v = v, .len = d_len, .bt = bt, .paged = 1, .n_seqs = B,
+                       .max_blocks = pg.max_blocks};
+        static const int pu[] = {4, 8, 16};
+        for (int j = 0; rc == 0 && j < 3; j++) {
+            kvf_kb_row_t r = {.kernel = "read_paged", .bytes = kv};
+            a.unroll = pu[j];
+            snprintf(r.variant, sizeof r.variant, "4h u%d", pu[j]);
+            snprintf(r.shape, sizeof r.shape, "B=%d ctx 512-640 K+V", B);
+            rc = kvf_kb_time(b, s_read_op, &a, &r.t, err);
+            if (rc == 0) kvf_kb_emit(b, &r);
+        }
+        s_paged_fini(&pg);
+        free(len);
+        if (rc != 0 || kvf_kb_free_all(b, err) != 0) return -1;
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------- sample
