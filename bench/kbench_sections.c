@@ -459,11 +459,11 @@ static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
                                                  a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
     if (a->decode) {
 #if KVF_KBENCH_DECODE_VARIANTS
-        return kvf_attention_decode_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt,
-                                            a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
+        return kvf_attention_decode_variant(a->variant, a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, 1, a->pos,
+                                            a->bt, a->max_blocks, KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
 #else
-        return kvf_attention_decode(a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, a->pos, a->bt, a->max_blocks, KB_H,
-                                    KB_KV, KB_HD, KB_BS, b->stream, err);
+        return kvf_attention_decode(a->out, a->q, a->k, a->v, a->tiles, a->n_tiles, 1, a->pos, a->bt, a->max_blocks,
+                                    KB_H, KB_KV, KB_HD, KB_BS, b->stream, err);
 #endif
     }
 #if KVF_KBENCH_PREFILL_VARIANTS

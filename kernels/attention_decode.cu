@@ -22,6 +22,7 @@
 // several KV heads of a tile in one block (one warp or more each), so the
 // block reads whole 2 KB token rows of the cache together.
 #include <math.h>
+#include <stdio.h>
 
 #include "kernels/attention_decode.h"
 #include "kernels/attention_step.cuh"
@@ -193,8 +194,9 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 int max_blocks, int H, int KV, int bs, float scale_log2) {
     constexpr int SPLIT = WARPS / HEADS;  // warps that share one KV head's keys
     constexpr bool F8 = sizeof(TC) == 1;  // an FP8 cache: raw rows staged, widened to f16 a chunk at a time
-    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (!F8 || (PW && SPLIT == 1)),
+    static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (!(F8 || PVT) || (PW && SPLIT == 1)),
                   "bad variant shape");
+    constexpr bool T = PVT && !F8;        // bf16, both products transposed (kvf_attn_step_t): rows are the N of 8
     constexpr int KS = HD + 8;            // row stride (16-bit elements) of the tiles scored: 16 bytes of padding
     constexpr int RS = F8 ? HD + 16 : KS;  // row stride (TC) of the staged rows
     constexpr int NR = 16 * WARPS;        // rows of K (and of V) in one stage, 16 a warp
@@ -220,7 +222,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     const int32_t *btab = bt + (size_t)seq * max_blocks;
     const int p0 = pos[q0];
     const int kv_end = p0 + nq;
-    const int r0 = g, r1 = g + 8;  // this thread's two rows
+    const int r0 = T ? 2 * tq : g, r1 = T ? 2 * tq + 1 : g + 8;  // this thread's two rows (T: of S^T's columns)
     const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
     const int n_kt = (kv_end + 16 * SPLIT - 1) / (16 * SPLIT);  // chunks a warp (PW) or stages (block)
 
@@ -264,9 +266,19 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
 #pragma unroll
     for (int s = 0; s < STAGES - 1; s++) load(s);
 
-    // Q fragments (A operands), one per 16 dims; rows past the tile are zeros
+    // Q fragments (A operands), one per 16 dims; rows past the tile are zeros.
+    // T: Q^T's B fragments in qf[ks][0..1]: row g, dims 2 tq.. and 2 tq + 8.. of each 16
     uint32_t qf[HD / 16][4];
-    {
+    if constexpr (T) {
+        const bool v = active && g < nr;
+        const bf16 *qp = q + ((size_t)(q0 + (v ? g / G : 0)) * H + (v ? kvh * G + g % G : 0)) * HD;
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            qf[ks][0] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq) : 0u;
+            qf[ks][1] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq + 8) : 0u;
+            qf[ks][2] = qf[ks][3] = 0u;
+        }
+    } else {
         const bool v0 = active && r0 < nr, v1 = active && r1 < nr;
         const bf16 *q0p = q + ((size_t)(q0 + (v0 ? r0 / G : 0)) * H + (v0 ? kvh * G + r0 % G : 0)) * HD;
         const bf16 *q1p = q + ((size_t)(q0 + (v1 ? r1 / G : 0)) * H + (v1 ? kvh * G + r1 % G : 0)) * HD;
@@ -285,7 +297,6 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         }
     }
 
-    static_assert(!PVT || F8, "the transposed P V reads E4M3 bytes");
     constexpr int NO = PVT ? HD / 16 : HD / 8;  // accumulator fragments
     float o[NO][4];
 #pragma unroll
@@ -301,7 +312,10 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const int kw = 16 * (SPLIT * it + sw);
         if (kw < kv_end) {  // uniform over the warp
             const TC *sK = sm + (it % STAGES) * STAGE + 16 * warp * RS;
-            if constexpr (PVT)
+            if constexpr (T)
+                kvf_attn_step_t<HD, RS>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
+                                        lane);
+            else if constexpr (PVT)
                 kvf_attn_step_f8t<HD, RS>(sK, sK + NR * RS, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2,
                                           lane);
             else if constexpr (F8)
@@ -314,6 +328,29 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     }
     kvf_cp_async_wait<0>();
 
+    if constexpr (T) {  // o[mt]: dims 16 mt + g (c 0, 1) and + 8 (c 2, 3) of rows r0 = 2 tq, r1 = 2 tq + 1
+#pragma unroll
+        for (int o_ = 4; o_ <= 16; o_ <<= 1) {
+            l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+            l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+        }
+        if (!active) return;
+        const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        bf16 *o0 = out + ((size_t)(q0 + (r0 < nr ? r0 / G : 0)) * H + kvh * G + (r0 < nr ? r0 % G : 0)) * HD + g;
+        bf16 *o1 = out + ((size_t)(q0 + (r1 < nr ? r1 / G : 0)) * H + kvh * G + (r1 < nr ? r1 % G : 0)) * HD + g;
+#pragma unroll
+        for (int mt = 0; mt < NO; mt++) {
+            if (r0 < nr) {
+                o0[16 * mt] = __float2bfloat16_rn(o[mt][0] * i0);
+                o0[16 * mt + 8] = __float2bfloat16_rn(o[mt][2] * i0);
+            }
+            if (r1 < nr) {
+                o1[16 * mt] = __float2bfloat16_rn(o[mt][1] * i1);
+                o1[16 * mt + 8] = __float2bfloat16_rn(o[mt][3] * i1);
+            }
+        }
+        return;
+    }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -447,6 +484,8 @@ static const s_variant_t s_variants[] = {
     {"v4 w4x16 2w", 2, 4, 1, 1},  // 68 KB: 3 blocks an SM of 2 warps, no block barrier until the merge
     {"v5 w3x16 4h", 4, 3, 4, 1},  // 104 KB: a warp a KV head over all keys, no merge, no block barrier
     {"v6 w3x16 2w", 2, 3, 1, 1},  // 51 KB: 4 blocks an SM of 2 warps
+    {"v7 t w3x16 4h", 4, 3, 4, 1, 1},  // v5, transposed (kvf_attn_step_t): tiles of at most 8 rows
+    {"v8 t w4x16 2h", 2, 4, 2, 1, 1},  // 68 KB: 3 blocks an SM of 2 warps, 3 chunks in flight a warp
 };
 // Tried and dropped (H200, 512 x 576 keys): v5 with 8 KV heads a block (1 block an SM) 3.79 TB/s, with 2 (4 blocks
 // an SM) 3.79, v5 3.80: the block's head count past 4 no longer matters.
@@ -454,6 +493,7 @@ static const s_variant_t s_variants[] = {
 // the variant kvf_attention_decode runs: v5, the fastest on an H200 (kvf-kbench, 512 sequences of
 // 512-640 keys: v5 3.84 TB/s, v6 3.78, v3 3.55, v0 3.41; 128 sequences: v5 3.31, v0 2.86)
 #define DC_DEFAULT 5
+#define DC_T_DEFAULT 7  // tiles of at most 8 rows
 
 template <int HD>
 static int s_launch(int variant, const s_args_t *a, kvf_err_t *err) {
@@ -465,6 +505,8 @@ static int s_launch(int variant, const s_args_t *a, kvf_err_t *err) {
     case 4: return s_launch_v<HD, 2, 4, 1, true>(a, err);
     case 5: return s_launch_v<HD, 4, 3, 4, true>(a, err);
     case 6: return s_launch_v<HD, 2, 3, 1, true>(a, err);
+    case 7: return s_launch_v<HD, 4, 3, 4, true, bf16, true>(a, err);
+    case 8: return s_launch_v<HD, 2, 4, 2, true, bf16, true>(a, err);
     default: break;
     }
     return kvf_check_inval(err, "a launcher for every variant", __func__);
@@ -507,7 +549,24 @@ extern "C" size_t kvf_attention_decode_smem(int head_dim) {
 extern "C" int kvf_attention_decode_n_variants(void) { return DC_N_VARIANTS; }
 
 extern "C" int kvf_attention_decode_default_variant(int fp8, int tile_rows) {
-    return !fp8 ? DC_DEFAULT : tile_rows <= 8 ? DC_FP8T_DEFAULT : DC_FP8_DEFAULT;
+    if (!fp8) return tile_rows <= 8 ? DC_T_DEFAULT : DC_DEFAULT;
+    return tile_rows <= 8 ? DC_FP8T_DEFAULT : DC_FP8_DEFAULT;
+}
+
+extern "C" int kvf_attention_decode_variant_max_rows(int fp8, int variant) {
+    const s_variant_t *v = fp8 ? s_fp8_variants : s_variants;
+    if (variant < 0 || variant >= (fp8 ? DC_N_FP8_VARIANTS : DC_N_VARIANTS)) return 0;
+    return v[variant].pvt ? 8 : KVF_ATTN_DECODE_ROWS;
+}
+
+// KVF_E_INVAL when the tiles may hold more rows than the variant takes.
+static int s_check_rows(int fp8, int variant, int tile_tokens, int n_heads, int n_kv, kvf_err_t *err) {
+    const int max_rows = kvf_attention_decode_variant_max_rows(fp8, variant);
+    if (tile_tokens >= 1 && (long long)tile_tokens * (n_heads / n_kv) <= max_rows) return 0;
+    char what[160];
+    snprintf(what, sizeof what, "variant \"%s\" takes tiles of at most %d rows (tile_tokens %d x %d heads a KV head)",
+             fp8 ? s_fp8_variants[variant].name : s_variants[variant].name, max_rows, tile_tokens, n_heads / n_kv);
+    return kvf_check_inval(err, what, fp8 ? "kvf_attention_decode_fp8_variant" : "kvf_attention_decode_variant");
 }
 
 extern "C" const char *kvf_attention_decode_variant_name(int variant) {
@@ -516,13 +575,14 @@ extern "C" const char *kvf_attention_decode_variant_name(int variant) {
 
 extern "C" int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
                                             const uint16_t *v_cache, const int32_t *tiles, int n_tiles,
-                                            const int32_t *pos, const int32_t *block_table, int max_blocks,
-                                            int n_heads, int n_kv, int head_dim, int block_size, cudaStream_t stream,
-                                            kvf_err_t *err) {
+                                            int tile_tokens, const int32_t *pos, const int32_t *block_table,
+                                            int max_blocks, int n_heads, int n_kv, int head_dim, int block_size,
+                                            cudaStream_t stream, kvf_err_t *err) {
     s_args_t a;
     const int rc = s_args(&a, variant, DC_N_VARIANTS, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
                           max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
     if (rc <= 0) return rc;
+    if (s_check_rows(0, variant, tile_tokens, n_heads, n_kv, err) != 0) return -1;
     return head_dim == 64 ? s_launch<64>(variant, &a, err) : s_launch<128>(variant, &a, err);
 }
 
@@ -541,9 +601,7 @@ extern "C" int kvf_attention_decode_fp8_variant(int variant, uint16_t *out, cons
     const int rc = s_args(&a, variant, DC_N_FP8_VARIANTS, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
                           max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
     if (rc <= 0) return rc;
-    if (s_fp8_variants[variant].pvt && !(tile_tokens >= 1 && (long long)tile_tokens * (n_heads / n_kv) <= 8))
-        return kvf_check_inval(err, "an f8t variant needs tiles of at most 8 rows (tile_tokens x n_heads / n_kv)",
-                               __func__);
+    if (s_check_rows(1, variant, tile_tokens, n_heads, n_kv, err) != 0) return -1;
     switch (variant * 2 + (head_dim == 128)) {
     case 0: return s_launch_v<64, 4, 3, 4, true, kvf_fp8_t>(&a, err);
     case 1: return s_launch_v<128, 4, 3, 4, true, kvf_fp8_t>(&a, err);
@@ -570,9 +628,10 @@ extern "C" int kvf_attention_decode_fp8(uint16_t *out, const uint16_t *q, const 
 }
 
 extern "C" int kvf_attention_decode(uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
-                                    const uint16_t *v_cache, const int32_t *tiles, int n_tiles, const int32_t *pos,
-                                    const int32_t *block_table, int max_blocks, int n_heads, int n_kv, int head_dim,
-                                    int block_size, cudaStream_t stream, kvf_err_t *err) {
-    return kvf_attention_decode_variant(DC_DEFAULT, out, q, k_cache, v_cache, tiles, n_tiles, pos, block_table,
+                                    const uint16_t *v_cache, const int32_t *tiles, int n_tiles, int tile_tokens,
+                                    const int32_t *pos, const int32_t *block_table, int max_blocks, int n_heads,
+                                    int n_kv, int head_dim, int block_size, cudaStream_t stream, kvf_err_t *err) {
+    const int v = kvf_attention_decode_default_variant(0, n_kv > 0 ? tile_tokens * (n_heads / n_kv) : 1 << 30);
+    return kvf_attention_decode_variant(v, out, q, k_cache, v_cache, tiles, n_tiles, tile_tokens, pos, block_table,
                                         max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
 }

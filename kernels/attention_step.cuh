@@ -154,6 +154,71 @@ static __device__ __forceinline__ void kvf_attn_step(const bf16 *sK,  // (NK, HD
     }
 }
 
+// kvf_attn_step for tiles of at most 8 rows (a decode token's G <= 8 query heads)
+// with both products transposed, so that the 8 rows are the mma's N and nothing
+// is wasted on 8 empty rows of an m16 fragment: half the mma and accumulators.
+// - S^T (16 keys x 8 rows) = K Q^T: K's 16 x 16 tiles are A fragments (ldmatrix),
+//   Q^T is the B fragment qb[ks][0..1] (lane (g, tq): row g, dims 2 tq.. and
+//   2 tq + 8.. of each 16; [2..3] unused); sT[0..1] then hold keys kw + g, rows 2 tq, 2 tq + 1, sT[2..3] keys
+//   kw + g + 8 (rows of positions pra, prb; -1: no row).
+// - The softmax runs down the columns: a row's maximum and sum over the 8 lanes of
+//   a tq (shuffles 4, 8, 16); la, lb are per-lane partial sums (added at the end).
+// - O^T (HD x 8) += V^T P^T: P^T's B fragment is S^T's tiles transposed by
+//   movmatrix (bf16), V^T's A fragments are V's rows by ldmatrix.trans. oT[mt]
+//   holds dims 16 mt + g (c 0, 1) and 16 mt + g + 8 (c 2, 3), rows 2 tq, 2 tq + 1.
+template <int HD, int KS>
+static __device__ __forceinline__ void kvf_attn_step_t(const bf16 *sK,  // (16, KS)
+                                                       const bf16 *sV,  // (16, KS)
+                                                       const uint32_t (&qb)[HD / 16][4], float (&oT)[HD / 16][4],
+                                                       float &ma, float &mb, float &la, float &lb, int kw, int kv_end,
+                                                       int pra, int prb, float scale_log2, int lane) {
+    const int g = lane >> 2;
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    {  // A fragments of K: lanes 0-15 rows 0-15 at dims 16 ks, lanes 16-31 the same rows at 16 ks + 8
+        const unsigned kr = (unsigned)__cvta_generic_to_shared(sK + (lane & 15) * KS + 8 * (lane >> 4));
+#pragma unroll
+        for (int ks = 0; ks < HD / 16; ks++) {
+            uint32_t a[4];
+            kvf_ldmatrix_x4(a, kr + 32 * ks);
+            kvf_mma_bf16_16816(s, a, qb[ks][0], qb[ks][1]);
+        }
+    }
+    const int k0 = kw + g, k1 = k0 + 8;
+    s[0] = k0 > pra || k0 >= kv_end ? -INFINITY : s[0] * scale_log2;
+    s[1] = k0 > prb || k0 >= kv_end ? -INFINITY : s[1] * scale_log2;
+    s[2] = k1 > pra || k1 >= kv_end ? -INFINITY : s[2] * scale_log2;
+    s[3] = k1 > prb || k1 >= kv_end ? -INFINITY : s[3] * scale_log2;
+    float mxa = fmaxf(s[0], s[2]), mxb = fmaxf(s[1], s[3]);
+#pragma unroll
+    for (int o_ = 4; o_ <= 16; o_ <<= 1) {
+        mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, o_));
+        mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, o_));
+    }
+    const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
+    const float ba = na == -INFINITY ? 0.0f : na, bb = nb == -INFINITY ? 0.0f : nb;
+    const float ca = na == -INFINITY ? 1.0f : exp2f(ma - ba), cb = nb == -INFINITY ? 1.0f : exp2f(mb - bb);
+    ma = na, mb = nb;
+    s[0] = exp2f(s[0] - ba), s[1] = exp2f(s[1] - bb), s[2] = exp2f(s[2] - ba), s[3] = exp2f(s[3] - bb);
+    la = la * ca + s[0] + s[2];
+    lb = lb * cb + s[1] + s[3];
+    if (__any_sync(0xffffffffu, ca != 1.0f || cb != 1.0f)) {
+#pragma unroll
+        for (int mt = 0; mt < HD / 16; mt++) oT[mt][0] *= ca, oT[mt][1] *= cb, oT[mt][2] *= ca, oT[mt][3] *= cb;
+    }
+    // P^T's B fragment: (keys 2 tq, 2 tq + 1 | + 8, row g), the transposes of (key g | g + 8, rows 2 tq, 2 tq + 1)
+    const uint32_t b0 = kvf_movmatrix_trans(kvf_pack_bf16x2(s[0], s[1]));
+    const uint32_t b1 = kvf_movmatrix_trans(kvf_pack_bf16x2(s[2], s[3]));
+    // V^T's A fragments: lanes 0-7 keys 0-7 at dims 16 mt, 8-15 the same keys at 16 mt + 8, 16-31 keys 8-15
+    const unsigned vr =
+        (unsigned)__cvta_generic_to_shared(sV + ((lane & 7) + 8 * (lane >> 4)) * KS + 8 * ((lane >> 3) & 1));
+#pragma unroll
+    for (int mt = 0; mt < HD / 16; mt++) {
+        uint32_t a[4];
+        kvf_ldmatrix_x4_trans(a, vr + 32 * mt);
+        kvf_mma_bf16_16816(oT[mt], a, b0, b1);
+    }
+}
+
 // kvf_attn_step over 16 keys of an FP8 cache: sK, sV hold E4M3 bytes, rows RS
 // bytes apart (RS = HD + 16: a warp's reads meet no bank twice), and Q, K, V, P
 // meet in f16 mma (E4M3 widens to f16 exactly). No tile is widened in shared

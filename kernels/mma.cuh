@@ -1,6 +1,6 @@
 // kernels/mma.cuh — sm_80+ tensor-core and async-copy wrappers shared by the
 // attention kernels (internal, device-only, not a C header): mma.sync m16n8k16
-// bf16 (or f16) with f32 accumulators, ldmatrix, cp.async. Fragment layouts are PTX's
+// bf16 (or f16) with f32 accumulators, ldmatrix, movmatrix, cp.async. Fragment layouts are PTX's
 // (ISA, "Matrix Fragments for mma.m16n8k16"); each wrapper is one instruction.
 #ifndef KVF_KERNELS_MMA_CUH
 #define KVF_KERNELS_MMA_CUH
@@ -58,6 +58,14 @@ static __device__ __forceinline__ void kvf_ldmatrix_x4_trans(uint32_t r[4], unsi
 // Two 8 x 8 b16 matrices transposed: lanes 0-15 give the rows.
 static __device__ __forceinline__ void kvf_ldmatrix_x2_trans(uint32_t &r0, uint32_t &r1, unsigned addr) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n" : "=r"(r0), "=r"(r1) : "r"(addr));
+}
+
+// An 8 x 8 b16 matrix transposed across the warp: lane (g, tq) gives row g, columns
+// 2 tq and 2 tq + 1 (one word, column 2 tq low) and gets the same of the transpose.
+static __device__ __forceinline__ uint32_t kvf_movmatrix_trans(uint32_t a) {
+    uint32_t d;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
 }
 
 // 16 bytes global -> shared, bypassing L1; both 16-byte aligned.

@@ -265,7 +265,7 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     if (tensor_cores == 2) {
         // every kernel variant on the same case; the default (kvf_attention_decode[_fp8]) is checked below
         const int nv = fp8 ? kvf_attention_decode_fp8_n_variants() : kvf_attention_decode_n_variants();
-        int tt = 1;  // the most tokens a tile holds: the fp8 "f8t" variants need tt x G <= 8 rows
+        int tt = 1;  // the most tokens a tile holds: the "t" / "f8t" variants need tt x G <= 8 rows
         for (int i = 0; i < n_tiles; i++)
             if (tiles[3 * i + 2] > tt) tt = tiles[3 * i + 2];
         for (int v = 0; v < nv; v++) {
@@ -274,10 +274,11 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
             CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
             const int rc = fp8 ? kvf_attention_decode_fp8_variant(v, d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, tt,
                                                                   d_pos, d_bt, b.max_blocks, H, KV, HD, bs, 0, &err)
-                               : kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt,
-                                                              b.max_blocks, H, KV, HD, bs, 0, &err);
-            if (fp8 && rc != 0 && strncmp(vn, "f8t", 3) == 0 && tt * (H / KV) > 8) {  // refused, as documented
-                cr_expect(err.code == KVF_E_INVAL && strstr(err.msg, "at most 8 rows"), "%s: %s", vn, err.msg);
+                               : kvf_attention_decode_variant(v, d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, tt, d_pos,
+                                                              d_bt, b.max_blocks, H, KV, HD, bs, 0, &err);
+            if (tt * (H / KV) > kvf_attention_decode_variant_max_rows(fp8, v)) {  // refused, as documented
+                cr_expect(rc == -1 && err.code == KVF_E_INVAL && strstr(err.msg, "at most 8 rows"), "%s: %s", vn,
+                          err.msg);
                 continue;
             }
             cr_assert(rc == 0, "%s: %s", vn, err.msg);
@@ -289,8 +290,8 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
         CUDA_OK(cudaMemset(d_out, 0xff, qn * 2));
         const int rc = fp8 ? kvf_attention_decode_fp8(d_out, d_q, d_k8, d_v8, d_tiles, n_tiles, tt, d_pos, d_bt,
                                                       b.max_blocks, H, KV, HD, bs, 0, &err)
-                           : kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, d_pos, d_bt, b.max_blocks,
-                                                  H, KV, HD, bs, 0, &err);
+                           : kvf_attention_decode(d_out, d_q, d_kc, d_vc, d_tiles, n_tiles, tt, d_pos, d_bt,
+                                                  b.max_blocks, H, KV, HD, bs, 0, &err);
         cr_assert(rc == 0, "%s", err.msg);
         snprintf(full, sizeof full, "%s", cs);
     } else if (fp8 && tensor_cores) {
@@ -408,11 +409,22 @@ Test(kernels, attention_decode_tensor_cores) {
     cr_expect(d0 >= 0 && d0 < nv && d8 >= 0 && d8 < n8 && d16 >= 0 && d16 < n8);
     cr_expect(strncmp(kvf_attention_decode_fp8_variant_name(d8), "f8t", 3) == 0 &&
               strncmp(kvf_attention_decode_fp8_variant_name(d16), "f8t", 3) != 0);
+    // every default takes the rows it is picked for; the transposed variants take 8
+    const int b16 = kvf_attention_decode_default_variant(0, 16);
+    cr_expect(kvf_attention_decode_variant_max_rows(0, d0) >= 4 &&
+              kvf_attention_decode_variant_max_rows(0, b16) == 16 &&
+              kvf_attention_decode_variant_max_rows(1, d8) >= 4 &&
+              kvf_attention_decode_variant_max_rows(1, d16) == 16);
+    cr_expect(kvf_attention_decode_variant_max_rows(0, nv) == 0 && kvf_attention_decode_variant_max_rows(1, -1) == 0);
+    for (int v = 0; v < nv; v++)
+        cr_expect(kvf_attention_decode_variant_max_rows(0, v) == (strstr(kvf_attention_decode_variant_name(v), " t ")
+                                                                      ? 8 : KVF_ATTN_DECODE_ROWS),
+                  "%s", kvf_attention_decode_variant_name(v));
     kvf_err_t err;
     uint16_t dummy[8];
     const int32_t idummy[3] = {0, 0, 1};
-    cr_expect(kvf_attention_decode_variant(nv, dummy, dummy, dummy, dummy, idummy, 1, idummy, idummy, 1, 32, 8, 128,
-                                           64, 0, &err) == -1 &&
+    cr_expect(kvf_attention_decode_variant(nv, dummy, dummy, dummy, dummy, idummy, 1, 1, idummy, idummy, 1, 32, 8,
+                                           128, 64, 0, &err) == -1 &&
               err.code == KVF_E_INVAL);
     // decode rows: contexts from 1 key to past a few 64-key stages, ends mid-block
     const int np1[] = {0, 15, 16, 63, 64, 200, 1000, 4095}, nn1[] = {1, 1, 1, 1, 1, 1, 1, 1};

@@ -178,8 +178,8 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         if (n_tiles > 0 && dec_tc) {
             S_K(fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, 1, d_pos,
                                                        d_bt, MB, H, KV, HD, bs, st, err)
-                    : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, d_pos, d_bt,
-                                                   MB, H, KV, HD, bs, st, err));
+                    : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, 1, d_pos,
+                                                   d_bt, MB, H, KV, HD, bs, st, err));
             S_TM(S_T_ATTN);
         } else if (n_tiles > 0) {
             S_K(fp8 ? kvf_attention_fp8(c->att, c->partial, c->q, k8, v8, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H,
