@@ -300,6 +300,7 @@ int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err)
 
 #define KVF_GEMM_TUNE_MAX 24
 #define KVF_GEMM_TUNE_ROUNDS_MAX 15
+#define KVF_GEMM_TUNE_BUCKET_MAX 512  // kvf_gemm_tune_buckets: the buckets of 64 rows
 
 int kvf_gemm_ctx_set_tune(kvf_gemm_ctx_t *ctx, int reps, int rounds, kvf_err_t *err) {
     KVF_REQUIRE(ctx && reps >= 1 && reps <= 100000 && rounds >= 1 && rounds <= KVF_GEMM_TUNE_ROUNDS_MAX, err);
@@ -313,17 +314,18 @@ static int s_cmp_ms(const void *a, const void *b) {
 }
 
 // Times tune_reps launches of algo on the stream (after two warm-up launches), ms a
-// launch; -1 when cuBLASLt refuses it.
+// launch; -1 when cuBLASLt refuses it. Launch r reads w[r % nw].
 static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmulAlgo_t *algo, void *y,
-                         const uint16_t *x, const uint16_t *w, cudaEvent_t ev0, cudaEvent_t ev1, cudaStream_t stream) {
+                         const uint16_t *x, const uint16_t *const *w, int nw, cudaEvent_t ev0, cudaEvent_t ev1,
+                         cudaStream_t stream) {
     const float alpha = 1.0f, beta = 0.0f;
     for (int r = 0; r < 2; r++)  // warm-up
-        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
+        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w[r % nw], e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
                            ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
             return -1.0f;
     if (cudaEventRecord(ev0, stream) != cudaSuccess) return -1.0f;
     for (int r = 0; r < ctx->tune_reps; r++)
-        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w, e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
+        if (cublasLtMatmul(ctx->handle, e->op, &alpha, w[r % nw], e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
                            ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
             return -1.0f;
     float ms = -1.0f;
@@ -333,23 +335,24 @@ static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmul
     return ms / ctx->tune_reps;
 }
 
-int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x, const uint16_t *w, int n,
-                  int d_in, int d_out, cudaStream_t stream, float *heuristic_ms, float *best_ms, kvf_err_t *err) {
-    KVF_REQUIRE(ctx && y && x && w, err);
-    KVF_REQUIRE(n > 0 && d_in > 0 && d_out > 0, err);
-    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
-    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, 0, err);
-    if (!e) return -1;
+// Times cuBLASLt's heuristic candidates (at most max_cand) for entry e against
+// `first` (candidate 0) on x, w[0..nw) and y, in tune_rounds rounds that take the
+// candidates in turn (so a card that heats or cools as it goes favours none); a
+// candidate's time is its median round. Sets *best to the fastest, *first_ms and
+// *best_ms to their times per call. Start-up only: it synchronizes the stream.
+static int s_tune_entry(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmulAlgo_t *first, int max_cand, void *y,
+                        const uint16_t *x, const uint16_t *const *w, int nw, cudaStream_t stream,
+                        cublasLtMatmulAlgo_t *best, float *first_ms, float *best_ms, kvf_err_t *err) {
     cublasLtMatmulPreference_t pref = NULL;
     KVF_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref), err);
     size_t ws = ctx->workspace_bytes;
     cublasLtMatmulHeuristicResult_t res[KVF_GEMM_TUNE_MAX];
     int n_res = 0;
+    if (max_cand > KVF_GEMM_TUNE_MAX) max_cand = KVF_GEMM_TUNE_MAX;
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                                              sizeof ws);
     if (st == CUBLAS_STATUS_SUCCESS)
-        st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, KVF_GEMM_TUNE_MAX, res,
-                                            &n_res);
+        st = cublasLtMatmulAlgoGetHeuristic(ctx->handle, e->op, e->a, e->b, e->c, e->c, pref, max_cand, res, &n_res);
     ctx->n_heuristic++;
     cublasLtMatmulPreferenceDestroy(pref);
     if (st != CUBLAS_STATUS_SUCCESS)
@@ -362,35 +365,94 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
         KVF_CUDA_CHECK(cudaGetLastError(), err);
         return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: cudaEventCreate failed");
     }
-    // candidate 0: the heuristic's bucket pick; then the heuristic's list. Each
-    // round times every candidate in turn (so a card that heats or cools as it goes
-    // does not favour one), and a candidate's time is its median over the rounds.
     cublasLtMatmulAlgo_t cand[KVF_GEMM_TUNE_MAX + 1];
     int n_cand = 0;
-    cand[n_cand++] = e->algo;
+    cand[n_cand++] = *first;
     for (int i = 0; i < n_res; i++)
         if (res[i].state == CUBLAS_STATUS_SUCCESS && res[i].workspaceSize <= ws) cand[n_cand++] = res[i].algo;
     float ms[KVF_GEMM_TUNE_MAX + 1][KVF_GEMM_TUNE_ROUNDS_MAX];
     const int R = ctx->tune_rounds;
     for (int r = 0; r < R; r++)
-        for (int c = 0; c < n_cand; c++) ms[c][r] = s_time_algo(ctx, e, &cand[c], y, x, w, ev0, ev1, stream);
+        for (int c = 0; c < n_cand; c++) ms[c][r] = s_time_algo(ctx, e, &cand[c], y, x, w, nw, ev0, ev1, stream);
     float h_ms = -1.0f, b_ms = -1.0f;
     for (int c = 0; c < n_cand; c++) {
         qsort(ms[c], (size_t)R, sizeof ms[c][0], s_cmp_ms);
         const float m = ms[c][0] < 0.0f ? -1.0f : ms[c][R / 2];  // refused in any round: out
         if (c == 0) h_ms = m;
-        if (m > 0.0f && (b_ms <= 0.0f || m < b_ms)) b_ms = m, e->algo = cand[c];
+        if (m > 0.0f && (b_ms <= 0.0f || m < b_ms)) b_ms = m, *best = cand[c];
     }
     cudaGetLastError();  // a refused candidate may leave a sticky-free launch error behind
     const cudaError_t se = cudaStreamSynchronize(stream);
     cudaEventDestroy(ev0);
     cudaEventDestroy(ev1);
     KVF_CUDA_CHECK(se, err);
-    if (b_ms <= 0.0f) return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: no candidate ran for n=%d %dx%d", n,
-                                         d_in, d_out);
+    if (b_ms <= 0.0f)
+        return kvf_err_set(err, KVF_E_DEVICE, "kvf_gemm_tune: no candidate ran for n=%d %dx%d", e->n, e->d_in,
+                           e->d_out);
+    *first_ms = h_ms, *best_ms = b_ms;
+    return 0;
+}
+
+int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x, const uint16_t *w, int n,
+                  int d_in, int d_out, cudaStream_t stream, float *heuristic_ms, float *best_ms, kvf_err_t *err) {
+    KVF_REQUIRE(ctx && y && x && w, err);
+    KVF_REQUIRE(n > 0 && d_in > 0 && d_out > 0, err);
+    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
+    s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, 0, 0, err);
+    if (!e) return -1;
+    float h_ms = 0.0f, b_ms = 0.0f;
+    const cublasLtMatmulAlgo_t first = e->algo;
+    if (s_tune_entry(ctx, e, &first, KVF_GEMM_TUNE_MAX, y, x, &w, 1, stream, &e->algo, &h_ms, &b_ms, err) != 0)
+        return -1;
     e->pinned = 1;
     e->from_bucket = 0;
     if (heuristic_ms) *heuristic_ms = h_ms;
     if (best_ms) *best_ms = b_ms;
+    return 0;
+}
+
+int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x,
+                          const uint16_t *const *w, int nw, int n_max, int d_in, int d_out, int max_cand,
+                          cudaStream_t stream, kvf_gemm_tune_sum_t *sum, kvf_err_t *err) {
+    KVF_REQUIRE(ctx && y && x && w && nw >= 1 && max_cand >= 1, err);
+    for (int i = 0; i < nw; i++) KVF_REQUIRE(w[i], err);
+    KVF_REQUIRE(n_max > 0 && d_in > 0 && d_out > 0, err);
+    KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
+    for (int nb = 64; nb <= n_max && nb <= KVF_GEMM_TUNE_BUCKET_MAX; nb += 64) {
+        s_entry_t e;  // descriptors of the bucket's row count, with the heuristic's pick
+        memset(&e, 0, sizeof e);
+        if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, 0, 0, s_scale_hint(ctx), 0, err) != 0 ||
+            s_bucket_algo(ctx, &e, &e.algo, err) != 0) {
+            s_entry_clear(&e);
+            return -1;
+        }
+        cublasLtMatmulAlgo_t best = e.algo;
+        float h_ms = 0.0f, b_ms = 0.0f;
+        const int rc = s_tune_entry(ctx, &e, &e.algo, max_cand, y, x, w, nw, stream, &best, &h_ms, &b_ms, err);
+        s_entry_clear(&e);
+        if (rc != 0) return -1;
+        // Keep a candidate only when clearly faster (2%): a tie stays with the heuristic.
+        const int take = b_ms < 0.98f * h_ms;
+        if (take) {
+            for (int i = 0; i < KVF_GEMM_ALGOS; i++) {
+                s_algo_t *a = &ctx->algos[i];
+                if (a->valid && a->nb == nb && a->d_in == d_in && a->d_out == d_out && a->y_type == (int)y_type &&
+                    !a->accumulate && !a->fp8)
+                    a->algo = best;
+            }
+            for (int i = 0; i < KVF_GEMM_CACHE; i++) {  // shapes already made from the bucket's old pick
+                s_entry_t *c = &ctx->cache[i];
+                if (c->valid && c->from_bucket && s_bucket(c->n) == nb && c->d_in == d_in && c->d_out == d_out &&
+                    c->y_type == (int)y_type && !c->accumulate && !c->fp8)
+                    c->algo = best;
+            }
+        }
+        if (sum) {
+            sum->buckets++;
+            sum->changed += take;
+            sum->heuristic_ms += h_ms;
+            sum->kept_ms += take ? b_ms : h_ms;
+        }
+    }
     return 0;
 }

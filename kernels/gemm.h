@@ -95,6 +95,30 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx,
                   int n, int d_in, int d_out, cudaStream_t stream, float *heuristic_ms, float *best_ms,
                   kvf_err_t *err);
 
+// What kvf_gemm_tune_buckets did: buckets timed, buckets whose pick changed, and
+// the sums over the buckets of the heuristic's pick's and the kept pick's ms a call.
+typedef struct {
+    int buckets, changed;
+    double heuristic_ms, kept_ms;
+} kvf_gemm_tune_sum_t;
+
+// Start-up only (it synchronizes the stream): for every row bucket of 64 rows (64,
+// 128, ...) up to min(n_max, 512) of this shape (beta 0), times the heuristic's bucket pick against
+// its max_cand best candidates (kvf_gemm_ctx_set_tune's reps and rounds), each
+// call reading the next of the nw weight matrices w[i] (so that a small W comes
+// from memory, not the L2, as in a step), and keeps the fastest as the bucket's
+// pick when it is at least 2% faster. The heuristic's pick for a bucket is its
+// first choice, not always its fastest: at 448 rows x 4096 -> 28672 on an H200 it
+// ran 0.29 ms a call where another took 0.17. x should hold non-zero data (zeros
+// run faster); y is overwritten. Adds to *sum (may be NULL). Returns 0, or -1 with err set.
+int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx,
+                          void *y,                   // (n_max, d_out) bf16 or f32 per y_type, device
+                          kvf_gemm_out_t y_type,
+                          const uint16_t *x,         // (n_max, d_in) bf16, device
+                          const uint16_t *const *w,  // nw x (d_out, d_in) bf16, device
+                          int nw, int n_max, int d_in, int d_out, int max_cand, cudaStream_t stream,
+                          kvf_gemm_tune_sum_t *sum, kvf_err_t *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -288,8 +288,34 @@ Test(kernels, gemm) {
     }
     cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0, "%llu queries after prepare",
                  (unsigned long long)(kvf_gemm_heuristic_calls(ctx) - q0));
+    // kvf_gemm_tune_buckets: the buckets of 64..512 rows timed over two weight copies (one candidate
+    // list query each), the kept picks no slower, and every row count still the same product
+    uint16_t *d_w2 = s_up(wb, (size_t)M * K * 2);
+    const uint16_t *wl[2] = {d_w, d_w2};
+    kvf_gemm_tune_sum_t sum = {0};
+    cr_assert(kvf_gemm_ctx_set_tune(ctx, 4, 3, &err) == 0, "%s", err.msg);
+    cr_assert(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, wl, 2, n_max, K, M, 6, 0, &sum, &err) == 0,
+              "%s", err.msg);
+    cr_expect(sum.buckets == 8 && sum.changed >= 0 && sum.changed <= 8, "%d buckets, %d changed", sum.buckets,
+              sum.changed);
+    cr_expect(sum.heuristic_ms > 0 && sum.kept_ms > 0 && sum.kept_ms <= sum.heuristic_ms, "%.4f -> %.4f ms",
+              sum.heuristic_ms, sum.kept_ms);
+    cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0 + 8);
+    for (int i = 0; i < 8; i++) {
+        const int n = ns[i];
+        CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
+        cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w2, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
+        float *g = s_down_bf16(d_y, (size_t)n * M);
+        char cs[64];
+        snprintf(cs, sizeof cs, "tuned bucket pick n%d in%d out%d", n, K, M);
+        s_expect_norm("gemm.bf16", cs, g, ref, (size_t)n * M, 8e-3, 4e-3);
+        free(g);
+    }
+    cr_expect(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, wl, 0, n_max, K, M, 6, 0, NULL, &err) == -1 &&
+              err.code == KVF_E_INVAL);
     free(x), free(w), free(ref), free(xb), free(wb);
-    cudaFree(d_x), cudaFree(d_w), cudaFree(d_y);
+    cudaFree(d_x), cudaFree(d_w), cudaFree(d_w2), cudaFree(d_y);
     kvf_gemm_ctx_destroy(&ctx);
     cudaFree(ws);
 }

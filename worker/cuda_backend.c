@@ -208,6 +208,55 @@ static int s_tune_gemms(kvf_cuda_t *c, kvf_err_t *err) {
     return 0;
 }
 
+// The GEMM picks of the row buckets of decode-sized steps (64 to 512 rows): each
+// bucket's heuristic pick timed against its next best candidates on random
+// activations and the first layers' weights in turn (a step streams every
+// layer's W from memory), the fastest kept (kvf_gemm_tune_buckets). The
+// heuristic's first pick is not always its fastest there: on an H200 its 448-row
+// gate/up ran 0.29 ms a call against 0.17 for another, which a 391-row decode
+// step (1000-token prompts) pays in every layer. Larger buckets keep the
+// heuristic's picks (timed at 8192 rows, none beat them). Small models (a GEMM of
+// microseconds) and FP8 linear layers are left alone. Start-up only: it synchronizes.
+static int s_tune_buckets(kvf_cuda_t *c, kvf_err_t *err) {
+    const kvf_backend_opts_t *o = &c->base.opts;
+    const int D = c->dim, F = c->ff, V = c->sh.nv, QD = c->q_dim;
+    const int nm = (o->max_step_tokens < 512 ? o->max_step_tokens : 512) / 64 * 64;
+    const int nl = (o->max_logit_rows < nm ? o->max_logit_rows : nm) / 64 * 64;
+    if (c->w_fp8 || nm < 64 || (long long)D * c->qkv_dim < (1LL << 22)) return 0;
+    enum { NW = 4 };
+    const uint16_t *wq[NW], *wo[NW], *wgu[NW], *wd[NW];
+    const int nw = c->base.cfg.n_layers < NW ? c->base.cfg.n_layers : NW;
+    for (int i = 0; i < nw; i++) {
+        const kvf_cuda_layer_t *L = &c->layers[i];
+        wq[i] = L->wqkv, wo[i] = L->wo, wgu[i] = L->wgu, wd[i] = L->wd;
+    }
+    if (kvf_fill_random_bf16(c->h, (size_t)nm * D, 21, 0.0f, 1.0f, c->stream, err) != 0 ||
+        kvf_fill_random_bf16(c->att, (size_t)nm * QD, 22, 0.0f, 1.0f, c->stream, err) != 0 ||
+        kvf_fill_random_bf16(c->act, (size_t)nm * F, 23, 0.0f, 1.0f, c->stream, err) != 0 ||
+        (nl > 0 && kvf_fill_random_bf16(c->rows, (size_t)nl * D, 24, 0.0f, 1.0f, c->stream, err) != 0) ||
+        kvf_gemm_ctx_set_tune(c->gemm, 6, 3, err) != 0)
+        return -1;
+    const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD);
+    const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
+    const uint16_t *lm = c->lm_head;
+    kvf_gemm_tune_sum_t s[5] = {{0}};
+    const double t0 = kvf_cuda_now_ms();
+    if (kvf_gemm_tune_buckets(c->gemm, c->qkv, tq, c->h, wq, nw, nm, D, c->qkv_dim, 12, c->stream, &s[0], err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, c->o, to, c->att, wo, nw, nm, QD, D, 12, c->stream, &s[1], err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, c->gu, tg, c->h, wgu, nw, nm, D, 2 * F, 12, c->stream, &s[2], err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, c->o, to, c->act, wd, nw, nm, F, D, 12, c->stream, &s[3], err) != 0 ||
+        (nl > 0 && kvf_gemm_tune_buckets(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, c->rows, &lm, 1, nl,
+                                         D, V, 8, c->stream, &s[4], err) != 0))
+        return -1;
+    kvf_log(KVF_LOG_INFO, "cuda backend: GEMM picks of the 64-%d row buckets timed in %.1f s; changed (sum of bucket "
+            "ms a call, heuristic -> kept): qkv %d (%.3f -> %.3f), o %d (%.3f -> %.3f), gate/up %d (%.3f -> %.3f), "
+            "down %d (%.3f -> %.3f), lm_head %d (%.3f -> %.3f)", nm, (kvf_cuda_now_ms() - t0) * 1e-3, s[0].changed,
+            s[0].heuristic_ms, s[0].kept_ms, s[1].changed, s[1].heuristic_ms, s[1].kept_ms, s[2].changed,
+            s[2].heuristic_ms, s[2].kept_ms, s[3].changed, s[3].heuristic_ms, s[3].kept_ms, s[4].changed,
+            s[4].heuristic_ms, s[4].kept_ms);
+    return 0;
+}
+
 // Every rank of the TP group says whether its start-up `stage` worked and, with
 // v, the KV blocks it can hold; *v becomes the group's minimum. A rank that
 // failed (ok 0) keeps its own err and returns -1; the others return -1 with
@@ -381,11 +430,16 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // slab of zeros keeps any such bug finite.
     KVF_CUDA_CHECK(cudaMemsetAsync(c->kv, 0, be->kv_bytes, c->stream), err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
-    // Opt-in (KVF_GEMM_TUNE=1): on an H200 it moved a 128-row decode step by 1.4% (9.42 -> 9.29 ms p50),
-    // within noise, and its timings loop over one layer's weights, which for qkv and o fit the 60 MB L2:
-    // the picks are made on cache-resident data, not what a step streams from memory.
+    // KVF_GEMM_TUNE: unset, the decode buckets' picks are timed (s_tune_buckets); 0: the heuristic's
+    // picks alone; 1: the old exact-shape tune of max_batch_size rows instead (on an H200 it moved a
+    // 128-row decode step by 1.4%, within noise; it times one layer's weights, which the L2 holds for
+    // qkv and o).
     const char *tune = getenv("KVF_GEMM_TUNE");
-    if (tune && strcmp(tune, "1") == 0 && s_tune_gemms(c, err) != 0) return -1;
+    if (tune && strcmp(tune, "1") == 0) {
+        if (s_tune_gemms(c, err) != 0) return -1;
+    } else if (!(tune && strcmp(tune, "0") == 0) && s_tune_buckets(c, err) != 0) {
+        return -1;
+    }
     // Graphs only save launch time: a device that cannot capture them runs eagerly.
     // TP > 1: no graphs (the all-reduces are not captured): every step runs eagerly.
     kvf_err_t gerr = {0};
