@@ -40,6 +40,19 @@ static __device__ __forceinline__ void kvf_attn_stage_kv(bf16 *sK,        // (NK
     kvf_cp_async_commit();
 }
 
+// Two rows' running maxima m0, m1 after a step whose own maxima (already reduced
+// over the lanes that share a row) are mx0, mx1: b0, b1 the bases the step's
+// exponentials subtract (0 for a row with no key yet), c0, c1 the factors by which
+// the rows' sums and outputs must be rescaled (1 exactly when a maximum did not move).
+static __device__ __forceinline__ void kvf_attn_new_max(float &m0, float &m1, float mx0, float mx1, float &b0,
+                                                        float &b1, float &c0, float &c1) {
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
+    c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - b0);  // a row with no key yet has nothing to rescale
+    c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - b1);
+    m0 = mn0, m1 = mn1;
+}
+
 // The online-softmax update of a warp's 16 rows by the scores sc of NT 8-key
 // tiles at kw..: scale, mask (a key past its row's position pr0 / pr1 or past
 // kv_end), row maxima over the quad, base-2 exponentials in place, rescale of
@@ -68,11 +81,8 @@ static __device__ __forceinline__ void kvf_attn_softmax(float (&sc)[NT][4], floa
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
     }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-    c0 = mn0 == -INFINITY ? 1.0f : exp2f(m0 - b0);  // a row with no key yet has nothing to rescale
-    c1 = mn1 == -INFINITY ? 1.0f : exp2f(m1 - b1);
-    m0 = mn0, m1 = mn1;
+    float b0, b1;
+    kvf_attn_new_max(m0, m1, mx0, mx1, b0, b1, c0, c1);
     float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
@@ -194,10 +204,8 @@ static __device__ __forceinline__ void kvf_attn_step_t(const bf16 *sK,  // (16, 
         mxa = fmaxf(mxa, __shfl_xor_sync(0xffffffffu, mxa, o_));
         mxb = fmaxf(mxb, __shfl_xor_sync(0xffffffffu, mxb, o_));
     }
-    const float na = fmaxf(ma, mxa), nb = fmaxf(mb, mxb);
-    const float ba = na == -INFINITY ? 0.0f : na, bb = nb == -INFINITY ? 0.0f : nb;
-    const float ca = na == -INFINITY ? 1.0f : exp2f(ma - ba), cb = nb == -INFINITY ? 1.0f : exp2f(mb - bb);
-    ma = na, mb = nb;
+    float ba, bb, ca, cb;
+    kvf_attn_new_max(ma, mb, mxa, mxb, ba, bb, ca, cb);
     s[0] = exp2f(s[0] - ba), s[1] = exp2f(s[1] - bb), s[2] = exp2f(s[2] - ba), s[3] = exp2f(s[3] - bb);
     la = la * ca + s[0] + s[2];
     lb = lb * cb + s[1] + s[3];

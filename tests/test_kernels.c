@@ -213,6 +213,25 @@ Test(kernels, silu_mul) {
 
 // ---------------------------------------------------------------- gemm
 
+// kvf_gemm at row counts around and across the buckets of 64 (up to 700 rows of d_x)
+// against the host product; ref is scratch of 700 x M.
+static void s_check_bucket_picks(kvf_gemm_ctx_t *ctx, const char *what, uint16_t *d_y, const uint16_t *d_x,
+                                 const uint16_t *d_w, const float *x, const float *w, float *ref, int K, int M) {
+    static const int ns[] = {1, 37, 64, 65, 200, 511, 513, 700};
+    kvf_err_t err;
+    for (int i = 0; i < 8; i++) {
+        const int n = ns[i];
+        CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
+        cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
+        float *g = s_down_bf16(d_y, (size_t)n * M);
+        char cs[64];
+        snprintf(cs, sizeof cs, "%s n%d in%d out%d", what, n, K, M);
+        s_expect_norm("gemm.bf16", cs, g, ref, (size_t)n * M, 8e-3, 4e-3);
+        free(g);
+    }
+}
+
 Test(kernels, gemm) {
     rng_t r = s_rng("gemm");
     void *ws = s_dev(32u << 20);
@@ -274,18 +293,7 @@ Test(kernels, gemm) {
     s_rand_bf16(&r, w, wb, (size_t)M * K, -0.1f, 0.1f);
     uint16_t *d_x = s_up(xb, (size_t)n_max * K * 2), *d_w = s_up(wb, (size_t)M * K * 2);
     uint16_t *d_y = s_dev((size_t)n_max * M * 2);
-    const int ns[] = {1, 37, 64, 65, 200, 511, 513, 700};
-    for (int i = 0; i < 8; i++) {
-        const int n = ns[i];
-        CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
-        cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
-        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
-        float *g = s_down_bf16(d_y, (size_t)n * M);
-        char cs[64];
-        snprintf(cs, sizeof cs, "bucket pick n%d in%d out%d", n, K, M);
-        s_expect_norm("gemm.bf16", cs, g, ref, (size_t)n * M, 8e-3, 4e-3);
-        free(g);
-    }
+    s_check_bucket_picks(ctx, "bucket pick", d_y, d_x, d_w, x, w, ref, K, M);
     cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0, "%llu queries after prepare",
                  (unsigned long long)(kvf_gemm_heuristic_calls(ctx) - q0));
     // kvf_gemm_tune_buckets: the buckets of 64..512 rows timed over two weight copies (one candidate
@@ -301,17 +309,7 @@ Test(kernels, gemm) {
     cr_expect(sum.heuristic_ms > 0 && sum.kept_ms > 0 && sum.kept_ms <= sum.heuristic_ms, "%.4f -> %.4f ms",
               sum.heuristic_ms, sum.kept_ms);
     cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0 + 8);
-    for (int i = 0; i < 8; i++) {
-        const int n = ns[i];
-        CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
-        cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w2, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
-        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
-        float *g = s_down_bf16(d_y, (size_t)n * M);
-        char cs[64];
-        snprintf(cs, sizeof cs, "tuned bucket pick n%d in%d out%d", n, K, M);
-        s_expect_norm("gemm.bf16", cs, g, ref, (size_t)n * M, 8e-3, 4e-3);
-        free(g);
-    }
+    s_check_bucket_picks(ctx, "tuned bucket pick", d_y, d_x, d_w2, x, w, ref, K, M);
     cr_expect(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, wl, 0, n_max, K, M, 6, 0, NULL, &err) == -1 &&
               err.code == KVF_E_INVAL);
     free(x), free(w), free(ref), free(xb), free(wb);

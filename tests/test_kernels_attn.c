@@ -204,6 +204,12 @@ Test(kernels, rope_kv) {
     c4.rope_theta = 10000.0;
     const int np4[] = {0, 200}, nn4[] = {13, 56};
     s_rope_case(&r, &c4, 16, 2, np4, nn4, 0, 1, 0, "f32 in, H8 KV4 HD8 bs16 (stories)");
+    // the kernel's narrower form: one pair a thread (head_dim % 4 != 0); HD 12 takes two pairs
+    kvf_modelcfg_t c5 = s_cfg(6, 2, 12, KVF_ROPE_DEFAULT), c6 = s_cfg(4, 2, 6, KVF_ROPE_DEFAULT);
+    c5.rope_theta = c6.rope_theta = 10000.0;
+    s_rope_case(&r, &c5, 16, 2, np4, nn4, 1, 0, 0, "default+bias H6 KV2 HD12 bs16");
+    s_rope_case(&r, &c5, 16, 2, np4, nn4, 0, 1, 1, "fp8 f32 in, H6 KV2 HD12 bs16");
+    s_rope_case(&r, &c6, 16, 2, np4, nn4, 1, 1, 0, "f32 in+bias H4 KV2 HD6 bs16");
     // an FP8 cache: K after the rotation and V rounded to E4M3 (q stays bf16)
     s_rope_case(&r, &c1, 16, 3, np1, nn1, 0, 0, 1, "fp8 llama3 H32 KV8 HD128 bs16");
     s_rope_case(&r, &c1, 64, 3, np1, nn1, 1, 1, 1, "fp8 f32 in, llama3+bias bs64");
