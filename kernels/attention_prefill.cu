@@ -491,10 +491,8 @@ static __device__ __forceinline__ void s_wg_softmax(float (&sc)[PM_K / 2], uint3
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, o_));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, o_));
     }
-    const float mn0 = fmaxf(m0, mx0 * scale_log2), mn1 = fmaxf(m1, mx1 * scale_log2);
-    const float b0 = mn0 == -INFINITY ? 0.0f : mn0, b1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float c0 = exp2f(m0 - b0), c1 = exp2f(m1 - b1);
-    m0 = mn0, m1 = mn1;
+    float b0, b1, c0, c1;
+    kvf_attn_new_max(m0, m1, mx0 * scale_log2, mx1 * scale_log2, b0, b1, c0, c1);
     float s0 = 0.0f, s1 = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < PM_K / 8; nt++) {
