@@ -481,7 +481,7 @@ static int s_attn_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
 static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n_new, int n_seqs, int q_per_tile,
                        const char *shape, kvf_err_t *err) {
     s_paged_t p = {0};
-    int32_t *pos = NULL, *tiles = NULL;
+    int32_t *pos = NULL, *tiles = NULL, *old = NULL, *scratch = NULL;
     int rc = -1, n = 0;
     for (int s = 0; s < n_seqs; s++) n += n_new[s];
     if (!(pos = malloc(sizeof(int32_t) * (size_t)n)) || !(tiles = malloc(sizeof(int32_t) * 3 * (size_t)n))) {
@@ -501,6 +501,20 @@ static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n
     const int n_tiles = kvf_attn_build_tiles(tiles, n, n_new, n_seqs, q_per_tile);
     if (n_tiles < 0) {
         kvf_err_set(err, KVF_E_INTERNAL, "kvf_attn_build_tiles: more than %d tiles", n);
+        goto done;
+    }
+    // decode: the tiles as the cuda backend gives them (longest first); old: as built, timed once more with
+    // the default kernel. Prefill tiles stay as built (the kernels run each prompt's tiles last to first).
+    int max_len = 0;
+    for (int s = 0; s < n_seqs; s++) max_len = len[s] > max_len ? len[s] : max_len;
+    if (!(old = malloc(sizeof(int32_t) * 3 * (size_t)n_tiles)) ||
+        !(scratch = malloc(sizeof(int32_t) * kvf_attn_order_scratch_ints(n_tiles, max_len)))) {
+        kvf_err_set(err, KVF_E_NOMEM, "attention: out of memory");
+        goto done;
+    }
+    memcpy(old, tiles, sizeof(int32_t) * 3 * (size_t)n_tiles);
+    if (decode && kvf_attn_order_tiles(tiles, n_tiles, pos, max_len, scratch) != 0) {
+        kvf_err_set(err, KVF_E_INTERNAL, "kvf_attn_order_tiles failed");
         goto done;
     }
     if (s_paged_init(b, &p, len, n_seqs, err) != 0) goto done;
@@ -531,6 +545,21 @@ static int s_attn_case(kvf_kb_t *b, int decode, const int *len, const int32_t *n
             r.flops = flops;
         if (kvf_kb_time(b, s_attn_op, &a, &r.t, err) != 0) goto done;
         kvf_kb_emit(b, &r);
+    }
+    if (decode) {  // the default kernel on the tiles as built
+        kvf_kb_row_t r = {.kernel = decode ? "attn_decode" : "attn_prefill"};
+        void *d_old = NULL;
+        if (kvf_kb_upload(b, &d_old, old, sizeof(int32_t) * 3 * (size_t)n_tiles, err) != 0) goto done;
+        a.tiles = d_old;
+        a.variant = kvf_attention_decode_default_variant(0, KB_H / KB_KV);
+        char name[sizeof r.variant - 16];
+        s_variant_name(decode, a.variant, name, sizeof name);
+        snprintf(r.variant, sizeof r.variant, "%s as built", name);
+        snprintf(r.shape, sizeof r.shape, "%s", shape);
+        r.bytes = kv_bytes + 2.0 * 2.0 * qe;
+        if (kvf_kb_time(b, s_attn_op, &a, &r.t, err) != 0) goto done;
+        kvf_kb_emit(b, &r);
+        a.tiles = d_tiles;
     }
     // the FP8 cache (--kv-cache-dtype fp8): random finite E4M3 bytes, every fp8 decode
     // variant or the fp8 prefill kernel; decode reads half the cache bytes
@@ -570,6 +599,8 @@ done:
     s_paged_fini(&p);
     free(pos);
     free(tiles);
+    free(old);
+    free(scratch);
     return rc;
 }
 

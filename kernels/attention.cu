@@ -6,6 +6,7 @@
 // each lane scores one key against a row, the warp does the online-softmax
 // update, and each lane accumulates head_dim/32 output dimensions.
 #include <math.h>
+#include <string.h>
 
 #include "kernels/attention.h"
 #include "kernels/check.h"
@@ -246,6 +247,37 @@ extern "C" int kvf_attn_build_tiles(int32_t *tiles, int max_tiles, const int32_t
         q0 += n_new[s];
     }
     return nt;
+}
+
+extern "C" size_t kvf_attn_order_scratch_ints(int n_tiles, int max_keys) {
+    if (n_tiles < 0 || max_keys < 0) return 0;
+    return (size_t)3 * n_tiles + (size_t)(max_keys / KVF_ATTN_ORDER_KEYS) + 2;
+}
+
+// A counting sort on the steps of keys: one pass to count, one to place.
+extern "C" int kvf_attn_order_tiles(int32_t *tiles, int n_tiles, const int32_t *pos, int max_keys,
+                                    int32_t *scratch) {
+    if (n_tiles < 0 || max_keys < 0 || (n_tiles > 0 && (!tiles || !pos || !scratch))) return -1;
+    if (n_tiles < 2) return 0;
+    const int top = max_keys / KVF_ATTN_ORDER_KEYS + 1;  // steps of the longest tile allowed: buckets 0..top
+    int32_t *copy = scratch, *start = scratch + 3 * (size_t)n_tiles;  // (n_tiles, 3), (top + 1)
+    memset(start, 0, (size_t)(top + 1) * sizeof(int32_t));
+    for (int i = 0; i < n_tiles; i++) {
+        const int64_t keys = (int64_t)pos[tiles[3 * i + 1] + tiles[3 * i + 2] - 1] + 1;
+        if (tiles[3 * i + 2] < 1 || keys < 1 || keys > max_keys) return -1;
+        start[top - (keys + KVF_ATTN_ORDER_KEYS - 1) / KVF_ATTN_ORDER_KEYS]++;  // bucket 0: the longest
+    }
+    for (int b = 0, sum = 0; b <= top; b++) {
+        const int cnt = start[b];
+        start[b] = sum, sum += cnt;
+    }
+    for (int i = 0; i < n_tiles; i++) {
+        const int64_t keys = (int64_t)pos[tiles[3 * i + 1] + tiles[3 * i + 2] - 1] + 1;
+        const int to = start[top - (keys + KVF_ATTN_ORDER_KEYS - 1) / KVF_ATTN_ORDER_KEYS]++;
+        memcpy(copy + 3 * (size_t)to, tiles + 3 * (size_t)i, 3 * sizeof(int32_t));
+    }
+    memcpy(tiles, copy, (size_t)n_tiles * 3 * sizeof(int32_t));
+    return 0;
 }
 
 extern "C" int kvf_attn_choose_splits(int n_tiles, int n_kv, int max_ctx, int max_splits, int n_sms,

@@ -30,6 +30,22 @@ int kvf_attn_q_per_tile(int n_heads, int n_kv);
 int kvf_attn_build_tiles(int32_t *tiles,         // (max_tiles, 3) host
                          int max_tiles, const int32_t *n_new, int n_seqs, int q_per_tile);
 
+// Host: puts tiles (from kvf_attn_build_tiles) longest first, in place: by their
+// key count (the position after a tile's last token, pos on the host) in steps of
+// KVF_ATTN_ORDER_KEYS keys, descending; tiles of one step keep their order.
+// kvf_attention and the decode kernels give their blocks out in tile order, and a
+// block's time grows with its keys, so the short ones are left for the tail of the
+// launch, where SMs run out of work at different times (list scheduling, longest
+// first; H200, 374-512 decode rows of 512-640 keys: +2-3%). Not for the prefill
+// kernels: they run each prompt's tiles last to first, which keeps a prompt's keys
+// in the L2 and measured faster than longest first over all prompts. scratch:
+// kvf_attn_order_scratch_ints(n_tiles, max_keys) ints. Returns 0, or -1 on bad
+// arguments or a tile of more than max_keys keys (tiles then unchanged).
+#define KVF_ATTN_ORDER_KEYS 16
+size_t kvf_attn_order_scratch_ints(int n_tiles, int max_keys);
+int kvf_attn_order_tiles(int32_t *tiles,          // (n_tiles, 3) host
+                         int n_tiles, const int32_t *pos, int max_keys, int32_t *scratch);
+
 // Host: how many splits of the key range (flash-decoding) fill the device:
 // returns n_splits (1 .. max_splits) and sets *split_len (keys per split, a
 // multiple of 32; huge when n_splits is 1).

@@ -253,6 +253,11 @@ static void s_attn_case_x(rng_t *r, int H, int KV, int HD, int bs, int n_seqs, c
     int32_t *tiles = malloc((size_t)n * 3 * 4);
     int n_tiles = kvf_attn_build_tiles(tiles, n, b.n_new, n_seqs, qpt);
     cr_assert(n_tiles > 0);
+    if (tensor_cores != 1) {  // kvf_attention's and the decode kernels' tiles longest first, as the backend runs them
+        int32_t *order_scratch = malloc(kvf_attn_order_scratch_ints(n_tiles, max_ctx) * 4);
+        cr_assert(kvf_attn_order_tiles(tiles, n_tiles, b.pos, max_ctx, order_scratch) == 0);
+        free(order_scratch);
+    }
     int split_len = 0;
     int n_splits = kvf_attn_choose_splits(n_tiles, KV, max_ctx, KVF_ATTN_MAX_SPLITS, 132, &split_len);
     if (force_splits > 0) {

@@ -338,6 +338,10 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->h_sp = (kvf_sample_params_t *)(void *)(c->h_meta + sp_at);
     c->h_pen = c->h_meta + pen_at;
     c->h_vmsg = c->tp ? c->h_meta + vmsg_at : NULL;
+    c->h_order = malloc(kvf_attn_order_scratch_ints((int)T, c->max_ctx) * sizeof(int32_t));
+    if (!c->h_order) return kvf_err_set(err, KVF_E_NOMEM, "cuda backend: out of host memory");
+    const char *oenv = getenv("KVF_ATTN_ORDER");
+    c->attn_order = oenv ? atoi(oenv) != 0 : 1;
     // Activations between the GEMMs in the checkpoint's dtype, as transformers runs
     // a model (bf16 weights: bf16 q/k/v, gate/up and o/down outputs; the residual and
     // every reduction stay f32); an f32 or f16 checkpoint keeps f32 outputs. Dummy
@@ -549,6 +553,7 @@ static void s_destroy(kvf_backend_t **self_p) {
         if (cudaStreamQuery(c->stream) == cudaErrorNotReady) {
             kvf_log(KVF_LOG_WARN, "cuda backend: device %d is still held by the failed TP step; its memory is left "
                                   "to the process's exit", c->device);
+            free(c->h_order);
             free(c->layers);
             free(c);
             *self_p = NULL;
@@ -565,6 +570,7 @@ static void s_destroy(kvf_backend_t **self_p) {
     cudaFree(c->wmem);
     if (c->h_meta) cudaFreeHost(c->h_meta);
     if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->h_order);
     free(c->layers);
     free(c);
     *self_p = NULL;

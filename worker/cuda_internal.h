@@ -137,6 +137,10 @@ typedef struct {
     int act_mode;
     int dec_variant, pre_variant;  // variants of the attention kernels: KVF_ATTN_*_VARIANT, else the defaults
     int pre_variant_fp8;           // the prefill kernel over an FP8 cache (2 and up)
+    // decode attention tiles longest first (kvf_attn_order_tiles, with h_order as its scratch);
+    // KVF_ATTN_ORDER=0: as built, in batch order (A/B runs)
+    int attn_order;
+    int32_t *h_order;
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } kvf_cuda_t;
 

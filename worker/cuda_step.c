@@ -31,8 +31,11 @@
 // metadata into the pinned buffer. Returns the number of attention tiles, or -1.
 // Cuts the sequences into attention tiles: those adding one token (decode) or,
 // without tensor-core prefill, all of them go to kvf_attention (q_per_tile
-// tokens a tile); the others to kvf_attention_prefill (KVF_ATTN_PREFILL_Q).
-static void s_tiles(kvf_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int *n_tiles, int *n_tiles_tc) {
+// tokens a tile); the others to kvf_attention_prefill (KVF_ATTN_PREFILL_Q). The first
+// list goes longest first (kvf_attn_order_tiles): those kernels give out blocks in
+// tile order. The prefill kernels run each prompt's tiles last to first themselves.
+static int s_tiles(kvf_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int max_ctx, int *n_tiles, int *n_tiles_tc,
+                   kvf_err_t *err) {
     int32_t *ta = c->h_meta + c->m_tiles, *tb = c->h_meta + c->m_tiles_tc;
     int na = 0, nb = 0, q0 = 0;
     for (int s = 0; s < b->n_seqs; s++) {
@@ -46,6 +49,9 @@ static void s_tiles(kvf_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int *n_
         q0 += nn;
     }
     *n_tiles = na, *n_tiles_tc = nb;
+    if (c->attn_order && kvf_attn_order_tiles(ta, na, c->h_meta + c->m_pos, max_ctx, c->h_order) != 0)
+        return kvf_err_set(err, KVF_E_INTERNAL, "cuda forward: attention tiles past the step's longest context");
+    return 0;
 }
 
 static int s_prepare(kvf_cuda_t *c, const kvf_batch_t *b, const void *out, int *q_per_tile, int *max_ctx,
@@ -77,7 +83,7 @@ static int s_prepare(kvf_cuda_t *c, const kvf_batch_t *b, const void *out, int *
     for (int t = 0; t < b->n_tokens; t++) tok[t] = b->tokens[t];
     *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->n_heads, c->n_kv);
     int n_tiles = 0;
-    s_tiles(c, b, *q_per_tile, &n_tiles, n_tiles_tc);  // at most n_tokens tiles: they fit
+    if (s_tiles(c, b, *q_per_tile, *max_ctx, &n_tiles, n_tiles_tc, err) != 0) return -1;  // <= n_tokens tiles: fit
     return n_tiles;
 }
 
