@@ -230,10 +230,18 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     const int jl = li / RPC, dl = (li % RPC) * EPC;  // this thread's first row and its EPC dims
     const int rb = PW ? 16 * warp : 0;             // first stage row that this thread's ring fills
     int nb[CPT], ns[CPT];                          // cache block and slot in it of the next load's rows
+    // PW with 16 | bs: a warp's 16-key chunk starts at a multiple of 16, so it lies in one cache block:
+    // one block-table entry a chunk (nb[0], ns[0] its first row's), not one a row
+    const bool one_blk = PW && bs % 16 == 0;
     auto key0 = [&](int it) { return PW ? 16 * (SPLIT * it + sw) : it * NR; };
     auto fetch = [&](int it) {
         const int key = key0(it) + jl;
         int blk = key / bs, slot = key - blk * bs;  // one division a stage; the rows RSTEP apart step on
+        if (one_blk) {
+            nb[0] = key < kv_end ? __ldg(btab + blk) : 0;
+            ns[0] = slot;
+            return;
+        }
 #pragma unroll
         for (int i = 0; i < CPT; i++) {
             if (i > 0)
@@ -246,11 +254,13 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
         const int kb = key0(it);
         if (active && it < n_kt && kb < kv_end) {
             TC *sK = sm + (it % STAGES) * STAGE + rb * RS, *sV = sK + NR * RS;
-#pragma unroll
+            const size_t off0 = (((size_t)nb[0] * bs + ns[0]) * KV + kvh) * HD + dl;  // one_blk: row i's at
+#pragma unroll                                                                     // off0 + i RSTEP KV HD
             for (int i = 0; i < CPT; i++) {
                 const int j = jl + i * RSTEP, key = kb + j;
                 if (key < kv_end) {
-                    const size_t off = (((size_t)nb[i] * bs + ns[i]) * KV + kvh) * HD + dl;
+                    const size_t off = one_blk ? off0 + (size_t)i * RSTEP * KV * HD
+                                               : (((size_t)nb[i] * bs + ns[i]) * KV + kvh) * HD + dl;
                     kvf_cp_async16(sK + j * RS + dl, kc + off);
                     kvf_cp_async16(sV + j * RS + dl, vc + off);
                 } else {  // zeros: a masked key's V row is multiplied by p = 0, which must not meet a NaN
