@@ -11,7 +11,8 @@
 # first-device + r (one GPU per rank; T = 2, 4 or 8 on a node with that many).
 # Only rank 0 talks to the coordinator; the ranks share a shared-memory segment
 # named by the group id, which must be unique per launch (the default is).
-# NCCL_NVLS_ENABLE=0 is exported (NVLink multicast objects are not used).
+# NCCL_NVLS_ENABLE=0 is exported (NVLink multicast objects are not used), and
+# CUDA_MODULE_LOADING=EAGER unless set.
 #
 # The group lives and dies as one: when any rank exits, the others are stopped
 # (a TP group with a missing rank cannot compute), and the script exits with the
@@ -58,6 +59,7 @@ fi
 [ -n "$log_dir" ] || log_dir=$(mktemp -d "${TMPDIR:-/tmp}/kvf-tp-$group.XXXXXX")
 mkdir -p "$log_dir"
 export NCCL_NVLS_ENABLE=0
+export CUDA_MODULE_LOADING=${CUDA_MODULE_LOADING:-EAGER}  # worker/tp_nccl.c: a dead peer must not block a launch
 
 pids=()
 stop_all() {

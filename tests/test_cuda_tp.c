@@ -15,7 +15,9 @@
 // CUDA process cannot use the GPU).
 #include <criterion/criterion.h>
 #include <cuda_runtime_api.h>
+#include <execinfo.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -198,9 +200,28 @@ static int s_fail(s_ctx_t *x, int slot, const kvf_err_t *err, int64_t ms, int rc
     return rc;
 }
 
+// SIGUSR1 (from s_wait_all, before it kills a child that overran): the main
+// thread's stack to stderr, so that a hang says where it is.
+static void s_on_usr1(int sig) {
+    (void)sig;
+    static const char head[] = "CUDA_TP stack of a child that overran:\n";
+    if (write(2, head, sizeof head - 1) < 0) return;
+    void *f[64];
+    backtrace_symbols_fd(f, backtrace(f, 64), 2);
+}
+
 // One process: TP 1 on device 0 (rank < 0), or rank `rank` of the group.
 static int s_child(s_ctx_t *x, int rank) {
     const int slot = rank < 0 ? x->size : rank;
+    // SIGUSR1 blocked while CUDA and NCCL make their threads (they inherit the mask), then
+    // unblocked here: it reaches this thread. backtrace once now (its first call loads libgcc).
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
+    void *f0[4];
+    backtrace(f0, 4);
+    signal(SIGUSR1, s_on_usr1);
     kvf_err_t err;
     kvf_safetensors_t *st = kvf_safetensors_open_dir(x->dir, &err);
     if (!st) return s_fail(x, slot, &err, 0, 1);
@@ -218,6 +239,7 @@ static int s_child(s_ctx_t *x, int rank) {
     if (!be) return s_fail(x, slot, &err, 0, 4);
     x->n_blocks[slot] = be->n_blocks;
     if (x->die && rank == 1) _exit(0);  // gone without a word: the peer's next collective must not hang
+    pthread_sigmask(SIG_UNBLOCK, &usr1, NULL);
     int64_t t0 = s_now_ms();
     int rc = s_scenario(be, x->vocab, x->cfg.bos_id, x->tf + (size_t)slot * S_TF_LEN * x->vocab,
                         x->ids + (size_t)slot * 2 * S_DEC, rank < 0 ? S_VIA_LOGITS : x->via, x->next, ctl, &err);
@@ -243,6 +265,9 @@ static void s_wait_all(pid_t *pids, int n, int64_t limit_ms, int *codes) {
             }
         }
         if (left > 0 && s_now_ms() - t0 > limit_ms) {
+            for (int i = 0; i < n; i++)
+                if (codes[i] == -1) kill(pids[i], SIGUSR1);  // its stack first (s_on_usr1)
+            usleep(500000);
             for (int i = 0; i < n; i++)
                 if (codes[i] == -1) kill(pids[i], SIGKILL);
         }
@@ -278,7 +303,7 @@ static void s_run_group(s_ctx_t *x, int *codes) {
         cr_assert_geq(pids[r], 0);
         if (pids[r] == 0) _exit(s_child(x, r));
     }
-    s_wait_all(pids, x->size, 240000, codes);
+    s_wait_all(pids, x->size, x->die ? 60000 : 240000, codes);  // a dead rank's peer must give up in seconds
 }
 
 static double s_rel_l2(const float *a, const float *ref, int n) {

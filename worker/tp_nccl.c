@@ -8,6 +8,13 @@
 // unblocks the kernels of this rank; the call returns KVF_E_PEER_LOST and the
 // communicator refuses every later call. NCCL_NVLS_ENABLE=0 is expected in the
 // environment (deploy/tp-run.sh sets it): multicast objects are not lent here.
+//
+// CUDA_MODULE_LOADING=EAGER (s_eager_modules): with CUDA's default lazy loading the
+// first launch of a kernel loads its module, and that waits for the device; when a
+// peer has died, an NCCL kernel of this rank spins until the abort, so a step's next
+// first-time kernel blocked the host inside cudaLaunchKernel, before any bounded wait
+// could see the timeout (2 x H200: the dead-rank test's survivor stuck in the launch
+// of layer 0's rmsnorm, right after the embedding's all-reduce).
 #include <nccl.h>
 
 #include <cuda_runtime_api.h>
@@ -32,6 +39,11 @@ typedef struct {
     void *scratch;          // (size * S_SCRATCH_BYTES) device bytes
     int failed;             // aborted: every call fails
 } s_nccl_t;
+
+// Every kernel loaded when the process's CUDA context is made. Set before the first CUDA
+// call of the process to take effect (kvf-worker sets it at start for --tp > 1; these
+// calls are the first of a rank's CUDA otherwise); the operator's own setting wins.
+static void s_eager_modules(void) { setenv("CUDA_MODULE_LOADING", "EAGER", 0); }
 
 static void s_yield_us(long us) {
     struct timespec ts = {0, us * 1000L};
@@ -249,6 +261,7 @@ kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, 
                     rank, size, device, timeout_ms, KVF_TP_MAX_SIZE);
         return NULL;
     }
+    s_eager_modules();
     s_nccl_t *n = calloc(1, sizeof *n);
     if (!n) {
         kvf_err_set(err, KVF_E_NOMEM, "tp nccl: out of memory");
@@ -275,6 +288,7 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
         kvf_err_set(err, KVF_E_INVAL, "tp nccl: no control communicator to send the id over");
         return NULL;
     }
+    s_eager_modules();
     struct {
         int64_t ok;
         uint8_t id[KVF_TP_NCCL_ID_BYTES];

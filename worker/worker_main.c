@@ -16,6 +16,7 @@
 #include <czmq.h>
 #include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/args.h"
@@ -145,6 +146,8 @@ int main(int argc, char **argv) {
         return EXIT_USAGE;
     }
     kvf_log_setup("kvf-worker", o.tp_size > 1 ? o.tp_rank : -1, level);
+    // A TP rank loads every CUDA kernel up front (worker/tp_nccl.c says why); before any CUDA call.
+    if (o.tp_size > 1) setenv("CUDA_MODULE_LOADING", "EAGER", 0);
 
     // Our own SIGTERM/SIGINT handling (czmq's would only set its own flag).
     zsys_handler_set(NULL);
