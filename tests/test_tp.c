@@ -258,12 +258,12 @@ Test(tp_comm, single_rank_group) {
 }
 
 // A group that never forms: rank 0 waits for peers, a follower for rank 0; both
-// give up after the timeout with KVF_E_PEER_LOST.
+// give up after the join timeout with KVF_E_PEER_LOST.
 Test(tp_comm, join_times_out) {
     char g[KVF_TP_GROUP_MAX];
     s_group(g, sizeof g, "lonely");
     kvf_err_t err;
-    kvf_tp_shm_opts_t o = {.timeout_ms = 300};
+    kvf_tp_shm_opts_t o = {.timeout_ms = 100, .join_timeout_ms = 300};
     int64_t t0 = s_now_ms();
     cr_assert_null(kvf_tp_shm_new(g, 0, 2, &o, &err));
     int64_t ms = s_now_ms() - t0;
@@ -276,6 +276,43 @@ Test(tp_comm, join_times_out) {
     cr_assert_eq(err.code, KVF_E_PEER_LOST, "%s", err.msg);
     cr_assert(strstr(err.msg, "rank 0"), "%s", err.msg);
     cr_assert(ms >= 250 && ms < 2000, "rank 1 gave up after %lld ms", (long long)ms);
+}
+
+// Ranks start at different times: a follower that comes 1.5 s after rank 0, past
+// the 300 ms per-wait timeout, still joins (the join waits for the larger of that
+// and KVF_TP_JOIN_TIMEOUT_MS), and the group's waits then use the 300 ms again.
+Test(tp_comm, late_follower_joins_within_the_join_timeout) {
+    char g[KVF_TP_GROUP_MAX];
+    s_group(g, sizeof g, "late");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        struct timespec d = {1, 500000000L};
+        nanosleep(&d, NULL);
+        kvf_err_t e;
+        kvf_tp_shm_opts_t fo = {.timeout_ms = 300};
+        kvf_tp_t *tp = kvf_tp_shm_new(g, 1, 2, &fo, &e);
+        if (!tp) _exit(1);
+        int rc = kvf_tp_barrier(tp, &e) == 0 ? 0 : 2;
+        kvf_tp_destroy(&tp);
+        _exit(rc);
+    }
+    kvf_err_t err;
+    kvf_tp_shm_opts_t o = {.timeout_ms = 300};
+    int64_t t0 = s_now_ms();
+    kvf_tp_t *tp = kvf_tp_shm_new(g, 0, 2, &o, &err);
+    cr_assert_not_null(tp, "%s", err.msg);
+    cr_assert_geq(s_now_ms() - t0, 1000, "joined before the follower came");
+    cr_assert_eq(kvf_tp_barrier(tp, &err), 0, "%s", err.msg);
+    int st = 0;
+    cr_assert_eq(waitpid(pid, &st, 0), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "follower status %d", st);
+    t0 = s_now_ms();  // the follower is gone: a wait now gives up after the 300 ms timeout, not the join's 30 s
+    cr_assert_neq(kvf_tp_barrier(tp, &err), 0);
+    cr_assert_eq(err.code, KVF_E_PEER_LOST, "%s", err.msg);
+    cr_assert_lt(s_now_ms() - t0, 5000, "gave up after %lld ms", (long long)(s_now_ms() - t0));
+    kvf_tp_destroy(&tp);
+    cr_assert_null(tp);
 }
 
 // Failure modes after joining. mode 0: rank 1 dies (SIGKILL to itself);

@@ -84,9 +84,14 @@ void kvf_tp_destroy(kvf_tp_t **self_p);
 // ---------------------------------------------------------------- shm
 
 typedef struct {
-    int32_t timeout_ms;   // per wait, also for joining; 0 = KVF_TP_DEFAULT_TIMEOUT_MS
+    int32_t timeout_ms;   // per wait; 0 = KVF_TP_DEFAULT_TIMEOUT_MS
     size_t slot_bytes;    // exchange buffer per rank; larger transfers go in chunks; 0 = 4 MiB
+    // joining: ranks start at different times (a launcher starts them one by one, a
+    // loaded host is slow to exec), so 0 = the larger of timeout_ms and
+    // KVF_TP_JOIN_TIMEOUT_MS; > 0: exactly that
+    int32_t join_timeout_ms;
 } kvf_tp_shm_opts_t;
+#define KVF_TP_JOIN_TIMEOUT_MS 30000
 
 // Joins (rank 0: creates) the shm group `group` (letters, digits, '-', '_', '.';
 // at most KVF_TP_GROUP_MAX - 1 bytes; the segment is "/kvf-tp-<group>"), and
@@ -96,7 +101,7 @@ typedef struct {
 // communicator (create it on the thread that runs the process, not a short-lived one).
 // opts may be NULL. Returns a new communicator owned by the caller, or NULL with
 // err set (KVF_E_INVAL: bad arguments; KVF_E_PEER_LOST: the group did not form
-// within the timeout or a rank of this number is already present; KVF_E_IO).
+// within the join timeout or a rank of this number is already present; KVF_E_IO).
 kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kvf_tp_shm_opts_t *opts,
                          kvf_err_t *err);
 

@@ -363,10 +363,14 @@ kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kv
     int32_t timeout_ms = opts && opts->timeout_ms > 0 ? opts->timeout_ms : KVF_TP_DEFAULT_TIMEOUT_MS;
     size_t slot = opts && opts->slot_bytes ? opts->slot_bytes : S_DEFAULT_SLOT;
     slot = (slot + 63) & ~(size_t)63;
-    if (opts && opts->timeout_ms < 0) {
-        kvf_err_set(err, KVF_E_INVAL, "tp group %s: timeout %d ms < 0", group, opts->timeout_ms);
+    if (opts && (opts->timeout_ms < 0 || opts->join_timeout_ms < 0)) {
+        kvf_err_set(err, KVF_E_INVAL, "tp group %s: timeout %d ms or join timeout %d ms < 0", group, opts->timeout_ms,
+                    opts->join_timeout_ms);
         return NULL;
     }
+    const int32_t join_ms = opts && opts->join_timeout_ms > 0 ? opts->join_timeout_ms
+                            : timeout_ms > KVF_TP_JOIN_TIMEOUT_MS ? timeout_ms
+                                                                  : KVF_TP_JOIN_TIMEOUT_MS;
     if (slot > ((size_t)1 << 30)) {
         kvf_err_set(err, KVF_E_INVAL, "tp group %s: slot of %zu bytes is over 1 GiB", group, slot);
         return NULL;
@@ -379,7 +383,7 @@ kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kv
     s->base.ops = &s_shm_ops;
     s->base.rank = rank;
     s->base.size = size;
-    s->base.timeout_ms = timeout_ms;
+    s->base.timeout_ms = join_ms;  // the join barrier's wait; timeout_ms once joined
     s->fd = -1;
     snprintf(s->group, sizeof s->group, "%s", group);
     snprintf(s->name, sizeof s->name, "/kvf-tp-%s", group);
@@ -390,14 +394,14 @@ kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kv
     if (rank == 0) {
         if (s_create(s, err) != 0) goto fail;
     } else {
-        const int64_t deadline = kvf_clock_ms() + timeout_ms;
+        const int64_t deadline = kvf_clock_ms() + join_ms;
         for (;;) {
             int rc = s_attach(s, err);
             if (rc < 0) goto fail;
             if (rc == 0) break;
             if (kvf_clock_ms() >= deadline) {
                 kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: rank %d found no live rank 0 within %d ms", group,
-                            rank, timeout_ms);
+                            rank, join_ms);
                 goto fail;
             }
             s_sleep_ms(5);
@@ -405,6 +409,7 @@ kvf_tp_t *kvf_tp_shm_new(const char *group, int32_t rank, int32_t size, const kv
     }
     if (s_barrier(s, "join", err) != 0) goto fail;
     s->joined = 1;
+    s->base.timeout_ms = timeout_ms;
     if (rank == 0) {
         shm_unlink(s->name);
         s->unlinked = 1;
