@@ -117,7 +117,7 @@ static inline void kvh_tail(const char *path) {
     char *s = kvf_test_slurp(path, NULL);
     if (!s) return;
     size_t n = strlen(s);
-    cr_log_info("---- %s (last 2000 bytes)\n%s", path, n > 2000 ? s + n - 2000 : s);
+    cr_log_warn("---- %s (last 2000 bytes)\n%s", path, n > 2000 ? s + n - 2000 : s);  // shown without --verbose
     free(s);
 }
 
