@@ -22,6 +22,10 @@
 #include "test_util.h"
 
 #define S_MAX_RANKS 4
+// The ranks' --tp-timeout-ms: short, so that the idle test outlasts it, but past the
+// multi-second stalls a loaded 2-core CI machine has (a 50 ms sleep once woke 2.7 s late)
+#define S_TP_TIMEOUT_MS 6000
+#define S_TP_TIMEOUT_TXT "6000"
 #define S_N_CASES 3
 
 typedef struct {
@@ -79,7 +83,7 @@ static void s_start(s_fix_t *f, int tp, const int *cache_blocks) {
             argv[n++] = "--tp", argv[n++] = tps;
             argv[n++] = "--rank", argv[n++] = rank;
             argv[n++] = "--group", argv[n++] = f->group;
-            argv[n++] = "--tp-timeout-ms", argv[n++] = "3000";
+            argv[n++] = "--tp-timeout-ms", argv[n++] = S_TP_TIMEOUT_TXT;
         }
         argv[n] = NULL;
         char out[256], errp[256];
@@ -330,7 +334,7 @@ Test(tp_worker, killed_follower_makes_the_leader_leave) {
     kvf_msg_clear(&m);
     kill(f.pid[1], SIGKILL);
     int64_t t0 = s_ms();
-    int st = s_wait_exit(&f, 0, 3000 + 5000);
+    int st = s_wait_exit(&f, 0, S_TP_TIMEOUT_MS + 5000);
     int64_t ms = s_ms() - t0;
     cr_assert(st >= 0, "the leader is still running %lld ms after its follower died", (long long)ms);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "leader exit status %d", st);
@@ -348,7 +352,7 @@ Test(tp_worker, idle_group_stays_up_past_the_timeout_and_bad_flags_are_refused) 
     kvf_msg_t reg;
     s_register_and_welcome(&f, &reg);
     kvf_msg_clear(&reg);
-    usleep(4500 * 1000);  // longer than the 3 s TP timeout: keepalives hold the idle group together
+    usleep((S_TP_TIMEOUT_MS + 1500) * 1000);  // past the TP timeout: keepalives hold the idle group together
     for (int r = 0; r < 2; r++) {
         int st;
         cr_assert_eq(waitpid(f.pid[r], &st, WNOHANG), 0, "rank %d ended while idle: %s", r, s_read(&f, "err", r));
