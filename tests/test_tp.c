@@ -268,14 +268,14 @@ Test(tp_comm, join_times_out) {
     cr_assert_null(kvf_tp_shm_new(g, 0, 2, &o, &err));
     int64_t ms = s_now_ms() - t0;
     cr_assert_eq(err.code, KVF_E_PEER_LOST, "%s", err.msg);
-    cr_assert(ms >= 250 && ms < 2000, "rank 0 gave up after %lld ms", (long long)ms);
+    cr_assert(ms >= 250 && ms < 5000, "rank 0 gave up after %lld ms", (long long)ms);  // 5 s: a loaded host stalls
     s_group(g, sizeof g, "lonely");
     t0 = s_now_ms();
     cr_assert_null(kvf_tp_shm_new(g, 1, 2, &o, &err));
     ms = s_now_ms() - t0;
     cr_assert_eq(err.code, KVF_E_PEER_LOST, "%s", err.msg);
     cr_assert(strstr(err.msg, "rank 0"), "%s", err.msg);
-    cr_assert(ms >= 250 && ms < 2000, "rank 1 gave up after %lld ms", (long long)ms);
+    cr_assert(ms >= 250 && ms < 5000, "rank 1 gave up after %lld ms", (long long)ms);
 }
 
 // Ranks start at different times: a follower that comes 1.5 s after rank 0, past
