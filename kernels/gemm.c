@@ -53,6 +53,8 @@ static int s_bucket(int n) {
     return (n + 511) / 512 * 512;
 }
 
+int kvf_gemm_bucket(int n) { return s_bucket(n < 1 ? 1 : n); }
+
 static void s_entry_clear(s_entry_t *e) {
     if (e->op) cublasLtMatmulDescDestroy(e->op);
     if (e->a) cublasLtMatrixLayoutDestroy(e->a);

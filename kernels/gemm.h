@@ -71,6 +71,10 @@ int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err)
 // kvf_gemm_prepare for kvf_gemm_fp8's shapes.
 int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err);
 
+// The row bucket of n rows (n >= 1): the row count whose pick serves n (64, 128, ...,
+// 512, then multiples of 512). kvf_gemm_bucket(b + 1) is the bucket after bucket b.
+int kvf_gemm_bucket(int n);
+
 // Heuristic queries this context has made (for tests and diagnostics).
 uint64_t kvf_gemm_heuristic_calls(const kvf_gemm_ctx_t *ctx);
 

@@ -385,7 +385,7 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // steps of ~120 rows, of which ~12 ms were the four queries of each step)
     {
         const kvf_gemm_out_t tq = kvf_cuda_out(c, S_ACT_QKV), to = kvf_cuda_out(c, S_ACT_OD);
-    const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
+        const kvf_gemm_out_t tg = kvf_cuda_out(c, S_ACT_GU);
         const int T = o->max_step_tokens, D = c->dim;
         int (*prep)(kvf_gemm_ctx_t *, kvf_gemm_out_t, int, int, int, kvf_err_t *) =
             c->w_fp8 ? kvf_gemm_prepare_fp8 : s_prepare_bf16;
@@ -449,6 +449,9 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
                     terr.msg);
         }
     }
+    // TP: no step may load a GEMM kernel (kvf_cuda_warm_gemms says why). One rank's
+    // start-up time: ~1.4 s of GEMMs for Llama-3-8B at 8192 tokens a step, split over the ranks.
+    if (c->tp && kvf_cuda_warm_gemms(c, err) != 0) return -1;
     // Graphs only save launch time: a device that cannot capture them runs eagerly.
     // TP > 1: no graphs (the all-reduces are not captured): every step runs eagerly.
     kvf_err_t gerr = {0};

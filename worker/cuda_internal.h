@@ -178,6 +178,16 @@ int kvf_cuda_forward_sample(kvf_backend_t *be, const kvf_batch_t *b, const kvf_s
                             int32_t *out_tokens, kvf_err_t *err);
 // Captures a decode graph per batch-size bucket (start-up). Returns 0, or -1 with err.
 int kvf_cuda_capture_graphs(kvf_cuda_t *c, kvf_err_t *err);
+// Start-up (it synchronizes): every GEMM of a step (layer 0's weights, the buffers'
+// contents whatever they are) once per cuBLASLt row bucket up to max_step_tokens, and
+// the lm_head's up to max_logit_rows, so that each bucket's pick has its kernels
+// loaded. cuBLASLt loads a kernel's library at its first launch (cuLibraryLoadData),
+// and that waits for the device; in a TP group whose peer died, an NCCL kernel of this
+// rank spins there until our bounded wait aborts it, which a host stuck inside the
+// load never reaches (2 x H200: the dead-rank test's survivor blocked in the first
+// cublasLtMatmul of its step). CUDA_MODULE_LOADING=EAGER does not cover these loads.
+// Returns 0, or -1 with err.
+int kvf_cuda_warm_gemms(kvf_cuda_t *c, kvf_err_t *err);
 // CLOCK_MONOTONIC in ms.
 double kvf_cuda_now_ms(void);
 

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/log.h"
 #include "kernels/attention.h"
 #include "kernels/attention_decode.h"
 #include "kernels/attention_prefill.h"
@@ -122,6 +123,61 @@ static int s_linear(kvf_cuda_t *c, void *y, kvf_gemm_out_t yt, const void *x, co
     return kvf_gemm(c->gemm, y, yt, x, w, n, d_in, d_out, 0.0f, st, err);
 }
 
+// The GEMMs of a step, each over n rows of the buffers s_layers gives it (so that
+// kvf_cuda_warm_gemms runs exactly the step's shapes, types and picks).
+static int s_gemm_qkv(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    return s_linear(c, c->qkv, kvf_cuda_out(c, S_ACT_QKV), c->w_fp8 ? (void *)c->x8 : c->h, L->wqkv, L->sqkv, n,
+                    c->dim, c->qkv_dim, st, err);
+}
+
+static int s_gemm_o(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->w_fp8 ? (void *)c->x8 : c->att, L->wo, L->so, n, c->q_dim,
+                    c->dim, st, err);
+}
+
+// gate/up into c->gu: bf16 under S_ACT_GU (always under w_fp8), else f32
+static int s_gemm_gate_up(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    if (c->act_mode & S_ACT_GU)
+        return s_linear(c, c->gu, KVF_GEMM_OUT_BF16, c->w_fp8 ? (void *)c->x8 : c->h, L->wgu, L->sgu, n, c->dim,
+                        2 * c->ff, st, err);
+    return kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, c->dim, 2 * c->ff, 0.0f, st, err);
+}
+
+static int s_gemm_down(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->act, L->wd, L->sd, n, c->ff, c->dim, st, err);
+}
+
+// tp: this rank's vocabulary only, into vlog (s_vocab_exchange takes it from there)
+static int s_gemm_lm_head(kvf_cuda_t *c, const uint16_t *x, int rows, cudaStream_t st, kvf_err_t *err) {
+    return kvf_gemm(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, c->dim, c->sh.nv,
+                    0.0f, st, err);
+}
+
+int kvf_cuda_warm_gemms(kvf_cuda_t *c, kvf_err_t *err) {
+    const int T = c->base.opts.max_step_tokens, R = c->base.opts.max_logit_rows;
+    const kvf_cuda_layer_t *L = &c->layers[0];
+    const double t0 = kvf_cuda_now_ms();
+    int runs = 0;
+    for (int nb = kvf_gemm_bucket(1);; nb = kvf_gemm_bucket(nb + 1)) {
+        const int n = nb < T ? nb : T;
+        if (s_gemm_qkv(c, L, n, c->stream, err) != 0 || s_gemm_o(c, L, n, c->stream, err) != 0 ||
+            s_gemm_gate_up(c, L, n, c->stream, err) != 0 || s_gemm_down(c, L, n, c->stream, err) != 0)
+            return -1;
+        if (n <= R && s_gemm_lm_head(c, c->rows, n, c->stream, err) != 0) return -1;
+        runs++;
+        if (n == T) break;
+    }
+    for (int nb = kvf_gemm_bucket(T + 1); T < R; nb = kvf_gemm_bucket(nb + 1)) {  // lm_head rows past T
+        const int n = nb < R ? nb : R;
+        if (s_gemm_lm_head(c, c->rows, n, c->stream, err) != 0) return -1;
+        if (n == R) break;
+    }
+    KVF_CUDA_CHECK(cudaStreamSynchronize(c->stream), err);
+    kvf_log(KVF_LOG_INFO, "cuda backend: every GEMM of a step run once in each of %d row buckets up to %d rows "
+            "(%.1f ms), so that no step loads a kernel", runs, T, kvf_cuda_now_ms() - t0);
+    return 0;
+}
+
 // The kernels of one step on c->stream, reading the metadata already in d_meta:
 // n tokens in n_tiles attention tiles, logits of `rows` rows (all tokens, or the
 // rows picked by the row index) into c->logits. Captured into graphs as is.
@@ -139,7 +195,6 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
     const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
     const int wq8 = c->w_fp8;  // E4M3 linear layers: their inputs go through x8 / act with the scales in xs
-    const kvf_gemm_out_t od_type = kvf_cuda_out(c, S_ACT_OD);
 #define S_K(call) \
     if ((call) != 0) return -1
 #define S_TM(cat) \
@@ -163,8 +218,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
             S_K(s_norm_add(c, L->attn_norm, n, wq8, st, err));
         }
         S_TM(S_T_NORM);
-        S_K(s_linear(c, c->qkv, qkv_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32, wq8 ? (void *)c->x8 : c->h, L->wqkv,
-                     L->sqkv, n, D, c->qkv_dim, st, err));
+        S_K(s_gemm_qkv(c, L, n, st, err));
         S_TM(S_T_QKV);
         if (c->kv_fp8 && qkv_bf16) {
             S_K(kvf_rope_kv_fp8(c->q, k8, v8, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB,
@@ -202,24 +256,22 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
             S_TM(S_T_ATTN_TC);
         }
         if (wq8) S_K(kvf_quant_fp8_rows(c->x8, c->xs, c->att, n, c->q_dim, st, err));
-        S_K(s_linear(c, c->o, od_type, wq8 ? (void *)c->x8 : c->att, L->wo, L->so, n, c->q_dim, D, st, err));
+        S_K(s_gemm_o(c, L, n, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel o_proj
         S_TM(S_T_O);
         S_K(s_norm_add(c, L->mlp_norm, n, wq8, st, err));
         S_TM(S_T_NORM);
+        S_K(s_gemm_gate_up(c, L, n, st, err));
+        S_TM(S_T_GU);
         if (c->act_mode & S_ACT_GU) {  // always under w_fp8
-            uint16_t *gu = (uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
-            S_K(s_linear(c, gu, KVF_GEMM_OUT_BF16, wq8 ? (void *)c->x8 : c->h, L->wgu, L->sgu, n, D, 2 * F, st, err));
-            S_TM(S_T_GU);
+            const uint16_t *gu = (const uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
             S_K(wq8 ? kvf_silu_mul_fp8((uint8_t *)c->act, c->xs, gu, gu + F, n, F, 2 * F, st, err)
                     : kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
         } else {
-            S_K(kvf_gemm(c->gemm, c->gu, KVF_GEMM_OUT_F32, c->h, L->wgu, n, D, 2 * F, 0.0f, st, err));
-            S_TM(S_T_GU);
             S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
         }
         S_TM(S_T_SILU);
-        S_K(s_linear(c, c->o, od_type, c->act, L->wd, L->sd, n, F, D, st, err));
+        S_K(s_gemm_down(c, L, n, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
         S_TM(S_T_DOWN);
     }
@@ -230,9 +282,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_K(kvf_gather_rows_bf16(c->rows, c->h, d_rows, rows, D, n, st, err));
         x = c->rows;
     }
-    // tp: this rank's vocabulary only, into vlog (s_vocab_exchange takes it from there)
-    S_K(kvf_gemm(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, x, c->lm_head, rows, D, c->sh.nv, 0.0f, st,
-                 err));
+    S_K(s_gemm_lm_head(c, x, rows, st, err));
     S_TM(S_T_LMHEAD);
 #undef S_TM
 #undef S_K
