@@ -6,6 +6,10 @@
 #ifndef KVF_ERROR_H
 #define KVF_ERROR_H
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef enum {
     KVF_OK = 0,
     KVF_E_INVAL,         // bad argument or bad input from a user
@@ -44,4 +48,7 @@ int kvf_err_set(kvf_err_t *err, kvf_status code, const char *fmt, ...)
 // Clears *err (when not NULL) to KVF_OK and an empty message.
 void kvf_err_clear(kvf_err_t *err);
 
+#ifdef __cplusplus
+}
+#endif
 #endif
