@@ -37,7 +37,8 @@ enum {
     KB_SEC_PREFILL = 1 << 5,
     KB_SEC_SAMPLE = 1 << 6,
     KB_SEC_READ = 1 << 7,
-    KB_SEC_ALL = (1 << 8) - 1,
+    KB_SEC_MLP = 1 << 8,
+    KB_SEC_ALL = (1 << 9) - 1,
 };
 
 typedef struct {
@@ -114,5 +115,6 @@ int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err);
 
 #endif

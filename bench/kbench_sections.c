@@ -16,6 +16,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/gemm.h"
+#include "kernels/gemm_swiglu.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/repetition_penalty.h"
@@ -815,4 +816,77 @@ int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err) {
         }
     }
     return 0;
+}
+
+// ---------------------------------------------------------------- mlp
+// The MLP's first half, act (n, ff) = silu(x Wg^T) * (x Wu^T): cuBLASLt's gate/up GEMM
+// (bf16 out) then silu_mul, against kvf_gemm_swiglu (one kernel, W interleaved).
+// FLOPs 2 n dim 2 ff; bytes W + x + act (the unfused pair also moves 3 n ff x 2 more).
+
+typedef struct {
+    kvf_gemm_ctx_t *ctx;
+    uint16_t *act, *gu;
+    const uint16_t *x, *w;  // w: (copies, 2 ff, dim)
+    int copies, n, fused;   // fused: 0 GEMM + silu_mul, 1 kvf_gemm_swiglu_variant(v), 2 the GEMM alone,
+                            // 3 variant v's MMA loop alone (kvf_gemm_swiglu_mainloop)
+    int v;
+} s_mlp_t;
+
+static int s_mlp_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_mlp_t *m = ud;
+    const uint16_t *w = m->w + (size_t)(rep % m->copies) * 2 * KB_FF * KB_DIM;
+    if (m->fused == 1) return kvf_gemm_swiglu_variant(m->v, m->act, m->x, w, m->n, KB_DIM, KB_FF, b->stream, err);
+    if (m->fused == 3) return kvf_gemm_swiglu_mainloop(m->v, m->x, w, m->n, KB_DIM, KB_FF, b->stream, err);
+    if (kvf_gemm(m->ctx, m->gu, KVF_GEMM_OUT_BF16, m->x, w, m->n, KB_DIM, 2 * KB_FF, 0.0f, b->stream, err) != 0)
+        return -1;
+    if (m->fused == 2) return 0;
+    return kvf_silu_mul(m->act, m->gu, m->gu + KB_FF, m->n, KB_FF, 2 * KB_FF, b->stream, err);
+}
+
+int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err) {
+    const int *ns = b->o->gemm_n, n_ns = b->o->n_gemm_n;
+    int n_max = 0;
+    for (int i = 0; i < n_ns; i++) n_max = ns[i] > n_max ? ns[i] : n_max;
+    const size_t w_elems = (size_t)2 * KB_FF * KB_DIM;
+    const int nw = kvf_kb_copies(2 * w_elems);
+    void *ws = NULL, *w = NULL, *x = NULL, *gu = NULL, *act = NULL;
+    kvf_gemm_ctx_t *ctx = NULL;
+    int rc = -1;
+    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) ||
+        kvf_kb_alloc(b, &w, 2 * w_elems * nw, err) != 0 || kvf_kb_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
+        kvf_kb_alloc(b, &x, (size_t)n_max * KB_DIM * 2, err) != 0 ||
+        kvf_kb_rand_bf16(b, x, (size_t)n_max * KB_DIM, 1.0f, err) != 0 ||
+        kvf_kb_alloc(b, &gu, (size_t)n_max * 2 * KB_FF * 2, err) != 0 ||
+        kvf_kb_alloc(b, &act, (size_t)n_max * KB_FF * 2, err) != 0)
+        goto done;
+    // (the random W serves as interleaved rows as well: the timing does not depend on the order)
+    const int fused_ok = kvf_gemm_swiglu_available();
+    for (int ni = 0; ni < n_ns; ni++) {
+        // unfused, the GEMM alone, each fused variant, each variant's MMA loop alone
+        for (int f = 0; f < 2 + 2 * KVF_SWIGLU_VARIANTS; f++) {
+            const int fused = f < 2 ? 2 * f : f < 2 + KVF_SWIGLU_VARIANTS ? 1 : 3;
+            const int v = (f - 2) % KVF_SWIGLU_VARIANTS;
+            if (fused % 2 == 1 && !fused_ok) continue;
+            s_mlp_t m = {ctx, act, gu, x, w, nw, ns[ni], fused, v};
+            kvf_kb_row_t r = {.kernel = "mlp_gate_up"};
+            snprintf(r.variant, sizeof r.variant, "%s",
+                     fused == 0 ? "cublaslt gate/up + silu_mul" : fused == 2 ? "gate/up gemm alone"
+                                                                             : kvf_gemm_swiglu_variant_name(v));
+            if (fused == 3)
+                snprintf(r.variant, sizeof r.variant, "v%d mma loop only", v + 1);
+            if (fused == 1)
+                snprintf(r.variant + strlen(r.variant), sizeof r.variant - strlen(r.variant), " %d ctas",
+                         kvf_gemm_swiglu_grid(v, ns[ni], KB_FF));
+            snprintf(r.shape, sizeof r.shape, "%dx%d->2x%d", ns[ni], KB_DIM, KB_FF);
+            r.copies = nw;
+            r.flops = 2.0 * ns[ni] * KB_DIM * 2.0 * KB_FF;
+            r.bytes = 2.0 * w_elems + 2.0 * ns[ni] * KB_DIM + 2.0 * ns[ni] * KB_FF;
+            if (kvf_kb_time(b, s_mlp_op, &m, &r.t, err) != 0) goto done;
+            kvf_kb_emit(b, &r);
+        }
+    }
+    rc = 0;
+done:
+    kvf_gemm_ctx_destroy(&ctx);
+    return rc;
 }

@@ -36,7 +36,7 @@ static const char *s_usage =
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
     "the TFLOP/s and/or TB/s the median achieves. SECTION: gemm, silu, norm, rope, attn-decode,\n"
     "attn-prefill, sample, read (the device's read ceilings: a flat buffer and attn-decode's paged\n"
-    "pattern) (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
+    "pattern), mlp (gate/up GEMM + silu_mul against the fused SwiGLU GEMM) (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
     "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
@@ -49,7 +49,7 @@ static const struct {
 } s_sections[] = {
     {"gemm", KB_SEC_GEMM}, {"silu", KB_SEC_SILU},          {"norm", KB_SEC_NORM},
     {"rope", KB_SEC_ROPE}, {"attn-decode", KB_SEC_DECODE}, {"attn-prefill", KB_SEC_PREFILL},
-    {"sample", KB_SEC_SAMPLE}, {"read", KB_SEC_READ},
+    {"sample", KB_SEC_SAMPLE}, {"read", KB_SEC_READ},      {"mlp", KB_SEC_MLP},
 };
 
 // ---------------------------------------------------------------- options
@@ -81,7 +81,7 @@ static int s_parse_only(const char *v, int *only, kvf_err_t *err) {
             if (strcmp(t, s_sections[i].name) == 0) bit = s_sections[i].bit;
         if (!bit) {
             rc = kvf_err_set(err, KVF_E_INVAL,
-                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, sample, read)", t);
+                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, sample, read, mlp)", t);
             break;
         }
         *only |= bit;
@@ -340,7 +340,8 @@ int main(int argc, char **argv) {
     } secs[] = {{KB_SEC_GEMM, kvf_kb_bench_gemm},       {KB_SEC_SILU, kvf_kb_bench_silu},
                 {KB_SEC_NORM, kvf_kb_bench_norm},       {KB_SEC_ROPE, kvf_kb_bench_rope},
                 {KB_SEC_DECODE, kvf_kb_bench_decode},   {KB_SEC_PREFILL, kvf_kb_bench_prefill},
-                {KB_SEC_SAMPLE, kvf_kb_bench_sample},   {KB_SEC_READ, kvf_kb_bench_read}};
+                {KB_SEC_SAMPLE, kvf_kb_bench_sample},   {KB_SEC_READ, kvf_kb_bench_read},
+                {KB_SEC_MLP, kvf_kb_bench_mlp}};
     for (size_t i = 0; rc == 0 && i < sizeof secs / sizeof secs[0]; i++) {
         if (!(o.only & secs[i].bit)) continue;
         rc = secs[i].fn(&b, &err);

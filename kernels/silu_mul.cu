@@ -35,17 +35,19 @@ static __device__ __forceinline__ void s_ld8(float v[8], const bf16 *p) {
     }
 }
 
+// blk > 0: gate and up columns in blocks of blk (kvf_silu_mul_blocked), up = gate + blk.
 template <typename TIn>
 static __global__ void s_silu_mul8(bf16 *out,       // (n, ff)
                                    const TIn *gate, // (n, ld)
                                    const TIn *up,   // (n, ld)
-                                   int ff, int ld) {
+                                   int ff, int ld, int blk) {
     const size_t t = blockIdx.y;
     const int n8 = ff >> 3;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += gridDim.x * blockDim.x) {
         float g[8], u[8];
-        s_ld8(g, gate + t * ld + 8 * c);
-        s_ld8(u, up + t * ld + 8 * c);
+        const int col = blk ? 8 * c / blk * 2 * blk + 8 * c % blk : 8 * c;
+        s_ld8(g, gate + t * ld + col);
+        s_ld8(u, up + t * ld + col);
         uint4 o;
         uint32_t *ow = (uint32_t *)&o;
 #pragma unroll
@@ -66,8 +68,21 @@ static int s_launch8(bf16 *out, const TIn *gate, const TIn *up, int n, int ff, i
     if (ff % 8 || ld % 8 || al % 16) return 0;
     unsigned gx = kvf_cdiv(ff / 8, 256);
     if (gx > 64) gx = 64;
-    s_silu_mul8<TIn><<<dim3(gx, n), 256, 0, stream>>>(out, gate, up, ff, ld);
+    s_silu_mul8<TIn><<<dim3(gx, n), 256, 0, stream>>>(out, gate, up, ff, ld, 0);
     return 1;
+}
+
+extern "C" int kvf_silu_mul_blocked(uint16_t *out, const uint16_t *gu, int n, int ff, int block, cudaStream_t stream,
+                                    kvf_err_t *err) {
+    KVF_REQUIRE(out && gu && n >= 0 && n <= 65535 && block > 0 && block % 8 == 0 && ff > 0 && ff % block == 0, err);
+    KVF_REQUIRE(((uintptr_t)out | (uintptr_t)gu) % 16 == 0, err);
+    if (n == 0) return 0;
+    unsigned gx = kvf_cdiv(ff / 8, 256);
+    if (gx > 64) gx = 64;
+    s_silu_mul8<bf16><<<dim3(gx, n), 256, 0, stream>>>((bf16 *)out, (const bf16 *)gu, (const bf16 *)gu + block, ff,
+                                                        2 * ff, block);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
 }
 
 extern "C" int kvf_silu_mul(uint16_t *out, const uint16_t *gate, const uint16_t *up, int n, int ff, int ld,

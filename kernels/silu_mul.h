@@ -18,6 +18,14 @@ int kvf_silu_mul(uint16_t *out,          // (n, ff) bf16, device
                  const uint16_t *up,     // (n, ld) bf16, device
                  int n, int ff, int ld, cudaStream_t stream, kvf_err_t *err);
 
+// The same from one (n, 2 ff) gate/up product whose columns come in blocks of `block`
+// gate columns, then the same up columns (a W interleaved for kvf_gemm_swiglu): out[t,
+// j block + w] = silu(gu[t, 2 j block + w]) * gu[t, 2 j block + block + w]. ff a multiple
+// of block, block of 8, pointers 16-byte aligned.
+int kvf_silu_mul_blocked(uint16_t *out,        // (n, ff) bf16, device
+                         const uint16_t *gu,   // (n, 2 ff) bf16, device
+                         int n, int ff, int block, cudaStream_t stream, kvf_err_t *err);
+
 // The same from f32 gate and up (a GEMM that wrote f32).
 int kvf_silu_mul_f32(uint16_t *out,       // (n, ff) bf16, device
                      const float *gate,   // (n, ld) device

@@ -80,6 +80,26 @@ static __device__ __forceinline__ void kvf_wg_m64n64k16_ss(float d[32], uint64_t
         : "l"(da), "l"(db), "r"(acc));
 }
 
+#define KVF_WG_D64(d, i) KVF_WG_D32(d, i), KVF_WG_D32(d, i + 32)
+
+// d (64 x 256 f32) = A B (+ d when acc): A 64 x 16 K-major, B 256 (n) x 16 K-major, both bf16 in shared memory.
+static __device__ __forceinline__ void kvf_wg_m64n256k16_ss(float d[128], uint64_t da, uint64_t db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, "
+        "%128, %129, p, 1, 1, 0, 0;\n}\n"
+        : KVF_WG_D64(d, 0), KVF_WG_D64(d, 64)
+        : "l"(da), "l"(db), "r"(acc));
+}
+
 // d (64 x 64 f32) += A B: A 64 x 16 bf16 in registers, B 16 (k) x 64 (n) MN-major bf16 in shared memory.
 static __device__ __forceinline__ void kvf_wg_m64n64k16_rs_mn(float d[32], const uint32_t a[4], uint64_t db) {
     asm volatile(
