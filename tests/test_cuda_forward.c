@@ -466,8 +466,11 @@ static kvf_safetensors_t *s_random_model(const kvf_modelcfg_t *c, const char *pa
 // with the KV cache kv_dtype and the linear layers of quant; with an FP8 cache or
 // FP8 linear layers also against the cpu backend without them, which must be
 // farther: the two backends round to the same E4M3 values.
-static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) {
+// ff: the MLP's width (0: s_small_cfg's); swiglu_rows > 0: steps of that many rows run the fused
+// gate/up + SwiGLU kernel (kvf_cuda_backend_set_swiglu; skips where it is not available).
+static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff, int swiglu_rows) {
     kvf_modelcfg_t cfg = s_small_cfg();
+    if (ff > 0) cfg.intermediate_size = ff;
     char path[256];
     snprintf(path, sizeof path, "/tmp/kvf_test_cuda_%d.safetensors", (int)getpid());
     kvf_safetensors_t *st = s_random_model(&cfg, path);
@@ -481,6 +484,12 @@ static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) {
     kvf_backend_t *gpu = kvf_cuda_backend_new(&cfg, st, &o, &err);
     cr_assert_not_null(gpu, "%s", err.msg);
     cr_assert_eq(kvf_cuda_backend_set_graphs(gpu, 1), 0);
+    if (swiglu_rows > 0 && kvf_cuda_backend_set_swiglu(gpu, swiglu_rows) != 0) {
+        gpu->ops->destroy(&gpu);
+        kvf_safetensors_destroy(&st);
+        unlink(path);
+        cr_skip_test("the fused gate/up + SwiGLU kernel does not run here (needs an sm_90a build on such a device)");
+    }
     const uint64_t kv_elem = (uint64_t)2 * cfg.n_layers * 16 * cfg.n_kv_heads * cfg.head_dim;  // a block's elements
     cr_expect_eq(gpu->kv_bytes, (uint64_t)gpu->n_blocks * kv_elem * (kv_dtype == KVF_KV_FP8 ? 1 : 2),
                  "KV slab %llu bytes for %d blocks", (unsigned long long)gpu->kv_bytes, gpu->n_blocks);
@@ -551,7 +560,14 @@ static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) {
     free(lg), free(lc), free(la);
 }
 
+static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) { s_match_cpu_with(kv_dtype, quant, tol, 0, 0); }
+
 Test(cuda_forward, matches_cpu_backend_on_random_weights) { s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2); }
+
+// The MLP's gate/up GEMM and SwiGLU as one kernel (kernels/gemm_swiglu.h) in every eager step of >= 2
+// rows (ff 768: a multiple of its 128-row blocks); the decode steps replayed from graphs (captured at
+// start-up) run cuBLASLt + the blocked silu_mul over the same interleaved weights. Same bound as unfused.
+Test(cuda_forward, fused_swiglu_matches_cpu_backend) { s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, 2); }
 
 // --kv-cache-dtype fp8: half the slab; the cpu rounds K and V to E4M3 as the GPU does. Looser than bf16's
 // 2e-2: the two backends round K from f32 values that differ in the last bf16 bits, and a value next to an

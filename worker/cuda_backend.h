@@ -88,6 +88,14 @@ uint64_t kvf_cuda_backend_alloc_count(const kvf_backend_t *be);
 #define KVF_CUDA_GRAPHS_AUTO 2
 int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode);
 
+// Steps of at least min_rows rows run the MLP's gate/up GEMM and SwiGLU as one kernel
+// (kernels/gemm_swiglu.h; default KVF_CUDA_SWIGLU_MIN_ROWS, or KVF_SWIGLU_MIN_ROWS; KVF_SWIGLU=0
+// turns the kernel off at start-up). Smaller steps keep cuBLASLt's GEMM and a silu_mul.
+// Returns 0, or -1 where the backend runs without the fused kernel (not built for sm_90a or
+// not such a device, FP8 linear layers, f32 activations, ff not a multiple of 128) or min_rows < 1.
+#define KVF_CUDA_SWIGLU_MIN_ROWS 1024
+int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows);
+
 // Steps run by graph replay so far (0 for NULL or another backend).
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 

@@ -37,7 +37,7 @@ typedef struct {
     void *wqkv;         // (q_dim + 2 kv_dim, dim): q, k, v projections stacked
     float *bqkv;        // (q_dim + 2 kv_dim) or NULL
     void *wo;           // (dim, q_dim)
-    void *wgu;          // (2 ff, dim): gate rows, then up rows
+    void *wgu;          // (2 ff, dim): gate rows, then up rows (interleaved in blocks under swiglu)
     void *wd;           // (dim, ff)
     float *sqkv, *so, *sgu, *sd;  // (rows of each) the row scales, NULL without w_fp8
 } kvf_cuda_layer_t;
@@ -141,6 +141,9 @@ typedef struct {
     // KVF_ATTN_ORDER=0: as built, in batch order (A/B runs)
     int attn_order;
     int32_t *h_order;
+    // the fused gate/up GEMM (kvf_gemm_swiglu) for steps of >= swiglu_min_rows rows; with swiglu
+    // every layer's wgu is interleaved (KVF_SWIGLU_BLOCK) and smaller steps use kvf_silu_mul_blocked
+    int swiglu, swiglu_min_rows, swiglu_variant;  // KVF_SWIGLU_VARIANT: another kernel variant (A/B)
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } kvf_cuda_t;
 

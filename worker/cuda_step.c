@@ -15,6 +15,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/embed.h"
+#include "kernels/gemm_swiglu.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/rmsnorm.h"
@@ -261,16 +262,20 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_TM(S_T_O);
         S_K(s_norm_add(c, L->mlp_norm, n, wq8, st, err));
         S_TM(S_T_NORM);
-        S_K(s_gemm_gate_up(c, L, n, st, err));
-        S_TM(S_T_GU);
-        if (c->act_mode & S_ACT_GU) {  // always under w_fp8
-            const uint16_t *gu = (const uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer
-            S_K(wq8 ? kvf_silu_mul_fp8((uint8_t *)c->act, c->xs, gu, gu + F, n, F, 2 * F, st, err)
-                    : kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err));
+        if (c->swiglu && n >= c->swiglu_min_rows) {  // gate/up and SwiGLU as one kernel
+            S_K(kvf_gemm_swiglu_variant(c->swiglu_variant, c->act, c->h, L->wgu, n, D, F, st, err));
+            S_TM(S_T_GU);
         } else {
-            S_K(kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+            S_K(s_gemm_gate_up(c, L, n, st, err));
+            S_TM(S_T_GU);
+            const uint16_t *gu = (const uint16_t *)c->gu;  // (n, 2 F) bf16 in the f32 buffer under S_ACT_GU
+            uint8_t *a8 = (uint8_t *)c->act;
+            S_K(c->swiglu                 ? kvf_silu_mul_blocked(c->act, gu, n, F, KVF_SWIGLU_BLOCK, st, err)
+                : wq8                     ? kvf_silu_mul_fp8(a8, c->xs, gu, gu + F, n, F, 2 * F, st, err)
+                : c->act_mode & S_ACT_GU ? kvf_silu_mul(c->act, gu, gu + F, n, F, 2 * F, st, err)
+                                          : kvf_silu_mul_f32(c->act, c->gu, c->gu + F, n, F, 2 * F, st, err));
+            S_TM(S_T_SILU);
         }
-        S_TM(S_T_SILU);
         S_K(s_gemm_down(c, L, n, st, err));
         if (c->tp) S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->o, (size_t)n * D, st, err));  // row-parallel down_proj
         S_TM(S_T_DOWN);
