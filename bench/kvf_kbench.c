@@ -36,8 +36,9 @@ static const char *s_usage =
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
     "the TFLOP/s and/or TB/s the median achieves. SECTION: gemm, silu, norm, rope, attn-decode,\n"
     "attn-prefill, sample, read (the device's read ceilings: a flat buffer and attn-decode's paged\n"
-    "pattern), mlp (gate/up GEMM + silu_mul against the fused SwiGLU GEMM) (default: all, in that order). \"rot N\" (JSON \"copies\"): the inputs are N copies, each call\n"
-    "reading the next, so that they come from HBM and not the L2. --json prints one JSON array: a device\n"
+    "pattern), mlp (gate/up GEMM + silu_mul against the fused SwiGLU GEMM) (default: all, in that order).\n"
+    "\"rot N\" (JSON \"copies\"): the inputs are N copies, each call reading the next, so that they come\n"
+    "from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
     "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). Needs a CUDA\n"
@@ -81,7 +82,9 @@ static int s_parse_only(const char *v, int *only, kvf_err_t *err) {
             if (strcmp(t, s_sections[i].name) == 0) bit = s_sections[i].bit;
         if (!bit) {
             rc = kvf_err_set(err, KVF_E_INVAL,
-                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, sample, read, mlp)", t);
+                             "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, "
+                             "sample, read, mlp)",
+                             t);
             break;
         }
         *only |= bit;

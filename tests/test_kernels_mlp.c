@@ -1,6 +1,7 @@
 // tests/test_kernels_mlp.c — kvf_gemm_swiglu (the gate/up GEMM with SwiGLU in its
-// epilogue) and kvf_silu_mul_blocked (SwiGLU over its interleaved order) against the host on fresh random inputs (GPU: LABELS gpu; skips where the
-// kernel is not available, e.g. not built for sm_90a).
+// epilogue) and kvf_silu_mul_blocked (SwiGLU over its interleaved order) against the
+// host on fresh random inputs (GPU: LABELS gpu; the fused kernel's cases skip where it
+// is not available, e.g. not built for sm_90a).
 //
 //   act = silu(x Wg^T) * (x Wu^T), W uploaded in Hugging Face's order and interleaved on
 //   the device (kvf_swiglu_interleave); the host sums in double from the same bf16 inputs.
