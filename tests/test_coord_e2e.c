@@ -101,7 +101,9 @@ Test(coord_e2e, killed_worker_resumes_elsewhere_with_identical_tokens, .timeout 
     struct stat sb;
     if (stat(KVF_BIN_DIR "/kvf-worker", &sb) != 0) cr_skip_test("kvf-worker is not built");
     coord_proc_t p;
-    coord_start(&p, (const char *const[]){"--model", model, "--heartbeat-ms", "100", "--dead-after-ms", "600",
+    // dead after 4 s of silence: this 2-core machine stalls a busy process for up to 2.7 s under ctest -j2,
+    // and a live worker declared dead would fail the test; the kill is still seen within seconds
+    coord_start(&p, (const char *const[]){"--model", model, "--heartbeat-ms", "100", "--dead-after-ms", "4000",
                                           NULL});
     pid_t w1 = s_worker(&p, model, "w1");
     pid_t w2 = s_worker(&p, model, "w2");
