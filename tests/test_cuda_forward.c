@@ -467,7 +467,8 @@ static kvf_safetensors_t *s_random_model(const kvf_modelcfg_t *c, const char *pa
 // FP8 linear layers also against the cpu backend without them, which must be
 // farther: the two backends round to the same E4M3 values.
 // ff: the MLP's width (0: s_small_cfg's); swiglu_rows > 0: steps of that many rows run the fused
-// gate/up + SwiGLU kernel (kvf_cuda_backend_set_swiglu; skips where it is not available).
+// gate/up + SwiGLU kernel from the first step on (kvf_cuda_backend_set_swiglu; skips where it is not
+// available); < 0: -swiglu_rows through KVF_SWIGLU_MIN_ROWS at start-up, so the decode graphs capture it.
 static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff, int swiglu_rows) {
     kvf_modelcfg_t cfg = s_small_cfg();
     if (ff > 0) cfg.intermediate_size = ff;
@@ -481,10 +482,15 @@ static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff
     o.kv_dtype = kv_dtype;
     o.quant = quant;
     kvf_err_t err;
+    char rows_env[16];
+    snprintf(rows_env, sizeof rows_env, "%d", -swiglu_rows);
+    if (swiglu_rows < 0) setenv("KVF_SWIGLU_MIN_ROWS", rows_env, 1);
     kvf_backend_t *gpu = kvf_cuda_backend_new(&cfg, st, &o, &err);
+    if (swiglu_rows < 0) unsetenv("KVF_SWIGLU_MIN_ROWS");
     cr_assert_not_null(gpu, "%s", err.msg);
     cr_assert_eq(kvf_cuda_backend_set_graphs(gpu, 1), 0);
-    if (swiglu_rows > 0 && kvf_cuda_backend_set_swiglu(gpu, swiglu_rows) != 0) {
+    const int want = swiglu_rows < 0 ? -swiglu_rows : swiglu_rows;
+    if (want > 0 && kvf_cuda_backend_set_swiglu(gpu, want) != 0) {
         gpu->ops->destroy(&gpu);
         kvf_safetensors_destroy(&st);
         unlink(path);
@@ -568,6 +574,12 @@ Test(cuda_forward, matches_cpu_backend_on_random_weights) { s_match_cpu(KVF_KV_A
 // rows (ff 768: a multiple of its 128-row blocks); the decode steps replayed from graphs (captured at
 // start-up) run cuBLASLt + the blocked silu_mul over the same interleaved weights. Same bound as unfused.
 Test(cuda_forward, fused_swiglu_matches_cpu_backend) { s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, 2); }
+
+// The same with the threshold at 2 rows from start-up: the decode graphs (buckets of 2 and up) capture the
+// fused kernel (a cluster launch with TMA descriptors as parameters), and every step of the run uses it.
+Test(cuda_forward, fused_swiglu_in_decode_graphs_matches_cpu_backend) {
+    s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2);
+}
 
 // --kv-cache-dtype fp8: half the slab; the cpu rounds K and V to E4M3 as the GPU does. Looser than bf16's
 // 2e-2: the two backends round K from f32 values that differ in the last bf16 bits, and a value next to an
