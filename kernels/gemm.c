@@ -316,11 +316,11 @@ static int s_cmp_ms(const void *a, const void *b) {
 }
 
 // Times tune_reps launches of algo on the stream (after two warm-up launches), ms a
-// launch; -1 when cuBLASLt refuses it. Launch r reads w[r % nw].
+// launch; -1 when cuBLASLt refuses it. Launch r reads w[r % nw] (and y when e accumulates).
 static float s_time_algo(kvf_gemm_ctx_t *ctx, s_entry_t *e, const cublasLtMatmulAlgo_t *algo, void *y,
                          const uint16_t *x, const uint16_t *const *w, int nw, cudaEvent_t ev0, cudaEvent_t ev1,
                          cudaStream_t stream) {
-    const float alpha = 1.0f, beta = 0.0f;
+    const float alpha = 1.0f, beta = e->accumulate ? 1.0f : 0.0f;
     for (int r = 0; r < 2; r++)  // warm-up
         if (cublasLtMatmul(ctx->handle, e->op, &alpha, w[r % nw], e->a, x, e->b, &beta, y, e->c, y, e->c, algo,
                            ctx->workspace, ctx->workspace_bytes, stream) != CUBLAS_STATUS_SUCCESS)
@@ -413,7 +413,7 @@ int kvf_gemm_tune(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uin
     return 0;
 }
 
-int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t *x,
+int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, int accumulate, const uint16_t *x,
                           const uint16_t *const *w, int nw, int n_max, int d_in, int d_out, int max_cand,
                           cudaStream_t stream, kvf_gemm_tune_sum_t *sum, kvf_err_t *err) {
     KVF_REQUIRE(ctx && y && x && w && nw >= 1 && max_cand >= 1, err);
@@ -423,7 +423,7 @@ int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, c
     for (int nb = 64; nb <= n_max && nb <= KVF_GEMM_TUNE_BUCKET_MAX; nb += 64) {
         s_entry_t e;  // descriptors of the bucket's row count, with the heuristic's pick
         memset(&e, 0, sizeof e);
-        if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, 0, 0, s_scale_hint(ctx), 0, err) != 0 ||
+        if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, accumulate != 0, 0, s_scale_hint(ctx), 0, err) != 0 ||
             s_bucket_algo(ctx, &e, &e.algo, err) != 0) {
             s_entry_clear(&e);
             return -1;
@@ -439,13 +439,13 @@ int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, c
             for (int i = 0; i < KVF_GEMM_ALGOS; i++) {
                 s_algo_t *a = &ctx->algos[i];
                 if (a->valid && a->nb == nb && a->d_in == d_in && a->d_out == d_out && a->y_type == (int)y_type &&
-                    !a->accumulate && !a->fp8)
+                    a->accumulate == (accumulate != 0) && !a->fp8)
                     a->algo = best;
             }
             for (int i = 0; i < KVF_GEMM_CACHE; i++) {  // shapes already made from the bucket's old pick
                 s_entry_t *c = &ctx->cache[i];
                 if (c->valid && c->from_bucket && s_bucket(c->n) == nb && c->d_in == d_in && c->d_out == d_out &&
-                    c->y_type == (int)y_type && !c->accumulate && !c->fp8)
+                    c->y_type == (int)y_type && c->accumulate == (accumulate != 0) && !c->fp8)
                     c->algo = best;
             }
         }

@@ -107,7 +107,8 @@ typedef struct {
 } kvf_gemm_tune_sum_t;
 
 // Start-up only (it synchronizes the stream): for every row bucket of 64 rows (64,
-// 128, ...) up to min(n_max, 512) of this shape (beta 0), times the heuristic's bucket pick against
+// 128, ...) up to min(n_max, 512) of this shape (beta 0, or beta 1 when accumulate: y is
+// then read too), times the heuristic's bucket pick against
 // its max_cand best candidates (kvf_gemm_ctx_set_tune's reps and rounds), each
 // call reading the next of the nw weight matrices w[i] (so that a small W comes
 // from memory, not the L2, as in a step), and keeps the fastest as the bucket's
@@ -117,7 +118,7 @@ typedef struct {
 // run faster); y is overwritten. Adds to *sum (may be NULL). Returns 0, or -1 with err set.
 int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx,
                           void *y,                   // (n_max, d_out) bf16 or f32 per y_type, device
-                          kvf_gemm_out_t y_type,
+                          kvf_gemm_out_t y_type, int accumulate,
                           const uint16_t *x,         // (n_max, d_in) bf16, device
                           const uint16_t *const *w,  // nw x (d_out, d_in) bf16, device
                           int nw, int n_max, int d_in, int d_out, int max_cand, cudaStream_t stream,

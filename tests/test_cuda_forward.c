@@ -581,6 +581,33 @@ Test(cuda_forward, fused_swiglu_in_decode_graphs_matches_cpu_backend) {
     s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2);
 }
 
+// o_proj and down_proj adding into the f32 residual themselves (beta 1) and the norms only reading it,
+// against the other form (KVF_RESID_GEMM at start-up), in eager steps and the decode graphs.
+static void s_match_cpu_resid(const char *on) {
+    setenv("KVF_RESID_GEMM", on, 1);
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 64, 4);
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    cr_expect_eq(kvf_cuda_backend_resid_gemm(be), atoi(on), "KVF_RESID_GEMM=%s not taken", on);
+    be->ops->destroy(&be);
+    s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2);
+    unsetenv("KVF_RESID_GEMM");
+}
+Test(cuda_forward, residual_added_by_the_gemms_matches_cpu_backend) { s_match_cpu_resid("1"); }
+Test(cuda_forward, residual_added_by_the_norms_matches_cpu_backend) { s_match_cpu_resid("0"); }
+
+// KVF_ATTN_OVERLAP: in the steps with prefill (step 9: a 100-token chunk beside three decodes) the decode
+// rows' attention runs on a second stream beside the prefill rows' (1; 2: that stream at a higher priority).
+static void s_match_cpu_overlap(const char *mode) {
+    setenv("KVF_ATTN_OVERLAP", mode, 1);
+    s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2);
+    unsetenv("KVF_ATTN_OVERLAP");
+}
+Test(cuda_forward, attention_overlapped_matches_cpu_backend) { s_match_cpu_overlap("1"); }
+Test(cuda_forward, attention_overlapped_at_priority_matches_cpu_backend) { s_match_cpu_overlap("2"); }
+
 // --kv-cache-dtype fp8: half the slab; the cpu rounds K and V to E4M3 as the GPU does. Looser than bf16's
 // 2e-2: the two backends round K from f32 values that differ in the last bf16 bits, and a value next to an
 // E4M3 tie (steps of 1/16 relative) lands on the other neighbour (H200: worst row 4.3e-2, mean 2.1e-2).

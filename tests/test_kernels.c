@@ -302,7 +302,7 @@ Test(kernels, gemm) {
     const uint16_t *wl[2] = {d_w, d_w2};
     kvf_gemm_tune_sum_t sum = {0};
     cr_assert(kvf_gemm_ctx_set_tune(ctx, 4, 3, &err) == 0, "%s", err.msg);
-    cr_assert(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, wl, 2, n_max, K, M, 6, 0, &sum, &err) == 0,
+    cr_assert(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, 0, d_x, wl, 2, n_max, K, M, 6, 0, &sum, &err) == 0,
               "%s", err.msg);
     cr_expect(sum.buckets == 8 && sum.changed >= 0 && sum.changed <= 8, "%d buckets, %d changed", sum.buckets,
               sum.changed);
@@ -310,7 +310,7 @@ Test(kernels, gemm) {
               sum.heuristic_ms, sum.kept_ms);
     cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0 + 8);
     s_check_bucket_picks(ctx, "tuned bucket pick", d_y, d_x, d_w2, x, w, ref, K, M);
-    cr_expect(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, wl, 0, n_max, K, M, 6, 0, NULL, &err) == -1 &&
+    cr_expect(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, 0, d_x, wl, 0, n_max, K, M, 6, 0, NULL, &err) == -1 &&
               err.code == KVF_E_INVAL);
     free(x), free(w), free(ref), free(xb), free(wb);
     cudaFree(d_x), cudaFree(d_w), cudaFree(d_w2), cudaFree(d_y);

@@ -65,6 +65,10 @@ uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
     return ((const kvf_cuda_t *)be)->graph_steps;
 }
 
+int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be) {
+    return be && be->ops == &s_cuda_ops && ((const kvf_cuda_t *)be)->resid_gemm;
+}
+
 // ---------------------------------------------------------------- workspace
 
 // Carves the workspace arena (NULL base: only counts bytes).
@@ -248,12 +252,18 @@ static int s_tune_buckets(kvf_cuda_t *c, kvf_err_t *err) {
     const uint16_t *lm = c->lm_head;
     kvf_gemm_tune_sum_t s[5] = {{0}};
     const double t0 = kvf_cuda_now_ms();
-    if (kvf_gemm_tune_buckets(c->gemm, c->qkv, tq, c->h, wq, nw, nm, D, c->qkv_dim, 12, c->stream, &s[0], err) != 0 ||
-        kvf_gemm_tune_buckets(c->gemm, c->o, to, c->att, wo, nw, nm, QD, D, 12, c->stream, &s[1], err) != 0 ||
-        kvf_gemm_tune_buckets(c->gemm, c->gu, tg, c->h, wgu, nw, nm, D, 2 * F, 12, c->stream, &s[2], err) != 0 ||
-        kvf_gemm_tune_buckets(c->gemm, c->o, to, c->act, wd, nw, nm, F, D, 12, c->stream, &s[3], err) != 0 ||
-        (nl > 0 && kvf_gemm_tune_buckets(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, c->rows, &lm, 1, nl,
-                                         D, V, 8, c->stream, &s[4], err) != 0))
+    // o and down under resid_gemm: into the residual, which they also read (zeros here)
+    const int acc = c->resid_gemm;
+    void *yo = acc ? (void *)c->resid : c->o;
+    const kvf_gemm_out_t tr = acc ? KVF_GEMM_OUT_F32 : to;
+    if (acc) KVF_CUDA_CHECK(cudaMemsetAsync(c->resid, 0, (size_t)nm * D * sizeof(float), c->stream), err);
+    if (kvf_gemm_tune_buckets(c->gemm, c->qkv, tq, 0, c->h, wq, nw, nm, D, c->qkv_dim, 12, c->stream, &s[0],
+                              err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, yo, tr, acc, c->att, wo, nw, nm, QD, D, 12, c->stream, &s[1], err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, c->gu, tg, 0, c->h, wgu, nw, nm, D, 2 * F, 12, c->stream, &s[2], err) != 0 ||
+        kvf_gemm_tune_buckets(c->gemm, yo, tr, acc, c->act, wd, nw, nm, F, D, 12, c->stream, &s[3], err) != 0 ||
+        (nl > 0 && kvf_gemm_tune_buckets(c->gemm, c->tp ? c->vlog : c->logits, KVF_GEMM_OUT_F32, 0, c->rows, &lm, 1,
+                                         nl, D, V, 8, c->stream, &s[4], err) != 0))
         return -1;
     kvf_log(KVF_LOG_INFO, "cuda backend: GEMM picks of the 64-%d row buckets timed in %.1f s; changed (sum of bucket "
             "ms a call, heuristic -> kept): qkv %d (%.3f -> %.3f), o %d (%.3f -> %.3f), gate/up %d (%.3f -> %.3f), "
@@ -321,6 +331,16 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
     KVF_CUDA_CHECK(cudaDeviceGetAttribute(&c->n_sms, cudaDevAttrMultiProcessorCount, c->device), err);
     KVF_CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), err);
+    const char *ovenv = getenv("KVF_ATTN_OVERLAP");
+    c->attn_overlap = ovenv ? atoi(ovenv) : KVF_CUDA_ATTN_OVERLAP;
+    if (c->attn_overlap) {  // priorities: lower numbers run first; 0 is the default
+        int lo = 0, hi = 0;
+        KVF_CUDA_CHECK(cudaDeviceGetStreamPriorityRange(&lo, &hi), err);
+        KVF_CUDA_CHECK(cudaStreamCreateWithPriority(&c->side, cudaStreamNonBlocking, c->attn_overlap == 2 ? hi : lo),
+                       err);
+        KVF_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_fork, cudaEventDisableTiming), err);
+        KVF_CUDA_CHECK(cudaEventCreateWithFlags(&c->ev_join, cudaEventDisableTiming), err);
+    }
 
     // weights
     c->w_fp8 = o->quant == KVF_QUANT_FP8;
@@ -387,6 +407,10 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
     if (c->w_fp8) c->act_mode |= S_ACT_GU;  // kvf_silu_mul_fp8 reads bf16 gate/up
     if (s_swiglu_setup(c, err) != 0) return -1;
+    // o_proj and down_proj add into the f32 residual (beta 1) instead of writing o for the
+    // norm to add: the norms then read 4 bytes an element instead of 6 and write 2 instead of 6.
+    const char *renv = getenv("KVF_RESID_GEMM");
+    c->resid_gemm = !c->tp && !c->w_fp8 && (renv ? atoi(renv) != 0 : KVF_CUDA_RESID_GEMM);
     // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs;
     // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one
     // kvf_attention_prefill_fp8_variant's, 2 and up)
@@ -424,8 +448,11 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
         const int T = o->max_step_tokens, D = c->dim;
         int (*prep)(kvf_gemm_ctx_t *, kvf_gemm_out_t, int, int, int, kvf_err_t *) =
             c->w_fp8 ? kvf_gemm_prepare_fp8 : s_prepare_bf16;
-        if (prep(c->gemm, tq, T, D, c->qkv_dim, err) != 0 || prep(c->gemm, to, T, c->q_dim, D, err) != 0 ||
-            prep(c->gemm, tg, T, D, 2 * c->ff, err) != 0 || prep(c->gemm, to, T, c->ff, D, err) != 0 ||
+        const int acc = c->resid_gemm;  // o and down: f32 into the residual, beta 1
+        const kvf_gemm_out_t tr = acc ? KVF_GEMM_OUT_F32 : to;
+        if (prep(c->gemm, tq, T, D, c->qkv_dim, err) != 0 || prep(c->gemm, tg, T, D, 2 * c->ff, err) != 0 ||
+            (acc ? kvf_gemm_prepare(c->gemm, tr, T, c->q_dim, D, 1, err) : prep(c->gemm, tr, T, c->q_dim, D, err)) ||
+            (acc ? kvf_gemm_prepare(c->gemm, tr, T, c->ff, D, 1, err) : prep(c->gemm, tr, T, c->ff, D, err)) ||
             kvf_gemm_prepare(c->gemm, KVF_GEMM_OUT_F32, o->max_logit_rows, D, c->sh.nv, 0, err) != 0)
             return -1;
     }
@@ -609,6 +636,9 @@ static void s_destroy(kvf_backend_t **self_p) {
     cudaFree(c->wmem);
     if (c->h_meta) cudaFreeHost(c->h_meta);
     if (c->stream) cudaStreamDestroy(c->stream);
+    if (c->side) cudaStreamDestroy(c->side);
+    if (c->ev_fork) cudaEventDestroy(c->ev_fork);
+    if (c->ev_join) cudaEventDestroy(c->ev_join);
     free(c->h_order);
     free(c->layers);
     free(c);

@@ -51,6 +51,11 @@ typedef struct {
     kvf_tp_t *tp;        // tp_size > 1: the group's NCCL communicator (not owned); NULL for tp_size 1
     int agreed;          // tp: start-up agreements entered (a failing rank still joins the next one)
     cudaStream_t stream;
+    // attn_overlap: in a step with prefill, the decode rows' attention runs on side
+    // (forked and joined by ev_fork / ev_join) beside the prefill attention on stream
+    cudaStream_t side;
+    cudaEvent_t ev_fork, ev_join;
+    int attn_overlap;  // KVF_ATTN_OVERLAP: 0 off, 1 on, 2 on with side at the higher priority
     kvf_gemm_ctx_t *gemm;
     uint64_t n_allocs;   // cudaMalloc + cudaMallocHost calls
 
@@ -144,8 +149,15 @@ typedef struct {
     // the fused gate/up GEMM (kvf_gemm_swiglu) for steps of >= swiglu_min_rows rows; with swiglu
     // every layer's wgu is interleaved (KVF_SWIGLU_BLOCK) and smaller steps use kvf_silu_mul_blocked
     int swiglu, swiglu_min_rows, swiglu_variant;  // KVF_SWIGLU_VARIANT: another kernel variant (A/B)
+    // o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1), so the
+    // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
+    int resid_gemm;
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
 } kvf_cuda_t;
+
+// resid_gemm's and attn_overlap's defaults where KVF_RESID_GEMM / KVF_ATTN_OVERLAP are unset
+#define KVF_CUDA_RESID_GEMM 1
+#define KVF_CUDA_ATTN_OVERLAP 2
 
 #define S_ACT_GU 1
 #define S_ACT_QKV 2

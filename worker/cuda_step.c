@@ -106,8 +106,10 @@ double kvf_cuda_now_ms(void) {
 
 // h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD; to_fp8:
 // into x8 and xs instead (the E4M3 input of an FP8 GEMM).
+// Under resid_gemm the GEMMs added o already: h = rmsnorm(resid).
 static int s_norm_add(kvf_cuda_t *c, const float *w, int n, int to_fp8, cudaStream_t st, kvf_err_t *err) {
     const float eps = c->base.cfg.rms_norm_eps;
+    if (c->resid_gemm) return kvf_rmsnorm(c->h, c->resid, w, n, c->dim, eps, st, err);
     const int od_bf16 = (c->act_mode & S_ACT_OD) != 0;
     if (to_fp8 && od_bf16)
         return kvf_rmsnorm_add_fp8(c->x8, c->xs, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
@@ -132,6 +134,8 @@ static int s_gemm_qkv(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStrea
 }
 
 static int s_gemm_o(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    if (c->resid_gemm)  // resid += att @ wo^T
+        return kvf_gemm(c->gemm, c->resid, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, c->dim, 1.0f, st, err);
     return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->w_fp8 ? (void *)c->x8 : c->att, L->wo, L->so, n, c->q_dim,
                     c->dim, st, err);
 }
@@ -145,6 +149,8 @@ static int s_gemm_gate_up(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaS
 }
 
 static int s_gemm_down(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
+    if (c->resid_gemm)  // resid += act @ wd^T
+        return kvf_gemm(c->gemm, c->resid, KVF_GEMM_OUT_F32, c->act, L->wd, n, c->ff, c->dim, 1.0f, st, err);
     return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->act, L->wd, L->sd, n, c->ff, c->dim, st, err);
 }
 
@@ -236,12 +242,23 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         }
         S_TM(S_T_ROPE);
         const int fp8 = c->kv_fp8;
+        // the decode rows' attention (memory-bound) beside the prefill rows' (tensor cores): other rows of att
+        const int side = c->attn_overlap && n_tiles > 0 && dec_tc && n_tiles_tc > 0;
+        if (side) {
+            KVF_CUDA_CHECK(cudaEventRecord(c->ev_fork, st), err);
+            KVF_CUDA_CHECK(cudaStreamWaitEvent(c->side, c->ev_fork, 0), err);
+        }
         if (n_tiles > 0 && dec_tc) {
+            cudaStream_t sd = side ? c->side : st;
             S_K(fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, 1, d_pos,
-                                                       d_bt, MB, H, KV, HD, bs, st, err)
+                                                       d_bt, MB, H, KV, HD, bs, sd, err)
                     : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, 1, d_pos,
-                                                   d_bt, MB, H, KV, HD, bs, st, err));
-            S_TM(S_T_ATTN);
+                                                   d_bt, MB, H, KV, HD, bs, sd, err));
+            if (side) {
+                KVF_CUDA_CHECK(cudaEventRecord(c->ev_join, c->side), err);
+            } else {
+                S_TM(S_T_ATTN);
+            }
         } else if (n_tiles > 0) {
             S_K(fp8 ? kvf_attention_fp8(c->att, c->partial, c->q, k8, v8, d_tiles, n_tiles, qpt, d_pos, d_bt, MB, n, H,
                                         KV, HD, bs, n_splits, split_len, st, err)
@@ -254,7 +271,8 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
                                                         n_tiles_tc, d_pos, d_bt, MB, H, KV, HD, bs, st, err)
                     : kvf_attention_prefill_variant(c->pre_variant, c->att, c->q, kc, vc, d_tiles_tc, n_tiles_tc,
                                                     d_pos, d_bt, MB, H, KV, HD, bs, st, err));
-            S_TM(S_T_ATTN_TC);
+            if (side) KVF_CUDA_CHECK(cudaStreamWaitEvent(st, c->ev_join, 0), err);
+            S_TM(S_T_ATTN_TC);  // with side: both
         }
         if (wq8) S_K(kvf_quant_fp8_rows(c->x8, c->xs, c->att, n, c->q_dim, st, err));
         S_K(s_gemm_o(c, L, n, st, err));
