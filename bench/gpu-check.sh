@@ -20,7 +20,7 @@ bounded() {
   kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
   return $rc
 }
-for t in test_kernels test_kernels_attn test_kernels_fp8 test_kernels_mlp test_cuda_forward test_engine_cuda test_tp_nccl test_cuda_tp; do
+for t in test_kernels test_kernels_attn test_kernels_fp8 test_kernels_mlp test_kernels_qkv_rope test_cuda_forward test_engine_cuda test_tp_nccl test_cuda_tp; do
   [ -x "$pack/bin/$t" ] || continue
   secs=300; [ "$t" = test_cuda_tp ] && secs=120
   bounded $secs "$pack/bin/$t" --jobs=1 --verbose > "$out/$t.log" 2>&1

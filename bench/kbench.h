@@ -38,7 +38,8 @@ enum {
     KB_SEC_SAMPLE = 1 << 6,
     KB_SEC_READ = 1 << 7,
     KB_SEC_MLP = 1 << 8,
-    KB_SEC_ALL = (1 << 9) - 1,
+    KB_SEC_QKV = 1 << 9,
+    KB_SEC_ALL = (1 << 10) - 1,
 };
 
 typedef struct {
@@ -116,5 +117,6 @@ int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err);
 
 #endif

@@ -21,6 +21,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/rope_kv.h"
+#include "kernels/gemm_qkv_rope.h"
 #include "kernels/sample.h"
 #include "kernels/sample_rows.h"
 #include "kernels/silu_mul.h"
@@ -888,5 +889,99 @@ int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err) {
     rc = 0;
 done:
     kvf_gemm_ctx_destroy(&ctx);
+    return rc;
+}
+
+// ---------------------------------------------------------------- qkv
+// The attention's input, 16 prompts x 512 tokens (the standard workload's prefill step):
+// cuBLASLt's QKV GEMM (bf16 out) then rope_kv, against kvf_gemm_qkv_rope (one kernel:
+// RoPE and the cache write in the epilogue; its step table, made once a step for all
+// layers, is its own row). FLOPs 2 n dim qkv; bytes W + x + q, k, v written (the unfused
+// pair also writes and reads the (n, qkv) product).
+
+typedef struct {
+    kvf_gemm_ctx_t *ctx;
+    uint16_t *q_out, *k, *v, *qkv;
+    const uint16_t *x, *w;  // w: (copies, qkv, dim)
+    const float *inv_freq, *cs;
+    const int64_t *slot;
+    const int32_t *pos, *tok_seq, *bt;
+    int copies, n, max_blocks, n_blocks;
+    int what;  // 0 GEMM + rope_kv, 1 kvf_gemm_qkv_rope, 2 the GEMM alone, 3 kvf_rope_table
+} s_qkv_t;
+
+static int s_qkv_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_qkv_t *m = ud;
+    const uint16_t *w = m->w + (size_t)(rep % m->copies) * KB_QKV * KB_DIM;
+    if (m->what == 3)
+        return kvf_rope_table((float *)m->cs, (int64_t *)m->slot, m->inv_freq, m->pos, m->tok_seq, m->bt,
+                              m->max_blocks, m->n, KB_HD, KB_KV, KB_BS, m->n_blocks, b->stream, err);
+    if (m->what == 1)
+        return kvf_gemm_qkv_rope(m->q_out, m->k, m->v, m->x, w, m->cs, m->slot, m->n, KB_DIM, KB_H, KB_KV, KB_HD,
+                                 b->stream, err);
+    if (kvf_gemm(m->ctx, m->qkv, KVF_GEMM_OUT_BF16, m->x, w, m->n, KB_DIM, KB_QKV, 0.0f, b->stream, err) != 0)
+        return -1;
+    if (m->what == 2) return 0;
+    return kvf_rope_kv(m->q_out, m->k, m->v, m->qkv, NULL, m->inv_freq, m->pos, m->tok_seq, m->bt, m->max_blocks,
+                       m->n, KB_H, KB_KV, KB_HD, KB_BS, m->n_blocks, b->stream, err);
+}
+
+int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err) {
+    enum { NS = 16, L = 512, N = NS * L };
+    int len[NS];
+    int32_t *pos = malloc(sizeof(int32_t) * N), *seq = malloc(sizeof(int32_t) * N);
+    float inv_freq[KB_HD / 2];
+    s_paged_t p = {0};
+    kvf_gemm_ctx_t *ctx = NULL;
+    int rc = -1;
+    if (!pos || !seq) {
+        kvf_err_set(err, KVF_E_NOMEM, "qkv: out of memory");
+        goto done;
+    }
+    for (int s = 0; s < NS; s++) len[s] = L;
+    for (int t = 0; t < N; t++) pos[t] = t % L, seq[t] = t / L;
+    for (int i = 0; i < KB_HD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / KB_HD);
+    if (s_paged_init(b, &p, len, NS, err) != 0) goto done;
+    const size_t w_elems = (size_t)KB_QKV * KB_DIM;
+    const int nw = kvf_kb_copies(2 * w_elems);
+    void *ws = NULL, *w = NULL, *x = NULL, *qkv = NULL, *q_out = NULL, *cs = NULL, *slot = NULL, *d_if = NULL;
+    void *d_pos = NULL, *d_seq = NULL;
+    uint16_t *k = NULL, *v = NULL;
+    int32_t *bt = NULL;
+    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) ||
+        kvf_kb_alloc(b, &w, 2 * w_elems * nw, err) != 0 || kvf_kb_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
+        kvf_kb_alloc(b, &x, (size_t)N * KB_DIM * 2, err) != 0 ||
+        kvf_kb_rand_bf16(b, x, (size_t)N * KB_DIM, 1.0f, err) != 0 ||
+        kvf_kb_alloc(b, &qkv, (size_t)N * KB_QKV * 2, err) != 0 ||
+        kvf_kb_alloc(b, &q_out, (size_t)N * KB_H * KB_HD * 2, err) != 0 ||
+        kvf_kb_alloc(b, &cs, (size_t)N * KB_HD * 4, err) != 0 || kvf_kb_alloc(b, &slot, (size_t)N * 8, err) != 0 ||
+        kvf_kb_upload(b, &d_if, inv_freq, sizeof inv_freq, err) != 0 ||
+        kvf_kb_upload(b, &d_pos, pos, sizeof(int32_t) * N, err) != 0 ||
+        kvf_kb_upload(b, &d_seq, seq, sizeof(int32_t) * N, err) != 0 || s_paged_upload(b, &p, &k, &v, &bt, err) != 0)
+        goto done;
+    const int fused_ok = kvf_gemm_qkv_rope_available();
+    static const char *const names[4] = {"cublaslt qkv + rope_kv", "fused qkv+rope cl2 g8", "qkv gemm alone",
+                                          "rope table (once a step)"};
+    static const int order[4] = {3, 1, 0, 2};  // the table first: the fused kernel reads it
+    for (int oi = 0; oi < 4; oi++) {
+        const int wh = order[oi];
+        if ((wh == 1 || wh == 3) && !fused_ok) continue;
+        s_qkv_t m = {ctx, q_out, k, v, qkv, x, w, d_if, cs, slot, d_pos, d_seq, bt, nw, N, p.max_blocks, p.n_blocks,
+                     wh};
+        kvf_kb_row_t r = {.kernel = "qkv_rope"};
+        snprintf(r.variant, sizeof r.variant, "%s", names[wh]);
+        snprintf(r.shape, sizeof r.shape, "%dx%d->%d", N, KB_DIM, KB_QKV);
+        r.copies = wh == 3 ? 1 : nw;
+        r.flops = wh == 3 ? 0.0 : 2.0 * N * KB_DIM * KB_QKV;
+        r.bytes = wh == 3 ? N * (KB_HD * 4.0 + 8.0 + 8.0) : 2.0 * w_elems + 2.0 * N * KB_DIM + 2.0 * N * KB_QKV;
+        if (kvf_kb_time(b, s_qkv_op, &m, &r.t, err) != 0) goto done;
+        kvf_kb_emit(b, &r);
+    }
+    rc = 0;
+done:
+    kvf_gemm_ctx_destroy(&ctx);
+    s_paged_fini(&p);
+    free(pos);
+    free(seq);
     return rc;
 }

@@ -7,6 +7,8 @@ if(KVF_HAVE_CUDA)
   kvf_add_test(test_kernels_fp8 SOURCES test_kernels_fp8.c LIBS kvf_kernels kvf_cpu kvf_modelio m
                LABELS gpu TIMEOUT 600)
   kvf_add_test(test_kernels_mlp SOURCES test_kernels_mlp.c LIBS kvf_kernels kvf_modelio m LABELS gpu TIMEOUT 300)
+  kvf_add_test(test_kernels_qkv_rope SOURCES test_kernels_qkv_rope.c LIBS kvf_kernels kvf_modelio m LABELS gpu
+               TIMEOUT 300)
   kvf_add_test(test_kernels_attn SOURCES test_kernels_attn.c LIBS kvf_kernels kvf_cpu kvf_modelio m LABELS gpu TIMEOUT 600)
   if(EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/test_cuda_forward.c AND TARGET kvf_cuda)
     kvf_add_test(test_cuda_forward SOURCES test_cuda_forward.c LIBS kvf_cuda kvf_cpu kvf_modelio m LABELS gpu TIMEOUT 600)
