@@ -469,9 +469,10 @@ static kvf_safetensors_t *s_random_model(const kvf_modelcfg_t *c, const char *pa
 // ff: the MLP's width (0: s_small_cfg's); swiglu_rows > 0: steps of that many rows run the fused
 // gate/up + SwiGLU kernel from the first step on (kvf_cuda_backend_set_swiglu; skips where it is not
 // available); < 0: -swiglu_rows through KVF_SWIGLU_MIN_ROWS at start-up, so the decode graphs capture it.
-static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff, int swiglu_rows) {
+static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff, int swiglu_rows, int hd) {
     kvf_modelcfg_t cfg = s_small_cfg();
     if (ff > 0) cfg.intermediate_size = ff;
+    if (hd > 0) cfg.n_heads = 4, cfg.n_kv_heads = 2, cfg.head_dim = hd, cfg.attention_bias = 0;
     char path[256];
     snprintf(path, sizeof path, "/tmp/kvf_test_cuda_%d.safetensors", (int)getpid());
     kvf_safetensors_t *st = s_random_model(&cfg, path);
@@ -496,6 +497,7 @@ static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff
         unlink(path);
         cr_skip_test("the fused gate/up + SwiGLU kernel does not run here (needs an sm_90a build on such a device)");
     }
+    if (want > 0 && hd == 128) cr_assert(kvf_cuda_backend_qkv_rope(gpu), "the fused QKV + RoPE kernel is off");
     const uint64_t kv_elem = (uint64_t)2 * cfg.n_layers * 16 * cfg.n_kv_heads * cfg.head_dim;  // a block's elements
     cr_expect_eq(gpu->kv_bytes, (uint64_t)gpu->n_blocks * kv_elem * (kv_dtype == KVF_KV_FP8 ? 1 : 2),
                  "KV slab %llu bytes for %d blocks", (unsigned long long)gpu->kv_bytes, gpu->n_blocks);
@@ -566,19 +568,31 @@ static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff
     free(lg), free(lc), free(la);
 }
 
-static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) { s_match_cpu_with(kv_dtype, quant, tol, 0, 0); }
+static void s_match_cpu(int32_t kv_dtype, int32_t quant, double tol) {
+    s_match_cpu_with(kv_dtype, quant, tol, 0, 0, 0);
+}
 
 Test(cuda_forward, matches_cpu_backend_on_random_weights) { s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2); }
 
 // The MLP's gate/up GEMM and SwiGLU as one kernel (kernels/gemm_swiglu.h) in every eager step of >= 2
 // rows (ff 768: a multiple of its 128-row blocks); the decode steps replayed from graphs (captured at
 // start-up) run cuBLASLt + the blocked silu_mul over the same interleaved weights. Same bound as unfused.
-Test(cuda_forward, fused_swiglu_matches_cpu_backend) { s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, 2); }
+Test(cuda_forward, fused_swiglu_matches_cpu_backend) { s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, 2, 0); }
 
 // The same with the threshold at 2 rows from start-up: the decode graphs (buckets of 2 and up) capture the
 // fused kernel (a cluster launch with TMA descriptors as parameters), and every step of the run uses it.
 Test(cuda_forward, fused_swiglu_in_decode_graphs_matches_cpu_backend) {
-    s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2);
+    s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2, 0);
+}
+
+// The QKV GEMM with RoPE and the cache write in its epilogue (kernels/gemm_qkv_rope.h; head_dim 128: 4
+// query and 2 KV heads, no q/k/v bias) in every eager step of >= 2 rows, then also in
+// the decode graphs (the threshold at 2 from start-up), beside the fused gate/up + SwiGLU.
+Test(cuda_forward, fused_qkv_rope_matches_cpu_backend) {
+    s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, 2, 128);
+}
+Test(cuda_forward, fused_qkv_rope_in_decode_graphs_matches_cpu_backend) {
+    s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2, 128);
 }
 
 // o_proj and down_proj adding into the f32 residual themselves (beta 1) and the norms only reading it,

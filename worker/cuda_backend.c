@@ -16,6 +16,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/convert.h"
+#include "kernels/gemm_qkv_rope.h"
 #include "kernels/gemm_swiglu.h"
 #include "worker/cpu_ops.h"
 #include "worker/cuda_internal.h"
@@ -55,7 +56,8 @@ int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode) {
 }
 
 int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows) {
-    if (!be || be->ops != &s_cuda_ops || min_rows < 1 || !((kvf_cuda_t *)be)->swiglu) return -1;
+    if (!be || be->ops != &s_cuda_ops || min_rows < 1) return -1;
+    if (!((kvf_cuda_t *)be)->swiglu && !((kvf_cuda_t *)be)->qkv_rope) return -1;
     ((kvf_cuda_t *)be)->swiglu_min_rows = min_rows;
     return 0;
 }
@@ -63,6 +65,10 @@ int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows) {
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
     if (!be || be->ops != &s_cuda_ops) return 0;
     return ((const kvf_cuda_t *)be)->graph_steps;
+}
+
+int kvf_cuda_backend_qkv_rope(const kvf_backend_t *be) {
+    return be && be->ops == &s_cuda_ops && ((const kvf_cuda_t *)be)->qkv_rope;
 }
 
 int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be) {
@@ -93,6 +99,10 @@ static size_t s_layout_ws(kvf_cuda_t *c, char *base) {
     if (c->w_fp8) {
         S_TAKE(c->x8, uint8_t, T * (D > (size_t)c->q_dim ? D : (size_t)c->q_dim));
         S_TAKE(c->xs, float, T);
+    }
+    if (c->base.cfg.head_dim == KVF_QKV_ROPE_HEAD_DIM) {
+        S_TAKE(c->rope_cs, float, T * KVF_QKV_ROPE_HEAD_DIM);
+        S_TAKE(c->rope_slot, int64_t, T);
     }
     S_TAKE(c->rows, uint16_t, R * D);
     S_TAKE(c->logits, float, R * V);
@@ -407,6 +417,15 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->act_mode = act_bf16 ? S_ACT_GU | S_ACT_QKV | (c->tp ? 0 : S_ACT_OD) : 0;
     if (c->w_fp8) c->act_mode |= S_ACT_GU;  // kvf_silu_mul_fp8 reads bf16 gate/up
     if (s_swiglu_setup(c, err) != 0) return -1;
+    // the QKV GEMM with RoPE and the cache write in its epilogue: rope_kv's read of the
+    // (n, qkv_dim) product and its write go; on an H200 ~2.3 ms a prefill step of 8192 rows
+    const char *qenv = getenv("KVF_QKV_ROPE");
+    c->qkv_rope = !(qenv && !strcmp(qenv, "0")) && c->rope_cs && !cfg->attention_bias && !c->w_fp8 &&
+                  (c->act_mode & S_ACT_QKV) &&
+                  o->kv_dtype != KVF_KV_FP8 && c->n_heads % 2 == 0 && c->dim % 64 == 0 && kvf_gemm_qkv_rope_available();
+    if (c->qkv_rope)
+        kvf_log(KVF_LOG_INFO, "cuda backend: QKV GEMM, RoPE and the cache write fused (one kernel) for steps of >= %d "
+                "rows", c->swiglu_min_rows);
     // o_proj and down_proj add into the f32 residual (beta 1) instead of writing o for the
     // norm to add: the norms then read 4 bytes an element instead of 6 and write 2 instead of 6.
     const char *renv = getenv("KVF_RESID_GEMM");

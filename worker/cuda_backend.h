@@ -90,8 +90,9 @@ int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode);
 
 // Steps of at least min_rows rows run the MLP's gate/up GEMM and SwiGLU as one kernel
 // (kernels/gemm_swiglu.h; default KVF_CUDA_SWIGLU_MIN_ROWS, or KVF_SWIGLU_MIN_ROWS; KVF_SWIGLU=0
-// turns the kernel off at start-up). Smaller steps keep cuBLASLt's GEMM and a silu_mul.
-// Returns 0, or -1 where the backend runs without the fused kernel (not built for sm_90a or
+// turns the kernel off at start-up), and so the QKV GEMM with RoPE (kernels/gemm_qkv_rope.h,
+// KVF_QKV_ROPE=0 off). Smaller steps keep cuBLASLt's GEMMs, a silu_mul and rope_kv.
+// Returns 0, or -1 where the backend runs without either fused kernel (not built for sm_90a or
 // not such a device, FP8 linear layers, f32 activations, ff not a multiple of 128) or min_rows < 1.
 #define KVF_CUDA_SWIGLU_MIN_ROWS 1024
 int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows);
@@ -102,5 +103,9 @@ uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 // 1 when o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1;
 // KVF_RESID_GEMM=0|1 at start-up; tp_size 1 with bf16 linear layers only), else 0.
 int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be);
+
+// 1 when steps of at least the fused-kernel threshold (kvf_cuda_backend_set_swiglu) run the
+// QKV GEMM with RoPE and the cache write as one kernel (kernels/gemm_qkv_rope.h), else 0.
+int kvf_cuda_backend_qkv_rope(const kvf_backend_t *be);
 
 #endif

@@ -77,6 +77,8 @@ typedef struct {
     float *o;            // (T, dim) o_proj / down_proj output, f32 into the f32 residual
     float *gu;           // (T, 2 ff) f32 into silu_mul
     uint16_t *act;       // (T, ff) bf16, or E4M3 bytes under w_fp8
+    float *rope_cs;      // (T, head_dim / 2, 2) under qkv_rope: the step's kvf_rope_table (cos, sin)
+    int64_t *rope_slot;  // (T) and cache row offsets; both NULL where head_dim is not 128
     uint16_t *rows;      // (R, dim) rows picked for lm_head
     float *logits;       // (R, vocab)
     // tp (vocab-parallel lm_head, worker/tp_vocab.h): this rank's logits, the ranks' logits
@@ -149,6 +151,9 @@ typedef struct {
     // the fused gate/up GEMM (kvf_gemm_swiglu) for steps of >= swiglu_min_rows rows; with swiglu
     // every layer's wgu is interleaved (KVF_SWIGLU_BLOCK) and smaller steps use kvf_silu_mul_blocked
     int swiglu, swiglu_min_rows, swiglu_variant;  // KVF_SWIGLU_VARIANT: another kernel variant (A/B)
+    // the QKV GEMM with RoPE and the cache write fused (kvf_gemm_qkv_rope) in steps of >=
+    // swiglu_min_rows rows too (head_dim 128, bf16 layers and cache; KVF_QKV_ROPE=0: off)
+    int qkv_rope;
     // o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1), so the
     // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
     int resid_gemm;

@@ -15,6 +15,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/embed.h"
+#include "kernels/gemm_qkv_rope.h"
 #include "kernels/gemm_swiglu.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/repetition_penalty.h"
@@ -160,6 +161,27 @@ static int s_gemm_lm_head(kvf_cuda_t *c, const uint16_t *x, int rows, cudaStream
                     0.0f, st, err);
 }
 
+// q = RoPE(q) into c->q, k (rotated) and v into layer l's cache, from c->qkv: bf16 (S_ACT_QKV)
+// or f32, into a bf16 or an E4M3 cache.
+static int s_rope(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int l, int n, cudaStream_t st, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
+    const int MB = be->opts.max_blocks_per_seq, NB = be->n_blocks;
+    const int32_t *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq, *d_bt = c->d_meta + c->m_bt;
+    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
+    const uint16_t *qb = (const uint16_t *)c->qkv;  // bf16 under S_ACT_QKV
+    if (c->act_mode & S_ACT_QKV)
+        return c->kv_fp8 ? kvf_rope_kv_fp8(c->q, k8, v8, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV,
+                                           HD, bs, NB, st, err)
+                         : kvf_rope_kv(c->q, kc, vc, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD,
+                                       bs, NB, st, err);
+    return c->kv_fp8 ? kvf_rope_kv_f32_fp8(c->q, k8, v8, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H,
+                                           KV, HD, bs, NB, st, err)
+                     : kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV,
+                                       HD, bs, NB, st, err);
+}
+
 int kvf_cuda_warm_gemms(kvf_cuda_t *c, kvf_err_t *err) {
     const int T = c->base.opts.max_step_tokens, R = c->base.opts.max_logit_rows;
     const kvf_cuda_layer_t *L = &c->layers[0];
@@ -200,7 +222,6 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
     const int32_t *d_tiles = c->d_meta + c->m_tiles, *d_bt = c->d_meta + c->m_bt, *d_rows = c->d_meta + c->m_rows;
     const int32_t *d_tiles_tc = c->d_meta + c->m_tiles_tc;
-    const int qkv_bf16 = (c->act_mode & S_ACT_QKV) != 0;
     const int wq8 = c->w_fp8;  // E4M3 linear layers: their inputs go through x8 / act with the scales in xs
 #define S_K(call) \
     if ((call) != 0) return -1
@@ -213,6 +234,9 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
     }
     S_TM(S_T_EMBED);
+    const int fq = c->qkv_rope && n >= c->swiglu_min_rows;  // kvf_gemm_qkv_rope: the step's angles and slots
+    if (fq) S_K(kvf_rope_table(c->rope_cs, c->rope_slot, c->inv_freq, d_pos, d_seq, d_bt, MB, n, HD, KV, bs,
+                               be->n_blocks, st, err));
     for (int l = 0; l < cfg->n_layers; l++) {
         const kvf_cuda_layer_t *L = &c->layers[l];
         // (n_blocks, bs, KV, HD) each: bf16, or E4M3 bytes (k8, v8) with kv_fp8
@@ -225,22 +249,15 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
             S_K(s_norm_add(c, L->attn_norm, n, wq8, st, err));
         }
         S_TM(S_T_NORM);
-        S_K(s_gemm_qkv(c, L, n, st, err));
-        S_TM(S_T_QKV);
-        if (c->kv_fp8 && qkv_bf16) {
-            S_K(kvf_rope_kv_fp8(c->q, k8, v8, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB,
-                                n, H, KV, HD, bs, be->n_blocks, st, err));
-        } else if (c->kv_fp8) {
-            S_K(kvf_rope_kv_f32_fp8(c->q, k8, v8, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD,
-                                    bs, be->n_blocks, st, err));
-        } else if (qkv_bf16) {
-            S_K(kvf_rope_kv(c->q, kc, vc, (const uint16_t *)c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
-                            H, KV, HD, bs, be->n_blocks, st, err));
+        if (fq) {  // q rotated into c->q, k and v into the cache
+            S_K(kvf_gemm_qkv_rope(c->q, kc, vc, c->h, L->wqkv, c->rope_cs, c->rope_slot, n, D, H, KV, HD, st, err));
+            S_TM(S_T_QKV);
         } else {
-            S_K(kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
-                                be->n_blocks, st, err));
+            S_K(s_gemm_qkv(c, L, n, st, err));
+            S_TM(S_T_QKV);
+            S_K(s_rope(c, L, l, n, st, err));
+            S_TM(S_T_ROPE);
         }
-        S_TM(S_T_ROPE);
         const int fp8 = c->kv_fp8;
         // the decode rows' attention (memory-bound) beside the prefill rows' (tensor cores): other rows of att
         const int side = c->attn_overlap && n_tiles > 0 && dec_tc && n_tiles_tc > 0;
