@@ -326,6 +326,21 @@ static int s_paged_upload(kvf_kb_t *b, const s_paged_t *p, uint16_t **k, uint16_
     return kvf_kb_upload(b, (void **)bt, p->block_table, sizeof(int32_t) * (size_t)p->n_seqs * p->max_blocks, err);
 }
 
+// The prefill batch the rope and qkv sections run: S_PF_NS prompts of S_PF_L tokens from
+// position 0 (*pos, *seq: (S_PF_N) host, the caller frees them), Llama-3's RoPE frequencies
+// and a paged pool that holds the prompts. Returns 0, or -1 with err set.
+enum { S_PF_NS = 16, S_PF_L = 512, S_PF_N = S_PF_NS * S_PF_L };
+static int s_prefill_batch(kvf_kb_t *b, s_paged_t *p, int32_t **pos, int32_t **seq, float inv_freq[KB_HD / 2],
+                           const char *who, kvf_err_t *err) {
+    int len[S_PF_NS];
+    *pos = malloc(sizeof(int32_t) * S_PF_N), *seq = malloc(sizeof(int32_t) * S_PF_N);
+    if (!*pos || !*seq) return kvf_err_set(err, KVF_E_NOMEM, "%s: out of memory", who);
+    for (int s = 0; s < S_PF_NS; s++) len[s] = S_PF_L;
+    for (int t = 0; t < S_PF_N; t++) (*pos)[t] = t % S_PF_L, (*seq)[t] = t / S_PF_L;
+    for (int i = 0; i < KB_HD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / KB_HD);
+    return s_paged_init(b, p, len, S_PF_NS, err);
+}
+
 // ---------------------------------------------------------------- rope
 // Per token: the q and k heads of its qkv row (n, (H + 2 KV) HD) rotated, q to q_out,
 // k and v into the paged cache. bytes = n (H + 2 KV) HD e (qkv read, e = 4 f32, 2 bf16)
@@ -353,20 +368,12 @@ static int s_rope_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
 }
 
 int kvf_kb_bench_rope(kvf_kb_t *b, kvf_err_t *err) {
-    enum { NS = 16, L = 512, N = NS * L };
-    int len[NS];
-    int32_t *pos = malloc(sizeof(int32_t) * N), *seq = malloc(sizeof(int32_t) * N);
+    enum { NS = S_PF_NS, L = S_PF_L, N = S_PF_N };
+    int32_t *pos = NULL, *seq = NULL;
     float inv_freq[KB_HD / 2];
     s_paged_t p = {0};
     int rc = -1;
-    if (!pos || !seq) {
-        kvf_err_set(err, KVF_E_NOMEM, "rope: out of memory");
-        goto done;
-    }
-    for (int s = 0; s < NS; s++) len[s] = L;
-    for (int t = 0; t < N; t++) pos[t] = t % L, seq[t] = t / L;
-    for (int i = 0; i < KB_HD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / KB_HD);
-    if (s_paged_init(b, &p, len, NS, err) != 0) goto done;
+    if (s_prefill_batch(b, &p, &pos, &seq, inv_freq, "rope", err) != 0) goto done;
     for (int f32 = 1; f32 >= 0; f32--) {
         const size_t e = f32 ? 4 : 2, elems = (size_t)N * KB_QKV;
         s_rope_t s = {.copies = kvf_kb_copies(elems * e), .n = N, .f32 = f32, .max_blocks = p.max_blocks,
@@ -927,21 +934,13 @@ static int s_qkv_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
 }
 
 int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err) {
-    enum { NS = 16, L = 512, N = NS * L };
-    int len[NS];
-    int32_t *pos = malloc(sizeof(int32_t) * N), *seq = malloc(sizeof(int32_t) * N);
+    enum { N = S_PF_N };
+    int32_t *pos = NULL, *seq = NULL;
     float inv_freq[KB_HD / 2];
     s_paged_t p = {0};
     kvf_gemm_ctx_t *ctx = NULL;
     int rc = -1;
-    if (!pos || !seq) {
-        kvf_err_set(err, KVF_E_NOMEM, "qkv: out of memory");
-        goto done;
-    }
-    for (int s = 0; s < NS; s++) len[s] = L;
-    for (int t = 0; t < N; t++) pos[t] = t % L, seq[t] = t / L;
-    for (int i = 0; i < KB_HD / 2; i++) inv_freq[i] = (float)pow(500000.0, -2.0 * i / KB_HD);
-    if (s_paged_init(b, &p, len, NS, err) != 0) goto done;
+    if (s_prefill_batch(b, &p, &pos, &seq, inv_freq, "qkv", err) != 0) goto done;
     const size_t w_elems = (size_t)KB_QKV * KB_DIM;
     const int nw = kvf_kb_copies(2 * w_elems);
     void *ws = NULL, *w = NULL, *x = NULL, *qkv = NULL, *q_out = NULL, *cs = NULL, *slot = NULL, *d_if = NULL;
