@@ -19,14 +19,19 @@ typedef struct {
     kvf_sched_opts_t o;
 } s_fix_t;
 
-static void s_fix_init(s_fix_t *f, int32_t n_blocks, int32_t bs, int32_t max_batch, int32_t budget,
-                       int32_t max_blocks_per_seq, int prefix) {
+static void s_fix_init_policy(s_fix_t *f, int32_t n_blocks, int32_t bs, int32_t max_batch, int32_t budget,
+                              int32_t max_blocks_per_seq, int prefix, int32_t policy) {
     f->bm = kvf_blockmgr_new(n_blocks, bs, prefix);
-    f->o = (kvf_sched_opts_t){.block_size = bs, .max_batch_size = max_batch,
+    f->o = (kvf_sched_opts_t){.block_size = bs, .policy = policy, .max_batch_size = max_batch,
                               .max_prefill_token_num = budget, .max_blocks_per_seq = max_blocks_per_seq};
     kvf_err_t err;
     f->s = kvf_sched_new(&f->o, f->bm, &err);
     cr_assert_not_null(f->s, "%s", err.msg);
+}
+
+static void s_fix_init(s_fix_t *f, int32_t n_blocks, int32_t bs, int32_t max_batch, int32_t budget,
+                       int32_t max_blocks_per_seq, int prefix) {
+    s_fix_init_policy(f, n_blocks, bs, max_batch, budget, max_blocks_per_seq, prefix, KVF_SCHED_MIXED);
 }
 
 static void s_fix_fini(s_fix_t *f) {
@@ -97,8 +102,15 @@ Test(sched, rejects_bad_options_and_inputs) {
     o.max_prefill_token_num = 1;
     cr_assert_null(kvf_sched_new(&o, bm, &err), "budget below batch size");
     o.max_prefill_token_num = 16;
+    o.policy = 2;
+    cr_assert_null(kvf_sched_new(&o, bm, &err), "unknown policy");
+    cr_assert(strstr(err.msg, "policy"), "%s", err.msg);
+    o.policy = KVF_SCHED_PREFILL_FIRST;
     kvf_sched_t *s = kvf_sched_new(&o, bm, &err);
     cr_assert_not_null(s);
+    cr_assert_eq(kvf_sched_set_policy(s, 7, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert_eq(kvf_sched_set_policy(s, KVF_SCHED_MIXED, &err), 0);
     int32_t t[17] = {0};
     cr_assert_null(kvf_sched_add(s, 1, t, 0, NULL, &err));
     cr_assert_eq(err.code, KVF_E_INVAL);
@@ -341,5 +353,60 @@ Test(sched, prefix_cache_skips_shared_blocks_and_recompute_hits) {
     cr_assert_eq(plan.n_past[0], 16);
     cr_assert_eq(plan.n_new[0], 4, "20 tokens: 4 full blocks reused, the 5th computed (last token must run)");
     cr_assert(rc.done);
+    s_fix_fini(&f);
+}
+
+// Prefill-first: prompts are prefilled in full steps until the batch is full,
+// then the whole batch decodes together; the mixed policy decodes every running
+// sequence every step and fills the rest of the budget with prompt chunks.
+Test(sched, prefill_first_fills_the_batch_then_decodes_it_whole) {
+    for (int32_t policy = KVF_SCHED_MIXED; policy <= KVF_SCHED_PREFILL_FIRST; policy++) {
+        s_fix_t f;
+        s_fix_init_policy(&f, 1000, 16, 4, 32, 16, 0, policy);
+        s_req_t r[6];
+        for (int i = 0; i < 6; i++) s_add(&f, (uint64_t)i + 1, 16, &r[i], 3);
+        kvf_sched_plan_t plan;
+        int total = 0, steps = 0;
+        // (decodes, prefill tokens) of each step
+        const int32_t want_pf[][2] = {{0, 32}, {0, 32}, {4, 0}, {4, 0}, {0, 32}, {2, 0}, {2, 0}};
+        const int32_t want_mixed[][2] = {{0, 32}, {2, 30}, {3, 2}, {2, 30}, {2, 2}, {2, 0}, {1, 0}};
+        const int32_t(*want)[2] = policy == KVF_SCHED_PREFILL_FIRST ? want_pf : want_mixed;
+        while (total < 6) {
+            total += s_step(&f, &plan);
+            cr_assert_lt(steps, 7, "policy %d: more than 7 steps", policy);
+            cr_assert_eq(plan.n_decode, want[steps][0], "policy %d step %d: %d decodes", policy, steps, plan.n_decode);
+            cr_assert_eq(plan.n_tokens - plan.n_decode, want[steps][1], "policy %d step %d: %d prefill tokens",
+                         policy, steps, plan.n_tokens - plan.n_decode);
+            steps++;
+        }
+        cr_assert_eq(steps, 7);
+        for (int i = 0; i < 6; i++) cr_assert_eq(r[i].n_samples, 3);
+        s_fix_fini(&f);
+    }
+}
+
+// Prefill-first through a pool that holds ~3 sequences: preemption and
+// recompute still finish everything, no step is empty while work remains, and
+// a running sequence waits for decodes at most until the batch stops growing.
+Test(sched, prefill_first_under_pressure_finishes_everything) {
+    s_fix_t f;
+    s_fix_init_policy(&f, 12, 8, 6, 32, 4, 0, KVF_SCHED_PREFILL_FIRST);
+    enum { N = 40 };
+    s_req_t r[N];
+    srand(11);
+    for (int i = 0; i < N; i++) s_add(&f, (uint64_t)i + 1, 1 + rand() % 16, &r[i], 1 + rand() % 14);
+    kvf_sched_plan_t plan;
+    int total = 0, steps = 0, prefill_run = 0;
+    while (total < N) {
+        total += s_step(&f, &plan);
+        cr_assert_gt(plan.n_seqs, 0, "step %d ran nothing with work left", steps);
+        if (plan.n_decode == 0) {
+            cr_assert_leq(++prefill_run, 6 * 4, "step %d: decodes waited for %d prefill steps", steps, prefill_run);
+        } else {
+            prefill_run = 0;
+        }
+        cr_assert(++steps < 5000);
+    }
+    for (int i = 0; i < N; i++) cr_assert_eq(r[i].n_samples, r[i].target);
     s_fix_fini(&f);
 }

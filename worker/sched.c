@@ -170,6 +170,10 @@ kvf_sched_t *kvf_sched_new(const kvf_sched_opts_t *opts, kvf_blockmgr_t *bm, kvf
                     opts->max_prefill_token_num, opts->max_batch_size);
         return NULL;
     }
+    if (opts->policy != KVF_SCHED_MIXED && opts->policy != KVF_SCHED_PREFILL_FIRST) {
+        kvf_err_set(err, KVF_E_INVAL, "scheduler: unknown policy %d", opts->policy);
+        return NULL;
+    }
     if (opts->max_blocks_per_seq < 1 || (int64_t)opts->max_blocks_per_seq * opts->block_size > INT32_MAX) {
         kvf_err_set(err, KVF_E_INVAL, "scheduler: max_blocks_per_seq %d out of range", opts->max_blocks_per_seq);
         return NULL;
@@ -339,11 +343,18 @@ int kvf_sched_schedule(kvf_sched_t *s, kvf_sched_plan_t *plan, kvf_err_t *err) {
     int32_t budget = s->o.max_prefill_token_num;
     for (int32_t i = 0; i < s->n_running; i++) s->running[i]->sched_new = 0;
 
-    if (s_plan_decodes(s, &budget, plan, err)) return -1;
-    if (s_plan_chunks(s, &budget, plan, err)) return -1;
-    // Under memory pressure this step admits nothing: a sequence just preempted
-    // would only be re-admitted to be preempted again.
-    if (plan->n_preempted == 0 && s_plan_admit(s, &budget, err)) return -1;
+    if (s->o.policy == KVF_SCHED_PREFILL_FIRST) {
+        if (s_plan_chunks(s, &budget, plan, err)) return -1;
+        if (plan->n_preempted == 0 && s_plan_admit(s, &budget, err)) return -1;
+        // No prefill could run (none left, the batch is full, or no room): decode.
+        if (budget == s->o.max_prefill_token_num && s_plan_decodes(s, &budget, plan, err)) return -1;
+    } else {
+        if (s_plan_decodes(s, &budget, plan, err)) return -1;
+        if (s_plan_chunks(s, &budget, plan, err)) return -1;
+        // Under memory pressure this step admits nothing: a sequence just preempted
+        // would only be re-admitted to be preempted again.
+        if (plan->n_preempted == 0 && s_plan_admit(s, &budget, err)) return -1;
+    }
 
     for (int32_t i = 0; i < s->n_running; i++) {
         kvf_seq_t *seq = s->running[i];
@@ -398,6 +409,13 @@ void kvf_sched_finish(kvf_sched_t *s, kvf_seq_t *seq) {
         s_wait_remove(s, seq);
     s_seq_release_blocks(s, seq);
     s_seq_free(seq);
+}
+
+int kvf_sched_set_policy(kvf_sched_t *s, int32_t policy, kvf_err_t *err) {
+    if (policy != KVF_SCHED_MIXED && policy != KVF_SCHED_PREFILL_FIRST)
+        return kvf_err_set(err, KVF_E_INVAL, "scheduler: unknown policy %d", policy);
+    s->o.policy = policy;
+    return 0;
 }
 
 int32_t kvf_sched_n_running(const kvf_sched_t *s) { return s->n_running; }

@@ -15,6 +15,15 @@
 //      waiting sequence is admitted only when the free blocks could hold all
 //      its known tokens (no prefill is started that would have to be preempted
 //      before it completes), and never in a step that had to preempt.
+// That is KVF_SCHED_MIXED, the default: every running sequence decodes every
+// step. KVF_SCHED_PREFILL_FIRST (offline batches, where only throughput counts)
+// runs passes 2 and 3 first and decodes only in a step where no prefill chunk
+// could run: prompts are prefilled in full steps until max_batch_size sequences
+// run or the queue is empty, and then the whole batch decodes together, so the
+// decode steps are as large as the batch (their GEMMs at their most efficient)
+// and there are as few of them as the waves need. Decodes wait at most until
+// the batch is full; in a server with a steady stream of arrivals they would
+// wait for each admission, which is why it is not the default.
 // Blocks for the tokens a step adds are allocated before it. When a running
 // sequence needs a block and none is free, the NEWEST running sequence (by
 // arrival) is preempted: its blocks are freed and it goes back to the head of
@@ -59,8 +68,14 @@ typedef struct {
     void *user;             // caller's per-request state (not owned)
 } kvf_seq_t;
 
+typedef enum {
+    KVF_SCHED_MIXED = 0,          // decodes first, prefill chunks in what is left of the budget (default)
+    KVF_SCHED_PREFILL_FIRST = 1,  // prefill chunks whenever one can run; decodes otherwise
+} kvf_sched_policy;
+
 typedef struct {
     int32_t block_size;
+    int32_t policy;                 // kvf_sched_policy
     int32_t max_batch_size;         // sequences running at once
     int32_t max_prefill_token_num;  // tokens per step (decodes + prefill chunks)
     int32_t max_blocks_per_seq;     // ceil(session_len / block_size)
@@ -117,6 +132,11 @@ int kvf_sched_append(kvf_sched_t *s, kvf_seq_t *seq, int32_t token, kvf_err_t *e
 // Removes a sequence (finished or cancelled), frees its blocks and the sequence;
 // the pointer is invalid afterwards.
 void kvf_sched_finish(kvf_sched_t *s, kvf_seq_t *seq);
+
+// Changes the policy (kvf_sched_policy) from the next kvf_sched_schedule on;
+// safe at any time (it only orders the passes). Returns 0, or -1 with err set
+// (KVF_E_INVAL) for an unknown policy.
+int kvf_sched_set_policy(kvf_sched_t *s, int32_t policy, kvf_err_t *err);
 
 // Counts.
 int32_t kvf_sched_n_running(const kvf_sched_t *s);
