@@ -24,6 +24,7 @@
 #include "common/log.h"
 #include "worker/backend.h"
 #include "worker/engine.h"
+#include "worker/sched.h"
 #ifdef KVF_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
@@ -40,18 +41,21 @@ static const char *s_usage =
     "                 [--kv-cache-dtype auto|fp8] [--quantization none|fp8]\n"
     "                 [--temperature T] [--top-p P] [--top-k K] [--min-p P] [--repetition-penalty R]\n"
     "                 [--peak-flops 789e12] [--peak-bw 4.2e12] [--seed S] [--cuda-graphs off|on|auto] [--json]\n"
+    "                 [--sched auto|mixed|prefill-first] [--trace FILE.csv]\n"
     "\n"
     "Offline throughput: N prompts of I random token ids (seeded), O output tokens each (greedy unless\n"
     "--temperature > 0, request i seeded S + i; EOS ignored), all queued at once. --weights dummy (default) builds the model from its config alone with\n"
     "seeded random weights; --weights DIR loads the safetensors in DIR (--config then names DIR or its\n"
     "config.json, or is left out). --session-len defaults to I + O. --max-batch-size defaults to what the\n"
-    "KV pool holds of such sequences, at least 128 and at most 512 (worker/engine.h). Reports throughput, decode step and\n"
+    "KV pool holds of such sequences, at least 128 and at most 1024 (worker/engine.h). Reports throughput, decode step and\n"
     "TTFT percentiles, peak memory, the KV pool, and the step roofline and workload floor with the\n"
     "fraction of each achieved (peaks default to one H200: 789e12 FLOP/s, 4.2e12 B/s). --cuda-graphs: which\n"
     "decode steps replay the cuda backend's CUDA graphs (worker/cuda_backend.h; default auto). --kv-cache-dtype fp8:\n"
     "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it). --quantization fp8: E4M3 linear\n"
     "layers (W8A8, worker/backend.h); the roofline's weight bytes follow the plan, and --peak-flops defaults\n"
-    "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md).\n";
+    "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md). --sched: the scheduler's policy (worker/sched.h);\n"
+    "auto (default) is prefill-first when every prompt fits in the batch at once, else mixed. --trace: one CSV row a step (its time and what\n"
+    "it ran: sequences, decodes, prefill tokens, KV tokens read, causal pairs), to see where a schedule spends.\n";
 
 // ---------------------------------------------------------------- options
 
@@ -67,6 +71,8 @@ typedef struct {
     double peak_flops, peak_bw;
     int json;
     const char *cuda_graphs;  // --cuda-graphs off|on|auto (kvf_cuda_backend_set_graphs); NULL: the backend's default
+    const char *trace;        // --trace FILE: a CSV row a step; NULL: none
+    int sched_auto;           // --sched auto (default): prefill-first when N fits in the batch, else mixed
     kvf_engine_opts_t eo;
     int session_len_given, peak_flops_given;
     double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
@@ -82,6 +88,7 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
     o->peak_bw = 4.2e12;
     o->eo = kvf_engine_opts_default();
     o->eo.max_batch_size = KVF_ENGINE_BATCH_AUTO;  // from the memory plan unless given
+    o->sched_auto = 1;
     o->n_prompts = o->input_len = o->output_len = -1;
     o->top_p = 1.0;
     o->rep_penalty = 1.0;
@@ -156,6 +163,13 @@ static int s_parse_args(int argc, char **argv, s_opts_t *o, kvf_err_t *err) {
             if (strcmp(v, "off") != 0 && strcmp(v, "on") != 0 && strcmp(v, "auto") != 0)
                 return kvf_err_set(err, KVF_E_INVAL, "--cuda-graphs: '%s' is not off, on or auto", v);
             o->cuda_graphs = v;
+        } else if (strcmp(a, "--sched") == 0) {
+            o->sched_auto = strcmp(v, "auto") == 0;
+            if (!o->sched_auto && kvf_engine_sched_parse(a, v, &o->eo.sched_policy, err) != 0)
+                return kvf_err_set(err, KVF_E_INVAL, "--sched: '%s' is not auto, mixed or prefill-first", v);
+        } else if (strcmp(a, "--trace") == 0) {
+            if (!*v) return kvf_err_set(err, KVF_E_INVAL, "--trace: empty file name");
+            o->trace = v;
         } else if (strcmp(a, "--repetition-penalty") == 0) {
             rc = kvf_args_double(a, v, 1e-3, 1e3, &o->rep_penalty, err);
         } else {
@@ -215,6 +229,10 @@ static int s_check_config_matches(const s_opts_t *o, kvf_err_t *err) {
 
 // ---------------------------------------------------------------- the run
 
+static const char *s_sched_name(int32_t policy) {
+    return policy == KVF_SCHED_PREFILL_FIRST ? "prefill-first" : "mixed";
+}
+
 typedef struct {
     int32_t n_tokens;
     int32_t finished;
@@ -240,6 +258,7 @@ typedef struct {
     kvf_roofline_hw_t hw;
     kvf_roofline_cost_t step_roof;  // summed over the steps run
     double elapsed;
+    FILE *trace;  // --trace, or NULL
 
     // memory
     const char *mem_source;
@@ -385,6 +404,9 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
         r->steps++;
         r->tokens_computed += (uint64_t)si.n_tokens;
         if (si.blocks_used > r->peak_blocks) r->peak_blocks = si.blocks_used;
+        if (r->trace)
+            fprintf(r->trace, "%llu,%.4f,%d,%d,%d,%lld,%lld\n", (unsigned long long)r->steps, dt * 1e3, si.n_seqs,
+                    si.n_decode, si.n_prefill_tokens, (long long)si.kv_tokens_read, (long long)si.attn_qk_pairs);
         if (si.n_prefill_tokens > 0) {
             r->prefill_tokens += (uint64_t)si.n_prefill_tokens;
             r->prefill_step_s += dt;
@@ -495,12 +517,12 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                  (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
                                                  o->rep_penalty));
     json_object_set_new(j, "engine",
-                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s, s:s}", "max_batch_size", eo->max_batch_size,
+                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s, s:s, s:s}", "max_batch_size", eo->max_batch_size,
                                   "max_prefill_token_num", eo->max_prefill_token_num, "block_size", eo->block_size,
                                   "session_len", eo->session_len, "cache_max_entry_count", eo->cache_max_entry_count,
                                   "memory_budget", (json_int_t)eo->memory_budget, "threads", eo->n_threads,
                                   "kv_cache_dtype", kvf_kv_dtype_name(eo->kv_dtype), "quantization",
-                                  kvf_quant_name(eo->quant)));
+                                  kvf_quant_name(eo->quant), "sched", s_sched_name(eo->sched_policy)));
     json_object_set_new(j, "elapsed_s", json_real(r->elapsed));
     json_object_set_new(j, "steps", json_integer((json_int_t)r->steps));
     json_object_set_new(j, "prompt_tokens", json_integer((json_int_t)(o->n_prompts * o->input_len)));
@@ -555,8 +577,9 @@ static void s_report_text(const s_run_t *r, const s_summary_t *s) {
     printf("workload         %lld prompts x %lld input + %lld output tokens, seed %llu; backend %s\n",
            (long long)o->n_prompts, (long long)o->input_len, (long long)o->output_len, (unsigned long long)o->seed,
            eo->backend);
-    printf("engine           max batch %d, max prefill tokens %d, block size %d, session len %d\n",
-           eo->max_batch_size, eo->max_prefill_token_num, eo->block_size, eo->session_len);
+    printf("engine           max batch %d, max prefill tokens %d, block size %d, session len %d, sched %s\n",
+           eo->max_batch_size, eo->max_prefill_token_num, eo->block_size, eo->session_len,
+           s_sched_name(eo->sched_policy));
     printf("elapsed          %.3f s (%llu steps, %llu tokens computed)\n", r->elapsed, (unsigned long long)r->steps,
            (unsigned long long)r->tokens_computed);
     printf("throughput       %.1f total tok/s, %.1f output tok/s, %.1f prefill tok/s\n", s->total_tps,
@@ -634,6 +657,16 @@ int main(int argc, char **argv) {
         return 2;
 #endif
     }
+    // auto: prefill-first pays off when the whole batch then decodes together; with
+    // more prompts than the batch, its waves would leave the batch part-empty.
+    if (o.sched_auto &&
+        kvf_engine_set_sched_policy(r.e, o.n_prompts <= kvf_engine_opts(r.e)->max_batch_size ? KVF_SCHED_PREFILL_FIRST
+                                                                                             : KVF_SCHED_MIXED,
+                                    &err) != 0) {
+        fprintf(stderr, "kvf-bench: %s\n", err.msg);
+        kvf_engine_destroy(&r.e);
+        return 1;
+    }
     s_mem_sample(&r);
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r.e);
     kvf_plan_t plan;
@@ -649,7 +682,17 @@ int main(int argc, char **argv) {
     r.reqs = kvf_xcalloc((size_t)o.n_prompts, sizeof(s_req_t));
 
     s_summary_t sum;
-    rc = s_run(&r, &err);
+    rc = 0;
+    if (o.trace) {
+        r.trace = fopen(o.trace, "w");
+        if (!r.trace)
+            rc = kvf_err_set(&err, KVF_E_IO, "--trace %s: %s", o.trace, strerror(errno));
+        else
+            fprintf(r.trace, "step,ms,n_seqs,n_decode,n_prefill_tokens,kv_tokens_read,attn_qk_pairs\n");
+    }
+    if (rc == 0) rc = s_run(&r, &err);
+    if (r.trace && fclose(r.trace) != 0 && rc == 0)
+        rc = kvf_err_set(&err, KVF_E_IO, "--trace %s: %s", o.trace, strerror(errno));
     if (rc == 0) {
         s_mem_end(&r);
         rc = s_summarize(&r, &sum, &err);

@@ -551,3 +551,81 @@ Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
         free(e);
     }
 }
+
+// --sched prefill-first runs the same workload to the same tokens in full
+// prefill steps and then whole-batch decodes; --trace writes a CSV row a step
+// that adds up to the report. Bad values are refused with a message.
+Test(kvf_bench, sched_policy_and_trace, .timeout = 120) {
+    char config[4096], extra[4096], args[8192];
+    KVF_FIXTURE_PATH(config, "stories260K/config.json");
+    char tmp[] = "/tmp/kvf_bench_traceXXXXXX";
+    int fd = mkstemp(tmp);
+    cr_assert_geq(fd, 0);
+    close(fd);
+    for (int pf = 0; pf <= 1; pf++) {
+        // 8 prompts of 16 tokens, 32 tokens a step: mixed decodes alongside the prompts, prefill-first does not
+        snprintf(extra, sizeof extra, "--max-prefill-token-num 32 --sched %s --trace %s",
+                 pf ? "prefill-first" : "mixed", tmp);
+        json_t *j = s_bench_json_with(config, extra);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "sched")),
+                         pf ? "prefill-first" : "mixed");
+        cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+        FILE *f = fopen(tmp, "r");
+        cr_assert_not_null(f);
+        char line[512];
+        cr_assert_not_null(fgets(line, sizeof line, f));
+        cr_assert_str_eq(line, "step,ms,n_seqs,n_decode,n_prefill_tokens,kv_tokens_read,attn_qk_pairs\n");
+        long rows = 0, prefill = 0, decodes = 0, mixed_rows = 0;
+        double ms = 0;
+        for (;;) {
+            long step, seqs, dec, pre, kv, qk;
+            double t;
+            if (!fgets(line, sizeof line, f)) break;
+            cr_assert_eq(sscanf(line, "%ld,%lf,%ld,%ld,%ld,%ld,%ld", &step, &t, &seqs, &dec, &pre, &kv, &qk), 7, "%s",
+                         line);
+            cr_assert_eq(step, rows + 1, "rows in step order, from 1");
+            cr_assert(t > 0 && seqs >= 1 && seqs <= 8 && dec <= seqs && dec + pre <= 32 && kv >= dec + pre && qk > 0,
+                      "%s", line);
+            if (pf && pre > 0) cr_assert_eq(dec, 0, "prefill-first: a prefill step decodes nothing: %s", line);
+            if (dec > 0 && pre > 0) mixed_rows++;
+            rows++;
+            prefill += pre;
+            decodes += dec;
+            ms += t;
+        }
+        fclose(f);
+        cr_assert_eq(rows, s_num(j, "steps"));
+        cr_assert_eq(prefill, 8 * 16);
+        cr_assert_eq(decodes, 8 * 7);
+        cr_assert_leq(ms, 1e3 * s_num(j, "elapsed_s") * 1.0001);
+        if (pf) {
+            cr_assert_eq(rows, 4 + 7, "4 full prefill steps, then 7 decodes of the whole batch");
+            cr_assert_eq(s_num(j, "decode_step_ms.steps"), 7);
+        } else {
+            cr_assert_gt(mixed_rows, 0, "mixed: decodes ride in prefill steps");
+        }
+        json_decref(j);
+    }
+    unlink(tmp);
+    // auto (the default): prefill-first when the 8 prompts fit in the batch, mixed when they do not
+    const char *autos[][2] = {{"", "prefill-first"}, {"--sched auto --max-batch-size 4", "mixed"}};
+    for (int i = 0; i < 2; i++) {
+        json_t *j = s_bench_json_with(config, autos[i][0]);
+        cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "sched")), autos[i][1],
+                         "'%s'", autos[i][0]);
+        cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
+        json_decref(j);
+    }
+    int rc;
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --sched fifo", config);
+    char *e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 2);
+    cr_assert(strstr(e, "--sched: 'fifo' is not auto, mixed or prefill-first"), "%s", e);
+    free(e);
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --trace /nonexistent/t.csv",
+             config);
+    e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, 1);
+    cr_assert(strstr(e, "--trace /nonexistent/t.csv"), "%s", e);
+    free(e);
+}

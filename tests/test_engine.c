@@ -440,7 +440,7 @@ Test(engine, auto_batch_size_follows_the_pool) {
     kvf_err_t err;
     // {pool blocks (16 tokens), max_prefill_token_num, expected}: 128-token sequences take 8 blocks
     const int cases[][3] = {{8 * 200, 512, 200}, {8 * 10, 512, KVF_ENGINE_BATCH_AUTO_MIN},
-                            {8 * 1000, 2048, KVF_ENGINE_BATCH_AUTO_MAX}, {8 * 200, 64, 64}};
+                            {8 * 2000, 2048, KVF_ENGINE_BATCH_AUTO_MAX}, {8 * 200, 64, 64}};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         kvf_engine_opts_t o = kvf_engine_opts_default();
         o.block_size = 16;

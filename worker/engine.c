@@ -94,6 +94,17 @@ kvf_engine_opts_t kvf_engine_opts_default(void) {
     return o;
 }
 
+int kvf_engine_sched_parse(const char *flag, const char *v, int32_t *policy, kvf_err_t *err) {
+    if (v && strcmp(v, "mixed") == 0) {
+        *policy = KVF_SCHED_MIXED;
+    } else if (v && strcmp(v, "prefill-first") == 0) {
+        *policy = KVF_SCHED_PREFILL_FIRST;
+    } else {
+        return kvf_err_set(err, KVF_E_INVAL, "%s: '%s' is not mixed or prefill-first", flag, v ? v : "");
+    }
+    return 0;
+}
+
 #define MIB(b) ((double)(b) / (1024.0 * 1024.0))
 
 // ---------------------------------------------------------------- construction
@@ -112,6 +123,8 @@ static int s_check_opts(const kvf_engine_opts_t *o, kvf_err_t *err) {
     if (!(o->cache_max_entry_count > 0) || !isfinite(o->cache_max_entry_count))
         return kvf_err_set(err, KVF_E_INVAL, "--cache-max-entry-count %g must be > 0 (a fraction < 1, or blocks)",
                            o->cache_max_entry_count);
+    if (o->sched_policy != KVF_SCHED_MIXED && o->sched_policy != KVF_SCHED_PREFILL_FIRST)
+        return kvf_err_set(err, KVF_E_INVAL, "sched_policy %d is not mixed (0) or prefill-first (1)", o->sched_policy);
     if (o->n_threads < 0) return kvf_err_set(err, KVF_E_INVAL, "--threads %d must be >= 0", o->n_threads);
     if (o->device < 0) return kvf_err_set(err, KVF_E_INVAL, "--device %d must be >= 0", o->device);
     return 0;
@@ -286,6 +299,7 @@ kvf_engine_t *kvf_engine_new(const char *model_dir, const kvf_engine_opts_t *opt
 
     e->bm = kvf_blockmgr_new(e->be->n_blocks, o.block_size, o.enable_prefix_caching);
     kvf_sched_opts_t so = {.block_size = o.block_size,
+                           .policy = o.sched_policy,
                            .max_batch_size = o.max_batch_size,
                            .max_prefill_token_num = o.max_prefill_token_num,
                            .max_blocks_per_seq = e->max_blocks_per_seq};
@@ -367,6 +381,12 @@ void kvf_engine_destroy(kvf_engine_t **self_p) {
 const kvf_modelcfg_t *kvf_engine_cfg(const kvf_engine_t *e) { return &e->cfg; }
 const kvf_tokenizer_t *kvf_engine_tokenizer(const kvf_engine_t *e) { return e->tok; }
 const kvf_engine_opts_t *kvf_engine_opts(const kvf_engine_t *e) { return &e->o; }
+
+int kvf_engine_set_sched_policy(kvf_engine_t *e, int32_t policy, kvf_err_t *err) {
+    if (kvf_sched_set_policy(e->sched, policy, err) != 0) return -1;
+    e->o.sched_policy = policy;
+    return 0;
+}
 struct kvf_backend_s *kvf_engine_backend(kvf_engine_t *e) { return e->be; }
 
 void kvf_engine_plan(const kvf_engine_t *e, kvf_plan_t *out) {

@@ -31,13 +31,16 @@
 // holds, KVF_ENGINE_BATCH_AUTO_MIN, KVF_ENGINE_BATCH_AUTO_MAX)) at once
 // (kvf_engine_opts() gives the choice). Why these bounds (bench/RESULTS.md,
 // Llama-3-8B on one H200, 1024 x 512 + 128): 128 sequences leave the decode
-// GEMMs bandwidth-bound (22.5 s) where 512 make them compute-bound (19.9 s), and
-// 1024 is no faster than 512; more than the pool holds only preempts. The
-// minimum is the old default, so a small pool runs as before. One TP rank
-// cannot see the others' pools: with opts.tp the choice is the minimum.
+// GEMMs bandwidth-bound (22.5 s) where 512 make them compute-bound (19.9 s).
+// Under KVF_SCHED_MIXED 1024 is no faster than 512 (its decode batch only
+// grows and drains); under KVF_SCHED_PREFILL_FIRST the whole 1024 decode
+// together, 0.2-0.3 s faster (session 12), hence 1024. More than the pool
+// holds only preempts. The minimum is the old default, so a small pool runs
+// as before. One TP rank cannot see the others' pools: with opts.tp the choice
+// is the minimum.
 #define KVF_ENGINE_BATCH_AUTO 0
 #define KVF_ENGINE_BATCH_AUTO_MIN 128
-#define KVF_ENGINE_BATCH_AUTO_MAX 512
+#define KVF_ENGINE_BATCH_AUTO_MAX 1024
 
 typedef struct {
     const char *backend;            // "cpu" (default) or "cuda"
@@ -48,6 +51,8 @@ typedef struct {
     int32_t max_batch_size;         // sequences per step (default 128); KVF_ENGINE_BATCH_AUTO (0): chosen
                                     // from the memory plan, see KVF_ENGINE_BATCH_AUTO_MAX
     int32_t max_prefill_token_num;  // tokens per step (default 8192)
+    int32_t sched_policy;           // kvf_sched_policy (worker/sched.h): KVF_SCHED_MIXED (default) or
+                                    // KVF_SCHED_PREFILL_FIRST (offline throughput; kvf_engine_sched_parse)
     int32_t session_len;            // longest sequence, prompt + output; 0 = the model's max_position
     double cache_max_entry_count;   // KV pool: fraction (< 1) of the memory left, or blocks (>= 1); default 0.8
     uint64_t memory_budget;         // cpu: bytes for weights + workspace + KV; 0 = available RAM
@@ -70,6 +75,10 @@ typedef struct {
 
 // The defaults listed above.
 kvf_engine_opts_t kvf_engine_opts_default(void);
+
+// Parses a --sched value, "mixed" or "prefill-first", into *policy. Returns 0,
+// or -1 with err set (KVF_E_INVAL) naming flag and value.
+int kvf_engine_sched_parse(const char *flag, const char *v, int32_t *policy, kvf_err_t *err);
 
 typedef struct {
     int32_t total_blocks, free_blocks;  // free includes cached-but-evictable blocks
@@ -105,6 +114,10 @@ void kvf_engine_destroy(kvf_engine_t **self_p);
 const kvf_modelcfg_t *kvf_engine_cfg(const kvf_engine_t *e);
 const kvf_tokenizer_t *kvf_engine_tokenizer(const kvf_engine_t *e);
 const kvf_engine_opts_t *kvf_engine_opts(const kvf_engine_t *e);
+
+// Switches the scheduler's policy (kvf_sched_policy) from the next step on, e.g.
+// once the chosen max_batch_size is known. Returns 0, or -1 with err set.
+int kvf_engine_set_sched_policy(kvf_engine_t *e, int32_t policy, kvf_err_t *err);
 
 // The backend, owned by the engine (a TP follower runs the leader's steps on it).
 struct kvf_backend_s *kvf_engine_backend(kvf_engine_t *e);
