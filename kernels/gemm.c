@@ -302,7 +302,7 @@ int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err)
 
 #define KVF_GEMM_TUNE_MAX 24
 #define KVF_GEMM_TUNE_ROUNDS_MAX 15
-#define KVF_GEMM_TUNE_BUCKET_MAX 512  // kvf_gemm_tune_buckets: the buckets of 64 rows
+#define KVF_GEMM_TUNE_BUCKET_MAX 1024  // kvf_gemm_tune_buckets: the buckets of 64 rows, then 1024
 
 int kvf_gemm_ctx_set_tune(kvf_gemm_ctx_t *ctx, int reps, int rounds, kvf_err_t *err) {
     KVF_REQUIRE(ctx && reps >= 1 && reps <= 100000 && rounds >= 1 && rounds <= KVF_GEMM_TUNE_ROUNDS_MAX, err);
@@ -420,7 +420,7 @@ int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, i
     for (int i = 0; i < nw; i++) KVF_REQUIRE(w[i], err);
     KVF_REQUIRE(n_max > 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
-    for (int nb = 64; nb <= n_max && nb <= KVF_GEMM_TUNE_BUCKET_MAX; nb += 64) {
+    for (int nb = 64; nb <= n_max && nb <= KVF_GEMM_TUNE_BUCKET_MAX; nb = nb < 512 ? nb + 64 : nb + 512) {
         s_entry_t e;  // descriptors of the bucket's row count, with the heuristic's pick
         memset(&e, 0, sizeof e);
         if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, accumulate != 0, 0, s_scale_hint(ctx), 0, err) != 0 ||

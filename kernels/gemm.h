@@ -106,8 +106,8 @@ typedef struct {
     double heuristic_ms, kept_ms;
 } kvf_gemm_tune_sum_t;
 
-// Start-up only (it synchronizes the stream): for every row bucket of 64 rows (64,
-// 128, ...) up to min(n_max, 512) of this shape (beta 0, or beta 1 when accumulate: y is
+// Start-up only (it synchronizes the stream): for every row bucket (64, 128, ...,
+// 512, then 1024) up to min(n_max, 1024) of this shape (beta 0, or beta 1 when accumulate: y is
 // then read too), times the heuristic's bucket pick against
 // its max_cand best candidates (kvf_gemm_ctx_set_tune's reps and rounds), each
 // call reading the next of the nw weight matrices w[i] (so that a small W comes

@@ -217,9 +217,9 @@ Test(kernels, silu_mul) {
 // against the host product; ref is scratch of 700 x M.
 static void s_check_bucket_picks(kvf_gemm_ctx_t *ctx, const char *what, uint16_t *d_y, const uint16_t *d_x,
                                  const uint16_t *d_w, const float *x, const float *w, float *ref, int K, int M) {
-    static const int ns[] = {1, 37, 64, 65, 200, 511, 513, 700};
+    static const int ns[] = {1, 37, 64, 65, 200, 511, 513, 700, 1024};
     kvf_err_t err;
-    for (int i = 0; i < 8; i++) {
+    for (int i = 0; i < 9; i++) {
         const int n = ns[i];
         CUDA_OK(cudaMemset(d_y, 0xff, (size_t)n * M * 2));
         cr_assert(kvf_gemm(ctx, d_y, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
@@ -283,7 +283,7 @@ Test(kernels, gemm) {
     // kvf_gemm_prepare: after it, row counts never seen (bucket picks) query nothing and compute the product
     ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
     cr_assert(ctx, "%s", err.msg);
-    const int K = 1024, M = 2048, n_max = 700;
+    const int K = 1024, M = 2048, n_max = 1024;
     cr_assert(kvf_gemm_prepare(ctx, KVF_GEMM_OUT_BF16, n_max, K, M, 0, &err) == 0, "%s", err.msg);
     const uint64_t q0 = kvf_gemm_heuristic_calls(ctx);
     cr_expect_eq(q0, 9, "buckets 64..512 and 1024: %llu queries", (unsigned long long)q0);
@@ -296,7 +296,7 @@ Test(kernels, gemm) {
     s_check_bucket_picks(ctx, "bucket pick", d_y, d_x, d_w, x, w, ref, K, M);
     cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0, "%llu queries after prepare",
                  (unsigned long long)(kvf_gemm_heuristic_calls(ctx) - q0));
-    // kvf_gemm_tune_buckets: the buckets of 64..512 rows timed over two weight copies (one candidate
+    // kvf_gemm_tune_buckets: the buckets of 64..512 and 1024 rows timed over two weight copies (one candidate
     // list query each), the kept picks no slower, and every row count still the same product
     uint16_t *d_w2 = s_up(wb, (size_t)M * K * 2);
     const uint16_t *wl[2] = {d_w, d_w2};
@@ -304,11 +304,11 @@ Test(kernels, gemm) {
     cr_assert(kvf_gemm_ctx_set_tune(ctx, 4, 3, &err) == 0, "%s", err.msg);
     cr_assert(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, 0, d_x, wl, 2, n_max, K, M, 6, 0, &sum, &err) == 0,
               "%s", err.msg);
-    cr_expect(sum.buckets == 8 && sum.changed >= 0 && sum.changed <= 8, "%d buckets, %d changed", sum.buckets,
+    cr_expect(sum.buckets == 9 && sum.changed >= 0 && sum.changed <= 9, "%d buckets, %d changed", sum.buckets,
               sum.changed);
     cr_expect(sum.heuristic_ms > 0 && sum.kept_ms > 0 && sum.kept_ms <= sum.heuristic_ms, "%.4f -> %.4f ms",
               sum.heuristic_ms, sum.kept_ms);
-    cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0 + 8);
+    cr_expect_eq(kvf_gemm_heuristic_calls(ctx), q0 + 9);
     s_check_bucket_picks(ctx, "tuned bucket pick", d_y, d_x, d_w2, x, w, ref, K, M);
     cr_expect(kvf_gemm_tune_buckets(ctx, d_y, KVF_GEMM_OUT_BF16, 0, d_x, wl, 0, n_max, K, M, 6, 0, NULL, &err) == -1 &&
               err.code == KVF_E_INVAL);

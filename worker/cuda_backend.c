@@ -241,7 +241,12 @@ static int s_tune_gemms(kvf_cuda_t *c, kvf_err_t *err) {
 static int s_tune_buckets(kvf_cuda_t *c, kvf_err_t *err) {
     const kvf_backend_opts_t *o = &c->base.opts;
     const int D = c->dim, F = c->ff, V = c->sh.nv, QD = c->q_dim;
-    const int nm = (o->max_step_tokens < 512 ? o->max_step_tokens : 512) / 64 * 64;
+    // Decode steps run up to max_batch_size rows: past 512 the 1024-row bucket too (KVF_GEMM_TUNE_ROWS: another
+    // limit, for A/B runs)
+    const char *renv = getenv("KVF_GEMM_TUNE_ROWS");
+    int lim = o->max_batch_size > 512 ? 1024 : 512;
+    if (renv && atoi(renv) > 0) lim = atoi(renv);
+    const int nm = (o->max_step_tokens < lim ? o->max_step_tokens : lim) / 64 * 64;
     const int nl = (o->max_logit_rows < nm ? o->max_logit_rows : nm) / 64 * 64;
     if (c->w_fp8 || nm < 64 || (long long)D * c->qkv_dim < (1LL << 22)) return 0;
     enum { NW = 4 };
