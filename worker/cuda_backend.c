@@ -59,6 +59,7 @@ int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows) {
     if (!be || be->ops != &s_cuda_ops || min_rows < 1) return -1;
     if (!((kvf_cuda_t *)be)->swiglu && !((kvf_cuda_t *)be)->qkv_rope) return -1;
     ((kvf_cuda_t *)be)->swiglu_min_rows = min_rows;
+    ((kvf_cuda_t *)be)->qkv_rope_min_rows = min_rows;
     return 0;
 }
 
@@ -428,9 +429,11 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     c->qkv_rope = !(qenv && !strcmp(qenv, "0")) && c->rope_cs && !cfg->attention_bias && !c->w_fp8 &&
                   (c->act_mode & S_ACT_QKV) &&
                   o->kv_dtype != KVF_KV_FP8 && c->n_heads % 2 == 0 && c->dim % 64 == 0 && kvf_gemm_qkv_rope_available();
+    const char *qrows = getenv("KVF_QKV_ROPE_MIN_ROWS");
+    c->qkv_rope_min_rows = qrows && atoi(qrows) > 0 ? atoi(qrows) : KVF_CUDA_QKV_ROPE_MIN_ROWS;
     if (c->qkv_rope)
         kvf_log(KVF_LOG_INFO, "cuda backend: QKV GEMM, RoPE and the cache write fused (one kernel) for steps of >= %d "
-                "rows", c->swiglu_min_rows);
+                "rows", c->qkv_rope_min_rows);
     // o_proj and down_proj add into the f32 residual (beta 1) instead of writing o for the
     // norm to add: the norms then read 4 bytes an element instead of 6 and write 2 instead of 6.
     const char *renv = getenv("KVF_RESID_GEMM");

@@ -91,10 +91,15 @@ int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode);
 // Steps of at least min_rows rows run the MLP's gate/up GEMM and SwiGLU as one kernel
 // (kernels/gemm_swiglu.h; default KVF_CUDA_SWIGLU_MIN_ROWS, or KVF_SWIGLU_MIN_ROWS; KVF_SWIGLU=0
 // turns the kernel off at start-up), and so the QKV GEMM with RoPE (kernels/gemm_qkv_rope.h,
-// KVF_QKV_ROPE=0 off). Smaller steps keep cuBLASLt's GEMMs, a silu_mul and rope_kv.
+// KVF_QKV_ROPE=0 off; its own default KVF_CUDA_QKV_ROPE_MIN_ROWS, or KVF_QKV_ROPE_MIN_ROWS, until
+// this call sets both). Smaller steps keep cuBLASLt's GEMMs, a silu_mul and rope_kv.
 // Returns 0, or -1 where the backend runs without either fused kernel (not built for sm_90a or
 // not such a device, FP8 linear layers, f32 activations, ff not a multiple of 128) or min_rows < 1.
+// The QKV kernel's own threshold is higher: at 1024 rows (prefill-first decode steps) its 8 x 24
+// tiles fill 1.45 waves of an H200's SMs, and cuBLASLt's QKV GEMM with rope_kv ran those decode
+// steps 1% faster (44.3 -> 43.9 ms, bench/RESULTS.md session 12); the fused SwiGLU stayed faster.
 #define KVF_CUDA_SWIGLU_MIN_ROWS 1024
+#define KVF_CUDA_QKV_ROPE_MIN_ROWS 2048
 int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows);
 
 // Steps run by graph replay so far (0 for NULL or another backend).

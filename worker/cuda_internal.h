@@ -152,8 +152,8 @@ typedef struct {
     // every layer's wgu is interleaved (KVF_SWIGLU_BLOCK) and smaller steps use kvf_silu_mul_blocked
     int swiglu, swiglu_min_rows, swiglu_variant;  // KVF_SWIGLU_VARIANT: another kernel variant (A/B)
     // the QKV GEMM with RoPE and the cache write fused (kvf_gemm_qkv_rope) in steps of >=
-    // swiglu_min_rows rows too (head_dim 128, bf16 layers and cache; KVF_QKV_ROPE=0: off)
-    int qkv_rope;
+    // qkv_rope_min_rows rows (head_dim 128, bf16 layers and cache; KVF_QKV_ROPE=0: off)
+    int qkv_rope, qkv_rope_min_rows;
     // o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1), so the
     // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
     int resid_gemm;

@@ -234,7 +234,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
     }
     S_TM(S_T_EMBED);
-    const int fq = c->qkv_rope && n >= c->swiglu_min_rows;  // kvf_gemm_qkv_rope: the step's angles and slots
+    const int fq = c->qkv_rope && n >= c->qkv_rope_min_rows;  // kvf_gemm_qkv_rope: the step's angles and slots
     if (fq) S_K(kvf_rope_table(c->rope_cs, c->rope_slot, c->inv_freq, d_pos, d_seq, d_bt, MB, n, HD, KV, bs,
                                be->n_blocks, st, err));
     for (int l = 0; l < cfg->n_layers; l++) {
