@@ -39,7 +39,8 @@ enum {
     KB_SEC_READ = 1 << 7,
     KB_SEC_MLP = 1 << 8,
     KB_SEC_QKV = 1 << 9,
-    KB_SEC_ALL = (1 << 10) - 1,
+    KB_SEC_OVERLAP = 1 << 10,
+    KB_SEC_ALL = (1 << 11) - 1,
 };
 
 typedef struct {
@@ -118,5 +119,6 @@ int kvf_kb_bench_sample(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err);
+int kvf_kb_bench_overlap(kvf_kb_t *b, kvf_err_t *err);  // kbench_overlap.c
 
 #endif

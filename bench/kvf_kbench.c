@@ -37,7 +37,8 @@ static const char *s_usage =
     "the TFLOP/s and/or TB/s the median achieves. SECTION: gemm, silu, norm, rope, attn-decode,\n"
     "attn-prefill, sample, read (the device's read ceilings: a flat buffer and attn-decode's paged\n"
     "pattern), mlp (gate/up GEMM + silu_mul against the fused SwiGLU GEMM), qkv (QKV GEMM + rope_kv against\n"
-    "the fused QKV + RoPE GEMM) (default: all, in that order).\n"
+    "the fused QKV + RoPE GEMM), overlap (a 1024-row GEMM beside a streaming read: on two streams, and on\n"
+    "green contexts splitting the SMs; wall ms, not events) (default: all, in that order).\n"
     "\"rot N\" (JSON \"copies\"): the inputs are N copies, each call reading the next, so that they come\n"
     "from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
@@ -52,7 +53,7 @@ static const struct {
     {"gemm", KB_SEC_GEMM}, {"silu", KB_SEC_SILU},          {"norm", KB_SEC_NORM},
     {"rope", KB_SEC_ROPE}, {"attn-decode", KB_SEC_DECODE}, {"attn-prefill", KB_SEC_PREFILL},
     {"sample", KB_SEC_SAMPLE}, {"read", KB_SEC_READ},      {"mlp", KB_SEC_MLP},
-    {"qkv", KB_SEC_QKV},
+    {"qkv", KB_SEC_QKV},       {"overlap", KB_SEC_OVERLAP},
 };
 
 // ---------------------------------------------------------------- options
@@ -85,7 +86,7 @@ static int s_parse_only(const char *v, int *only, kvf_err_t *err) {
         if (!bit) {
             rc = kvf_err_set(err, KVF_E_INVAL,
                              "--only: unknown section '%s' (gemm, silu, norm, rope, attn-decode, attn-prefill, "
-                             "sample, read, mlp, qkv)",
+                             "sample, read, mlp, qkv, overlap)",
                              t);
             break;
         }
@@ -346,7 +347,8 @@ int main(int argc, char **argv) {
                 {KB_SEC_NORM, kvf_kb_bench_norm},       {KB_SEC_ROPE, kvf_kb_bench_rope},
                 {KB_SEC_DECODE, kvf_kb_bench_decode},   {KB_SEC_PREFILL, kvf_kb_bench_prefill},
                 {KB_SEC_SAMPLE, kvf_kb_bench_sample},   {KB_SEC_READ, kvf_kb_bench_read},
-                {KB_SEC_MLP, kvf_kb_bench_mlp},         {KB_SEC_QKV, kvf_kb_bench_qkv}};
+                {KB_SEC_MLP, kvf_kb_bench_mlp},         {KB_SEC_QKV, kvf_kb_bench_qkv},
+                {KB_SEC_OVERLAP, kvf_kb_bench_overlap}};
     for (size_t i = 0; rc == 0 && i < sizeof secs / sizeof secs[0]; i++) {
         if (!(o.only & secs[i].bit)) continue;
         rc = secs[i].fn(&b, &err);

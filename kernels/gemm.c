@@ -42,6 +42,7 @@ struct kvf_gemm_ctx_s {
     uint64_t n_heuristic;  // cublasLtMatmulAlgoGetHeuristic calls
     int tune_reps, tune_rounds;  // kvf_gemm_tune: timed calls a candidate and round, rounds
     int fp8_fast_accum;          // kvf_gemm_ctx_set_fp8_fast_accum
+    int sm_count;                // kvf_gemm_ctx_set_sm_count (0: the whole device)
 };
 
 // A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
@@ -128,7 +129,7 @@ static const void *s_scale_hint(const kvf_gemm_ctx_t *ctx) {
 
 // Builds the descriptors of one shape (no algorithm yet).
 static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, int accumulate, int fp8,
-                         const void *scale_hint, int8_t fast_accum, kvf_err_t *err) {
+                         const void *scale_hint, int8_t fast_accum, int sm_count, kvf_err_t *err) {
     e->n = n, e->d_in = d_in, e->d_out = d_out, e->y_type = y_type, e->accumulate = accumulate, e->fp8 = fp8;
     const cudaDataType_t it = fp8 ? CUDA_R_8F_E4M3 : CUDA_R_16BF;
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
@@ -136,6 +137,11 @@ static int s_entry_build(s_entry_t *e, int n, int d_in, int d_out, int y_type, i
     KVF_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), err);
     KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), err);
+    if (sm_count > 0) {
+        const int32_t sms = sm_count;
+        KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sms, sizeof sms),
+                         err);
+    }
     if (fp8) {  // a scale per row of W (A's columns here) and per row of x (B's columns)
         const int32_t m = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
         KVF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &m, sizeof m), err);
@@ -170,7 +176,7 @@ static int s_bucket_algo(kvf_gemm_ctx_t *ctx, const s_entry_t *e, cublasLtMatmul
     s_entry_t be;  // descriptors of the bucket's row count
     memset(&be, 0, sizeof be);
     int rc = s_entry_build(&be, nb, e->d_in, e->d_out, e->y_type, e->accumulate, e->fp8, s_scale_hint(ctx),
-                           (int8_t)ctx->fp8_fast_accum, err);
+                           (int8_t)ctx->fp8_fast_accum, ctx->sm_count, err);
     if (rc == 0) rc = s_heuristic(ctx, be.op, be.a, be.b, be.c, nb, e->d_in, e->d_out, algo, err);
     s_entry_clear(&be);
     if (rc != 0) return -1;
@@ -199,6 +205,7 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
     }
     s_entry_clear(e);
     if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, fp8, s_scale_hint(ctx), (int8_t)ctx->fp8_fast_accum,
+                      ctx->sm_count,
                       err) != 0 ||
         s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
@@ -295,6 +302,14 @@ int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err)
         KVF_REQUIRE(!ctx->cache[i].valid || !ctx->cache[i].fp8, err);  // before the first FP8 GEMM
     for (int i = 0; i < KVF_GEMM_ALGOS; i++) KVF_REQUIRE(!ctx->algos[i].valid || !ctx->algos[i].fp8, err);
     ctx->fp8_fast_accum = on != 0;
+    return 0;
+}
+
+int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int sms, kvf_err_t *err) {
+    KVF_REQUIRE(ctx && sms >= 0, err);
+    for (int i = 0; i < KVF_GEMM_CACHE; i++) KVF_REQUIRE(!ctx->cache[i].valid, err);  // before the first GEMM
+    for (int i = 0; i < KVF_GEMM_ALGOS; i++) KVF_REQUIRE(!ctx->algos[i].valid, err);
+    ctx->sm_count = sms;
     return 0;
 }
 
@@ -423,7 +438,8 @@ int kvf_gemm_tune_buckets(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, i
     for (int nb = 64; nb <= n_max && nb <= KVF_GEMM_TUNE_BUCKET_MAX; nb = nb < 512 ? nb + 64 : nb + 512) {
         s_entry_t e;  // descriptors of the bucket's row count, with the heuristic's pick
         memset(&e, 0, sizeof e);
-        if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, accumulate != 0, 0, s_scale_hint(ctx), 0, err) != 0 ||
+        if (s_entry_build(&e, nb, d_in, d_out, (int)y_type, accumulate != 0, 0, s_scale_hint(ctx), 0, ctx->sm_count,
+                          err) != 0 ||
             s_bucket_algo(ctx, &e, &e.algo, err) != 0) {
             s_entry_clear(&e);
             return -1;

@@ -68,6 +68,12 @@ int kvf_gemm_fp8(kvf_gemm_ctx_t *ctx,
 // kvf_gemm_fp8 / kvf_gemm_prepare_fp8 of the context. Returns 0, or -1 with err set.
 int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err);
 
+// Before the first GEMM: picks for kernels that will run on sms SMs (cuBLASLt's
+// SM_COUNT_TARGET), e.g. on the streams of a green context holding that many, so
+// that a persistent kernel does not launch a grid for the whole device; 0 (the
+// default): the whole device. Returns 0, or -1 with err set.
+int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int sms, kvf_err_t *err);
+
 // kvf_gemm_prepare for kvf_gemm_fp8's shapes.
 int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err);
 
