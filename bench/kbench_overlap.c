@@ -196,7 +196,8 @@ int kvf_kb_bench_overlap(kvf_kb_t *b, kvf_err_t *err) {
     int rc = -1;
     cudaStream_t s2 = NULL;
     memset(&wk, 0, sizeof wk);
-    if (kvf_kb_alloc(b, &x, (size_t)S_ROWS * KB_DIM * 2, err) || kvf_kb_alloc(b, &w, (size_t)2 * KB_FF * KB_DIM * 2, err) ||
+    if (kvf_kb_alloc(b, &x, (size_t)S_ROWS * KB_DIM * 2, err) ||
+        kvf_kb_alloc(b, &w, (size_t)2 * KB_FF * KB_DIM * 2, err) ||
         kvf_kb_alloc(b, &y, (size_t)S_ROWS * 2 * KB_FF * 2, err) || kvf_kb_alloc(b, &buf, S_READ_BYTES, err) ||
         kvf_kb_alloc(b, &out, (size_t)n_sms * 16 * sizeof(uint32_t), err) ||
         kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) || kvf_kb_alloc(b, &ws2, KB_GEMM_WORKSPACE, err) ||

@@ -54,8 +54,9 @@ static const char *s_usage =
     "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it). --quantization fp8: E4M3 linear\n"
     "layers (W8A8, worker/backend.h); the roofline's weight bytes follow the plan, and --peak-flops defaults\n"
     "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md). --sched: the scheduler's policy (worker/sched.h);\n"
-    "auto (default) is prefill-first when every prompt fits in the batch at once, else mixed. --trace: one CSV row a step (its time and what\n"
-    "it ran: sequences, decodes, prefill tokens, KV tokens read, causal pairs), to see where a schedule spends.\n";
+    "auto (default) is prefill-first when every prompt fits in the batch at once, else mixed. --trace: one\n"
+    "CSV row a step (its time and what it ran: sequences, decodes, prefill tokens, KV tokens read, causal\n"
+    "pairs), to see where a schedule spends.\n";
 
 // ---------------------------------------------------------------- options
 
@@ -517,7 +518,8 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                  (json_int_t)o->top_k, "min_p", o->min_p, "repetition_penalty",
                                                  o->rep_penalty));
     json_object_set_new(j, "engine",
-                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s, s:s, s:s}", "max_batch_size", eo->max_batch_size,
+                        json_pack("{s:i, s:i, s:i, s:i, s:f, s:I, s:i, s:s, s:s, s:s}", "max_batch_size",
+                                  eo->max_batch_size,
                                   "max_prefill_token_num", eo->max_prefill_token_num, "block_size", eo->block_size,
                                   "session_len", eo->session_len, "cache_max_entry_count", eo->cache_max_entry_count,
                                   "memory_budget", (json_int_t)eo->memory_budget, "threads", eo->n_threads,
