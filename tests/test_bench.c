@@ -442,6 +442,17 @@ Test(kvf_bench, real_weights_and_text_report, .timeout = 120) {
     free(out);
 }
 
+// kvf-bench on one 4-token prompt with `flags` must exit want_rc with want in its message.
+static void s_expect_refused(const char *config, const char *flags, int want_rc, const char *want) {
+    char args[8192];
+    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 %s", config, flags);
+    int rc;
+    char *e = s_run_bench_err(args, &rc);
+    cr_assert_eq(rc, want_rc, "%s: exit %d", flags, rc);
+    cr_assert(strstr(e, want), "%s: %s", flags, e);
+    free(e);
+}
+
 Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     char config[2048], dir[2048], args[8192];
     KVF_FIXTURE_PATH(config, "stories260K/config.json");
@@ -482,18 +493,8 @@ Test(kvf_bench, bad_input_fails_with_a_message, .timeout = 60) {
     cr_assert_eq(rc, 2);
     cr_assert(strstr(e, "model's own config"), "%s", e);
     free(e);
-    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --kv-cache-dtype fp16",
-             config);
-    e = s_run_bench_err(args, &rc);
-    cr_assert_eq(rc, 2);
-    cr_assert(strstr(e, "--kv-cache-dtype 'fp16': expected auto or fp8"), "%s", e);
-    free(e);
-    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --quantization int8",
-             config);
-    e = s_run_bench_err(args, &rc);
-    cr_assert_eq(rc, 2);
-    cr_assert(strstr(e, "--quantization 'int8': expected none or fp8"), "%s", e);
-    free(e);
+    s_expect_refused(config, "--kv-cache-dtype fp16", 2, "--kv-cache-dtype 'fp16': expected auto or fp8");
+    s_expect_refused(config, "--quantization int8", 2, "--quantization 'int8': expected none or fp8");
 }
 
 // --kv-cache-dtype fp8 on the cpu: the same workload runs and the report says which cache it had.
@@ -556,7 +557,7 @@ Test(kvf_bench, sampled_run_reports_its_sampling, .timeout = 120) {
 // prefill steps and then whole-batch decodes; --trace writes a CSV row a step
 // that adds up to the report. Bad values are refused with a message.
 Test(kvf_bench, sched_policy_and_trace, .timeout = 120) {
-    char config[4096], extra[4096], args[8192];
+    char config[4096], extra[4096];
     KVF_FIXTURE_PATH(config, "stories260K/config.json");
     char tmp[] = "/tmp/kvf_bench_traceXXXXXX";
     int fd = mkstemp(tmp);
@@ -616,16 +617,6 @@ Test(kvf_bench, sched_policy_and_trace, .timeout = 120) {
         cr_assert_eq(s_num(j, "output_tokens"), 8 * 8);
         json_decref(j);
     }
-    int rc;
-    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --sched fifo", config);
-    char *e = s_run_bench_err(args, &rc);
-    cr_assert_eq(rc, 2);
-    cr_assert(strstr(e, "--sched: 'fifo' is not auto, mixed or prefill-first"), "%s", e);
-    free(e);
-    snprintf(args, sizeof args, "--config %s --num-prompts 1 --input-len 4 --output-len 4 --trace /nonexistent/t.csv",
-             config);
-    e = s_run_bench_err(args, &rc);
-    cr_assert_eq(rc, 1);
-    cr_assert(strstr(e, "--trace /nonexistent/t.csv"), "%s", e);
-    free(e);
+    s_expect_refused(config, "--sched fifo", 2, "--sched: 'fifo' is not auto, mixed or prefill-first");
+    s_expect_refused(config, "--trace /nonexistent/t.csv", 1, "--trace /nonexistent/t.csv");
 }
