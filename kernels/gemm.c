@@ -205,8 +205,7 @@ static s_entry_t *s_lookup(kvf_gemm_ctx_t *ctx, int n, int d_in, int d_out, int 
     }
     s_entry_clear(e);
     if (s_entry_build(e, n, d_in, d_out, y_type, accumulate, fp8, s_scale_hint(ctx), (int8_t)ctx->fp8_fast_accum,
-                      ctx->sm_count,
-                      err) != 0 ||
+                      ctx->sm_count, err) != 0 ||
         s_bucket_algo(ctx, e, &e->algo, err) != 0) {
         s_entry_clear(e);
         return NULL;
