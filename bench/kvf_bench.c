@@ -54,9 +54,9 @@ static const char *s_usage =
     "an E4M3 KV cache (worker/backend.h; the roofline's KV bytes follow it). --quantization fp8: E4M3 linear\n"
     "layers (W8A8, worker/backend.h); the roofline's weight bytes follow the plan, and --peak-flops defaults\n"
     "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md). --sched: the scheduler's policy (worker/sched.h);\n"
-    "auto (default) is prefill-first when every prompt fits in the batch at once, else mixed. --trace: one\n"
-    "CSV row a step (its time and what it ran: sequences, decodes, prefill tokens, KV tokens read, causal\n"
-    "pairs), to see where a schedule spends.\n";
+    "auto (default) is prefill-first when the batch and the KV pool hold every prompt at once, else mixed.\n"
+    "--trace: one CSV row a step (its time and what it ran: sequences, decodes, prefill tokens, KV tokens\n"
+    "read, causal pairs), to see where a schedule spends.\n";
 
 // ---------------------------------------------------------------- options
 
@@ -73,7 +73,7 @@ typedef struct {
     int json;
     const char *cuda_graphs;  // --cuda-graphs off|on|auto (kvf_cuda_backend_set_graphs); NULL: the backend's default
     const char *trace;        // --trace FILE: a CSV row a step; NULL: none
-    int sched_auto;           // --sched auto (default): prefill-first when N fits in the batch, else mixed
+    int sched_auto;           // --sched auto (default): prefill-first when all N run at once, else mixed
     kvf_engine_opts_t eo;
     int session_len_given, peak_flops_given;
     double temperature, top_p;  // sampling of every request (0: greedy; 1: no top-p)
@@ -659,20 +659,24 @@ int main(int argc, char **argv) {
         return 2;
 #endif
     }
-    // auto: prefill-first pays off when the whole batch then decodes together; with
-    // more prompts than the batch, its waves would leave the batch part-empty.
-    if (o.sched_auto &&
-        kvf_engine_set_sched_policy(r.e, o.n_prompts <= kvf_engine_opts(r.e)->max_batch_size ? KVF_SCHED_PREFILL_FIRST
-                                                                                             : KVF_SCHED_MIXED,
-                                    &err) != 0) {
-        fprintf(stderr, "kvf-bench: %s\n", err.msg);
-        kvf_engine_destroy(&r.e);
-        return 1;
-    }
     s_mem_sample(&r);
     const kvf_modelcfg_t *cfg = kvf_engine_cfg(r.e);
     kvf_plan_t plan;
     kvf_engine_plan(r.e, &plan);
+    // auto: prefill-first pays off when every prompt runs at once (the batch and the
+    // KV pool hold them all) and the whole batch then decodes together; with more,
+    // its waves would leave the batch part-empty, or prefills would crowd out decodes.
+    if (o.sched_auto) {
+        const int32_t max_batch = kvf_engine_opts(r.e)->max_batch_size;
+        const int64_t at_once = kvf_roofline_batch(plan.kv_blocks, plan.block_size, max_batch, o.n_prompts,
+                                                   o.input_len, o.output_len, &err);
+        const int32_t policy = at_once >= o.n_prompts ? KVF_SCHED_PREFILL_FIRST : KVF_SCHED_MIXED;
+        if (at_once < 0 || kvf_engine_set_sched_policy(r.e, policy, &err) != 0) {
+            fprintf(stderr, "kvf-bench: %s\n", err.msg);
+            kvf_engine_destroy(&r.e);
+            return 1;
+        }
+    }
     // The backend's number formats: cuda holds bf16 weights and KV (E4M3 KV with
     // --kv-cache-dtype fp8), cpu float32 (its fp8 cache is rounded floats).
     const int cuda = strcmp(kvf_engine_opts(r.e)->backend, "cuda") == 0;

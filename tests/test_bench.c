@@ -608,9 +608,11 @@ Test(kvf_bench, sched_policy_and_trace, .timeout = 120) {
         json_decref(j);
     }
     unlink(tmp);
-    // auto (the default): prefill-first when the 8 prompts fit in the batch, mixed when they do not
-    const char *autos[][2] = {{"", "prefill-first"}, {"--sched auto --max-batch-size 4", "mixed"}};
-    for (int i = 0; i < 2; i++) {
+    // auto (the default): prefill-first when the 8 prompts fit in the batch and the pool at once, mixed when
+    // the batch (4) or the pool (8 blocks of 16 tokens: 4 sequences of 24 tokens) holds fewer
+    const char *autos[][2] = {
+        {"", "prefill-first"}, {"--sched auto --max-batch-size 4", "mixed"}, {"--cache-max-entry-count 8", "mixed"}};
+    for (int i = 0; i < 3; i++) {
         json_t *j = s_bench_json_with(config, autos[i][0]);
         cr_assert_str_eq(json_string_value(json_object_get(json_object_get(j, "engine"), "sched")), autos[i][1],
                          "'%s'", autos[i][0]);
