@@ -18,11 +18,8 @@
 // so that each side alone takes about as long), and in the variant the time the
 // whole device takes for the same work one after the other.
 //
-// The driver API is reached through cudaGetDriverEntryPointByVersion, so that
-// kvf-kbench does not link libcuda (the CI machine has none); a driver without
-// green contexts skips the section with a line saying so.
-#include <cuda.h>
-#include <cudaTypedefs.h>
+// Green contexts come from kernels/green.h; a driver without them skips the
+// section with a line saying so.
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -31,43 +28,11 @@
 #include "bench/kbench_read.h"
 #include "kernels/check.h"
 #include "kernels/gemm.h"
+#include "kernels/green.h"
 
 #define S_ROWS 1024
 #define S_READ_BYTES ((size_t)2 << 30)
 #define S_GEMM_CALLS 40
-
-typedef struct {
-    PFN_cuDeviceGet_v2000 device_get;
-    PFN_cuDeviceGetDevResource_v12040 get_resource;
-    PFN_cuDevSmResourceSplitByCount_v12040 split;
-    PFN_cuDevResourceGenerateDesc_v12040 gen_desc;
-    PFN_cuGreenCtxCreate_v12040 ctx_create;
-    PFN_cuGreenCtxDestroy_v12040 ctx_destroy;
-    PFN_cuGreenCtxStreamCreate_v12050 stream_create;
-    PFN_cuStreamDestroy_v4000 stream_destroy;
-} s_drv_t;
-
-static int s_sym(const char *name, void **fn, unsigned version) {
-    enum cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
-    if (cudaGetDriverEntryPointByVersion(name, fn, version, cudaEnableDefault, &q) != cudaSuccess ||
-        q != cudaDriverEntryPointSuccess || !*fn) {
-        cudaGetLastError();
-        return -1;
-    }
-    return 0;
-}
-
-static int s_drv_load(s_drv_t *d) {
-    memset(d, 0, sizeof *d);
-    return s_sym("cuDeviceGet", (void **)&d->device_get, 2000) ||
-           s_sym("cuDeviceGetDevResource", (void **)&d->get_resource, 12040) ||
-           s_sym("cuDevSmResourceSplitByCount", (void **)&d->split, 12040) ||
-           s_sym("cuDevResourceGenerateDesc", (void **)&d->gen_desc, 12040) ||
-           s_sym("cuGreenCtxCreate", (void **)&d->ctx_create, 12040) ||
-           s_sym("cuGreenCtxDestroy", (void **)&d->ctx_destroy, 12040) ||
-           s_sym("cuGreenCtxStreamCreate", (void **)&d->stream_create, 12050) ||
-           s_sym("cuStreamDestroy", (void **)&d->stream_destroy, 4000);
-}
 
 static double s_now_ms(void) {
     struct timespec ts;
@@ -121,43 +86,28 @@ static void s_row(kvf_kb_t *b, const char *variant, double ms, double flops, dou
 }
 
 // One split: a green context of g SMs for the GEMM and one of the rest for the
-// read. The best read grid of 1..16 blocks an SM is kept.
-static int s_split(kvf_kb_t *b, const s_drv_t *d, const CUdevResource *all, const s_work_t *wk, void *ws, int g,
-                   double t_gemm, double t_read, kvf_err_t *err) {
-    CUdevResource grp, rest;
-    unsigned n_grp = 1;
-    CUdevResourceDesc dg, dr;
-    CUgreenCtx cg = NULL, cr = NULL;
-    CUstream sg = NULL, sr = NULL;
-    kvf_gemm_ctx_t *gc = NULL;
-    int rc = -1;
-    if (d->split(&grp, &n_grp, all, &rest, 0, (unsigned)g) != CUDA_SUCCESS || n_grp != 1 ||
-        d->gen_desc(&dg, &grp, 1) != CUDA_SUCCESS || d->gen_desc(&dr, &rest, 1) != CUDA_SUCCESS ||
-        d->ctx_create(&cg, dg, 0, CU_GREEN_CTX_DEFAULT_STREAM) != CUDA_SUCCESS ||
-        d->ctx_create(&cr, dr, 0, CU_GREEN_CTX_DEFAULT_STREAM) != CUDA_SUCCESS ||
-        d->stream_create(&sg, cg, CU_STREAM_NON_BLOCKING, 0) != CUDA_SUCCESS ||
-        d->stream_create(&sr, cr, CU_STREAM_NON_BLOCKING, 0) != CUDA_SUCCESS) {
-        kvf_err_set(err, KVF_E_DEVICE, "overlap: green contexts of %d SMs and the rest could not be made", g);
-        goto done;
-    }
-    const int ng = (int)grp.sm.smCount, nr = (int)rest.sm.smCount;
-    gc = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err);
-    if (!gc || kvf_gemm_ctx_set_sm_count(gc, ng, err) != 0) goto done;
+// read (kernels/green.h). The best read grid of 1..16 blocks an SM is kept.
+static int s_split(kvf_kb_t *b, const s_work_t *wk, void *ws, int g, double t_gemm, double t_read, kvf_err_t *err) {
+    kvf_green_t *gr = kvf_green_new(b->o->device, g, err);
+    if (!gr) return -1;
+    const cudaStream_t sg = kvf_green_stream(gr, 0), sr = kvf_green_stream(gr, 1);
+    const int ng = kvf_green_sms(gr, 0), nr = kvf_green_sms(gr, 1);
     const double flops = 2.0 * S_ROWS * KB_DIM * 2.0 * KB_FF, bytes = (double)S_READ_BYTES;
-    double tg = 0, tr = 1e30, t = 0;
-    int blocks = nr;
-    if (s_both(wk, gc, (cudaStream_t)sg, 4, (cudaStream_t)sr, 0, 0, &t, err) != 0 ||  // warm-up, picks
-        s_both(wk, gc, (cudaStream_t)sg, S_GEMM_CALLS, (cudaStream_t)sr, 0, 0, &tg, err) != 0)
+    double tg = 0, tr = 1e30, t = 0, tb = 0;
+    int blocks = nr, rc = -1;
+    kvf_gemm_ctx_t *gc = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err);
+    if (!gc || kvf_gemm_ctx_set_sm_count(gc, ng, err) != 0) goto done;
+    if (s_both(wk, gc, sg, 4, sr, 0, 0, &t, err) != 0 ||  // warm-up, picks
+        s_both(wk, gc, sg, S_GEMM_CALLS, sr, 0, 0, &tg, err) != 0)
         goto done;
     tg /= S_GEMM_CALLS;
     for (int per = 1; per <= 16; per *= 2) {
-        if (s_both(wk, gc, (cudaStream_t)sg, 0, (cudaStream_t)sr, 4, nr * per, &t, err) != 0) goto done;
+        if (s_both(wk, gc, sg, 0, sr, 4, nr * per, &t, err) != 0) goto done;
         if (t / 4 < tr) tr = t / 4, blocks = nr * per;
     }
     int k2 = (int)(S_GEMM_CALLS * tg / tr + 0.5);
     if (k2 < 1) k2 = 1;
-    double tb = 0;
-    if (s_both(wk, gc, (cudaStream_t)sg, S_GEMM_CALLS, (cudaStream_t)sr, k2, blocks, &tb, err) != 0) goto done;
+    if (s_both(wk, gc, sg, S_GEMM_CALLS, sr, k2, blocks, &tb, err) != 0) goto done;
     char v[48];
     snprintf(v, sizeof v, "gemm on %d SMs", ng);
     s_row(b, v, tg, flops, 0);
@@ -169,30 +119,22 @@ static int s_split(kvf_kb_t *b, const s_drv_t *d, const CUdevResource *all, cons
     rc = 0;
 done:
     kvf_gemm_ctx_destroy(&gc);
-    if (sg) d->stream_destroy(sg);
-    if (sr) d->stream_destroy(sr);
-    if (cg) d->ctx_destroy(cg);
-    if (cr) d->ctx_destroy(cr);
+    kvf_green_destroy(&gr);
     return rc;
 }
 
 int kvf_kb_bench_overlap(kvf_kb_t *b, kvf_err_t *err) {
-    s_drv_t d;
-    if (s_drv_load(&d) != 0) {
-        fprintf(stderr, "kvf-kbench: overlap: skipped (this driver has no green contexts)\n");
+    kvf_err_t gerr;
+    kvf_green_t *probe = kvf_green_new(b->o->device, 8, &gerr);
+    if (!probe) {
+        fprintf(stderr, "kvf-kbench: overlap: skipped (%s)\n", gerr.msg);
         return 0;
     }
-    CUdevice dev;
-    CUdevResource all;
-    if (d.device_get(&dev, b->o->device) != CUDA_SUCCESS ||
-        d.get_resource(dev, &all, CU_DEV_RESOURCE_TYPE_SM) != CUDA_SUCCESS) {
-        fprintf(stderr, "kvf-kbench: overlap: skipped (the device's SMs cannot be partitioned)\n");
-        return 0;
-    }
+    const int n_sms = kvf_green_sms(probe, 0) + kvf_green_sms(probe, 1);
+    kvf_green_destroy(&probe);
     const int mark = b->n_alloc;
     s_work_t wk;
     void *x = NULL, *w = NULL, *y = NULL, *buf = NULL, *out = NULL, *ws = NULL, *ws2 = NULL;
-    const int n_sms = (int)all.sm.smCount;
     int rc = -1;
     cudaStream_t s2 = NULL;
     memset(&wk, 0, sizeof wk);
@@ -231,7 +173,7 @@ int kvf_kb_bench_overlap(kvf_kb_t *b, kvf_err_t *err) {
     s_row(b, v, tb, S_GEMM_CALLS * flops, k2 * bytes);
     static const int splits[] = {112, 104, 96, 88};
     for (size_t i = 0; i < sizeof splits / sizeof splits[0]; i++)
-        if (splits[i] < n_sms && s_split(b, &d, &all, &wk, ws2, splits[i], tg, tr, err) != 0) goto done;
+        if (splits[i] < n_sms && s_split(b, &wk, ws2, splits[i], tg, tr, err) != 0) goto done;
     rc = 0;
 done:
     if (s2) cudaStreamDestroy(s2);
