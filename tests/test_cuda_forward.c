@@ -549,7 +549,11 @@ static void s_match_cpu_with(int32_t kv_dtype, int32_t quant, double tol, int ff
         }
     }
     const uint64_t graph_steps = kvf_cuda_backend_graph_steps(gpu) - g0;
-    cr_expect_eq(graph_steps, 12, "decode steps by graph: %llu", (unsigned long long)graph_steps);
+    // KVF_TBO=1 with KVF_TBO_MIN_ROWS=2: every decode step (3 or 4 sequences) runs as two halves instead
+    const int tbo = kvf_cuda_backend_tbo(gpu) > 0;
+    cr_expect_eq(graph_steps, tbo ? 0 : 12, "decode steps by graph: %llu", (unsigned long long)graph_steps);
+    if (tbo) cr_expect_eq(kvf_cuda_backend_tbo_steps(gpu), 12, "two-batch overlap steps: %llu",
+                          (unsigned long long)kvf_cuda_backend_tbo_steps(gpu));
     fprintf(stderr, "CPU-X  random bf16 Qwen2-style (head_dim 64, GQA 4, bias, llama3 rope, tied), kv %s, quantization "
             "%s: %d rows over 14 steps, worst rel L2 vs cpu backend %.3e (tol %.0e), mean %.3e, %llu graph steps\n",
             kvf_kv_dtype_name(kv_dtype), kvf_quant_name(quant), n_rows, worst, tol, sum_same / n_rows,
@@ -619,6 +623,29 @@ static void s_match_cpu_overlap(const char *mode) {
     s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2);
     unsetenv("KVF_ATTN_OVERLAP");
 }
+// KVF_TBO=1: decode steps in two halves, GEMMs and attention on green contexts that split the SMs (one
+// half's attention beside the other's GEMMs), against the cpu backend; skips where green contexts are not.
+static void s_match_cpu_tbo(int32_t kv_dtype, double tol) {
+    setenv("KVF_TBO", "1", 1);
+    setenv("KVF_TBO_MIN_ROWS", "2", 1);
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 64, 4);
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    const int on = kvf_cuda_backend_tbo(be);
+    be->ops->destroy(&be);
+    if (!on) {
+        unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS");
+        cr_skip_test("two-batch overlap does not run here (green contexts, or the tensor-core decode attention)");
+    }
+    cr_expect_eq(on, 2);
+    s_match_cpu(kv_dtype, KVF_QUANT_NONE, tol);
+    unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS");
+}
+Test(cuda_forward, two_batch_overlap_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_AUTO, 2e-2); }
+Test(cuda_forward, two_batch_overlap_fp8_cache_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_FP8, 6e-2); }
+
 Test(cuda_forward, attention_overlapped_matches_cpu_backend) { s_match_cpu_overlap("1"); }
 Test(cuda_forward, attention_overlapped_at_priority_matches_cpu_backend) { s_match_cpu_overlap("2"); }
 

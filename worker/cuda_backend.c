@@ -16,6 +16,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/convert.h"
+#include "kernels/green.h"
 #include "kernels/gemm_qkv_rope.h"
 #include "kernels/gemm_swiglu.h"
 #include "worker/cpu_ops.h"
@@ -23,7 +24,7 @@
 
 static const char *const s_t_names[S_T_N] = {"meta H2D", "embed", "rmsnorm", "qkv gemm", "rope+kv", "attn decode",
                                              "attn prefill", "o gemm", "gate/up gemm", "silu_mul", "down gemm",
-                                             "lm_head", "sample", "D2H", "graph"};
+                                             "lm_head", "sample", "D2H", "graph", "layers (tbo)"};
 
 static void s_destroy(kvf_backend_t **self_p);
 static const kvf_backend_ops_t s_cuda_ops = {"cuda", kvf_cuda_forward, s_destroy, kvf_cuda_forward_sample};
@@ -66,6 +67,16 @@ int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows) {
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be) {
     if (!be || be->ops != &s_cuda_ops) return 0;
     return ((const kvf_cuda_t *)be)->graph_steps;
+}
+
+int kvf_cuda_backend_tbo(const kvf_backend_t *be) {
+    if (!be || be->ops != &s_cuda_ops) return 0;
+    return ((const kvf_cuda_t *)be)->green ? ((const kvf_cuda_t *)be)->tbo_min_rows : 0;
+}
+
+uint64_t kvf_cuda_backend_tbo_steps(const kvf_backend_t *be) {
+    if (!be || be->ops != &s_cuda_ops) return 0;
+    return ((const kvf_cuda_t *)be)->tbo_steps;
 }
 
 int kvf_cuda_backend_qkv_rope(const kvf_backend_t *be) {
@@ -335,6 +346,55 @@ static int s_swiglu_setup(kvf_cuda_t *c, kvf_err_t *err) {
     return 0;
 }
 
+// KVF_TBO=1: two-batch overlap of decode steps (cuda_internal.h) where it can run: one rank, bf16 linear
+// layers and activations, the residual added by the GEMMs, the tensor-core decode attention, and a driver
+// with green contexts; otherwise a warning and the plain steps. KVF_TBO_SMS: the GEMMs' share of the SMs
+// (default 112 of an H200's 132: bench/RESULTS.md session 12), KVF_TBO_MIN_ROWS: the smallest step (256).
+static int s_tbo_setup(kvf_cuda_t *c) {
+    const char *env = getenv("KVF_TBO"), *senv = getenv("KVF_TBO_SMS"), *renv = getenv("KVF_TBO_MIN_ROWS");
+    if (!env || atoi(env) != 1) return 0;
+    if (c->tp || c->w_fp8 || !c->resid_gemm || !c->decode_tc || (c->act_mode & (S_ACT_QKV | S_ACT_GU)) !=
+                                                                     (S_ACT_QKV | S_ACT_GU)) {
+        kvf_log(KVF_LOG_WARN, "cuda backend: KVF_TBO=1 needs one rank, bf16 layers and activations, the residual "
+                "in the GEMMs and the tensor-core decode attention; decode steps run as usual");
+        return 0;
+    }
+    kvf_err_t e = {0};
+    const int sms = senv && atoi(senv) > 0 ? atoi(senv) : 112;
+    c->tbo_min_rows = renv && atoi(renv) > 1 ? atoi(renv) : 256;
+    c->green = kvf_green_new(c->device, sms, &e);
+    if (c->green) c->gemm_g = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, &e);
+    int ok = c->green && c->gemm_g && kvf_gemm_ctx_set_sm_count(c->gemm_g, kvf_green_sms(c->green, 0), &e) == 0 &&
+             cudaEventCreateWithFlags(&c->tbo_fork, cudaEventDisableTiming) == cudaSuccess;
+    for (int i = 0; i < 2 && ok; i++)
+        ok = kvf_green_event(c->green, 0, &c->tbo_q[i], &e) == 0 && kvf_green_event(c->green, 1, &c->tbo_a[i], &e) == 0;
+    if (ok) ok = kvf_green_event(c->green, 0, &c->tbo_join, &e) == 0;
+    if (ok) {  // the events work across the contexts: fork, both parts, join
+        cudaStream_t g0 = kvf_green_stream(c->green, 0), g1 = kvf_green_stream(c->green, 1);
+        ok = cudaEventRecord(c->tbo_fork, c->stream) == cudaSuccess &&
+             cudaStreamWaitEvent(g0, c->tbo_fork, 0) == cudaSuccess &&
+             cudaStreamWaitEvent(g1, c->tbo_fork, 0) == cudaSuccess &&
+             cudaEventRecord(c->tbo_a[0], g1) == cudaSuccess && cudaStreamWaitEvent(g0, c->tbo_a[0], 0) == cudaSuccess &&
+             cudaEventRecord(c->tbo_join, g0) == cudaSuccess &&
+             cudaStreamWaitEvent(c->stream, c->tbo_join, 0) == cudaSuccess &&
+             cudaStreamSynchronize(c->stream) == cudaSuccess;
+        if (!ok) snprintf(e.msg, sizeof e.msg, "events across green contexts: %s", cudaGetErrorString(cudaGetLastError()));
+    }
+    if (!ok) {
+        cudaGetLastError();
+        kvf_log(KVF_LOG_WARN, "cuda backend: KVF_TBO=1 but no two-batch overlap: %s", e.msg);
+        if (c->tbo_fork) cudaEventDestroy(c->tbo_fork);
+        c->tbo_fork = NULL;
+        kvf_gemm_ctx_destroy(&c->gemm_g);
+        kvf_green_destroy(&c->green);
+        c->tbo_min_rows = 0;
+        return 0;
+    }
+    kvf_log(KVF_LOG_INFO, "cuda backend: decode steps of >= %d sequences in two halves: GEMMs on %d SMs, attention "
+            "on %d", c->tbo_min_rows, kvf_green_sms(c->green, 0), kvf_green_sms(c->green, 1));
+    return 0;
+}
+
 static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     kvf_backend_t *be = &c->base;
     const kvf_modelcfg_t *cfg = &be->cfg;
@@ -560,6 +620,7 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // Auto by default (cuda_backend.h); KVF_CUDA_TIMING runs every step eagerly, as
     // a graph hides its kernel groups from the timing events.
     c->use_graphs = c->timing ? KVF_CUDA_GRAPHS_OFF : KVF_CUDA_GRAPHS_AUTO;
+    if (s_tbo_setup(c) != 0) return -1;
     if (c->tp) {
         c->agreed++;
         if (s_group_agree(c->tp, 1, NULL, "start-up", err) != 0) return c->agreed = 2, -1;
@@ -664,6 +725,9 @@ static void s_destroy(kvf_backend_t **self_p) {
     if (c->h_meta) cudaFreeHost(c->h_meta);
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->side) cudaStreamDestroy(c->side);
+    if (c->tbo_fork) cudaEventDestroy(c->tbo_fork);
+    kvf_gemm_ctx_destroy(&c->gemm_g);
+    kvf_green_destroy(&c->green);  // its events too
     if (c->ev_fork) cudaEventDestroy(c->ev_fork);
     if (c->ev_join) cudaEventDestroy(c->ev_join);
     free(c->h_order);

@@ -105,6 +105,12 @@ int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows);
 // Steps run by graph replay so far (0 for NULL or another backend).
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 
+// Two-batch overlap of decode steps (KVF_TBO=1 at start-up; cuda_internal.h): the smallest
+// decode step that runs as two overlapped halves, or 0 when off (or unavailable here); and
+// the steps that ran so (eagerly: no graph replays them).
+int kvf_cuda_backend_tbo(const kvf_backend_t *be);
+uint64_t kvf_cuda_backend_tbo_steps(const kvf_backend_t *be);
+
 // 1 when o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1;
 // KVF_RESID_GEMM=0|1 at start-up; tp_size 1 with bf16 linear layers only), else 0.
 int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be);

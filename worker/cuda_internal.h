@@ -28,7 +28,7 @@
 
 // Kernel groups timed by KVF_CUDA_TIMING=1 (events between them; eager steps only).
 enum { S_T_META, S_T_EMBED, S_T_NORM, S_T_QKV, S_T_ROPE, S_T_ATTN, S_T_ATTN_TC, S_T_O, S_T_GU, S_T_SILU, S_T_DOWN,
-       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_N };
+       S_T_LMHEAD, S_T_SAMPLE, S_T_D2H, S_T_GRAPH, S_T_TBO, S_T_N };
 
 typedef struct {
     float *attn_norm;   // (dim)
@@ -158,6 +158,15 @@ typedef struct {
     // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
     int resid_gemm;
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
+    // Two-batch overlap of decode steps (KVF_TBO=1; cuda_step.c s_layers_tbo): a step of at least
+    // tbo_min_rows sequences runs as two halves, their GEMMs and small kernels on green context 0's
+    // stream (KVF_TBO_SMS SMs; gemm_g's picks are told so) and their attention on context 1's, one half's
+    // attention beside the other half's GEMMs. tbo_q / tbo_a: a half's q/k/v and attention are done.
+    struct kvf_green_s *green;     // NULL: off
+    kvf_gemm_ctx_t *gemm_g;
+    cudaEvent_t tbo_q[2], tbo_a[2], tbo_fork, tbo_join;
+    int tbo_min_rows, tbo_split;   // tbo_split: this step's first row of the second half (0: no overlap)
+    uint64_t tbo_steps;
 } kvf_cuda_t;
 
 // resid_gemm's and attn_overlap's defaults where KVF_RESID_GEMM / KVF_ATTN_OVERLAP are unset

@@ -17,6 +17,7 @@
 #include "kernels/embed.h"
 #include "kernels/gemm_qkv_rope.h"
 #include "kernels/gemm_swiglu.h"
+#include "kernels/green.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/rmsnorm.h"
@@ -52,7 +53,11 @@ static int s_tiles(kvf_cuda_t *c, const kvf_batch_t *b, int q_per_tile, int max_
         q0 += nn;
     }
     *n_tiles = na, *n_tiles_tc = nb;
-    if (c->attn_order && kvf_attn_order_tiles(ta, na, c->h_meta + c->m_pos, max_ctx, c->h_order) != 0)
+    // Two-batch overlap: each half's tiles (a decode tile is a sequence) in order on their own.
+    const int h = c->tbo_split > 0 && c->tbo_split < na ? c->tbo_split : na;
+    if (c->attn_order && (kvf_attn_order_tiles(ta, h, c->h_meta + c->m_pos, max_ctx, c->h_order) != 0 ||
+                          kvf_attn_order_tiles(ta + 3 * (size_t)h, na - h, c->h_meta + c->m_pos, max_ctx,
+                                               c->h_order) != 0))
         return kvf_err_set(err, KVF_E_INTERNAL, "cuda forward: attention tiles past the step's longest context");
     return 0;
 }
@@ -84,6 +89,7 @@ static int s_prepare(kvf_cuda_t *c, const kvf_batch_t *b, const void *out, int *
         if (len > *max_ctx) *max_ctx = (int)len;
     }
     for (int t = 0; t < b->n_tokens; t++) tok[t] = b->tokens[t];
+    c->tbo_split = c->green && decode && !b->all_logits && b->n_seqs >= c->tbo_min_rows ? b->n_seqs / 2 : 0;
     *q_per_tile = decode || c->tensor_core_prefill ? 1 : kvf_attn_q_per_tile(c->n_heads, c->n_kv);
     int n_tiles = 0;
     if (s_tiles(c, b, *q_per_tile, *max_ctx, &n_tiles, n_tiles_tc, err) != 0) return -1;  // <= n_tokens tiles: fit
@@ -329,6 +335,114 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     return 0;
 }
 
+// ---------------------------------------------------------------- two-batch overlap
+
+// KVF_TBO (cuda_internal.h): a decode step's sequences in halves, rows [0, h) and
+// [h, n), each through the layers as s_layers runs them (the residual in the
+// GEMMs, cuBLASLt's QKV GEMM + rope_kv, the decode attention). Both halves' GEMMs
+// and small kernels go on green context 0's stream g0, their attention on context
+// 1's stream g1, so that one half's attention runs beside the other's GEMMs:
+//   g0: A.pre(0) B.pre(0) | A.post(0) A.pre(1) | B.post(0) B.pre(1) | A.post(1) ...
+//   g1:        A.attn(0)    B.attn(0)            A.attn(1)            B.attn(1) ...
+// pre = norm, QKV, RoPE and the cache write; post = o_proj, norm, gate/up,
+// SwiGLU, down_proj. A decode tile is a sequence, so a half's tiles are the
+// first h (or the other n - h) of the step's list (s_tiles orders each half).
+#define S_K(call) \
+    if ((call) != 0) return -1
+
+static int s_tbo_pre(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const kvf_cuda_layer_t *L = &c->layers[l];
+    const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
+    const int MB = be->opts.max_blocks_per_seq, NB = be->n_blocks;
+    const int32_t *d_pos = c->d_meta + c->m_pos + r0, *d_seq = c->d_meta + c->m_seq + r0, *d_bt = c->d_meta + c->m_bt;
+    uint16_t *h = c->h + (size_t)r0 * D, *q = c->q + (size_t)r0 * c->q_dim;
+    uint16_t *qkv = (uint16_t *)c->qkv + (size_t)r0 * c->qkv_dim;  // bf16 (S_ACT_QKV)
+    S_K(kvf_rmsnorm(h, c->resid + (size_t)r0 * D, L->attn_norm, nh, D, be->cfg.rms_norm_eps, st, err));
+    S_K(kvf_gemm(c->gemm_g, qkv, KVF_GEMM_OUT_BF16, h, L->wqkv, nh, D, c->qkv_dim, 0.0f, st, err));
+    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
+    return c->kv_fp8 ? kvf_rope_kv_fp8(q, k8, v8, qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, nh, H, KV, HD,
+                                       bs, NB, st, err)
+                     : kvf_rope_kv(q, kc, vc, qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, nh, H, KV, HD, bs, NB,
+                                   st, err);
+}
+
+static int s_tbo_attn(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
+    const int MB = be->opts.max_blocks_per_seq;
+    const int32_t *d_tiles = c->d_meta + c->m_tiles + 3 * (size_t)r0, *d_pos = c->d_meta + c->m_pos;
+    const int32_t *d_bt = c->d_meta + c->m_bt;
+    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
+    return c->kv_fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, nh, 1, d_pos,
+                                                        d_bt, MB, H, KV, HD, bs, st, err)
+                     : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, nh, 1, d_pos, d_bt,
+                                                    MB, H, KV, HD, bs, st, err);
+}
+
+static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
+    const kvf_cuda_layer_t *L = &c->layers[l];
+    const int D = c->dim, F = c->ff;
+    float *resid = c->resid + (size_t)r0 * D;
+    uint16_t *h = c->h + (size_t)r0 * D, *act = c->act + (size_t)r0 * F;
+    uint16_t *gu = (uint16_t *)c->gu + (size_t)r0 * 2 * F;  // bf16 (S_ACT_GU)
+    S_K(kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, c->att + (size_t)r0 * c->q_dim, L->wo, nh, c->q_dim, D, 1.0f, st,
+                 err));
+    S_K(kvf_rmsnorm(h, resid, L->mlp_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
+    if (c->swiglu && nh >= c->swiglu_min_rows) {
+        S_K(kvf_gemm_swiglu_variant(c->swiglu_variant, act, h, L->wgu, nh, D, F, st, err));
+    } else {
+        S_K(kvf_gemm(c->gemm_g, gu, KVF_GEMM_OUT_BF16, h, L->wgu, nh, D, 2 * F, 0.0f, st, err));
+        S_K(c->swiglu ? kvf_silu_mul_blocked(act, gu, nh, F, KVF_SWIGLU_BLOCK, st, err)
+                      : kvf_silu_mul(act, gu, gu + F, nh, F, 2 * F, st, err));
+    }
+    return kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, act, L->wd, nh, F, D, 1.0f, st, err);
+}
+
+// The layers of a decode step of n sequences in two overlapped halves, then the
+// final norm and the lm_head of `rows` gathered rows on c->stream.
+static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const int D = c->dim, Lc = be->cfg.n_layers, h = c->tbo_split;
+    const int r0[2] = {0, h}, nh[2] = {h, n - h};
+    cudaStream_t st = c->stream, g0 = kvf_green_stream(c->green, 0), g1 = kvf_green_stream(c->green, 1);
+    S_K(kvf_embed_f32(c->resid, c->embed, c->d_meta + c->m_tokens, n, D, be->cfg.vocab_size, st, err));
+    KVF_CUDA_CHECK(cudaEventRecord(c->tbo_fork, st), err);
+    KVF_CUDA_CHECK(cudaStreamWaitEvent(g0, c->tbo_fork, 0), err);
+    KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_fork, 0), err);
+    for (int x = 0; x < 2; x++) {  // layer 0's q/k/v of both halves, A's attention beside B's
+        S_K(s_tbo_pre(c, 0, r0[x], nh[x], g0, err));
+        KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
+        KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
+        S_K(s_tbo_attn(c, 0, r0[x], nh[x], g1, err));
+        KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
+    }
+    for (int l = 0; l < Lc; l++) {
+        for (int x = 0; x < 2; x++) {  // half x's rest of layer l and its q/k/v of l + 1, beside the other's attention
+            KVF_CUDA_CHECK(cudaStreamWaitEvent(g0, c->tbo_a[x], 0), err);
+            S_K(s_tbo_post(c, l, r0[x], nh[x], g0, err));
+            if (l + 1 == Lc) continue;
+            S_K(s_tbo_pre(c, l + 1, r0[x], nh[x], g0, err));
+            KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
+            KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
+            S_K(s_tbo_attn(c, l + 1, r0[x], nh[x], g1, err));
+            KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
+        }
+    }
+    KVF_CUDA_CHECK(cudaEventRecord(c->tbo_join, g0), err);  // g0 waited for g1's last attention
+    KVF_CUDA_CHECK(cudaStreamWaitEvent(st, c->tbo_join, 0), err);
+    if (c->timing_now) S_K(s_mark(c, S_T_TBO, err));
+    S_K(kvf_rmsnorm(c->h, c->resid, c->final_norm, n, D, be->cfg.rms_norm_eps, st, err));
+    S_K(kvf_gather_rows_bf16(c->rows, c->h, c->d_meta + c->m_rows, rows, D, n, st, err));
+    S_K(s_gemm_lm_head(c, c->rows, rows, st, err));
+    if (c->timing_now) S_K(s_mark(c, S_T_LMHEAD, err));
+    c->tbo_steps++;
+    return 0;
+}
+#undef S_K
+
 // Decode steps (one token per sequence, last logits) replay a graph captured at
 // start-up for the smallest bucket that holds the batch: powers of two up to
 // max_batch_size. The key range is split for the longest context the backend
@@ -436,7 +550,7 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
     // are fixed for the longest context) and with at most n/16 padded rows (each
     // runs the whole model).
     int gi = -1;
-    if (c->use_graphs && !b->all_logits && n == b->n_seqs)
+    if (c->use_graphs && !b->all_logits && n == b->n_seqs && !c->tbo_split)
         for (int i = 0; i < c->n_graphs && gi < 0; i++)
             if (c->graph_bucket[i] >= n) gi = i;
     if (gi >= 0 && c->use_graphs == KVF_CUDA_GRAPHS_AUTO &&
@@ -462,8 +576,12 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
         // Single-token tiles without key splits (many sequences, or beside a prefill)
         // go to the tensor-core decode kernel; few long ones keep kvf_attention's splits.
         const int dec_tc = c->decode_tc && qpt == 1 && n_splits == 1;
-        if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc, err) != 0)
+        if (c->tbo_split && dec_tc && n_tiles == n) {
+            if (s_layers_tbo(c, n, rows, err) != 0) return -1;
+        } else if (s_layers(c, n, n_tiles, qpt, n_tiles_tc, n_splits, split_len, rows, b->all_logits, dec_tc,
+                            err) != 0) {
             return -1;
+        }
     }
     // tp: the vocab-parallel lm_head's exchange. Rank 0 (the leader) asks for every
     // logit when the host or the sample kernels need them; a greedy-only step moves
