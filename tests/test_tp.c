@@ -316,7 +316,8 @@ Test(tp_comm, late_follower_joins_within_the_join_timeout) {
 }
 
 // Failure modes after joining. mode 0: rank 1 dies (SIGKILL to itself);
-// 1: rank 1 stays alive but silent for 8 s; 2: rank 1 aborts the group.
+// 1: rank 1 stays alive but silent for 8 s; 2: rank 1 aborts the group;
+// 3: rank 1 dies while the others only poll kvf_tp_check (what an NCCL wait does).
 // The bounds on how long a rank took leave seconds of room: this 2-core machine
 // stalls a process for up to 2.7 s under `ctest -j2` (measured).
 typedef struct {
@@ -336,7 +337,7 @@ static int s_fail_child(int rank, int size, void *vctx) {
     if (kvf_tp_all_reduce_sum(tp, v, 4, &err) != 0) return s_fail(&x->reps[rank], &err, 0), 2;
     if (rank == 1) {
         usleep(100000);
-        if (x->mode == 0) raise(SIGKILL);
+        if (x->mode == 0 || x->mode == 3) raise(SIGKILL);
         if (x->mode == 1) {
             usleep(8000000);  // past the others' timeout plus any stall (their bound below)
             // the others gave up meanwhile: this rank fails at once too
@@ -350,6 +351,18 @@ static int s_fail_child(int rank, int size, void *vctx) {
         return 0;
     }
     int64_t t0 = s_now_ms();
+    if (x->mode == 3) {
+        if (kvf_tp_check(tp, &err) != 0) return 7;  // whole: rank 1 dies 100 ms after the all_reduce
+        while (kvf_tp_check(tp, &err) == 0) {
+            if (s_now_ms() - t0 > 20000) return 5;
+            usleep(1000);
+        }
+        s_fail(&x->reps[rank], &err, s_now_ms() - t0);
+        kvf_err_t e2;  // the check aborted the group: a collective now fails at once
+        if (kvf_tp_all_reduce_sum(tp, v, 4, &e2) == 0 || e2.code != KVF_E_PEER_LOST) return 6;
+        kvf_tp_destroy(&tp);
+        return 0;
+    }
     int rc = kvf_tp_all_reduce_sum(tp, v, 4, &err);
     if (rc == 0) return 4;
     s_fail(&x->reps[rank], &err, s_now_ms() - t0);
@@ -368,7 +381,7 @@ static void s_fail_case(int mode, int size, int timeout_ms) {
     s_spawn(size, s_fail_child, &x, pids);
     s_wait(size, pids, codes, 20000);
     for (int r = 0; r < size; r++) {
-        if (r == 1 && mode == 0) {
+        if (r == 1 && (mode == 0 || mode == 3)) {
             cr_assert_eq(codes[r], 128 + SIGKILL);
             continue;
         }
@@ -393,6 +406,7 @@ static void s_fail_case(int mode, int size, int timeout_ms) {
 Test(tp_comm, dead_peer_is_seen_before_the_timeout) { s_fail_case(0, 3, 10000); }
 Test(tp_comm, silent_peer_times_out) { s_fail_case(1, 3, 800); }
 Test(tp_comm, abort_reaches_every_rank) { s_fail_case(2, 3, 10000); }
+Test(tp_comm, check_sees_a_dead_peer_without_a_collective) { s_fail_case(3, 3, 10000); }
 
 // ---------------------------------------------------------------- cpu backend over TP
 

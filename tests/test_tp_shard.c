@@ -262,7 +262,7 @@ static int s_fake_barrier(kvf_tp_t *tp, kvf_err_t *err) {
 static void s_fake_abort(kvf_tp_t *tp) { (void)tp; }
 static void s_fake_destroy(kvf_tp_t **self_p) { *self_p = NULL; }
 static const kvf_tp_ops_t s_fake_ops = {"fake", s_fake_reduce, s_fake_gather, s_fake_bcast, s_fake_barrier,
-                                        s_fake_abort, s_fake_destroy};
+                                        s_fake_abort, s_fake_destroy, NULL};
 
 static uint64_t s_expected_weight_floats(const kvf_modelcfg_t *cfg, const kvf_tp_shard_t *sh) {
     const uint64_t D = (uint64_t)cfg->hidden_size, V = (uint64_t)cfg->vocab_size;

@@ -59,6 +59,8 @@ void kvf_tp_abort(kvf_tp_t *tp) {
     if (tp) tp->ops->abort(tp);
 }
 
+int kvf_tp_check(kvf_tp_t *tp, kvf_err_t *err) { return tp && tp->ops->check ? tp->ops->check(tp, err) : 0; }
+
 void kvf_tp_destroy(kvf_tp_t **self_p) {
     if (!self_p || !*self_p) return;
     (*self_p)->ops->destroy(self_p);

@@ -42,6 +42,7 @@ typedef struct {
     int (*barrier)(kvf_tp_t *tp, kvf_err_t *err);
     void (*abort)(kvf_tp_t *tp);
     void (*destroy)(kvf_tp_t **self_p);
+    int (*check)(kvf_tp_t *tp, kvf_err_t *err);
 } kvf_tp_ops_t;
 
 // The part every implementation shares; implementations embed it first.
@@ -77,6 +78,14 @@ int kvf_tp_barrier(kvf_tp_t *tp, kvf_err_t *err);
 // Marks the group failed: every rank's pending and later collectives return
 // KVF_E_PEER_LOST soon (shm: at once; nccl: ncclCommAbort). Safe from any thread.
 void kvf_tp_abort(kvf_tp_t *tp);
+
+// Looks, without waiting, for a reason the group cannot go on: it was aborted, or
+// (shm) a peer died or left; then marks it aborted and returns -1 with
+// KVF_E_PEER_LOST. Returns 0 while it looks whole (and for NULL). Cheap (a few
+// atomic loads and trylocks), safe from any thread: an NCCL communicator made over
+// a control group polls it while it waits, so a dead peer process fails the step
+// at once instead of after the timeout.
+int kvf_tp_check(kvf_tp_t *tp, kvf_err_t *err);
 
 // Frees the communicator (does not abort the group); accepts NULL; nulls *self_p.
 void kvf_tp_destroy(kvf_tp_t **self_p);
@@ -122,7 +131,9 @@ kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, 
 // e.g. the shm one) and broadcast over it; the device is `device` on every rank
 // (a worker passes its --device). A rank that cannot make or join the
 // communicator makes the others fail too. Returns a new communicator owned by
-// the caller (ctl stays the caller's), or NULL with err set.
+// the caller (ctl stays the caller's and must outlive it: its waits poll
+// kvf_tp_check(ctl), so a peer process that dies fails them in about a millisecond),
+// or NULL with err set.
 kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms, kvf_err_t *err);
 
 // The ncclComm_t and cudaStream_t (as void *) for a backend that enqueues its own

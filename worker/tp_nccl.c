@@ -38,6 +38,7 @@ typedef struct {
     int32_t device;
     void *scratch;          // (size * S_SCRATCH_BYTES) device bytes
     int failed;             // aborted: every call fails
+    kvf_tp_t *watch;        // the control group it was made over (not owned), polled while waiting; or NULL
 } s_nccl_t;
 
 // Every kernel loaded when the process's CUDA context is made. Set before the first CUDA
@@ -48,6 +49,26 @@ static void s_eager_modules(void) { setenv("CUDA_MODULE_LOADING", "EAGER", 0); }
 static void s_yield_us(long us) {
     struct timespec ts = {0, us * 1000L};
     nanosleep(&ts, NULL);
+}
+
+// A wait polls without sleeping for its first S_SPIN_POLLS polls (about a millisecond), then
+// sleeps between polls. A step enqueues a collective after every row-parallel GEMM; on this
+// non-blocking communicator the enqueue returns ncclInProgress and the step waits for it, and the
+// GPU runs the next kernel only once the host has enqueued it, so a sleep there (nanosleep's
+// 20-50 us become ~60-110 with the timer slack) stalls the device. 2 x H200, a 16-layer model at
+// 55 rows (bench/RESULTS.md, session 13): decode steps of 7.2 ms with sleeps, 4.2 with the spin,
+// 1.7 at TP 1. Most of what is left is NCCL's non-blocking launch itself (~70 us a collective);
+// a blocking communicator split off this one did not come up on NCCL 2.28 (ncclCommSplit gave
+// no communicator).
+#define S_SPIN_POLLS 2000
+static void s_pause(int polls, long us) {
+    if (polls < S_SPIN_POLLS) {
+#if defined(__x86_64__) || defined(__i386__)
+        for (int i = 0; i < 16; i++) __builtin_ia32_pause();
+#endif
+    } else {
+        s_yield_us(us);
+    }
 }
 
 static void *s_abort_thread(void *comm) {
@@ -82,22 +103,34 @@ static int s_lost(s_nccl_t *n, const char *what, const char *why, kvf_err_t *err
     return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d (device %d): %s: %s", n->base.rank, n->device, what, why);
 }
 
+// Every S_WATCH_POLLS polls of a wait: has the control group lost a peer? (see kvf_tp_check)
+#define S_WATCH_POLLS 32
+static int s_watch_lost(s_nccl_t *n, int polls, const char *what, kvf_err_t *err) {
+    if (!n->watch || polls % S_WATCH_POLLS != S_WATCH_POLLS - 1) return 0;
+    kvf_err_t e;
+    kvf_err_clear(&e);
+    if (kvf_tp_check(n->watch, &e) == 0) return 0;
+    s_lost(n, what, e.msg, err);
+    return 1;
+}
+
 // Waits until the communicator has no operation in progress (enqueue finished).
 static int s_wait_comm(s_nccl_t *n, const char *what, int64_t deadline, kvf_err_t *err) {
-    for (;;) {
+    for (int polls = 0;; polls++) {
         ncclResult_t st = ncclSuccess;
         ncclResult_t rc = ncclCommGetAsyncError(n->comm, &st);
         if (rc != ncclSuccess) return s_lost(n, what, ncclGetErrorString(rc), err);
         if (st == ncclSuccess) return 0;
         if (st != ncclInProgress) return s_lost(n, what, ncclGetErrorString(st), err);
         if (kvf_clock_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
-        s_yield_us(50);
+        if (s_watch_lost(n, polls, what, err)) return -1;
+        s_pause(polls, 50);
     }
 }
 
 // Waits for the stream with the communicator's async error checked in between.
 static int s_wait_stream(s_nccl_t *n, cudaStream_t stream, const char *what, int64_t deadline, kvf_err_t *err) {
-    for (;;) {
+    for (int polls = 0;; polls++) {
         cudaError_t q = cudaStreamQuery(stream);
         if (q == cudaSuccess) return 0;
         if (q != cudaErrorNotReady) return s_lost(n, what, cudaGetErrorString(q), err);
@@ -105,7 +138,8 @@ static int s_wait_stream(s_nccl_t *n, cudaStream_t stream, const char *what, int
         if (ncclCommGetAsyncError(n->comm, &st) != ncclSuccess || (st != ncclSuccess && st != ncclInProgress))
             return s_lost(n, what, ncclGetErrorString(st), err);
         if (kvf_clock_ms() >= deadline) return s_lost(n, what, "timed out (a peer is gone or stuck)", err);
-        s_yield_us(20);
+        if (s_watch_lost(n, polls, what, err)) return -1;
+        s_pause(polls, 20);
     }
 }
 
@@ -214,8 +248,15 @@ static void s_destroy(kvf_tp_t **self_p) {
     *self_p = NULL;
 }
 
+static int s_check(kvf_tp_t *tp, kvf_err_t *err) {
+    s_nccl_t *n = (s_nccl_t *)tp;
+    if (n->failed)
+        return kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: the communicator was aborted", tp->rank);
+    return 0;
+}
+
 static const kvf_tp_ops_t s_nccl_ops = {"nccl", s_all_reduce_sum, s_all_gather, s_broadcast, s_barrier, s_abort,
-                                        s_destroy};
+                                        s_destroy, s_check};
 
 // ---------------------------------------------------------------- creation
 
@@ -318,6 +359,7 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
         kvf_tp_destroy(&tp);
         kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl: another rank could not join the NCCL communicator");
     }
+    if (tp) ((s_nccl_t *)tp)->watch = ctl;
     return tp;
 }
 

@@ -236,8 +236,20 @@ static void s_destroy(kvf_tp_t **self_p) {
     *self_p = NULL;
 }
 
+// kvf_tp_check: the abort word, then (once joined) the peers' liveness locks.
+static int s_check(kvf_tp_t *tp, kvf_err_t *err) {
+    s_shm_t *s = (s_shm_t *)tp;
+    if (atomic_load(&s->hdr->aborted)) return s_abort_err(s, "check", err);
+    if (!s->joined) return 0;
+    int died = 0, p = s_dead_peer(s, &died);
+    if (p < 0) return 0;
+    s_set_abort(s, died ? S_WHY_DEAD : S_WHY_LEFT);
+    return kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: rank %d %s", s->group, p,
+                       died ? "died" : "left the group");
+}
+
 static const kvf_tp_ops_t s_shm_ops = {"shm", s_all_reduce_sum, s_all_gather, s_broadcast, s_barrier_op, s_abort,
-                                       s_destroy};
+                                       s_destroy, s_check};
 
 // ---------------------------------------------------------------- joining
 
