@@ -180,6 +180,9 @@ if [ $kill -eq 1 ] && [ "$tmax" -ge 2 ] && [ -s "$out/out-tp1.jsonl" ]; then
     else
       wait "$group_pid"; grc=$?
       row "$tag: group leaves after a rank's death" "ok: in $(secs "$tk") s (tp-run rc=$grc)"
+      # the survivors leave with an error, not a crash (bash reports a rank's signal in tp-run's log)
+      crash=$(grep -E 'Segmentation fault|Aborted|core dumped|Bus error' "$out/tp-run-$tag.log" | head -1)
+      [ -z "$crash" ] || { row "$tag: survivors leave cleanly" "FAIL: ${crash#*: }"; failed=1; }
     fi
     # the coordinator marks it dead; a TP 1 worker (device 0) then takes the requests over
     dev=(); [ "$backend" = cuda ] && dev=(--device 0)

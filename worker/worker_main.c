@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/args.h"
 #include "common/log.h"
@@ -169,6 +170,14 @@ int main(int argc, char **argv) {
 
     int rc = kvf_worker_run(w, &s_stop, &err);
     if (rc != 0) fprintf(stderr, "kvf-worker: error: %s\n", err.msg);
+    if (rc != 0 && err.code == KVF_E_PEER_LOST) {
+        // The TP group is gone and its NCCL communicator is being aborted on a detached thread
+        // (worker/tp_nccl.c), which the destructors and exit()'s teardown of the CUDA runtime
+        // would race (2 x H200: a survivor segfaulted after logging this error). Nothing is left
+        // to hand back: the coordinator takes the requests back when the heartbeats stop.
+        fflush(stdout);
+        _exit(1);
+    }
     kvf_worker_destroy(&w);
     return rc == 0 ? 0 : 1;
 }
