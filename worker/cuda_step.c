@@ -169,23 +169,42 @@ static int s_gemm_lm_head(kvf_cuda_t *c, const uint16_t *x, int rows, cudaStream
 
 // q = RoPE(q) into c->q, k (rotated) and v into layer l's cache, from c->qkv: bf16 (S_ACT_QKV)
 // or f32, into a bf16 or an E4M3 cache.
-static int s_rope(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int l, int n, cudaStream_t st, kvf_err_t *err) {
+// RoPE and the cache write of layer l for the step's rows [r0, r0 + n) (r0 > 0: a TBO half).
+static int s_rope(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int l, int r0, int n, cudaStream_t st, kvf_err_t *err) {
     const kvf_backend_t *be = &c->base;
     const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
     const int MB = be->opts.max_blocks_per_seq, NB = be->n_blocks;
-    const int32_t *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq, *d_bt = c->d_meta + c->m_bt;
+    const int32_t *d_pos = c->d_meta + c->m_pos + r0, *d_seq = c->d_meta + c->m_seq + r0;
+    const int32_t *d_bt = c->d_meta + c->m_bt;
     uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
     uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
-    const uint16_t *qb = (const uint16_t *)c->qkv;  // bf16 under S_ACT_QKV
+    uint16_t *q = c->q + (size_t)r0 * c->q_dim;
+    const size_t qkv0 = (size_t)r0 * c->qkv_dim;
+    const uint16_t *qb = (const uint16_t *)c->qkv + qkv0;  // bf16 under S_ACT_QKV
     if (c->act_mode & S_ACT_QKV)
-        return c->kv_fp8 ? kvf_rope_kv_fp8(c->q, k8, v8, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV,
-                                           HD, bs, NB, st, err)
-                         : kvf_rope_kv(c->q, kc, vc, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD,
-                                       bs, NB, st, err);
-    return c->kv_fp8 ? kvf_rope_kv_f32_fp8(c->q, k8, v8, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H,
-                                           KV, HD, bs, NB, st, err)
-                     : kvf_rope_kv_f32(c->q, kc, vc, c->qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV,
-                                       HD, bs, NB, st, err);
+        return c->kv_fp8 ? kvf_rope_kv_fp8(q, k8, v8, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD,
+                                           bs, NB, st, err)
+                         : kvf_rope_kv(q, kc, vc, qb, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H, KV, HD, bs,
+                                       NB, st, err);
+    return c->kv_fp8 ? kvf_rope_kv_f32_fp8(q, k8, v8, c->qkv + qkv0, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n,
+                                           H, KV, HD, bs, NB, st, err)
+                     : kvf_rope_kv_f32(q, kc, vc, c->qkv + qkv0, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, n, H,
+                                       KV, HD, bs, NB, st, err);
+}
+
+// Layer l's decode attention over tiles [t0, t0 + n_tiles) of the step's list (a tile a sequence).
+static int s_attn_decode(kvf_cuda_t *c, int l, int t0, int n_tiles, cudaStream_t st, kvf_err_t *err) {
+    const kvf_backend_t *be = &c->base;
+    const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
+    const int MB = be->opts.max_blocks_per_seq;
+    const int32_t *d_tiles = c->d_meta + c->m_tiles + 3 * (size_t)t0, *d_pos = c->d_meta + c->m_pos;
+    const int32_t *d_bt = c->d_meta + c->m_bt;
+    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
+    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
+    return c->kv_fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, 1,
+                                                        d_pos, d_bt, MB, H, KV, HD, bs, st, err)
+                     : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, 1, d_pos,
+                                                    d_bt, MB, H, KV, HD, bs, st, err);
 }
 
 int kvf_cuda_warm_gemms(kvf_cuda_t *c, kvf_err_t *err) {
@@ -261,7 +280,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         } else {
             S_K(s_gemm_qkv(c, L, n, st, err));
             S_TM(S_T_QKV);
-            S_K(s_rope(c, L, l, n, st, err));
+            S_K(s_rope(c, L, l, 0, n, st, err));
             S_TM(S_T_ROPE);
         }
         const int fp8 = c->kv_fp8;
@@ -272,11 +291,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
             KVF_CUDA_CHECK(cudaStreamWaitEvent(c->side, c->ev_fork, 0), err);
         }
         if (n_tiles > 0 && dec_tc) {
-            cudaStream_t sd = side ? c->side : st;
-            S_K(fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, n_tiles, 1, d_pos,
-                                                       d_bt, MB, H, KV, HD, bs, sd, err)
-                    : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, n_tiles, 1, d_pos,
-                                                   d_bt, MB, H, KV, HD, bs, sd, err));
+            S_K(s_attn_decode(c, l, 0, n_tiles, side ? c->side : st, err));
             if (side) {
                 KVF_CUDA_CHECK(cudaEventRecord(c->ev_join, c->side), err);
             } else {
@@ -351,35 +366,13 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     if ((call) != 0) return -1
 
 static int s_tbo_pre(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
-    const kvf_backend_t *be = &c->base;
     const kvf_cuda_layer_t *L = &c->layers[l];
-    const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
-    const int MB = be->opts.max_blocks_per_seq, NB = be->n_blocks;
-    const int32_t *d_pos = c->d_meta + c->m_pos + r0, *d_seq = c->d_meta + c->m_seq + r0, *d_bt = c->d_meta + c->m_bt;
-    uint16_t *h = c->h + (size_t)r0 * D, *q = c->q + (size_t)r0 * c->q_dim;
+    const int D = c->dim;
+    uint16_t *h = c->h + (size_t)r0 * D;
     uint16_t *qkv = (uint16_t *)c->qkv + (size_t)r0 * c->qkv_dim;  // bf16 (S_ACT_QKV)
-    S_K(kvf_rmsnorm(h, c->resid + (size_t)r0 * D, L->attn_norm, nh, D, be->cfg.rms_norm_eps, st, err));
+    S_K(kvf_rmsnorm(h, c->resid + (size_t)r0 * D, L->attn_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
     S_K(kvf_gemm(c->gemm_g, qkv, KVF_GEMM_OUT_BF16, h, L->wqkv, nh, D, c->qkv_dim, 0.0f, st, err));
-    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
-    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
-    return c->kv_fp8 ? kvf_rope_kv_fp8(q, k8, v8, qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, nh, H, KV, HD,
-                                       bs, NB, st, err)
-                     : kvf_rope_kv(q, kc, vc, qkv, L->bqkv, c->inv_freq, d_pos, d_seq, d_bt, MB, nh, H, KV, HD, bs, NB,
-                                   st, err);
-}
-
-static int s_tbo_attn(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
-    const kvf_backend_t *be = &c->base;
-    const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
-    const int MB = be->opts.max_blocks_per_seq;
-    const int32_t *d_tiles = c->d_meta + c->m_tiles + 3 * (size_t)r0, *d_pos = c->d_meta + c->m_pos;
-    const int32_t *d_bt = c->d_meta + c->m_bt;
-    uint16_t *kc = (uint16_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *vc = kc + c->kv_layer_elems;
-    uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
-    return c->kv_fp8 ? kvf_attention_decode_fp8_variant(c->dec_variant, c->att, c->q, k8, v8, d_tiles, nh, 1, d_pos,
-                                                        d_bt, MB, H, KV, HD, bs, st, err)
-                     : kvf_attention_decode_variant(c->dec_variant, c->att, c->q, kc, vc, d_tiles, nh, 1, d_pos, d_bt,
-                                                    MB, H, KV, HD, bs, st, err);
+    return s_rope(c, L, l, r0, nh, st, err);
 }
 
 static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
@@ -416,7 +409,7 @@ static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
         S_K(s_tbo_pre(c, 0, r0[x], nh[x], g0, err));
         KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
         KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
-        S_K(s_tbo_attn(c, 0, r0[x], nh[x], g1, err));
+        S_K(s_attn_decode(c, 0, r0[x], nh[x], g1, err));
         KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
     }
     for (int l = 0; l < Lc; l++) {
@@ -427,7 +420,7 @@ static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
             S_K(s_tbo_pre(c, l + 1, r0[x], nh[x], g0, err));
             KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
             KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
-            S_K(s_tbo_attn(c, l + 1, r0[x], nh[x], g1, err));
+            S_K(s_attn_decode(c, l + 1, r0[x], nh[x], g1, err));
             KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
         }
     }
