@@ -4,6 +4,7 @@
 #
 #   bench/tp-e2e.sh --out DIR [--backend cpu|cuda] [--tp "1 2"] [--model DIR] [--bin-dir DIR]
 #                   [--prompts N] [--max-tokens N] [--no-kill] [--match exact|complete]
+#                   [--worker-opts "FLAGS"]   (every kvf-worker's flags; default "--max-batch-size 64")
 #
 # The default model is the fixtures' stories260K (trained weights, so greedy steps rarely meet a near-tie
 # that a different summation order could flip: the cuda backend's TP sums in another order than TP 1).
@@ -24,7 +25,7 @@
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out="" backend=cpu tps="1 2" model="" bin="${KVF_BIN_DIR:-$root/build/bin}" prompts=64 max_tokens=48 kill=1
-match=""
+match="" wopts="--max-batch-size 64"
 die() { echo "tp-e2e: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +38,8 @@ while [ $# -gt 0 ]; do
     --max-tokens) max_tokens=$2; shift 2 ;;
     --no-kill) kill=0; shift ;;
     --match) match=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    --worker-opts) wopts=$2; shift 2 ;;
+    -h|--help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
   esac
 done
@@ -85,7 +87,7 @@ start_cluster() {
     >"$out/coord-$tag.log" 2>&1 &
   coord_pid=$!
   bash "$root/deploy/tp-run.sh" --tp "$t" --model "$model" --coordinator "tcp://127.0.0.1:$((port + 1))" \
-    --backend "$backend" --bin-dir "$bin" --log-dir "$out/ranks-$tag" -- --max-batch-size 64 \
+    --backend "$backend" --bin-dir "$bin" --log-dir "$out/ranks-$tag" -- $wopts \
     >"$out/tp-run-$tag.log" 2>&1 &
   group_pid=$!
   local t0; t0=$(now)
@@ -187,7 +189,7 @@ if [ $kill -eq 1 ] && [ "$tmax" -ge 2 ] && [ -s "$out/out-tp1.jsonl" ]; then
     # the coordinator marks it dead; a TP 1 worker (device 0) then takes the requests over
     dev=(); [ "$backend" = cuda ] && dev=(--device 0)
     "$bin/kvf-worker" --model "$model" --backend "$backend" "${dev[@]}" --coordinator "tcp://127.0.0.1:$((port + 1))" \
-      --max-batch-size 64 >"$out/worker-takeover.log" 2>&1 &
+      $wopts >"$out/worker-takeover.log" 2>&1 &
     spare=$!
     for _ in $(seq 1800); do kill -0 "$ctl" 2>/dev/null || break; sleep 0.1; done
     if kill -0 "$ctl" 2>/dev/null; then
