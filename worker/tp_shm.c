@@ -130,6 +130,16 @@ static int s_dead_peer(s_shm_t *s, int *died) {
     return -1;
 }
 
+// 0 while every peer holds its liveness lock; else marks the group aborted and returns -1 with
+// KVF_E_PEER_LOST naming the peer that died or left.
+static int s_peer_gone(s_shm_t *s, const char *what, kvf_err_t *err) {
+    int died = 0, p = s_dead_peer(s, &died);
+    if (p < 0) return 0;
+    s_set_abort(s, died ? S_WHY_DEAD : S_WHY_LEFT);
+    return kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: %s failed on rank %d: rank %d %s", s->group, what,
+                       s->base.rank, p, died ? "died" : "left the group");
+}
+
 // The barrier: sense reversal on a generation counter, futex sleeps in slices,
 // liveness and abort checked every slice, the timeout counted from the call.
 static int s_barrier(s_shm_t *s, const char *what, kvf_err_t *err) {
@@ -150,14 +160,7 @@ static int s_barrier(s_shm_t *s, const char *what, kvf_err_t *err) {
     for (;;) {
         if (atomic_load_explicit(&h->bar_gen, memory_order_acquire) != gen) return 0;
         if (atomic_load(&h->aborted)) return s_abort_err(s, what, err);
-        if (s->joined) {
-            int died = 0, p = s_dead_peer(s, &died);
-            if (p >= 0) {
-                s_set_abort(s, died ? S_WHY_DEAD : S_WHY_LEFT);
-                return kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: %s failed on rank %d: rank %d %s", s->group,
-                                   what, s->base.rank, p, died ? "died" : "left the group");
-            }
-        }
+        if (s->joined && s_peer_gone(s, what, err) != 0) return -1;
         int64_t left = deadline - kvf_clock_ms();
         if (left <= 0) {
             s_set_abort(s, S_WHY_TIMEOUT);
@@ -240,12 +243,7 @@ static void s_destroy(kvf_tp_t **self_p) {
 static int s_check(kvf_tp_t *tp, kvf_err_t *err) {
     s_shm_t *s = (s_shm_t *)tp;
     if (atomic_load(&s->hdr->aborted)) return s_abort_err(s, "check", err);
-    if (!s->joined) return 0;
-    int died = 0, p = s_dead_peer(s, &died);
-    if (p < 0) return 0;
-    s_set_abort(s, died ? S_WHY_DEAD : S_WHY_LEFT);
-    return kvf_err_set(err, KVF_E_PEER_LOST, "tp group %s: rank %d %s", s->group, p,
-                       died ? "died" : "left the group");
+    return s->joined ? s_peer_gone(s, "check", err) : 0;
 }
 
 static const kvf_tp_ops_t s_shm_ops = {"shm", s_all_reduce_sum, s_all_gather, s_broadcast, s_barrier_op, s_abort,
