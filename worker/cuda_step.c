@@ -168,8 +168,7 @@ static int s_gemm_lm_head(kvf_cuda_t *c, const uint16_t *x, int rows, cudaStream
 }
 
 // q = RoPE(q) into c->q, k (rotated) and v into layer l's cache, from c->qkv: bf16 (S_ACT_QKV)
-// or f32, into a bf16 or an E4M3 cache.
-// RoPE and the cache write of layer l for the step's rows [r0, r0 + n) (r0 > 0: a TBO half).
+// or f32, into a bf16 or an E4M3 cache; for the step's rows [r0, r0 + n) (r0 > 0: a TBO half).
 static int s_rope(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int l, int r0, int n, cudaStream_t st, kvf_err_t *err) {
     const kvf_backend_t *be = &c->base;
     const int H = c->n_heads, KV = c->n_kv, HD = be->cfg.head_dim, bs = be->opts.block_size;
