@@ -19,6 +19,7 @@
 
 #include <cuda_runtime_api.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -32,7 +33,9 @@
 
 typedef struct {
     kvf_tp_t base;          // first
-    ncclComm_t comm;
+    ncclComm_t comm;        // the collectives' communicator
+    ncclComm_t parent;      // made over a control group: the bounded non-blocking one, kept beside a
+                            // blocking comm (kvf_tp_nccl_new_over); NULL otherwise
     cudaStream_t own;       // created here
     cudaStream_t stream;    // where all_reduce_sum enqueues (own, or the caller's)
     int32_t device;
@@ -57,9 +60,8 @@ static void s_yield_us(long us) {
 // GPU runs the next kernel only once the host has enqueued it, so a sleep there (nanosleep's
 // 20-50 us become ~60-110 with the timer slack) stalls the device. 2 x H200, a 16-layer model at
 // 55 rows (bench/RESULTS.md, session 13): decode steps of 7.2 ms with sleeps, 4.2 with the spin,
-// 1.7 at TP 1. Most of what is left is NCCL's non-blocking launch itself (~70 us a collective);
-// a blocking communicator split off this one did not come up on NCCL 2.28 (ncclCommSplit gave
-// no communicator).
+// 1.7 at TP 1. Most of what was left is NCCL's non-blocking launch itself (~70 us a collective):
+// see s_blocking_comm.
 #define S_SPIN_POLLS 2000
 static void s_pause(int polls, long us) {
     if (polls < S_SPIN_POLLS) {
@@ -71,8 +73,11 @@ static void s_pause(int polls, long us) {
     }
 }
 
-static void *s_abort_thread(void *comm) {
-    ncclCommAbort((ncclComm_t)comm);
+static void *s_abort_thread(void *pair) {
+    ncclComm_t *c = pair;  // {comm, parent or NULL}
+    ncclCommAbort(c[0]);
+    if (c[1]) ncclCommAbort(c[1]);
+    free(pair);
     return NULL;
 }
 
@@ -84,13 +89,22 @@ static void s_abort_comm(s_nccl_t *n) {
     if (n->comm && !n->failed) {
         pthread_t t;
         pthread_attr_t at;
-        int ok = pthread_attr_init(&at) == 0;
-        ok = ok && pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0;
-        ok = ok && pthread_create(&t, &at, s_abort_thread, (void *)n->comm) == 0;
-        pthread_attr_destroy(&at);
-        if (!ok) ncclCommAbort(n->comm);
+        ncclComm_t *pair = malloc(2 * sizeof *pair);
+        int ok = pair && pthread_attr_init(&at) == 0;
+        if (ok) {
+            pair[0] = n->comm, pair[1] = n->parent;
+            ok = pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0 &&
+                 pthread_create(&t, &at, s_abort_thread, pair) == 0;
+            pthread_attr_destroy(&at);
+        }
+        if (!ok) {
+            free(pair);
+            ncclCommAbort(n->comm);
+            if (n->parent) ncclCommAbort(n->parent);
+        }
     }
     n->comm = NULL;
+    n->parent = NULL;
     n->failed = 1;
 }
 
@@ -221,23 +235,25 @@ static int s_barrier(kvf_tp_t *tp, kvf_err_t *err) {
 
 static void s_abort(kvf_tp_t *tp) { s_abort_comm((s_nccl_t *)tp); }
 
+// A clean finalize flushes pending work; abort when it fails or (non-blocking) does not end in time.
+static void s_close(ncclComm_t comm, int32_t timeout_ms) {
+    ncclResult_t rc = ncclCommFinalize(comm), st = rc;
+    int64_t deadline = kvf_clock_ms() + timeout_ms;
+    if (rc == ncclInProgress)
+        while (ncclCommGetAsyncError(comm, &st) == ncclSuccess && st == ncclInProgress && kvf_clock_ms() < deadline)
+            s_yield_us(100);
+    if (st == ncclSuccess)
+        ncclCommDestroy(comm);
+    else
+        ncclCommAbort(comm);
+}
+
 static void s_destroy(kvf_tp_t **self_p) {
     if (!self_p || !*self_p) return;
     s_nccl_t *n = (s_nccl_t *)*self_p;
     cudaSetDevice(n->device);
-    if (n->comm) {
-        // A clean finalize flushes pending work; abort when it fails or does not end in time.
-        ncclResult_t rc = ncclCommFinalize(n->comm), st = rc;
-        int64_t deadline = kvf_clock_ms() + n->base.timeout_ms;
-        if (rc == ncclInProgress)
-            while (ncclCommGetAsyncError(n->comm, &st) == ncclSuccess && st == ncclInProgress &&
-                   kvf_clock_ms() < deadline)
-                s_yield_us(100);
-        if (st == ncclSuccess)
-            ncclCommDestroy(n->comm);
-        else
-            ncclCommAbort(n->comm);
-    }
+    if (n->comm) s_close(n->comm, n->base.timeout_ms);
+    if (n->parent) s_close(n->parent, n->base.timeout_ms);
     // After an abort an NCCL kernel may still hold the device, and cudaFree waits
     // for the whole device: leave the scratch and the stream to the process's exit.
     if (!n->failed) {
@@ -324,12 +340,8 @@ kvf_tp_t *kvf_tp_nccl_new(const uint8_t id[KVF_TP_NCCL_ID_BYTES], int32_t rank, 
     return tp;
 }
 
-kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms, kvf_err_t *err) {
-    if (!ctl) {
-        kvf_err_set(err, KVF_E_INVAL, "tp nccl: no control communicator to send the id over");
-        return NULL;
-    }
-    s_eager_modules();
+// Rank 0 of ctl makes an NCCL unique id and broadcasts it; 0 on every rank that has it.
+static int s_share_id(kvf_tp_t *ctl, uint8_t id[KVF_TP_NCCL_ID_BYTES], kvf_err_t *err) {
     struct {
         int64_t ok;
         uint8_t id[KVF_TP_NCCL_ID_BYTES];
@@ -338,15 +350,111 @@ kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms
     kvf_err_t id_err;
     kvf_err_clear(&id_err);
     if (kvf_tp_rank(ctl) == 0) msg.ok = kvf_tp_nccl_unique_id(msg.id, &id_err) == 0;
-    if (kvf_tp_broadcast(ctl, &msg, sizeof msg, 0, err) != 0) return NULL;
+    if (kvf_tp_broadcast(ctl, &msg, sizeof msg, 0, err) != 0) return -1;
     if (!msg.ok) {
         if (kvf_tp_rank(ctl) == 0 && err)
             *err = id_err;
         else
             kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl: rank 0 could not make the NCCL unique id");
+        return -1;
+    }
+    memcpy(id, msg.id, KVF_TP_NCCL_ID_BYTES);
+    return 0;
+}
+
+// A blocking communicator's init, on its own thread so that the caller can give up on it.
+typedef struct {
+    ncclUniqueId id;
+    int rank, size, device;
+    ncclComm_t comm;
+    ncclResult_t rc;
+    _Atomic int done;
+    _Atomic int refs;  // the thread's and the caller's: the last to let go frees it
+} s_init_job_t;
+
+static void s_job_release(s_init_job_t *j) {
+    if (atomic_fetch_sub(&j->refs, 1) == 1) free(j);
+}
+
+static void *s_init_thread(void *arg) {
+    s_init_job_t *j = arg;
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 1;
+    j->rc = cudaSetDevice(j->device) == cudaSuccess ? ncclCommInitRankConfig(&j->comm, j->size, j->id, j->rank, &cfg)
+                                                     : ncclUnhandledCudaError;
+    atomic_store(&j->done, 1);
+    s_job_release(j);
+    return NULL;
+}
+
+// The step's collectives go to a second, blocking communicator. On the non-blocking one every
+// collective returns ncclInProgress and is launched off the caller's thread (NCCL 2.19 on):
+// ~70 us a collective that the GPU waits for (2 x H200, bench/RESULTS.md session 13). A blocking
+// init waits for every peer with no timeout of its own, so it runs on a thread and the caller
+// gives up after the timeout or when the control group loses a peer (the thread is then left to
+// the process's exit; the process leaves, its group being unusable). Once it is up, a dead peer
+// is seen by the step's bounded waits as before; the non-blocking communicator stays as parent.
+// KVF_TP_NCCL_BLOCKING=0 keeps the non-blocking one for the collectives.
+static int s_blocking_comm(s_nccl_t *n, kvf_tp_t *ctl, kvf_err_t *err) {
+    uint8_t id[KVF_TP_NCCL_ID_BYTES];
+    if (s_share_id(ctl, id, err) != 0) return -1;
+    s_init_job_t *j = calloc(1, sizeof *j);
+    if (!j) return kvf_err_set(err, KVF_E_NOMEM, "tp nccl: out of memory");
+    memcpy(&j->id, id, sizeof j->id);
+    j->rank = n->base.rank, j->size = n->base.size, j->device = n->device;
+    atomic_store(&j->refs, 2);
+    pthread_t t;
+    pthread_attr_t at;
+    int ok = pthread_attr_init(&at) == 0;
+    ok = ok && pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED) == 0 &&
+         pthread_create(&t, &at, s_init_thread, j) == 0;
+    pthread_attr_destroy(&at);
+    if (!ok) {
+        free(j);
+        return kvf_err_set(err, KVF_E_IO, "tp nccl rank %d: no thread for the blocking init", n->base.rank);
+    }
+    const int64_t deadline = kvf_clock_ms() + n->base.timeout_ms;
+    kvf_err_t e;
+    kvf_err_clear(&e);
+    int rc = 0;
+    while (!atomic_load(&j->done)) {
+        if (kvf_tp_check(ctl, &e) != 0) {
+            rc = kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: blocking init: %s", n->base.rank, e.msg);
+            break;
+        }
+        if (kvf_clock_ms() >= deadline) {
+            rc = kvf_err_set(err, KVF_E_PEER_LOST, "tp nccl rank %d: blocking init: not done within %d ms",
+                             n->base.rank, n->base.timeout_ms);
+            break;
+        }
+        s_yield_us(1000);
+    }
+    if (rc == 0 && j->rc != ncclSuccess)
+        rc = kvf_err_set(err, KVF_E_DEVICE, "tp nccl rank %d (device %d): blocking ncclCommInitRankConfig: %s",
+                         n->base.rank, n->device, ncclGetErrorString(j->rc));
+    if (rc == 0) {
+        n->parent = n->comm;
+        n->comm = j->comm;
+    }
+    s_job_release(j);
+    return rc;
+}
+
+kvf_tp_t *kvf_tp_nccl_new_over(kvf_tp_t *ctl, int32_t device, int32_t timeout_ms, kvf_err_t *err) {
+    if (!ctl) {
+        kvf_err_set(err, KVF_E_INVAL, "tp nccl: no control communicator to send the id over");
         return NULL;
     }
-    kvf_tp_t *tp = kvf_tp_nccl_new(msg.id, kvf_tp_rank(ctl), kvf_tp_size(ctl), device, timeout_ms, err);
+    s_eager_modules();
+    uint8_t id[KVF_TP_NCCL_ID_BYTES];
+    if (s_share_id(ctl, id, err) != 0) return NULL;
+    kvf_tp_t *tp = kvf_tp_nccl_new(id, kvf_tp_rank(ctl), kvf_tp_size(ctl), device, timeout_ms, err);
+    const char *benv = getenv("KVF_TP_NCCL_BLOCKING");
+    if (tp && kvf_tp_size(ctl) > 1 && !(benv && !strcmp(benv, "0")) && s_blocking_comm((s_nccl_t *)tp, ctl, err) != 0) {
+        kvf_log(KVF_LOG_ERROR, "%s", err ? err->msg : "tp nccl: the blocking communicator did not come up");
+        kvf_tp_abort(tp);
+        kvf_tp_destroy(&tp);
+    }
     // Agree on success, so that no rank goes on with a group another rank left.
     int64_t ok = tp != NULL, all = ok;
     kvf_err_t agree_err;
