@@ -774,6 +774,123 @@ Test(cluster, kvf_node_starts_reports_and_stops_a_node, .timeout = 120) {
     cr_assert_eq(system(cmd), 0);
 }
 
+// Whether the process of pid is gone (not ours: a zombie counts as gone).
+static int s_proc_gone(pid_t pid) {
+    char proc[64], stat[256] = "";
+    snprintf(proc, sizeof proc, "/proc/%d/stat", (int)pid);
+    FILE *sf = fopen(proc, "r");
+    if (sf) {
+        if (!fgets(stat, sizeof stat, sf)) stat[0] = 0;
+        fclose(sf);
+    }
+    return !stat[0] || strstr(stat, ") Z ") != NULL;
+}
+
+// kvf-node's per-node layouts: node "a" runs the coordinator and one TP group of 2
+// ranks (--tp 2, deploy/tp-run.sh), node "b" only a worker that joins a's coordinator
+// (--join, as every node but the first of a Slurm job). A batch runs across both;
+// each node's stop ends its own processes, the TP group's ranks too.
+Test(cluster, kvf_node_tp_groups_and_a_joined_node, .timeout = 150) {
+    kvh_require_bin("kvf-coordinator");
+    kvh_require_bin("kvf-worker");
+    kvh_require_bin("kvfctl");
+    char model[512];
+    KVF_FIXTURE_PATH(model, "tiny-llama");
+    char da[64] = "/tmp/kvf-node-a-XXXXXX", db[64] = "/tmp/kvf-node-b-XXXXXX";
+    cr_assert_not_null(mkdtemp(da));
+    cr_assert_not_null(mkdtemp(db));
+    char script[512], fp[16], bp[16], log[128], out[128], in[128], res[128], front[64];
+    snprintf(script, sizeof script, "%s/deploy/kvf-node", KVF_SOURCE_DIR);
+    snprintf(fp, sizeof fp, "%d", s_free_port());
+    do snprintf(bp, sizeof bp, "%d", s_free_port());
+    while (strcmp(fp, bp) == 0);
+    snprintf(front, sizeof front, "tcp://127.0.0.1:%s", fp);
+    snprintf(log, sizeof log, "%s/node.log", da);
+    snprintf(out, sizeof out, "%s/status.json", da);
+    char *start_a[] = {script, "start", "--model", model, "--tp", "2", "--name", "a", "--backend", "cpu",
+                       "--front-port", fp, "--back-port", bp, "--run-dir", da, "--bin-dir", KVF_BIN_DIR,
+                       "--timeout", "60", "--threads", "1", "--cache-max-entry-count", "64", NULL};
+    int rc = kvh_run(start_a, log, NULL, 90);
+    if (rc != 0) kvh_tail(log);
+    cr_assert_eq(rc, 0, "kvf-node start --tp 2 failed (%d)", rc);
+    char *start_b[] = {script, "start", "--model", model, "--join", "127.0.0.1", "--name", "b", "--backend", "cpu",
+                       "--front-port", fp, "--back-port", bp, "--run-dir", db, "--bin-dir", KVF_BIN_DIR,
+                       "--timeout", "60", "--threads", "1", "--cache-max-entry-count", "64", NULL};
+    rc = kvh_run(start_b, log, NULL, 90);
+    if (rc != 0) kvh_tail(log);
+    cr_assert_eq(rc, 0, "kvf-node start --join failed (%d)", rc);
+    char pf[128];
+    cr_assert_not(access(strcat(strcpy(pf, db), "/coordinator.pid"), F_OK) == 0, "--join started a coordinator");
+
+    // Both registered with a's coordinator: a's group as one worker of TP size 2.
+    char *status[] = {KVF_BIN_DIR "/kvfctl", "--coordinator", front, "status", "--json", NULL};
+    cr_assert_eq(kvh_run(status, out, NULL, 30), 0);
+    json_t *st = json_load_file(out, 0, NULL);
+    cr_assert_not_null(st);
+    cr_assert_eq(s_int(json_object_get(st, "totals"), "ready"), 2);
+    json_t *ws = json_object_get(st, "workers");
+    int seen = 0;
+    for (size_t i = 0; i < json_array_size(ws); i++) {
+        json_t *w = json_array_get(ws, i);
+        const char *id = json_string_value(json_object_get(w, "id"));
+        cr_assert_not_null(id);
+        if (!strcmp(id, "a-cpu0")) {
+            seen |= 1;
+            cr_assert_eq(s_int(w, "tp_size"), 2);
+        }
+        if (!strcmp(id, "b-cpu0")) {
+            seen |= 2;
+            cr_assert_eq(s_int(w, "tp_size"), 1);
+        }
+    }
+    cr_assert_eq(seen, 3, "workers a-cpu0 and b-cpu0 expected");
+    json_decref(st);
+
+    // A batch across the two nodes comes back whole.
+    snprintf(in, sizeof in, "%s/in.jsonl", da);
+    snprintf(res, sizeof res, "%s/out.jsonl", da);
+    FILE *f = fopen(in, "w");
+    cr_assert_not_null(f);
+    for (int i = 0; i < 24; i++) fprintf(f, "{\"id\": %d, \"prompt\": \"Once upon a time %d\", \"max_tokens\": 16}\n", i, i);
+    fclose(f);
+    char *run[] = {KVF_BIN_DIR "/kvfctl", "--coordinator", front, "run", in, "-o", res, "--progress", "none", NULL};
+    cr_assert_eq(kvh_run(run, log, NULL, 60), 0);
+    char *text = kvf_test_slurp(res, NULL);
+    cr_assert_not_null(text);
+    int lines = 0;
+    for (char *c = text; *c; c++) lines += *c == '\n';
+    free(text);
+    cr_assert_eq(lines, 24);
+
+    // The group's processes: tp-run (worker-0.pid) and its two ranks (its first log line names them).
+    pid_t pids[4];
+    char tplog[160];
+    snprintf(tplog, sizeof tplog, "%s/worker-0.log", da);
+    text = kvf_test_slurp(tplog, NULL);
+    cr_assert_not_null(text);
+    char *pl = strstr(text, " pids ");
+    cr_assert_not_null(pl, "%s", text);
+    int r0 = 0, r1 = 0;
+    cr_assert_eq(sscanf(pl, " pids %d %d", &r0, &r1), 2, "%s", text);
+    free(text);
+    pids[0] = r0, pids[1] = r1;
+    cr_assert(s_pid_alive(strcat(strcpy(pf, da), "/worker-0.pid"), &pids[2]));
+    cr_assert(s_pid_alive(strcat(strcpy(pf, db), "/worker-0.pid"), &pids[3]));
+    char *stop_b[] = {script, "stop", "--run-dir", db, "--timeout", "10", NULL};
+    cr_assert_eq(kvh_run(stop_b, log, NULL, 30), 0);
+    cr_assert(s_proc_gone(pids[3]), "b's worker survived its stop");
+    cr_assert(!s_proc_gone(pids[0]), "b's stop must leave a's group alone");
+    char *stop_a[] = {script, "stop", "--run-dir", da, "--timeout", "20", NULL};
+    cr_assert_eq(kvh_run(stop_a, log, NULL, 40), 0);
+    for (int i = 0; i < 3; i++) {
+        for (int k = 0; k < 50 && !s_proc_gone(pids[i]); k++) usleep(100000);  // a rank leaves just after tp-run
+        cr_assert(s_proc_gone(pids[i]), "pid %d of a's group survived kvf-node stop", (int)pids[i]);
+    }
+    char cmd[192];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' '%s'", da, db);
+    cr_assert_eq(system(cmd), 0);
+}
+
 // A cpu step longer than the coordinator's --dead-after-ms (a real model's
 // prefill on a cpu worker takes seconds, a single layer of it can): the
 // worker's heartbeat thread keeps the heartbeats going while the step runs, so
