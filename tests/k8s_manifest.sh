@@ -59,7 +59,7 @@ for _ in $(seq 100); do "${probe[@]}" >/dev/null 2>&1 && break; sleep 0.2; done
 
 POD_NAME=kvfleet-worker-0 /bin/sh -c "$(local_cmd "$worker_cmd")" >"$dir/worker.log" 2>&1 &
 wpid=$!
-pids+=($wpid)
+pids+=("$wpid")
 front="tcp://127.0.0.1:$fport"
 for _ in $(seq 150); do
   "$bin/kvfctl" --coordinator "$front" status --json 2>/dev/null | grep -q '"state": "ready"' && break
