@@ -180,6 +180,25 @@ static void s_collect(s_fix_t *f, uint64_t rid, s_result_t *r, int ms) {
     }
 }
 
+// Collects the interleaved RESULT chunks of rids rid0 .. rid0 + n - 1 until each has finished:
+// got[i] the tokens of rid0 + i (at most 64), n_got[i] their count (zeroed here).
+static void s_collect_many(s_fix_t *f, uint64_t rid0, int n, int32_t got[][64], int32_t *n_got, int ms) {
+    for (int i = 0; i < n; i++) n_got[i] = 0;
+    int done = 0;
+    int64_t end = s_ms() + ms;
+    while (done < n) {
+        cr_assert_lt(s_ms(), end, "%d of %d requests finished", done, n);
+        kvf_msg_t m;
+        if (s_recv_type(f, KVF_MSG_RESULT, 1000, &m, NULL) != 0) continue;
+        int c = (int)(m.u.result.rid - rid0);
+        cr_assert(c >= 0 && c < n, "RESULT for rid %llu", (unsigned long long)m.u.result.rid);
+        for (uint32_t i = 0; i < m.u.result.tokens.n && n_got[c] < 64; i++)
+            got[c][n_got[c]++] = m.u.result.tokens.ids[i];
+        if (m.u.result.finished) done++;
+        kvf_msg_clear(&m);
+    }
+}
+
 static json_t *s_golden_case(int c) {
     char path[1024];
     KVF_FIXTURE_PATH(path, "tiny-llama/golden.json");
@@ -311,21 +330,11 @@ Test(worker, registers_serves_golden_tokens_survives_garbage_and_shuts_down) {
 
     // the four other golden cases concurrently, results interleaved
     for (int c = 1; c < 5; c++) s_assign_ids(&f, 20 + (uint64_t)c, prompt[c], np[c], ng[c]);
-    int32_t got[5][64] = {{0}}, n_got[5] = {0};
-    int done = 0;
-    int64_t end = s_ms() + 60000;
-    while (done < 4) {
-        cr_assert_lt(s_ms(), end);
-        if (s_recv_type(&f, KVF_MSG_RESULT, 1000, &m, NULL) != 0) continue;
-        int c = (int)(m.u.result.rid - 20);
-        cr_assert(c >= 1 && c < 5);
-        for (uint32_t i = 0; i < m.u.result.tokens.n; i++) got[c][n_got[c]++] = m.u.result.tokens.ids[i];
-        if (m.u.result.finished) done++;
-        kvf_msg_clear(&m);
-    }
+    int32_t got[4][64], n_got[4];
+    s_collect_many(&f, 21, 4, got, n_got, 60000);
     for (int c = 1; c < 5; c++) {
-        cr_assert_eq(n_got[c], ng[c]);
-        cr_assert_arr_eq(got[c], gold[c], sizeof(int32_t) * (size_t)ng[c], "case %d", c);
+        cr_assert_eq(n_got[c - 1], ng[c]);
+        cr_assert_arr_eq(got[c - 1], gold[c], sizeof(int32_t) * (size_t)ng[c], "case %d", c);
     }
 
     // heartbeats carry the load
@@ -541,6 +550,46 @@ Test(worker, fp8_kv_cache_is_in_the_plan) {
     cr_assert(strstr(out, "KV cache (fp8)"), "the plan names the cache: %s", out);
     cr_assert(strstr(out, "(quantization fp8)"), "the plan names the quantization: %s", out);
     free(out);
+    s_stop(&f);
+}
+
+// --sched prefill-first (offline batches): the printed plan names the policy, and golden prompts sent
+// together still come back as the golden greedy ids (the policy changes which rows share a step, not what
+// a row computes). A policy that does not exist is a usage error naming the choices.
+Test(worker, prefill_first_scheduling_serves_golden_tokens) {
+    s_fix_t f;
+    const char *extra[] = {"--block-size", "16", "--cache-max-entry-count", "300", "--session-len", "1024",
+                           "--max-batch-size", "16", "--max-prefill-token-num", "64", "--sched", "prefill-first", NULL};
+    s_start(&f, extra);
+    kvf_msg_t reg;
+    s_register_and_welcome(&f, &reg);
+    kvf_msg_clear(&reg);
+    char *out = s_read(&f, "out");
+    cr_assert(strstr(out, "steps prefill-first"), "the plan names the policy: %s", out);
+    free(out);
+    int32_t prompt[3][300], gold[3][64], np[3], ng[3];
+    for (int c = 0; c < 3; c++) {
+        json_t *cs = s_golden_case(c);
+        np[c] = s_ids(json_object_get(cs, "prompt_ids"), prompt[c]);
+        ng[c] = s_ids(json_object_get(cs, "greedy_ids"), gold[c]);
+        json_decref(cs);
+        s_assign_ids(&f, 21 + c, prompt[c], np[c], ng[c]);
+    }
+    int32_t got[3][64], n_got[3];
+    s_collect_many(&f, 21, 3, got, n_got, 60000);
+    for (int c = 0; c < 3; c++) {
+        cr_assert_eq(n_got[c], ng[c]);
+        cr_assert_arr_eq(got[c], gold[c], sizeof(int32_t) * (size_t)ng[c], "case %d", c);
+    }
+    s_stop(&f);
+
+    const char *bad[] = {"--sched", "fastest", NULL};
+    s_start(&f, bad);
+    int st = s_wait_exit(&f, 20000);
+    cr_assert(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 2);
+    char *se = s_read(&f, "err");
+    cr_assert(strstr(se, "--sched: 'fastest' is not mixed or prefill-first"), "%s", se);
+    free(se);
     s_stop(&f);
 }
 

@@ -410,13 +410,14 @@ void kvf_engine_plan_text(const kvf_engine_t *e, char *buf, size_t size) {
              "memory plan (%s backend, %s, %d layers, vocab %d): weights %.1f MiB (quantization %s), workspace %.1f MiB for steps of "
              "%d tokens / %d sequences; %.1f MiB free before the KV pool; KV cache (%s) %.1f MiB = %u blocks x %u "
              "tokens (%.1f KiB per block) = %llu tokens, enough for %u sequences of the full --session-len %d at "
-             "once; prefix caching %s",
+             "once; prefix caching %s; steps %s",
              e->o.backend, e->cfg.architecture, e->cfg.n_layers, e->cfg.vocab_size, MIB(p.weights_bytes),
              kvf_quant_name(e->o.quant),
              MIB(p.workspace_bytes), e->o.max_prefill_token_num, e->o.max_batch_size, MIB(p.free_bytes_at_start),
              kvf_kv_dtype_name(e->o.kv_dtype), MIB(p.kv_bytes), p.kv_blocks, p.block_size,
              p.kv_blocks ? (double)p.kv_bytes / p.kv_blocks / 1024.0 : 0.0, (unsigned long long)p.tokens_fit,
-             p.full_sequences, e->o.session_len, e->o.enable_prefix_caching ? "on" : "off");
+             p.full_sequences, e->o.session_len, e->o.enable_prefix_caching ? "on" : "off",
+             e->o.sched_policy == KVF_SCHED_PREFILL_FIRST ? "prefill-first" : "mixed");
 }
 
 void kvf_engine_stats(const kvf_engine_t *e, kvf_engine_stats_t *out) {

@@ -3,7 +3,7 @@
 //   kvf-worker --model DIR --backend cpu|cuda [--device N] --coordinator ENDPOINT
 //              [--worker-id ID] [--memory-budget BYTES] [--cache-max-entry-count F]
 //              [--max-prefill-token-num N] [--max-batch-size N] [--block-size N]
-//              [--session-len N] [--enable-prefix-caching] [--threads N]
+//              [--session-len N] [--enable-prefix-caching] [--threads N] [--sched mixed|prefill-first]
 //              [--tp T --rank R --group G [--tp-timeout-ms MS]]
 //              [--curve-secret FILE --coordinator-key FILE]
 //
@@ -40,6 +40,7 @@ static void s_usage(FILE *f) {
                "                  [--worker-id ID] [--memory-budget BYTES (K/M/G suffixes)]\n"
                "                  [--cache-max-entry-count F] [--max-prefill-token-num N] [--max-batch-size N]\n"
                "                  [--block-size N] [--session-len N] [--enable-prefix-caching] [--threads N]\n"
+               "                  [--sched mixed|prefill-first]  (prefill-first: offline batches; worker/sched.h)\n"
                "                  [--kv-cache-dtype auto|fp8]  (fp8: E4M3 KV cache, half the bytes; worker/backend.h)\n"
                "                  [--quantization none|fp8]  (fp8: E4M3 linear layers, W8A8; worker/backend.h)\n"
                "                  [--tp T --rank R --group G [--tp-timeout-ms MS]]\n"
@@ -89,6 +90,8 @@ static int s_parse(int argc, char **argv, kvf_worker_opts_t *o, kvf_log_level_t 
         } else if (!strcmp(f, "--max-batch-size")) {
             if (kvf_args_int(f, v, 1, 65536, &iv, err)) return -1;
             o->engine.max_batch_size = (int32_t)iv;
+        } else if (!strcmp(f, "--sched")) {
+            if (kvf_engine_sched_parse(f, v, &o->engine.sched_policy, err)) return -1;
         } else if (!strcmp(f, "--kv-cache-dtype")) {
             if (kvf_kv_dtype_parse(f, v, &o->engine.kv_dtype, err)) return -1;
         } else if (!strcmp(f, "--quantization")) {
