@@ -166,6 +166,9 @@ int main(int argc, char **argv) {
     kvf_worker_t *w = kvf_worker_new(&o, &err);
     if (!w) {
         fprintf(stderr, "kvf-worker: error: %s\n", err.msg);
+        // A TP group that did not form may leave an NCCL init blocked on its own thread
+        // (worker/tp_nccl.c, s_blocking_comm): leave without exit()'s teardown, as below.
+        if (err.code == KVF_E_PEER_LOST) _exit(1);
         return 1;
     }
     printf("kvf-worker %s: %s\n", kvf_worker_id(w), kvf_worker_plan_text(w));
