@@ -9,6 +9,8 @@
 # Exit 77 (CTest: skipped) when python3 cannot read YAML.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tests/cluster_lib.sh
+. "$root/tests/cluster_lib.sh"
 bin=${1:?usage: $0 BIN_DIR}
 manifest="$root/deploy/kubernetes/kvfleet.yaml"
 python3 -c 'import yaml' 2>/dev/null || { echo "k8s_manifest: python3 with yaml is not here: skipped"; exit 77; }
@@ -69,12 +71,9 @@ done
 st=$("$bin/kvfctl" --coordinator "$front" status --json) || fail "status"
 grep -q '"id": "kvfleet-worker-0"' <<<"$st" || fail "no worker named after its pod: $st"
 grep -q '"tp_size": 2' <<<"$st" || fail "the worker is not a TP-2 group: $st"
-for i in $(seq 0 15); do printf '{"id": %d, "prompt": "Once upon a time %d", "max_tokens": 16}\n' "$i" "$i"; done >"$dir/in.jsonl"
-"$bin/kvfctl" --coordinator "$front" run "$dir/in.jsonl" -o "$dir/out.jsonl" --progress none 2>"$dir/run.log" ||
-  fail "kvfctl run"
-[ "$(wc -l <"$dir/out.jsonl")" -eq 16 ] || fail "16 result lines expected"
+run_batch "$bin" "$front" "$dir" 16
 
-ranks=$(sed -n 's/.* pids \(.*\), logs.*/\1/p' "$dir/worker.log")
+ranks=$(tp_ranks "$dir/worker.log")
 [ -n "$ranks" ] || fail "tp-run named no ranks"
 kill -TERM $wpid
 for _ in $(seq 200); do kill -0 $wpid 2>/dev/null || break; sleep 0.1; done

@@ -6,6 +6,8 @@
 # ranks gone), the coordinator's SHUTDOWN ends the head node's script by itself (exit 0).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# shellcheck source=tests/cluster_lib.sh
+. "$root/tests/cluster_lib.sh"
 bin=${1:?usage: $0 BIN_DIR}
 model="${KVF_FIXTURES:-$root/../shared/fixtures}/tiny-llama"
 dir=$(mktemp -d /tmp/kvf-slurm-node-XXXXXX)
@@ -35,12 +37,9 @@ grep -q "up (--join 127.0.0.1)" "$dir/b.out" || fail "the second node did not jo
 st=$("$bin/kvfctl" --coordinator "$front" status --json) || fail "status"
 [ "$(grep -c '"state": "ready"' <<<"$st")" -eq 2 ] || fail "2 ready workers expected: $st"
 grep -q '"id": "second-cpu0"' <<<"$st" || fail "no worker second-cpu0: $st"
-for i in $(seq 0 15); do printf '{"id": %d, "prompt": "Once upon a time %d", "max_tokens": 16}\n' "$i" "$i"; done >"$dir/in.jsonl"
-"$bin/kvfctl" --coordinator "$front" run "$dir/in.jsonl" -o "$dir/out.jsonl" --progress none 2>"$dir/run.out" ||
-  fail "kvfctl run"
-[ "$(wc -l <"$dir/out.jsonl")" -eq 16 ] || fail "16 result lines expected"
+run_batch "$bin" "$front" "$dir" 16
 
-ranks=$(sed -n 's/.* pids \(.*\), logs.*/\1/p' "$dir/b/worker-0.log")
+ranks=$(tp_ranks "$dir/b/worker-0.log")
 [ -n "$ranks" ] || fail "no rank pids in b's tp-run log"
 kill -TERM $b
 wait $b || fail "the joined node's script exited $?"
