@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "kernels/check.h"
+#include "kernels/mbarrier.cuh"
 #include "kernels/util.cuh"
 #include "kernels/wgmma.cuh"
 
@@ -37,23 +38,6 @@
 #define KVF_WS_SMEM(staging) (KVF_WS_ST * KVF_WS_STAGE + (staging) + 1024 + 2 * KVF_WS_ST * 8)
 
 #if KVF_WG_AVAILABLE
-static __device__ __forceinline__ void kvf_mb_init(uint32_t bar, uint32_t count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-static __device__ __forceinline__ void kvf_mb_expect_tx(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-static __device__ __forceinline__ void kvf_mb_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-static __device__ __forceinline__ void kvf_mb_wait(uint32_t bar, uint32_t parity) {
-    asm volatile(
-        "{\n.reg .pred p;\nKVF_MB_WAIT:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-        "@!p bra KVF_MB_WAIT;\n}\n" ::"r"(bar),
-        "r"(parity)
-        : "memory");
-}
 // A box of the tensor map at coordinates (c0 innermost, c1) into shared dst, counted on bar.
 static __device__ __forceinline__ void kvf_tma_2d(uint32_t dst, const CUtensorMap *map, uint32_t bar, int c0,
                                                   int c1) {
@@ -141,7 +125,7 @@ static __device__ __forceinline__ void kvf_ws_gemm(const CUtensorMap *tx, const 
             kvf_mb_init(full + 8 * s, 1);
             kvf_mb_init(empty + 8 * s, 8 * CL);  // one arrival a consumer warp of each CTA
         }
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        kvf_mb_fence_init();
     }
     kvf_ws_sync<CL>();
     if (wg == 0) {  // producer: one thread (with Epi::kMaxRegs, few registers: the consumers take the rest)

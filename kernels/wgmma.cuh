@@ -24,6 +24,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "kernels/mbarrier.cuh"  // kvf_fence_proxy_async
+
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define KVF_WG_AVAILABLE 1
 #else
@@ -52,10 +54,6 @@ static __device__ __forceinline__ void kvf_wg_commit(void) {
 template <int N>
 static __device__ __forceinline__ void kvf_wg_wait(void) {
     asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Shared-memory writes of this thread (st.shared, cp.async) visible to wgmma's reads.
-static __device__ __forceinline__ void kvf_fence_proxy_async(void) {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 // x, opaque to the compiler (values made from it are not hoisted out of a loop).
 static __device__ __forceinline__ unsigned kvf_wg_opaque(unsigned x) {
