@@ -28,6 +28,7 @@
 #include "kernels/attention_step.cuh"
 #include "kernels/check.h"
 #include "kernels/fp8.cuh"
+#include "kernels/mbarrier.cuh"
 #include "kernels/mma.cuh"
 #include "kernels/util.cuh"
 
@@ -164,6 +165,53 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
 
 // ---------------------------------------------------------------- variants
 
+// The transposed variants' Q^T B fragments (kvf_attn_step_t): qf[ks][0..1] = row g,
+// dims 2 tq.. and 2 tq + 8.. of each 16 (zeros for a row past the tile's nr or an
+// inactive warp); [2..3] unused.
+template <int HD>
+static __device__ __forceinline__ void s_load_qt(uint32_t (&qf)[HD / 16][4], const bf16 *q,  // (n_tokens, H, HD)
+                                                 bool active, int q0, int nr, int G, int H, int kvh, int lane) {
+    const int g = lane >> 2, tq = lane & 3;
+    const bool v = active && g < nr;
+    const bf16 *qp = q + ((size_t)(q0 + (v ? g / G : 0)) * H + (v ? kvh * G + g % G : 0)) * HD;
+#pragma unroll
+    for (int ks = 0; ks < HD / 16; ks++) {
+        qf[ks][0] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq) : 0u;
+        qf[ks][1] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq + 8) : 0u;
+        qf[ks][2] = qf[ks][3] = 0u;
+    }
+}
+
+// Writes a transposed variant's rows: o[mt] holds dims 16 mt + g (c 0, 1) and + 8
+// (c 2, 3) of tile rows 2 tq (c 0, 2) and 2 tq + 1 (c 1, 3); l0, l1 their per-lane
+// partial sums (added here over the 8 lanes of a tq). Every lane of the warp calls it.
+template <int HD>
+static __device__ __forceinline__ void s_store_t(bf16 *out,  // (n_tokens, H, HD)
+                                                 const float (&o)[HD / 16][4], float l0, float l1, bool active,
+                                                 int q0, int nr, int G, int H, int kvh, int lane) {
+    const int g = lane >> 2, r0 = 2 * (lane & 3), r1 = r0 + 1;
+#pragma unroll
+    for (int o_ = 4; o_ <= 16; o_ <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
+    }
+    if (!active) return;
+    const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+    bf16 *o0 = out + ((size_t)(q0 + (r0 < nr ? r0 / G : 0)) * H + kvh * G + (r0 < nr ? r0 % G : 0)) * HD + g;
+    bf16 *o1 = out + ((size_t)(q0 + (r1 < nr ? r1 / G : 0)) * H + kvh * G + (r1 < nr ? r1 % G : 0)) * HD + g;
+#pragma unroll
+    for (int mt = 0; mt < HD / 16; mt++) {
+        if (r0 < nr) {
+            o0[16 * mt] = __float2bfloat16_rn(o[mt][0] * i0);
+            o0[16 * mt + 8] = __float2bfloat16_rn(o[mt][2] * i0);
+        }
+        if (r1 < nr) {
+            o1[16 * mt] = __float2bfloat16_rn(o[mt][1] * i1);
+            o1[16 * mt + 8] = __float2bfloat16_rn(o[mt][3] * i1);
+        }
+    }
+}
+
 // Dynamic shared memory of s_attn_decode_v: STAGES x (K|V) x 16 rows a warp,
 // rows of HD + 8 bf16; with an FP8 cache (fp8) rows of HD + 16 bytes. The merge
 // (SPLIT > 1) reuses it: (WARPS, 16, HD) f32 + (WARPS, 16, 2).
@@ -280,14 +328,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     // T: Q^T's B fragments in qf[ks][0..1]: row g, dims 2 tq.. and 2 tq + 8.. of each 16
     uint32_t qf[HD / 16][4];
     if constexpr (T) {
-        const bool v = active && g < nr;
-        const bf16 *qp = q + ((size_t)(q0 + (v ? g / G : 0)) * H + (v ? kvh * G + g % G : 0)) * HD;
-#pragma unroll
-        for (int ks = 0; ks < HD / 16; ks++) {
-            qf[ks][0] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq) : 0u;
-            qf[ks][1] = v ? *(const uint32_t *)(qp + ks * 16 + 2 * tq + 8) : 0u;
-            qf[ks][2] = qf[ks][3] = 0u;
-        }
+        s_load_qt<HD>(qf, q, active, q0, nr, G, H, kvh, lane);
     } else {
         const bool v0 = active && r0 < nr, v1 = active && r1 < nr;
         const bf16 *q0p = q + ((size_t)(q0 + (v0 ? r0 / G : 0)) * H + (v0 ? kvh * G + r0 % G : 0)) * HD;
@@ -338,27 +379,8 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
     }
     kvf_cp_async_wait<0>();
 
-    if constexpr (T) {  // o[mt]: dims 16 mt + g (c 0, 1) and + 8 (c 2, 3) of rows r0 = 2 tq, r1 = 2 tq + 1
-#pragma unroll
-        for (int o_ = 4; o_ <= 16; o_ <<= 1) {
-            l0 += __shfl_xor_sync(0xffffffffu, l0, o_);
-            l1 += __shfl_xor_sync(0xffffffffu, l1, o_);
-        }
-        if (!active) return;
-        const float i0 = l0 > 0.0f ? 1.0f / l0 : 0.0f, i1 = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        bf16 *o0 = out + ((size_t)(q0 + (r0 < nr ? r0 / G : 0)) * H + kvh * G + (r0 < nr ? r0 % G : 0)) * HD + g;
-        bf16 *o1 = out + ((size_t)(q0 + (r1 < nr ? r1 / G : 0)) * H + kvh * G + (r1 < nr ? r1 % G : 0)) * HD + g;
-#pragma unroll
-        for (int mt = 0; mt < NO; mt++) {
-            if (r0 < nr) {
-                o0[16 * mt] = __float2bfloat16_rn(o[mt][0] * i0);
-                o0[16 * mt + 8] = __float2bfloat16_rn(o[mt][2] * i0);
-            }
-            if (r1 < nr) {
-                o1[16 * mt] = __float2bfloat16_rn(o[mt][1] * i1);
-                o1[16 * mt + 8] = __float2bfloat16_rn(o[mt][3] * i1);
-            }
-        }
+    if constexpr (T) {
+        s_store_t<HD>(out, o, l0, l1, active, q0, nr, G, H, kvh, lane);
         return;
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
@@ -477,13 +499,132 @@ static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
     return 0;
 }
 
+// ---------------------------------------------------------------- bulk-copy variants (sm_90)
+
+// Dynamic shared memory of s_attn_decode_b: STAGES x (K|V) x 16 rows of HEADS x HD
+// bf16 + 16 bytes, then a "full" and an "empty" mbarrier a stage.
+static size_t s_smem_b(int hd, int heads, int stages) {
+    return (size_t)stages * 2 * 16 * ((size_t)heads * hd * 2 + 16) + (size_t)stages * 2 * 8;
+}
+
+// The keys reach shared memory by the copy engine, not by the warps that score them,
+// so that an SM keeps more bytes in flight than its warps' cp.async rings did (a
+// share of the SMs must read as fast as the whole device: two-batch overlap, bench/
+// RESULTS.md sessions 12-14). One block a (tile, group of HEADS KV heads): HEADS
+// consumer warps (a warp a KV head, all of its keys, kvf_attn_step_t: tiles of at
+// most 8 rows) and one producer warp. A stage is 16 keys: a key's K row and its V row
+// of the group's heads (HEADS x HD bf16, side by side in the cache) are one
+// cp.async.bulk each (lanes 0-15 K, 16-31 V), counted on the stage's "full" barrier;
+// rows lie RB + 16 bytes apart, so the 8 rows of an ldmatrix phase meet no bank twice.
+// The consumers give a stage back on its "empty" barrier (one arrival a warp). Keys
+// past kv_end are not copied: each consumer zeroes its head's V rows there (p = 0 must
+// not meet a NaN) and masks their scores.
+template <int HD, int HEADS, int STAGES>
+static __global__ void __launch_bounds__(32 * (HEADS + 1))
+s_attn_decode_b(bf16 *out,             // (n_tokens, H, HD)
+                const bf16 *q,         // (n_tokens, H, HD)
+                const bf16 *kc,        // (n_blocks, bs, KV, HD)
+                const bf16 *vc,        // (n_blocks, bs, KV, HD)
+                const int32_t *tiles,  // (n_tiles, 3)
+                const int32_t *pos,    // (n_tokens)
+                const int32_t *bt,     // (n_seqs, max_blocks)
+                int max_blocks, int H, int KV, int bs, float scale_log2) {
+#if KVF_MB_AVAILABLE
+    constexpr int RS = HEADS * HD * 2 + 16;  // bytes between staged rows
+    constexpr int KS = RS / 2;                // the same in bf16
+    constexpr int STAGE = 2 * 16 * RS;        // K rows, then V rows
+    extern __shared__ float4 dsmem4[];
+    unsigned char *ring = (unsigned char *)dsmem4;  // (STAGES, K|V, 16, RS)
+    uint64_t *full = (uint64_t *)(ring + STAGES * STAGE), *empty = full + STAGES;
+
+    const int groups = (KV + HEADS - 1) / HEADS;
+    const int tile = blockIdx.x / groups, kv0 = blockIdx.x % groups * HEADS;
+    const int seq = tiles[3 * tile], q0 = tiles[3 * tile + 1], nq = tiles[3 * tile + 2];
+    const int G = H / KV, nr = nq * G, nh = min(HEADS, KV - kv0);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int p0 = pos[q0], kv_end = p0 + nq, n_kt = (kv_end + 15) / 16;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            kvf_mb_init(kvf_smem_addr(full + s), 1);
+            kvf_mb_init(kvf_smem_addr(empty + s), HEADS);
+        }
+        kvf_mb_fence_init();
+    }
+    __syncthreads();
+
+    if (warp == HEADS) {  // the producer: a stage's 16 K rows (lanes 0-15) and V rows (16-31)
+        const int32_t *btab = bt + (size_t)seq * max_blocks;
+        const int j = lane & 15;
+        const bf16 *cache = lane < 16 ? kc : vc;
+        const uint32_t rb = (uint32_t)nh * HD * 2;
+        for (int it = 0; it < n_kt; it++) {
+            const int s = it % STAGES, key = 16 * it + j;
+            if (it >= STAGES) kvf_mb_wait(kvf_smem_addr(empty + s), (it / STAGES - 1) & 1);
+            if (lane == 0) kvf_mb_expect_tx(kvf_smem_addr(full + s), 2u * (uint32_t)min(16, kv_end - 16 * it) * rb);
+            __syncwarp();
+            if (key < kv_end) {
+                const int blk = __ldg(btab + key / bs);
+                kvf_bulk_load(kvf_smem_addr(ring + s * STAGE + ((lane >> 4) * 16 + j) * RS),
+                              cache + (((size_t)blk * bs + key % bs) * KV + kv0) * HD, rb, kvf_smem_addr(full + s));
+            }
+        }
+        return;  // the copies complete on the barriers; the consumers keep the block alive
+    }
+
+    const int kvh = kv0 + warp, tq = lane & 3;
+    const bool active = warp < nh;  // uniform over the warp
+    const int r0 = 2 * tq, r1 = r0 + 1;
+    const int pr0 = r0 < nr ? p0 + r0 / G : -1, pr1 = r1 < nr ? p0 + r1 / G : -1;
+    uint32_t qf[HD / 16][4];
+    s_load_qt<HD>(qf, q, active, q0, nr, G, H, kvh, lane);
+    float o[HD / 16][4];
+#pragma unroll
+    for (int i = 0; i < HD / 16; i++) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int it = 0; it < n_kt; it++) {
+        const int s = it % STAGES, kw = 16 * it;
+        kvf_mb_wait(kvf_smem_addr(full + s), (it / STAGES) & 1);
+        bf16 *sK = (bf16 *)(ring + s * STAGE) + warp * HD, *sV = sK + 16 * KS;
+        if (active) {
+            if (kw + 16 > kv_end) {  // the last stage: this head's V rows past kv_end were not copied
+                for (int c = lane; c < (kw + 16 - kv_end) * (HD / 8); c += 32)
+                    *(uint4 *)(sV + (kv_end - kw + c / (HD / 8)) * KS + c % (HD / 8) * 8) = make_uint4(0u, 0u, 0u, 0u);
+                kvf_fence_proxy_async();  // before the copy engine refills the stage
+                __syncwarp();
+            }
+            kvf_attn_step_t<HD, KS>(sK, sV, qf, o, m0, m1, l0, l1, kw, kv_end, pr0, pr1, scale_log2, lane);
+        }
+        __syncwarp();  // every lane's reads of the stage are done
+        if (lane == 0) kvf_mb_arrive(kvf_smem_addr(empty + s));
+    }
+    s_store_t<HD>(out, o, l0, l1, active, q0, nr, G, H, kvh, lane);
+#else
+    __trap();  // the launcher runs these only where the build has sm_90 code
+#endif
+}
+
+template <int HD, int HEADS, int STAGES>
+static int s_launch_b(const s_args_t *a, kvf_err_t *err) {
+    const int groups = (a->KV + HEADS - 1) / HEADS;
+    KVF_REQUIRE((long long)a->n_tiles * groups <= 0x7fffffffLL, err);
+    const size_t smem = s_smem_b(HD, HEADS, STAGES);
+    KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_b<HD, HEADS, STAGES>,
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
+    s_attn_decode_b<HD, HEADS, STAGES><<<a->n_tiles * groups, 32 * (HEADS + 1), smem, a->stream>>>(
+        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
+        a->bs, a->scale_log2);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
 // The variants: name, shape (warps a block, ring depth, KV heads a block, one ring a warp).
 // "SxK Nw": block-wide ring of S stages of K keys, N warps; "wSx16": a ring of S
 // 16-key chunks a warp; "4h": 4 KV heads a block, a warp each.
 typedef struct {
     const char *name;
     int warps, stages, heads, per_warp;
-    int pvt;  // fp8: P V transposed (tiles of at most 8 rows)
+    int pvt;   // P V transposed (tiles of at most 8 rows)
+    int bulk;  // s_attn_decode_b: heads a block, stages (warps: heads + the producer)
 } s_variant_t;
 
 static const s_variant_t s_variants[] = {
@@ -496,6 +637,11 @@ static const s_variant_t s_variants[] = {
     {"v6 w3x16 2w", 2, 3, 1, 1},  // 51 KB: 4 blocks an SM of 2 warps
     {"v7 t w3x16 4h", 4, 3, 4, 1, 1},  // v5, transposed (kvf_attn_step_t): tiles of at most 8 rows
     {"v8 t w4x16 2h", 2, 4, 2, 1, 1},  // 68 KB: 3 blocks an SM of 2 warps, 3 chunks in flight a warp
+    {"v9 t b3x16 4h", 5, 3, 4, 1, 1, 1},    // bulk copies, 100 KB: 2 blocks an SM, 8 consumer warps
+    {"v10 t b6x16 4h", 5, 6, 4, 1, 1, 1},   // 200 KB: 1 block an SM, 5 stages in flight
+    {"v11 t b3x16 8h", 9, 3, 8, 1, 1, 1},   // 198 KB: 1 block an SM (a block a token), 8 consumer warps
+    {"v12 t b4x16 2h", 3, 4, 2, 1, 1, 1},   // 68 KB: 3 blocks an SM, 6 consumer warps
+    {"v13 t b2x16 4h", 5, 2, 4, 1, 1, 1},   // 67 KB: 3 blocks an SM, 12 consumer warps, one stage ahead
 };
 // Tried and dropped (H200, 512 x 576 keys): v5 with 8 KV heads a block (1 block an SM) 3.79 TB/s, with 2 (4 blocks
 // an SM) 3.79, v5 3.80: the block's head count past 4 no longer matters.
@@ -503,7 +649,10 @@ static const s_variant_t s_variants[] = {
 // the variant kvf_attention_decode runs: v5, the fastest on an H200 (kvf-kbench, 512 sequences of
 // 512-640 keys: v5 3.84 TB/s, v6 3.78, v3 3.55, v0 3.41; 128 sequences: v5 3.31, v0 2.86)
 #define DC_DEFAULT 5
-#define DC_T_DEFAULT 7  // tiles of at most 8 rows
+// tiles of at most 8 rows: v13 where the bulk-copy variants run (H200, 1024 sequences of 512-640 keys: 4.16-4.17
+// TB/s against v7's 4.04-4.05; on a 32-SM share 2.20 against 1.68-1.72), else v7
+#define DC_T_DEFAULT 13
+#define DC_T_FALLBACK 7
 
 template <int HD>
 static int s_launch(int variant, const s_args_t *a, kvf_err_t *err) {
@@ -517,6 +666,11 @@ static int s_launch(int variant, const s_args_t *a, kvf_err_t *err) {
     case 6: return s_launch_v<HD, 2, 3, 1, true>(a, err);
     case 7: return s_launch_v<HD, 4, 3, 4, true, bf16, true>(a, err);
     case 8: return s_launch_v<HD, 2, 4, 2, true, bf16, true>(a, err);
+    case 9: return s_launch_b<HD, 4, 3>(a, err);
+    case 10: return s_launch_b<HD, 4, 6>(a, err);
+    case 11: return s_launch_b<HD, 8, 3>(a, err);
+    case 12: return s_launch_b<HD, 2, 4>(a, err);
+    case 13: return s_launch_b<HD, 4, 2>(a, err);
     default: break;
     }
     return kvf_check_inval(err, "a launcher for every variant", __func__);
@@ -546,7 +700,8 @@ static const s_variant_t s_fp8_variants[] = {
 extern "C" size_t kvf_attention_decode_smem(int head_dim) {
     size_t m = (size_t)2 * 2 * DC_K * (head_dim + 8) * sizeof(uint16_t);  // variant 0
     for (int v = 1; v < DC_N_VARIANTS; v++) {
-        const size_t s = s_smem_v(head_dim, s_variants[v].warps, s_variants[v].stages);
+        const size_t s = s_variants[v].bulk ? s_smem_b(head_dim, s_variants[v].heads, s_variants[v].stages)
+                                            : s_smem_v(head_dim, s_variants[v].warps, s_variants[v].stages);
         if (s > m) m = s;
     }
     for (int v = 0; v < DC_N_FP8_VARIANTS; v++) {
@@ -558,8 +713,24 @@ extern "C" size_t kvf_attention_decode_smem(int head_dim) {
 
 extern "C" int kvf_attention_decode_n_variants(void) { return DC_N_VARIANTS; }
 
+extern "C" int kvf_attention_decode_variant_available(int variant) {
+    if (variant < 0 || variant >= DC_N_VARIANTS) return 0;
+    if (!s_variants[variant].bulk) return 1;
+#ifdef KVF_CUDA_SM90
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) !=
+                                                  cudaSuccess)
+        return 0;
+    return major == 9;  // sm_90 / sm_90a code
+#else
+    return 0;
+#endif
+}
+
 extern "C" int kvf_attention_decode_default_variant(int fp8, int tile_rows) {
-    if (!fp8) return tile_rows <= 8 ? DC_T_DEFAULT : DC_DEFAULT;
+    if (!fp8 && tile_rows <= 8)
+        return kvf_attention_decode_variant_available(DC_T_DEFAULT) ? DC_T_DEFAULT : DC_T_FALLBACK;
+    if (!fp8) return DC_DEFAULT;
     return tile_rows <= 8 ? DC_FP8T_DEFAULT : DC_FP8_DEFAULT;
 }
 
@@ -593,6 +764,10 @@ extern "C" int kvf_attention_decode_variant(int variant, uint16_t *out, const ui
                           max_blocks, n_heads, n_kv, head_dim, block_size, stream, err);
     if (rc <= 0) return rc;
     if (s_check_rows(0, variant, tile_tokens, n_heads, n_kv, err) != 0) return -1;
+    if (!kvf_attention_decode_variant_available(variant))
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "decode attention variant \"%s\" needs sm_90 code (this build: "
+                           "CMAKE_CUDA_ARCHITECTURES with 90 or 90a) and a compute capability 9.x device",
+                           s_variants[variant].name);
     return head_dim == 64 ? s_launch<64>(variant, &a, err) : s_launch<128>(variant, &a, err);
 }
 

@@ -58,8 +58,14 @@ int kvf_attention_decode_n_variants(void);
 // ones, else KVF_ATTN_DECODE_ROWS; 0 for a variant out of range.
 int kvf_attention_decode_variant_max_rows(int fp8, int variant);
 
+// 1 when the bf16 variant runs on the current device with this build: the
+// bulk-copy ones (names with " b") need sm_90 code and a compute capability 9.x
+// device; the others run everywhere. 0 also for a variant out of range.
+int kvf_attention_decode_variant_available(int variant);
+
 // The variant kvf_attention_decode (fp8 0) or kvf_attention_decode_fp8 (fp8 1)
-// runs for tiles of at most tile_rows rows (tokens x query heads a KV head).
+// runs for tiles of at most tile_rows rows (tokens x query heads a KV head): of the
+// bf16 ones, the fastest that kvf_attention_decode_variant_available says runs here.
 int kvf_attention_decode_default_variant(int fp8, int tile_rows);
 
 // The variant's name (static storage), or NULL when variant is out of range.
@@ -67,8 +73,8 @@ const char *kvf_attention_decode_variant_name(int variant);
 
 // kvf_attention_decode run by the given variant, 0 <= variant <
 // kvf_attention_decode_n_variants() (else -1 with err KVF_E_INVAL; also when
-// tile_tokens x n_heads / n_kv is past the variant's max rows); the other
-// parameters are kvf_attention_decode's.
+// tile_tokens x n_heads / n_kv is past the variant's max rows; KVF_E_UNSUPPORTED
+// when it is not available here); the other parameters are kvf_attention_decode's.
 int kvf_attention_decode_variant(int variant, uint16_t *out, const uint16_t *q, const uint16_t *k_cache,
                                  const uint16_t *v_cache, const int32_t *tiles, int n_tiles, int tile_tokens,
                                  const int32_t *pos,
