@@ -12,6 +12,7 @@
 #include <cuda_runtime_api.h>
 
 #include "common/error.h"
+#include "kernels/gemm.h"
 
 // The model shape (Llama-3-8B).
 #define KB_DIM 4096
@@ -53,11 +54,14 @@ typedef struct {
     int decode_b[8], n_decode_b;  // --decode-b
     int no_tune;              // --no-tune
     int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
+    int sms;                  // --sms: run on a green context of this many SMs (0: the whole device)
 } kvf_kb_opts_t;
 
 typedef struct {
     const kvf_kb_opts_t *o;
-    cudaStream_t stream;
+    cudaStream_t stream;  // the whole device's, or (--sms) the green context's: then timed by the wall clock
+    int sms;              // the SMs the stream's kernels run on
+    int wall;             // time each call by the host's clock (a green context's stream takes no event)
     cudaEvent_t *ev;  // (2 * reps): start and stop of each timed call
     float *ms;        // (reps) host
     void *dptr[KB_MAX_ALLOCS];
@@ -89,6 +93,11 @@ typedef int (*kvf_kb_op_fn)(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err
 
 // ---------------------------------------------------------------- the harness (kvf_kbench.c)
 
+// A GEMM context on workspace ws (KB_GEMM_WORKSPACE bytes) that picks kernels for
+// b's SMs (--sms: the green context's share). Returns it, or NULL with err set.
+kvf_gemm_ctx_t *kvf_kb_gemm_ctx(kvf_kb_t *b, void *ws, kvf_err_t *err);
+// The host's monotonic clock, ms.
+double kvf_kb_now_ms(void);
 // Device memory owned by b until kvf_kb_free_all. Returns 0, or -1 with err set.
 int kvf_kb_alloc(kvf_kb_t *b, void **p, size_t bytes, kvf_err_t *err);
 // Frees the buffers allocated after the first `mark` (synchronizes the device).

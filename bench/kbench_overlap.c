@@ -22,7 +22,6 @@
 // section with a line saying so.
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench/kbench.h"
 #include "bench/kbench_read.h"
@@ -33,12 +32,6 @@
 #define S_ROWS 1024
 #define S_READ_BYTES ((size_t)2 << 30)
 #define S_GEMM_CALLS 40
-
-static double s_now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
-}
 
 typedef struct {
     kvf_gemm_ctx_t *gemm;
@@ -54,7 +47,7 @@ static int s_both(const s_work_t *wk, kvf_gemm_ctx_t *g, cudaStream_t s1, int k1
                   double *ms, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaStreamSynchronize(s1), err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(s2), err);
-    const double t0 = s_now_ms();
+    const double t0 = kvf_kb_now_ms();
     for (int i = 0, j = 0; i < k1 || j < k2;) {
         if (i < k1) {
             if (kvf_gemm(g, wk->y, KVF_GEMM_OUT_BF16, wk->x, wk->w, S_ROWS, KB_DIM, 2 * KB_FF, 0.0f, s1, err) != 0)
@@ -69,7 +62,7 @@ static int s_both(const s_work_t *wk, kvf_gemm_ctx_t *g, cudaStream_t s1, int k1
     }
     KVF_CUDA_CHECK(cudaStreamSynchronize(s1), err);
     KVF_CUDA_CHECK(cudaStreamSynchronize(s2), err);
-    *ms = s_now_ms() - t0;
+    *ms = kvf_kb_now_ms() - t0;
     return 0;
 }
 

@@ -82,8 +82,8 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
     int rc = -1;
     if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 ||
         kvf_kb_alloc(b, &ws_tune, KB_GEMM_WORKSPACE, err) != 0) goto done;
-    if (!(heur = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err))) goto done;
-    if (!(fast = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) || kvf_gemm_ctx_set_fp8_fast_accum(fast, 1, err) != 0)
+    if (!(heur = kvf_kb_gemm_ctx(b, ws, err))) goto done;
+    if (!(fast = kvf_kb_gemm_ctx(b, ws, err)) || kvf_gemm_ctx_set_fp8_fast_accum(fast, 1, err) != 0)
         goto done;
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int d_in = shapes[si].d_in, d_out = shapes[si].d_out;
@@ -138,7 +138,7 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
                 if (b->o->no_tune) continue;
                 // A fresh context, so the tune's pick is for this shape alone; it
                 // tunes on copy 0 (its own timings may see W in L2 for small W).
-                if (!(tune = kvf_gemm_ctx_new(ws_tune, KB_GEMM_WORKSPACE, err)) ||
+                if (!(tune = kvf_kb_gemm_ctx(b, ws_tune, err)) ||
                     kvf_gemm_ctx_set_tune(tune, (int)b->o->tune_reps, (int)b->o->tune_rounds, err) != 0)
                     goto done;
                 if (kvf_gemm_tune(tune, y, g.yt, x, w, n, d_in, d_out, b->stream, &r.tune_heuristic_ms,
@@ -686,8 +686,7 @@ static int s_read_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
 }
 
 int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err) {
-    int sms = 0;
-    KVF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0), err);
+    const int sms = b->sms;  // the stream's share (--sms) or the device's
     s_read_t a = {.bytes = (size_t)2 << 30};
     void *p = NULL, *out = NULL;
     if (kvf_kb_alloc(b, &out, sizeof(uint32_t) * 65536, err) != 0 || kvf_kb_alloc(b, &p, a.bytes, err) != 0 ||
@@ -860,7 +859,7 @@ int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err) {
     void *ws = NULL, *w = NULL, *x = NULL, *gu = NULL, *act = NULL;
     kvf_gemm_ctx_t *ctx = NULL;
     int rc = -1;
-    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) ||
+    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_kb_gemm_ctx(b, ws, err)) ||
         kvf_kb_alloc(b, &w, 2 * w_elems * nw, err) != 0 || kvf_kb_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
         kvf_kb_alloc(b, &x, (size_t)n_max * KB_DIM * 2, err) != 0 ||
         kvf_kb_rand_bf16(b, x, (size_t)n_max * KB_DIM, 1.0f, err) != 0 ||
@@ -947,7 +946,7 @@ int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err) {
     void *d_pos = NULL, *d_seq = NULL;
     uint16_t *k = NULL, *v = NULL;
     int32_t *bt = NULL;
-    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err)) ||
+    if (kvf_kb_alloc(b, &ws, KB_GEMM_WORKSPACE, err) != 0 || !(ctx = kvf_kb_gemm_ctx(b, ws, err)) ||
         kvf_kb_alloc(b, &w, 2 * w_elems * nw, err) != 0 || kvf_kb_rand_bf16(b, w, w_elems * nw, 0.05f, err) != 0 ||
         kvf_kb_alloc(b, &x, (size_t)N * KB_DIM * 2, err) != 0 ||
         kvf_kb_rand_bf16(b, x, (size_t)N * KB_DIM, 1.0f, err) != 0 ||

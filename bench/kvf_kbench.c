@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cuda_runtime_api.h>
 
@@ -25,12 +26,14 @@
 #include "common/log.h"
 #include "kernels/check.h"
 #include "kernels/convert.h"
+#include "kernels/gemm.h"
+#include "kernels/green.h"
 #include "bench/kbench.h"
 
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
     "                  [--decode-b B[,B...]] [--tune-reps N] [--tune-rounds N]\n"
-    "                  [--device N] [--seed S] [--json]\n"
+    "                  [--device N] [--seed S] [--sms N] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
@@ -43,7 +46,9 @@ static const char *s_usage =
     "from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
-    "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). Needs a CUDA\n"
+    "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). --sms N: run\n"
+    "the sections on a green context of N SMs (kernels/green.h; the driver may round N up), each call timed\n"
+    "by the host's clock between two synchronizations (overlap makes its own contexts). Needs a CUDA\n"
     "device; this help does not.\n";
 
 static const struct {
@@ -118,7 +123,8 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         if (strncmp(a, "--", 2) != 0) return kvf_err_set(err, KVF_E_INVAL, "unexpected argument '%s'", a);
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
             strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
-            strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0)
+            strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0 &&
+            strcmp(a, "--sms") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -143,6 +149,9 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         } else if (strcmp(a, "--device") == 0) {
             rc = kvf_args_int(a, v, 0, 1024, &n, err);
             o->device = (int)n;
+        } else if (strcmp(a, "--sms") == 0) {
+            rc = kvf_args_int(a, v, 1, 4096, &n, err);
+            o->sms = (int)n;
         } else {
             rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
@@ -224,17 +233,37 @@ static int s_cmp_float(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+kvf_gemm_ctx_t *kvf_kb_gemm_ctx(kvf_kb_t *b, void *ws, kvf_err_t *err) {
+    kvf_gemm_ctx_t *g = kvf_gemm_ctx_new(ws, KB_GEMM_WORKSPACE, err);
+    if (g && b->wall && kvf_gemm_ctx_set_sm_count(g, b->sms, err) != 0) kvf_gemm_ctx_destroy(&g);
+    return g;
+}
+
+double kvf_kb_now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err) {
     const int W = b->o->warmup, R = b->o->reps;
     for (int i = 0; i < W; i++)
         if (op(b, ud, i, err) != 0) return -1;
-    for (int i = 0; i < R; i++) {
+    for (int i = 0; b->wall && i < R; i++) {
+        KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
+        const double t0 = kvf_kb_now_ms();
+        if (op(b, ud, W + i, err) != 0) return -1;
+        KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
+        b->ms[i] = (float)(kvf_kb_now_ms() - t0);
+    }
+    for (int i = 0; !b->wall && i < R; i++) {
         KVF_CUDA_CHECK(cudaEventRecord(b->ev[2 * i], b->stream), err);
         if (op(b, ud, W + i, err) != 0) return -1;
         KVF_CUDA_CHECK(cudaEventRecord(b->ev[2 * i + 1], b->stream), err);
     }
     KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
-    for (int i = 0; i < R; i++) KVF_CUDA_CHECK(cudaEventElapsedTime(&b->ms[i], b->ev[2 * i], b->ev[2 * i + 1]), err);
+    for (int i = 0; !b->wall && i < R; i++)
+        KVF_CUDA_CHECK(cudaEventElapsedTime(&b->ms[i], b->ev[2 * i], b->ev[2 * i + 1]), err);
     qsort(b->ms, (size_t)R, sizeof *b->ms, s_cmp_float);
     t->median = R % 2 ? b->ms[R / 2] : 0.5 * ((double)b->ms[R / 2 - 1] + b->ms[R / 2]);
     t->min = b->ms[0];
@@ -310,6 +339,28 @@ static int s_device(kvf_kb_t *b, kvf_err_t *err) {
     return 0;
 }
 
+// The SM count of b's stream; with --sms, a green context of that many SMs whose stream
+// replaces b's (timed by the host's clock). Returns 0, or -1 with err set.
+static int s_green(kvf_kb_t *b, kvf_green_t **green, kvf_err_t *err) {
+    KVF_CUDA_CHECK(cudaDeviceGetAttribute(&b->sms, cudaDevAttrMultiProcessorCount, b->o->device), err);
+    if (b->o->sms <= 0) return 0;
+    if (b->o->sms >= b->sms)
+        return kvf_err_set(err, KVF_E_INVAL, "--sms %d: the device has %d SMs (leave one for the rest)", b->o->sms,
+                           b->sms);
+    *green = kvf_green_new(b->o->device, b->o->sms, err);
+    if (!*green) return -1;
+    b->stream = kvf_green_stream(*green, 0);
+    b->sms = kvf_green_sms(*green, 0);
+    b->wall = 1;
+    if (b->o->json)
+        json_array_append_new(b->rows,
+                              json_pack("{s:i, s:i}", "green_sms", b->sms, "rest_sms", kvf_green_sms(*green, 1)));
+    else
+        printf("on a green context of %d SMs (the other %d idle); each call timed by the host's clock\n", b->sms,
+               kvf_green_sms(*green, 1));
+    return 0;
+}
+
 int main(int argc, char **argv) {
     kvf_log_setup("kvf-kbench", -1, KVF_LOG_WARN);
     kvf_kb_opts_t o;
@@ -340,6 +391,9 @@ int main(int argc, char **argv) {
         for (; ce == cudaSuccess && n_ev < 2 * o.reps; n_ev++) ce = cudaEventCreate(&b.ev[n_ev]);
         if (ce != cudaSuccess) rc = kvf_err_set(&err, KVF_E_DEVICE, "stream/events: %s", cudaGetErrorString(ce));
     }
+    kvf_green_t *green = NULL;
+    const cudaStream_t plain = b.stream;
+    if (rc == 0) rc = s_green(&b, &green, &err);
     static const struct {
         int bit;
         int (*fn)(kvf_kb_t *, kvf_err_t *);
@@ -356,6 +410,8 @@ int main(int argc, char **argv) {
         if (kvf_kb_free_all(&b, &ferr) != 0 && rc == 0) rc = -1, err = ferr;
     }
     for (int i = 0; i < n_ev; i++) cudaEventDestroy(b.ev[i]);
+    if (green) b.stream = plain;  // the green context's stream is its own
+    kvf_green_destroy(&green);
     if (b.stream) cudaStreamDestroy(b.stream);
     if (o.json && b.rows) {
         // What was measured before a failure is still valid; the exit status says it stopped.
