@@ -55,6 +55,7 @@ typedef struct {
     int no_tune;              // --no-tune
     int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
     int sms;                  // --sms: run on a green context of this many SMs (0: the whole device)
+    int overlap_gemms;        // --overlap-gemms: GEMM calls an overlap measurement (default 40)
 } kvf_kb_opts_t;
 
 typedef struct {
@@ -129,5 +130,17 @@ int kvf_kb_bench_read(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_mlp(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err);
 int kvf_kb_bench_overlap(kvf_kb_t *b, kvf_err_t *err);  // kbench_overlap.c
+
+// A decode step's attention as attn-decode times it: n_seqs sequences of 512-640 keys
+// in a shuffled paged pool, one new token each, tiles longest first; device buffers
+// owned by b. kvf_kb_decode_run launches kvf_attention_decode (the default variant) on s.
+typedef struct {
+    uint16_t *out, *q, *k, *v;
+    int32_t *tiles, *pos, *bt;
+    int n_tiles, max_blocks;
+    double bytes;  // K and V read, q and out
+} kvf_kb_decode_t;
+int kvf_kb_decode_case(kvf_kb_t *b, int n_seqs, kvf_kb_decode_t *d, kvf_err_t *err);
+int kvf_kb_decode_run(const kvf_kb_decode_t *d, cudaStream_t s, kvf_err_t *err);
 
 #endif

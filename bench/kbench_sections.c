@@ -648,6 +648,48 @@ int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err) {
     return 0;
 }
 
+int kvf_kb_decode_case(kvf_kb_t *b, int n_seqs, kvf_kb_decode_t *d, kvf_err_t *err) {
+    memset(d, 0, sizeof *d);
+    int *len = malloc(sizeof(int) * (size_t)n_seqs);
+    int32_t *n_new = malloc(sizeof(int32_t) * (size_t)n_seqs), *pos = malloc(sizeof(int32_t) * (size_t)n_seqs);
+    int32_t *tiles = malloc(sizeof(int32_t) * 3 * (size_t)n_seqs);
+    int32_t *scratch = malloc(sizeof(int32_t) * kvf_attn_order_scratch_ints(n_seqs, 640));
+    s_paged_t p = {0};
+    int rc = -1;
+    if (!len || !n_new || !pos || !tiles || !scratch) {
+        kvf_err_set(err, KVF_E_NOMEM, "decode case: out of memory");
+        goto done;
+    }
+    for (int s = 0; s < n_seqs; s++) {
+        len[s] = 512 + (int)(kvf_kb_splitmix64(&b->rng) % 129);  // attn-decode's contexts, new token included
+        n_new[s] = 1, pos[s] = len[s] - 1;
+        d->bytes += 2.0 * 2.0 * len[s] * KB_KV * KB_HD + 2.0 * 2.0 * KB_H * KB_HD;
+    }
+    d->n_tiles = kvf_attn_build_tiles(tiles, n_seqs, n_new, n_seqs, 1);
+    if (d->n_tiles < 0 || kvf_attn_order_tiles(tiles, d->n_tiles, pos, 640, scratch) != 0) {
+        kvf_err_set(err, KVF_E_INTERNAL, "decode case: the tiles");
+        goto done;
+    }
+    const size_t qe = (size_t)n_seqs * KB_H * KB_HD;
+    if (s_paged_init(b, &p, len, n_seqs, err) != 0 || kvf_kb_alloc(b, (void **)&d->out, qe * 2, err) != 0 ||
+        kvf_kb_alloc(b, (void **)&d->q, qe * 2, err) != 0 || kvf_kb_rand_bf16(b, d->q, qe, 1.0f, err) != 0 ||
+        kvf_kb_upload(b, (void **)&d->pos, pos, sizeof(int32_t) * (size_t)n_seqs, err) != 0 ||
+        kvf_kb_upload(b, (void **)&d->tiles, tiles, sizeof(int32_t) * 3 * (size_t)d->n_tiles, err) != 0 ||
+        s_paged_upload(b, &p, &d->k, &d->v, &d->bt, err) != 0)
+        goto done;
+    d->max_blocks = p.max_blocks;
+    rc = 0;
+done:
+    s_paged_fini(&p);
+    free(len), free(n_new), free(pos), free(tiles), free(scratch);
+    return rc;
+}
+
+int kvf_kb_decode_run(const kvf_kb_decode_t *d, cudaStream_t s, kvf_err_t *err) {
+    return kvf_attention_decode(d->out, d->q, d->k, d->v, d->tiles, d->n_tiles, 1, d->pos, d->bt, d->max_blocks, KB_H,
+                                KB_KV, KB_HD, KB_BS, s, err);
+}
+
 int kvf_kb_bench_prefill(kvf_kb_t *b, kvf_err_t *err) {
 #if !KVF_KBENCH_PREFILL_VARIANTS
     kvf_log(KVF_LOG_WARN, "kernels/attention_prefill.h has no kvf_attention_prefill_variant in this build: "

@@ -33,7 +33,7 @@
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
     "                  [--decode-b B[,B...]] [--tune-reps N] [--tune-rounds N]\n"
-    "                  [--device N] [--seed S] [--sms N] [--json]\n"
+    "                  [--device N] [--seed S] [--sms N] [--overlap-gemms N] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
@@ -48,7 +48,9 @@ static const char *s_usage =
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
     "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). --sms N: run\n"
     "the sections on a green context of N SMs (kernels/green.h; the driver may round N up), each call timed\n"
-    "by the host's clock between two synchronizations (overlap makes its own contexts). Needs a CUDA\n"
+    "by the host's clock between two synchronizations (overlap makes its own contexts). --overlap-gemms N:\n"
+    "the GEMM calls of each overlap measurement (default 40; thousands run long enough for the clocks to\n"
+    "settle under the power limit). Needs a CUDA\n"
     "device; this help does not.\n";
 
 static const struct {
@@ -109,6 +111,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
     o->warmup = 5;
     o->tune_reps = 8, o->tune_rounds = 1;
     o->seed = 1;
+    o->overlap_gemms = 40;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
@@ -124,7 +127,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
             strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
             strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0 &&
-            strcmp(a, "--sms") != 0)
+            strcmp(a, "--sms") != 0 && strcmp(a, "--overlap-gemms") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -152,6 +155,9 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         } else if (strcmp(a, "--sms") == 0) {
             rc = kvf_args_int(a, v, 1, 4096, &n, err);
             o->sms = (int)n;
+        } else if (strcmp(a, "--overlap-gemms") == 0) {
+            rc = kvf_args_int(a, v, 1, 100000, &n, err);
+            o->overlap_gemms = (int)n;
         } else {
             rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
