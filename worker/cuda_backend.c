@@ -349,7 +349,8 @@ static int s_swiglu_setup(kvf_cuda_t *c, kvf_err_t *err) {
 // KVF_TBO=1: two-batch overlap of decode steps (cuda_internal.h) where it can run: one rank, bf16 linear
 // layers and activations, the residual added by the GEMMs, the tensor-core decode attention, and a driver
 // with green contexts; otherwise a warning and the plain steps. KVF_TBO_SMS: the GEMMs' share of the SMs
-// (default 80 of an H200's 132, the best of 112/104/88/80/72: bench/RESULTS.md sessions 12-13),
+// (default 88 of an H200's 132, the best of 104/96/88/80/72 with the decode attention v13: bench/RESULTS.md
+// session 14; 80 with v7, sessions 12-13),
 // KVF_TBO_MIN_ROWS: the smallest step (256).
 static int s_tbo_setup(kvf_cuda_t *c) {
     const char *env = getenv("KVF_TBO"), *senv = getenv("KVF_TBO_SMS"), *renv = getenv("KVF_TBO_MIN_ROWS");
@@ -361,7 +362,7 @@ static int s_tbo_setup(kvf_cuda_t *c) {
         return 0;
     }
     kvf_err_t e = {0};
-    const int sms = senv && atoi(senv) > 0 ? atoi(senv) : 80;
+    const int sms = senv && atoi(senv) > 0 ? atoi(senv) : 88;
     c->tbo_min_rows = renv && atoi(renv) > 1 ? atoi(renv) : 256;
     c->green = kvf_green_new(c->device, sms, &e);
     if (c->green) c->gemm_g = kvf_gemm_ctx_new(c->gemm_ws, S_GEMM_WS, &e);
