@@ -625,9 +625,11 @@ static void s_match_cpu_overlap(const char *mode) {
 }
 // KVF_TBO=1: decode steps in two halves, GEMMs and attention on green contexts that split the SMs (one
 // half's attention beside the other's GEMMs), against the cpu backend; skips where green contexts are not.
-static void s_match_cpu_tbo(int32_t kv_dtype, double tol) {
+// stamps: KVF_TBO_STAMPS=1 as well (every step stamped and reported on stderr; the results the same).
+static void s_match_cpu_tbo(int32_t kv_dtype, double tol, int stamps) {
     setenv("KVF_TBO", "1", 1);
     setenv("KVF_TBO_MIN_ROWS", "2", 1);
+    if (stamps) setenv("KVF_TBO_STAMPS", "1", 1);
     kvf_modelcfg_t cfg = s_small_cfg();
     kvf_backend_opts_t o = s_opts(16, 64, 4);
     kvf_err_t err;
@@ -636,15 +638,15 @@ static void s_match_cpu_tbo(int32_t kv_dtype, double tol) {
     const int on = kvf_cuda_backend_tbo(be);
     be->ops->destroy(&be);
     if (!on) {
-        unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS");
+        unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS"), unsetenv("KVF_TBO_STAMPS");
         cr_skip_test("two-batch overlap does not run here (green contexts, or the tensor-core decode attention)");
     }
     cr_expect_eq(on, 2);
     s_match_cpu(kv_dtype, KVF_QUANT_NONE, tol);
-    unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS");
+    unsetenv("KVF_TBO"), unsetenv("KVF_TBO_MIN_ROWS"), unsetenv("KVF_TBO_STAMPS");
 }
-Test(cuda_forward, two_batch_overlap_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_AUTO, 2e-2); }
-Test(cuda_forward, two_batch_overlap_fp8_cache_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_FP8, 6e-2); }
+Test(cuda_forward, two_batch_overlap_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_AUTO, 2e-2, 1); }
+Test(cuda_forward, two_batch_overlap_fp8_cache_matches_cpu_backend) { s_match_cpu_tbo(KVF_KV_FP8, 6e-2, 0); }
 
 Test(cuda_forward, attention_overlapped_matches_cpu_backend) { s_match_cpu_overlap("1"); }
 Test(cuda_forward, attention_overlapped_at_priority_matches_cpu_backend) { s_match_cpu_overlap("2"); }

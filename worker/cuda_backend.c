@@ -394,6 +394,19 @@ static int s_tbo_setup(kvf_cuda_t *c) {
     }
     kvf_log(KVF_LOG_INFO, "cuda backend: decode steps of >= %d sequences in two halves: GEMMs on %d SMs, attention "
             "on %d", c->tbo_min_rows, kvf_green_sms(c->green, 0), kvf_green_sms(c->green, 1));
+    const char *stenv = getenv("KVF_TBO_STAMPS");
+    if (stenv && atoi(stenv) > 0) {  // a diagnosis: without its buffers the steps run unstamped
+        c->stamp_cap = 32 * c->base.cfg.n_layers + 16;
+        c->h_stamp = malloc((size_t)c->stamp_cap * sizeof(uint64_t));
+        c->stamp_tag = malloc((size_t)c->stamp_cap);
+        if (c->h_stamp && c->stamp_tag &&
+            cudaMalloc((void **)&c->d_stamp, (size_t)c->stamp_cap * sizeof(uint64_t)) == cudaSuccess) {
+            c->stamp_every = atoi(stenv);
+        } else {
+            cudaGetLastError();
+            kvf_log(KVF_LOG_WARN, "cuda backend: KVF_TBO_STAMPS: no memory for the stamps; steps run unstamped");
+        }
+    }
     return 0;
 }
 
@@ -728,6 +741,9 @@ static void s_destroy(kvf_backend_t **self_p) {
     if (c->stream) cudaStreamDestroy(c->stream);
     if (c->side) cudaStreamDestroy(c->side);
     if (c->tbo_fork) cudaEventDestroy(c->tbo_fork);
+    if (c->d_stamp) cudaFree(c->d_stamp);
+    free(c->h_stamp);
+    free(c->stamp_tag);
     kvf_gemm_ctx_destroy(&c->gemm_g);
     kvf_green_destroy(&c->green);  // its events too
     if (c->ev_fork) cudaEventDestroy(c->ev_fork);

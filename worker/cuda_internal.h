@@ -167,6 +167,11 @@ typedef struct {
     cudaEvent_t tbo_q[2], tbo_a[2], tbo_fork, tbo_join;
     int tbo_min_rows, tbo_split;   // tbo_split: this step's first row of the second half (0: no overlap)
     uint64_t tbo_steps;
+    // KVF_TBO_STAMPS=K: every K-th overlapped step stamps the device's timer (kvf_stamp) after each
+    // of its phases on both streams and prints where the step's time went (cuda_step.c s_tbo_report).
+    uint64_t *d_stamp, *h_stamp;   // (stamp_cap) device / host
+    uint8_t *stamp_tag;            // (stamp_cap) a stamp's stream (bit 4) and phase
+    int stamp_every, stamp_cap, n_stamp, stamp_now;
 } kvf_cuda_t;
 
 // resid_gemm's and attn_overlap's defaults where KVF_RESID_GEMM / KVF_ATTN_OVERLAP are unset

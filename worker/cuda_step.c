@@ -24,6 +24,7 @@
 #include "kernels/rope_kv.h"
 #include "kernels/sample.h"
 #include "kernels/silu_mul.h"
+#include "kernels/stamp.h"
 #include "kernels/vocab_unshard.h"
 #include "worker/cuda_internal.h"
 #include "worker/sampler.h"
@@ -364,14 +365,56 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
 #define S_K(call) \
     if ((call) != 0) return -1
 
+// KVF_TBO_STAMPS: a stamp's phase, the time from the previous stamp on its stream
+enum { S_ST_START, S_ST_WAIT, S_ST_NORM, S_ST_QKV, S_ST_ROPE, S_ST_O, S_ST_NORM2, S_ST_GU, S_ST_DOWN, S_ST_N };
+static const char *const s_st_names[S_ST_N] = {"start", "wait", "norm", "qkv", "rope", "o", "norm2", "gate/up", "down"};
+
+static int s_stamp(kvf_cuda_t *c, int part, int phase, cudaStream_t st, kvf_err_t *err) {
+    if (!c->stamp_now || c->n_stamp >= c->stamp_cap) return 0;
+    c->stamp_tag[c->n_stamp] = (uint8_t)(part << 4 | phase);
+    return kvf_stamp(c->d_stamp + c->n_stamp++, st, err);
+}
+
+// One line a stamped step on stderr: its span, and per stream the ms of each phase
+// (on part 1 "qkv" is the attention's wait for its half's q/k/v, "o" the attention).
+static int s_tbo_report(kvf_cuda_t *c, kvf_err_t *err) {
+    c->stamp_now = 0;
+    KVF_CUDA_CHECK(cudaMemcpy(c->h_stamp, c->d_stamp, (size_t)c->n_stamp * sizeof(uint64_t), cudaMemcpyDeviceToHost),
+                   err);
+    double ms[2][S_ST_N] = {{0}};
+    uint64_t prev[2] = {0, 0}, lo = UINT64_MAX, hi = 0;
+    for (int i = 0; i < c->n_stamp; i++) {
+        const int part = c->stamp_tag[i] >> 4, ph = c->stamp_tag[i] & 15;
+        const uint64_t t = c->h_stamp[i];
+        if (prev[part]) ms[part][ph] += (double)(t - prev[part]) * 1e-6;
+        prev[part] = t;
+        lo = t < lo ? t : lo, hi = t > hi ? t : hi;
+    }
+    char line[512];
+    int k = snprintf(line, sizeof line, "KVF_TBO_STAMPS step %llu: %d rows, %.3f ms |",
+                     (unsigned long long)c->tbo_steps, c->tbo_split * 2, (double)(hi - lo) * 1e-6);
+    for (int part = 0; part < 2; part++) {
+        k += snprintf(line + k, sizeof line - (size_t)k, " %s:", part ? " attention" : "GEMMs");
+        for (int ph = 1; ph < S_ST_N && k < (int)sizeof line; ph++)
+            if (ms[part][ph] > 0)
+                k += snprintf(line + k, sizeof line - (size_t)k, " %s %.3f", part && ph == S_ST_QKV ? "wait-q"
+                              : part && ph == S_ST_O ? "attn" : s_st_names[ph], ms[part][ph]);
+    }
+    fprintf(stderr, "%s\n", line);
+    return 0;
+}
+
 static int s_tbo_pre(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
     const kvf_cuda_layer_t *L = &c->layers[l];
     const int D = c->dim;
     uint16_t *h = c->h + (size_t)r0 * D;
     uint16_t *qkv = (uint16_t *)c->qkv + (size_t)r0 * c->qkv_dim;  // bf16 (S_ACT_QKV)
     S_K(kvf_rmsnorm(h, c->resid + (size_t)r0 * D, L->attn_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
+    S_K(s_stamp(c, 0, S_ST_NORM, st, err));
     S_K(kvf_gemm(c->gemm_g, qkv, KVF_GEMM_OUT_BF16, h, L->wqkv, nh, D, c->qkv_dim, 0.0f, st, err));
-    return s_rope(c, L, l, r0, nh, st, err);
+    S_K(s_stamp(c, 0, S_ST_QKV, st, err));
+    S_K(s_rope(c, L, l, r0, nh, st, err));
+    return s_stamp(c, 0, S_ST_ROPE, st, err);
 }
 
 static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
@@ -382,7 +425,9 @@ static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf
     uint16_t *gu = (uint16_t *)c->gu + (size_t)r0 * 2 * F;  // bf16 (S_ACT_GU)
     S_K(kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, c->att + (size_t)r0 * c->q_dim, L->wo, nh, c->q_dim, D, 1.0f, st,
                  err));
+    S_K(s_stamp(c, 0, S_ST_O, st, err));
     S_K(kvf_rmsnorm(h, resid, L->mlp_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
+    S_K(s_stamp(c, 0, S_ST_NORM2, st, err));
     if (c->swiglu && nh >= c->swiglu_min_rows) {
         S_K(kvf_gemm_swiglu_variant(c->swiglu_variant, act, h, L->wgu, nh, D, F, st, err));
     } else {
@@ -390,7 +435,9 @@ static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf
         S_K(c->swiglu ? kvf_silu_mul_blocked(act, gu, nh, F, KVF_SWIGLU_BLOCK, st, err)
                       : kvf_silu_mul(act, gu, gu + F, nh, F, 2 * F, st, err));
     }
-    return kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, act, L->wd, nh, F, D, 1.0f, st, err);
+    S_K(s_stamp(c, 0, S_ST_GU, st, err));
+    S_K(kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, act, L->wd, nh, F, D, 1.0f, st, err));
+    return s_stamp(c, 0, S_ST_DOWN, st, err);
 }
 
 // The layers of a decode step of n sequences in two overlapped halves, then the
@@ -404,22 +451,31 @@ static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaEventRecord(c->tbo_fork, st), err);
     KVF_CUDA_CHECK(cudaStreamWaitEvent(g0, c->tbo_fork, 0), err);
     KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_fork, 0), err);
+    c->stamp_now = c->stamp_every > 0 && c->tbo_steps % (uint64_t)c->stamp_every == (uint64_t)c->stamp_every - 1;
+    c->n_stamp = 0;
+    S_K(s_stamp(c, 0, S_ST_START, g0, err));
+    S_K(s_stamp(c, 1, S_ST_START, g1, err));
     for (int x = 0; x < 2; x++) {  // layer 0's q/k/v of both halves, A's attention beside B's
         S_K(s_tbo_pre(c, 0, r0[x], nh[x], g0, err));
         KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
         KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
+        S_K(s_stamp(c, 1, S_ST_QKV, g1, err));
         S_K(s_attn_decode(c, 0, r0[x], nh[x], g1, err));
+        S_K(s_stamp(c, 1, S_ST_O, g1, err));
         KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
     }
     for (int l = 0; l < Lc; l++) {
         for (int x = 0; x < 2; x++) {  // half x's rest of layer l and its q/k/v of l + 1, beside the other's attention
             KVF_CUDA_CHECK(cudaStreamWaitEvent(g0, c->tbo_a[x], 0), err);
+            S_K(s_stamp(c, 0, S_ST_WAIT, g0, err));
             S_K(s_tbo_post(c, l, r0[x], nh[x], g0, err));
             if (l + 1 == Lc) continue;
             S_K(s_tbo_pre(c, l + 1, r0[x], nh[x], g0, err));
             KVF_CUDA_CHECK(cudaEventRecord(c->tbo_q[x], g0), err);
             KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_q[x], 0), err);
+            S_K(s_stamp(c, 1, S_ST_QKV, g1, err));
             S_K(s_attn_decode(c, l + 1, r0[x], nh[x], g1, err));
+            S_K(s_stamp(c, 1, S_ST_O, g1, err));
             KVF_CUDA_CHECK(cudaEventRecord(c->tbo_a[x], g1), err);
         }
     }
@@ -618,6 +674,7 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
         KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
     }
     if (ids) memcpy(ids, c->h_ids, (size_t)b->n_seqs * sizeof(int32_t));
+    if (c->stamp_now && s_tbo_report(c, err) != 0) return -1;
     if (c->timing_now) {
         const int k = n == b->n_seqs ? 0 : 1;
         for (int i = 1; i < c->n_ev; i++) {
