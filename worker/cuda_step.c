@@ -377,7 +377,7 @@ static int s_stamp(kvf_cuda_t *c, int part, int phase, cudaStream_t st, kvf_err_
 
 // One line a stamped step on stderr: its span, and per stream the ms of each phase
 // (on part 1 "qkv" is the attention's wait for its half's q/k/v, "o" the attention).
-static int s_tbo_report(kvf_cuda_t *c, kvf_err_t *err) {
+static int s_tbo_report(kvf_cuda_t *c, int n, kvf_err_t *err) {
     c->stamp_now = 0;
     KVF_CUDA_CHECK(cudaMemcpy(c->h_stamp, c->d_stamp, (size_t)c->n_stamp * sizeof(uint64_t), cudaMemcpyDeviceToHost),
                    err);
@@ -392,8 +392,8 @@ static int s_tbo_report(kvf_cuda_t *c, kvf_err_t *err) {
     }
     char line[512];
     int k = snprintf(line, sizeof line, "KVF_TBO_STAMPS step %llu: %d rows, %.3f ms |",
-                     (unsigned long long)c->tbo_steps, c->tbo_split * 2, (double)(hi - lo) * 1e-6);
-    for (int part = 0; part < 2; part++) {
+                     (unsigned long long)c->tbo_steps, n, (double)(hi - lo) * 1e-6);
+    for (int part = 0; part < 2 && k < (int)sizeof line; part++) {
         k += snprintf(line + k, sizeof line - (size_t)k, " %s:", part ? " attention" : "GEMMs");
         for (int ph = 1; ph < S_ST_N && k < (int)sizeof line; ph++)
             if (ms[part][ph] > 0)
@@ -674,7 +674,7 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
         KVF_CUDA_CHECK(cudaStreamSynchronize(st), err);
     }
     if (ids) memcpy(ids, c->h_ids, (size_t)b->n_seqs * sizeof(int32_t));
-    if (c->stamp_now && s_tbo_report(c, err) != 0) return -1;
+    if (c->stamp_now && s_tbo_report(c, b->n_seqs, err) != 0) return -1;
     if (c->timing_now) {
         const int k = n == b->n_seqs ? 0 : 1;
         for (int i = 1; i < c->n_ev; i++) {
