@@ -590,6 +590,7 @@ static int s_step(kvf_cuda_t *c, const kvf_batch_t *b, float *logits, int32_t *i
     KVF_CUDA_CHECK(cudaSetDevice(c->device), err);
     const double h0 = c->timing ? kvf_cuda_now_ms() : 0.0;
     c->timing_now = c->timing > 0;
+    c->stamp_now = 0;  // s_layers_tbo sets it for a stamped step (a failed one must not leave it set)
     c->n_ev = 0;
     if (c->timing_now && s_mark(c, S_T_META, err) != 0) return -1;
 
