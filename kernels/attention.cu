@@ -48,6 +48,7 @@ s_attn(bf16 *out,                 // (n_tokens, H, HD) when n_splits == 1
        const int32_t *bt,         // (n_seqs, max_blocks)
        int max_blocks, int n_tokens, int H, int KV, int HD, int bs, int n_splits, int split_len,
        float scale) {
+    kvf_pdl_wait();
     constexpr int ROWS = ATT_WARPS * RPW;
     extern __shared__ float4 smem4[];    // float4: 16-byte aligned for the vector reads
     float *sQ = (float *)smem4;          // (ROWS, HD), pre-scaled
@@ -197,6 +198,7 @@ s_attn_reduce(bf16 *out,              // (n_rows, HD)
               const float *part_acc,  // (n_splits, n_rows, HD)
               const float *part_ml,   // (n_splits, n_rows, 2)
               int n_rows, int HD, int n_splits) {
+    kvf_pdl_wait();
     const int row = blockIdx.x * ATT_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= n_rows) return;
     float M = -INFINITY;
@@ -310,8 +312,8 @@ static void s_launch(dim3 grid, size_t smem, cudaStream_t stream, bf16 *out, flo
                      const bf16 *q, const TC *kc, const TC *vc, const int32_t *tiles, const int32_t *pos,
                      const int32_t *bt, int max_blocks, int n_tokens, int H, int KV, int HD, int bs,
                      int n_splits, int split_len, float scale) {
-    s_attn<HDL, RPW, TC><<<grid, ATT_THREADS, smem, stream>>>(out, pa, pml, q, kc, vc, tiles, pos, bt, max_blocks,
-                                                         n_tokens, H, KV, HD, bs, n_splits, split_len, scale);
+    kvf_launch(s_attn<HDL, RPW, TC>, grid, ATT_THREADS, smem, stream, out, pa, pml, q, kc, vc, tiles, pos, bt,
+               max_blocks, n_tokens, H, KV, HD, bs, n_splits, split_len, scale);
 }
 
 template <typename TC>
@@ -357,9 +359,15 @@ static int s_attention(uint16_t *out, float *partial, const uint16_t *q, const T
         const int n_rows = n_tokens * n_heads;
         const unsigned blocks = kvf_cdiv(n_rows, ATT_WARPS);
         switch (hdl) {
-        case 1: s_attn_reduce<1><<<blocks, ATT_THREADS, 0, stream>>>(o, pa, pml, n_rows, head_dim, n_splits); break;
-        case 2: s_attn_reduce<2><<<blocks, ATT_THREADS, 0, stream>>>(o, pa, pml, n_rows, head_dim, n_splits); break;
-        default: s_attn_reduce<4><<<blocks, ATT_THREADS, 0, stream>>>(o, pa, pml, n_rows, head_dim, n_splits); break;
+        case 1:
+            kvf_launch(s_attn_reduce<1>, blocks, ATT_THREADS, 0, stream, o, pa, pml, n_rows, head_dim, n_splits);
+            break;
+        case 2:
+            kvf_launch(s_attn_reduce<2>, blocks, ATT_THREADS, 0, stream, o, pa, pml, n_rows, head_dim, n_splits);
+            break;
+        default:
+            kvf_launch(s_attn_reduce<4>, blocks, ATT_THREADS, 0, stream, o, pa, pml, n_rows, head_dim, n_splits);
+            break;
         }
         KVF_LAUNCH_CHECK(err);
     }

@@ -93,6 +93,7 @@ s_attn_decode(bf16 *out,                // (n_tokens, H, HD)
               const int32_t *pos,       // (n_tokens)
               const int32_t *bt,        // (n_seqs, max_blocks)
               int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
     constexpr int KS = HD + 8;            // row stride (bf16) of a staged K or V tile: 16 bytes of padding
     constexpr int STAGE = 2 * DC_K * KS;  // K then V
     extern __shared__ float4 dsmem4[];
@@ -240,6 +241,7 @@ s_attn_decode_v(bf16 *out,             // (n_tokens, H, HD)
                 const int32_t *pos,    // (n_tokens)
                 const int32_t *bt,     // (n_seqs, max_blocks)
                 int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
     constexpr int SPLIT = WARPS / HEADS;  // warps that share one KV head's keys
     constexpr bool F8 = sizeof(TC) == 1;  // an FP8 cache: raw rows staged, widened to f16 a chunk at a time
     static_assert(WARPS % HEADS == 0 && (PW || HEADS == 1) && STAGES >= 3 && (!(F8 || PVT) || (PW && SPLIT == 1)),
@@ -479,9 +481,9 @@ static int s_launch_v(const s_args_t *a, kvf_err_t *err) {
     const size_t smem = s_smem_v(HD, WARPS, STAGES, sizeof(TC) == 1);
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC, PVT>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC, PVT><<<a->n_tiles * groups, 32 * WARPS, smem, a->stream>>>(
-        a->out, a->q, (const TC *)a->kc, (const TC *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
-        a->bs, a->scale_log2);
+    kvf_launch(s_attn_decode_v<HD, WARPS, STAGES, HEADS, PW, TC, PVT>, a->n_tiles * groups, 32 * WARPS, smem, a->stream,
+               a->out, a->q, (const TC *)a->kc, (const TC *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
+               a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -492,9 +494,8 @@ static int s_launch_v0(const s_args_t *a, kvf_err_t *err) {
     const size_t smem = (size_t)2 * 2 * DC_K * (HD + 8) * sizeof(uint16_t);
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
-    s_attn_decode<HD><<<a->n_tiles * a->KV, DC_THREADS, smem, a->stream>>>(
-        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
-        a->bs, a->scale_log2);
+    kvf_launch(s_attn_decode<HD>, a->n_tiles * a->KV, DC_THREADS, smem, a->stream, a->out, a->q, (const bf16 *)a->kc,
+               (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs, a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -529,6 +530,7 @@ s_attn_decode_b(bf16 *out,             // (n_tokens, H, HD)
                 const int32_t *pos,    // (n_tokens)
                 const int32_t *bt,     // (n_seqs, max_blocks)
                 int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
 #if KVF_MB_AVAILABLE
     constexpr int RS = HEADS * HD * 2 + 16;  // bytes between staged rows
     constexpr int KS = RS / 2;                // the same in bf16
@@ -610,9 +612,9 @@ static int s_launch_b(const s_args_t *a, kvf_err_t *err) {
     const size_t smem = s_smem_b(HD, HEADS, STAGES);
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_decode_b<HD, HEADS, STAGES>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_decode_b<HD, HEADS, STAGES><<<a->n_tiles * groups, 32 * (HEADS + 1), smem, a->stream>>>(
-        a->out, a->q, (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV,
-        a->bs, a->scale_log2);
+    kvf_launch(s_attn_decode_b<HD, HEADS, STAGES>, a->n_tiles * groups, 32 * (HEADS + 1), smem, a->stream, a->out, a->q,
+               (const bf16 *)a->kc, (const bf16 *)a->vc, a->tiles, a->pos, a->bt, a->max_blocks, a->H, a->KV, a->bs,
+               a->scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

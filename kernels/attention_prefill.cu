@@ -41,6 +41,7 @@ s_attn_prefill(bf16 *out,                // (n_tokens, H, HD)
                const int32_t *pos,       // (n_tokens)
                const int32_t *bt,        // (n_seqs, max_blocks)
                int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
     constexpr int KS = HD + 8;            // row stride of sK and sV (bf16): 16 bytes of padding
     constexpr int STAGE = 2 * PM_K * KS;  // K then V
     extern __shared__ float4 pm_dsmem4[];
@@ -144,6 +145,7 @@ s_attn_prefill_gqa(bf16 *out,                // (n_tokens, H, HD)
                    const int32_t *pos,       // (n_tokens)
                    const int32_t *bt,        // (n_seqs, max_blocks)
                    int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
     constexpr int NT = 64 * NH;           // threads, and rows (NH heads x 64 tokens)
     constexpr int KS = HD + 8;            // row stride of sQ, sK, sV (bf16): 16 bytes of padding, no bank conflicts
     constexpr int STAGE = 2 * PM_K * KS;  // K then V
@@ -600,6 +602,7 @@ s_attn_prefill_wg(bf16 *out,                // (n_tokens, H, HD)
                   const int32_t *pos,       // (n_tokens)
                   const int32_t *bt,        // (n_seqs, max_blocks)
                   int max_blocks, int H, int KV, int bs, float scale_log2) {
+    kvf_pdl_wait();
 #if KVF_WG_AVAILABLE
     constexpr int NT = 128 * NH;
     constexpr int TILE = PM_K * HD * 2;  // bytes of a swizzled 64-row bf16 tile (a head's Q, a stage's K or V)
@@ -744,8 +747,8 @@ static int s_launch_v0(dim3 grid, size_t smem, bf16 *out, const bf16 *q, const b
                        int bs, float scale_log2, cudaStream_t stream, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem),
                    err);
-    s_attn_prefill<HD><<<grid, PM_THREADS, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV, bs,
-                                                           scale_log2);
+    kvf_launch(s_attn_prefill<HD>, grid, PM_THREADS, smem, stream, out, q, kc, vc, tiles, pos, bt, max_blocks, H, KV,
+               bs, scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -760,8 +763,8 @@ static int s_launch_gqa(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, con
                         (sizeof(TC) == 1 ? (size_t)2 * 2 * PM_K * HD : 0);
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_gqa<HD, NH, TC>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         (int)smem), err);
-    s_attn_prefill_gqa<HD, NH, TC><<<grid, 64 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt, max_blocks, H,
-                                                                    KV, bs, scale_log2);
+    kvf_launch(s_attn_prefill_gqa<HD, NH, TC>, grid, 64 * NH, smem, stream, out, q, kc, vc, tiles, pos, bt, max_blocks,
+               H, KV, bs, scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -776,8 +779,8 @@ static int s_launch_wg(int n_tiles, bf16 *out, const bf16 *q, const TC *kc, cons
     const size_t smem = 1024 + (NH + 2 * ST) * tile + (sizeof(TC) == 1 ? (size_t)ST * 2 * PM_K * HD : 0);
     KVF_CUDA_CHECK(cudaFuncSetAttribute(s_attn_prefill_wg<HD, NH, MINB, ST, TC>,
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem), err);
-    s_attn_prefill_wg<HD, NH, MINB, ST, TC><<<grid, 128 * NH, smem, stream>>>(out, q, kc, vc, tiles, pos, bt,
-                                                                              max_blocks, H, KV, bs, scale_log2);
+    kvf_launch(s_attn_prefill_wg<HD, NH, MINB, ST, TC>, grid, 128 * NH, smem, stream, out, q, kc, vc, tiles, pos, bt,
+               max_blocks, H, KV, bs, scale_log2);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

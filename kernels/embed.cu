@@ -9,6 +9,7 @@ static __global__ void s_gather_rows(TOut *out,          // (n, dim)
                                      const bf16 *src,    // (n_src, dim)
                                      const int32_t *idx, // (n)
                                      int dim, int n_src, int id0) {
+    kvf_pdl_wait();
     const int t = blockIdx.x;
     const int id = idx[t] - id0;
     TOut *o = out + (size_t)t * dim;
@@ -37,7 +38,7 @@ static int s_launch(TOut *out, const uint16_t *src, const int32_t *idx, int n, i
     if (n == 0) return 0;
     int threads = dim / 2 >= 256 ? 256 : ((dim / 2 + 31) / 32) * 32;
     if (threads < 32) threads = 32;
-    s_gather_rows<TOut><<<n, threads, 0, stream>>>(out, (const bf16 *)src, idx, dim, n_src, id0);
+    kvf_launch(s_gather_rows<TOut>, n, threads, 0, stream, out, (const bf16 *)src, idx, dim, n_src, id0);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

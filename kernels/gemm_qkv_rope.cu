@@ -117,6 +117,7 @@ static __global__ void __launch_bounds__(384, 1)
 static __global__ void s_rope_table(float2 *cs, int64_t *slot, const float *inv_freq, const int32_t *pos,
                                     const int32_t *tok_seq, const int32_t *block_table, int max_blocks, int half,
                                     int KV, int bs, int n_blocks) {
+    kvf_pdl_wait();
     const int tk = blockIdx.x, p = pos[tk];
     const float fp = (float)p;
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
@@ -140,8 +141,8 @@ extern "C" int kvf_rope_table(float *cs, int64_t *slot, const float *inv_freq, c
     KVF_REQUIRE((uintptr_t)cs % 8 == 0, err);
     if (n == 0) return 0;
     const int half = head_dim / 2;
-    s_rope_table<<<n, half < 128 ? half : 128, 0, stream>>>((float2 *)cs, slot, inv_freq, pos, tok_seq, block_table,
-                                                           max_blocks, half, n_kv, block_size, n_blocks);
+    kvf_launch(s_rope_table, n, half < 128 ? half : 128, 0, stream, (float2 *)cs, slot, inv_freq, pos, tok_seq,
+               block_table, max_blocks, half, n_kv, block_size, n_blocks);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -168,9 +169,9 @@ extern "C" int kvf_gemm_qkv_rope(uint16_t *q_out, uint16_t *k_cache, uint16_t *v
         kvf_ws_map(enc, &tw, w_qkv, n_w, d_in, KVF_WS_BN / CL, "gemm_qkv_rope", err) != 0)
         return -1;
     cudaLaunchConfig_t lc;
-    cudaLaunchAttribute at;
+    cudaLaunchAttribute at[2];
     const int units = (int)kvf_cdiv(kvf_cdiv(n, KVF_WS_BM), CL) * (n_w / KVF_WS_BN);
-    if (kvf_ws_config(s_gemm_qkv_rope<CL, GM>, CL, units, KVF_WS_SMEM(S_STAGING), &lc, &at, "gemm_qkv_rope", err) != 0)
+    if (kvf_ws_config(s_gemm_qkv_rope<CL, GM>, CL, units, KVF_WS_SMEM(S_STAGING), &lc, at, "gemm_qkv_rope", err) != 0)
         return -1;
     lc.stream = stream;
     KVF_CUDA_CHECK(cudaLaunchKernelEx(&lc, s_gemm_qkv_rope<CL, GM>, tx, tw, (bf16 *)q_out, (bf16 *)k_cache,

@@ -146,8 +146,8 @@ template <int CL, int GM, int TS>
 static int s_launch(const CUtensorMap &tx, const CUtensorMap &tw, const CUtensorMap &to, bf16 *act, int n, int d_in,
                     int ff, cudaStream_t stream, kvf_err_t *err) {
     cudaLaunchConfig_t lc;
-    cudaLaunchAttribute at;
-    if (s_config<CL, GM, TS>(&lc, &at, n, ff, err) != 0) return -1;
+    cudaLaunchAttribute at[2];
+    if (s_config<CL, GM, TS>(&lc, at, n, ff, err) != 0) return -1;
     lc.stream = stream;
     KVF_CUDA_CHECK(cudaLaunchKernelEx(&lc, s_gemm_swiglu<CL, GM, TS>, tx, tw, to, act, n, d_in, ff), err);
     return 0;
@@ -155,15 +155,15 @@ static int s_launch(const CUtensorMap &tx, const CUtensorMap &tw, const CUtensor
 
 extern "C" int kvf_gemm_swiglu_grid(int v, int n, int ff) {
     cudaLaunchConfig_t lc;
-    cudaLaunchAttribute at;
+    cudaLaunchAttribute at[2];
     kvf_err_t err;
     if (v < 0 || v >= KVF_SWIGLU_VARIANTS || n < 1 || ff < KVF_SWIGLU_BLOCK || !kvf_gemm_swiglu_available()) return 0;
-    int rc = v == 0 ? s_config<1, 16, 0>(&lc, &at, n, ff, &err)
-           : v == 1 ? s_config<2, 8, 0>(&lc, &at, n, ff, &err)
-           : v == 2 ? s_config<2, 16, 0>(&lc, &at, n, ff, &err)
-           : v == 3 ? s_config<1, 8, 0>(&lc, &at, n, ff, &err)
-           : v == 4 ? s_config<2, 8, 1>(&lc, &at, n, ff, &err)
-                    : s_config<2, 16, 1>(&lc, &at, n, ff, &err);
+    int rc = v == 0 ? s_config<1, 16, 0>(&lc, at, n, ff, &err)
+           : v == 1 ? s_config<2, 8, 0>(&lc, at, n, ff, &err)
+           : v == 2 ? s_config<2, 16, 0>(&lc, at, n, ff, &err)
+           : v == 3 ? s_config<1, 8, 0>(&lc, at, n, ff, &err)
+           : v == 4 ? s_config<2, 8, 1>(&lc, at, n, ff, &err)
+                    : s_config<2, 16, 1>(&lc, at, n, ff, &err);
     return rc == 0 ? (int)lc.gridDim.x : 0;
 }
 

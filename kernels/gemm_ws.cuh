@@ -131,6 +131,28 @@ static __device__ __forceinline__ void kvf_ws_gemm(const CUtensorMap *tx, const 
     if (wg == 0) {  // producer: one thread (with Epi::kMaxRegs, few registers: the consumers take the rest)
         if constexpr (Epi::kMaxRegs > 0) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (tid == 0) {
+            // W's share of stage s for k-block k of column tile tn (multicast to the cluster)
+            auto load_w = [&](int s, int k, int tn) {
+                const uint32_t b = base + s * KVF_WS_STAGE + KVF_WS_A_BYTES;
+                if (CL == 1)
+                    kvf_tma_2d(b, tw, full + 8 * s, k * KVF_WS_BK, tn * KVF_WS_BN);
+                else
+                    kvf_tma_2d_mc(b + rank * (KVF_WS_B_BYTES / CL), tw, full + 8 * s, k * KVF_WS_BK,
+                                  tn * KVF_WS_BN + (int)rank * (KVF_WS_BN / CL), (uint16_t)((1u << CL) - 1));
+            };
+            // The first tile's first stages of W go out before kvf_pdl_wait returns (util.cuh): W is no
+            // kernel's output, x is.
+            int pre = 0;
+            if (unit0 < units) {
+                int tm, tn;
+                kvf_ws_tile<GM>(unit0, (tiles_m + CL - 1) / CL, tiles_n, &tm, &tn);
+                pre = kt < KVF_WS_ST ? kt : KVF_WS_ST;
+                for (int k = 0; k < pre; k++) {
+                    kvf_mb_expect_tx(full + 8 * k, KVF_WS_STAGE);
+                    load_w(k, k, tn);
+                }
+            }
+            kvf_pdl_wait();
             int s = 0;
             uint32_t ph = 0;
             for (int u = unit0; u < units; u += n_cl) {
@@ -138,22 +160,19 @@ static __device__ __forceinline__ void kvf_ws_gemm(const CUtensorMap *tx, const 
                 kvf_ws_tile<GM>(u, (tiles_m + CL - 1) / CL, tiles_n, &tm, &tn);
                 tm = tm * CL + (int)rank;  // past the last row tile: zeros, not stored
                 for (int k = 0; k < kt; k++) {
-                    kvf_mb_wait(empty + 8 * s, ph ^ 1);  // the first lap passes: the barrier's phase -1 is done
-                    const uint32_t a = base + s * KVF_WS_STAGE;
-                    kvf_mb_expect_tx(full + 8 * s, KVF_WS_STAGE);
-                    kvf_tma_2d(a, tx, full + 8 * s, k * KVF_WS_BK, tm * KVF_WS_BM);
-                    if (CL == 1)
-                        kvf_tma_2d(a + KVF_WS_A_BYTES, tw, full + 8 * s, k * KVF_WS_BK, tn * KVF_WS_BN);
-                    else
-                        kvf_tma_2d_mc(a + KVF_WS_A_BYTES + rank * (KVF_WS_B_BYTES / CL), tw, full + 8 * s,
-                                      k * KVF_WS_BK, tn * KVF_WS_BN + (int)rank * (KVF_WS_BN / CL),
-                                      (uint16_t)((1u << CL) - 1));
+                    if (u != unit0 || k >= pre) {
+                        kvf_mb_wait(empty + 8 * s, ph ^ 1);  // the first lap passes: the barrier's phase -1 is done
+                        kvf_mb_expect_tx(full + 8 * s, KVF_WS_STAGE);
+                        load_w(s, k, tn);
+                    }
+                    kvf_tma_2d(base + s * KVF_WS_STAGE, tx, full + 8 * s, k * KVF_WS_BK, tm * KVF_WS_BM);
                     if (++s == KVF_WS_ST) s = 0, ph ^= 1;
                 }
             }
         }
     } else {
         if constexpr (Epi::kMaxRegs > 0) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+        kvf_pdl_wait();  // the epilogues read and write memory of the kernels before
         const int c = wg - 1, lane = tid & 31;
         const uint32_t stg = stg0 + c * (Epi::kStaging / 2);
         int s = 0;
@@ -238,10 +257,11 @@ static inline int kvf_ws_available(void) {
 }
 
 // The launch of kernel (one CTA an SM, units permitting, in clusters of CL that fit at
-// once; 384 threads, smem bytes) over `units` cluster tiles: sets *lc and *at.
+// once; 384 threads, smem bytes; programmatic dependent launch as kvf_launch) over `units`
+// cluster tiles: sets *lc and at[0..1].
 template <class K>
-static inline int kvf_ws_config(K kernel, int cl, int units, int smem, cudaLaunchConfig_t *lc, cudaLaunchAttribute *at,
-                                const char *who, kvf_err_t *err) {
+static inline int kvf_ws_config(K kernel, int cl, int units, int smem, cudaLaunchConfig_t *lc,
+                                cudaLaunchAttribute at[2], const char *who, kvf_err_t *err) {
     int dev = 0, sms = 0;
     KVF_CUDA_CHECK(cudaGetDevice(&dev), err);
     KVF_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), err);
@@ -257,6 +277,9 @@ static inline int kvf_ws_config(K kernel, int cl, int units, int smem, cudaLaunc
         if (max_cl < 1) return kvf_err_set(err, KVF_E_DEVICE, "%s: no cluster of %d CTAs fits the device", who, cl);
         if ((int)lc->gridDim.x > cl * max_cl) lc->gridDim = dim3(cl * max_cl);
     }
+    at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;  // as kvf_launch (util.cuh)
+    at[1].val.programmaticStreamSerializationAllowed = 1;
+    lc->numAttrs = 1 + KVF_PDL;
     return 0;
 }
 

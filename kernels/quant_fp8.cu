@@ -20,6 +20,7 @@ s_quant_rows(kvf_fp8_t *__restrict__ out,     // (n, d)
              float *__restrict__ row_scale,   // (n)
              const bf16 *__restrict__ x,      // (n, d)
              int d) {
+    kvf_pdl_wait();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * d;
     const int n8 = d >> 3;
@@ -62,7 +63,7 @@ extern "C" int kvf_quant_fp8_rows(uint8_t *out, float *row_scale, const uint16_t
     const int vpt = (n8 + threads - 1) / threads;
     const unsigned grid = (unsigned)n;
 #define S_V(V) \
-    else if (vpt <= V) s_quant_rows<V><<<grid, threads, 0, stream>>>(out, row_scale, (const bf16 *)x, d);
+    else if (vpt <= V) kvf_launch(s_quant_rows<V>, grid, threads, 0, stream, out, row_scale, (const bf16 *)x, d);
     if (0) {
     }
     S_V(1) S_V(2) S_V(4)

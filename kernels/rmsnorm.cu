@@ -21,6 +21,7 @@ s_rmsnorm(bf16 *out,          // (n, dim)
           const TX *x,        // (n, dim) or NULL without ADD
           const float *w,     // (dim)
           int dim, float eps) {
+    kvf_pdl_wait();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * dim;
     float v[KVF_RMS_PER_THREAD];
@@ -77,6 +78,7 @@ s_rmsnorm4(TO *__restrict__ out,           // (n, dim)
            const TX *__restrict__ x,       // (n, dim) or NULL without ADD
            const float *__restrict__ w,    // (dim)
            int dim, float eps) {
+    kvf_pdl_wait();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * dim;
     const int n4 = dim >> 2;
@@ -134,10 +136,10 @@ static int s_launch4(TO *out, float *res, const TX *x, const float *w, int n, in
     const int n4 = dim / 4;
     const int threads = n4 >= KVF_RMS_THREADS ? KVF_RMS_THREADS : (n4 + 31) / 32 * 32;
     const int vpt = (n4 + threads - 1) / threads;
-#define S_V(V)                                                                                        \
-    if (vpt <= V) {                                                                                   \
-        s_rmsnorm4<ADD, TX, V, TO><<<n, threads, 0, stream>>>(out, row_scale, res, x, w, dim, eps);   \
-        return 1;                                                                                     \
+#define S_V(V)                                                                                              \
+    if (vpt <= V) {                                                                                         \
+        kvf_launch(s_rmsnorm4<ADD, TX, V, TO>, n, threads, 0, stream, out, row_scale, res, x, w, dim, eps); \
+        return 1;                                                                                           \
     }
     S_V(1) S_V(2) S_V(4) S_V(8) S_V(16)
 #undef S_V
@@ -156,7 +158,8 @@ extern "C" int kvf_rmsnorm(uint16_t *out, const float *x, const float *w, int n,
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
     if (!s_launch4<false, float>((bf16 *)out, (float *)x, (const float *)NULL, w, n, dim, eps, stream))
-        s_rmsnorm<false, float><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, (float *)x, NULL, w, dim, eps);
+        kvf_launch(s_rmsnorm<false, float>, n, s_threads(dim), 0, stream, (bf16 *)out, (float *)x, nullptr, w, dim,
+                   eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -168,7 +171,8 @@ extern "C" int kvf_rmsnorm_add(uint16_t *out, float *residual, const uint16_t *x
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
     if (!s_launch4<true, bf16>((bf16 *)out, residual, (const bf16 *)x, w, n, dim, eps, stream))
-        s_rmsnorm<true, bf16><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, (const bf16 *)x, w, dim, eps);
+        kvf_launch(s_rmsnorm<true, bf16>, n, s_threads(dim), 0, stream, (bf16 *)out, residual, (const bf16 *)x, w, dim,
+                   eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -180,7 +184,7 @@ extern "C" int kvf_rmsnorm_add_f32(uint16_t *out, float *residual, const float *
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
     if (!s_launch4<true, float>((bf16 *)out, residual, x, w, n, dim, eps, stream))
-        s_rmsnorm<true, float><<<n, s_threads(dim), 0, stream>>>((bf16 *)out, residual, x, w, dim, eps);
+        kvf_launch(s_rmsnorm<true, float>, n, s_threads(dim), 0, stream, (bf16 *)out, residual, x, w, dim, eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

@@ -29,6 +29,7 @@ static __global__ void s_rope_kv(bf16 *q_out,            // (n, H, HD)
                                  const int32_t *pos, const int32_t *tok_seq,
                                  const int32_t *block_table,  // (n_seqs, max_blocks)
                                  int max_blocks, int H, int KV, int HD, int bs, int n_blocks) {
+    kvf_pdl_wait();
     const int t = blockIdx.x;
     const int half = HD / 2;
     const int row_len = (H + 2 * KV) * HD;
@@ -87,6 +88,7 @@ static __global__ void s_rope_kv2(bf16 *q_out,            // (n, H, HD)
                                   const int32_t *pos, const int32_t *tok_seq,
                                   const int32_t *block_table,  // (n_seqs, max_blocks)
                                   int max_blocks, int H, int KV, int HD, int bs, int n_blocks) {
+    kvf_pdl_wait();
     const int t = blockIdx.x;
     const int half = HD / 2, hp = half / 2;
     const int row_len = (H + 2 * KV) * HD;
@@ -149,17 +151,16 @@ static int s_launch(uint16_t *q_out, TC *k_cache, TC *v_cache, const TIn *qkv, c
     if (head_dim % 4 == 0 && al % 8 == 0) {  // two pairs a thread (every offset is then even)
         const int work = (n_heads + n_kv) * head_dim / 4;
         const int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
-        s_rope_kv2<TIn, TC><<<n, threads, (size_t)head_dim * sizeof(float), stream>>>(
-            (bf16 *)q_out, k_cache, v_cache, qkv, bias, inv_freq, pos, tok_seq, block_table, max_blocks, n_heads,
-            n_kv, head_dim, block_size, n_blocks);
+        kvf_launch(s_rope_kv2<TIn, TC>, n, threads, (size_t)head_dim * sizeof(float), stream, (bf16 *)q_out, k_cache,
+                   v_cache, qkv, bias, inv_freq, pos, tok_seq, block_table, max_blocks, n_heads, n_kv, head_dim,
+                   block_size, n_blocks);
         KVF_LAUNCH_CHECK(err);
         return 0;
     }
     int work = (n_heads + n_kv) * head_dim / 2;
     int threads = work >= 256 ? 256 : ((work + 31) / 32) * 32;
-    s_rope_kv<TIn, TC><<<n, threads, 0, stream>>>((bf16 *)q_out, k_cache, v_cache, qkv, bias, inv_freq,
-                                              pos, tok_seq, block_table, max_blocks, n_heads, n_kv, head_dim,
-                                              block_size, n_blocks);
+    kvf_launch(s_rope_kv<TIn, TC>, n, threads, 0, stream, (bf16 *)q_out, k_cache, v_cache, qkv, bias, inv_freq, pos,
+               tok_seq, block_table, max_blocks, n_heads, n_kv, head_dim, block_size, n_blocks);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

@@ -13,6 +13,7 @@ static __global__ void s_silu_mul(bf16 *out,       // (n, ff)
                                   const TIn *gate, // (n, ld)
                                   const TIn *up,   // (n, ld)
                                   int ff, int ld) {
+    kvf_pdl_wait();
     const size_t t = blockIdx.y;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < ff; i += gridDim.x * blockDim.x) {
         float g = kvf_ld(gate + t * ld + i);
@@ -41,6 +42,7 @@ static __global__ void s_silu_mul8(bf16 *out,       // (n, ff)
                                    const TIn *gate, // (n, ld)
                                    const TIn *up,   // (n, ld)
                                    int ff, int ld, int blk) {
+    kvf_pdl_wait();
     const size_t t = blockIdx.y;
     const int n8 = ff >> 3;
     for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < n8; c += gridDim.x * blockDim.x) {
@@ -68,7 +70,7 @@ static int s_launch8(bf16 *out, const TIn *gate, const TIn *up, int n, int ff, i
     if (ff % 8 || ld % 8 || al % 16) return 0;
     unsigned gx = kvf_cdiv(ff / 8, 256);
     if (gx > 64) gx = 64;
-    s_silu_mul8<TIn><<<dim3(gx, n), 256, 0, stream>>>(out, gate, up, ff, ld, 0);
+    kvf_launch(s_silu_mul8<TIn>, dim3(gx, n), 256, 0, stream, out, gate, up, ff, ld, 0);
     return 1;
 }
 
@@ -79,8 +81,8 @@ extern "C" int kvf_silu_mul_blocked(uint16_t *out, const uint16_t *gu, int n, in
     if (n == 0) return 0;
     unsigned gx = kvf_cdiv(ff / 8, 256);
     if (gx > 64) gx = 64;
-    s_silu_mul8<bf16><<<dim3(gx, n), 256, 0, stream>>>((bf16 *)out, (const bf16 *)gu, (const bf16 *)gu + block, ff,
-                                                        2 * ff, block);
+    kvf_launch(s_silu_mul8<bf16>, dim3(gx, n), 256, 0, stream, (bf16 *)out, (const bf16 *)gu, (const bf16 *)gu + block,
+               ff, 2 * ff, block);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -93,7 +95,8 @@ extern "C" int kvf_silu_mul(uint16_t *out, const uint16_t *gate, const uint16_t 
     unsigned gx = kvf_cdiv(ff, 256);
     if (gx > 64) gx = 64;
     if (!s_launch8<bf16>((bf16 *)out, (const bf16 *)gate, (const bf16 *)up, n, ff, ld, stream))
-        s_silu_mul<bf16><<<dim3(gx, n), 256, 0, stream>>>((bf16 *)out, (const bf16 *)gate, (const bf16 *)up, ff, ld);
+        kvf_launch(s_silu_mul<bf16>, dim3(gx, n), 256, 0, stream, (bf16 *)out, (const bf16 *)gate, (const bf16 *)up, ff,
+                   ld);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -106,7 +109,7 @@ extern "C" int kvf_silu_mul_f32(uint16_t *out, const float *gate, const float *u
     unsigned gx = kvf_cdiv(ff, 256);
     if (gx > 64) gx = 64;
     if (!s_launch8<float>((bf16 *)out, gate, up, n, ff, ld, stream))
-        s_silu_mul<float><<<dim3(gx, n), 256, 0, stream>>>((bf16 *)out, gate, up, ff, ld);
+        kvf_launch(s_silu_mul<float>, dim3(gx, n), 256, 0, stream, (bf16 *)out, gate, up, ff, ld);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
@@ -122,6 +125,7 @@ s_silu_mul_fp8(kvf_fp8_t *__restrict__ out,       // (n, ff)
                const bf16 *__restrict__ gate,     // (n, ld)
                const bf16 *__restrict__ up,       // (n, ld)
                int ff, int ld) {
+    kvf_pdl_wait();
     __shared__ float scratch[32];
     const size_t t = blockIdx.x;
     const int n8 = ff >> 3;
@@ -175,7 +179,7 @@ extern "C" int kvf_silu_mul_fp8_variant(int variant, uint8_t *out, float *row_sc
     // variant 1: rows of up to 2 chunks a thread capped at 32 registers (a few bytes spill), so that
     // two blocks share an SM and one's loads overlap the other's barrier; variant 0: one block an SM
 #define S_V(V, M) \
-    else if (vpt <= V) s_silu_mul_fp8<V, M><<<n, threads, 0, stream>>>(out, row_scale, g, u, ff, ld);
+    else if (vpt <= V) kvf_launch(s_silu_mul_fp8<V, M>, n, threads, 0, stream, out, row_scale, g, u, ff, ld);
     if (variant == 1 && vpt <= 2) {
         if (0) {
         }

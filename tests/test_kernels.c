@@ -176,6 +176,42 @@ Test(kernels, rmsnorm) {
     }
 }
 
+// Programmatic dependent launch (kernels/util.cuh): each of K back-to-back rmsnorm_add calls on one
+// stream may start before the previous one's writes are flushed, yet must read the residual that one
+// wrote. A call that read too early would leave res short of an x: res must be res0 + x + ... + x
+// exactly (f32 adds in the same order), over rows enough for several waves of blocks.
+Test(kernels, launch_chain) {
+    rng_t r = s_rng("launch_chain");
+    enum { N_ROWS = 2048, D = 4096, K = 40 };
+    const size_t N = (size_t)N_ROWS * D;
+    float *res = malloc(N * 4), *w = malloc(D * 4), *xf = malloc(N * 4), *ref = malloc(N * 4);
+    uint16_t *xb = malloc(N * 2);
+    for (size_t i = 0; i < N; i++) res[i] = s_unif(&r, -3, 3);
+    for (int i = 0; i < D; i++) w[i] = s_unif(&r, 0.5f, 1.5f);
+    s_rand_bf16(&r, xf, xb, N, -1, 1);
+    float *d_res = s_up(res, N * 4), *d_w = s_up(w, D * 4);
+    uint16_t *d_x = s_up(xb, N * 2), *d_out = s_dev(N * 2);
+    cudaStream_t st;
+    CUDA_OK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    kvf_err_t err;
+    for (int k = 0; k < K; k++)
+        cr_assert(kvf_rmsnorm_add(d_out, d_res, d_x, d_w, N_ROWS, D, 1e-6f, st, &err) == 0, "%s", err.msg);
+    CUDA_OK(cudaStreamSynchronize(st));
+    for (size_t i = 0; i < N; i++) {
+        float v = res[i];
+        for (int k = 0; k < K; k++) v += xf[i];
+        res[i] = v;
+    }
+    float *gres = s_down_f32(d_res, N);
+    s_expect("launch_chain.res", "2048 x 4096, 40 calls", gres, res, N, 0, 0);
+    kvf_cpu_rmsnorm(ref, res, w, N_ROWS, D, 1e-6f);
+    float *g = s_down_bf16(d_out, N);
+    s_expect("launch_chain.out", "2048 x 4096, 40 calls", g, ref, N, 1e-5, 8e-3);
+    free(g), free(gres), free(res), free(w), free(xf), free(ref), free(xb);
+    cudaFree(d_res), cudaFree(d_w), cudaFree(d_x), cudaFree(d_out);
+    CUDA_OK(cudaStreamDestroy(st));
+}
+
 // ---------------------------------------------------------------- silu_mul
 
 Test(kernels, silu_mul) {
