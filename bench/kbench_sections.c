@@ -16,6 +16,7 @@
 #include "kernels/attention_prefill.h"
 #include "kernels/check.h"
 #include "kernels/gemm.h"
+#include "kernels/gemv.h"
 #include "kernels/gemm_swiglu.h"
 #include "kernels/quant_fp8.h"
 #include "kernels/rmsnorm.h"
@@ -45,6 +46,13 @@ static int s_gemm_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     const s_gemm_t *g = ud;
     const uint16_t *w = g->w + (size_t)(rep % g->nw) * g->d_out * g->d_in;
     return kvf_gemm(g->ctx, g->y, g->yt, g->x, w, g->n, g->d_in, g->d_out, 0.0f, b->stream, err);
+}
+
+// The same product by kvf_gemv (n <= KVF_GEMV_MAX_ROWS), against cuBLASLt's picks.
+static int s_gemv_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
+    const s_gemm_t *g = ud;
+    const uint16_t *w = g->w + (size_t)(rep % g->nw) * g->d_out * g->d_in;
+    return kvf_gemv(g->y, g->yt, g->x, w, g->n, g->d_in, g->d_out, 0.0f, b->stream, err);
 }
 
 // kvf_gemm_fp8 (--quantization fp8): E4M3 x and W with a scale per row, bf16 y.
@@ -135,6 +143,11 @@ int kvf_kb_bench_gemm(kvf_kb_t *b, kvf_err_t *err) {
                 snprintf(r.variant, sizeof r.variant, "%s heuristic", f32 ? "f32" : "bf16");
                 if (kvf_kb_time(b, s_gemm_op, &g, &r.t, err) != 0) goto done;
                 kvf_kb_emit(b, &r);
+                if (n <= KVF_GEMV_MAX_ROWS) {
+                    snprintf(r.variant, sizeof r.variant, "%s gemv", f32 ? "f32" : "bf16");
+                    if (kvf_kb_time(b, s_gemv_op, &g, &r.t, err) != 0) goto done;
+                    kvf_kb_emit(b, &r);
+                }
                 if (b->o->no_tune) continue;
                 // A fresh context, so the tune's pick is for this shape alone; it
                 // tunes on copy 0 (its own timings may see W in L2 for small W).

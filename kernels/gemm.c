@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "kernels/check.h"
+#include "kernels/gemv.h"
 
 #define KVF_GEMM_CACHE 128   // descriptor sets, one per exact shape
 #define KVF_GEMM_ALGOS 256   // heuristic picks, one per row bucket of a shape
@@ -43,6 +44,7 @@ struct kvf_gemm_ctx_s {
     int tune_reps, tune_rounds;  // kvf_gemm_tune: timed calls a candidate and round, rounds
     int fp8_fast_accum;          // kvf_gemm_ctx_set_fp8_fast_accum
     int sm_count;                // kvf_gemm_ctx_set_sm_count (0: the whole device)
+    int gemv_rows;               // kvf_gemm_ctx_set_gemv_rows
 };
 
 // A heuristic query costs milliseconds of host time (~3 ms a shape on an H200
@@ -224,6 +226,9 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t
     KVF_REQUIRE(n >= 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
     if (n == 0) return 0;
+    if (n <= ctx->gemv_rows && d_in % 8 == 0 && (y_type == KVF_GEMM_OUT_F32 || beta == 0.0f) &&
+        ((uintptr_t)x | (uintptr_t)w) % 16 == 0)
+        return kvf_gemv(y, y_type, x, w, n, d_in, d_out, beta, stream, err);
     s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, beta != 0.0f, 0, err);
     if (!e) return -1;
     return s_run(ctx, e, y, x, w, beta, stream, err);
@@ -309,6 +314,14 @@ int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int sms, kvf_err_t *err) {
     for (int i = 0; i < KVF_GEMM_CACHE; i++) KVF_REQUIRE(!ctx->cache[i].valid, err);  // before the first GEMM
     for (int i = 0; i < KVF_GEMM_ALGOS; i++) KVF_REQUIRE(!ctx->algos[i].valid, err);
     ctx->sm_count = sms;
+    return 0;
+}
+
+int kvf_gemm_ctx_set_gemv_rows(kvf_gemm_ctx_t *ctx, int rows, kvf_err_t *err) {
+    KVF_REQUIRE(ctx, err);
+    if (rows < 0 || rows > KVF_GEMV_MAX_ROWS)
+        return kvf_err_set(err, KVF_E_INVAL, "kvf_gemm: gemv rows %d out of 0..%d", rows, KVF_GEMV_MAX_ROWS);
+    ctx->gemv_rows = rows;
     return 0;
 }
 

@@ -74,6 +74,12 @@ int kvf_gemm_ctx_set_fp8_fast_accum(kvf_gemm_ctx_t *ctx, int on, kvf_err_t *err)
 // default): the whole device. Returns 0, or -1 with err set.
 int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int sms, kvf_err_t *err);
 
+// Calls of kvf_gemm with at most rows rows (0..KVF_GEMV_MAX_ROWS of kernels/gemv.h; 0, the
+// default: none) run kvf_gemv instead of cuBLASLt when it takes them (d_in a multiple of 8,
+// f32 out or beta 0, x and w 16-byte aligned): on an H200 cuBLASLt's picks read W for a few
+// rows well below the memory's bandwidth. Returns 0, or -1 with err set.
+int kvf_gemm_ctx_set_gemv_rows(kvf_gemm_ctx_t *ctx, int rows, kvf_err_t *err);
+
 // kvf_gemm_prepare for kvf_gemm_fp8's shapes.
 int kvf_gemm_prepare_fp8(kvf_gemm_ctx_t *ctx, kvf_gemm_out_t y_type, int n_max, int d_in, int d_out, kvf_err_t *err);
 

@@ -25,6 +25,7 @@
 #include "common/safetensors.h"
 #include "kernels/embed.h"
 #include "kernels/gemm.h"
+#include "kernels/gemv.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/repetition_penalty.h"
 #include "kernels/sample.h"
@@ -350,6 +351,59 @@ Test(kernels, gemm) {
               err.code == KVF_E_INVAL);
     free(x), free(w), free(ref), free(xb), free(wb);
     cudaFree(d_x), cudaFree(d_w), cudaFree(d_w2), cudaFree(d_y);
+    kvf_gemm_ctx_destroy(&ctx);
+    cudaFree(ws);
+}
+
+// kvf_gemv (a few rows: decode steps of small batches), directly and as kvf_gemm's pick below its
+// context's gemv rows: column counts that do not fill a warp's R columns, d_in of one to many chunks.
+Test(kernels, gemv) {
+    rng_t r = s_rng("gemv");
+    void *ws = s_dev(32u << 20);
+    kvf_err_t err;
+    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
+    cr_assert(ctx, "%s", err.msg);
+    cr_assert(kvf_gemm_ctx_set_gemv_rows(ctx, KVF_GEMV_MAX_ROWS, &err) == 0, "%s", err.msg);
+    const int cases[][3] = {{1, 4096, 6144}, {2, 14336, 1024}, {3, 896, 4864}, {5, 64, 1000}, {8, 4104, 37},
+                            {8, 4096, 4096}, {4, 8, 9}, {7, 2048, 33000}};
+    for (int c = 0; c < 8; c++) {
+        const int n = cases[c][0], K = cases[c][1], M = cases[c][2];
+        const size_t NY = (size_t)n * M;
+        float *x = malloc((size_t)n * K * 4), *w = malloc((size_t)M * K * 4), *ref = malloc(NY * 4);
+        uint16_t *xb = malloc((size_t)n * K * 2), *wb = malloc((size_t)M * K * 2);
+        s_rand_bf16(&r, x, xb, (size_t)n * K, -1, 1);
+        s_rand_bf16(&r, w, wb, (size_t)M * K, -0.1f, 0.1f);
+        kvf_cpu_matmul(ref, x, w, NULL, n, K, M);
+        uint16_t *d_x = s_up(xb, (size_t)n * K * 2), *d_w = s_up(wb, (size_t)M * K * 2);
+        uint16_t *d_yb = s_dev(NY * 2);
+        float *d_yf = s_dev(NY * 4);
+        char cs[64];
+        snprintf(cs, sizeof cs, "n%d in%d out%d", n, K, M);
+        cr_assert(kvf_gemv(d_yb, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        float *g = s_down_bf16(d_yb, NY);
+        s_expect_norm("gemv.bf16", cs, g, ref, NY, 8e-3, 4e-3);
+        free(g);
+        cr_assert(kvf_gemv(d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
+        g = s_down_f32(d_yf, NY);
+        s_expect_norm("gemv.f32", cs, g, ref, NY, 1e-4, 1e-5);
+        free(g);
+        // through kvf_gemm, accumulating: y += x w^T (beta 1)
+        cr_assert(kvf_gemm(ctx, d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 1.0f, 0, &err) == 0, "%s", err.msg);
+        g = s_down_f32(d_yf, NY);
+        for (size_t i = 0; i < NY; i++) ref[i] *= 2.0f;
+        s_expect_norm("gemm(gemv).f32+=", cs, g, ref, NY, 1e-4, 1e-5);
+        free(g), free(x), free(w), free(ref), free(xb), free(wb);
+        cudaFree(d_x), cudaFree(d_w), cudaFree(d_yb), cudaFree(d_yf);
+    }
+    uint16_t *d = s_dev(1u << 20);
+    cr_expect(kvf_gemv(d, KVF_GEMM_OUT_F32, d, d, KVF_GEMV_MAX_ROWS + 1, 64, 64, 0, 0, &err) == -1 &&
+              err.code == KVF_E_INVAL, "rows past the limit");
+    cr_expect(kvf_gemv(d, KVF_GEMM_OUT_F32, d, d, 1, 60, 64, 0, 0, &err) == -1 && err.code == KVF_E_INVAL,
+              "d_in not a multiple of 8");
+    cr_expect(kvf_gemv(d, KVF_GEMM_OUT_BF16, d, d, 1, 64, 64, 1.0f, 0, &err) == -1 && err.code == KVF_E_INVAL,
+              "bf16 out with beta");
+    cr_expect(kvf_gemm_ctx_set_gemv_rows(ctx, KVF_GEMV_MAX_ROWS + 1, &err) == -1 && err.code == KVF_E_INVAL);
+    cudaFree(d);
     kvf_gemm_ctx_destroy(&ctx);
     cudaFree(ws);
 }

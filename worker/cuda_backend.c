@@ -19,6 +19,7 @@
 #include "kernels/green.h"
 #include "kernels/gemm_qkv_rope.h"
 #include "kernels/gemm_swiglu.h"
+#include "kernels/gemv.h"
 #include "worker/cpu_ops.h"
 #include "worker/cuda_internal.h"
 
@@ -541,6 +542,16 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     // relative, is below the bf16 rounding of the GEMMs' outputs). KVF_FP8_FAST_ACCUM=0: off (A/B runs).
     const char *fenv = getenv("KVF_FP8_FAST_ACCUM");
     if (kvf_gemm_ctx_set_fp8_fast_accum(c->gemm, fenv ? atoi(fenv) > 0 : 1, err) != 0) return -1;
+    const char *genv = getenv("KVF_GEMV_ROWS");
+    c->gemv_rows = KVF_CUDA_GEMV_ROWS;
+    if (genv) {
+        char *end = NULL;
+        const long v = strtol(genv, &end, 10);
+        if (end == genv || *end || v < 0 || v > KVF_GEMV_MAX_ROWS)
+            return kvf_err_set(err, KVF_E_INVAL, "KVF_GEMV_ROWS=%s: want a row count 0..%d", genv, KVF_GEMV_MAX_ROWS);
+        c->gemv_rows = (int)v;
+    }
+    if (kvf_gemm_ctx_set_gemv_rows(c->gemm, c->gemv_rows, err) != 0) return -1;
     // every row bucket of every GEMM now, not a multi-millisecond heuristic query in
     // front of the first step of each new batch size (an H200's decode tail: 22.5 ms
     // steps of ~120 rows, of which ~12 ms were the four queries of each step)

@@ -102,6 +102,12 @@ int kvf_cuda_backend_set_graphs(kvf_backend_t *be, int mode);
 #define KVF_CUDA_QKV_ROPE_MIN_ROWS 2048
 int kvf_cuda_backend_set_swiglu(kvf_backend_t *be, int min_rows);
 
+// Steps of at most this many rows run their bf16 GEMMs as kvf_gemv (kernels/gemv.h) instead of
+// cuBLASLt; KVF_GEMV_ROWS=N (0..KVF_GEMV_MAX_ROWS) sets another limit at start-up, 0 none. H200
+// (bench/RESULTS.md, session 16): decode steps of 1 sequence 5.89 -> 5.20 ms, of 4 5.73 -> 5.40;
+// of 8 7.14 against cuBLASLt's 5.86 (at 8 rows the kernel is bound by its FMAs, not by W's bytes).
+#define KVF_CUDA_GEMV_ROWS 4
+
 // Steps run by graph replay so far (0 for NULL or another backend).
 uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 

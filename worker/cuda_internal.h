@@ -154,6 +154,7 @@ typedef struct {
     // the QKV GEMM with RoPE and the cache write fused (kvf_gemm_qkv_rope) in steps of >=
     // qkv_rope_min_rows rows (head_dim 128, bf16 layers and cache; KVF_QKV_ROPE=0: off)
     int qkv_rope, qkv_rope_min_rows;
+    int gemv_rows;  // GEMMs of steps of <= gemv_rows rows run kvf_gemv (KVF_GEMV_ROWS)
     // o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1), so the
     // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
     int resid_gemm;

@@ -212,6 +212,12 @@ int kvf_cuda_warm_gemms(kvf_cuda_t *c, kvf_err_t *err) {
     const kvf_cuda_layer_t *L = &c->layers[0];
     const double t0 = kvf_cuda_now_ms();
     int runs = 0;
+    for (int n = 1; n <= c->gemv_rows && n <= T; n++) {  // kvf_gemv's kernel for each row count
+        if (s_gemm_qkv(c, L, n, c->stream, err) != 0 || s_gemm_o(c, L, n, c->stream, err) != 0 ||
+            s_gemm_gate_up(c, L, n, c->stream, err) != 0 || s_gemm_down(c, L, n, c->stream, err) != 0)
+            return -1;
+        if (n <= R && s_gemm_lm_head(c, c->rows, n, c->stream, err) != 0) return -1;
+    }
     for (int nb = kvf_gemm_bucket(1);; nb = kvf_gemm_bucket(nb + 1)) {
         const int n = nb < T ? nb : T;
         if (s_gemm_qkv(c, L, n, c->stream, err) != 0 || s_gemm_o(c, L, n, c->stream, err) != 0 ||
