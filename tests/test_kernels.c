@@ -124,6 +124,13 @@ Test(kernels, embed_shard) {
 
 // ---------------------------------------------------------------- rmsnorm
 
+// The norm tests' inputs: residual ~ U(-3, 3), weight ~ U(0.5, 1.5), x bf16 ~ U(-1, 1) (xf: its f32 values).
+static void s_norm_inputs(rng_t *r, float *res, float *w, float *xf, uint16_t *xb, size_t n, int dim) {
+    for (size_t i = 0; i < n; i++) res[i] = s_unif(r, -3, 3);
+    for (int i = 0; i < dim; i++) w[i] = s_unif(r, 0.5f, 1.5f);
+    s_rand_bf16(r, xf, xb, n, -1, 1);
+}
+
 Test(kernels, rmsnorm) {
     rng_t r = s_rng("rmsnorm");
     const int cases[][2] = {{1, 64}, {37, 4096}, {5, 333}, {3, 8192}, {130, 896}, {2, 16384}, {3, 4100}};
@@ -133,9 +140,7 @@ Test(kernels, rmsnorm) {
         float *x = malloc(N * 4), *res = malloc(N * 4), *w = malloc(D * 4), *ref = malloc(N * 4);
         float *xf = malloc(N * 4);
         uint16_t *xb = malloc(N * 2);
-        for (size_t i = 0; i < N; i++) res[i] = s_unif(&r, -3, 3);
-        for (int i = 0; i < D; i++) w[i] = s_unif(&r, 0.5f, 1.5f);
-        s_rand_bf16(&r, xf, xb, N, -1, 1);
+        s_norm_inputs(&r, res, w, xf, xb, N, D);
         float *d_res = s_up(res, N * 4), *d_w = s_up(w, D * 4);
         uint16_t *d_x = s_up(xb, N * 2), *d_out = s_dev(N * 2);
         kvf_err_t err;
@@ -187,9 +192,7 @@ Test(kernels, launch_chain) {
     const size_t N = (size_t)N_ROWS * D;
     float *res = malloc(N * 4), *w = malloc(D * 4), *xf = malloc(N * 4), *ref = malloc(N * 4);
     uint16_t *xb = malloc(N * 2);
-    for (size_t i = 0; i < N; i++) res[i] = s_unif(&r, -3, 3);
-    for (int i = 0; i < D; i++) w[i] = s_unif(&r, 0.5f, 1.5f);
-    s_rand_bf16(&r, xf, xb, N, -1, 1);
+    s_norm_inputs(&r, res, w, xf, xb, N, D);
     float *d_res = s_up(res, N * 4), *d_w = s_up(w, D * 4);
     uint16_t *d_x = s_up(xb, N * 2), *d_out = s_dev(N * 2);
     cudaStream_t st;
