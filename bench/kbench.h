@@ -56,6 +56,7 @@ typedef struct {
     int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
     int sms;                  // --sms: run on a green context of this many SMs (0: the whole device)
     int overlap_gemms;        // --overlap-gemms: GEMM calls an overlap measurement (default 40)
+    int settle_ms;            // --settle-ms: each row's op runs this long before its warm-up (default 0)
 } kvf_kb_opts_t;
 
 typedef struct {
@@ -112,7 +113,8 @@ int kvf_kb_rand_f32(kvf_kb_t *b, void *p, size_t n, float scale, kvf_err_t *err)
 // How many copies of an input of `bytes` exceed KB_ROTATE_BYTES together (1 when one does).
 int kvf_kb_copies(size_t bytes);
 uint64_t kvf_kb_splitmix64(uint64_t *state);
-// The median and min ms of --reps timed calls of op after --warmup untimed ones.
+// The median and min ms of --reps timed calls of op after --warmup untimed ones (and, with
+// --settle-ms, after calls of op for that long: the clock settles where the power limit holds it).
 int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err);
 // One output row (a line, or a JSON object with --json).
 void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r);

@@ -33,7 +33,7 @@
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
     "                  [--decode-b B[,B...]] [--tune-reps N] [--tune-rounds N]\n"
-    "                  [--device N] [--seed S] [--sms N] [--overlap-gemms N] [--json]\n"
+    "                  [--device N] [--seed S] [--sms N] [--overlap-gemms N] [--settle-ms MS] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
     "and min ms of N timed calls (CUDA events around each, after the warm-up calls; defaults 20 and 5) and\n"
@@ -50,8 +50,9 @@ static const char *s_usage =
     "the sections on a green context of N SMs (kernels/green.h; the driver may round N up), each call timed\n"
     "by the host's clock between two synchronizations (overlap makes its own contexts). --overlap-gemms N:\n"
     "the GEMM calls of each overlap measurement (default 40; thousands run long enough for the clocks to\n"
-    "settle under the power limit). Needs a CUDA\n"
-    "device; this help does not.\n";
+    "settle under the power limit). --settle-ms MS: before each row's warm-up, run its op for MS ms (default 0),\n"
+    "so that the timed calls run at the clock the power limit settles to (a short burst runs at the boost\n"
+    "clock: bench/RESULTS.md, session 17). Needs a CUDA device; this help does not.\n";
 
 static const struct {
     const char *name;
@@ -127,7 +128,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
             strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
             strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0 &&
-            strcmp(a, "--sms") != 0 && strcmp(a, "--overlap-gemms") != 0)
+            strcmp(a, "--sms") != 0 && strcmp(a, "--overlap-gemms") != 0 && strcmp(a, "--settle-ms") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
@@ -158,6 +159,9 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         } else if (strcmp(a, "--overlap-gemms") == 0) {
             rc = kvf_args_int(a, v, 1, 100000, &n, err);
             o->overlap_gemms = (int)n;
+        } else if (strcmp(a, "--settle-ms") == 0) {
+            rc = kvf_args_int(a, v, 0, 600000, &n, err);
+            o->settle_ms = (int)n;
         } else {
             rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
@@ -253,6 +257,11 @@ double kvf_kb_now_ms(void) {
 
 int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err) {
     const int W = b->o->warmup, R = b->o->reps;
+    const double t_settle = kvf_kb_now_ms();
+    for (int i = 0; b->o->settle_ms > 0 && kvf_kb_now_ms() - t_settle < b->o->settle_ms; i++) {
+        if (op(b, ud, i, err) != 0) return -1;
+        if (i % 8 == 7) KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);  // the host keeps the device's pace
+    }
     for (int i = 0; i < W; i++)
         if (op(b, ud, i, err) != 0) return -1;
     for (int i = 0; b->wall && i < R; i++) {
@@ -329,17 +338,19 @@ static int s_device(kvf_kb_t *b, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaDriverGetVersion(&drv), err);
     if (b->o->json) {
         json_array_append_new(
-            b->rows, json_pack("{s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:i, s:i, s:i, s:i}", "device", dev,
-                               "name", pr.name, "cc_major", pr.major, "cc_minor", pr.minor, "sms",
+            b->rows, json_pack("{s:i, s:s, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:i, s:i, s:i, s:i, s:i, s:i}", "device",
+                               dev, "name", pr.name, "cc_major", pr.major, "cc_minor", pr.minor, "sms",
                                pr.multiProcessorCount, "sm_clock_mhz", sm_khz / 1000, "mem_clock_mhz", mem_khz / 1000,
                                "l2_bytes", (json_int_t)pr.l2CacheSize, "mem_bytes", (json_int_t)pr.totalGlobalMem,
-                               "mem_bus_bits", pr.memoryBusWidth, "runtime", rt, "driver", drv, "reps", b->o->reps));
+                               "mem_bus_bits", pr.memoryBusWidth, "runtime", rt, "driver", drv, "reps", b->o->reps,
+                               "warmup", b->o->warmup, "settle_ms", b->o->settle_ms));
         return 0;
     }
     printf("device %d: %s (sm_%d%d), %d SMs, SM clock %d MHz, memory clock %d MHz x %d bits, L2 %.0f MiB, "
-           "%.1f GiB; runtime %d, driver %d; median of %d reps after %d warm-up\n",
+           "%.1f GiB; runtime %d, driver %d; median of %d reps after %d warm-up (and %d ms of settling)\n",
            dev, pr.name, pr.major, pr.minor, pr.multiProcessorCount, sm_khz / 1000, mem_khz / 1000, pr.memoryBusWidth,
-           pr.l2CacheSize / 1048576.0, pr.totalGlobalMem / 1073741824.0, rt, drv, b->o->reps, b->o->warmup);
+           pr.l2CacheSize / 1048576.0, pr.totalGlobalMem / 1073741824.0, rt, drv, b->o->reps, b->o->warmup,
+           b->o->settle_ms);
     printf("%-12s %-16s %-34s %9s %9s %8s %7s  %s\n", "kernel", "variant", "shape", "median_ms", "min_ms", "TFLOP/s",
            "TB/s", "note");
     return 0;

@@ -21,6 +21,9 @@ expect 2 "--sms: " --sms 0
 expect 2 "--sms: " --sms many
 expect 2 "missing value" --sms
 expect 2 "--overlap-gemms: " --overlap-gemms 0
+expect 0 "--settle-ms MS" --help
+expect 2 "--settle-ms: " --settle-ms -5
+expect 2 "--settle-ms: " --settle-ms soon
 expect 2 "unknown option '--smss'" --smss 8
 expect 2 "unknown section 'attn'" --only attn
 exit $failed
