@@ -61,7 +61,9 @@ for B in ${KVF_CHECK_B:-auto 512}; do
   row "kvf-bench 1024x512x128 B=$B" "$(python3 -c "
 import json;r=json.load(open('$out/bench_B$B.json'))
 f=r['roofline']['floor']
-print('elapsed %.2f s, %.0f tok/s, out %.0f, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50/p99 %.2f/%.2f s, floor %.2f s (%.1f%%), B %s' % (r['elapsed_s'], r['total_tokens_per_s'], r['output_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], r['ttft_s']['p99'], f['seconds'], 100*f['achieved'], r['engine']['max_batch_size']))" 2>&1 | head -c 500)"
+d=r.get('device_power') or {}
+clk=' '.join('%s %.0f MHz %.0f W' % (k.split('_')[0], d[k]['sm_clock_mhz'], d[k]['power_w']) for k in ('prefill_steps', 'decode_steps') if d.get(k))
+print('elapsed %.2f s, %.0f tok/s, out %.0f, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50/p99 %.2f/%.2f s, floor %.2f s (%.1f%%), B %s; %s' % (r['elapsed_s'], r['total_tokens_per_s'], r['output_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], r['ttft_s']['p99'], f['seconds'], 100*f['achieved'], r['engine']['max_batch_size'], clk or 'clock not sampled'))" 2>&1 | head -c 600)"
 done
 printf '%s\n' "${rows[@]}" > "$out/summary.txt"
 # the device tool brings back at most 8 files: the logs travel as one archive

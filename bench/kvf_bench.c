@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "bench/devmon.h"
 #include "bench/roofline.h"
 #include "common/alloc.h"
 #include "common/args.h"
@@ -56,7 +57,9 @@ static const char *s_usage =
     "to the H200's FP8 GEMM ceiling, 1408e12 (bench/RESULTS.md). --sched: the scheduler's policy (worker/sched.h);\n"
     "auto (default) is prefill-first when the batch and the KV pool hold every prompt at once, else mixed.\n"
     "--trace: one CSV row a step (its time and what it ran: sequences, decodes, prefill tokens, KV tokens\n"
-    "read, causal pairs), to see where a schedule spends.\n";
+    "read, causal pairs), to see where a schedule spends. With --backend cuda the report also gives the SM clock\n"
+    "and power draw in the prefill steps and in the decode steps (JSON \"device_power\"; NVML, every 100 ms,\n"
+    "where the driver has it): at a board's power limit the clock sets the rate, and cards differ.\n";
 
 // ---------------------------------------------------------------- options
 
@@ -261,6 +264,14 @@ typedef struct {
     double elapsed;
     FILE *trace;  // --trace, or NULL
 
+    // the device's clock and power while the steps ran (cuda backend, where NVML is)
+    kvf_devmon_t *mon;
+    char mon_why[256];               // why there is no monitor ("" while there is one)
+    kvf_devmon_span_t *spans;        // (n_spans): each step's [start, end) and kind (S_PHASE_*)
+    size_t n_spans, cap_spans;
+    kvf_devmon_phase_t phase[2];     // S_PHASE_PREFILL, S_PHASE_DECODE
+    size_t mon_samples;
+
     // memory
     const char *mem_source;
     uint64_t peak_mem;
@@ -346,6 +357,43 @@ static void s_mem_end(s_run_t *r) {
     if (getrusage(RUSAGE_SELF, &ru) == 0) r->peak_mem = (uint64_t)ru.ru_maxrss * 1024u;  // KiB on Linux
 }
 
+enum { S_PHASE_PREFILL = 0, S_PHASE_DECODE = 1 };  // a step with prefill tokens, a step of decodes only
+#define S_MON_PERIOD_MS 100  // as the nvidia-smi -lms 100 sampling of sessions 14-17, which moved no result
+
+// Starts sampling the device's SM clock and power (cuda backend); without NVML the report
+// says why and the run goes on.
+static void s_mon_start(s_run_t *r) {
+    snprintf(r->mon_why, sizeof r->mon_why, "the %s backend", r->o->eo.backend);
+    if (strcmp(r->o->eo.backend, "cuda") != 0) return;
+#ifdef KVF_HAVE_CUDA
+    char pci[32];
+    if (cudaDeviceGetPCIBusId(pci, (int)sizeof pci, r->o->eo.device) != cudaSuccess) {
+        snprintf(r->mon_why, sizeof r->mon_why, "no PCI bus id for cuda device %d", r->o->eo.device);
+        return;
+    }
+    kvf_err_t err;
+    kvf_err_clear(&err);
+    r->mon = kvf_devmon_new(pci, S_MON_PERIOD_MS, &err);
+    snprintf(r->mon_why, sizeof r->mon_why, "%.200s", r->mon ? "" : err.msg);
+#endif
+}
+
+static void s_mon_end(s_run_t *r) {
+    if (!r->mon) return;
+    const kvf_devmon_sample_t *sm = NULL;
+    r->mon_samples = kvf_devmon_stop(r->mon, &sm);
+    kvf_devmon_attribute(sm, r->mon_samples, r->spans, r->n_spans, r->phase, 2);
+}
+
+static void s_push_span(s_run_t *r, double t0, double t1, int kind) {
+    if (!r->mon) return;
+    if (r->n_spans == r->cap_spans) {
+        r->cap_spans = r->cap_spans ? 2 * r->cap_spans : 1024;
+        r->spans = kvf_xrealloc(r->spans, sizeof *r->spans * r->cap_spans);
+    }
+    r->spans[r->n_spans++] = (kvf_devmon_span_t){t0, t1, kind};
+}
+
 static void s_push_decode(s_run_t *r, double ms) {
     if (r->n_decode_steps == r->cap_decode) {
         r->cap_decode = r->cap_decode ? 2 * r->cap_decode : 1024;
@@ -408,6 +456,7 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
         if (r->trace)
             fprintf(r->trace, "%llu,%.4f,%d,%d,%d,%lld,%lld\n", (unsigned long long)r->steps, dt * 1e3, si.n_seqs,
                     si.n_decode, si.n_prefill_tokens, (long long)si.kv_tokens_read, (long long)si.attn_qk_pairs);
+        s_push_span(r, ts, ts + dt, si.n_prefill_tokens > 0 ? S_PHASE_PREFILL : S_PHASE_DECODE);
         if (si.n_prefill_tokens > 0) {
             r->prefill_tokens += (uint64_t)si.n_prefill_tokens;
             r->prefill_step_s += dt;
@@ -547,6 +596,19 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                            "peak_usage",
                                            s->plan.kv_blocks ? (double)r->peak_blocks / s->plan.kv_blocks : 0.0));
     json_object_set_new(j, "preemptions", json_integer((json_int_t)s->stats.preemptions));
+    json_t *dev = json_null();
+    if (r->mon) {
+        dev = json_pack("{s:s, s:i, s:f, s:I}", "source", "nvml", "period_ms", S_MON_PERIOD_MS, "power_limit_w",
+                        kvf_devmon_power_limit_mw(r->mon) * 1e-3, "samples", (json_int_t)r->mon_samples);
+        const char *names[2] = {"prefill_steps", "decode_steps"};
+        for (int k = 0; k < 2; k++)
+            json_object_set_new(dev, names[k],
+                                r->phase[k].samples ? json_pack("{s:I, s:f, s:f}", "samples",
+                                                                (json_int_t)r->phase[k].samples, "sm_clock_mhz",
+                                                                r->phase[k].sm_mhz, "power_w", r->phase[k].power_w)
+                                                    : json_null());
+    }
+    json_object_set_new(j, "device_power", dev);
     json_t *roof = json_pack("{s:f, s:f, s:f, s:f}", "peak_flops", o->peak_flops, "peak_bw", o->peak_bw,
                              "weights_streamed_bytes", s->streamed_weights, "kv_elem_bytes", r->hw.kv_elem_bytes);
     json_object_set_new(roof, "step", json_pack("{s:f, s:f, s:f, s:f}", "seconds", r->step_roof.seconds, "flops",
@@ -594,6 +656,18 @@ static void s_report_text(const s_run_t *r, const s_summary_t *s) {
            s->plan.block_size, r->peak_blocks,
            s->plan.kv_blocks ? 100.0 * r->peak_blocks / s->plan.kv_blocks : 0.0,
            (unsigned long long)s->stats.preemptions);
+    if (r->mon) {
+        printf("device power     limit %.0f W; sampled every %d ms (NVML):", kvf_devmon_power_limit_mw(r->mon) * 1e-3,
+               S_MON_PERIOD_MS);
+        const char *names[2] = {"prefill steps", "decode steps"};
+        for (int k = 0; k < 2; k++)
+            if (r->phase[k].samples)
+                printf("%s %s SM %.0f MHz, %.0f W (%zu samples)", k && r->phase[0].samples ? ";" : "", names[k],
+                       r->phase[k].sm_mhz, r->phase[k].power_w, r->phase[k].samples);
+        printf("\n");
+    } else {
+        printf("device power     not sampled (%s)\n", r->mon_why);
+    }
     printf("roofline         at %.4g FLOP/s, %.4g B/s; weights streamed %.1f MiB per step\n", o->peak_flops,
            o->peak_bw, MIB(s->streamed_weights));
     printf("  step roofline  %.4g s (%.4g FLOP, %.4g B)   achieved %.3g%%\n", r->step_roof.seconds,
@@ -696,7 +770,11 @@ int main(int argc, char **argv) {
         else
             fprintf(r.trace, "step,ms,n_seqs,n_decode,n_prefill_tokens,kv_tokens_read,attn_qk_pairs\n");
     }
-    if (rc == 0) rc = s_run(&r, &err);
+    if (rc == 0) {
+        s_mon_start(&r);
+        rc = s_run(&r, &err);
+        s_mon_end(&r);
+    }
     if (r.trace && fclose(r.trace) != 0 && rc == 0)
         rc = kvf_err_set(&err, KVF_E_IO, "--trace %s: %s", o.trace, strerror(errno));
     if (rc == 0) {
@@ -716,6 +794,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "kvf-bench: %llu steps replayed a CUDA graph\n",
                 (unsigned long long)kvf_cuda_backend_graph_steps(kvf_engine_backend(r.e)));
 #endif
+    kvf_devmon_destroy(&r.mon);
+    free(r.spans);
     free(r.reqs);
     free(r.decode_ms);
     kvf_engine_destroy(&r.e);

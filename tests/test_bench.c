@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench/devmon.h"
 #include "bench/roofline.h"
 #include "common/modelcfg.h"
 #include "test_util.h"
@@ -393,7 +394,50 @@ Test(kvf_bench, cpu_smoke_report_is_complete_and_sane, .timeout = 120) {
     cr_assert_eq(s_num(j, "roofline.floor.decode_steps"), 7);
     cr_assert_eq(s_num(j, "roofline.peak_flops"), 789e12);
     cr_assert_eq(s_num(j, "roofline.kv_elem_bytes"), 4);
+    // the device's clock and power are sampled for the cuda backend only
+    cr_assert(json_is_null(json_object_get(j, "device_power")), "device_power on the cpu backend");
     json_decref(j);
+}
+
+// bench/devmon.h's attribution of clock/power samples to the steps that ran at their times.
+Test(devmon, samples_go_to_the_step_that_holds_them) {
+    const kvf_devmon_span_t spans[] = {{1.0, 2.0, 0}, {2.0, 2.5, 1}, {3.0, 4.0, 1}, {4.0, 4.1, 0}};
+    const kvf_devmon_sample_t samples[] = {
+        {0.5, 999, 1000},    // before the first step: none
+        {1.0, 1500, 600000}, // at a step's start: that step
+        {1.9, 1400, 700000},
+        {2.0, 1800, 300000}, // at the boundary: the step that starts there
+        {2.7, 999, 1000},    // between steps: none
+        {3.5, 1600, 500000},
+        {4.05, 1300, 680000},
+        {4.1, 999, 1000},    // at the last step's end: none
+    };
+    kvf_devmon_phase_t ph[3];
+    kvf_devmon_attribute(samples, sizeof samples / sizeof samples[0], spans, 4, ph, 3);
+    cr_assert_eq(ph[0].samples, 3);
+    cr_assert_float_eq(ph[0].sm_mhz, (1500 + 1400 + 1300) / 3.0, 1e-9);
+    cr_assert_float_eq(ph[0].power_w, (600 + 700 + 680) / 3.0, 1e-9);
+    cr_assert_eq(ph[1].samples, 2);
+    cr_assert_float_eq(ph[1].sm_mhz, 1700, 1e-9);
+    cr_assert_float_eq(ph[1].power_w, 400, 1e-9);
+    cr_assert_eq(ph[2].samples, 0);
+    cr_assert_float_eq(ph[2].sm_mhz, 0, 1e-12);
+    kvf_devmon_attribute(samples, 8, spans, 0, ph, 2);  // no steps: nothing attributed
+    cr_assert_eq(ph[0].samples + ph[1].samples, 0);
+}
+
+// Without NVML (this machine, CI) or with bad arguments the monitor says so and nothing starts.
+Test(devmon, refuses_bad_arguments_and_a_missing_driver) {
+    kvf_err_t err = {0};
+    cr_assert_null(kvf_devmon_new(NULL, 50, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert_null(kvf_devmon_new("0000:00:00.0", 0, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    kvf_devmon_t *m = kvf_devmon_new("0000:ff:1f.7", 50, &err);  // no GPU there on any machine
+    cr_assert_null(m);
+    cr_assert_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
+    fprintf(stderr, "devmon without a device: %s\n", err.msg);
+    kvf_devmon_destroy(&m);  // NULL is fine
 }
 
 Test(kvf_bench, roofline_follows_the_config, .timeout = 120) {
