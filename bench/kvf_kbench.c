@@ -113,6 +113,19 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
     o->tune_reps = 8, o->tune_rounds = 1;
     o->seed = 1;
     o->overlap_gemms = 40;
+    // the options that take one whole number in [lo, hi] into an int
+    const struct {
+        const char *name;
+        int64_t lo, hi;
+        int *dst;
+    } ints[] = {
+        {"--reps", 1, 100000, &o->reps},
+        {"--warmup", 0, 100000, &o->warmup},
+        {"--device", 0, 1024, &o->device},
+        {"--sms", 1, 4096, &o->sms},
+        {"--overlap-gemms", 1, 100000, &o->overlap_gemms},
+        {"--settle-ms", 0, 600000, &o->settle_ms},
+    };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return 1;
@@ -125,43 +138,29 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
             continue;
         }
         if (strncmp(a, "--", 2) != 0) return kvf_err_set(err, KVF_E_INVAL, "unexpected argument '%s'", a);
-        if (strcmp(a, "--only") != 0 && strcmp(a, "--reps") != 0 && strcmp(a, "--warmup") != 0 &&
-            strcmp(a, "--device") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
-            strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0 &&
-            strcmp(a, "--sms") != 0 && strcmp(a, "--overlap-gemms") != 0 && strcmp(a, "--settle-ms") != 0)
+        int in = -1;  // which of ints[], if any
+        for (size_t k = 0; k < sizeof ints / sizeof ints[0]; k++)
+            if (strcmp(a, ints[k].name) == 0) in = (int)k;
+        if (in < 0 && strcmp(a, "--only") != 0 && strcmp(a, "--seed") != 0 && strcmp(a, "--gemm-n") != 0 &&
+            strcmp(a, "--decode-b") != 0 && strcmp(a, "--tune-reps") != 0 && strcmp(a, "--tune-rounds") != 0)
             return kvf_err_set(err, KVF_E_INVAL, "unknown option '%s' (see --help)", a);
         if (i + 1 >= argc) return kvf_err_set(err, KVF_E_INVAL, "%s: missing value", a);
         const char *v = argv[++i];
         int64_t n = 0;
         int rc = 0;
-        if (strcmp(a, "--only") == 0) {
+        if (in >= 0) {
+            rc = kvf_args_int(a, v, ints[in].lo, ints[in].hi, &n, err);
+            *ints[in].dst = (int)n;
+        } else if (strcmp(a, "--only") == 0) {
             rc = s_parse_only(v, &o->only, err);
         } else if (strcmp(a, "--gemm-n") == 0) {
             rc = s_parse_counts(a, v, 16384, o->gemm_n, &o->n_gemm_n, err);
         } else if (strcmp(a, "--decode-b") == 0) {
             rc = s_parse_counts(a, v, 4096, o->decode_b, &o->n_decode_b, err);
-        } else if (strcmp(a, "--reps") == 0) {
-            rc = kvf_args_int(a, v, 1, 100000, &n, err);
-            o->reps = (int)n;
-        } else if (strcmp(a, "--warmup") == 0) {
-            rc = kvf_args_int(a, v, 0, 100000, &n, err);
-            o->warmup = (int)n;
         } else if (strcmp(a, "--tune-reps") == 0) {
             rc = kvf_args_int(a, v, 1, 100000, &o->tune_reps, err);
         } else if (strcmp(a, "--tune-rounds") == 0) {
             rc = kvf_args_int(a, v, 1, 15, &o->tune_rounds, err);
-        } else if (strcmp(a, "--device") == 0) {
-            rc = kvf_args_int(a, v, 0, 1024, &n, err);
-            o->device = (int)n;
-        } else if (strcmp(a, "--sms") == 0) {
-            rc = kvf_args_int(a, v, 1, 4096, &n, err);
-            o->sms = (int)n;
-        } else if (strcmp(a, "--overlap-gemms") == 0) {
-            rc = kvf_args_int(a, v, 1, 100000, &n, err);
-            o->overlap_gemms = (int)n;
-        } else if (strcmp(a, "--settle-ms") == 0) {
-            rc = kvf_args_int(a, v, 0, 600000, &n, err);
-            o->settle_ms = (int)n;
         } else {
             rc = kvf_args_int(a, v, 0, INT64_MAX, &n, err);
             o->seed = (uint64_t)n;
