@@ -8,6 +8,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
+
 // The few NVML entry points used, declared here (the toolkit ships no nvml.h on every
 // machine; these signatures are NVML's stable C ABI). nvmlReturn_t 0 is success.
 typedef void *s_nvml_dev_t;
@@ -33,12 +35,6 @@ struct kvf_devmon_s {
     size_t n, cap;
 };
 
-static double s_now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void *s_loop(void *arg) {
     kvf_devmon_t *m = arg;
     const struct timespec nap = {m->period_ms / 1000, (long)(m->period_ms % 1000) * 1000000L};
@@ -51,7 +47,7 @@ static void *s_loop(void *arg) {
                 if (!s) break;  // out of memory: keep what was sampled
                 m->samples = s, m->cap = cap;
             }
-            m->samples[m->n++] = (kvf_devmon_sample_t){s_now(), mhz, mw};
+            m->samples[m->n++] = (kvf_devmon_sample_t){1e-3 * (double)kvf_clock_ms(), mhz, mw};
         }
         nanosleep(&nap, NULL);
     }
@@ -96,7 +92,6 @@ kvf_devmon_t *kvf_devmon_new(const char *pci_bus_id, int period_ms, kvf_err_t *e
         if (pthread_create(&m->thread, NULL, s_loop, m) != 0) {
             kvf_err_set(err, KVF_E_INTERNAL, "kvf_devmon_new: no sampling thread");
             m->shutdown();
-            rc = -1;
         } else {
             m->running = 1;
             return m;
@@ -132,11 +127,8 @@ void kvf_devmon_destroy(kvf_devmon_t **self_p) {
 
 void kvf_devmon_attribute(const kvf_devmon_sample_t *samples, size_t n_samples, const kvf_devmon_span_t *spans,
                           size_t n_spans, kvf_devmon_phase_t *out, int n_kinds) {
-    double *mhz = calloc((size_t)(n_kinds > 0 ? n_kinds : 1), 2 * sizeof(double));
     for (int k = 0; k < n_kinds; k++) out[k] = (kvf_devmon_phase_t){0};
-    if (!mhz) return;
-    double *mw = mhz + n_kinds;
-    for (size_t i = 0; i < n_samples; i++) {
+    for (size_t i = 0; i < n_samples; i++) {  // sums first, then the means
         const double t = samples[i].t;
         size_t lo = 0, hi = n_spans;  // the first span with t1 > t
         while (lo < hi) {
@@ -148,13 +140,12 @@ void kvf_devmon_attribute(const kvf_devmon_sample_t *samples, size_t n_samples, 
         const int k = spans[lo].kind;
         if (k < 0 || k >= n_kinds) continue;
         out[k].samples++;
-        mhz[k] += samples[i].sm_mhz;
-        mw[k] += samples[i].power_mw;
+        out[k].sm_mhz += samples[i].sm_mhz;
+        out[k].power_w += samples[i].power_mw * 1e-3;
     }
     for (int k = 0; k < n_kinds; k++)
         if (out[k].samples) {
-            out[k].sm_mhz = mhz[k] / (double)out[k].samples;
-            out[k].power_w = mw[k] / (double)out[k].samples * 1e-3;
+            out[k].sm_mhz /= (double)out[k].samples;
+            out[k].power_w /= (double)out[k].samples;
         }
-    free(mhz);
 }

@@ -15,7 +15,7 @@
 #include "common/error.h"
 
 typedef struct {
-    double t;           // CLOCK_MONOTONIC seconds
+    double t;           // CLOCK_MONOTONIC seconds (common/clock.h's kvf_clock_ms / 1000)
     uint32_t sm_mhz;    // SM clock
     uint32_t power_mw;  // board power draw
 } kvf_devmon_sample_t;
