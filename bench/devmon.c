@@ -18,6 +18,7 @@ typedef int (*s_shutdown_fn)(void);
 typedef int (*s_by_pci_fn)(const char *, s_nvml_dev_t *);
 typedef int (*s_clock_fn)(s_nvml_dev_t, int, unsigned int *);
 typedef int (*s_power_fn)(s_nvml_dev_t, unsigned int *);
+typedef int (*s_energy_fn)(s_nvml_dev_t, unsigned long long *);
 #define S_NVML_CLOCK_SM 1
 
 struct kvf_devmon_s {
@@ -25,6 +26,7 @@ struct kvf_devmon_s {
     s_shutdown_fn shutdown;
     s_clock_fn clock;
     s_power_fn power;
+    s_energy_fn energy;  // NULL where this NVML has no energy counter
     s_nvml_dev_t dev;
     uint32_t limit_mw;
     int period_ms;
@@ -77,6 +79,7 @@ kvf_devmon_t *kvf_devmon_new(const char *pci_bus_id, int period_ms, kvf_err_t *e
     m->shutdown = (s_shutdown_fn)dlsym(m->lib, "nvmlShutdown");
     m->clock = (s_clock_fn)dlsym(m->lib, "nvmlDeviceGetClockInfo");
     m->power = (s_power_fn)dlsym(m->lib, "nvmlDeviceGetPowerUsage");
+    m->energy = (s_energy_fn)dlsym(m->lib, "nvmlDeviceGetTotalEnergyConsumption");
     int rc = -1;
     if (!init || !by_pci || !limit || !m->shutdown || !m->clock || !m->power) {
         kvf_err_set(err, KVF_E_UNSUPPORTED, "NVML lacks an entry point this monitor uses");
@@ -113,6 +116,18 @@ size_t kvf_devmon_stop(kvf_devmon_t *m, const kvf_devmon_sample_t **samples) {
 }
 
 uint32_t kvf_devmon_power_limit_mw(const kvf_devmon_t *m) { return m->limit_mw; }
+
+int kvf_devmon_energy_mj(const kvf_devmon_t *m, uint64_t *mj, kvf_err_t *err) {
+    if (!m || !mj) return kvf_err_set(err, KVF_E_INVAL, "kvf_devmon_energy_mj: NULL argument");
+    if (!m->energy) return kvf_err_set(err, KVF_E_UNSUPPORTED, "this NVML has no energy counter");
+    unsigned long long v = 0;
+    const int rc = m->energy(m->dev, &v);
+    if (rc != 0)
+        return kvf_err_set(err, KVF_E_UNSUPPORTED, "nvmlDeviceGetTotalEnergyConsumption: error %d (no counter on "
+                           "this board?)", rc);
+    *mj = (uint64_t)v;
+    return 0;
+}
 
 void kvf_devmon_destroy(kvf_devmon_t **self_p) {
     if (!self_p || !*self_p) return;

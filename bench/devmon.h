@@ -38,6 +38,12 @@ size_t kvf_devmon_stop(kvf_devmon_t *m, const kvf_devmon_sample_t **samples);
 // The board's enforced power limit in mW (0 when NVML did not say).
 uint32_t kvf_devmon_power_limit_mw(const kvf_devmon_t *m);
 
+// The board's energy counter in mJ: NVML's total since the driver loaded (Volta and later), read
+// now, beside the sampling thread. Two readings around a run give its energy exactly, where the
+// 100 ms power samples only estimate it. Returns 0, or -1 with err set: KVF_E_INVAL for a NULL
+// argument, KVF_E_UNSUPPORTED where the driver or the board keeps no counter.
+int kvf_devmon_energy_mj(const kvf_devmon_t *m, uint64_t *mj, kvf_err_t *err);
+
 // What ran at each moment: spans [t0, t1) in time order, each of a kind in [0, n_kinds).
 typedef struct {
     double t0, t1;

@@ -7,6 +7,7 @@
 set -uo pipefail
 pack=$1 out=$2
 source "$pack/env.sh"
+export KVF_BIN_DIR="$pack/bin"  # the tests that run kvf-bench find it there, not at the build's path
 mkdir -p "$out"
 nvidia-smi -L > "$out/gpu.txt" 2>&1
 rows=()
@@ -20,7 +21,8 @@ bounded() {
   kill "$w" 2>/dev/null; wait "$w" 2>/dev/null
   return $rc
 }
-for t in test_kernels test_kernels_attn test_kernels_fp8 test_kernels_mlp test_kernels_qkv_rope test_cuda_forward test_engine_cuda test_tp_nccl test_cuda_tp; do
+for t in test_kernels test_kernels_attn test_kernels_fp8 test_kernels_mlp test_kernels_qkv_rope test_cuda_forward test_engine_cuda test_bench_cuda test_tp_nccl \
+         test_cuda_tp; do
   [ -x "$pack/bin/$t" ] || continue
   secs=300; [ "$t" = test_cuda_tp ] && secs=120
   bounded $secs "$pack/bin/$t" --jobs=1 --verbose > "$out/$t.log" 2>&1
@@ -63,6 +65,8 @@ import json;r=json.load(open('$out/bench_B$B.json'))
 f=r['roofline']['floor']
 d=r.get('device_power') or {}
 clk=' '.join('%s %.0f MHz %.0f W' % (k.split('_')[0], d[k]['sm_clock_mhz'], d[k]['power_w']) for k in ('prefill_steps', 'decode_steps') if d.get(k))
+e=d.get('energy')
+clk+=('; %.0f J, %.2f tok/J' % (e['joules'], e['total_tokens_per_j'])) if e else ''
 print('elapsed %.2f s, %.0f tok/s, out %.0f, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50/p99 %.2f/%.2f s, floor %.2f s (%.1f%%), B %s; %s' % (r['elapsed_s'], r['total_tokens_per_s'], r['output_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], r['ttft_s']['p99'], f['seconds'], 100*f['achieved'], r['engine']['max_batch_size'], clk or 'clock not sampled'))" 2>&1 | head -c 600)"
 done
 printf '%s\n' "${rows[@]}" > "$out/summary.txt"

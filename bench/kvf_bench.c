@@ -59,7 +59,8 @@ static const char *s_usage =
     "--trace: one CSV row a step (its time and what it ran: sequences, decodes, prefill tokens, KV tokens\n"
     "read, causal pairs), to see where a schedule spends. With --backend cuda the report also gives the SM clock\n"
     "and power draw in the prefill steps and in the decode steps (JSON \"device_power\"; NVML, every 100 ms,\n"
-    "where the driver has it): at a board's power limit the clock sets the rate, and cards differ.\n";
+    "where the driver has it): at a board's power limit the clock sets the rate, and cards differ. Its \"energy\"\n"
+    "is the board's energy counter read at the run's start and end: joules, mean watts, tokens per joule.\n";
 
 // ---------------------------------------------------------------- options
 
@@ -271,6 +272,9 @@ typedef struct {
     size_t n_spans, cap_spans;
     kvf_devmon_phase_t phase[2];     // S_PHASE_PREFILL, S_PHASE_DECODE
     size_t mon_samples;
+    uint64_t energy_mj[2];           // the board's energy counter at the run's start and end
+    int energy_ok;                   // both readings taken
+    char energy_why[256];            // why there is no energy figure ("" while there is one)
 
     // memory
     const char *mem_source;
@@ -385,6 +389,25 @@ static void s_mon_end(s_run_t *r) {
     kvf_devmon_attribute(sm, r->mon_samples, r->spans, r->n_spans, r->phase, 2);
 }
 
+// Reads the energy counter at the run's start (i 0) or end (1); without it the report says why.
+static void s_energy_mark(s_run_t *r, int i) {
+    if (!r->mon) {
+        snprintf(r->energy_why, sizeof r->energy_why, "%s", r->mon_why);
+        r->energy_ok = 0;
+        return;
+    }
+    kvf_err_t err = {0};
+    if (i == 0) r->energy_ok = 1;
+    if (r->energy_ok && kvf_devmon_energy_mj(r->mon, &r->energy_mj[i], &err) != 0) {
+        snprintf(r->energy_why, sizeof r->energy_why, "%.200s", err.msg);
+        r->energy_ok = 0;
+    }
+    if (r->energy_ok && i == 1 && r->energy_mj[1] < r->energy_mj[0]) {
+        snprintf(r->energy_why, sizeof r->energy_why, "the energy counter went backwards (driver reloaded?)");
+        r->energy_ok = 0;
+    }
+}
+
 static void s_push_span(s_run_t *r, double t0, double t1, int kind) {
     if (!r->mon) return;
     if (r->n_spans == r->cap_spans) {
@@ -419,6 +442,7 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
 
     int32_t *prompt = kvf_xmalloc(sizeof(int32_t) * (size_t)o->input_len);
     uint64_t rng = o->seed;
+    s_energy_mark(r, 0);
     r->t0 = s_now();
     for (int64_t i = 0; i < o->n_prompts; i++) {
         for (int64_t t = 0; t < o->input_len; t++)
@@ -475,6 +499,7 @@ static int s_run(s_run_t *r, kvf_err_t *err) {
         r->step_roof.seconds += c.seconds;
     }
     r->elapsed = s_now() - r->t0;
+    s_energy_mark(r, 1);
 
     if (r->bad_rid) return kvf_err_set(err, KVF_E_INTERNAL, "the engine reported a token for an unknown request");
     for (int64_t i = 0; i < o->n_prompts; i++) {
@@ -518,6 +543,8 @@ typedef struct {
     double streamed_weights;
     kvf_plan_t plan;
     kvf_engine_stats_t stats;
+    double energy_j;                          // the board's energy over the run (< 0: not measured)
+    double mean_w, total_tpj, output_tpj;     // energy_j / elapsed, tokens per joule
 } s_summary_t;
 
 static int s_summarize(s_run_t *r, s_summary_t *s, kvf_err_t *err) {
@@ -530,6 +557,14 @@ static int s_summarize(s_run_t *r, s_summary_t *s, kvf_err_t *err) {
     s->total_tps = (double)(o->n_prompts * (o->input_len + o->output_len)) / el;
     s->output_tps = (double)r->output_tokens / el;
     s->prefill_tps = r->prefill_step_s > 0 ? (double)r->prefill_tokens / r->prefill_step_s : 0;
+    s->energy_j = -1;
+    if (r->energy_ok) {
+        s->energy_j = 1e-3 * (double)(r->energy_mj[1] - r->energy_mj[0]);
+        s->mean_w = s->energy_j / el;
+        const double e = s->energy_j > 0 ? s->energy_j : 1e-9;
+        s->total_tpj = (double)(o->n_prompts * (o->input_len + o->output_len)) / e;
+        s->output_tpj = (double)r->output_tokens / e;
+    }
     s->decode_p50 = s_pct(r->decode_ms, r->n_decode_steps, 50);
     s->decode_p99 = s_pct(r->decode_ms, r->n_decode_steps, 99);
     double *tt = kvf_xmalloc(sizeof(double) * (size_t)o->n_prompts);
@@ -607,6 +642,11 @@ static void s_report_json(const s_run_t *r, const s_summary_t *s) {
                                                                 (json_int_t)r->phase[k].samples, "sm_clock_mhz",
                                                                 r->phase[k].sm_mhz, "power_w", r->phase[k].power_w)
                                                     : json_null());
+        json_object_set_new(dev, "energy",
+                            s->energy_j >= 0 ? json_pack("{s:f, s:f, s:f, s:f}", "joules", s->energy_j,
+                                                         "mean_power_w", s->mean_w, "total_tokens_per_j",
+                                                         s->total_tpj, "output_tokens_per_j", s->output_tpj)
+                                             : json_null());
     }
     json_object_set_new(j, "device_power", dev);
     json_t *roof = json_pack("{s:f, s:f, s:f, s:f}", "peak_flops", o->peak_flops, "peak_bw", o->peak_bw,
@@ -668,6 +708,11 @@ static void s_report_text(const s_run_t *r, const s_summary_t *s) {
     } else {
         printf("device power     not sampled (%s)\n", r->mon_why);
     }
+    if (s->energy_j >= 0)
+        printf("energy           %.1f J over the run (mean %.0f W): %.2f total tok/J, %.2f output tok/J\n",
+               s->energy_j, s->mean_w, s->total_tpj, s->output_tpj);
+    else
+        printf("energy           not measured (%s)\n", r->energy_why);
     printf("roofline         at %.4g FLOP/s, %.4g B/s; weights streamed %.1f MiB per step\n", o->peak_flops,
            o->peak_bw, MIB(s->streamed_weights));
     printf("  step roofline  %.4g s (%.4g FLOP, %.4g B)   achieved %.3g%%\n", r->step_roof.seconds,

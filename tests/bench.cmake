@@ -1,8 +1,13 @@
-# tests/bench.cmake — the roofline arithmetic, the engine's step composition, and CPU
-# smoke runs of kvf-bench.
+# tests/bench.cmake — the roofline arithmetic, the engine's step composition, CPU smoke
+# runs of kvf-bench, and (GPU only) a cuda run's clock, power and energy.
 if(TARGET kvf-bench)
   kvf_add_test(test_bench SOURCES test_bench.c LIBS kvf_roofline kvf_devmon kvf_engine PkgConfig::JANSSON TIMEOUT 180)
   add_dependencies(test_bench kvf-bench)
+endif()
+# kvf-bench on the cuda backend: the clock, power and energy in its report (GPU only).
+if(TARGET kvf-bench AND KVF_HAVE_CUDA AND TARGET kvf_cuda)
+  kvf_add_test(test_bench_cuda SOURCES test_bench_cuda.c LIBS PkgConfig::JANSSON m LABELS gpu TIMEOUT 300)
+  add_dependencies(test_bench_cuda kvf-bench)
 endif()
 
 # kvf-kbench needs a GPU to measure anything; without one, --help still works and a bad

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "bench/devmon.h"
+#include "bench_run.h"
 #include "bench/roofline.h"
 #include "common/modelcfg.h"
 #include "test_util.h"
@@ -287,49 +288,6 @@ Test(engine_for_bench, dummy_weights_and_step_composition) {
 
 // ---------------------------------------------------------------- kvf-bench, the binary
 
-// Runs kvf-bench with args (a shell fragment) and returns its stdout (free()),
-// with *rc its exit status; stderr goes to the test log.
-static char *s_run_bench(const char *args, int *rc) {
-    char *cmd = NULL;
-    cr_assert_geq(asprintf(&cmd, "%s/kvf-bench %s", KVF_BIN_DIR, args), 0);
-    FILE *p = popen(cmd, "r");
-    cr_assert(p, "popen %s", cmd);
-    free(cmd);
-    size_t cap = 1 << 16, n = 0;
-    char *out = malloc(cap);
-    size_t k;
-    while ((k = fread(out + n, 1, cap - n - 1, p)) > 0) {
-        n += k;
-        if (n + 1 == cap) out = realloc(out, cap *= 2);
-    }
-    out[n] = 0;
-    int st = pclose(p);
-    *rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return out;
-}
-
-// Same, with stderr captured instead of stdout.
-static char *s_run_bench_err(const char *args, int *rc) {
-    char *a = NULL;
-    cr_assert_geq(asprintf(&a, "%s 2>&1 >/dev/null", args), 0);
-    char *out = s_run_bench(a, rc);
-    free(a);
-    return out;
-}
-
-static double s_num(json_t *root, const char *path) {
-    // "a.b.c" -> root["a"]["b"]["c"], which must exist and be a number
-    char buf[256];
-    snprintf(buf, sizeof buf, "%s", path);
-    json_t *v = root;
-    for (char *tok = strtok(buf, "."); tok; tok = strtok(NULL, ".")) {
-        v = json_object_get(v, tok);
-        cr_assert(v, "report has no %s", path);
-    }
-    cr_assert(json_is_number(v), "%s is not a number", path);
-    return json_number_value(v);
-}
-
 static const char *s_tiny_args =
     "--weights dummy --num-prompts 8 --input-len 16 --output-len 8 --threads 2 --block-size 16 "
     "--cache-max-entry-count 64 --max-batch-size 8 --seed 7 --json";
@@ -437,6 +395,10 @@ Test(devmon, refuses_bad_arguments_and_a_missing_driver) {
     cr_assert_null(m);
     cr_assert_eq(err.code, KVF_E_UNSUPPORTED, "%s", err.msg);
     fprintf(stderr, "devmon without a device: %s\n", err.msg);
+    uint64_t mj = 7;
+    cr_assert_eq(kvf_devmon_energy_mj(NULL, &mj, &err), -1);  // no monitor: no energy reading
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert_eq(mj, 7);
     kvf_devmon_destroy(&m);  // NULL is fine
 }
 
