@@ -57,8 +57,8 @@ static void *s_loop(void *arg) {
 }
 
 kvf_devmon_t *kvf_devmon_new(const char *pci_bus_id, int period_ms, kvf_err_t *err) {
-    if (!pci_bus_id || !*pci_bus_id || period_ms < 1 || period_ms > 10000) {
-        kvf_err_set(err, KVF_E_INVAL, "kvf_devmon_new: give a PCI bus id and a period of 1..10000 ms");
+    if (!pci_bus_id || !*pci_bus_id || period_ms < 0 || period_ms > 10000) {
+        kvf_err_set(err, KVF_E_INVAL, "kvf_devmon_new: give a PCI bus id and a period of 0..10000 ms");
         return NULL;
     }
     kvf_devmon_t *m = calloc(1, sizeof *m);
@@ -92,6 +92,7 @@ kvf_devmon_t *kvf_devmon_new(const char *pci_bus_id, int period_ms, kvf_err_t *e
         unsigned int mw = 0;
         if (limit(m->dev, &mw) == 0) m->limit_mw = mw;
         atomic_init(&m->stop, 0);
+        if (period_ms == 0) return m;  // readings only
         if (pthread_create(&m->thread, NULL, s_loop, m) != 0) {
             kvf_err_set(err, KVF_E_INTERNAL, "kvf_devmon_new: no sampling thread");
             m->shutdown();
@@ -126,6 +127,15 @@ int kvf_devmon_energy_mj(const kvf_devmon_t *m, uint64_t *mj, kvf_err_t *err) {
         return kvf_err_set(err, KVF_E_UNSUPPORTED, "nvmlDeviceGetTotalEnergyConsumption: error %d (no counter on "
                            "this board?)", rc);
     *mj = (uint64_t)v;
+    return 0;
+}
+
+int kvf_devmon_sm_mhz(const kvf_devmon_t *m, uint32_t *mhz, kvf_err_t *err) {
+    if (!m || !mhz) return kvf_err_set(err, KVF_E_INVAL, "kvf_devmon_sm_mhz: NULL argument");
+    unsigned int v = 0;
+    const int rc = m->clock(m->dev, S_NVML_CLOCK_SM, &v);
+    if (rc != 0) return kvf_err_set(err, KVF_E_UNSUPPORTED, "nvmlDeviceGetClockInfo: error %d", rc);
+    *mhz = v;
     return 0;
 }
 

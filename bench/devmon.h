@@ -14,6 +14,10 @@
 
 #include "common/error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct {
     double t;           // CLOCK_MONOTONIC seconds (common/clock.h's kvf_clock_ms / 1000)
     uint32_t sm_mhz;    // SM clock
@@ -23,9 +27,9 @@ typedef struct {
 typedef struct kvf_devmon_s kvf_devmon_t;
 
 // Starts sampling the device with this PCI bus id ("0000:3b:00.0", as cudaDeviceGetPCIBusId
-// gives it) every period_ms (1..10000). Returns the monitor (owned by the caller), or NULL with
-// err set: KVF_E_UNSUPPORTED when there is no NVML or it does not know the device,
-// KVF_E_INVAL for a bad argument.
+// gives it) every period_ms (1..10000; 0: no sampling thread, only the readings below). Returns
+// the monitor (owned by the caller), or NULL with err set: KVF_E_UNSUPPORTED when there is no
+// NVML or it does not know the device, KVF_E_INVAL for a bad argument.
 kvf_devmon_t *kvf_devmon_new(const char *pci_bus_id, int period_ms, kvf_err_t *err);
 
 // Stops the thread (if running), closes NVML and frees the samples; accepts NULL; nulls *self_p.
@@ -44,6 +48,9 @@ uint32_t kvf_devmon_power_limit_mw(const kvf_devmon_t *m);
 // argument, KVF_E_UNSUPPORTED where the driver or the board keeps no counter.
 int kvf_devmon_energy_mj(const kvf_devmon_t *m, uint64_t *mj, kvf_err_t *err);
 
+// The SM clock now, in MHz. Returns 0, or -1 with err set (KVF_E_INVAL, KVF_E_UNSUPPORTED).
+int kvf_devmon_sm_mhz(const kvf_devmon_t *m, uint32_t *mhz, kvf_err_t *err);
+
 // What ran at each moment: spans [t0, t1) in time order, each of a kind in [0, n_kinds).
 typedef struct {
     double t0, t1;
@@ -60,5 +67,9 @@ typedef struct {
 // count for none) and fills out[0..n_kinds). Pure: no device, no NVML.
 void kvf_devmon_attribute(const kvf_devmon_sample_t *samples, size_t n_samples, const kvf_devmon_span_t *spans,
                           size_t n_spans, kvf_devmon_phase_t *out, int n_kinds);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -11,6 +11,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "bench/devmon.h"
 #include "common/error.h"
 #include "kernels/gemm.h"
 
@@ -73,10 +74,14 @@ typedef struct {
     uint64_t fill_seed;  // every fill gets the next seed
     uint64_t rng;        // host choices (lengths, block order)
     json_t *rows;        // --json: the output array
+    kvf_devmon_t *mon;   // --settle-ms: the board's energy counter and clock (NVML), or NULL
 } kvf_kb_t;
 
 typedef struct {
     double median, min;  // ms
+    // --settle-ms where NVML is: over the settling calls, the board's energy a call (J; 0: not
+    // measured), its mean power (W), and the SM clock at their end (MHz)
+    double settle_j_per_call, settle_w, settle_mhz;
 } kvf_kb_time_t;
 
 typedef struct {

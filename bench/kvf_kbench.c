@@ -52,7 +52,10 @@ static const char *s_usage =
     "the GEMM calls of each overlap measurement (default 40; thousands run long enough for the clocks to\n"
     "settle under the power limit). --settle-ms MS: before each row's warm-up, run its op for MS ms (default 0),\n"
     "so that the timed calls run at the clock the power limit settles to (a short burst runs at the boost\n"
-    "clock: bench/RESULTS.md, session 17). Needs a CUDA device; this help does not.\n";
+    "clock: bench/RESULTS.md, session 17); where the driver has NVML, the note (JSON settle_*) also gives the\n"
+    "board's mean power, the SM clock, and its energy per FLOP (or per byte) over those calls, read from its\n"
+    "energy counter: at the power limit a kernel is as fast as it is frugal. Needs a CUDA device; this help\n"
+    "does not.\n";
 
 static const struct {
     const char *name;
@@ -65,8 +68,6 @@ static const struct {
 };
 
 // ---------------------------------------------------------------- options
-
-
 
 // "N[,N...]" (1 to 8 counts, each in [1, max]) into out[], *n_out.
 static int s_parse_counts(const char *a, const char *v, int max, int *out, int *n_out, kvf_err_t *err) {
@@ -175,8 +176,6 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
 
 // ---------------------------------------------------------------- device memory, timing, rows
 
-
-
 // Device memory owned by b until kvf_kb_free_all. Returns 0, or -1 with err set.
 int kvf_kb_alloc(kvf_kb_t *b, void **p, size_t bytes, kvf_err_t *err) {
     *p = NULL;
@@ -233,10 +232,6 @@ uint64_t kvf_kb_splitmix64(uint64_t *state) {
     return z ^ (z >> 31);
 }
 
-
-
-
-
 static int s_cmp_float(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
@@ -254,13 +249,65 @@ double kvf_kb_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
+// The settling calls (--settle-ms) and, where NVML is, the board's energy over them. NVML's
+// energy counter moves every ~100 ms (an H200, session 18), so the window runs from one of its
+// moves to another: the calls start right after a move and go on past settle_ms until the next.
+// The host reads the counter while the device works through the queued calls (the host waits on
+// the batch before the last, by event): host stalls between calls, NVML's calls among them,
+// would cool the last ~100 ms and the clock the timed calls then get. A green context's stream
+// (--sms) takes no events: it waits on each batch.
+static int s_settle(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err) {
+    enum { BATCH = 8 };
+    uint64_t e0 = 0, e = 0, e_mark = 0;
+    KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
+    int energy = b->mon && kvf_devmon_energy_mj(b->mon, &e0, NULL) == 0;
+    for (const double w = kvf_kb_now_ms(); energy && kvf_kb_now_ms() - w < 1000;)  // to the counter's next move
+        if (kvf_devmon_energy_mj(b->mon, &e, NULL) != 0 || e != e0) break;
+    if (energy && e == e0) energy = 0;  // it did not move in a second, or stopped answering
+    e0 = e;
+    const double t0 = kvf_kb_now_ms();
+    double t1 = t0;
+    long calls = 0;
+    for (int i = 0, batch = 0, marked = 0, done = 0; !done; i++) {
+        if (op(b, ud, i, err) != 0) return -1;
+        calls++;
+        if (i % BATCH != BATCH - 1) continue;
+        t1 = kvf_kb_now_ms();
+        if (t1 - t0 >= b->o->settle_ms) {
+            if (!energy || t1 - t0 > b->o->settle_ms + 1000.0) {  // no move for a second: give up on it
+                energy = 0;
+                done = 1;
+            } else if (kvf_devmon_energy_mj(b->mon, &e, NULL) != 0) {
+                energy = 0;
+                done = 1;
+            } else if (!marked) {  // the counter as settle_ms ends; then wait for it to move
+                e_mark = e, marked = 1;
+            } else if (e != e_mark) {
+                done = 1;
+            }
+        }
+        if (b->wall) {
+            KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
+        } else {  // the host keeps the device's pace, one batch behind
+            KVF_CUDA_CHECK(cudaEventRecord(b->ev[batch & 1], b->stream), err);
+            if (batch > 0) KVF_CUDA_CHECK(cudaEventSynchronize(b->ev[(batch - 1) & 1]), err);
+            batch++;
+        }
+    }
+    KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
+    if (energy && e > e0) {  // the calls still queued at the move (<= 2 batches) count without their energy
+        uint32_t mhz = 0;
+        t->settle_j_per_call = 1e-3 * (double)(e - e0) / (double)calls;
+        t->settle_w = (double)(e - e0) / (t1 - t0);  // mJ / ms
+        if (kvf_devmon_sm_mhz(b->mon, &mhz, NULL) == 0) t->settle_mhz = mhz;
+    }
+    return 0;
+}
+
 int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, kvf_err_t *err) {
     const int W = b->o->warmup, R = b->o->reps;
-    const double t_settle = kvf_kb_now_ms();
-    for (int i = 0; b->o->settle_ms > 0 && kvf_kb_now_ms() - t_settle < b->o->settle_ms; i++) {
-        if (op(b, ud, i, err) != 0) return -1;
-        if (i % 8 == 7) KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);  // the host keeps the device's pace
-    }
+    t->settle_j_per_call = t->settle_w = t->settle_mhz = 0;
+    if (b->o->settle_ms > 0 && s_settle(b, op, ud, t, err) != 0) return -1;
     for (int i = 0; i < W; i++)
         if (op(b, ud, i, err) != 0) return -1;
     for (int i = 0; b->wall && i < R; i++) {
@@ -284,8 +331,6 @@ int kvf_kb_time(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t *t, 
     return 0;
 }
 
-
-
 void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r) {
     const double s = r->t.median * 1e-3;
     const double tflops = r->flops > 0 ? r->flops / s * 1e-12 : 0, tbps = r->bytes > 0 ? r->bytes / s * 1e-12 : 0;
@@ -298,6 +343,11 @@ void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r) {
         json_object_set_new(j, "tflops", r->flops > 0 ? json_real(tflops) : json_null());
         json_object_set_new(j, "tbps", r->bytes > 0 ? json_real(tbps) : json_null());
         json_object_set_new(j, "copies", json_integer(r->copies > 1 ? r->copies : 1));
+        const int en = r->t.settle_j_per_call > 0;  // the settling calls' energy (null: not measured)
+        json_object_set_new(j, "settle_joules_per_call", en ? json_real(r->t.settle_j_per_call) : json_null());
+        json_object_set_new(j, "settle_power_w", en ? json_real(r->t.settle_w) : json_null());
+        json_object_set_new(j, "settle_sm_clock_mhz", en && r->t.settle_mhz > 0 ? json_real(r->t.settle_mhz)
+                                                                                 : json_null());
         if (r->tuned) {
             json_object_set_new(j, "tune_heuristic_ms", json_real(r->tune_heuristic_ms));
             json_object_set_new(j, "tune_best_ms", json_real(r->tune_best_ms));
@@ -305,7 +355,7 @@ void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r) {
         json_array_append_new(b->rows, j);
         return;
     }
-    char fl[16] = "-", by[16] = "-", note[96] = "", rot[16] = "";
+    char fl[16] = "-", by[16] = "-", note[192] = "", rot[16] = "";
     if (r->flops > 0) snprintf(fl, sizeof fl, "%.1f", tflops);
     if (r->bytes > 0) snprintf(by, sizeof by, "%.3f", tbps);
     if (r->copies > 1) snprintf(rot, sizeof rot, "rot %d", r->copies);
@@ -314,6 +364,17 @@ void kvf_kb_emit(kvf_kb_t *b, const kvf_kb_row_t *r) {
                  r->tune_heuristic_ms, r->tune_best_ms);
     else
         snprintf(note, sizeof note, "%s", rot);
+    if (r->t.settle_j_per_call > 0) {  // the settling calls' energy: per FLOP where counted, else per byte
+        const size_t k = strlen(note);
+        const double per = r->flops > 0 ? r->flops : r->bytes;
+        snprintf(note + k, sizeof note - k, "%ssettled %.0f W %.0f MHz", k ? ", " : "", r->t.settle_w,
+                 r->t.settle_mhz);
+        if (per > 0) {
+            const size_t k2 = strlen(note);
+            snprintf(note + k2, sizeof note - k2, " %.3g pJ/%s", r->t.settle_j_per_call / per * 1e12,
+                     r->flops > 0 ? "FLOP" : "B");
+        }
+    }
     printf("%-12s %-16s %-34s %9.4f %9.4f %8s %7s  %s\n", r->kernel, r->variant, r->shape, r->t.median, r->t.min, fl,
            by, note);
     fflush(stdout);
@@ -353,6 +414,18 @@ static int s_device(kvf_kb_t *b, kvf_err_t *err) {
     printf("%-12s %-16s %-34s %9s %9s %8s %7s  %s\n", "kernel", "variant", "shape", "median_ms", "min_ms", "TFLOP/s",
            "TB/s", "note");
     return 0;
+}
+
+// --settle-ms: the board's energy counter (NVML) for each row's settling calls; without it the
+// rows go on and say nothing of energy (why, on stderr).
+static void s_energy_start(kvf_kb_t *b) {
+    char pci[32];
+    kvf_err_t err = {0};
+    cudaError_t ce = cudaDeviceGetPCIBusId(pci, sizeof pci, b->o->device);
+    if (ce == cudaSuccess) b->mon = kvf_devmon_new(pci, 0, &err);
+    if (!b->mon)
+        fprintf(stderr, "kvf-kbench: no energy figures for the settling calls: %s\n",
+                ce != cudaSuccess ? cudaGetErrorString(ce) : err.msg);
 }
 
 // The SM count of b's stream; with --sms, a green context of that many SMs whose stream
@@ -402,6 +475,7 @@ int main(int argc, char **argv) {
     int n_ev = 0;
     rc = b.rows && b.ev && b.ms ? 0 : kvf_err_set(&err, KVF_E_NOMEM, "out of memory");
     if (rc == 0) rc = s_device(&b, &err);
+    if (rc == 0 && o.settle_ms > 0) s_energy_start(&b);
     if (rc == 0) {
         cudaError_t ce = cudaStreamCreateWithFlags(&b.stream, cudaStreamNonBlocking);
         for (; ce == cudaSuccess && n_ev < 2 * o.reps; n_ev++) ce = cudaEventCreate(&b.ev[n_ev]);
@@ -438,6 +512,7 @@ int main(int argc, char **argv) {
         printf("peak device memory held by kvf-kbench: %.2f GiB\n", b.peak / 1073741824.0);
     }
     json_decref(b.rows);
+    kvf_devmon_destroy(&b.mon);
     free(b.ev);
     free(b.ms);
     if (rc != 0) {

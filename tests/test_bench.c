@@ -389,7 +389,9 @@ Test(devmon, refuses_bad_arguments_and_a_missing_driver) {
     kvf_err_t err = {0};
     cr_assert_null(kvf_devmon_new(NULL, 50, &err));
     cr_assert_eq(err.code, KVF_E_INVAL);
-    cr_assert_null(kvf_devmon_new("0000:00:00.0", 0, &err));
+    cr_assert_null(kvf_devmon_new("0000:00:00.0", -1, &err));
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert_null(kvf_devmon_new("0000:00:00.0", 10001, &err));
     cr_assert_eq(err.code, KVF_E_INVAL);
     kvf_devmon_t *m = kvf_devmon_new("0000:ff:1f.7", 50, &err);  // no GPU there on any machine
     cr_assert_null(m);
@@ -399,6 +401,10 @@ Test(devmon, refuses_bad_arguments_and_a_missing_driver) {
     cr_assert_eq(kvf_devmon_energy_mj(NULL, &mj, &err), -1);  // no monitor: no energy reading
     cr_assert_eq(err.code, KVF_E_INVAL);
     cr_assert_eq(mj, 7);
+    uint32_t mhz = 9;
+    cr_assert_eq(kvf_devmon_sm_mhz(NULL, &mhz, &err), -1);
+    cr_assert_eq(err.code, KVF_E_INVAL);
+    cr_assert_eq(mhz, 9);
     kvf_devmon_destroy(&m);  // NULL is fine
 }
 
