@@ -42,6 +42,18 @@ static inline char *s_run_bench_err(const char *args, int *rc) {
     return out;
 }
 
+// kvf-bench's JSON report for args (which must hold --json); the run must exit 0.
+static inline json_t *s_bench_report(const char *args) {
+    int rc;
+    char *out = s_run_bench(args, &rc);
+    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
+    json_error_t je;
+    json_t *j = json_loads(out, 0, &je);
+    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
+    free(out);
+    return j;
+}
+
 static inline double s_num(json_t *root, const char *path) {
     // "a.b.c" -> root["a"]["b"]["c"], which must exist and be a number
     char buf[256];

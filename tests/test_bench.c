@@ -295,15 +295,9 @@ static const char *s_tiny_args =
 // The report of kvf-bench on config with the tiny workload and `extra` flags.
 static json_t *s_bench_json_with(const char *config, const char *extra) {
     char args[8192];
-    snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, extra);
-    int rc;
-    char *out = s_run_bench(args, &rc);
-    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
-    json_error_t je;
-    json_t *j = json_loads(out, 0, &je);
-    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
-    free(out);
-    return j;
+    const int k = snprintf(args, sizeof args, "--config %s %s %s", config, s_tiny_args, extra);
+    cr_assert(k > 0 && (size_t)k < sizeof args, "kvf-bench arguments too long");
+    return s_bench_report(args);
 }
 
 static json_t *s_bench_json(const char *config) { return s_bench_json_with(config, ""); }

@@ -14,13 +14,7 @@ Test(kvf_bench_cuda, report_has_clock_power_and_energy, .timeout = 300) {
     snprintf(args, sizeof args,
              "--config %s --weights dummy --num-prompts 64 --input-len 256 --output-len 64 --backend cuda --json",
              config);
-    int rc;
-    char *out = s_run_bench(args, &rc);
-    cr_assert_eq(rc, 0, "kvf-bench %s exited %d:\n%s", args, rc, out);
-    json_error_t je;
-    json_t *j = json_loads(out, 0, &je);
-    cr_assert(j, "not JSON (%s):\n%s", je.text, out);
-    free(out);
+    json_t *j = s_bench_report(args);
     cr_assert_str_eq(json_string_value(json_object_get(j, "backend")), "cuda");
     const double el = s_num(j, "elapsed_s");
     cr_assert_eq(s_num(j, "output_tokens"), 64 * 64);
