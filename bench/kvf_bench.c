@@ -60,7 +60,8 @@ static const char *s_usage =
     "read, causal pairs), to see where a schedule spends. With --backend cuda the report also gives the SM clock\n"
     "and power draw in the prefill steps and in the decode steps (JSON \"device_power\"; NVML, every 100 ms,\n"
     "where the driver has it): at a board's power limit the clock sets the rate, and cards differ. Its \"energy\"\n"
-    "is the board's energy counter read at the run's start and end: joules, mean watts, tokens per joule.\n";
+    "is the board's energy counter read at the run's start and end: joules, mean watts, tokens per joule (the\n"
+    "counter moves every ~100 ms on an H200, so a run of a few seconds is uncertain by a few percent).\n";
 
 // ---------------------------------------------------------------- options
 
