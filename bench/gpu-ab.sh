@@ -28,7 +28,9 @@ for v in "$@"; do
   rows+=("$(printf '%-2d %-14s rc=%d %s' "$i" "$label" "$rc" "$(python3 -c "
 import json;r=json.load(open('$f.json'))
 f=r['roofline']['floor']
-print('elapsed %.2f s, %.0f tok/s, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50 %.2f s, floor %.1f%%' % (r['elapsed_s'], r['total_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], 100*f['achieved']))" 2>&1 | tail -1 | head -c 300)")")
+e=(r.get('device_power') or {}).get('energy')
+en=(', %.0f J, %.2f tok/J' % (e['joules'], e['total_tokens_per_j'])) if e else ''
+print('elapsed %.2f s, %.0f tok/s, prefill %.0f, decode p50/p99 %.2f/%.2f ms, TTFT p50 %.2f s, floor %.1f%%%s' % (r['elapsed_s'], r['total_tokens_per_s'], r['prefill_tokens_per_s'], r['decode_step_ms']['p50'], r['decode_step_ms']['p99'], r['ttft_s']['p50'], 100*f['achieved'], en))" 2>&1 | tail -1 | head -c 340)")")
   echo "${rows[-1]}"
 done
 printf '%s\n' "${rows[@]}" > "$out/ab_summary.txt"
