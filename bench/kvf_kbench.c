@@ -261,9 +261,10 @@ static int s_settle(kvf_kb_t *b, kvf_kb_op_fn op, const void *ud, kvf_kb_time_t 
     uint64_t e0 = 0, e = 0, e_mark = 0;
     KVF_CUDA_CHECK(cudaStreamSynchronize(b->stream), err);
     int energy = b->mon && kvf_devmon_energy_mj(b->mon, &e0, NULL) == 0;
-    for (const double w = kvf_kb_now_ms(); energy && kvf_kb_now_ms() - w < 1000;)  // to the counter's next move
-        if (kvf_devmon_energy_mj(b->mon, &e, NULL) != 0 || e != e0) break;
-    if (energy && e == e0) energy = 0;  // it did not move in a second, or stopped answering
+    e = e0;
+    for (const double w = kvf_kb_now_ms(); energy && e == e0 && kvf_kb_now_ms() - w < 1000;)  // to its next move
+        if (kvf_devmon_energy_mj(b->mon, &e, NULL) != 0) energy = 0;
+    if (e == e0) energy = 0;  // it did not move in a second, or stopped answering
     e0 = e;
     const double t0 = kvf_kb_now_ms();
     double t1 = t0;
