@@ -272,12 +272,21 @@ static void s_check_bucket_picks(kvf_gemm_ctx_t *ctx, const char *what, uint16_t
     }
 }
 
+// A GEMM context on a fresh workspace of S_GEMM_WS bytes (*ws: cudaFree it after the context).
+#define S_GEMM_WS (32u << 20)
+static kvf_gemm_ctx_t *s_gemm_ctx(void **ws) {
+    *ws = s_dev(S_GEMM_WS);
+    kvf_err_t err;
+    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(*ws, S_GEMM_WS, &err);
+    cr_assert(ctx, "%s", err.msg);
+    return ctx;
+}
+
 Test(kernels, gemm) {
     rng_t r = s_rng("gemm");
-    void *ws = s_dev(32u << 20);
+    void *ws;
+    kvf_gemm_ctx_t *ctx = s_gemm_ctx(&ws);
     kvf_err_t err;
-    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
-    cr_assert(ctx, "%s", err.msg);
     const int cases[][3] = {{1, 4096, 1024}, {37, 512, 1000}, {300, 896, 4864}, {8, 64, 512}, {128, 1024, 2048}};
     for (int c = 0; c < 5; c++) {
         int n = cases[c][0], K = cases[c][1], M = cases[c][2];
@@ -321,7 +330,7 @@ Test(kernels, gemm) {
     cr_expect(ctx == NULL);
 
     // kvf_gemm_prepare: after it, row counts never seen (bucket picks) query nothing and compute the product
-    ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
+    ctx = kvf_gemm_ctx_new(ws, S_GEMM_WS, &err);
     cr_assert(ctx, "%s", err.msg);
     const int K = 1024, M = 2048, n_max = 1024;
     cr_assert(kvf_gemm_prepare(ctx, KVF_GEMM_OUT_BF16, n_max, K, M, 0, &err) == 0, "%s", err.msg);
@@ -362,10 +371,9 @@ Test(kernels, gemm) {
 // context's gemv rows: column counts that do not fill a warp's R columns, d_in of one to many chunks.
 Test(kernels, gemv) {
     rng_t r = s_rng("gemv");
-    void *ws = s_dev(32u << 20);
+    void *ws;
+    kvf_gemm_ctx_t *ctx = s_gemm_ctx(&ws);
     kvf_err_t err;
-    kvf_gemm_ctx_t *ctx = kvf_gemm_ctx_new(ws, 32u << 20, &err);
-    cr_assert(ctx, "%s", err.msg);
     cr_assert(kvf_gemm_ctx_set_gemv_rows(ctx, KVF_GEMV_MAX_ROWS, &err) == 0, "%s", err.msg);
     const int cases[][3] = {{1, 4096, 6144}, {2, 14336, 1024}, {3, 896, 4864}, {5, 64, 1000}, {8, 4104, 37},
                             {8, 4096, 4096}, {4, 8, 9}, {7, 2048, 33000}};
