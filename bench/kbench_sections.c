@@ -957,8 +957,10 @@ done:
 // The attention's input, 16 prompts x 512 tokens (the standard workload's prefill step):
 // cuBLASLt's QKV GEMM (bf16 out) then rope_kv, against kvf_gemm_qkv_rope (one kernel:
 // RoPE and the cache write in the epilogue; its step table, made once a step for all
-// layers, is its own row). FLOPs 2 n dim qkv; bytes W + x + q, k, v written (the unfused
-// pair also writes and reads the (n, qkv) product).
+// layers, is its own row), and against its MMA loop alone (gemm_ws with no epilogue, as
+// kvf_gemm_swiglu_mainloop runs it with ff = qkv / 2: the difference is what RoPE and the
+// stores cost). FLOPs 2 n dim qkv; bytes W + x + q, k, v written (the unfused pair also
+// writes and reads the (n, qkv) product).
 
 typedef struct {
     kvf_gemm_ctx_t *ctx;
@@ -968,7 +970,8 @@ typedef struct {
     const int64_t *slot;
     const int32_t *pos, *tok_seq, *bt;
     int copies, n, max_blocks, n_blocks;
-    int what;  // 0 GEMM + rope_kv, 1 kvf_gemm_qkv_rope, 2 the GEMM alone, 3 kvf_rope_table
+    int what;  // 0 GEMM + rope_kv, 1 kvf_gemm_qkv_rope, 2 the GEMM alone, 3 kvf_rope_table,
+               // 4 the fused kernel's MMA loop alone (gemm_ws without an epilogue: what RoPE and the stores cost)
 } s_qkv_t;
 
 static int s_qkv_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
@@ -977,6 +980,8 @@ static int s_qkv_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     if (m->what == 3)
         return kvf_rope_table((float *)m->cs, (int64_t *)m->slot, m->inv_freq, m->pos, m->tok_seq, m->bt,
                               m->max_blocks, m->n, KB_HD, KB_KV, KB_BS, m->n_blocks, b->stream, err);
+    if (m->what == 4)
+        return kvf_gemm_swiglu_mainloop(KVF_SWIGLU_DEFAULT, m->x, w, m->n, KB_DIM, KB_QKV / 2, b->stream, err);
     if (m->what == 1)
         return kvf_gemm_qkv_rope(m->q_out, m->k, m->v, m->x, w, m->cs, m->slot, m->n, KB_DIM, KB_H, KB_KV, KB_HD,
                                  b->stream, err);
@@ -1013,12 +1018,12 @@ int kvf_kb_bench_qkv(kvf_kb_t *b, kvf_err_t *err) {
         kvf_kb_upload(b, &d_seq, seq, sizeof(int32_t) * N, err) != 0 || s_paged_upload(b, &p, &k, &v, &bt, err) != 0)
         goto done;
     const int fused_ok = kvf_gemm_qkv_rope_available();
-    static const char *const names[4] = {"cublaslt qkv + rope_kv", "fused qkv+rope cl2 g8", "qkv gemm alone",
-                                          "rope table (once a step)"};
-    static const int order[4] = {3, 1, 0, 2};  // the table first: the fused kernel reads it
-    for (int oi = 0; oi < 4; oi++) {
+    static const char *const names[5] = {"cublaslt qkv + rope_kv", "fused qkv+rope cl2 g8", "qkv gemm alone",
+                                          "rope table (once a step)", "fused's mma loop alone"};
+    static const int order[5] = {3, 1, 4, 0, 2};  // the table first: the fused kernel reads it
+    for (int oi = 0; oi < 5; oi++) {
         const int wh = order[oi];
-        if ((wh == 1 || wh == 3) && !fused_ok) continue;
+        if ((wh == 1 || wh == 3 || wh == 4) && !fused_ok) continue;
         s_qkv_t m = {ctx, q_out, k, v, qkv, x, w, d_if, cs, slot, d_pos, d_seq, bt, nw, N, p.max_blocks, p.n_blocks,
                      wh};
         kvf_kb_row_t r = {.kernel = "qkv_rope"};
