@@ -53,6 +53,7 @@ typedef struct {
     uint64_t seed;
     int gemm_n[8], n_gemm_n;  // --gemm-n
     int decode_b[8], n_decode_b;  // --decode-b
+    int decode_ctx;           // --decode-ctx: every attn-decode sequence's keys (0: uniform in [512, 640])
     int no_tune;              // --no-tune
     int64_t tune_reps, tune_rounds;  // --tune-reps, --tune-rounds
     int sms;                  // --sms: run on a green context of this many SMs (0: the whole device)

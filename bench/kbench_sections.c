@@ -644,13 +644,17 @@ int kvf_kb_bench_decode(kvf_kb_t *b, kvf_err_t *err) {
             return kvf_err_set(err, KVF_E_NOMEM, "attn-decode: out of memory");
         }
         long long sum = 0;
+        const int ctx = b->o->decode_ctx;  // 0: uniform in [512, 640], new token included
         for (int s = 0; s < B; s++) {
-            len[s] = 512 + (int)(kvf_kb_splitmix64(&b->rng) % 129);  // uniform in [512, 640], new token included
+            len[s] = ctx ? ctx : 512 + (int)(kvf_kb_splitmix64(&b->rng) % 129);
             n_new[s] = 1;
             sum += len[s];
         }
         char shape[64];
-        snprintf(shape, sizeof shape, "B=%d ctx 512-640 (mean %.0f)", B, (double)sum / B);
+        if (ctx)
+            snprintf(shape, sizeof shape, "B=%d ctx %d", B, ctx);
+        else
+            snprintf(shape, sizeof shape, "B=%d ctx 512-640 (mean %.0f)", B, (double)sum / B);
         // Decode tiles as the backend builds them: one new token a sequence, so one
         // tile a sequence whatever q_per_tile (the rows a tile could hold).
         int rc = s_attn_case(b, 1, len, n_new, B, KVF_ATTN_DECODE_ROWS / (KB_H / KB_KV), shape, err);

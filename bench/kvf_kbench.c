@@ -32,7 +32,7 @@
 
 static const char *s_usage =
     "usage: kvf-kbench [--only SECTION[,SECTION...]]... [--gemm-n N[,N...]] [--no-tune] [--reps N] [--warmup N]\n"
-    "                  [--decode-b B[,B...]] [--tune-reps N] [--tune-rounds N]\n"
+    "                  [--decode-b B[,B...]] [--decode-ctx LEN] [--tune-reps N] [--tune-rounds N]\n"
     "                  [--device N] [--seed S] [--sms N] [--overlap-gemms N] [--settle-ms MS] [--json]\n"
     "\n"
     "Times the CUDA kernels on the Llama-3-8B shapes: one row per (kernel, variant, shape) with the median\n"
@@ -47,7 +47,9 @@ static const char *s_usage =
     "from HBM and not the L2. --json prints one JSON array: a device\n"
     "object, then one object a row. --gemm-n: the GEMMs' row counts (default 512,8192; at most 8, each\n"
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
-    "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). --sms N: run\n"
+    "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). --decode-ctx:\n"
+    "every attn-decode sequence's keys, new token included (1..640; default: each uniform in [512, 640]; one\n"
+    "length for all is a decode step of the standard workload, whose blocks end together). --sms N: run\n"
     "the sections on a green context of N SMs (kernels/green.h; the driver may round N up), each call timed\n"
     "by the host's clock between two synchronizations (overlap makes its own contexts). --overlap-gemms N:\n"
     "the GEMM calls of each overlap measurement (default 40; thousands run long enough for the clocks to\n"
@@ -127,6 +129,7 @@ static int s_parse_args(int argc, char **argv, kvf_kb_opts_t *o, kvf_err_t *err)
         {"--sms", 1, 4096, &o->sms},
         {"--overlap-gemms", 1, 100000, &o->overlap_gemms},
         {"--settle-ms", 0, 600000, &o->settle_ms},
+        {"--decode-ctx", 1, 640, &o->decode_ctx},
     };
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

@@ -24,6 +24,9 @@ expect 2 "--overlap-gemms: " --overlap-gemms 0
 expect 0 "--settle-ms MS" --help
 expect 2 "--settle-ms: " --settle-ms -5
 expect 2 "--settle-ms: " --settle-ms soon
+expect 0 "--decode-ctx LEN" --help
+expect 2 "--decode-ctx: " --decode-ctx 0
+expect 2 "--decode-ctx: " --decode-ctx 641
 expect 2 "unknown option '--smss'" --smss 8
 expect 2 "unknown section 'attn'" --only attn
 exit $failed
