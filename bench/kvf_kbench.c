@@ -49,7 +49,7 @@ static const char *s_usage =
     "1..16384); --no-tune: only the heuristic's pick; --tune-reps / --tune-rounds: kvf_gemm_ctx_set_tune (defaults 8,\n"
     "1). --decode-b: attn-decode's sequence counts (default 128,512; at most 8, each 1..4096). --decode-ctx:\n"
     "every attn-decode sequence's keys, new token included (1..640; default: each uniform in [512, 640]; one\n"
-    "length for all is a decode step of the standard workload, whose blocks end together). --sms N: run\n"
+    "length for all, as in the standard workload's decode steps). --sms N: run\n"
     "the sections on a green context of N SMs (kernels/green.h; the driver may round N up), each call timed\n"
     "by the host's clock between two synchronizations (overlap makes its own contexts). --overlap-gemms N:\n"
     "the GEMM calls of each overlap measurement (default 40; thousands run long enough for the clocks to\n"
