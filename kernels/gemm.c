@@ -226,8 +226,7 @@ int kvf_gemm(kvf_gemm_ctx_t *ctx, void *y, kvf_gemm_out_t y_type, const uint16_t
     KVF_REQUIRE(n >= 0 && d_in > 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
     if (n == 0) return 0;
-    if (n <= ctx->gemv_rows && d_in % 8 == 0 && (y_type == KVF_GEMM_OUT_F32 || beta == 0.0f) &&
-        ((uintptr_t)x | (uintptr_t)w) % 16 == 0)
+    if (n <= ctx->gemv_rows && d_in % 8 == 0 && ((uintptr_t)x | (uintptr_t)w) % 16 == 0)
         return kvf_gemv(y, y_type, x, w, n, d_in, d_out, beta, stream, err);
     s_entry_t *e = s_lookup(ctx, n, d_in, d_out, (int)y_type, beta != 0.0f, 0, err);
     if (!e) return -1;

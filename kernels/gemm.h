@@ -76,7 +76,7 @@ int kvf_gemm_ctx_set_sm_count(kvf_gemm_ctx_t *ctx, int sms, kvf_err_t *err);
 
 // Calls of kvf_gemm with at most rows rows (0..KVF_GEMV_MAX_ROWS of kernels/gemv.h; 0, the
 // default: none) run kvf_gemv instead of cuBLASLt when it takes them (d_in a multiple of 8,
-// f32 out or beta 0, x and w 16-byte aligned): on an H200 cuBLASLt's picks read W for a few
+// x and w 16-byte aligned): on an H200 cuBLASLt's picks read W for a few
 // rows well below the memory's bandwidth. Returns 0, or -1 with err set.
 int kvf_gemm_ctx_set_gemv_rows(kvf_gemm_ctx_t *ctx, int rows, kvf_err_t *err);
 

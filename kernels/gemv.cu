@@ -101,7 +101,8 @@ s_gemv(void *__restrict__ y,          // (M, d_out) f32 (F32) or bf16
         float *yf = (float *)y;
         yf[i] = beta != 0.0f ? v + beta * yf[i] : v;
     } else {
-        ((bf16 *)y)[i] = __float2bfloat16_rn(v);
+        bf16 *yb = (bf16 *)y;
+        yb[i] = __float2bfloat16_rn(beta != 0.0f ? v + beta * __bfloat162float(yb[i]) : v);
     }
 }
 
@@ -123,7 +124,6 @@ extern "C" int kvf_gemv(void *y, kvf_gemm_out_t y_type, const uint16_t *x, const
     KVF_REQUIRE(y && x && w, err);
     KVF_REQUIRE(n >= 1 && n <= KVF_GEMV_MAX_ROWS && d_in > 0 && d_in % 8 == 0 && d_out > 0, err);
     KVF_REQUIRE(y_type == KVF_GEMM_OUT_BF16 || y_type == KVF_GEMM_OUT_F32, err);
-    KVF_REQUIRE(y_type == KVF_GEMM_OUT_F32 || beta == 0.0f, err);
     KVF_REQUIRE(((uintptr_t)x | (uintptr_t)w) % 16 == 0, err);
     const int f32 = y_type == KVF_GEMM_OUT_F32;
     const bf16 *xb = (const bf16 *)x, *wb = (const bf16 *)w;

@@ -20,7 +20,8 @@ extern "C" {
 
 #define KVF_GEMV_MAX_ROWS 8
 
-// y = x @ w^T + beta * y (beta 0: y is only written; bf16 y needs beta 0), as kvf_gemm;
+// y = x @ w^T + beta * y (beta 0: y is only written; a bf16 y is read, summed in f32 and rounded
+// once), as kvf_gemm;
 // 1 <= n <= KVF_GEMV_MAX_ROWS, d_in a multiple of 8, x and w 16-byte aligned.
 // Returns 0, or -1 with err set (bad arguments KVF_E_INVAL; launch KVF_E_DEVICE).
 int kvf_gemv(void *y,               // (n, d_out) bf16 or f32 per y_type, device

@@ -14,10 +14,10 @@
 #define KVF_RMS_THREADS 256
 #define KVF_RMS_PER_THREAD 64  // dim up to 16384
 
-template <bool ADD, typename TX>
+template <bool ADD, typename TX, typename TR = float>
 static __global__ void __launch_bounds__(KVF_RMS_THREADS)
 s_rmsnorm(bf16 *out,          // (n, dim)
-          float *res,         // (n, dim): the input; with ADD updated to res + x
+          TR *res,            // (n, dim): the input (f32 or bf16); with ADD updated to res + x
           const TX *x,        // (n, dim) or NULL without ADD
           const float *w,     // (dim)
           int dim, float eps) {
@@ -31,10 +31,10 @@ s_rmsnorm(bf16 *out,          // (n, dim)
         int d = threadIdx.x + i * blockDim.x;
         v[i] = 0.0f;
         if (d < dim) {
-            float r = res[row + d];
+            float r = kvf_ld(res + row + d);
             if (ADD) {
                 r += kvf_ld(x + row + d);
-                res[row + d] = r;
+                kvf_st(res + row + d, r);
             }
             v[i] = r;
             ss += r * r;
@@ -56,6 +56,7 @@ static __device__ __forceinline__ float4 s_ld4(const bf16 *p) {
     return make_float4(a.x, a.y, b.x, b.y);
 }
 
+static __device__ __forceinline__ void s_st4(float *p, float4 y, float) { *(float4 *)p = y; }
 static __device__ __forceinline__ void s_st4(bf16 *p, float4 y, float) {
     __nv_bfloat162 lo = __floats2bfloat162_rn(y.x, y.y), hi = __floats2bfloat162_rn(y.z, y.w);
     uint2 u;
@@ -70,11 +71,11 @@ static __device__ __forceinline__ void s_st4(kvf_fp8_t *p, float4 y, float inv) 
 // VPT float4 chunks per thread: dim / 4 <= VPT * blockDim.x. TO bf16: out is the
 // normed row; TO kvf_fp8_t: out is e4m3(normed row x 448 / amax) and
 // row_scale[row] = the row's amax / 448 (common/fp8.h's kvf_fp8_row_scale).
-template <bool ADD, typename TX, int VPT, typename TO>
+template <bool ADD, typename TX, int VPT, typename TO, typename TR>
 static __global__ void __launch_bounds__(KVF_RMS_THREADS)
 s_rmsnorm4(TO *__restrict__ out,           // (n, dim)
            float *__restrict__ row_scale,  // (n) with TO kvf_fp8_t, else NULL
-           float *__restrict__ res,        // (n, dim): the input; with ADD updated to res + x
+           TR *__restrict__ res,           // (n, dim): the input (f32 or bf16); with ADD updated to res + x
            const TX *__restrict__ x,       // (n, dim) or NULL without ADD
            const float *__restrict__ w,    // (dim)
            int dim, float eps) {
@@ -98,7 +99,7 @@ s_rmsnorm4(TO *__restrict__ out,           // (n, dim)
         const int c = threadIdx.x + i * blockDim.x;
         if (ADD) {
             v[i].x += a[i].x, v[i].y += a[i].y, v[i].z += a[i].z, v[i].w += a[i].w;
-            if (c < n4) *(float4 *)(res + row + 4 * c) = v[i];
+            if (c < n4) s_st4(res + row + 4 * c, v[i], 1.0f);
         }
         ss += v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
     }
@@ -128,8 +129,8 @@ s_rmsnorm4(TO *__restrict__ out,           // (n, dim)
 }
 
 // Launches s_rmsnorm4 when dim % 4 == 0 and every pointer is 16-byte aligned; returns 0 if it did not.
-template <bool ADD, typename TX, typename TO = bf16>
-static int s_launch4(TO *out, float *res, const TX *x, const float *w, int n, int dim, float eps,
+template <bool ADD, typename TX, typename TO = bf16, typename TR = float>
+static int s_launch4(TO *out, TR *res, const TX *x, const float *w, int n, int dim, float eps,
                      cudaStream_t stream, float *row_scale = NULL) {
     const uintptr_t al = (uintptr_t)out | (uintptr_t)res | (uintptr_t)x | (uintptr_t)w;
     if (dim % 4 || al % 16) return 0;
@@ -138,7 +139,7 @@ static int s_launch4(TO *out, float *res, const TX *x, const float *w, int n, in
     const int vpt = (n4 + threads - 1) / threads;
 #define S_V(V)                                                                                              \
     if (vpt <= V) {                                                                                         \
-        kvf_launch(s_rmsnorm4<ADD, TX, V, TO>, n, threads, 0, stream, out, row_scale, res, x, w, dim, eps); \
+        kvf_launch(s_rmsnorm4<ADD, TX, V, TO, TR>, n, threads, 0, stream, out, row_scale, res, x, w, dim, eps); \
         return 1;                                                                                           \
     }
     S_V(1) S_V(2) S_V(4) S_V(8) S_V(16)
@@ -160,6 +161,20 @@ extern "C" int kvf_rmsnorm(uint16_t *out, const float *x, const float *w, int n,
     if (!s_launch4<false, float>((bf16 *)out, (float *)x, (const float *)NULL, w, n, dim, eps, stream))
         kvf_launch(s_rmsnorm<false, float>, n, s_threads(dim), 0, stream, (bf16 *)out, (float *)x, nullptr, w, dim,
                    eps);
+    KVF_LAUNCH_CHECK(err);
+    return 0;
+}
+
+extern "C" int kvf_rmsnorm_bf16(uint16_t *out, const uint16_t *x, const float *w, int n, int dim, float eps,
+                                cudaStream_t stream, kvf_err_t *err) {
+    KVF_REQUIRE(out && x && w, err);
+    KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
+    KVF_REQUIRE(eps >= 0.0f, err);
+    if (n == 0) return 0;
+    bf16 *xb = (bf16 *)x;  // not written without ADD
+    if (!s_launch4<false, bf16, bf16, bf16>((bf16 *)out, xb, (const bf16 *)NULL, w, n, dim, eps, stream))
+        kvf_launch(s_rmsnorm<false, bf16, bf16>, n, s_threads(dim), 0, stream, (bf16 *)out, xb, (const bf16 *)NULL, w,
+                   dim, eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }

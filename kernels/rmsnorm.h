@@ -1,4 +1,4 @@
-// kernels/rmsnorm.h — RMSNorm of the residual stream (f32) into bf16 activations
+// kernels/rmsnorm.h — RMSNorm of the residual stream (f32, or bf16) into bf16 activations
 // (or, for FP8 GEMMs, E4M3 rows with a scale each).
 #ifndef KVF_KERNELS_RMSNORM_H
 #define KVF_KERNELS_RMSNORM_H
@@ -18,6 +18,12 @@ int kvf_rmsnorm(uint16_t *out,      // (n, dim) bf16, device
                 const float *x,     // (n, dim) device
                 const float *w,     // (dim) device
                 int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
+
+// The same over a bf16 residual stream (a bf16 model's, as transformers runs it).
+int kvf_rmsnorm_bf16(uint16_t *out,      // (n, dim) bf16, device
+                     const uint16_t *x,  // (n, dim) bf16, device
+                     const float *w,     // (dim) device
+                     int n, int dim, float eps, cudaStream_t stream, kvf_err_t *err);
 
 // Fused with the residual add: residual += x; out = rmsnorm(residual) * w.
 int kvf_rmsnorm_add(uint16_t *out,       // (n, dim) bf16, device

@@ -152,6 +152,13 @@ Test(kernels, rmsnorm) {
         snprintf(cs, sizeof cs, "n%d D%d", n, D);
         s_expect("rmsnorm", cs, g, ref, N, 1e-5, 8e-3);
         free(g);
+        // a bf16 residual stream: out = rmsnorm(xb)
+        CUDA_OK(cudaMemset(d_out, 0xff, N * 2));
+        cr_assert(kvf_rmsnorm_bf16(d_out, d_x, d_w, n, D, 1e-5f, 0, &err) == 0, "%s", err.msg);
+        kvf_cpu_rmsnorm(ref, xf, w, n, D, 1e-5f);
+        g = s_down_bf16(d_out, N);
+        s_expect("rmsnorm_bf16", cs, g, ref, N, 1e-5, 8e-3);
+        free(g);
         // fused: res += x; out = rmsnorm(res)
         CUDA_OK(cudaMemset(d_out, 0xff, N * 2));
         cr_assert(kvf_rmsnorm_add(d_out, d_res, d_x, d_w, n, D, 1e-6f, 0, &err) == 0, "%s", err.msg);
@@ -322,6 +329,11 @@ Test(kernels, gemm) {
         float *g2 = s_down_f32(d_yf, (size_t)n * M);
         for (size_t i = 0; i < (size_t)n * M; i++) ref[i] *= 2.0f;
         s_expect_norm("gemm.f32+=", cs, g2, ref, (size_t)n * M, 1e-4, 1e-5);
+        // accumulate into bf16 (a bf16 residual stream): y = bf16(x w^T) + x w^T, summed in f32, rounded once
+        cr_assert(kvf_gemm(ctx, d_yb, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 1.0f, 0, &err) == 0, "%s", err.msg);
+        free(g2);
+        g2 = s_down_bf16(d_yb, (size_t)n * M);
+        s_expect_norm("gemm.bf16+=", cs, g2, ref, (size_t)n * M, 8e-3, 4e-3);
         free(g), free(g2), free(x), free(w), free(ref), free(xb), free(wb);
         cudaFree(d_x), cudaFree(d_w), cudaFree(d_yb), cudaFree(d_yf);
     }
@@ -394,6 +406,13 @@ Test(kernels, gemv) {
         float *g = s_down_bf16(d_yb, NY);
         s_expect_norm("gemv.bf16", cs, g, ref, NY, 8e-3, 4e-3);
         free(g);
+        // bf16 accumulate through kvf_gemm (a bf16 residual): y = bf16(ref) + x w^T, rounded once
+        cr_assert(kvf_gemm(ctx, d_yb, KVF_GEMM_OUT_BF16, d_x, d_w, n, K, M, 1.0f, 0, &err) == 0, "%s", err.msg);
+        g = s_down_bf16(d_yb, NY);
+        float *ref2 = malloc(NY * 4);
+        for (size_t i = 0; i < NY; i++) ref2[i] = 2.0f * ref[i];
+        s_expect_norm("gemm(gemv).bf16+=", cs, g, ref2, NY, 8e-3, 8e-3);
+        free(g), free(ref2);
         cr_assert(kvf_gemv(d_yf, KVF_GEMM_OUT_F32, d_x, d_w, n, K, M, 0.0f, 0, &err) == 0, "%s", err.msg);
         g = s_down_f32(d_yf, NY);
         s_expect_norm("gemv.f32", cs, g, ref, NY, 1e-4, 1e-5);
@@ -411,8 +430,6 @@ Test(kernels, gemv) {
               err.code == KVF_E_INVAL, "rows past the limit");
     cr_expect(kvf_gemv(d, KVF_GEMM_OUT_F32, d, d, 1, 60, 64, 0, 0, &err) == -1 && err.code == KVF_E_INVAL,
               "d_in not a multiple of 8");
-    cr_expect(kvf_gemv(d, KVF_GEMM_OUT_BF16, d, d, 1, 64, 64, 1.0f, 0, &err) == -1 && err.code == KVF_E_INVAL,
-              "bf16 out with beta");
     cr_expect(kvf_gemm_ctx_set_gemv_rows(ctx, KVF_GEMV_MAX_ROWS + 1, &err) == -1 && err.code == KVF_E_INVAL);
     cudaFree(d);
     kvf_gemm_ctx_destroy(&ctx);
