@@ -599,22 +599,50 @@ Test(cuda_forward, fused_qkv_rope_in_decode_graphs_matches_cpu_backend) {
     s_match_cpu_with(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2, 768, -2, 128);
 }
 
-// o_proj and down_proj adding into the f32 residual themselves (beta 1) and the norms only reading it,
-// against the other form (KVF_RESID_GEMM at start-up), in eager steps and the decode graphs.
-static void s_match_cpu_resid(const char *on) {
+// o_proj and down_proj adding into the residual themselves (beta 1) and the norms only reading it,
+// against the other form (KVF_RESID_GEMM at start-up), in eager steps and the decode graphs; the
+// residual stream in bf16 (the default for bf16 activations) or f32 (KVF_CUDA_RESID; the norms' form
+// keeps f32 whatever it says).
+static void s_match_cpu_resid(const char *on, const char *type) {
     setenv("KVF_RESID_GEMM", on, 1);
+    setenv("KVF_CUDA_RESID", type, 1);
     kvf_modelcfg_t cfg = s_small_cfg();
     kvf_backend_opts_t o = s_opts(16, 64, 4);
     kvf_err_t err;
     kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
     cr_assert_not_null(be, "%s", err.msg);
     cr_expect_eq(kvf_cuda_backend_resid_gemm(be), atoi(on), "KVF_RESID_GEMM=%s not taken", on);
+    const int want_bf16 = atoi(on) && !strcmp(type, "bf16");
+    cr_expect_eq(kvf_cuda_backend_resid_bf16(be), want_bf16, "KVF_CUDA_RESID=%s (KVF_RESID_GEMM=%s): bf16 %d", type,
+                 on, kvf_cuda_backend_resid_bf16(be));
     be->ops->destroy(&be);
     s_match_cpu(KVF_KV_AUTO, KVF_QUANT_NONE, 2e-2);
     unsetenv("KVF_RESID_GEMM");
+    unsetenv("KVF_CUDA_RESID");
 }
-Test(cuda_forward, residual_added_by_the_gemms_matches_cpu_backend) { s_match_cpu_resid("1"); }
-Test(cuda_forward, residual_added_by_the_norms_matches_cpu_backend) { s_match_cpu_resid("0"); }
+Test(cuda_forward, residual_added_by_the_gemms_matches_cpu_backend) { s_match_cpu_resid("1", "bf16"); }
+Test(cuda_forward, f32_residual_added_by_the_gemms_matches_cpu_backend) { s_match_cpu_resid("1", "f32"); }
+Test(cuda_forward, residual_added_by_the_norms_matches_cpu_backend) { s_match_cpu_resid("0", "bf16"); }
+
+// The bf16 residual is the default for a bf16 model; a KVF_CUDA_RESID that names no type is refused.
+Test(cuda_forward, residual_type_default_and_bad_values) {
+    kvf_modelcfg_t cfg = s_small_cfg();
+    kvf_backend_opts_t o = s_opts(16, 64, 4);
+    kvf_err_t err;
+    kvf_backend_t *be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+    cr_assert_not_null(be, "%s", err.msg);
+    cr_expect_eq(kvf_cuda_backend_resid_bf16(be), 1, "random (bf16) weights: a bf16 residual by default");
+    be->ops->destroy(&be);
+    const char *bad[] = {"f16", "", "BF16", "bf16 "};
+    for (int i = 0; i < 4; i++) {
+        setenv("KVF_CUDA_RESID", bad[i], 1);
+        be = kvf_cuda_backend_new(&cfg, NULL, &o, &err);
+        cr_expect_null(be, "KVF_CUDA_RESID='%s' was taken", bad[i]);
+        if (be) be->ops->destroy(&be);
+        cr_expect(err.code == KVF_E_INVAL && strstr(err.msg, "KVF_CUDA_RESID"), "'%s': %s", bad[i], err.msg);
+    }
+    unsetenv("KVF_CUDA_RESID");
+}
 
 // KVF_ATTN_OVERLAP: in the steps with prefill (step 9: a 100-token chunk beside three decodes) the decode
 // rows' attention runs on a second stream beside the prefill rows' (1; 2: that stream at a higher priority).

@@ -88,6 +88,10 @@ int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be) {
     return be && be->ops == &s_cuda_ops && ((const kvf_cuda_t *)be)->resid_gemm;
 }
 
+int kvf_cuda_backend_resid_bf16(const kvf_backend_t *be) {
+    return be && be->ops == &s_cuda_ops && ((const kvf_cuda_t *)be)->resid_bf16;
+}
+
 // ---------------------------------------------------------------- workspace
 
 // Carves the workspace arena (NULL base: only counts bytes).
@@ -283,7 +287,7 @@ static int s_tune_buckets(kvf_cuda_t *c, kvf_err_t *err) {
     // o and down under resid_gemm: into the residual, which they also read (zeros here)
     const int acc = c->resid_gemm;
     void *yo = acc ? (void *)c->resid : c->o;
-    const kvf_gemm_out_t tr = acc ? KVF_GEMM_OUT_F32 : to;
+    const kvf_gemm_out_t tr = acc ? kvf_cuda_resid_out(c) : to;
     if (acc) KVF_CUDA_CHECK(cudaMemsetAsync(c->resid, 0, (size_t)nm * D * sizeof(float), c->stream), err);
     if (kvf_gemm_tune_buckets(c->gemm, c->qkv, tq, 0, c->h, wq, nw, nm, D, c->qkv_dim, 12, c->stream, &s[0],
                               err) != 0 ||
@@ -510,10 +514,22 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
     if (c->qkv_rope)
         kvf_log(KVF_LOG_INFO, "cuda backend: QKV GEMM, RoPE and the cache write fused (one kernel) for steps of >= %d "
                 "rows", c->qkv_rope_min_rows);
-    // o_proj and down_proj add into the f32 residual (beta 1) instead of writing o for the
-    // norm to add: the norms then read 4 bytes an element instead of 6 and write 2 instead of 6.
+    // o_proj and down_proj add into the residual (beta 1) instead of writing o for the norm
+    // to add: with an f32 residual the norms then read 4 bytes an element instead of 6 and write 2
+    // instead of 6.
     const char *renv = getenv("KVF_RESID_GEMM");
     c->resid_gemm = !c->tp && !c->w_fp8 && (renv ? atoi(renv) != 0 : KVF_CUDA_RESID_GEMM);
+    // With bf16 o/down outputs the residual stream is bf16 too, as transformers runs a bf16 model: the
+    // GEMMs add in f32 and round once, and every GEMM's C and every norm's input is half the bytes.
+    // H200, standard workload: 17.09 -> 16.90 s; tiny-llama's bf16 golden rows: worst rel L2 1.65e-2 ->
+    // 1.94e-2 (the bound is 2e-2; bench/RESULTS.md session 20). KVF_CUDA_RESID=f32|bf16 overrides (bf16
+    // only where the GEMMs add into it: resid_gemm with bf16 outputs).
+    const char *rtenv = getenv("KVF_CUDA_RESID");
+    if (rtenv && strcmp(rtenv, "f32") && strcmp(rtenv, "bf16"))
+        return kvf_err_set(err, KVF_E_INVAL, "KVF_CUDA_RESID=%s: want f32 or bf16", rtenv);
+    c->resid_bf16 = c->resid_gemm && (c->act_mode & S_ACT_OD) && (rtenv ? !strcmp(rtenv, "bf16") : KVF_CUDA_RESID_BF16);
+    kvf_log(KVF_LOG_INFO, "cuda backend: residual stream %s%s", c->resid_bf16 ? "bf16" : "f32",
+            c->resid_gemm ? ", o_proj and down_proj add into it" : "");
     // KVF_ATTN_DECODE_VARIANT / KVF_ATTN_PREFILL_VARIANT: another kernel variant (A/B runs;
     // with an FP8 cache the decode one numbers kvf_attention_decode_fp8_variant's, the prefill one
     // kvf_attention_prefill_fp8_variant's, 2 and up)
@@ -561,8 +577,8 @@ static int s_start(kvf_cuda_t *c, const kvf_safetensors_t *st, kvf_err_t *err) {
         const int T = o->max_step_tokens, D = c->dim;
         int (*prep)(kvf_gemm_ctx_t *, kvf_gemm_out_t, int, int, int, kvf_err_t *) =
             c->w_fp8 ? kvf_gemm_prepare_fp8 : s_prepare_bf16;
-        const int acc = c->resid_gemm;  // o and down: f32 into the residual, beta 1
-        const kvf_gemm_out_t tr = acc ? KVF_GEMM_OUT_F32 : to;
+        const int acc = c->resid_gemm;  // o and down: into the residual, beta 1
+        const kvf_gemm_out_t tr = acc ? kvf_cuda_resid_out(c) : to;
         if (prep(c->gemm, tq, T, D, c->qkv_dim, err) != 0 || prep(c->gemm, tg, T, D, 2 * c->ff, err) != 0 ||
             (acc ? kvf_gemm_prepare(c->gemm, tr, T, c->q_dim, D, 1, err) : prep(c->gemm, tr, T, c->q_dim, D, err)) ||
             (acc ? kvf_gemm_prepare(c->gemm, tr, T, c->ff, D, 1, err) : prep(c->gemm, tr, T, c->ff, D, err)) ||

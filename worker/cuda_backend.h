@@ -117,9 +117,13 @@ uint64_t kvf_cuda_backend_graph_steps(const kvf_backend_t *be);
 int kvf_cuda_backend_tbo(const kvf_backend_t *be);
 uint64_t kvf_cuda_backend_tbo_steps(const kvf_backend_t *be);
 
-// 1 when o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1;
+// 1 when o_proj and down_proj add into the residual themselves (cuBLASLt's beta 1;
 // KVF_RESID_GEMM=0|1 at start-up; tp_size 1 with bf16 linear layers only), else 0.
 int kvf_cuda_backend_resid_gemm(const kvf_backend_t *be);
+
+// 1 when the residual stream is bf16 (under resid_gemm with bf16 o/down outputs, as transformers
+// runs a bf16 model; KVF_CUDA_RESID=f32|bf16 at start-up), else 0 (f32).
+int kvf_cuda_backend_resid_bf16(const kvf_backend_t *be);
 
 // 1 when steps of at least the fused-kernel threshold (kvf_cuda_backend_set_swiglu) run the
 // QKV GEMM with RoPE and the cache write as one kernel (kernels/gemm_qkv_rope.h), else 0.

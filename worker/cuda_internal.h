@@ -69,12 +69,13 @@ typedef struct {
 
     // workspace (one allocation)
     void *wsmem;
-    float *resid;        // (T, dim) the residual stream, f32
+    float *resid;        // (T, dim) the residual stream, f32; bf16 rows (T, dim) in it under resid_bf16
     uint16_t *h;         // (T, dim) normed activations
     float *qkv;          // (T, qkv_dim) f32: rounded to bf16 only after RoPE
     uint16_t *q;         // (T, q_dim) rotated queries
     uint16_t *att;       // (T, q_dim) attention output
-    float *o;            // (T, dim) o_proj / down_proj output, f32 into the f32 residual
+    float *o;            // (T, dim) o_proj / down_proj output (bf16 under S_ACT_OD) for the norm to add
+                         // (without resid_gemm)
     float *gu;           // (T, 2 ff) f32 into silu_mul
     uint16_t *act;       // (T, ff) bf16, or E4M3 bytes under w_fp8
     float *rope_cs;      // (T, head_dim / 2, 2) under qkv_rope: the step's kvf_rope_table (cos, sin)
@@ -155,9 +156,12 @@ typedef struct {
     // qkv_rope_min_rows rows (head_dim 128, bf16 layers and cache; KVF_QKV_ROPE=0: off)
     int qkv_rope, qkv_rope_min_rows;
     int gemv_rows;  // GEMMs of steps of <= gemv_rows rows run kvf_gemv (KVF_GEMV_ROWS)
-    // o_proj and down_proj add into the f32 residual themselves (cuBLASLt's beta 1), so the
+    // o_proj and down_proj add into the residual themselves (cuBLASLt's beta 1), so the
     // norms after them only read it (tp_size 1, bf16 linear layers; KVF_RESID_GEMM=0|1)
     int resid_gemm;
+    // under resid_gemm with bf16 o/down outputs: the residual stream itself is bf16, as
+    // transformers (and vLLM, SGLang, TensorRT-LLM) run a bf16 model; KVF_CUDA_RESID=f32|bf16
+    int resid_bf16;
     int tp_lost;                   // a step failed on the group (aborted all-reduce may hold the stream)
     // Two-batch overlap of decode steps (KVF_TBO=1; cuda_step.c s_layers_tbo): a step of at least
     // tbo_min_rows sequences runs as two halves, their GEMMs and small kernels on green context 0's
@@ -175,8 +179,10 @@ typedef struct {
     int stamp_every, stamp_cap, n_stamp, stamp_now;
 } kvf_cuda_t;
 
-// resid_gemm's and attn_overlap's defaults where KVF_RESID_GEMM / KVF_ATTN_OVERLAP are unset
+// resid_gemm's, resid_bf16's and attn_overlap's defaults where KVF_RESID_GEMM / KVF_CUDA_RESID /
+// KVF_ATTN_OVERLAP are unset
 #define KVF_CUDA_RESID_GEMM 1
+#define KVF_CUDA_RESID_BF16 1
 #define KVF_CUDA_ATTN_OVERLAP 2
 
 #define S_ACT_GU 1
@@ -186,6 +192,11 @@ typedef struct {
 // The output type of the GEMMs that act-mode bit `bit` covers.
 static inline kvf_gemm_out_t kvf_cuda_out(const kvf_cuda_t *c, int bit) {
     return (c->act_mode & bit) ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
+}
+
+// The residual stream's type: what o_proj and down_proj add into under resid_gemm.
+static inline kvf_gemm_out_t kvf_cuda_resid_out(const kvf_cuda_t *c) {
+    return c->resid_bf16 ? KVF_GEMM_OUT_BF16 : KVF_GEMM_OUT_F32;
 }
 
 static inline size_t kvf_cuda_up(size_t x) { return (x + S_ALIGN - 1) / S_ALIGN * S_ALIGN; }

@@ -112,12 +112,36 @@ double kvf_cuda_now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
 }
 
+// h rows [r0, r0 + n) = rmsnorm(resid's) * w: the residual f32, or bf16 under resid_bf16.
+static int s_norm(kvf_cuda_t *c, int r0, const float *w, int n, cudaStream_t st, kvf_err_t *err) {
+    const float eps = c->base.cfg.rms_norm_eps;
+    const size_t at = (size_t)r0 * c->dim;
+    if (c->resid_bf16) return kvf_rmsnorm_bf16(c->h + at, (const uint16_t *)c->resid + at, w, n, c->dim, eps, st, err);
+    return kvf_rmsnorm(c->h + at, c->resid + at, w, n, c->dim, eps, st, err);
+}
+
+// resid rows [r0, r0 + n) += x @ w^T (cuBLASLt's beta 1, on gemm context g): o_proj, down_proj under resid_gemm.
+static int s_gemm_resid(kvf_cuda_t *c, kvf_gemm_ctx_t *g, int r0, const uint16_t *x, const void *w, int n, int d_in,
+                        cudaStream_t st, kvf_err_t *err) {
+    void *y = c->resid_bf16 ? (void *)((uint16_t *)c->resid + (size_t)r0 * c->dim)
+                            : (void *)(c->resid + (size_t)r0 * c->dim);
+    return kvf_gemm(g, y, kvf_cuda_resid_out(c), x, w, n, d_in, c->dim, 1.0f, st, err);
+}
+
+// The step's token embeddings into the residual (one rank: a tp group's runs in s_layers).
+static int s_embed(kvf_cuda_t *c, int n, cudaStream_t st, kvf_err_t *err) {
+    const int32_t *d_tok = c->d_meta + c->m_tokens;
+    const int V = c->base.cfg.vocab_size;
+    if (c->resid_bf16) return kvf_gather_rows_bf16((uint16_t *)c->resid, c->embed, d_tok, n, c->dim, V, st, err);
+    return kvf_embed_f32(c->resid, c->embed, d_tok, n, c->dim, V, st, err);
+}
+
 // h = rmsnorm(resid += o) with o (n, dim) f32, or bf16 under S_ACT_OD; to_fp8:
 // into x8 and xs instead (the E4M3 input of an FP8 GEMM).
 // Under resid_gemm the GEMMs added o already: h = rmsnorm(resid).
 static int s_norm_add(kvf_cuda_t *c, const float *w, int n, int to_fp8, cudaStream_t st, kvf_err_t *err) {
     const float eps = c->base.cfg.rms_norm_eps;
-    if (c->resid_gemm) return kvf_rmsnorm(c->h, c->resid, w, n, c->dim, eps, st, err);
+    if (c->resid_gemm) return s_norm(c, 0, w, n, st, err);
     const int od_bf16 = (c->act_mode & S_ACT_OD) != 0;
     if (to_fp8 && od_bf16)
         return kvf_rmsnorm_add_fp8(c->x8, c->xs, c->resid, (const uint16_t *)c->o, w, n, c->dim, eps, st, err);
@@ -142,8 +166,7 @@ static int s_gemm_qkv(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStrea
 }
 
 static int s_gemm_o(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
-    if (c->resid_gemm)  // resid += att @ wo^T
-        return kvf_gemm(c->gemm, c->resid, KVF_GEMM_OUT_F32, c->att, L->wo, n, c->q_dim, c->dim, 1.0f, st, err);
+    if (c->resid_gemm) return s_gemm_resid(c, c->gemm, 0, c->att, L->wo, n, c->q_dim, st, err);  // += att @ wo^T
     return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->w_fp8 ? (void *)c->x8 : c->att, L->wo, L->so, n, c->q_dim,
                     c->dim, st, err);
 }
@@ -157,8 +180,7 @@ static int s_gemm_gate_up(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaS
 }
 
 static int s_gemm_down(kvf_cuda_t *c, const kvf_cuda_layer_t *L, int n, cudaStream_t st, kvf_err_t *err) {
-    if (c->resid_gemm)  // resid += act @ wd^T
-        return kvf_gemm(c->gemm, c->resid, KVF_GEMM_OUT_F32, c->act, L->wd, n, c->ff, c->dim, 1.0f, st, err);
+    if (c->resid_gemm) return s_gemm_resid(c, c->gemm, 0, c->act, L->wd, n, c->ff, st, err);  // += act @ wd^T
     return s_linear(c, c->o, kvf_cuda_out(c, S_ACT_OD), c->act, L->wd, L->sd, n, c->ff, c->dim, st, err);
 }
 
@@ -247,7 +269,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
     const kvf_modelcfg_t *cfg = &be->cfg;
     const kvf_backend_opts_t *o = &be->opts;
     const int D = c->dim, H = c->n_heads, KV = c->n_kv, HD = cfg->head_dim;  // this rank's heads
-    const int F = c->ff, V = cfg->vocab_size, bs = o->block_size, MB = o->max_blocks_per_seq;
+    const int F = c->ff, bs = o->block_size, MB = o->max_blocks_per_seq;
     const float eps = cfg->rms_norm_eps;
     cudaStream_t st = c->stream;
     const int32_t *d_tok = c->d_meta + c->m_tokens, *d_pos = c->d_meta + c->m_pos, *d_seq = c->d_meta + c->m_seq;
@@ -262,7 +284,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         S_K(kvf_embed_shard_f32(c->resid, c->embed, d_tok, n, D, c->sh.v0, c->sh.nv, st, err));
         S_K(kvf_tp_nccl_all_reduce_enqueue(c->tp, c->resid, (size_t)n * D, st, err));
     } else {
-        S_K(kvf_embed_f32(c->resid, c->embed, d_tok, n, D, V, st, err));
+        S_K(s_embed(c, n, st, err));
     }
     S_TM(S_T_EMBED);
     const int fq = c->qkv_rope && n >= c->qkv_rope_min_rows;  // kvf_gemm_qkv_rope: the step's angles and slots
@@ -275,7 +297,7 @@ static int s_layers(kvf_cuda_t *c, int n, int n_tiles, int qpt, int n_tiles_tc, 
         uint8_t *k8 = (uint8_t *)c->kv + (size_t)l * 2 * c->kv_layer_elems, *v8 = k8 + c->kv_layer_elems;
         if (l == 0) {
             S_K(wq8 ? kvf_rmsnorm_fp8(c->x8, c->xs, c->resid, L->attn_norm, n, D, eps, st, err)
-                    : kvf_rmsnorm(c->h, c->resid, L->attn_norm, n, D, eps, st, err));
+                    : s_norm(c, 0, L->attn_norm, n, st, err));
         } else {
             S_K(s_norm_add(c, L->attn_norm, n, wq8, st, err));
         }
@@ -415,7 +437,7 @@ static int s_tbo_pre(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_
     const int D = c->dim;
     uint16_t *h = c->h + (size_t)r0 * D;
     uint16_t *qkv = (uint16_t *)c->qkv + (size_t)r0 * c->qkv_dim;  // bf16 (S_ACT_QKV)
-    S_K(kvf_rmsnorm(h, c->resid + (size_t)r0 * D, L->attn_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
+    S_K(s_norm(c, r0, L->attn_norm, nh, st, err));
     S_K(s_stamp(c, 0, S_ST_NORM, st, err));
     S_K(kvf_gemm(c->gemm_g, qkv, KVF_GEMM_OUT_BF16, h, L->wqkv, nh, D, c->qkv_dim, 0.0f, st, err));
     S_K(s_stamp(c, 0, S_ST_QKV, st, err));
@@ -426,13 +448,11 @@ static int s_tbo_pre(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_
 static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf_err_t *err) {
     const kvf_cuda_layer_t *L = &c->layers[l];
     const int D = c->dim, F = c->ff;
-    float *resid = c->resid + (size_t)r0 * D;
     uint16_t *h = c->h + (size_t)r0 * D, *act = c->act + (size_t)r0 * F;
     uint16_t *gu = (uint16_t *)c->gu + (size_t)r0 * 2 * F;  // bf16 (S_ACT_GU)
-    S_K(kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, c->att + (size_t)r0 * c->q_dim, L->wo, nh, c->q_dim, D, 1.0f, st,
-                 err));
+    S_K(s_gemm_resid(c, c->gemm_g, r0, c->att + (size_t)r0 * c->q_dim, L->wo, nh, c->q_dim, st, err));
     S_K(s_stamp(c, 0, S_ST_O, st, err));
-    S_K(kvf_rmsnorm(h, resid, L->mlp_norm, nh, D, c->base.cfg.rms_norm_eps, st, err));
+    S_K(s_norm(c, r0, L->mlp_norm, nh, st, err));
     S_K(s_stamp(c, 0, S_ST_NORM2, st, err));
     if (c->swiglu && nh >= c->swiglu_min_rows) {
         S_K(kvf_gemm_swiglu_variant(c->swiglu_variant, act, h, L->wgu, nh, D, F, st, err));
@@ -442,7 +462,7 @@ static int s_tbo_post(kvf_cuda_t *c, int l, int r0, int nh, cudaStream_t st, kvf
                       : kvf_silu_mul(act, gu, gu + F, nh, F, 2 * F, st, err));
     }
     S_K(s_stamp(c, 0, S_ST_GU, st, err));
-    S_K(kvf_gemm(c->gemm_g, resid, KVF_GEMM_OUT_F32, act, L->wd, nh, F, D, 1.0f, st, err));
+    S_K(s_gemm_resid(c, c->gemm_g, r0, act, L->wd, nh, F, st, err));
     return s_stamp(c, 0, S_ST_DOWN, st, err);
 }
 
@@ -453,7 +473,7 @@ static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
     const int D = c->dim, Lc = be->cfg.n_layers, h = c->tbo_split;
     const int r0[2] = {0, h}, nh[2] = {h, n - h};
     cudaStream_t st = c->stream, g0 = kvf_green_stream(c->green, 0), g1 = kvf_green_stream(c->green, 1);
-    S_K(kvf_embed_f32(c->resid, c->embed, c->d_meta + c->m_tokens, n, D, be->cfg.vocab_size, st, err));
+    S_K(s_embed(c, n, st, err));
     KVF_CUDA_CHECK(cudaEventRecord(c->tbo_fork, st), err);
     KVF_CUDA_CHECK(cudaStreamWaitEvent(g0, c->tbo_fork, 0), err);
     KVF_CUDA_CHECK(cudaStreamWaitEvent(g1, c->tbo_fork, 0), err);
@@ -488,7 +508,7 @@ static int s_layers_tbo(kvf_cuda_t *c, int n, int rows, kvf_err_t *err) {
     KVF_CUDA_CHECK(cudaEventRecord(c->tbo_join, g0), err);  // g0 waited for g1's last attention
     KVF_CUDA_CHECK(cudaStreamWaitEvent(st, c->tbo_join, 0), err);
     if (c->timing_now) S_K(s_mark(c, S_T_TBO, err));
-    S_K(kvf_rmsnorm(c->h, c->resid, c->final_norm, n, D, be->cfg.rms_norm_eps, st, err));
+    S_K(s_norm(c, 0, c->final_norm, n, st, err));
     S_K(kvf_gather_rows_bf16(c->rows, c->h, c->d_meta + c->m_rows, rows, D, n, st, err));
     S_K(s_gemm_lm_head(c, c->rows, rows, st, err));
     if (c->timing_now) S_K(s_mark(c, S_T_LMHEAD, err));
