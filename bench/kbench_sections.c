@@ -235,48 +235,60 @@ int kvf_kb_bench_silu(kvf_kb_t *b, kvf_err_t *err) {
 }
 
 // ---------------------------------------------------------------- norm
-// residual (n, dim) f32 += x; out (n, dim) bf16 = rmsnorm(residual) * w.
-// bytes = n dim (4 + 4 + e + 2) + 4 dim: residual read and written, x read (e = 4 f32,
-// 2 bf16), out written, w read.
+// rmsnorm_add: residual (n, dim) f32 += x; out (n, dim) bf16 = rmsnorm(residual) * w; bytes
+// = n dim (4 + 4 + e + 2) + 4 dim: residual read and written, x read (e = 4 f32, 2 bf16), out
+// written, w read. rmsnorm: what the cuda backend runs where o_proj and down_proj add into the
+// stream themselves: out = rmsnorm(stream) * w over an f32 or a bf16 stream (bf16 models);
+// bytes = n dim (e + 2) + 4 dim.
+
+enum { S_NORM_ADD_F32, S_NORM_ADD_BF16, S_NORM_F32, S_NORM_BF16 };
 
 typedef struct {
     uint16_t *out;
     float *residual;
-    const void *x;  // (copies, n, dim)
+    const void *x;  // (copies, n, dim): the added rows, or the stream itself for the plain forms
     const float *w;
-    int copies, n, f32;
+    int copies, n, kind;
 } s_norm_t;
 
 static int s_norm_op(kvf_kb_t *b, const void *ud, int rep, kvf_err_t *err) {
     const s_norm_t *s = ud;
     const size_t off = (size_t)(rep % s->copies) * s->n * KB_DIM;
-    if (s->f32)
-        return kvf_rmsnorm_add_f32(s->out, s->residual, (const float *)s->x + off, s->w, s->n, KB_DIM, 1e-5f,
-                                   b->stream, err);
-    return kvf_rmsnorm_add(s->out, s->residual, (const uint16_t *)s->x + off, s->w, s->n, KB_DIM, 1e-5f, b->stream,
-                           err);
+    const float *xf = (const float *)s->x + off;
+    const uint16_t *xb = (const uint16_t *)s->x + off;
+    switch (s->kind) {
+    case S_NORM_ADD_F32:
+        return kvf_rmsnorm_add_f32(s->out, s->residual, xf, s->w, s->n, KB_DIM, 1e-5f, b->stream, err);
+    case S_NORM_ADD_BF16:
+        return kvf_rmsnorm_add(s->out, s->residual, xb, s->w, s->n, KB_DIM, 1e-5f, b->stream, err);
+    case S_NORM_F32: return kvf_rmsnorm(s->out, xf, s->w, s->n, KB_DIM, 1e-5f, b->stream, err);
+    default: return kvf_rmsnorm_bf16(s->out, xb, s->w, s->n, KB_DIM, 1e-5f, b->stream, err);
+    }
 }
 
 int kvf_kb_bench_norm(kvf_kb_t *b, kvf_err_t *err) {
     const int n = 8192;
-    for (int f32 = 1; f32 >= 0; f32--) {
+    for (int kind = S_NORM_ADD_F32; kind <= S_NORM_BF16; kind++) {
+        const int add = kind == S_NORM_ADD_F32 || kind == S_NORM_ADD_BF16;
+        const int f32 = kind == S_NORM_ADD_F32 || kind == S_NORM_F32;
         const size_t e = f32 ? 4 : 2, elems = (size_t)n * KB_DIM;
-        s_norm_t s = {NULL, NULL, NULL, NULL, kvf_kb_copies(elems * e), n, f32};
+        s_norm_t s = {NULL, NULL, NULL, NULL, kvf_kb_copies(elems * e), n, kind};
         void *out = NULL, *res = NULL, *x = NULL, *w = NULL;
-        if (kvf_kb_alloc(b, &out, elems * 2, err) != 0 || kvf_kb_alloc(b, &res, elems * 4, err) != 0 ||
+        if (kvf_kb_alloc(b, &out, elems * 2, err) != 0 || (add && kvf_kb_alloc(b, &res, elems * 4, err) != 0) ||
             kvf_kb_alloc(b, &x, elems * e * s.copies, err) != 0 || kvf_kb_alloc(b, &w, KB_DIM * 4, err) != 0)
             return -1;
         // The residual grows by x each call: small x keeps it far from overflow.
-        if (kvf_kb_rand_f32(b, res, elems, 1.0f, err) != 0 || kvf_kb_rand_f32(b, w, KB_DIM, 1.0f, err) != 0 ||
-            (f32 ? kvf_kb_rand_f32(b, x, elems * s.copies, 0.1f, err) : kvf_kb_rand_bf16(b, x, elems * s.copies,
-                0.1f, err)) != 0)
+        const float xs = add ? 0.1f : 1.0f;
+        if ((add && kvf_kb_rand_f32(b, res, elems, 1.0f, err) != 0) || kvf_kb_rand_f32(b, w, KB_DIM, 1.0f, err) != 0 ||
+            (f32 ? kvf_kb_rand_f32(b, x, elems * s.copies, xs, err) : kvf_kb_rand_bf16(b, x, elems * s.copies, xs,
+                err)) != 0)
             return -1;
         s.out = out, s.residual = res, s.x = x, s.w = w;
-        kvf_kb_row_t r = {.kernel = "rmsnorm_add"};
-        snprintf(r.variant, sizeof r.variant, "%s x", f32 ? "f32" : "bf16");
+        kvf_kb_row_t r = {.kernel = add ? "rmsnorm_add" : "rmsnorm"};
+        snprintf(r.variant, sizeof r.variant, add ? "%s x" : "%s stream", f32 ? "f32" : "bf16");
         snprintf(r.shape, sizeof r.shape, "n=%d dim=%d", n, KB_DIM);
         r.copies = s.copies;
-        r.bytes = (double)elems * (4 + 4 + e + 2) + 4.0 * KB_DIM;
+        r.bytes = (double)elems * (add ? 4 + 4 + e + 2 : e + 2) + 4.0 * KB_DIM;
         if (kvf_kb_time(b, s_norm_op, &s, &r.t, err) != 0) return -1;
         kvf_kb_emit(b, &r);
         if (kvf_kb_free_all(b, err) != 0) return -1;
