@@ -152,31 +152,30 @@ static int s_threads(int dim) {
     return t > KVF_RMS_THREADS ? KVF_RMS_THREADS : t;
 }
 
-extern "C" int kvf_rmsnorm(uint16_t *out, const float *x, const float *w, int n, int dim, float eps,
+// out = rmsnorm(x) * w over a stream of TR (f32 or bf16); x is not written without ADD.
+template <typename TR>
+static int s_rmsnorm_plain(uint16_t *out, const TR *x, const float *w, int n, int dim, float eps,
                            cudaStream_t stream, kvf_err_t *err) {
     KVF_REQUIRE(out && x && w, err);
     KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
     KVF_REQUIRE(eps >= 0.0f, err);
     if (n == 0) return 0;
-    if (!s_launch4<false, float>((bf16 *)out, (float *)x, (const float *)NULL, w, n, dim, eps, stream))
-        kvf_launch(s_rmsnorm<false, float>, n, s_threads(dim), 0, stream, (bf16 *)out, (float *)x, nullptr, w, dim,
+    TR *xr = (TR *)x;
+    if (!s_launch4<false, TR, bf16, TR>((bf16 *)out, xr, (const TR *)NULL, w, n, dim, eps, stream))
+        kvf_launch(s_rmsnorm<false, TR, TR>, n, s_threads(dim), 0, stream, (bf16 *)out, xr, (const TR *)NULL, w, dim,
                    eps);
     KVF_LAUNCH_CHECK(err);
     return 0;
 }
 
+extern "C" int kvf_rmsnorm(uint16_t *out, const float *x, const float *w, int n, int dim, float eps,
+                           cudaStream_t stream, kvf_err_t *err) {
+    return s_rmsnorm_plain<float>(out, x, w, n, dim, eps, stream, err);
+}
+
 extern "C" int kvf_rmsnorm_bf16(uint16_t *out, const uint16_t *x, const float *w, int n, int dim, float eps,
                                 cudaStream_t stream, kvf_err_t *err) {
-    KVF_REQUIRE(out && x && w, err);
-    KVF_REQUIRE(n >= 0 && dim > 0 && dim <= KVF_RMS_THREADS * KVF_RMS_PER_THREAD, err);
-    KVF_REQUIRE(eps >= 0.0f, err);
-    if (n == 0) return 0;
-    bf16 *xb = (bf16 *)x;  // not written without ADD
-    if (!s_launch4<false, bf16, bf16, bf16>((bf16 *)out, xb, (const bf16 *)NULL, w, n, dim, eps, stream))
-        kvf_launch(s_rmsnorm<false, bf16, bf16>, n, s_threads(dim), 0, stream, (bf16 *)out, xb, (const bf16 *)NULL, w,
-                   dim, eps);
-    KVF_LAUNCH_CHECK(err);
-    return 0;
+    return s_rmsnorm_plain<bf16>(out, (const bf16 *)x, w, n, dim, eps, stream, err);
 }
 
 extern "C" int kvf_rmsnorm_add(uint16_t *out, float *residual, const uint16_t *x, const float *w, int n,
